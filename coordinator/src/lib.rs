@@ -1,0 +1,38 @@
+//! The Backfill coordinator (`backfill` CLI), as a library so `demo` and the tests
+//! can drive runs in-process.
+//!
+//! - [`preflight`]: checks of a brief against the warehouse catalog, blast radius.
+//! - [`plan`]: `backfill plan`.
+//! - [`run`]: recording a run and driving it (publish window, events, halt).
+//! - [`status`]: `backfill status`.
+//! - [`demo`] and [`tpch`]: the end-to-end demo on generated TPC-H data.
+
+pub mod demo;
+pub mod error;
+pub mod plan;
+pub mod preflight;
+pub mod run;
+pub mod status;
+pub mod tpch;
+
+pub use error::{CliError, Result};
+
+use backfill_shared::brief::Brief;
+
+/// Reads and lints a brief file. Every problem is reported at once.
+pub fn read_brief(path: &std::path::Path) -> Result<(String, Brief)> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::BadInput(format!("cannot read the brief {}: {e}", path.display()))
+    })?;
+    let brief =
+        Brief::parse(&text).map_err(|e| CliError::BadInput(format!("{}: {e}", path.display())))?;
+    Ok((text, brief))
+}
+
+/// Who is running the coordinator, for the run log.
+#[must_use]
+pub fn operator() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}

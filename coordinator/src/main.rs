@@ -1,0 +1,192 @@
+//! `backfill`: lint, plan, run and follow historical data backfills.
+//! Exit codes: 0 success, 1 a run halted or failed, 2 bad input, 3 a service is unreachable.
+
+use backfill_coordinator::run::{DriveOptions, Finish};
+use backfill_coordinator::{CliError, Result, demo, operator, plan, read_brief, run, status};
+use backfill_shared::config::Config;
+use backfill_shared::control;
+use backfill_shared::services;
+use backfill_shared::telemetry::{self, LogFormat};
+use clap::{Parser, Subcommand};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "backfill",
+    version,
+    about = "Safe historical data backfills: plan, run in fenced batches, validate"
+)]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Lint a brief against the warehouse and show batches, estimated rows and blast radius.
+    Plan {
+        brief: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record a run and apply it; prints the run id first.
+    Run {
+        brief: PathBuf,
+        /// Print the run id and leave a background coordinator to drive the run.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Drive a recorded run to its end (after `run --detach`, or after the coordinator died).
+    Follow { run: Uuid },
+    /// Batches by state, rows, failures and ETA of a run.
+    Status {
+        run: Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate TPC-H data, break a derived table, and backfill the fix end to end.
+    Demo {
+        /// TPC-H scale factor.
+        #[arg(long, default_value_t = 0.1)]
+        scale: f64,
+        /// In-process workers.
+        #[arg(long, default_value_t = 2)]
+        workers: u16,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(
+        cli.log_format,
+        "warn,backfill_coordinator=info,backfill_worker=warn",
+    );
+    match execute(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn execute(command: Command) -> Result<()> {
+    let config = Config::from_env().map_err(|e| CliError::BadInput(e.to_string()))?;
+    match command {
+        Command::Plan { brief, json } => {
+            let (_, brief) = read_brief(&brief)?;
+            let pool = services::postgres(&config, 2).await?;
+            let (plan, _, _) = plan::plan(&pool, &brief).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan)
+                        .map_err(|e| CliError::Internal(e.to_string()))?
+                );
+            } else {
+                print!("{}", plan.render());
+            }
+            Ok(())
+        }
+        Command::Run {
+            brief: path,
+            detach,
+        } => {
+            let (text, brief) = read_brief(&path)?;
+            let pool = services::postgres(&config, 4).await?;
+            control::migrate(&pool).await?;
+            let (plan, batches, _) = plan::plan(&pool, &brief).await?;
+            // Fail before recording anything if the broker is unreachable.
+            services::rabbit(&config, "backfill (probe)")
+                .await?
+                .close(200, "probe".into())
+                .await
+                .ok();
+            let run_id = run::create(&pool, &text, &brief, &batches, &operator()).await?;
+            println!("{run_id}");
+            let _ = std::io::stdout().flush();
+            if detach {
+                return spawn_follower(run_id);
+            }
+            eprint!("{}", plan.render());
+            finish(
+                &pool,
+                run_id,
+                run::drive(&config, &pool, run_id, DriveOptions::default()).await?,
+            )
+            .await
+        }
+        Command::Follow { run } => {
+            let pool = services::postgres(&config, 4).await?;
+            finish(
+                &pool,
+                run,
+                run::drive(&config, &pool, run, DriveOptions::default()).await?,
+            )
+            .await
+        }
+        Command::Status { run, json } => {
+            let pool = services::postgres(&config, 2).await?;
+            let status = status::status(&pool, run).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&status)
+                        .map_err(|e| CliError::Internal(e.to_string()))?
+                );
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(())
+        }
+        Command::Demo { scale, workers } => demo::demo(&config, scale, workers).await,
+    }
+}
+
+async fn finish(pool: &sqlx::PgPool, run_id: Uuid, finish: Finish) -> Result<()> {
+    let status = status::status(pool, run_id).await?;
+    eprint!("{}", status.render());
+    match finish {
+        Finish::Applied => Ok(()),
+        Finish::Halted(reason) => Err(CliError::Halted(format!(
+            "run {run_id} halted: {reason}\n`backfill status {run_id}` shows the ledger; fix the cause, then retry"
+        ))),
+        Finish::Stopped(state) => Err(CliError::Halted(format!("run {run_id} is {state}"))),
+    }
+}
+
+/// Starts `backfill follow RUN` in the background, detached from this terminal,
+/// logging to a file beside the system's temporary files.
+fn spawn_follower(run_id: Uuid) -> Result<()> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::Internal(format!("cannot find this program: {e}")))?;
+    let log_path = std::env::temp_dir().join(format!("backfill-{run_id}.log"));
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| CliError::Internal(format!("cannot create {}: {e}", log_path.display())))?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(["--log-format", "json", "follow", &run_id.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt as _;
+        command.process_group(0);
+    }
+    command
+        .spawn()
+        .map_err(|e| CliError::Internal(format!("cannot start the background coordinator: {e}")))?;
+    eprintln!(
+        "driving in the background; log: {}; `backfill status {run_id}` follows it",
+        log_path.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! Checks of a brief against the warehouse, before anything is written: the target
+//! and its columns exist, the key is unique on the target, the `batch_by` column has
+//! the bounds' type, and the source prepares with exactly two parameters and yields
+//! every column the batch writes. Also the blast radius: what in the catalog reads
+//! or references the target.
+
+use backfill_shared::brief::{Bound, BoundKind, Brief, Problem};
+use backfill_shared::sql::TableName;
+use serde::Serialize;
+use sqlx::postgres::PgTypeInfo;
+use sqlx::{
+    AssertSqlSafe, Column as _, Executor as _, PgPool, SqlSafeStr as _, Statement as _, Type as _,
+};
+
+/// What the catalog says about a brief's target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Preflight {
+    /// Target columns in table order, with their types.
+    pub columns: Vec<(String, String)>,
+    /// The planner's row count of the target.
+    pub target_rows: i64,
+    /// The planner's estimate of the first batch's source rows.
+    pub first_batch_rows: Option<i64>,
+    pub dependents: Vec<Dependent>,
+}
+
+/// Something in the catalog that reads or references the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dependent {
+    pub name: String,
+    /// `view`, `materialized view` or `foreign key`.
+    pub kind: String,
+    /// 1 reads the target directly; 2 reads something that does; ...
+    pub depth: i32,
+    /// Named in the brief's `dependencies.downstream`.
+    pub declared: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error("{0}")]
+    Problems(backfill_shared::brief::BriefError),
+    #[error("catalog query failed: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+pub type Result<T, E = PreflightError> = std::result::Result<T, E>;
+
+fn problem(field: &str, message: String) -> Problem {
+    Problem {
+        field: field.into(),
+        message,
+    }
+}
+
+/// Runs every check and returns all problems at once.
+pub async fn check(pool: &PgPool, brief: &Brief) -> Result<Preflight> {
+    let scope = &brief.scope;
+    let target = &scope.target;
+    let mut problems = Vec::new();
+    let oid: Option<sqlx::postgres::types::Oid> = sqlx::query_scalar(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+    )
+    .bind(&target.schema)
+    .bind(&target.table)
+    .fetch_optional(pool)
+    .await?;
+    let Some(oid) = oid else {
+        return Err(PreflightError::Problems(
+            backfill_shared::brief::BriefError {
+                problems: vec![problem(
+                    "scope.target",
+                    format!(
+                        "table {target} does not exist (or is not a table); check the name, or create it first"
+                    ),
+                )],
+            },
+        ));
+    };
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+          WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+    )
+    .bind(oid)
+    .fetch_all(pool)
+    .await?;
+    let type_of = |c: &str| {
+        columns
+            .iter()
+            .find(|(n, _)| n == c)
+            .map(|(_, t)| t.as_str())
+    };
+    for (field, names) in [("scope.key", &scope.key), ("scope.columns", &scope.columns)] {
+        for c in names.iter().filter(|c| type_of(c).is_none()) {
+            problems.push(problem(
+                field,
+                format!("column {c:?} does not exist in {target}"),
+            ));
+        }
+    }
+    let by = &scope.batch_by;
+    match type_of(&by.column) {
+        None => problems.push(problem(
+            "scope.batch_by.column",
+            format!("column {:?} does not exist in {target}; batches split on a column of the target", by.column),
+        )),
+        Some(t) if !by.kind().matches_sql_type(t) => problems.push(problem(
+            "scope.batch_by",
+            format!(
+                "column {:?} is {t} but the bounds are {}s; give {} bounds or batch by another column",
+                by.column,
+                by.kind().as_str(),
+                sql_kind_hint(t)
+            ),
+        )),
+        Some(_) => {}
+    }
+    if scope.key.iter().all(|k| type_of(k).is_some()) {
+        let unique_sets: Vec<Vec<String>> = sqlx::query_scalar(
+            "SELECT array_agg(a.attname::text ORDER BY a.attname)
+               FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+              WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+              GROUP BY i.indexrelid",
+        )
+        .bind(oid)
+        .fetch_all(pool)
+        .await?;
+        let mut key = scope.key.clone();
+        key.sort();
+        if !unique_sets.contains(&key) {
+            problems.push(problem(
+                "scope.key",
+                format!(
+                    "{target} has no unique constraint on ({}); add one (ALTER TABLE {} ADD UNIQUE (...)) so the grain is enforced, or fix the key",
+                    scope.key.join(", "),
+                    target.quoted()
+                ),
+            ));
+        }
+    }
+    let first_batch_rows = check_source(pool, brief, &mut problems).await?;
+    if !problems.is_empty() {
+        return Err(PreflightError::Problems(
+            backfill_shared::brief::BriefError { problems },
+        ));
+    }
+    let target_rows: f32 = sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = $1")
+        .bind(oid)
+        .fetch_one(pool)
+        .await?;
+    Ok(Preflight {
+        columns,
+        target_rows: (target_rows.max(0.0)) as i64,
+        first_batch_rows,
+        dependents: dependents(pool, oid, brief).await?,
+    })
+}
+
+fn sql_kind_hint(sql_type: &str) -> &'static str {
+    [BoundKind::Integer, BoundKind::Date, BoundKind::Timestamp]
+        .into_iter()
+        .find(|k| k.matches_sql_type(sql_type))
+        .map_or("integer, date or timestamp", BoundKind::as_str)
+}
+
+fn bound_type(kind: BoundKind) -> PgTypeInfo {
+    match kind {
+        BoundKind::Integer => i64::type_info(),
+        BoundKind::Date => chrono::NaiveDate::type_info(),
+        BoundKind::Timestamp => chrono::NaiveDateTime::type_info(),
+    }
+}
+
+/// Prepares the source; returns the planner's row estimate for the first batch.
+async fn check_source(
+    pool: &PgPool,
+    brief: &Brief,
+    problems: &mut Vec<Problem>,
+) -> Result<Option<i64>> {
+    let scope = &brief.scope;
+    let kind = scope.batch_by.kind();
+    let types = [bound_type(kind), bound_type(kind)];
+    let mut conn = pool.acquire().await?;
+    let prepared = (&mut *conn)
+        .prepare_with(AssertSqlSafe(scope.source.clone()).into_sql_str(), &types)
+        .await;
+    let statement = match prepared {
+        Ok(s) => s,
+        Err(sqlx::Error::Database(e)) => {
+            problems.push(problem(
+                "scope.source",
+                format!("does not prepare: {}", e.message()),
+            ));
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let params = match statement.parameters() {
+        Some(sqlx::Either::Left(types)) => types.len(),
+        Some(sqlx::Either::Right(n)) => n,
+        None => 0,
+    };
+    if params != 2 {
+        problems.push(problem(
+            "scope.source",
+            format!("takes {params} parameters; it must take exactly two: $1 (lower bound, inclusive) and $2 (upper bound, exclusive)"),
+        ));
+    }
+    let yielded: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+    for c in scope.written_columns() {
+        if !yielded.contains(&c.as_str()) {
+            problems.push(problem(
+                "scope.source",
+                format!("does not yield column {c:?}; its output must name the key, the batch_by column and every listed column (yields: {})", yielded.join(", ")),
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Ok(None);
+    }
+    let plan = scope.batch_by.plan().unwrap_or_default();
+    let Some(first) = plan.first() else {
+        return Ok(None);
+    };
+    Ok(estimate_rows(pool, &scope.source, first.lo, first.hi).await)
+}
+
+/// The planner's row estimate of the source for one batch (no rows are read).
+pub async fn estimate_rows(pool: &PgPool, source: &str, lo: Bound, hi: Bound) -> Option<i64> {
+    let explain: serde_json::Value =
+        sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN (FORMAT JSON) {source}")))
+            .bind(lo)
+            .bind(hi)
+            .fetch_one(pool)
+            .await
+            .ok()?;
+    explain
+        .get(0)?
+        .get("Plan")?
+        .get("Plan Rows")?
+        .as_f64()
+        .map(|r| r as i64)
+}
+
+async fn dependents(
+    pool: &PgPool,
+    oid: sqlx::postgres::types::Oid,
+    brief: &Brief,
+) -> Result<Vec<Dependent>> {
+    let rows: Vec<(String, String, String, i32)> = sqlx::query_as(
+        "WITH RECURSIVE reads(oid, depth) AS (
+             SELECT $1::oid, 0
+             UNION
+             SELECT r.ev_class, reads.depth + 1
+               FROM reads
+               JOIN pg_depend d ON d.refobjid = reads.oid AND d.classid = 'pg_rewrite'::regclass
+               JOIN pg_rewrite r ON r.oid = d.objid
+              WHERE r.ev_class <> reads.oid AND reads.depth < 16
+         )
+         SELECT n.nspname::text, c.relname::text,
+                CASE c.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END, min(reads.depth)
+           FROM reads JOIN pg_class c ON c.oid = reads.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE reads.depth > 0
+          GROUP BY 1, 2, 3
+         UNION ALL
+         SELECT n.nspname::text, c.relname::text, 'foreign key ' || con.conname, 1
+           FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE con.contype = 'f' AND con.confrelid = $1 AND con.conrelid <> $1
+          ORDER BY 4, 1, 2",
+    )
+    .bind(oid)
+    .fetch_all(pool)
+    .await?;
+    let declared: Vec<Option<TableName>> = brief
+        .dependencies
+        .downstream
+        .iter()
+        .map(|d| TableName::parse(d))
+        .collect();
+    Ok(rows
+        .into_iter()
+        .map(|(schema, table, kind, depth)| {
+            let name = TableName { schema, table };
+            Dependent {
+                declared: declared.iter().any(|d| d.as_ref() == Some(&name)),
+                name: name.to_string(),
+                kind,
+                depth,
+            }
+        })
+        .collect())
+}

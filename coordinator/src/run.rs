@@ -1,0 +1,360 @@
+//! `backfill run`: records the run and every batch, then drives it — publishes at
+//! most `max_in_flight` batches at a time with publisher confirms, consumes the
+//! workers' events, halts on the first failed batch, and finishes when every batch
+//! is applied. The ledger is the record; events only make the coordinator quick.
+
+use crate::error::{CliError, Result};
+use backfill_shared::brief::{BatchRange, Brief};
+use backfill_shared::config::Config;
+use backfill_shared::control::runs::{self, NewRun, RunState};
+use backfill_shared::control::{batches, log};
+use backfill_shared::message::{self, BatchMessage, Event, VERSION};
+use backfill_shared::services;
+use backfill_shared::sql::{TableName, quote_ident};
+use backfill_shared::topology::{self, Topology};
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use sqlx::{AssertSqlSafe, PgPool};
+use std::collections::VecDeque;
+use std::time::Duration;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+/// Records a new run (and its before-image table) in one transaction.
+pub async fn create(
+    pool: &PgPool,
+    brief_text: &str,
+    brief: &Brief,
+    batches: &[BatchRange],
+    operator: &str,
+) -> Result<Uuid> {
+    let run_id = Uuid::new_v4();
+    let image_table = brief
+        .write
+        .snapshot
+        .then(|| format!("backfill.image_{}", run_id.simple()));
+    let params = serde_json::json!({
+        "strategy": brief.write.strategy,
+        "on_missing": brief.write.on_missing,
+        "snapshot": brief.write.snapshot,
+        "batch_by": brief.scope.batch_by.column,
+        "start": brief.scope.batch_by.start.to_string(),
+        "end": brief.scope.batch_by.end.to_string(),
+        "max_in_flight": brief.limits.max_in_flight,
+    });
+    let image_ddl = image_table
+        .as_ref()
+        .map(|t| image_table_ddl(t, &brief.scope.target));
+    runs::create(
+        pool,
+        &NewRun {
+            run_id,
+            brief_text,
+            brief,
+            operator,
+            batches,
+            image_table: image_table.as_deref(),
+            image_ddl: image_ddl.as_deref(),
+            params,
+        },
+    )
+    .await?;
+    Ok(run_id)
+}
+
+/// The before-image table: the batch, the operation (`U`pdated or `D`eleted rows
+/// hold the old row, `I`nserted rows the new one), then the target's own columns.
+fn image_table_ddl(image_table: &str, target: &TableName) -> String {
+    let (schema, table) = image_table
+        .split_once('.')
+        .unwrap_or(("backfill", image_table));
+    let image = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    format!(
+        "CREATE TABLE {image} (bf_batch_no integer NOT NULL, bf_op \"char\" NOT NULL, LIKE {target} INCLUDING DEFAULTS);
+         CREATE INDEX ON {image} (bf_batch_no);",
+        target = target.quoted()
+    )
+}
+
+/// How a followed run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    Applied,
+    Halted(String),
+    /// Someone else changed the run's state (cancelled it, say).
+    Stopped(RunState),
+}
+
+/// Options of [`drive`].
+#[derive(Debug, Clone, Copy)]
+pub struct DriveOptions {
+    pub progress: bool,
+    /// How often the ledger is re-read, to notice work whose event was lost.
+    pub reconcile_every: Duration,
+}
+
+impl Default for DriveOptions {
+    fn default() -> Self {
+        Self {
+            progress: true,
+            reconcile_every: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Drives a run to its end: publishes, follows events, halts on failure.
+pub async fn drive(
+    config: &Config,
+    pool: &PgPool,
+    run_id: Uuid,
+    options: DriveOptions,
+) -> Result<Finish> {
+    let run = runs::load(pool, run_id).await?;
+    let plan = run
+        .brief
+        .scope
+        .batch_by
+        .plan()
+        .map_err(CliError::BadInput)?;
+    if u32::try_from(plan.len()).ok() != Some(run.batch_count) {
+        return Err(CliError::Internal(format!(
+            "run {run_id} has {} batches in the ledger but its brief plans {}",
+            run.batch_count,
+            plan.len()
+        )));
+    }
+    let topology = Topology::new(&config.namespace);
+    let conn = services::rabbit(config, &format!("backfill coordinator {run_id}")).await?;
+    let publish = conn.create_channel().await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    topology.declare(&publish).await?;
+    let events_queue = topology.declare_run_events(&publish, run_id).await?;
+    let consume = conn.create_channel().await?;
+    consume.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut events = consume
+        .basic_consume(
+            events_queue.as_str().into(),
+            format!("coordinator-{run_id}").as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    let total = plan.len();
+    let mut applied = vec![false; total];
+    let mut applied_count = 0usize;
+    let mut rows_written = 0i64;
+    let mut pending: VecDeque<u32> = batches::numbers_in_state(pool, run_id, "pending")
+        .await?
+        .into();
+    // Batches queued or running when we (re)attach count against the window.
+    let mut in_flight: std::collections::HashSet<u32> =
+        batches::numbers_in_state(pool, run_id, "queued")
+            .await?
+            .into_iter()
+            .chain(batches::numbers_in_state(pool, run_id, "running").await?)
+            .collect();
+    for no in batches::numbers_in_state(pool, run_id, "applied").await? {
+        if let Some(slot) = applied.get_mut(no as usize) {
+            *slot = true;
+            applied_count += 1;
+        }
+    }
+    let bar = progress_bar(options.progress, total, applied_count);
+    let window = run.brief.limits.max_in_flight as usize;
+    let mut reconcile = tokio::time::interval(options.reconcile_every);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    log::append(
+        pool,
+        run_id,
+        &run.operator,
+        "coordinator_attached",
+        None,
+        serde_json::json!({
+            "pending": pending.len(), "in_flight": in_flight.len(), "applied": applied_count,
+        }),
+    )
+    .await?;
+
+    let finish = loop {
+        if applied_count == total {
+            break Finish::Applied;
+        }
+        // Fill the window: mark queued first (the ledger leads), then publish with confirms.
+        let room = window.saturating_sub(in_flight.len());
+        if room > 0 && !pending.is_empty() {
+            let next: Vec<u32> = pending.drain(..room.min(pending.len())).collect();
+            batches::mark_queued(pool, run_id, &next).await?;
+            publish_batches(&publish, &topology, &run.brief_hash, run_id, &plan, &next).await?;
+            in_flight.extend(next);
+        }
+        tokio::select! {
+            delivery = events.next() => {
+                let Some(delivery) = delivery else {
+                    return Err(CliError::Internal("the broker closed the event stream; `backfill status` shows the run, and running again re-attaches".into()));
+                };
+                let delivery = delivery?;
+                let event = message::decode_event(&delivery.data);
+                delivery.ack(BasicAckOptions::default()).await?;
+                match event {
+                    Ok(Event::Applied { batch_no, rows_inserted, rows_updated, rows_deleted, .. }) => {
+                        in_flight.remove(&batch_no);
+                        if let Some(slot) = applied.get_mut(batch_no as usize)
+                            && !*slot
+                        {
+                            *slot = true;
+                            applied_count += 1;
+                            rows_written += rows_inserted + rows_updated + rows_deleted;
+                            bar.set_position(applied_count as u64);
+                            bar.set_message(format!("{rows_written} rows written"));
+                        }
+                    }
+                    Ok(Event::Failed { batch_no, error, kind, .. }) => {
+                        let reason = format!("batch {batch_no} failed ({kind:?}): {error}");
+                        break halt(pool, run_id, &run.operator, &reason).await?;
+                    }
+                    Err(e) => warn!(error = %e, "ignoring an undecodable event"),
+                }
+            }
+            _ = reconcile.tick() => {
+                match runs::state(pool, run_id).await? {
+                    RunState::Running => {}
+                    RunState::Halted => break Finish::Halted(runs::load(pool, run_id).await?.halt_reason.unwrap_or_default()),
+                    other => break Finish::Stopped(other),
+                }
+                // Events can be lost (a worker dies after commit); the ledger cannot.
+                let counts = batches::counts(pool, run_id).await?;
+                if counts.failed > 0 {
+                    let failure = batches::failures(pool, run_id).await?.into_iter().find(|f| f.state == "failed");
+                    let reason = failure.map_or_else(|| "a batch failed".to_owned(), |f| format!("batch {} failed: {}", f.batch_no, f.last_error));
+                    break halt(pool, run_id, &run.operator, &reason).await?;
+                }
+                if usize::try_from(counts.applied).ok() != Some(applied_count) {
+                    for no in batches::numbers_in_state(pool, run_id, "applied").await? {
+                        in_flight.remove(&no);
+                        if let Some(slot) = applied.get_mut(no as usize) && !*slot {
+                            *slot = true;
+                            applied_count += 1;
+                        }
+                    }
+                    rows_written = counts.rows.inserted + counts.rows.updated + counts.rows.deleted;
+                    bar.set_position(applied_count as u64);
+                    bar.set_message(format!("{rows_written} rows written"));
+                }
+            }
+        }
+    };
+    bar.finish_and_clear();
+    if finish == Finish::Applied {
+        runs::transition(
+            pool,
+            run_id,
+            &[RunState::Running],
+            RunState::Applied,
+            &run.operator,
+            None,
+        )
+        .await?;
+        let _ = publish
+            .queue_delete(events_queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        info!(run.id = %run_id, batches = total, "every batch applied");
+    }
+    let _ = conn.close(200, "coordinator done".into()).await;
+    Ok(finish)
+}
+
+async fn halt(pool: &PgPool, run_id: Uuid, operator: &str, reason: &str) -> Result<Finish> {
+    runs::transition(
+        pool,
+        run_id,
+        &[RunState::Running],
+        RunState::Halted,
+        operator,
+        Some(reason),
+    )
+    .await?;
+    warn!(run.id = %run_id, %reason, "run halted");
+    Ok(Finish::Halted(reason.to_owned()))
+}
+
+async fn publish_batches(
+    channel: &lapin::Channel,
+    topology: &Topology,
+    brief_hash: &str,
+    run_id: Uuid,
+    plan: &[BatchRange],
+    nos: &[u32],
+) -> Result<()> {
+    // Pipelined: publish them all, then wait for every confirm.
+    let mut confirms = Vec::with_capacity(nos.len());
+    for &no in nos {
+        let range = plan
+            .get(no as usize)
+            .ok_or_else(|| CliError::Internal(format!("batch {no} is not in the plan")))?;
+        let payload = message::encode(&BatchMessage {
+            version: VERSION,
+            run_id,
+            batch_no: no,
+            lo: range.lo,
+            hi: range.hi,
+            brief_hash: brief_hash.to_owned(),
+        })
+        .map_err(|e| CliError::Internal(e.to_string()))?;
+        confirms.push(
+            channel
+                .basic_publish(
+                    "".into(),
+                    topology.batches.as_str().into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    &payload,
+                    topology::persistent(),
+                )
+                .await?,
+        );
+    }
+    for confirm in confirms {
+        if !confirm.await?.is_ack() {
+            return Err(CliError::Internal(format!(
+                "the broker refused (nacked) a batch of run {run_id}; nothing is lost — run again to re-attach"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn progress_bar(enabled: bool, total: usize, done: usize) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} batches · {msg} · ETA {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_position(done as u64);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Drops the run's temporary objects that a failed start may leave (used by demo).
+pub async fn drop_image_table(pool: &PgPool, image_table: &str) -> Result<()> {
+    let (schema, table) = image_table
+        .split_once('.')
+        .unwrap_or(("backfill", image_table));
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP TABLE IF EXISTS {}.{}",
+        quote_ident(schema),
+        quote_ident(table)
+    )))
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! `backfill status RUN [--json]`: batches by state, rows, failures with their
+//! errors, and an ETA.
+
+use crate::error::Result;
+use backfill_shared::control::batches::{self, Counts, Failure};
+use backfill_shared::control::runs;
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub run_id: Uuid,
+    pub name: String,
+    pub target: String,
+    pub state: String,
+    pub halt_reason: Option<String>,
+    pub batches: Counts,
+    pub batch_count: u32,
+    pub failures: Vec<Failure>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Seconds until every batch is applied, at the pace so far.
+    pub eta_seconds: Option<i64>,
+    pub brief_hash: String,
+    pub code_version: String,
+    pub operator: String,
+}
+
+pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
+    let run = runs::load(pool, run_id).await?;
+    let counts = batches::counts(pool, run_id).await?;
+    let failures = batches::failures(pool, run_id).await?;
+    let remaining = counts.total() - counts.applied;
+    let eta_seconds =
+        (run.finished_at.is_none() && counts.applied > 0 && remaining > 0).then(|| {
+            let elapsed = (chrono::Utc::now() - run.created_at).num_seconds().max(1);
+            elapsed * remaining / counts.applied
+        });
+    Ok(Status {
+        run_id,
+        name: run.brief.meta.name.clone(),
+        target: run.brief.scope.target.to_string(),
+        state: run.state.to_string(),
+        halt_reason: run.halt_reason,
+        batches: counts,
+        batch_count: run.batch_count,
+        failures,
+        created_at: run.created_at,
+        finished_at: run.finished_at,
+        eta_seconds,
+        brief_hash: run.brief_hash,
+        code_version: run.code_version,
+        operator: run.operator,
+    })
+}
+
+impl Status {
+    #[must_use]
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let c = &self.batches;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "Run {} ({} on {}): {}",
+            self.run_id,
+            self.name,
+            self.target,
+            self.state.to_uppercase()
+        );
+        if let Some(reason) = &self.halt_reason {
+            let _ = writeln!(s, "  halted:   {reason}");
+        }
+        let _ = writeln!(
+            s,
+            "  batches:  {} applied, {} running, {} queued, {} pending, {} failed (of {})",
+            c.applied, c.running, c.queued, c.pending, c.failed, self.batch_count
+        );
+        let _ = writeln!(
+            s,
+            "  rows:     {} from source, {} inserted, {} updated, {} deleted",
+            c.rows.source, c.rows.inserted, c.rows.updated, c.rows.deleted
+        );
+        let _ = writeln!(
+            s,
+            "  started:  {}  by {} ({})",
+            self.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            self.operator,
+            self.code_version
+        );
+        match (self.finished_at, self.eta_seconds) {
+            (Some(f), _) => {
+                let _ = writeln!(s, "  finished: {}", f.format("%Y-%m-%d %H:%M:%S UTC"));
+            }
+            (None, Some(eta)) => {
+                let _ = writeln!(s, "  eta:      ~{eta} s");
+            }
+            (None, None) => {}
+        }
+        if !self.failures.is_empty() {
+            let _ = writeln!(s, "  failures:");
+            for f in &self.failures {
+                let _ = writeln!(
+                    s,
+                    "    batch {} [{}, {}) {} after {} attempt(s): {}",
+                    f.batch_no, f.lo, f.hi, f.state, f.attempts, f.last_error
+                );
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,756 @@
+//! The static lint of a brief: everything that can be checked from the text alone.
+//! It never stops at the first problem; an operator fixes a brief in one pass.
+
+use super::{
+    BatchBy, Bound, BoundKind, Brief, Dependencies, Interval, Limits, Meta, Metric, OnMissing,
+    Reference, Risk, Rollback, Scope, Step, Strategy, Validation, Write,
+};
+use crate::sql::TableName;
+use std::fmt;
+use toml::{Table, Value};
+
+/// One thing wrong with a brief: the field (`scope.batch_by.step`) and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+const SECTIONS: &[(&str, &str)] = &[
+    ("brief", "name, reason, owner, reviewer and risk"),
+    ("scope", "target, key, columns, batch_by and source"),
+    ("write", "strategy, on_missing and snapshot"),
+    (
+        "dependencies",
+        "downstream and stakeholders (empty lists if truly none)",
+    ),
+    ("validation", "max_duplicate_keys, and metrics to watch"),
+    ("limits", "max_in_flight"),
+    ("rollback", "plan and retain_days"),
+];
+
+pub(super) fn lint(text: &str) -> Result<Brief, Vec<Problem>> {
+    let doc: Table = match toml::from_str(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            return Err(vec![Problem {
+                field: "brief".into(),
+                message: format!("not valid TOML: {}", e.to_string().trim()),
+            }]);
+        }
+    };
+    let mut problems = Vec::new();
+    for key in doc.keys() {
+        if !SECTIONS.iter().any(|(s, _)| s == key) {
+            problems.push(Problem {
+                field: key.clone(),
+                message: format!(
+                    "unknown section; the sections are {}",
+                    SECTIONS
+                        .iter()
+                        .map(|(s, _)| format!("[{s}]"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+    }
+    let empty = Table::new();
+    let mut section = |name: &'static str| open_section(&doc, &empty, name, &mut problems);
+    let mut r = section("brief");
+    let meta = read_meta(&mut r);
+    let mut all = r.finish();
+    let mut r = section("scope");
+    let scope = read_scope(&mut r);
+    all.extend(r.finish());
+    let mut r = section("write");
+    let write = read_write(&mut r);
+    all.extend(r.finish());
+    let mut r = section("dependencies");
+    let dependencies = read_dependencies(&mut r);
+    all.extend(r.finish());
+    let mut r = section("validation");
+    let validation = read_validation(&mut r);
+    all.extend(r.finish());
+    let mut r = section("limits");
+    let limits = read_limits(&mut r);
+    all.extend(r.finish());
+    let mut r = section("rollback");
+    let rollback = read_rollback(&mut r);
+    all.extend(r.finish());
+    problems.extend(all);
+
+    match (
+        meta,
+        scope,
+        write,
+        dependencies,
+        validation,
+        limits,
+        rollback,
+    ) {
+        (
+            Some(meta),
+            Some(scope),
+            Some(write),
+            Some(dependencies),
+            Some(validation),
+            Some(limits),
+            Some(rollback),
+        ) if problems.is_empty() => Ok(Brief {
+            meta,
+            scope,
+            write,
+            dependencies,
+            validation,
+            limits,
+            rollback,
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// The reader of one section; a missing, blank or mistyped section is reported
+/// here, once, and its fields are then not reported again.
+fn open_section<'a>(
+    doc: &'a Table,
+    empty: &'a Table,
+    name: &'static str,
+    problems: &mut Vec<Problem>,
+) -> Reader<'a> {
+    let hint = SECTIONS
+        .iter()
+        .find(|(s, _)| *s == name)
+        .map_or("", |(_, h)| h);
+    let table = match doc.get(name) {
+        None => {
+            problems.push(Problem {
+                field: format!("[{name}]"),
+                message: format!("the section is missing; add it with {hint}"),
+            });
+            None
+        }
+        Some(Value::Table(t)) if t.is_empty() => {
+            problems.push(Problem {
+                field: format!("[{name}]"),
+                message: format!("the section is blank; fill in {hint}"),
+            });
+            None
+        }
+        Some(Value::Table(t)) => Some(t),
+        Some(_) => {
+            problems.push(Problem {
+                field: name.into(),
+                message: format!("must be a [{name}] table"),
+            });
+            None
+        }
+    };
+    Reader {
+        section: name,
+        quiet: table.is_none(),
+        table: table.unwrap_or(empty),
+        problems: Vec::new(),
+        used: Vec::new(),
+    }
+}
+
+/// Reads typed fields out of one section, recording a problem for each bad one
+/// and, at the end, for each field nobody asked for.
+struct Reader<'a> {
+    section: &'static str,
+    table: &'a Table,
+    quiet: bool,
+    problems: Vec<Problem>,
+    used: Vec<&'static str>,
+}
+
+impl<'a> Reader<'a> {
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        if !self.quiet {
+            self.problems.push(Problem {
+                field: format!("{}.{key}", self.section),
+                message: message.into(),
+            });
+        }
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.used.push(key);
+        self.table.get(key)
+    }
+
+    fn missing(&mut self, key: &str, what: &str) {
+        self.problem(key, format!("missing; add {key} = {what}"));
+    }
+
+    fn text(&mut self, key: &'static str, what: &str) -> Option<String> {
+        match self.get(key) {
+            None => {
+                self.missing(key, what);
+                None
+            }
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                self.problem(key, format!("is blank; write {what}"));
+                None
+            }
+            Some(Value::String(s)) => Some(s.trim().to_owned()),
+            Some(_) => {
+                self.problem(key, format!("must be a string: {what}"));
+                None
+            }
+        }
+    }
+
+    fn opt_text(&mut self, key: &'static str, what: &str) -> Result<Option<String>, ()> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                self.problem(key, format!("is blank; remove it or write {what}"));
+                Err(())
+            }
+            Some(Value::String(s)) => Ok(Some(s.trim().to_owned())),
+            Some(_) => {
+                self.problem(key, format!("must be a string: {what}"));
+                Err(())
+            }
+        }
+    }
+
+    fn integer(&mut self, key: &'static str, min: i64, max: i64, what: &str) -> Option<i64> {
+        match self.get(key) {
+            None => {
+                self.missing(key, what);
+                None
+            }
+            Some(v) => self.check_integer(key, v, min, max),
+        }
+    }
+
+    fn check_integer(&mut self, key: &str, v: &Value, min: i64, max: i64) -> Option<i64> {
+        match v {
+            Value::Integer(i) if (min..=max).contains(i) => Some(*i),
+            Value::Integer(i) => {
+                self.problem(key, format!("{i} is out of range; use {min}..={max}"));
+                None
+            }
+            _ => {
+                self.problem(key, format!("must be an integer in {min}..={max}"));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &'static str, what: &str) -> Option<bool> {
+        match self.get(key) {
+            None => {
+                self.missing(key, what);
+                None
+            }
+            Some(Value::Boolean(b)) => Some(*b),
+            Some(_) => {
+                self.problem(key, format!("must be true or false: {what}"));
+                None
+            }
+        }
+    }
+
+    /// A list of strings; `ident` also requires each to be a plain column name.
+    fn list(&mut self, key: &'static str, required: bool, ident: bool) -> Option<Vec<String>> {
+        let Some(v) = self.get(key) else {
+            if required {
+                self.missing(key, "[\"...\"]");
+                return None;
+            }
+            return Some(Vec::new());
+        };
+        let Value::Array(items) = v else {
+            self.problem(key, "must be a list of strings, e.g. [\"a\", \"b\"]");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Value::String(s) if !s.trim().is_empty() => {
+                    let s = s.trim().to_owned();
+                    if ident && !is_column_name(&s) {
+                        self.problem(
+                            key,
+                            format!("{s:?} is not a plain column name (letters, digits, _; not starting with a digit)"),
+                        );
+                        return None;
+                    }
+                    if out.contains(&s) {
+                        self.problem(key, format!("{s:?} is listed twice"));
+                        return None;
+                    }
+                    out.push(s);
+                }
+                _ => {
+                    self.problem(key, "every entry must be a non-blank string");
+                    return None;
+                }
+            }
+        }
+        Some(out)
+    }
+
+    fn choice<T>(
+        &mut self,
+        key: &'static str,
+        names: &[&str],
+        parse: fn(&str) -> Option<T>,
+    ) -> Option<T> {
+        let listed = names.join(" | ");
+        let name = self.text(key, &format!("one of {listed}"))?;
+        let parsed = parse(&name);
+        if parsed.is_none() {
+            self.problem(key, format!("unknown value {name:?}; use one of {listed}"));
+        }
+        parsed
+    }
+
+    fn finish(self) -> Vec<Problem> {
+        let Self {
+            section,
+            table,
+            quiet,
+            mut problems,
+            used,
+        } = self;
+        if !quiet {
+            for key in table.keys() {
+                if !used.contains(&key.as_str()) {
+                    problems.push(Problem {
+                        field: format!("{section}.{key}"),
+                        message: format!(
+                            "unknown field; the fields of [{section}] are {}",
+                            used.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        problems
+    }
+}
+
+fn is_column_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 63
+}
+
+fn read_meta(r: &mut Reader<'_>) -> Option<Meta> {
+    let name = r.text("name", "a slug such as \"order-revenue-refunds\"");
+    let name = name.filter(|n| {
+        let ok = n.len() <= 48
+            && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && n.starts_with(|c: char| c.is_ascii_lowercase());
+        if !ok {
+            r.problem(
+                "name",
+                format!("{n:?} is not a slug; use lowercase letters, digits and '-', starting with a letter, at most 48 characters"),
+            );
+        }
+        ok
+    });
+    let reason = r.text("reason", "why history must change, in plain words");
+    let owner = r.text("owner", "the operator who runs it");
+    let reviewer = r.text("reviewer", "who approves validation and cutover");
+    if let (Some(o), Some(rv)) = (&owner, &reviewer)
+        && o.eq_ignore_ascii_case(rv)
+    {
+        r.problem(
+            "reviewer",
+            format!("is the owner ({o}); name a second person to review"),
+        );
+        return None;
+    }
+    let risk = r.choice("risk", Risk::NAMES, Risk::from_name);
+    Some(Meta {
+        name: name?,
+        reason: reason?,
+        owner: owner?,
+        reviewer: reviewer?,
+        risk: risk?,
+    })
+}
+
+fn read_scope(r: &mut Reader<'_>) -> Option<Scope> {
+    let target = r.text("target", "\"schema.table\"").and_then(|t| {
+        let parsed = TableName::parse(&t);
+        if parsed.is_none() {
+            r.problem(
+                "target",
+                format!("{t:?} is not a table name; write \"schema.table\""),
+            );
+        }
+        parsed
+    });
+    let key = r.list("key", true, true).filter(|k| {
+        if k.is_empty() {
+            r.problem(
+                "key",
+                "is empty; list the column(s) that identify one target row",
+            );
+        }
+        !k.is_empty()
+    });
+    let columns = r.list("columns", true, true).filter(|c| {
+        if c.is_empty() {
+            r.problem(
+                "columns",
+                "is empty; list the columns this backfill may rewrite",
+            );
+        }
+        !c.is_empty()
+    });
+    if let (Some(key), Some(columns)) = (&key, &columns)
+        && let Some(both) = columns.iter().find(|c| key.contains(c))
+    {
+        r.problem(
+            "columns",
+            format!("{both:?} is part of the key; a backfill rewrites values, not keys — remove it from columns"),
+        );
+        return None;
+    }
+    let batch_by = read_batch_by(r);
+    let expected_rows = match r.get("expected_rows") {
+        None => Some(None),
+        Some(v) => r
+            .check_integer("expected_rows", v, 0, i64::MAX)
+            .map(|n| u64::try_from(n).ok()),
+    };
+    let source = r.text("source", "the SELECT that yields one batch's rows").filter(|s| {
+        let ok = s.contains("$1") && s.contains("$2");
+        if !ok {
+            r.problem(
+                "source",
+                "must use $1 (batch lower bound, inclusive) and $2 (upper bound, exclusive) in its WHERE clause",
+            );
+        }
+        ok
+    });
+    Some(Scope {
+        target: target?,
+        key: key?,
+        columns: columns?,
+        batch_by: batch_by?,
+        expected_rows: expected_rows?,
+        source: source?,
+    })
+}
+
+fn read_batch_by(r: &mut Reader<'_>) -> Option<BatchBy> {
+    const SHAPE: &str = "{ column = \"...\", start = ..., end = ..., step = ... }";
+    let Some(v) = r.get("batch_by") else {
+        r.missing("batch_by", SHAPE);
+        return None;
+    };
+    let Value::Table(t) = v else {
+        r.problem("batch_by", format!("must be a table: {SHAPE}"));
+        return None;
+    };
+    for k in t.keys() {
+        if !["column", "start", "end", "step"].contains(&k.as_str()) {
+            r.problem(
+                "batch_by",
+                format!("unknown field {k:?}; the fields are column, start, end, step"),
+            );
+        }
+    }
+    let column = match t.get("column") {
+        Some(Value::String(c)) if is_column_name(c.trim()) => Some(c.trim().to_owned()),
+        Some(_) => {
+            r.problem(
+                "batch_by.column",
+                "must be a plain column name of the target",
+            );
+            None
+        }
+        None => {
+            r.problem(
+                "batch_by.column",
+                "missing; name the column batches split on",
+            );
+            None
+        }
+    };
+    let start = bound(r, "batch_by.start", t.get("start"));
+    let end = bound(r, "batch_by.end", t.get("end"));
+    let (start, end) = (start?, end?);
+    if start.kind() != end.kind() {
+        r.problem(
+            "batch_by.end",
+            format!(
+                "is a {} but start is a {}; use the same type for both",
+                end.kind().as_str(),
+                start.kind().as_str()
+            ),
+        );
+        return None;
+    }
+    if start >= end {
+        r.problem(
+            "batch_by",
+            format!("start ({start}) must be before end ({end}); end is exclusive"),
+        );
+        return None;
+    }
+    let step = match (start.kind(), t.get("step")) {
+        (_, None) => {
+            r.problem("batch_by.step", "missing; give the size of one batch");
+            None
+        }
+        (BoundKind::Integer, Some(Value::Integer(s))) if *s > 0 => Some(Step::Integer(*s)),
+        (BoundKind::Integer, Some(Value::Integer(s))) => {
+            r.problem(
+                "batch_by.step",
+                format!("{s} is not positive; use a step of at least 1"),
+            );
+            None
+        }
+        (BoundKind::Integer, Some(_)) => {
+            r.problem(
+                "batch_by.step",
+                "must be a positive integer for an integer column",
+            );
+            None
+        }
+        (_, Some(Value::String(s))) => match Interval::parse(s) {
+            Ok(i) if start.kind() == BoundKind::Date && i.micros != 0 => {
+                r.problem("batch_by.step", format!("{s:?} is finer than a day; a date column steps by days, weeks, months or years"));
+                let _ = i;
+                None
+            }
+            Ok(i) => Some(Step::Interval(i)),
+            Err(e) => {
+                r.problem("batch_by.step", e);
+                None
+            }
+        },
+        (_, Some(_)) => {
+            r.problem("batch_by.step", "must be an interval such as \"1 month\" or \"7 days\" for a date or timestamp column");
+            None
+        }
+    }?;
+    let batch_by = BatchBy {
+        column: column?,
+        start,
+        end,
+        step,
+    };
+    if let Err(e) = batch_by.plan() {
+        r.problem("batch_by.step", e);
+        return None;
+    }
+    Some(batch_by)
+}
+
+fn bound(r: &mut Reader<'_>, field: &str, v: Option<&Value>) -> Option<Bound> {
+    let text = match v {
+        None => {
+            r.problem(field, "missing; give an integer, a date \"YYYY-MM-DD\" or a timestamp \"YYYY-MM-DD HH:MM:SS\"");
+            return None;
+        }
+        Some(Value::Integer(i)) => return Some(Bound::Integer(*i)),
+        Some(Value::String(s)) => s.trim().to_owned(),
+        Some(Value::Datetime(d)) => d.to_string(),
+        Some(other) => {
+            r.problem(
+                field,
+                format!(
+                    "is a {}; batch_by works on integer, date or timestamp columns only",
+                    other.type_str()
+                ),
+            );
+            return None;
+        }
+    };
+    let parsed = if text.len() == 10 {
+        Bound::parse(BoundKind::Date, &text)
+    } else {
+        // An offset (Z, +02:00) has no meaning for a timestamp column: refuse it
+        // rather than silently shifting the range.
+        let has_offset =
+            text.len() > 19 && (text.ends_with('Z') || text[19..].contains(['+', '-']));
+        (!has_offset)
+            .then(|| Bound::parse(BoundKind::Timestamp, &text))
+            .flatten()
+    };
+    if parsed.is_none() {
+        r.problem(
+            field,
+            format!("{text:?} is neither a date \"YYYY-MM-DD\" nor a timestamp \"YYYY-MM-DD HH:MM:SS\" (no time zone)"),
+        );
+    }
+    parsed
+}
+
+fn read_write(r: &mut Reader<'_>) -> Option<Write> {
+    let strategy = r.choice("strategy", Strategy::NAMES, Strategy::from_name);
+    let on_missing = r.choice("on_missing", OnMissing::NAMES, OnMissing::from_name);
+    let snapshot = r.boolean("snapshot", "true to keep before-images for rollback");
+    Some(Write {
+        strategy: strategy?,
+        on_missing: on_missing?,
+        snapshot: snapshot?,
+    })
+}
+
+fn read_dependencies(r: &mut Reader<'_>) -> Option<Dependencies> {
+    let downstream = r.list("downstream", true, false);
+    let refresh = r.list("refresh", false, false);
+    let stakeholders = r.list("stakeholders", true, false);
+    Some(Dependencies {
+        downstream: downstream?,
+        refresh: refresh?,
+        stakeholders: stakeholders?,
+    })
+}
+
+fn read_validation(r: &mut Reader<'_>) -> Option<Validation> {
+    let max_duplicate_keys = r
+        .integer("max_duplicate_keys", 0, i64::MAX, "0")
+        .and_then(|n| u64::try_from(n).ok());
+    let metrics = read_tables(r, "metrics", |r, t, i| {
+        let field = |k: &str| format!("metrics[{i}].{k}");
+        let text = |r: &mut Reader<'_>, k: &str, required: bool| match t.get(k) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(Some(s.trim().to_owned())),
+            None if !required => Some(None),
+            _ => {
+                r.problem(&field(k), "must be a non-blank string");
+                None
+            }
+        };
+        let name = text(r, "name", true);
+        let expr = text(r, "expr", true);
+        let by = text(r, "by", false);
+        let max_change_pct = match t.get("max_change_pct") {
+            None => Some(None),
+            Some(Value::Integer(i)) if *i >= 0 => Some(Some(*i as f64)),
+            Some(Value::Float(f)) if *f >= 0.0 && f.is_finite() => Some(Some(*f)),
+            Some(_) => {
+                r.problem(
+                    &field("max_change_pct"),
+                    "must be a non-negative number (percent)",
+                );
+                None
+            }
+        };
+        for k in t.keys() {
+            if !["name", "expr", "by", "max_change_pct"].contains(&k.as_str()) {
+                r.problem(
+                    &field(k),
+                    "unknown field; the fields are name, expr, by, max_change_pct",
+                );
+            }
+        }
+        Some(Metric {
+            name: name??,
+            expr: expr??,
+            by: by?,
+            max_change_pct: max_change_pct?,
+        })
+    });
+    let references = read_tables(r, "references", |r, t, i| {
+        let mut text = |k: &str| match t.get(k) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            _ => {
+                r.problem(
+                    &format!("references[{i}].{k}"),
+                    "must be a non-blank string",
+                );
+                None
+            }
+        };
+        let column = text("column");
+        let references = text("references");
+        Some(Reference {
+            column: column?,
+            references: references?,
+        })
+    });
+    Some(Validation {
+        max_duplicate_keys: max_duplicate_keys?,
+        metrics: metrics?,
+        references: references?,
+    })
+}
+
+/// An optional array of tables (`[[validation.metrics]]`), each read by `item`.
+fn read_tables<T>(
+    r: &mut Reader<'_>,
+    key: &'static str,
+    item: impl Fn(&mut Reader<'_>, &Table, usize) -> Option<T>,
+) -> Option<Vec<T>> {
+    let Some(v) = r.get(key) else {
+        return Some(Vec::new());
+    };
+    let Value::Array(items) = v else {
+        r.problem(
+            key,
+            format!("must be an array of tables: [[{}.{key}]]", r.section),
+        );
+        return None;
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, v) in items.iter().enumerate() {
+        match v {
+            Value::Table(t) => match item(r, t, i) {
+                Some(x) => out.push(x),
+                None => ok = false,
+            },
+            _ => {
+                r.problem(&format!("{key}[{i}]"), "must be a table");
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+fn read_limits(r: &mut Reader<'_>) -> Option<Limits> {
+    let max_in_flight = r
+        .integer(
+            "max_in_flight",
+            1,
+            10_000,
+            "the most batches queued or running at once, e.g. 4",
+        )
+        .and_then(|n| u32::try_from(n).ok());
+    let pause_when = r
+        .opt_text("pause_when", "a SELECT returning one boolean")
+        .ok();
+    Some(Limits {
+        max_in_flight: max_in_flight?,
+        pause_when: pause_when?,
+    })
+}
+
+fn read_rollback(r: &mut Reader<'_>) -> Option<Rollback> {
+    let plan = r.text("plan", "how to undo this run");
+    let retain_days = r
+        .integer(
+            "retain_days",
+            0,
+            3650,
+            "how many days to keep before-images, e.g. 14",
+        )
+        .and_then(|n| u32::try_from(n).ok());
+    Some(Rollback {
+        plan: plan?,
+        retain_days: retain_days?,
+    })
+}

@@ -1,0 +1,226 @@
+//! The brief: the one-page TOML document that describes a backfill (reason, owner,
+//! reviewer, scope, write strategy, validation, limits, rollback plan).
+//!
+//! [`Brief::parse`] reads the text and lints it in one pass, returning a validated
+//! [`Brief`] or *every* [`Problem`] found, each naming the field and the fix. Checks
+//! that need the warehouse (does the target exist, does the source prepare) live in
+//! the coordinator's preflight.
+
+mod bounds;
+mod lint;
+
+pub use bounds::{BatchBy, BatchRange, Bound, BoundKind, Interval, MAX_BATCHES, Step};
+pub use lint::Problem;
+
+use crate::sql::TableName;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// How sure the operator is that the change is harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Risk {
+    LowRiskEnrichment,
+    MetricChanging,
+    SchemaMigration,
+    ProductionCritical,
+}
+
+/// How batches write to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    PartitionOverwrite,
+    StagingSwap,
+    Merge,
+    ParallelVersion,
+}
+
+/// What happens to target rows inside a batch's range that the source no longer yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnMissing {
+    Delete,
+    Keep,
+}
+
+macro_rules! names {
+    ($ty:ty { $($variant:ident = $name:literal),+ $(,)? }) => {
+        impl $ty {
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+
+            #[must_use]
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $name),+ }
+            }
+
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name { $($name => Some(Self::$variant),)+ _ => None }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+names!(Risk {
+    LowRiskEnrichment = "low-risk-enrichment",
+    MetricChanging = "metric-changing",
+    SchemaMigration = "schema-migration",
+    ProductionCritical = "production-critical",
+});
+names!(Strategy {
+    PartitionOverwrite = "partition-overwrite",
+    StagingSwap = "staging-swap",
+    Merge = "merge",
+    ParallelVersion = "parallel-version",
+});
+names!(OnMissing {
+    Delete = "delete",
+    Keep = "keep",
+});
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub name: String,
+    pub reason: String,
+    pub owner: String,
+    pub reviewer: String,
+    pub risk: Risk,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scope {
+    pub target: TableName,
+    /// The grain: exactly one target row per key.
+    pub key: Vec<String>,
+    /// The columns this backfill may rewrite.
+    pub columns: Vec<String>,
+    pub batch_by: BatchBy,
+    pub expected_rows: Option<u64>,
+    /// Rows of one batch; `$1` is the lower bound (inclusive), `$2` the upper (exclusive).
+    pub source: String,
+}
+
+impl Scope {
+    /// Key, then `batch_by` (unless it is part of the key), then the rewritten
+    /// columns: the columns a batch reads from the source and writes to the target.
+    #[must_use]
+    pub fn written_columns(&self) -> Vec<String> {
+        let mut all = self.key.clone();
+        for c in std::iter::once(&self.batch_by.column).chain(&self.columns) {
+            if !all.contains(c) {
+                all.push(c.clone());
+            }
+        }
+        all
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Write {
+    pub strategy: Strategy,
+    pub on_missing: OnMissing,
+    /// Keep a before-image of every row the run changes (needed for rollback).
+    pub snapshot: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Dependencies {
+    pub downstream: Vec<String>,
+    pub refresh: Vec<String>,
+    pub stakeholders: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metric {
+    pub name: String,
+    pub expr: String,
+    pub by: Option<String>,
+    pub max_change_pct: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reference {
+    pub column: String,
+    pub references: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    pub max_duplicate_keys: u64,
+    pub metrics: Vec<Metric>,
+    pub references: Vec<Reference>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Batches queued or running at once.
+    pub max_in_flight: u32,
+    /// A load guard, polled while the run is active.
+    pub pause_when: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollback {
+    pub plan: String,
+    pub retain_days: u32,
+}
+
+/// A brief that passed the lint. Built only by [`Brief::parse`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Brief {
+    pub meta: Meta,
+    pub scope: Scope,
+    pub write: Write,
+    pub dependencies: Dependencies,
+    pub validation: Validation,
+    pub limits: Limits,
+    pub rollback: Rollback,
+}
+
+/// The lint's verdict on a brief: every problem found, in document order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct BriefError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for BriefError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "the brief has {n} problem{}; fix {} and run again:",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "it" } else { "them" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Brief {
+    /// Parses and lints a brief's TOML text.
+    pub fn parse(text: &str) -> Result<Self, BriefError> {
+        lint::lint(text).map_err(|problems| BriefError { problems })
+    }
+
+    /// The hash that names this exact text: workers refuse a message whose hash
+    /// differs from the run's.
+    #[must_use]
+    pub fn hash(text: &str) -> String {
+        let digest = Sha256::digest(text.as_bytes());
+        digest.iter().fold(String::with_capacity(64), |mut s, b| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+}

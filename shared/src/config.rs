@@ -1,0 +1,222 @@
+//! Connection settings, read once from the environment (with local defaults) and
+//! validated before anything connects. [`Config::from_vars`] is a pure function of
+//! a map so tests never touch the process environment.
+
+use std::collections::HashMap;
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_NAMESPACE: &str = "backfill";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "{var} must start with {expected} (got {got}); fix the variable or unset it to use the default"
+    )]
+    Scheme {
+        var: &'static str,
+        expected: &'static str,
+        got: String,
+    },
+    #[error(
+        "BACKFILL_NAMESPACE={0:?} is not usable: use 1-40 characters from a-z, 0-9, '-', '_' and '.'"
+    )]
+    Namespace(String),
+}
+
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// Where the three services are, and the namespace that keeps queue names and Redis
+/// keys of one deployment (or one test) apart from another's.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Config {
+    pub database_url: String,
+    pub amqp_url: String,
+    pub redis_url: String,
+    /// Prefix of every queue, exchange and Redis key this deployment uses.
+    pub namespace: String,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("amqp_url", &redact_url(&self.amqp_url))
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Reads `BACKFILL_DATABASE_URL`, `BACKFILL_AMQP_URL`, `BACKFILL_REDIS_URL` and
+    /// `BACKFILL_NAMESPACE` from the process environment.
+    pub fn from_env() -> Result<Self> {
+        Self::from_vars(&std::env::vars().collect())
+    }
+
+    /// The same, over any map of variables.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self> {
+        let get = |name: &str, default: &str| {
+            vars.get(name)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty())
+                .unwrap_or(default)
+                .to_owned()
+        };
+        let config = Self {
+            database_url: get("BACKFILL_DATABASE_URL", DEFAULT_DATABASE_URL),
+            amqp_url: get("BACKFILL_AMQP_URL", DEFAULT_AMQP_URL),
+            redis_url: get("BACKFILL_REDIS_URL", DEFAULT_REDIS_URL),
+            namespace: get("BACKFILL_NAMESPACE", DEFAULT_NAMESPACE),
+        };
+        config.validate()
+    }
+
+    fn validate(self) -> Result<Self> {
+        check_scheme(
+            "BACKFILL_DATABASE_URL",
+            &self.database_url,
+            &["postgres://", "postgresql://"],
+            "postgres://",
+        )?;
+        check_scheme(
+            "BACKFILL_AMQP_URL",
+            &self.amqp_url,
+            &["amqp://", "amqps://"],
+            "amqp://",
+        )?;
+        check_scheme(
+            "BACKFILL_REDIS_URL",
+            &self.redis_url,
+            &["redis://", "rediss://", "unix://"],
+            "redis://",
+        )?;
+        let ns_ok = (1..=40).contains(&self.namespace.len())
+            && self
+                .namespace
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+        if !ns_ok {
+            return Err(ConfigError::Namespace(self.namespace));
+        }
+        Ok(self)
+    }
+
+    /// The same connections under another namespace (tests use one each).
+    #[must_use]
+    pub fn with_namespace(mut self, namespace: &str) -> Self {
+        namespace.clone_into(&mut self.namespace);
+        self
+    }
+
+    /// The same services with another warehouse database URL.
+    #[must_use]
+    pub fn with_database_url(mut self, url: &str) -> Self {
+        url.clone_into(&mut self.database_url);
+        self
+    }
+}
+
+fn check_scheme(
+    var: &'static str,
+    value: &str,
+    accepted: &[&str],
+    expected: &'static str,
+) -> Result<()> {
+    if accepted.iter().any(|p| value.starts_with(p)) {
+        Ok(())
+    } else {
+        Err(ConfigError::Scheme {
+            var,
+            expected,
+            got: redact_url(value),
+        })
+    }
+}
+
+/// Replaces the password of a URL with `***`, so a connection string can be shown
+/// in logs and errors.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let redacted = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        None => userinfo.to_owned(),
+    };
+    format!("{}{}{}", &url[..scheme_end + 3], redacted, &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_when_unset_or_blank() {
+        let c = Config::from_vars(&vars(&[("BACKFILL_REDIS_URL", " ")])).unwrap();
+        assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.redis_url, DEFAULT_REDIS_URL);
+        assert_eq!(c.namespace, "backfill");
+    }
+
+    #[test]
+    fn rejects_wrong_scheme_without_leaking_password() {
+        let err = Config::from_vars(&vars(&[(
+            "BACKFILL_DATABASE_URL",
+            "mysql://u:hunter2@h/db",
+        )]))
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("BACKFILL_DATABASE_URL"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn rejects_bad_namespace() {
+        for ns in ["Has Space", "UPPER", &"x".repeat(41)] {
+            let err = Config::from_vars(&vars(&[("BACKFILL_NAMESPACE", ns)])).unwrap_err();
+            assert!(matches!(err, ConfigError::Namespace(_)), "{ns}");
+        }
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/db"),
+            "postgres://postgres@127.0.0.1/db"
+        );
+        assert_eq!(redact_url("redis://:p%40ss@h:6379"), "redis://:***@h:6379");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn debug_output_is_redacted() {
+        let c = Config::from_vars(&vars(&[(
+            "BACKFILL_AMQP_URL",
+            "amqp://u:topsecret@h:5672/%2f",
+        )]))
+        .unwrap();
+        assert!(!format!("{c:?}").contains("topsecret"));
+    }
+}

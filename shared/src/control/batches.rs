@@ -1,0 +1,282 @@
+//! Batches: the ledger of a run. Every state change of a batch goes through here.
+//!
+//! States: `pending` → `queued` (published) → `running` (claimed by a worker) →
+//! `applied`, or `failed` (with its error). A claim bumps the fencing token; the
+//! apply transaction locks the row and commits only if its token is still the
+//! latest, so a worker that lost its lease (paused, partitioned) cannot commit.
+
+use super::Result;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The batch is ours to apply, under this fencing token.
+    Granted { fence: i64 },
+    /// Another worker already applied it.
+    AlreadyApplied,
+    /// It failed for good; only `backfill retry` brings it back.
+    Failed,
+    /// The message's bounds are not the ledger's: a forged or corrupted message.
+    BoundsMismatch { lo: String, hi: String },
+    /// The run has no such batch.
+    Unknown,
+}
+
+/// Claims a batch for `worker`: bumps the fencing token and marks it running, if
+/// the bounds the message carries are the ledger's.
+pub async fn claim(
+    pool: &PgPool,
+    run_id: Uuid,
+    batch_no: u32,
+    bounds: (&str, &str),
+    worker: &str,
+) -> Result<Claim> {
+    let fence: Option<i64> = sqlx::query_scalar(
+        "UPDATE backfill.batches
+            SET fence = fence + 1, state = 'running', attempts = attempts + 1,
+                worker = $3, started_at = now()
+          WHERE run_id = $1 AND batch_no = $2 AND state IN ('pending', 'queued', 'running')
+            AND lo = $4 AND hi = $5
+          RETURNING fence",
+    )
+    .bind(run_id)
+    .bind(i64::from(batch_no))
+    .bind(worker)
+    .bind(bounds.0)
+    .bind(bounds.1)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(fence) = fence {
+        return Ok(Claim::Granted { fence });
+    }
+    let row: Option<(String, String, String)> = sqlx::query_as(
+        "SELECT state, lo, hi FROM backfill.batches WHERE run_id = $1 AND batch_no = $2",
+    )
+    .bind(run_id)
+    .bind(i64::from(batch_no))
+    .fetch_optional(pool)
+    .await?;
+    Ok(match row {
+        None => Claim::Unknown,
+        Some((_, lo, hi)) if (lo.as_str(), hi.as_str()) != bounds => {
+            Claim::BoundsMismatch { lo, hi }
+        }
+        Some((state, ..)) if state == "applied" => Claim::AlreadyApplied,
+        Some(_) => Claim::Failed,
+    })
+}
+
+/// Inside the apply transaction: locks the batch row and checks that `fence` is
+/// still the current token. `false` means a newer claim exists: roll back.
+pub async fn fence_is_current(
+    tx: &mut PgConnection,
+    run_id: Uuid,
+    batch_no: u32,
+    fence: i64,
+) -> Result<bool> {
+    let row: Option<(i64, String)> = sqlx::query_as(
+        "SELECT fence, state FROM backfill.batches WHERE run_id = $1 AND batch_no = $2 FOR UPDATE",
+    )
+    .bind(run_id)
+    .bind(i64::from(batch_no))
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(matches!(row, Some((current, state)) if current == fence && state == "running"))
+}
+
+/// Row counts of one applied batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RowCounts {
+    pub source: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub deleted: i64,
+}
+
+/// Inside the apply transaction: marks the batch applied with its figures.
+pub async fn mark_applied(
+    tx: &mut PgConnection,
+    run_id: Uuid,
+    batch_no: u32,
+    rows: RowCounts,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE backfill.batches
+            SET state = 'applied', applied_at = clock_timestamp(), last_error = NULL,
+                rows_source = $3, rows_inserted = $4, rows_updated = $5, rows_deleted = $6,
+                duration_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::bigint
+          WHERE run_id = $1 AND batch_no = $2",
+    )
+    .bind(run_id)
+    .bind(i64::from(batch_no))
+    .bind(rows.source)
+    .bind(rows.inserted)
+    .bind(rows.updated)
+    .bind(rows.deleted)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Records a failed attempt. A permanent failure marks the batch `failed`; a
+/// transient one leaves it claimable.
+pub async fn record_failure(
+    pool: &PgPool,
+    run_id: Uuid,
+    batch_no: u32,
+    error: &str,
+    permanent: bool,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE backfill.batches
+            SET last_error = $3, state = CASE WHEN $4 THEN 'failed' ELSE state END
+          WHERE run_id = $1 AND batch_no = $2 AND state <> 'applied'",
+    )
+    .bind(run_id)
+    .bind(i64::from(batch_no))
+    .bind(error)
+    .bind(permanent)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// An applied batch's figures, as the ledger holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub rows: RowCounts,
+    pub duration_ms: i64,
+}
+
+/// The figures of a batch if it is applied.
+pub async fn applied(pool: &PgPool, run_id: Uuid, batch_no: u32) -> Result<Option<Applied>> {
+    let row: Option<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT rows_source, rows_inserted, rows_updated, rows_deleted, duration_ms
+           FROM backfill.batches WHERE run_id = $1 AND batch_no = $2 AND state = 'applied'",
+    )
+    .bind(run_id)
+    .bind(i64::from(batch_no))
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(
+        |(source, inserted, updated, deleted, duration_ms)| Applied {
+            rows: RowCounts {
+                source,
+                inserted,
+                updated,
+                deleted,
+            },
+            duration_ms,
+        },
+    ))
+}
+
+/// Marks batches queued (just before they are published).
+pub async fn mark_queued(pool: &PgPool, run_id: Uuid, batch_nos: &[u32]) -> Result<()> {
+    let nos: Vec<i64> = batch_nos.iter().map(|n| i64::from(*n)).collect();
+    sqlx::query(
+        "UPDATE backfill.batches SET state = 'queued', queued_at = now()
+          WHERE run_id = $1 AND batch_no = ANY($2) AND state = 'pending'",
+    )
+    .bind(run_id)
+    .bind(&nos)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Batch numbers in one state, in order.
+pub async fn numbers_in_state(pool: &PgPool, run_id: Uuid, state: &str) -> Result<Vec<u32>> {
+    let nos: Vec<i32> = sqlx::query_scalar(
+        "SELECT batch_no FROM backfill.batches WHERE run_id = $1 AND state = $2 ORDER BY batch_no",
+    )
+    .bind(run_id)
+    .bind(state)
+    .fetch_all(pool)
+    .await?;
+    Ok(nos
+        .into_iter()
+        .filter_map(|n| u32::try_from(n).ok())
+        .collect())
+}
+
+/// How many batches are in each state, and the rows written so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub pending: i64,
+    pub queued: i64,
+    pub running: i64,
+    pub applied: i64,
+    pub failed: i64,
+    pub rows: RowCounts,
+    /// Sum of applied batches' durations, for the ETA.
+    pub applied_ms: i64,
+}
+
+impl Counts {
+    #[must_use]
+    pub fn total(&self) -> i64 {
+        self.pending + self.queued + self.running + self.applied + self.failed
+    }
+
+    #[must_use]
+    pub fn in_flight(&self) -> i64 {
+        self.queued + self.running
+    }
+}
+
+pub async fn counts(pool: &PgPool, run_id: Uuid) -> Result<Counts> {
+    let row: (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'pending'),
+                count(*) FILTER (WHERE state = 'queued'),
+                count(*) FILTER (WHERE state = 'running'),
+                count(*) FILTER (WHERE state = 'applied'),
+                count(*) FILTER (WHERE state = 'failed'),
+                coalesce(sum(rows_source), 0)::bigint,
+                coalesce(sum(rows_inserted), 0)::bigint,
+                coalesce(sum(rows_updated), 0)::bigint,
+                coalesce(sum(rows_deleted), 0)::bigint,
+                coalesce(sum(duration_ms), 0)::bigint
+           FROM backfill.batches WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(Counts {
+        pending: row.0,
+        queued: row.1,
+        running: row.2,
+        applied: row.3,
+        failed: row.4,
+        rows: RowCounts {
+            source: row.5,
+            inserted: row.6,
+            updated: row.7,
+            deleted: row.8,
+        },
+        applied_ms: row.9,
+    })
+}
+
+/// A batch that failed, or whose last attempt failed.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct Failure {
+    pub batch_no: i32,
+    pub lo: String,
+    pub hi: String,
+    pub state: String,
+    pub attempts: i32,
+    pub last_error: String,
+}
+
+pub async fn failures(pool: &PgPool, run_id: Uuid) -> Result<Vec<Failure>> {
+    Ok(sqlx::query_as(
+        "SELECT batch_no, lo, hi, state, attempts, last_error FROM backfill.batches
+          WHERE run_id = $1 AND last_error IS NOT NULL ORDER BY batch_no",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?)
+}

@@ -1,0 +1,55 @@
+//! The control plane: schema `backfill` in the warehouse database, created by the
+//! embedded migrations in `shared/migrations`. It is the record of every run:
+//! [`runs`] (the brief, its hash, code version, operator, state), [`batches`]
+//! (bounds, state, attempts, fencing token, row counts, timings, last error) and the
+//! append-only [`log`].
+
+pub mod batches;
+pub mod log;
+pub mod runs;
+
+use sqlx::PgPool;
+
+pub const SCHEMA: &str = "backfill";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "a run is already active on {target}: {run_id} ({state}); finish, cancel or roll it back first (`backfill status {run_id}`)"
+    )]
+    ActiveRun {
+        target: String,
+        run_id: uuid::Uuid,
+        state: String,
+    },
+    #[error("no run {0}; `backfill status` lists none by that id — check the id")]
+    UnknownRun(uuid::Uuid),
+    #[error("the control plane holds data this build cannot read: {0}")]
+    Corrupt(String),
+    #[error("could not create or upgrade the control-plane schema `backfill`: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("control-plane query failed: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+pub type Result<T, E = ControlError> = std::result::Result<T, E>;
+
+/// Creates or upgrades schema `backfill`. Safe to call from many processes at once
+/// (the migrator takes an advisory lock).
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.create_schema(SCHEMA);
+    migrator.dangerous_set_table_name("backfill._sqlx_migrations");
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// The version of this build, recorded with every run.
+#[must_use]
+pub fn code_version() -> String {
+    format!(
+        "{} {}",
+        env!("CARGO_PKG_VERSION"),
+        option_env!("BACKFILL_GIT_SHA").unwrap_or("(no git sha)")
+    )
+}

@@ -1,0 +1,24 @@
+//! Backfill's shared library: what the coordinator (`backfill`) and the workers
+//! (`backfill-worker`) must agree on.
+//!
+//! A batch travels through these layers:
+//!
+//! - [`brief`]: the one-page TOML brief, parsed and linted; its `batch_by` plans
+//!   the batches.
+//! - [`control`]: the control plane in the warehouse (runs, the batch ledger with
+//!   fencing tokens, the append-only run log).
+//! - [`message`] and [`topology`]: the MessagePack messages and the RabbitMQ
+//!   queues they travel on.
+//! - [`lease`]: Redis leases and idempotency keys held by workers.
+//! - [`config`], [`services`], [`telemetry`]: connections and logs.
+//! - [`sql`]: quoting of identifiers from the brief.
+
+pub mod brief;
+pub mod config;
+pub mod control;
+pub mod lease;
+pub mod message;
+pub mod services;
+pub mod sql;
+pub mod telemetry;
+pub mod topology;

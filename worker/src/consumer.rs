@@ -1,0 +1,211 @@
+//! The consume loop. Prefetch equals the concurrency, and a semaphore of the same
+//! size bounds the batches in flight. A lost broker connection is re-established
+//! with backoff; shutdown stops consuming, waits for in-flight batches up to the
+//! drain deadline, and closes.
+
+use crate::publisher::Publisher;
+use crate::runs::Runs;
+use crate::{Shared, Stats, protocol};
+use backfill_shared::config::Config;
+use backfill_shared::control;
+use backfill_shared::lease::Leases;
+use backfill_shared::services::{self, ServiceError};
+use backfill_shared::topology::Topology;
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Batches applied at once (and the AMQP prefetch).
+    pub concurrency: u16,
+    /// Lifetime of a batch lease; heartbeats renew it at a third of this.
+    pub lease_ttl: Duration,
+    /// How long shutdown waits for in-flight batches.
+    pub drain_timeout: Duration,
+    /// Names this worker in leases, the ledger and the broker.
+    pub worker_id: String,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 2,
+            lease_ttl: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(120),
+            worker_id: default_worker_id(),
+        }
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error("--concurrency must be at least 1")]
+    Concurrency,
+}
+
+/// One worker: a pool, a Redis connection and, while running, a broker connection.
+#[derive(Debug)]
+pub struct Worker {
+    config: Config,
+    options: WorkerOptions,
+    pool: sqlx::PgPool,
+    leases: Leases,
+    topology: Topology,
+    runs: Arc<Runs>,
+    stats: Arc<Stats>,
+}
+
+impl Worker {
+    /// Connects to PostgreSQL and Redis (failing fast, with the fix, if either is
+    /// unreachable) and makes sure the control plane exists.
+    pub async fn connect(config: Config, options: WorkerOptions) -> Result<Self, WorkerError> {
+        if options.concurrency == 0 {
+            return Err(WorkerError::Concurrency);
+        }
+        let pool = services::postgres(&config, u32::from(options.concurrency) + 2).await?;
+        control::migrate(&pool).await?;
+        let redis = services::redis(&config).await?;
+        let leases = Leases::new(redis, &config.namespace, options.lease_ttl);
+        // Fail fast on a broker that is down or refuses our credentials.
+        services::rabbit(&config, "backfill-worker (probe)")
+            .await?
+            .close(200, "probe".into())
+            .await
+            .ok();
+        Ok(Self {
+            topology: Topology::new(&config.namespace),
+            config,
+            options,
+            pool,
+            leases,
+            runs: Arc::default(),
+            stats: Arc::default(),
+        })
+    }
+
+    #[must_use]
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Consumes until `shutdown` is cancelled, then drains. Reconnects to the broker
+    /// with backoff when the connection is lost.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut delay = Duration::from_millis(250);
+        while !shutdown.is_cancelled() {
+            match self.session(&shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?delay, "broker session ended; reconnecting");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(15));
+        }
+        self.pool.close().await;
+        info!(worker = %self.options.worker_id, "worker stopped");
+    }
+
+    /// One broker connection's life. `Ok` on shutdown, `Err` when the connection broke.
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), String> {
+        let name = format!("backfill-worker {}", self.options.worker_id);
+        let conn = services::rabbit(&self.config, &name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let amqp = |e: lapin::Error| format!("rabbitmq: {e}");
+        let channel = conn.create_channel().await.map_err(amqp)?;
+        self.topology.declare(&channel).await.map_err(amqp)?;
+        channel
+            .basic_qos(self.options.concurrency, BasicQosOptions::default())
+            .await
+            .map_err(amqp)?;
+        let publisher = Publisher::new(&conn, self.topology.clone())
+            .await
+            .map_err(amqp)?;
+        let tag = format!("backfill-worker-{}", self.options.worker_id);
+        let mut consumer = channel
+            .basic_consume(
+                self.topology.batches.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp)?;
+        info!(queue = %self.topology.batches, concurrency = self.options.concurrency, worker = %self.options.worker_id, "consuming");
+
+        let shared = Arc::new(Shared {
+            pool: self.pool.clone(),
+            leases: self.leases.clone(),
+            publisher,
+            runs: Arc::clone(&self.runs),
+            worker_id: self.options.worker_id.clone(),
+            shutdown: shutdown.clone(),
+            stats: Arc::clone(&self.stats),
+        });
+        let slots = Arc::new(Semaphore::new(usize::from(self.options.concurrency)));
+        let tracker = TaskTracker::new();
+        let ended = loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                permit = Arc::clone(&slots).acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break Err("semaphore closed".to_owned()),
+                },
+            };
+            let next = tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                next = consumer.next() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    let shared = Arc::clone(&shared);
+                    tracker.spawn(async move {
+                        protocol::handle(shared, delivery).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => break Err(amqp(e)),
+                None => break Err("the broker cancelled the consumer".to_owned()),
+            }
+        };
+        if ended.is_ok() {
+            info!("shutting down: no new batches; draining in-flight ones");
+            let _ = channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+        }
+        tracker.close();
+        if tokio::time::timeout(self.options.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(timeout = ?self.options.drain_timeout, "drain deadline passed; unfinished batches return to the queue");
+        }
+        let _ = conn.close(200, "worker stopping".into()).await;
+        ended
+    }
+}

@@ -1,0 +1,321 @@
+//! The exactly-once protocol for one delivery (see DESIGN.md):
+//!
+//! decode → load the run and check the brief hash → idempotency key → Redis lease
+//! (with heartbeat) → claim a fencing token → one warehouse transaction → publish
+//! the event (confirmed) → set the idempotency key → release the lease → ack.
+//!
+//! A crash anywhere replays safely: an applied batch is acked and its event re-sent
+//! from the ledger, never re-applied. Poison messages are dead-lettered with their
+//! reason; the worker goes on.
+
+use crate::Shared;
+use crate::apply::{self, BatchWork};
+use crate::error::{BatchError, Result};
+use crate::runs::RunContext;
+use backfill_shared::control::batches::{self, Claim};
+use backfill_shared::control::runs::RunState;
+use backfill_shared::control::{ControlError, runs};
+use backfill_shared::message::{self, BatchMessage, Event, FailureKind, VERSION};
+use backon::{ExponentialBuilder, Retryable};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span, field, info, info_span, warn};
+
+/// What to do with a delivery once it has been handled.
+#[derive(Debug)]
+enum Outcome {
+    /// Applied (now or earlier) and its event published: ack.
+    Done,
+    /// Nothing to do for this worker (run not running, batch superseded): ack.
+    Skipped(String),
+    /// Not a message this worker may act on: dead-letter with the reason, then ack.
+    Poison(String),
+    /// The batch failed; the failure is recorded and reported: dead-letter, then ack.
+    Failed(String),
+    /// Could not finish here (lease lost, shutting down): give it back to the queue.
+    Requeue(String),
+}
+
+/// Handles one delivery to the end: it is acked, dead-lettered or requeued.
+pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery) {
+    let span = info_span!(
+        "batch.apply",
+        run.id = field::Empty,
+        batch.no = field::Empty,
+        outcome = field::Empty
+    );
+    async move {
+        let outcome = process(&shared, &delivery).await;
+        Span::current().record("outcome", field::debug(&outcome));
+        let settled = match &outcome {
+            Outcome::Done => {
+                shared.stats.applied.fetch_add(1, Ordering::Relaxed);
+                delivery.ack(BasicAckOptions::default()).await.map(|_| ())
+            }
+            Outcome::Skipped(why) => {
+                info!(reason = %why, "skipped");
+                delivery.ack(BasicAckOptions::default()).await.map(|_| ())
+            }
+            Outcome::Poison(why) | Outcome::Failed(why) => {
+                if matches!(outcome, Outcome::Poison(_)) {
+                    shared.stats.poison.fetch_add(1, Ordering::Relaxed);
+                    warn!(reason = %why, "dead-lettering a message this worker cannot act on");
+                } else {
+                    shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %why, "batch failed; reported to the coordinator and dead-lettered");
+                }
+                match shared.publisher.dead_letter(&delivery, why).await {
+                    Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+                    // Not stored elsewhere: hand it back rather than lose it.
+                    Err(e) => {
+                        warn!(error = %e, "could not dead-letter; requeueing");
+                        delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.map(|_| ())
+                    }
+                }
+            }
+            Outcome::Requeue(why) => {
+                info!(reason = %why, "requeueing");
+                delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.map(|_| ())
+            }
+        };
+        if let Err(e) = settled {
+            // The channel is gone: the broker redelivers the message, and the
+            // ledger and idempotency key make the replay safe.
+            warn!(error = %e, "could not settle the delivery; the broker will redeliver it");
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+fn retry_policy() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_max_times(6)
+        .with_jitter()
+}
+
+async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
+    let msg = match message::decode_batch(&delivery.data) {
+        Ok(m) => m,
+        Err(e) => return Outcome::Poison(format!("undecodable batch message: {e}")),
+    };
+    let span = Span::current();
+    span.record("run.id", field::display(msg.run_id));
+    span.record("batch.no", msg.batch_no);
+
+    let run = match (|| shared.runs.get(&shared.pool, msg.run_id))
+        .retry(retry_policy())
+        .when(|e: &ControlError| matches!(e, ControlError::Sql(_)))
+        .notify(|e, d| warn!(error = %e, retry_in = ?d, "loading the run failed; retrying"))
+        .await
+    {
+        Ok(run) => run,
+        Err(ControlError::UnknownRun(id)) => {
+            return Outcome::Poison(format!("names unknown run {id}"));
+        }
+        Err(e) => return Outcome::Requeue(format!("could not load the run: {e}")),
+    };
+    if msg.brief_hash != run.brief_hash {
+        return Outcome::Poison(format!(
+            "brief hash {} does not match run {}'s brief {}: a forged or stale message",
+            msg.brief_hash, msg.run_id, run.brief_hash
+        ));
+    }
+    if msg.lo.kind() != run.bound_kind || msg.hi.kind() != run.bound_kind {
+        return Outcome::Poison(format!(
+            "bounds are {} but run {} batches by {}",
+            msg.lo.kind().as_str(),
+            msg.run_id,
+            run.bound_kind.as_str()
+        ));
+    }
+
+    match with_lease(shared, &run, &msg).await {
+        Ok(outcome) => outcome,
+        Err(e) => Outcome::Requeue(e.to_string()),
+    }
+}
+
+/// Everything done under the batch's lease.
+async fn with_lease(shared: &Shared, run: &RunContext, msg: &BatchMessage) -> Result<Outcome> {
+    let (run_id, batch_no) = (msg.run_id, msg.batch_no);
+    let leases = &shared.leases;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        if leases.is_done(run_id, batch_no).await? {
+            return Ok(Outcome::Done);
+        }
+        if runs::state(&shared.pool, run_id).await? != RunState::Running {
+            return Ok(Outcome::Skipped(format!("run {run_id} is not running")));
+        }
+        if leases.acquire(run_id, batch_no, &shared.worker_id).await? {
+            break;
+        }
+        // Another worker holds it: wait for it to finish or for its lease to expire.
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return Ok(Outcome::Requeue("shutting down".into())),
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
+
+    let lost = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat(
+        leases.clone(),
+        run_id,
+        batch_no,
+        shared.worker_id.clone(),
+        lost.clone(),
+    ));
+    let outcome = under_lease(shared, run, msg, &lost).await;
+    heartbeat.abort();
+    if let Err(e) = leases.release(run_id, batch_no, &shared.worker_id).await {
+        warn!(error = %e, "could not release the lease; it expires by itself");
+    }
+    outcome
+}
+
+async fn under_lease(
+    shared: &Shared,
+    run: &RunContext,
+    msg: &BatchMessage,
+    lost: &CancellationToken,
+) -> Result<Outcome> {
+    let (run_id, batch_no) = (msg.run_id, msg.batch_no);
+    let bounds = (msg.lo.to_string(), msg.hi.to_string());
+    let attempt = || async {
+        let claim = batches::claim(
+            &shared.pool,
+            run_id,
+            batch_no,
+            (&bounds.0, &bounds.1),
+            &shared.worker_id,
+        )
+        .await?;
+        let Claim::Granted { fence } = claim else {
+            return Ok(claim);
+        };
+        let work = BatchWork {
+            run_id,
+            batch_no,
+            lo: msg.lo,
+            hi: msg.hi,
+            fence,
+        };
+        tokio::select! {
+            applied = apply::apply(&shared.pool, &run.plan, work, &shared.worker_id) => applied.map(|_| claim),
+            () = lost.cancelled() => Err(BatchError::LeaseLost(batch_no)),
+        }
+    };
+    let result = attempt
+        .retry(retry_policy())
+        .when(BatchError::is_transient)
+        .notify(|e, d| warn!(error = %e, retry_in = ?d, "transient failure; retrying"))
+        .await;
+    match result {
+        Ok(Claim::Granted { .. } | Claim::AlreadyApplied) => {
+            publish_applied(shared, run_id, batch_no).await?;
+            shared.leases.mark_done(run_id, batch_no).await?;
+            Ok(Outcome::Done)
+        }
+        Ok(Claim::Failed) => Ok(Outcome::Skipped(format!(
+            "batch {batch_no} failed earlier; `backfill retry {run_id}` brings it back"
+        ))),
+        Ok(Claim::BoundsMismatch { lo, hi }) => Ok(Outcome::Poison(format!(
+            "bounds [{}, {}) are not the ledger's [{lo}, {hi}) for batch {batch_no}: a forged or corrupted message",
+            bounds.0, bounds.1
+        ))),
+        Ok(Claim::Unknown) => Ok(Outcome::Poison(format!(
+            "run {run_id} has no batch {batch_no}"
+        ))),
+        Err(BatchError::Stale { .. }) => {
+            shared.stats.stale.fetch_add(1, Ordering::Relaxed);
+            Ok(Outcome::Skipped(format!(
+                "batch {batch_no} was claimed by a newer worker"
+            )))
+        }
+        Err(e @ BatchError::LeaseLost(_)) => {
+            shared.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
+            Ok(Outcome::Requeue(e.to_string()))
+        }
+        Err(e) => {
+            let kind = if e.is_transient() {
+                FailureKind::Exhausted
+            } else {
+                FailureKind::Permanent
+            };
+            let error = e.to_string();
+            batches::record_failure(&shared.pool, run_id, batch_no, &error, true).await?;
+            shared
+                .publisher
+                .event(&Event::Failed {
+                    version: VERSION,
+                    run_id,
+                    batch_no,
+                    kind,
+                    error: error.clone(),
+                })
+                .await?;
+            Ok(Outcome::Failed(error))
+        }
+    }
+}
+
+/// Publishes the `applied` event from the ledger's figures, so a first apply and a
+/// replay after a crash send the same event.
+async fn publish_applied(shared: &Shared, run_id: uuid::Uuid, batch_no: u32) -> Result<()> {
+    let applied = batches::applied(&shared.pool, run_id, batch_no)
+        .await?
+        .ok_or_else(|| {
+            BatchError::Transient(format!("batch {batch_no} is not applied in the ledger"))
+        })?;
+    shared
+        .publisher
+        .event(&Event::Applied {
+            version: VERSION,
+            run_id,
+            batch_no,
+            rows_source: applied.rows.source,
+            rows_inserted: applied.rows.inserted,
+            rows_updated: applied.rows.updated,
+            rows_deleted: applied.rows.deleted,
+            duration_ms: applied.duration_ms,
+        })
+        .await
+}
+
+/// Keeps the lease alive at a third of its lifetime; cancels `lost` when it is
+/// gone or cannot be renewed before it would expire.
+async fn heartbeat(
+    leases: backfill_shared::lease::Leases,
+    run_id: uuid::Uuid,
+    batch_no: u32,
+    holder: String,
+    lost: CancellationToken,
+) {
+    let ttl = leases.ttl();
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        match leases.extend(run_id, batch_no, &holder).await {
+            Ok(true) => last_ok = tokio::time::Instant::now(),
+            Ok(false) => {
+                warn!(batch.no = batch_no, "lease lost");
+                lost.cancel();
+                return;
+            }
+            Err(e) if last_ok.elapsed() >= ttl => {
+                warn!(error = %e, "lease could not be renewed before it expired");
+                lost.cancel();
+                return;
+            }
+            Err(e) => warn!(error = %e, "lease heartbeat failed; retrying"),
+        }
+    }
+}
