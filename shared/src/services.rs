@@ -50,7 +50,9 @@ pub async fn postgres(config: &Config, max_connections: u32) -> Result<PgPool> {
     let options = PgConnectOptions::from_str(&config.database_url)
         .map_err(|e| err(scrub(&e.to_string(), &config.database_url), PG_START))?
         .application_name("backfill")
-        .log_statements(tracing::log::LevelFilter::Trace);
+        .log_statements(tracing::log::LevelFilter::Trace)
+        // Backfill statements are long by design; a slow one is not a warning.
+        .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(1));
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))

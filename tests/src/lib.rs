@@ -1,0 +1,174 @@
+//! Test support: every test gets its own database (a fresh copy of the control
+//! plane and of TPC-H data) and its own namespace (queue names, Redis keys), so
+//! tests run in parallel against the real services without sharing state.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use backfill_coordinator::demo;
+use backfill_shared::config::Config;
+use backfill_shared::control;
+use backfill_shared::topology::Topology;
+use lapin::options::QueueDeleteOptions;
+use sqlx::{AssertSqlSafe, PgPool};
+use std::path::PathBuf;
+use uuid::Uuid;
+
+/// The TPC-H schema every test database holds.
+pub const SCHEMA: &str = "tpch";
+
+/// One test's world: its database, namespace and config.
+#[derive(Debug)]
+pub struct TestEnv {
+    pub config: Config,
+    pub pool: PgPool,
+    pub database: String,
+    admin: PgPool,
+}
+
+impl TestEnv {
+    /// A fresh database holding the control plane and TPC-H at `scale`, with the
+    /// buggy `tpch.order_revenue` the demo backfill fixes.
+    pub async fn new(scale: f64) -> Self {
+        let base = Config::from_env().expect("BACKFILL_* variables are invalid");
+        let id = Uuid::new_v4().simple().to_string();
+        let database = format!("bf_test_{}", &id[..12]);
+        let admin = backfill_shared::services::postgres(&base, 2)
+            .await
+            .expect("PostgreSQL must be running for the tests (see README)");
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        let url = replace_database(&base.database_url, &database);
+        let config = base
+            .with_database_url(&url)
+            .with_namespace(&format!("bf-test-{}", &id[..12]));
+        let pool = backfill_shared::services::postgres(&config, 10)
+            .await
+            .expect("connect to the test database");
+        control::migrate(&pool).await.expect("migrate");
+        backfill_coordinator::tpch::load(&pool, SCHEMA, scale)
+            .await
+            .expect("load TPC-H");
+        demo::build_buggy_target(&pool, SCHEMA)
+            .await
+            .expect("build order_revenue");
+        Self {
+            config,
+            pool,
+            database,
+            admin,
+        }
+    }
+
+    /// The demo's brief, fixing `tpch.order_revenue` in about `batches` batches.
+    pub async fn brief(&self, batches: i64, max_in_flight: u32) -> String {
+        demo::brief_text(&self.pool, SCHEMA, batches, max_in_flight)
+            .await
+            .expect("brief")
+    }
+
+    /// Rows of the target that differ from an independent recomputation.
+    pub async fn differences(&self) -> i64 {
+        demo::differences_from_recomputation(&self.pool, SCHEMA)
+            .await
+            .expect("recompute")
+    }
+
+    /// Environment variables that point a child process at this test's world.
+    #[must_use]
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("BACKFILL_DATABASE_URL", self.config.database_url.clone()),
+            ("BACKFILL_AMQP_URL", self.config.amqp_url.clone()),
+            ("BACKFILL_REDIS_URL", self.config.redis_url.clone()),
+            ("BACKFILL_NAMESPACE", self.config.namespace.clone()),
+        ]
+    }
+
+    /// Batches applied more or less than once according to the run log.
+    pub async fn not_applied_exactly_once(&self, run_id: Uuid) -> Vec<(i32, i64)> {
+        sqlx::query_as(
+            "SELECT b.batch_no, count(l.id)
+               FROM backfill.batches b
+               LEFT JOIN backfill.run_log l
+                 ON l.run_id = b.run_id AND l.batch_no = b.batch_no AND l.event = 'batch_applied'
+              WHERE b.run_id = $1
+              GROUP BY b.batch_no HAVING count(l.id) <> 1 ORDER BY 1",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .expect("ledger query")
+    }
+
+    /// Drops the database and the namespace's queues.
+    pub async fn cleanup(self) {
+        if let Ok(conn) = backfill_shared::services::rabbit(&self.config, "test cleanup").await
+            && let Ok(ch) = conn.create_channel().await
+        {
+            let t = Topology::new(&self.config.namespace);
+            for q in [&t.batches, &t.dead] {
+                let _ = ch
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            let _ = conn.close(200, "cleanup".into()).await;
+        }
+        self.pool.close().await;
+        let _ = sqlx::query(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.database
+        )))
+        .execute(&self.admin)
+        .await;
+    }
+}
+
+fn replace_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| i + scheme_end);
+    let mut out = format!("{}/{database}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// A binary of this workspace, built beside the test executable.
+#[must_use]
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`)",
+        path.display()
+    );
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replaces_the_database_of_a_url() {
+        assert_eq!(
+            super::replace_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            super::replace_database("postgres://u@h?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! The `backfill` binary as an operator meets it: malformed briefs are refused
+//! with an error naming the field (exit 2, nothing recorded); a batch whose source
+//! fails halts the run with the error (exit 1); a second run on the same target is
+//! refused with the first's id; an unreachable service is named (exit 3).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use backfill_tests::{TestEnv, bin};
+use std::process::Output;
+use tokio::process::Command;
+
+async fn backfill(env: &TestEnv, args: &[&str]) -> Output {
+    Command::new(bin("backfill"))
+        .args(args)
+        .envs(env.env())
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("run backfill")
+}
+
+async fn runs_recorded(env: &TestEnv) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM backfill.runs")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
+fn write_brief(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_briefs_are_refused_with_the_field_and_exit_2() {
+    let env = TestEnv::new(0.01).await;
+    sqlx::query("CREATE TABLE tpch.no_unique (o_orderkey bigint, o_orderdate date, gross numeric, net_revenue numeric, line_count int)")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let good = env.brief(10, 4).await;
+    let source_start = good.find("source = \"\"\"").unwrap();
+    let source_end = good[source_start + 12..].find("\"\"\"").unwrap() + source_start + 15;
+    let with_source = |s: &str| {
+        format!(
+            "{}source = \"\"\"\n{s}\n\"\"\"{}",
+            &good[..source_start],
+            &good[source_end..]
+        )
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("not TOML", "[brief\nname = ".into(), "not valid TOML"),
+        ("missing section", good.replace("[rollback]\nplan = \"Before-images per batch in the run's image table restore every changed row.\"\nretain_days = 14\n", ""), "[rollback]"),
+        ("blank section", good.replace("[dependencies]\ndownstream = [\"tpch.monthly_revenue\"]\nstakeholders = [\"finance\", \"growth\"]", "[dependencies]"), "[dependencies]"),
+        ("owner is reviewer", good.replace("reviewer = \"bob\"", "reviewer = \"alice\""), "brief.reviewer"),
+        ("unknown strategy", good.replace("strategy = \"merge\"", "strategy = \"upsert\""), "write.strategy"),
+        ("unknown risk", good.replace("risk = \"metric-changing\"", "risk = \"yolo\""), "brief.risk"),
+        ("start after end", good.replace("start = 1,", "start = 99999999,"), "scope.batch_by"),
+        ("zero step", regex_step(&good, "0"), "scope.batch_by.step"),
+        ("float bounds", good.replace("start = 1,", "start = 1.5,"), "scope.batch_by.start"),
+        ("missing target", good.replace("target = \"tpch.order_revenue\"", "target = \"tpch.nope\""), "scope.target"),
+        ("unknown key column", good.replace("key = [\"o_orderkey\"]", "key = [\"order_id\"]"), "scope.key"),
+        ("key without unique constraint", good.replace("target = \"tpch.order_revenue\"", "target = \"tpch.no_unique\"").replace("\"o_custkey\", ", ""), "scope.key"),
+        ("source does not prepare", with_source("SELECT * FROM tpch.nowhere WHERE x >= $1 AND x < $2"), "scope.source"),
+        ("source with one parameter", with_source("SELECT o_orderkey, o_orderdate, 1.0 AS gross, 1.0 AS net_revenue, 1 AS line_count FROM tpch.orders WHERE o_orderkey >= $1 AND $2::bigint > 0 AND o_orderkey < $3"), "exactly two"),
+        ("source without a column", with_source("SELECT o_orderkey, o_orderdate, 1.0 AS gross, 1 AS line_count FROM tpch.orders WHERE o_orderkey >= $1 AND o_orderkey < $2"), "net_revenue"),
+        ("batch_by type differs from the column", good.replace("column = \"o_orderkey\", start = 1,", "column = \"o_orderdate\", start = 1,"), "scope.batch_by"),
+    ];
+    let dir = std::env::temp_dir().join(format!("bf-briefs-{}", env.config.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text, field) in &cases {
+        let path = write_brief(&dir, &name.replace(' ', "-"), text);
+        for verb in ["plan", "run"] {
+            let out = backfill(&env, &[verb, &path]).await;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{name}: `{verb}` should exit 2; stderr: {stderr}"
+            );
+            assert!(
+                stderr.contains(field),
+                "{name}: `{verb}` error should name {field:?}; got: {stderr}"
+            );
+            assert!(
+                out.stdout.is_empty(),
+                "{name}: `{verb}` printed a run id: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+    assert_eq!(
+        runs_recorded(&env).await,
+        0,
+        "a malformed brief created a run"
+    );
+
+    // Every problem at once, not only the first.
+    let many = good
+        .replace("reviewer = \"bob\"", "reviewer = \"alice\"")
+        .replace("strategy = \"merge\"", "strategy = \"upsert\"")
+        .replace("max_in_flight = 4", "max_in_flight = 0");
+    let out = backfill(&env, &["plan", &write_brief(&dir, "many", &many)]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for field in ["brief.reviewer", "write.strategy", "limits.max_in_flight"] {
+        assert!(stderr.contains(field), "missing {field}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}
+
+fn regex_step(brief: &str, step: &str) -> String {
+    let at = brief.find("step = ").unwrap() + 7;
+    let end = at + brief[at..].find(' ').unwrap();
+    format!("{}{step}{}", &brief[..at], &brief[end..])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_source_halts_the_run_and_status_shows_the_error() {
+    let env = TestEnv::new(0.01).await;
+    // Batch 5 onwards divides by zero at run time; the source still prepares.
+    let good = env.brief(10, 1).await;
+    let step: i64 = {
+        let at = good.find("step = ").unwrap() + 7;
+        good[at..at + good[at..].find(' ').unwrap()]
+            .parse()
+            .unwrap()
+    };
+    let text = good.replace(
+        "GROUP BY o.o_orderkey",
+        &format!(
+            "AND 1 / (CASE WHEN o.o_orderkey >= {} THEN 0 ELSE 1 END) = 1 GROUP BY o.o_orderkey",
+            1 + 5 * step
+        ),
+    );
+    let dir = std::env::temp_dir().join(format!("bf-fail-{}", env.config.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = write_brief(&dir, "failing", &text);
+    let mut worker = Command::new(bin("backfill-worker"))
+        .envs(env.env())
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = backfill(&env, &["run", &path]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("division by zero"), "{stderr}");
+    let run_id = stdout
+        .lines()
+        .next()
+        .expect("run id on the first line")
+        .trim()
+        .to_owned();
+    uuid::Uuid::parse_str(&run_id).expect("first line is the run id");
+
+    let out = backfill(&env, &["status", &run_id, "--json"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["run_id"], run_id.as_str());
+    assert_eq!(status["state"], "halted");
+    assert_eq!(status["batches"]["failed"], 1);
+    assert_eq!(
+        status["batches"]["applied"], 5,
+        "batches before the bad one are applied, one at a time"
+    );
+    assert!(
+        status["failures"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("division by zero")
+    );
+    assert!(
+        status["batches"]["pending"].as_i64().unwrap() >= 3,
+        "batches after the halt must not run"
+    );
+
+    // One active run per target: a second is refused with the first's id.
+    let out = backfill(&env, &["run", &path]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&run_id));
+    worker.start_kill().unwrap();
+    let _ = worker.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_service_is_named_with_exit_3() {
+    let env = TestEnv::new(0.01).await;
+    let brief = env.brief(4, 2).await;
+    let dir = std::env::temp_dir().join(format!("bf-down-{}", env.config.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = write_brief(&dir, "ok", &brief);
+    let out = Command::new(bin("backfill"))
+        .args(["run", &path])
+        .envs(env.env())
+        .env("BACKFILL_AMQP_URL", "amqp://guest:sekrit@127.0.0.1:1/%2f")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("RabbitMQ") && stderr.contains("rabbitmq-server"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sekrit"), "password leaked: {stderr}");
+    assert_eq!(
+        runs_recorded(&env).await,
+        0,
+        "a run was recorded although the broker is down"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}

@@ -1,0 +1,138 @@
+//! Messages a worker must not act on are dead-lettered with their reason, and the
+//! worker goes on applying the run's batches.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use backfill_coordinator::demo::InProcessWorkers;
+use backfill_coordinator::run::{self, DriveOptions, Finish};
+use backfill_shared::brief::{Bound, Brief};
+use backfill_shared::message::{self, BatchMessage, VERSION};
+use backfill_shared::topology::{self, REASON_HEADER, Topology};
+use backfill_tests::TestEnv;
+use backfill_worker::WorkerOptions;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::types::AMQPValue;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn garbage_is_dead_lettered_with_a_reason_and_the_run_completes() {
+    let env = TestEnv::new(0.01).await;
+    let text = env.brief(12, 4).await;
+    let brief = Brief::parse(&text).unwrap();
+    let plan = brief.scope.batch_by.plan().unwrap();
+    let run_id = run::create(&env.pool, &text, &brief, &plan, "test")
+        .await
+        .unwrap();
+
+    let conn = backfill_shared::services::rabbit(&env.config, "test")
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel.confirm_select(Default::default()).await.unwrap();
+    let topo = Topology::new(&env.config.namespace);
+    topo.declare(&channel).await.unwrap();
+    // Forgeries of the last batch, which the coordinator publishes long after them.
+    let last = *plan.last().unwrap();
+    let good = BatchMessage {
+        version: VERSION,
+        run_id,
+        batch_no: last.no,
+        lo: last.lo,
+        hi: last.hi,
+        brief_hash: Brief::hash(&text),
+    };
+    let hostile: Vec<(Vec<u8>, &str)> = vec![
+        (b"\x00\xffthis is not messagepack".to_vec(), "undecodable"),
+        (
+            message::encode(&BatchMessage {
+                version: 99,
+                ..good.clone()
+            })
+            .unwrap(),
+            "version 99",
+        ),
+        (
+            message::encode(&BatchMessage {
+                run_id: uuid::Uuid::new_v4(),
+                ..good.clone()
+            })
+            .unwrap(),
+            "unknown run",
+        ),
+        (
+            message::encode(&BatchMessage {
+                brief_hash: "0".repeat(64),
+                ..good.clone()
+            })
+            .unwrap(),
+            "brief hash",
+        ),
+        (
+            message::encode(&BatchMessage {
+                hi: Bound::Integer(1_000_000_000),
+                ..good.clone()
+            })
+            .unwrap(),
+            "not the ledger's",
+        ),
+    ];
+    for (payload, _) in &hostile {
+        topology::publish_confirmed(&channel, "", &topo.batches, payload, topology::persistent())
+            .await
+            .unwrap();
+    }
+
+    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
+        .await
+        .unwrap();
+    let finish = run::drive(
+        &env.config,
+        &env.pool,
+        run_id,
+        DriveOptions {
+            progress: false,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    workers.stop().await;
+    assert_eq!(finish, Finish::Applied);
+    assert_eq!(env.differences().await, 0);
+    assert!(env.not_applied_exactly_once(run_id).await.is_empty());
+
+    let mut reasons = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while reasons.len() < hostile.len() && tokio::time::Instant::now() < deadline {
+        match channel
+            .basic_get(topo.dead.as_str().into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            Some(msg) => {
+                let headers = msg
+                    .delivery
+                    .properties
+                    .headers()
+                    .clone()
+                    .unwrap_or_default();
+                let reason = match headers.inner().get(REASON_HEADER) {
+                    Some(AMQPValue::LongString(s)) => s.to_string(),
+                    other => panic!("dead letter without a reason header: {other:?}"),
+                };
+                reasons.push(reason);
+                msg.delivery.ack(BasicAckOptions::default()).await.unwrap();
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(reasons.len(), hostile.len(), "dead letters: {reasons:?}");
+    for (_, expected) in &hostile {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "no dead letter says {expected:?}: {reasons:?}"
+        );
+    }
+    let _ = conn.close(200, "done".into()).await;
+    env.cleanup().await;
+}
