@@ -119,6 +119,7 @@ async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
         Err(ControlError::UnknownRun(id)) => {
             return Outcome::Poison(format!("names unknown run {id}"));
         }
+        Err(e @ ControlError::Corrupt(_)) => return Outcome::Poison(e.to_string()),
         Err(e) => return Outcome::Requeue(format!("could not load the run: {e}")),
     };
     if msg.brief_hash != run.brief_hash {
