@@ -217,3 +217,51 @@ async fn an_unreachable_service_is_named_with_exit_3() {
     let _ = std::fs::remove_dir_all(&dir);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_detach_prints_only_the_run_id_and_the_run_completes() {
+    let env = TestEnv::new(0.01).await;
+    let dir = std::env::temp_dir().join(format!("bf-detach-{}", env.config.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = write_brief(&dir, "detach", &env.brief(8, 4).await);
+    let mut worker = Command::new(bin("backfill-worker"))
+        .envs(env.env())
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = backfill(&env, &["run", &path, "--detach"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "--detach prints the run id only: {stdout:?}"
+    );
+    let run_id = uuid::Uuid::parse_str(stdout.trim()).expect("a run id");
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = backfill(&env, &["status", &run_id.to_string(), "--json"]).await;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if status["state"] == "applied" {
+            assert_eq!(status["batches"]["applied"], 8);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "detached run did not finish: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(env.differences().await, 0);
+    worker.start_kill().unwrap();
+    let _ = worker.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}

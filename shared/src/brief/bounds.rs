@@ -87,7 +87,8 @@ impl Bound {
         }
     }
 
-    /// The next bound one step on, or `None` past the representable range.
+    /// The next bound one step on, or `None` past the representable range (or for
+    /// a step of the wrong kind, which [`BatchBy::plan`] refuses first).
     fn advance(self, step: &Step) -> Option<Self> {
         match (self, step) {
             (Self::Integer(v), Step::Integer(s)) => v.checked_add(*s).map(Self::Integer),
@@ -224,6 +225,23 @@ impl BatchBy {
 
     /// The batches covering `[start, end)`, each `[lo, hi)`, the last one cut at `end`.
     pub fn plan(&self) -> Result<Vec<BatchRange>, String> {
+        let fits = match (self.kind(), &self.step) {
+            (BoundKind::Integer, Step::Integer(s)) => *s > 0,
+            (BoundKind::Date, Step::Interval(i)) => i.micros == 0 && (i.months > 0 || i.days > 0),
+            (BoundKind::Timestamp, Step::Interval(i)) => i.months > 0 || i.days > 0 || i.micros > 0,
+            _ => false,
+        };
+        if !fits {
+            return Err(format!(
+                "the step does not advance a {} column; use {}",
+                self.kind().as_str(),
+                match self.kind() {
+                    BoundKind::Integer => "a positive integer",
+                    BoundKind::Date => "days, weeks, months or years",
+                    BoundKind::Timestamp => "a positive interval",
+                }
+            ));
+        }
         let mut batches = Vec::new();
         let mut lo = self.start;
         while lo < self.end {

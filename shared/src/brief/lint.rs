@@ -754,3 +754,124 @@ fn read_rollback(r: &mut Reader<'_>) -> Option<Rollback> {
         retain_days: retain_days?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Bound, Brief, OnMissing, Strategy};
+
+    const GOOD: &str = r#"
+[brief]
+name = "fix-dates"
+reason = "Late events were dated by arrival."
+owner = "alice"
+reviewer = "bob"
+risk = "low-risk-enrichment"
+
+[scope]
+target = "events"
+key = ["id"]
+columns = ["day"]
+batch_by = { column = "created", start = 2025-01-01, end = "2025-03-01", step = "1 month" }
+source = "SELECT id, created, created::date AS day FROM raw WHERE created >= $1 AND created < $2"
+
+[write]
+strategy = "merge"
+on_missing = "keep"
+snapshot = true
+
+[dependencies]
+downstream = []
+stakeholders = ["ops"]
+
+[validation]
+max_duplicate_keys = 0
+
+[limits]
+max_in_flight = 2
+
+[rollback]
+plan = "restore before-images"
+retain_days = 7
+"#;
+
+    fn fields(text: &str) -> Vec<String> {
+        Brief::parse(text)
+            .unwrap_err()
+            .problems
+            .into_iter()
+            .map(|p| p.field)
+            .collect()
+    }
+
+    #[test]
+    fn a_complete_brief_parses() {
+        let b = Brief::parse(GOOD).unwrap();
+        assert_eq!(b.scope.target.to_string(), "public.events");
+        assert_eq!(b.write.strategy, Strategy::Merge);
+        assert_eq!(b.write.on_missing, OnMissing::Keep);
+        assert!(matches!(b.scope.batch_by.start, Bound::Date(_)));
+        assert_eq!(b.scope.batch_by.plan().unwrap().len(), 2);
+        assert_eq!(b.scope.written_columns(), ["id", "created", "day"]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let bad = GOOD
+            .replace("reviewer = \"bob\"", "reviewer = \"Alice\"")
+            .replace("strategy = \"merge\"", "strategy = \"append\"")
+            .replace("max_in_flight = 2", "max_in_flight = 0\nmax_inflight = 3")
+            .replace(
+                "[rollback]\nplan = \"restore before-images\"\nretain_days = 7\n",
+                "[rollback]\n",
+            );
+        let f = fields(&bad);
+        for expected in [
+            "brief.reviewer",
+            "write.strategy",
+            "limits.max_in_flight",
+            "limits.max_inflight",
+            "[rollback]",
+        ] {
+            assert!(
+                f.iter().any(|x| x == expected),
+                "{expected} missing from {f:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn batch_by_is_checked() {
+        let swap = |from: &str, to: &str| fields(&GOOD.replace(from, to));
+        assert!(
+            swap("end = \"2025-03-01\"", "end = \"2024-03-01\"")
+                .contains(&"scope.batch_by".to_owned())
+        );
+        assert!(
+            swap("start = 2025-01-01", "start = true").contains(&"scope.batch_by.start".to_owned())
+        );
+        assert!(swap("end = \"2025-03-01\"", "end = 7").contains(&"scope.batch_by.end".to_owned()));
+        assert!(swap("\"1 month\"", "\"1 hour\"").contains(&"scope.batch_by.step".to_owned()));
+        assert!(swap("\"1 month\"", "\"-1 month\"").contains(&"scope.batch_by.step".to_owned()));
+        assert!(
+            swap("start = 2025-01-01", "start = \"2025-01-01T00:00:00Z\"")
+                .contains(&"scope.batch_by.start".to_owned())
+        );
+    }
+
+    #[test]
+    fn scope_rules() {
+        assert!(
+            fields(&GOOD.replace("columns = [\"day\"]", "columns = [\"id\"]"))
+                .contains(&"scope.columns".to_owned())
+        );
+        assert!(
+            fields(&GOOD.replace("key = [\"id\"]", "key = []")).contains(&"scope.key".to_owned())
+        );
+        assert!(fields(&GOOD.replace("$2", "$9")).contains(&"scope.source".to_owned()));
+        assert!(
+            fields(&GOOD.replace("target = \"events\"", "target = \"a.b.c\""))
+                .contains(&"scope.target".to_owned())
+        );
+        assert!(fields(&GOOD.replace("[limits]", "[limit]")).contains(&"limit".to_owned()));
+    }
+}
