@@ -42,6 +42,15 @@ const REDIS_AUTH: &str = "Check the password in BACKFILL_REDIS_URL";
 
 /// A pool to the warehouse (which also holds the control plane, schema `backfill`).
 pub async fn postgres(config: &Config, max_connections: u32) -> Result<PgPool> {
+    postgres_as(config, max_connections, "backfill").await
+}
+
+/// The same, naming the connections `application_name` in `pg_stat_activity`.
+pub async fn postgres_as(
+    config: &Config,
+    max_connections: u32,
+    application_name: &str,
+) -> Result<PgPool> {
     let err = |reason: String, fix| ServiceError::Postgres {
         url: redact_url(&config.database_url),
         reason,
@@ -49,7 +58,7 @@ pub async fn postgres(config: &Config, max_connections: u32) -> Result<PgPool> {
     };
     let options = PgConnectOptions::from_str(&config.database_url)
         .map_err(|e| err(scrub(&e.to_string(), &config.database_url), PG_START))?
-        .application_name("backfill")
+        .application_name(application_name)
         .log_statements(tracing::log::LevelFilter::Trace)
         // Backfill statements are long by design; a slow one is not a warning.
         .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(1));

@@ -82,7 +82,12 @@ impl Worker {
         if options.concurrency == 0 {
             return Err(WorkerError::Concurrency);
         }
-        let pool = services::postgres(&config, u32::from(options.concurrency) + 2).await?;
+        let pool = services::postgres_as(
+            &config,
+            u32::from(options.concurrency) + 2,
+            "backfill-worker",
+        )
+        .await?;
         control::migrate(&pool).await?;
         let redis = services::redis(&config).await?;
         let leases = Leases::new(redis, &config.namespace, options.lease_ttl);

@@ -1,0 +1,173 @@
+//! Workers under faults: lost warehouse connections are retried with backoff and
+//! the run completes exactly; SIGTERM stops a worker taking new batches, lets its
+//! in-flight ones finish, and exits cleanly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use backfill_coordinator::demo::InProcessWorkers;
+use backfill_coordinator::run::{self, DriveOptions, Finish};
+use backfill_shared::brief::Brief;
+use backfill_shared::control::batches;
+use backfill_tests::{TestEnv, bin};
+use backfill_worker::WorkerOptions;
+use std::time::Duration;
+use tokio::process::Command;
+
+/// The demo brief with every batch sleeping `secs` in the warehouse.
+async fn slow_brief(env: &TestEnv, batches: i64, in_flight: u32, secs: f64) -> String {
+    env.brief(batches, in_flight).await.replace(
+        " GROUP BY o.o_orderkey",
+        &format!(" AND (SELECT pg_sleep({secs})) IS NOT NULL GROUP BY o.o_orderkey"),
+    )
+}
+
+fn drive_in_background(
+    env: &TestEnv,
+    run_id: uuid::Uuid,
+) -> tokio::task::JoinHandle<backfill_coordinator::Result<Finish>> {
+    let (config, pool) = (env.config.clone(), env.pool.clone());
+    tokio::spawn(async move {
+        run::drive(
+            &config,
+            &pool,
+            run_id,
+            DriveOptions {
+                progress: false,
+                ..Default::default()
+            },
+        )
+        .await
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_warehouse_connections_are_retried() {
+    let env = TestEnv::new(0.01).await;
+    let text = slow_brief(&env, 30, 4, 0.2).await;
+    let brief = Brief::parse(&text).unwrap();
+    let plan = brief.scope.batch_by.plan().unwrap();
+    let workers = InProcessWorkers::start(&env.config, 2, &WorkerOptions::default())
+        .await
+        .unwrap();
+    let run_id = run::create(&env.pool, &text, &brief, &plan, "test")
+        .await
+        .unwrap();
+    let driver = drive_in_background(&env, run_id);
+
+    // Three times, kill every worker connection to this database mid-batch.
+    let mut killed = 0i64;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'backfill-worker'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        killed += n;
+    }
+    let finish = tokio::time::timeout(Duration::from_secs(120), driver)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    workers.stop().await;
+    assert!(killed > 0, "no worker connection was terminated");
+    assert_eq!(finish, Finish::Applied);
+    assert_eq!(env.differences().await, 0);
+    assert!(env.not_applied_exactly_once(run_id).await.is_empty());
+    let retried: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM backfill.batches WHERE run_id = $1 AND attempts > 1",
+    )
+    .bind(run_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    println!(
+        "terminated {killed} worker connections; {retried} batches needed more than one attempt"
+    );
+    assert!(
+        retried > 0,
+        "terminated connections should have forced retries"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_drains_in_flight_batches_and_exits() {
+    let env = TestEnv::new(0.01).await;
+    let text = slow_brief(&env, 12, 4, 1.0).await;
+    let brief = Brief::parse(&text).unwrap();
+    let plan = brief.scope.batch_by.plan().unwrap();
+    let mut worker = Command::new(bin("backfill-worker"))
+        .args(["--concurrency", "2"])
+        .envs(env.env())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = worker.id().unwrap();
+    let run_id = run::create(&env.pool, &text, &brief, &plan, "test")
+        .await
+        .unwrap();
+    let driver = drive_in_background(&env, run_id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while batches::counts(&env.pool, run_id).await.unwrap().running < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never took two batches"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let taken: Vec<i32> = sqlx::query_scalar(
+        "SELECT batch_no FROM backfill.batches WHERE run_id = $1 AND state = 'running'",
+    )
+    .bind(run_id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), worker.wait())
+        .await
+        .expect("worker did not exit")
+        .unwrap();
+    assert!(exit.success(), "worker exit: {exit:?}");
+
+    // The batches it held were finished, not abandoned; nothing else was started.
+    let states: Vec<(i32, String)> = sqlx::query_as(
+        "SELECT batch_no, state FROM backfill.batches WHERE run_id = $1 AND batch_no = ANY($2)",
+    )
+    .bind(run_id)
+    .bind(&taken)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert!(
+        states.iter().all(|(_, s)| s == "applied"),
+        "in-flight batches after SIGTERM: {states:?}"
+    );
+    let counts = batches::counts(&env.pool, run_id).await.unwrap();
+    assert_eq!(counts.running, 0);
+    assert!(counts.applied < i64::try_from(plan.len()).unwrap());
+
+    // A new worker picks up the rest.
+    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
+        .await
+        .unwrap();
+    let finish = tokio::time::timeout(Duration::from_secs(120), driver)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    workers.stop().await;
+    assert_eq!(finish, Finish::Applied);
+    assert_eq!(env.differences().await, 0);
+    assert!(env.not_applied_exactly_once(run_id).await.is_empty());
+    env.cleanup().await;
+}
