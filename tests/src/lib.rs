@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use backfill_coordinator::demo;
+use backfill_coordinator::run::{self, DriveOptions, Finish};
+use backfill_shared::brief::{BatchRange, Brief};
 use backfill_shared::config::Config;
 use backfill_shared::control;
 use backfill_shared::topology::Topology;
@@ -68,6 +70,68 @@ impl TestEnv {
             .expect("brief")
     }
 
+    /// The demo's brief with every batch sleeping `secs` in the warehouse, so
+    /// batches are in flight long enough to interfere with.
+    pub async fn slow_brief(&self, batches: i64, max_in_flight: u32, secs: f64) -> String {
+        self.brief(batches, max_in_flight).await.replace(
+            " GROUP BY o.o_orderkey",
+            &format!(" AND (SELECT pg_sleep({secs})) IS NOT NULL GROUP BY o.o_orderkey"),
+        )
+    }
+
+    /// Records a run of `text` (all batches pending) without driving it.
+    pub async fn record_run(&self, text: &str) -> (Uuid, Brief, Vec<BatchRange>) {
+        let brief = Brief::parse(text).expect("test brief lints");
+        let plan = brief.scope.batch_by.plan().expect("test brief plans");
+        let run_id = run::create(&self.pool, text, &brief, &plan, "test")
+            .await
+            .expect("record run");
+        (run_id, brief, plan)
+    }
+
+    /// Drives a recorded run on a task of its own, without a progress bar.
+    #[must_use]
+    pub fn drive_in_background(
+        &self,
+        run_id: Uuid,
+    ) -> tokio::task::JoinHandle<backfill_coordinator::Result<Finish>> {
+        let (config, pool) = (self.config.clone(), self.pool.clone());
+        tokio::spawn(async move {
+            let options = DriveOptions {
+                progress: false,
+                ..DriveOptions::default()
+            };
+            run::drive(&config, &pool, run_id, options).await
+        })
+    }
+
+    /// A `backfill-worker` process pointed at this test's world; killed when dropped.
+    #[must_use]
+    pub fn spawn_worker(&self, args: &[&str]) -> tokio::process::Child {
+        tokio::process::Command::new(bin("backfill-worker"))
+            .args(args)
+            .envs(self.env())
+            .env("RUST_LOG", "error")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start backfill-worker")
+    }
+
+    /// A broker channel in confirm mode, with the namespace's topology declared.
+    pub async fn channel(&self) -> (lapin::Connection, lapin::Channel, Topology) {
+        let conn = backfill_shared::services::rabbit(&self.config, "test")
+            .await
+            .expect("RabbitMQ must be running for the tests");
+        let channel = conn.create_channel().await.expect("channel");
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        let topology = Topology::new(&self.config.namespace);
+        topology.declare(&channel).await.expect("declare topology");
+        (conn, channel, topology)
+    }
+
     /// Rows of the target that differ from an independent recomputation.
     pub async fn differences(&self) -> i64 {
         demo::differences_from_recomputation(&self.pool, SCHEMA)
@@ -100,6 +164,21 @@ impl TestEnv {
         .fetch_all(&self.pool)
         .await
         .expect("ledger query")
+    }
+
+    /// The end state every run must reach: the target equals an independent
+    /// recomputation and the run log shows each batch applied exactly once.
+    pub async fn assert_exactly_applied(&self, run_id: Uuid) {
+        assert_eq!(
+            self.differences().await,
+            0,
+            "target differs from the recomputation"
+        );
+        let wrong = self.not_applied_exactly_once(run_id).await;
+        assert!(
+            wrong.is_empty(),
+            "batches not applied exactly once: {wrong:?}"
+        );
     }
 
     /// Drops the database and the namespace's queues.

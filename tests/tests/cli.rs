@@ -138,12 +138,7 @@ async fn a_failing_source_halts_the_run_and_status_shows_the_error() {
     let dir = std::env::temp_dir().join(format!("bf-fail-{}", env.config.namespace));
     std::fs::create_dir_all(&dir).unwrap();
     let path = write_brief(&dir, "failing", &text);
-    let mut worker = Command::new(bin("backfill-worker"))
-        .envs(env.env())
-        .env("RUST_LOG", "error")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut worker = env.spawn_worker(&[]);
     let out = backfill(&env, &["run", &path]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -224,12 +219,7 @@ async fn run_detach_prints_only_the_run_id_and_the_run_completes() {
     let dir = std::env::temp_dir().join(format!("bf-detach-{}", env.config.namespace));
     std::fs::create_dir_all(&dir).unwrap();
     let path = write_brief(&dir, "detach", &env.brief(8, 4).await);
-    let mut worker = Command::new(bin("backfill-worker"))
-        .envs(env.env())
-        .env("RUST_LOG", "error")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut worker = env.spawn_worker(&[]);
     let out = backfill(&env, &["run", &path, "--detach"]).await;
     assert_eq!(
         out.status.code(),

@@ -9,7 +9,7 @@ use backfill_coordinator::run;
 use backfill_shared::brief::Brief;
 use backfill_shared::control::batches::{self, Claim};
 use backfill_shared::message::{self, BatchMessage, VERSION};
-use backfill_shared::topology::{self, Topology};
+use backfill_shared::topology::{self};
 use backfill_tests::TestEnv;
 use backfill_worker::BatchError;
 use backfill_worker::WorkerOptions;
@@ -18,35 +18,13 @@ use lapin::options::QueueDeclareOptions;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-async fn recorded_run(
-    env: &TestEnv,
-    batches: i64,
-) -> (
-    uuid::Uuid,
-    Brief,
-    Vec<backfill_shared::brief::BatchRange>,
-    String,
-) {
-    let text = env.brief(batches, 4).await;
-    let brief = Brief::parse(&text).unwrap();
-    let plan = brief.scope.batch_by.plan().unwrap();
-    let run_id = run::create(&env.pool, &text, &brief, &plan, "test")
-        .await
-        .unwrap();
-    (run_id, brief, plan, Brief::hash(&text))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_message_delivered_twice_is_applied_once() {
     let env = TestEnv::new(0.01).await;
-    let (run_id, _, plan, hash) = recorded_run(&env, 10).await;
-    let conn = backfill_shared::services::rabbit(&env.config, "test")
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
-    let topo = Topology::new(&env.config.namespace);
-    topo.declare(&channel).await.unwrap();
+    let text = env.brief(10, 4).await;
+    let (run_id, _, plan) = env.record_run(&text).await;
+    let hash = Brief::hash(&text);
+    let (conn, channel, topo) = env.channel().await;
     let batch = plan[3];
     let payload = message::encode(&BatchMessage {
         version: VERSION,
@@ -124,7 +102,7 @@ async fn the_same_message_delivered_twice_is_applied_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_superseded_fencing_token_cannot_commit() {
     let env = TestEnv::new(0.01).await;
-    let (run_id, brief, plan, _) = recorded_run(&env, 10).await;
+    let (run_id, brief, plan) = env.record_run(&env.brief(10, 4).await).await;
     let image = backfill_shared::control::runs::load(&env.pool, run_id)
         .await
         .unwrap()
@@ -201,17 +179,7 @@ async fn worker_stats_count_applied_batches() {
     let run_id = run::create(&env.pool, &text, &brief, &plan, "test")
         .await
         .unwrap();
-    let finish = run::drive(
-        &env.config,
-        &env.pool,
-        run_id,
-        run::DriveOptions {
-            progress: false,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let finish = env.drive_in_background(run_id).await.unwrap().unwrap();
     stop.cancel();
     task.await.unwrap();
     assert_eq!(finish, run::Finish::Applied);

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use backfill_coordinator::demo::InProcessWorkers;
-use backfill_coordinator::run::{self, DriveOptions, Finish};
+use backfill_coordinator::run::{self, Finish};
 use backfill_shared::brief::Brief;
 use backfill_tests::TestEnv;
 use backfill_worker::WorkerOptions;
@@ -51,14 +51,17 @@ async fn merge_backfill_matches_independent_recomputation() {
     .await
     .unwrap()
     .rows_affected();
-    let outside_before: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT o_orderkey, row(o_orderkey, o_orderdate, o_custkey, gross, net_revenue, line_count)::text
-           FROM tpch.order_revenue WHERE o_orderkey >= $1 ORDER BY 1",
-    )
-    .bind(end)
-    .fetch_all(pool)
-    .await
-    .unwrap();
+    let outside_scope = || async {
+        sqlx::query_as::<_, (i64, String)>(
+            "SELECT o_orderkey, row(o_orderkey, o_orderdate, o_custkey, gross, net_revenue, line_count)::text
+               FROM tpch.order_revenue WHERE o_orderkey >= $1 ORDER BY 1",
+        )
+        .bind(end)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    };
+    let outside_before = outside_scope().await;
     let wrong_before = env.differences().await;
     assert!(
         wrong_before > 100,
@@ -75,17 +78,7 @@ async fn merge_backfill_matches_independent_recomputation() {
     let run_id = run::create(pool, &text, &brief, &batches, "test")
         .await
         .unwrap();
-    let finish = run::drive(
-        &env.config,
-        pool,
-        run_id,
-        DriveOptions {
-            progress: false,
-            ..DriveOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let finish = env.drive_in_background(run_id).await.unwrap().unwrap();
     let elapsed = started.elapsed();
     workers.stop().await;
     assert_eq!(finish, Finish::Applied);
@@ -96,14 +89,7 @@ async fn merge_backfill_matches_independent_recomputation() {
     );
 
     // The target equals the recomputation (EXCEPT both ways), apart from rows outside the scope.
-    let outside_after: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT o_orderkey, row(o_orderkey, o_orderdate, o_custkey, gross, net_revenue, line_count)::text
-           FROM tpch.order_revenue WHERE o_orderkey >= $1 ORDER BY 1",
-    )
-    .bind(end)
-    .fetch_all(pool)
-    .await
-    .unwrap();
+    let outside_after = outside_scope().await;
     assert_eq!(
         outside_after, outside_before,
         "rows outside the scope changed"

@@ -4,10 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use backfill_coordinator::demo::InProcessWorkers;
-use backfill_coordinator::run::{self, DriveOptions, Finish};
+use backfill_coordinator::run::Finish;
 use backfill_shared::brief::{Bound, Brief};
 use backfill_shared::message::{self, BatchMessage, VERSION};
-use backfill_shared::topology::{self, REASON_HEADER, Topology};
+use backfill_shared::topology::{self, REASON_HEADER};
 use backfill_tests::TestEnv;
 use backfill_worker::WorkerOptions;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
@@ -18,19 +18,8 @@ use std::time::Duration;
 async fn garbage_is_dead_lettered_with_a_reason_and_the_run_completes() {
     let env = TestEnv::new(0.01).await;
     let text = env.brief(12, 4).await;
-    let brief = Brief::parse(&text).unwrap();
-    let plan = brief.scope.batch_by.plan().unwrap();
-    let run_id = run::create(&env.pool, &text, &brief, &plan, "test")
-        .await
-        .unwrap();
-
-    let conn = backfill_shared::services::rabbit(&env.config, "test")
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
-    let topo = Topology::new(&env.config.namespace);
-    topo.declare(&channel).await.unwrap();
+    let (run_id, _, plan) = env.record_run(&text).await;
+    let (conn, channel, topo) = env.channel().await;
     // Forgeries of the last batch, which the coordinator publishes long after them.
     let last = *plan.last().unwrap();
     let good = BatchMessage {
@@ -85,21 +74,10 @@ async fn garbage_is_dead_lettered_with_a_reason_and_the_run_completes() {
     let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
         .await
         .unwrap();
-    let finish = run::drive(
-        &env.config,
-        &env.pool,
-        run_id,
-        DriveOptions {
-            progress: false,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let finish = env.drive_in_background(run_id).await.unwrap().unwrap();
     workers.stop().await;
     assert_eq!(finish, Finish::Applied);
-    assert_eq!(env.differences().await, 0);
-    assert!(env.not_applied_exactly_once(run_id).await.is_empty());
+    env.assert_exactly_applied(run_id).await;
 
     let mut reasons = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -5,54 +5,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use backfill_coordinator::demo::InProcessWorkers;
-use backfill_coordinator::run::{self, DriveOptions, Finish};
-use backfill_shared::brief::Brief;
+use backfill_coordinator::run::Finish;
 use backfill_shared::control::batches;
-use backfill_tests::{TestEnv, bin};
+use backfill_tests::TestEnv;
 use backfill_worker::WorkerOptions;
 use std::time::Duration;
 use tokio::process::Command;
 
-/// The demo brief with every batch sleeping `secs` in the warehouse.
-async fn slow_brief(env: &TestEnv, batches: i64, in_flight: u32, secs: f64) -> String {
-    env.brief(batches, in_flight).await.replace(
-        " GROUP BY o.o_orderkey",
-        &format!(" AND (SELECT pg_sleep({secs})) IS NOT NULL GROUP BY o.o_orderkey"),
-    )
-}
-
-fn drive_in_background(
-    env: &TestEnv,
-    run_id: uuid::Uuid,
-) -> tokio::task::JoinHandle<backfill_coordinator::Result<Finish>> {
-    let (config, pool) = (env.config.clone(), env.pool.clone());
-    tokio::spawn(async move {
-        run::drive(
-            &config,
-            &pool,
-            run_id,
-            DriveOptions {
-                progress: false,
-                ..Default::default()
-            },
-        )
-        .await
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lost_warehouse_connections_are_retried() {
     let env = TestEnv::new(0.01).await;
-    let text = slow_brief(&env, 30, 4, 0.2).await;
-    let brief = Brief::parse(&text).unwrap();
-    let plan = brief.scope.batch_by.plan().unwrap();
+    let text = env.slow_brief(30, 4, 0.2).await;
     let workers = InProcessWorkers::start(&env.config, 2, &WorkerOptions::default())
         .await
         .unwrap();
-    let run_id = run::create(&env.pool, &text, &brief, &plan, "test")
-        .await
-        .unwrap();
-    let driver = drive_in_background(&env, run_id);
+    let (run_id, ..) = env.record_run(&text).await;
+    let driver = env.drive_in_background(run_id);
 
     // Three times, kill every worker connection to this database mid-batch.
     let mut killed = 0i64;
@@ -75,8 +43,7 @@ async fn lost_warehouse_connections_are_retried() {
     workers.stop().await;
     assert!(killed > 0, "no worker connection was terminated");
     assert_eq!(finish, Finish::Applied);
-    assert_eq!(env.differences().await, 0);
-    assert!(env.not_applied_exactly_once(run_id).await.is_empty());
+    env.assert_exactly_applied(run_id).await;
     let retried: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM backfill.batches WHERE run_id = $1 AND attempts > 1",
     )
@@ -97,21 +64,11 @@ async fn lost_warehouse_connections_are_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_drains_in_flight_batches_and_exits() {
     let env = TestEnv::new(0.01).await;
-    let text = slow_brief(&env, 12, 4, 1.0).await;
-    let brief = Brief::parse(&text).unwrap();
-    let plan = brief.scope.batch_by.plan().unwrap();
-    let mut worker = Command::new(bin("backfill-worker"))
-        .args(["--concurrency", "2"])
-        .envs(env.env())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let text = env.slow_brief(12, 4, 1.0).await;
+    let mut worker = env.spawn_worker(&["--concurrency", "2"]);
     let pid = worker.id().unwrap();
-    let run_id = run::create(&env.pool, &text, &brief, &plan, "test")
-        .await
-        .unwrap();
-    let driver = drive_in_background(&env, run_id);
+    let (run_id, _, plan) = env.record_run(&text).await;
+    let driver = env.drive_in_background(run_id);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while batches::counts(&env.pool, run_id).await.unwrap().running < 2 {
         assert!(
@@ -167,7 +124,6 @@ async fn sigterm_drains_in_flight_batches_and_exits() {
         .unwrap();
     workers.stop().await;
     assert_eq!(finish, Finish::Applied);
-    assert_eq!(env.differences().await, 0);
-    assert!(env.not_applied_exactly_once(run_id).await.is_empty());
+    env.assert_exactly_applied(run_id).await;
     env.cleanup().await;
 }

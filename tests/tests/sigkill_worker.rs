@@ -5,52 +5,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use backfill_coordinator::run::{self, DriveOptions, Finish};
-use backfill_shared::brief::Brief;
+use backfill_coordinator::run::Finish;
 use backfill_shared::control::batches;
-use backfill_tests::{TestEnv, bin};
+use backfill_tests::TestEnv;
 use std::time::Duration;
-use tokio::process::{Child, Command};
-
-fn spawn_worker(env: &TestEnv) -> Child {
-    Command::new(bin("backfill-worker"))
-        .args(["--concurrency", "2", "--lease-ttl", "3"])
-        .envs(env.env())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start backfill-worker")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_killed_mid_run_does_not_break_the_run() {
     let env = TestEnv::new(0.02).await;
     // Each batch sleeps 100 ms in the warehouse, so batches are in flight when the kill lands.
-    let text = env.brief(60, 4).await.replace(
-        " GROUP BY o.o_orderkey",
-        " AND (SELECT pg_sleep(0.1)) IS NOT NULL GROUP BY o.o_orderkey",
-    );
-    let brief = Brief::parse(&text).unwrap();
-    let plan = brief.scope.batch_by.plan().unwrap();
-    let mut victim = spawn_worker(&env);
-    let mut survivor = spawn_worker(&env);
-    let run_id = run::create(&env.pool, &text, &brief, &plan, "test")
-        .await
-        .unwrap();
-    let config = env.config.clone();
-    let pool = env.pool.clone();
-    let driver = tokio::spawn(async move {
-        run::drive(
-            &config,
-            &pool,
-            run_id,
-            DriveOptions {
-                progress: false,
-                ..Default::default()
-            },
-        )
-        .await
-    });
+    let text = env.slow_brief(60, 4, 0.1).await;
+    let mut victim = env.spawn_worker(&["--concurrency", "2", "--lease-ttl", "3"]);
+    let mut survivor = env.spawn_worker(&["--concurrency", "2", "--lease-ttl", "3"]);
+    let (run_id, _, plan) = env.record_run(&text).await;
+    let driver = env.drive_in_background(run_id);
 
     // Kill once a few batches are done and the victim is holding work.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -88,8 +56,7 @@ async fn a_worker_killed_mid_run_does_not_break_the_run() {
         applied_at_kill < i64::try_from(plan.len()).unwrap(),
         "the kill landed after the run"
     );
-    assert_eq!(env.differences().await, 0);
-    assert!(env.not_applied_exactly_once(run_id).await.is_empty());
+    env.assert_exactly_applied(run_id).await;
     survivor.start_kill().unwrap();
     let _ = survivor.wait().await;
     env.cleanup().await;
