@@ -153,13 +153,27 @@ pub async fn drive(
     let mut pending: VecDeque<u32> = batches::numbers_in_state(pool, run_id, "pending")
         .await?
         .into();
-    // Batches queued or running when we (re)attach count against the window.
-    let mut in_flight: std::collections::HashSet<u32> =
-        batches::numbers_in_state(pool, run_id, "queued")
-            .await?
-            .into_iter()
-            .chain(batches::numbers_in_state(pool, run_id, "running").await?)
-            .collect();
+    // Batches queued or running when we (re)attach: their messages may be gone (a
+    // publish cut short, a message skipped while the run was halted), so publish
+    // them again. A duplicate is harmless: the ledger and the idempotency key make
+    // the second delivery a no-op.
+    let unfinished: Vec<u32> = batches::numbers_in_state(pool, run_id, "queued")
+        .await?
+        .into_iter()
+        .chain(batches::numbers_in_state(pool, run_id, "running").await?)
+        .collect();
+    if !unfinished.is_empty() {
+        publish_batches(
+            &publish,
+            &topology,
+            &run.brief_hash,
+            run_id,
+            &plan,
+            &unfinished,
+        )
+        .await?;
+    }
+    let mut in_flight: std::collections::HashSet<u32> = unfinished.into_iter().collect();
     for no in batches::numbers_in_state(pool, run_id, "applied").await? {
         if let Some(slot) = applied.get_mut(no as usize) {
             *slot = true;

@@ -127,3 +127,29 @@ async fn sigterm_drains_in_flight_batches_and_exits() {
     env.assert_exactly_applied(run_id).await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reattaching_republishes_batches_whose_messages_were_lost() {
+    let env = TestEnv::new(0.01).await;
+    let (run_id, _, plan) = env.record_run(&env.brief(10, 3).await).await;
+    // A coordinator that died after marking batches queued, before publishing them.
+    batches::mark_queued(&env.pool, run_id, &[0, 1, 2])
+        .await
+        .unwrap();
+    let workers = InProcessWorkers::start(&env.config, 2, &WorkerOptions::default())
+        .await
+        .unwrap();
+    let finish = tokio::time::timeout(Duration::from_secs(60), env.drive_in_background(run_id))
+        .await
+        .expect("re-attached run did not finish")
+        .unwrap()
+        .unwrap();
+    workers.stop().await;
+    assert_eq!(finish, Finish::Applied);
+    assert_eq!(
+        batches::counts(&env.pool, run_id).await.unwrap().applied,
+        i64::try_from(plan.len()).unwrap()
+    );
+    env.assert_exactly_applied(run_id).await;
+    env.cleanup().await;
+}
