@@ -92,7 +92,7 @@ risk = "metric-changing"
 [scope]
 target = "{schema}.order_revenue"
 key = ["o_orderkey"]
-columns = ["gross", "net_revenue", "line_count"]
+columns = ["o_orderdate", "o_custkey", "gross", "net_revenue", "line_count"]
 batch_by = {{ column = "o_orderkey", start = 1, end = {end}, step = {step} }}
 expected_rows = {orders}
 source = """
@@ -129,7 +129,14 @@ retain_days = 14
 /// Rows that differ between the target and an independent recomputation of the
 /// fix over the whole table (both directions of `EXCEPT`).
 pub async fn differences_from_recomputation(pool: &PgPool, schema: &str) -> Result<i64> {
+    differences_in(pool, schema, "order_revenue").await
+}
+
+/// The same for any table of the target's shape in `schema` (a staging copy, a
+/// parallel version).
+pub async fn differences_in(pool: &PgPool, schema: &str, table: &str) -> Result<i64> {
     let s = backfill_shared::sql::quote_ident(schema);
+    let t = backfill_shared::sql::quote_ident(table);
     let whole = format!(
         "SELECT o.o_orderkey, o.o_orderdate, o.o_custkey,
                 sum(l.l_extendedprice)::numeric(18,2) AS gross,
@@ -138,7 +145,7 @@ pub async fn differences_from_recomputation(pool: &PgPool, schema: &str) -> Resu
            FROM {s}.orders o JOIN {s}.lineitem l ON l.l_orderkey = o.o_orderkey GROUP BY 1, 2, 3"
     );
     let target = format!(
-        "SELECT o_orderkey, o_orderdate, o_custkey, gross, net_revenue, line_count FROM {s}.order_revenue"
+        "SELECT o_orderkey, o_orderdate, o_custkey, gross, net_revenue, line_count FROM {s}.{t}"
     );
     let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT (SELECT count(*) FROM ({target} EXCEPT {whole}) a) + (SELECT count(*) FROM ({whole} EXCEPT {target}) b)"
@@ -211,16 +218,17 @@ pub async fn demo(config: &Config, scale: f64, workers: u16) -> Result<()> {
     let target = format!("{SCHEMA}.order_revenue");
     // A previous demo that was interrupted still owns the target: retire it.
     let stale: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "SELECT run_id FROM backfill.runs WHERE target = $1 AND state IN ('running', 'halted')",
+        "SELECT run_id FROM backfill.runs WHERE target = $1 AND state = ANY($2)",
     )
     .bind(&target)
+    .bind(RunState::ACTIVE.map(RunState::as_str).to_vec())
     .fetch_all(&pool)
     .await?;
     for run_id in stale {
         control::runs::transition(
             &pool,
             run_id,
-            &[RunState::Running, RunState::Halted],
+            &RunState::ACTIVE,
             RunState::Cancelled,
             "demo",
             Some("superseded by a new demo"),

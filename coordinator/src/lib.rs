@@ -5,10 +5,12 @@
 //! - [`plan`]: `backfill plan`.
 //! - [`run`]: recording a run and driving it (publish window, events, halt).
 //! - [`status`]: `backfill status`.
+//! - [`lifecycle`]: approve, cutover, rollback, cleanup, maintenance marker.
 //! - [`demo`] and [`tpch`]: the end-to-end demo on generated TPC-H data.
 
 pub mod demo;
 pub mod error;
+pub mod lifecycle;
 pub mod plan;
 pub mod preflight;
 pub mod run;

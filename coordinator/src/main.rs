@@ -2,7 +2,9 @@
 //! Exit codes: 0 success, 1 a run halted or failed, 2 bad input, 3 a service is unreachable.
 
 use backfill_coordinator::run::{DriveOptions, Finish};
-use backfill_coordinator::{CliError, Result, demo, operator, plan, read_brief, run, status};
+use backfill_coordinator::{
+    CliError, Result, demo, lifecycle, operator, plan, read_brief, run, status,
+};
 use backfill_shared::config::Config;
 use backfill_shared::control;
 use backfill_shared::services;
@@ -11,6 +13,7 @@ use clap::{Parser, Subcommand};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 use uuid::Uuid;
 
 #[derive(Debug, Parser)]
@@ -49,6 +52,37 @@ enum Command {
         run: Uuid,
         #[arg(long)]
         json: bool,
+    },
+    /// Record the reviewer's approval of an applied run.
+    Approve {
+        run: Uuid,
+        /// Must be the reviewer the brief names (never its owner).
+        #[arg(long)]
+        reviewer: String,
+    },
+    /// Expose an approved run: swap in the built table (staging-swap, parallel-version),
+    /// then run the brief's refresh statements and refresh dependent materialized views.
+    Cutover {
+        run: Uuid,
+        /// Longest wait for the target's lock during the swap, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        lock_timeout_ms: u64,
+    },
+    /// Put the target back exactly as it was before the run.
+    Rollback {
+        run: Uuid,
+        /// Roll back even though a later run changed the same target.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value_t = 5000)]
+        lock_timeout_ms: u64,
+    },
+    /// Drop a finished run's before-images and old copies once retain_days has passed.
+    Cleanup {
+        run: Uuid,
+        /// Do not wait for retain_days.
+        #[arg(long)]
+        now: bool,
     },
     /// Generate TPC-H data, break a derived table, and backfill the fix end to end.
     Demo {
@@ -146,8 +180,56 @@ async fn execute(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Approve { run, reviewer } => {
+            let pool = services::postgres(&config, 2).await?;
+            lifecycle::approve::approve(&pool, run, &reviewer).await?;
+            eprintln!("run {run} approved by {reviewer}; `backfill cutover {run}` exposes it");
+            Ok(())
+        }
+        Command::Cutover {
+            run,
+            lock_timeout_ms,
+        } => {
+            let pool = services::postgres(&config, 2).await?;
+            let report = lifecycle::cutover::cutover(
+                &pool,
+                run,
+                &operator(),
+                Duration::from_millis(lock_timeout_ms),
+            )
+            .await?;
+            print_json(&report)
+        }
+        Command::Rollback {
+            run,
+            force,
+            lock_timeout_ms,
+        } => {
+            let pool = services::postgres(&config, 2).await?;
+            let report = lifecycle::rollback::rollback(
+                &pool,
+                run,
+                &operator(),
+                force,
+                Duration::from_millis(lock_timeout_ms),
+            )
+            .await?;
+            print_json(&report)
+        }
+        Command::Cleanup { run, now } => {
+            let pool = services::postgres(&config, 2).await?;
+            let dropped = lifecycle::cleanup::cleanup(&pool, run, &operator(), now).await?;
+            print_json(&serde_json::json!({ "dropped": dropped }))
+        }
         Command::Demo { scale, workers } => demo::demo(&config, scale, workers).await,
     }
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| CliError::Internal(e.to_string()))?;
+    println!("{text}");
+    Ok(())
 }
 
 async fn finish(pool: &sqlx::PgPool, run_id: Uuid, finish: Finish) -> Result<()> {

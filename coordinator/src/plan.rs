@@ -3,7 +3,7 @@
 
 use crate::error::{CliError, Result};
 use crate::preflight::{self, Dependent, Preflight};
-use backfill_shared::brief::{BatchRange, Brief, Strategy};
+use backfill_shared::brief::{BatchRange, Brief};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -30,12 +30,6 @@ pub struct Plan {
 
 /// Lints the brief against the warehouse and plans its batches.
 pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>, Preflight)> {
-    if brief.write.strategy != Strategy::Merge {
-        return Err(CliError::BadInput(format!(
-            "write.strategy: {} is not available in this version; use \"merge\"",
-            brief.write.strategy
-        )));
-    }
     let preflight = preflight::check(pool, brief).await?;
     let batches = brief.scope.batch_by.plan().map_err(CliError::BadInput)?;
     let (Some(first), Some(last)) = (batches.first(), batches.last()) else {

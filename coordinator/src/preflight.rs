@@ -116,6 +116,21 @@ pub async fn check(pool: &PgPool, brief: &Brief) -> Result<Preflight> {
         )),
         Some(_) => {}
     }
+    let required: Vec<String> = sqlx::query_scalar(
+        "SELECT attname::text FROM pg_attribute
+          WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attnotnull
+            AND NOT atthasdef AND attidentity = '' AND attgenerated = '' ORDER BY attnum",
+    )
+    .bind(oid)
+    .fetch_all(pool)
+    .await?;
+    let written = scope.written_columns();
+    for c in required.iter().filter(|c| !written.contains(c)) {
+        problems.push(problem(
+            "scope.columns",
+            format!("{target}.{c} is NOT NULL without a default, but the backfill does not write it, so new rows would fail; add {c:?} to columns (and to the source)"),
+        ));
+    }
     if scope.key.iter().all(|k| type_of(k).is_some()) {
         let unique_sets: Vec<Vec<String>> = sqlx::query_scalar(
             "SELECT array_agg(a.attname::text ORDER BY a.attname)

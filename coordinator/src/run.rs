@@ -4,13 +4,14 @@
 //! is applied. The ledger is the record; events only make the coordinator quick.
 
 use crate::error::{CliError, Result};
+use crate::lifecycle;
 use backfill_shared::brief::{BatchRange, Brief};
 use backfill_shared::config::Config;
 use backfill_shared::control::runs::{self, NewRun, RunState};
 use backfill_shared::control::{batches, log};
 use backfill_shared::message::{self, BatchMessage, Event, VERSION};
 use backfill_shared::services;
-use backfill_shared::sql::{TableName, quote_ident};
+use backfill_shared::sql::{TableName, quote_ident, quote_literal};
 use backfill_shared::topology::{self, Topology};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -18,7 +19,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::PgPool;
 use std::collections::VecDeque;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -33,10 +34,30 @@ pub async fn create(
     operator: &str,
 ) -> Result<Uuid> {
     let run_id = Uuid::new_v4();
-    let image_table = brief
-        .write
-        .snapshot
-        .then(|| format!("backfill.image_{}", run_id.simple()));
+    let target = &brief.scope.target;
+    let live = lifecycle::writes_live_target(brief);
+    let image_table = (live && brief.write.snapshot).then(|| TableName {
+        schema: "backfill".into(),
+        table: format!("image_{}", run_id.simple()),
+    });
+    let side_table = lifecycle::side_table(brief, run_id);
+    let mut setup = Vec::new();
+    if let Some(image) = &image_table {
+        setup.push(format!(
+            "CREATE TABLE {image} (bf_batch_no integer NOT NULL, bf_op \"char\" NOT NULL, LIKE {target} INCLUDING DEFAULTS)",
+            image = image.quoted(),
+            target = target.quoted()
+        ));
+        setup.push(format!("CREATE INDEX ON {} (bf_batch_no)", image.quoted()));
+    }
+    if let Some(side) = &side_table {
+        lifecycle::check_name(side)?;
+        lifecycle::check_name(&lifecycle::old_table(brief, run_id))?;
+        setup.extend(side_table_statements(brief, side));
+    }
+    if live {
+        setup.extend(lifecycle::maintenance::mark_statements(brief, run_id));
+    }
     let params = serde_json::json!({
         "strategy": brief.write.strategy,
         "on_missing": brief.write.on_missing,
@@ -45,10 +66,10 @@ pub async fn create(
         "start": brief.scope.batch_by.start.to_string(),
         "end": brief.scope.batch_by.end.to_string(),
         "max_in_flight": brief.limits.max_in_flight,
+        "side_table": side_table.as_ref().map(ToString::to_string),
     });
-    let image_ddl = image_table
-        .as_ref()
-        .map(|t| image_table_ddl(t, &brief.scope.target));
+    let image_name = image_table.as_ref().map(ToString::to_string);
+    let side_name = side_table.as_ref().map(ToString::to_string);
     runs::create(
         pool,
         &NewRun {
@@ -57,27 +78,44 @@ pub async fn create(
             brief,
             operator,
             batches,
-            image_table: image_table.as_deref(),
-            image_ddl: image_ddl.as_deref(),
+            image_table: image_name.as_deref(),
+            side_table: side_name.as_deref(),
+            setup,
             params,
         },
     )
-    .await?;
+    .await
+    .map_err(|e| match e {
+        backfill_shared::control::ControlError::Sql(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P07") => {
+            CliError::BadInput(format!(
+                "{}; a table of that name is in the way of this run: drop or rename it, or set write.new_table",
+                db.message()
+            ))
+        }
+        other => other.into(),
+    })?;
     Ok(run_id)
 }
 
-/// The before-image table: the batch, the operation (`U`pdated or `D`eleted rows
-/// hold the old row, `I`nserted rows the new one), then the target's own columns.
-fn image_table_ddl(image_table: &str, target: &TableName) -> String {
-    let (schema, table) = image_table
-        .split_once('.')
-        .unwrap_or(("backfill", image_table));
-    let image = format!("{}.{}", quote_ident(schema), quote_ident(table));
-    format!(
-        "CREATE TABLE {image} (bf_batch_no integer NOT NULL, bf_op \"char\" NOT NULL, LIKE {target} INCLUDING DEFAULTS);
-         CREATE INDEX ON {image} (bf_batch_no);",
-        target = target.quoted()
-    )
+/// The table built beside the target: same columns, constraints and indexes, with
+/// the target's rows outside the scope copied over. Batches fill in the scope.
+fn side_table_statements(brief: &Brief, side: &TableName) -> Vec<String> {
+    let target = brief.scope.target.quoted();
+    let by = quote_ident(&brief.scope.batch_by.column);
+    let literal = |b: backfill_shared::brief::Bound| quote_literal(&b.to_string());
+    vec![
+        format!(
+            "CREATE TABLE {} (LIKE {target} INCLUDING ALL)",
+            side.quoted()
+        ),
+        format!(
+            "INSERT INTO {} SELECT * FROM {target} WHERE {by} IS NULL OR {by} < {} OR {by} >= {}",
+            side.quoted(),
+            literal(brief.scope.batch_by.start),
+            literal(brief.scope.batch_by.end)
+        ),
+        format!("ANALYZE {}", side.quoted()),
+    ]
 }
 
 /// How a followed run ended.
@@ -266,6 +304,11 @@ pub async fn drive(
     };
     bar.finish_and_clear();
     if finish == Finish::Applied {
+        // Every batch is in: the live target is consistent again.
+        if lifecycle::writes_live_target(&run.brief) {
+            let mut conn = pool.acquire().await?;
+            lifecycle::maintenance::clear(&mut conn, &run.brief.scope.target, run_id).await?;
+        }
         runs::transition(
             pool,
             run_id,
@@ -356,19 +399,4 @@ fn progress_bar(enabled: bool, total: usize, done: usize) -> ProgressBar {
     bar.set_position(done as u64);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
-}
-
-/// Drops the run's temporary objects that a failed start may leave (used by demo).
-pub async fn drop_image_table(pool: &PgPool, image_table: &str) -> Result<()> {
-    let (schema, table) = image_table
-        .split_once('.')
-        .unwrap_or(("backfill", image_table));
-    sqlx::query(AssertSqlSafe(format!(
-        "DROP TABLE IF EXISTS {}.{}",
-        quote_ident(schema),
-        quote_ident(table)
-    )))
-    .execute(pool)
-    .await?;
-    Ok(())
 }

@@ -55,7 +55,11 @@ async fn malformed_briefs_are_refused_with_the_field_and_exit_2() {
         ("blank section", good.replace("[dependencies]\ndownstream = [\"tpch.monthly_revenue\"]\nstakeholders = [\"finance\", \"growth\"]", "[dependencies]"), "[dependencies]"),
         ("owner is reviewer", good.replace("reviewer = \"bob\"", "reviewer = \"alice\""), "brief.reviewer"),
         ("unknown strategy", good.replace("strategy = \"merge\"", "strategy = \"upsert\""), "write.strategy"),
-        ("strategy not available yet", good.replace("strategy = \"merge\"", "strategy = \"staging-swap\""), "write.strategy"),
+        (
+            "a NOT NULL column the backfill does not write",
+            good.replace("columns = [\"o_orderdate\", \"o_custkey\", ", "columns = ["),
+            "o_orderdate is NOT NULL",
+        ),
         ("unknown risk", good.replace("risk = \"metric-changing\"", "risk = \"yolo\""), "brief.risk"),
         ("start after end", good.replace("start = 1,", "start = 99999999,"), "scope.batch_by"),
         ("zero step", regex_step(&good, "0"), "scope.batch_by.step"),

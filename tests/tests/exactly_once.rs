@@ -13,7 +13,7 @@ use backfill_shared::topology::{self};
 use backfill_tests::TestEnv;
 use backfill_worker::BatchError;
 use backfill_worker::WorkerOptions;
-use backfill_worker::apply::{self, BatchWork, MergePlan};
+use backfill_worker::apply::{self, BatchWork, WritePlan};
 use lapin::options::QueueDeclareOptions;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -107,7 +107,10 @@ async fn a_superseded_fencing_token_cannot_commit() {
         .await
         .unwrap()
         .image_table;
-    let merge = MergePlan::new(&brief, image.as_deref());
+    let image = image
+        .as_deref()
+        .and_then(backfill_shared::sql::TableName::parse);
+    let merge = WritePlan::new(&brief, &brief.scope.target, image.as_ref());
     let batch = plan[0];
     let bounds = (batch.lo.to_string(), batch.hi.to_string());
     let claim = |who: &'static str| {

@@ -1,40 +1,73 @@
-//! The warehouse transaction of one batch, for the `merge` strategy:
+//! The warehouse transaction of one batch:
 //!
 //! 1. lock the batch's ledger row and check the fencing token (a stale worker rolls back);
 //! 2. run the brief's source for `[lo, hi)` into a temporary working set;
 //! 3. check the grain: no duplicate or null keys, every row inside the batch range;
-//! 4. save before-images of every row about to change (when `snapshot = true`);
-//! 5. update changed rows (`IS DISTINCT FROM`), insert new ones, and delete rows of
-//!    the range the source no longer yields (`on_missing = "delete"`);
-//! 6. mark the batch applied with its figures and append to the run log.
+//! 4. write, by strategy, saving before-images of every row changed (when the
+//!    target is live and `snapshot = true`):
+//!    - `merge` (and the tables staging-swap and parallel-version build): update
+//!      changed rows (`IS DISTINCT FROM`), insert new ones, delete rows of the
+//!      range the source no longer yields (`on_missing = "delete"`);
+//!    - `partition-overwrite`: delete the range, insert the source rows;
+//! 5. mark the batch applied with its figures and append to the run log.
 //!
 //! All of it commits together or not at all.
 
 use crate::error::{BatchError, Result};
-use backfill_shared::brief::{Bound, Brief, OnMissing};
+use backfill_shared::brief::{Bound, Brief, OnMissing, Strategy};
 use backfill_shared::control::{batches, batches::RowCounts, log};
-use backfill_shared::sql::{column_list, quote_ident};
+use backfill_shared::sql::{TableName, column_list, quote_ident};
 use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
-/// The statements of one run, built once from its brief. Identifiers are quoted;
-/// bounds are bound parameters.
+/// Which parameters a statement takes, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Binds {
+    /// `$1` = batch number.
+    Batch,
+    /// `$1` = lower bound, `$2` = upper bound.
+    Range,
+    /// `$1` = lower bound, `$2` = upper bound, `$3` = batch number.
+    RangeAndBatch,
+    None,
+}
+
+/// Which figure a statement's row count is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counts {
+    Inserted,
+    Updated,
+    Deleted,
+    Nothing,
+}
+
+/// One write statement of a batch.
 #[derive(Debug)]
-pub struct MergePlan {
+struct Step {
+    sql: String,
+    binds: Binds,
+    counts: Counts,
+    what: &'static str,
+}
+
+/// The statements of one run, built once from its brief and strategy.
+/// Identifiers are quoted; bounds and batch numbers are bound parameters.
+#[derive(Debug)]
+pub struct WritePlan {
     create_working_set: String,
     fill_working_set: String,
     check_grain: String,
-    save_changed: Option<String>,
-    update: String,
-    insert: String,
-    delete: Option<String>,
+    steps: Vec<Step>,
 }
 
-impl MergePlan {
+impl WritePlan {
+    /// `write_to` is the table batches write to: the target itself (merge,
+    /// partition-overwrite) or the table built beside it (staging-swap,
+    /// parallel-version). `image_table` receives before-images, if any.
     #[must_use]
-    pub fn new(brief: &Brief, image_table: Option<&str>) -> Self {
+    pub fn new(brief: &Brief, write_to: &TableName, image_table: Option<&TableName>) -> Self {
         let scope = &brief.scope;
-        let target = scope.target.quoted();
+        let target = write_to.quoted();
         let written = scope.written_columns();
         let all = column_list(&written, None);
         let in_s = column_list(&written, Some("s"));
@@ -52,29 +85,104 @@ impl MergePlan {
             .collect::<Vec<_>>()
             .join(" OR ");
         let by = quote_ident(&scope.batch_by.column);
-        let changed = format!(
-            "ROW({}) IS DISTINCT FROM ROW({})",
-            column_list(&scope.columns, Some("t")),
-            column_list(&scope.columns, Some("s"))
-        );
-        let set = scope
-            .columns
-            .iter()
-            .map(|c| format!("{0} = s.{0}", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let image = image_table.map(|t| {
-            let (schema, table) = t.split_once('.').unwrap_or(("backfill", t));
-            format!("{}.{}", quote_ident(schema), quote_ident(table))
-        });
-        let insert_core = format!(
-            "INSERT INTO {target} ({all}) SELECT {in_s} FROM bf_working_set s
-              WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {key_match})"
-        );
-        let delete_core = format!(
-            "DELETE FROM {target} t WHERE t.{by} >= $1 AND t.{by} < $2
-               AND NOT EXISTS (SELECT 1 FROM bf_working_set s WHERE {key_match})"
-        );
+        let image = image_table.map(TableName::quoted);
+        // With before-images, a data-modifying statement feeds its RETURNING rows
+        // into the image table (`op` says what they are).
+        let imaged = |core: String, op: char, param: &str| match &image {
+            Some(img) => format!(
+                "WITH changed AS ({core} RETURNING *) INSERT INTO {img} SELECT {param}, '{op}', changed.* FROM changed"
+            ),
+            None => core,
+        };
+        let with_batch = |binds: Binds| match (image.is_some(), binds) {
+            (true, Binds::None) => Binds::Batch,
+            (true, Binds::Range) => Binds::RangeAndBatch,
+            (_, b) => b,
+        };
+        let in_range = format!("t.{by} >= $1 AND t.{by} < $2");
+        let mut steps = Vec::new();
+        match brief.write.strategy {
+            Strategy::PartitionOverwrite => {
+                steps.push(Step {
+                    sql: imaged(
+                        format!("DELETE FROM {target} t WHERE {in_range}"),
+                        'D',
+                        "$3",
+                    ),
+                    binds: with_batch(Binds::Range),
+                    counts: Counts::Deleted,
+                    what: "delete of the batch's range",
+                });
+                steps.push(Step {
+                    sql: imaged(
+                        format!("INSERT INTO {target} ({all}) SELECT {in_s} FROM bf_working_set s"),
+                        'I',
+                        "$1",
+                    ),
+                    binds: with_batch(Binds::None),
+                    counts: Counts::Inserted,
+                    what: "insert of the source rows",
+                });
+            }
+            Strategy::Merge | Strategy::StagingSwap | Strategy::ParallelVersion => {
+                let changed = format!(
+                    "ROW({}) IS DISTINCT FROM ROW({})",
+                    column_list(&scope.columns, Some("t")),
+                    column_list(&scope.columns, Some("s"))
+                );
+                let set = scope
+                    .columns
+                    .iter()
+                    .map(|c| format!("{0} = s.{0}", quote_ident(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if let Some(img) = &image {
+                    // UPDATE ... RETURNING yields the new row; save the old one first.
+                    steps.push(Step {
+                        sql: format!(
+                            "INSERT INTO {img} SELECT $1, 'U', t.* FROM {target} t JOIN bf_working_set s ON {key_match} WHERE {changed}"
+                        ),
+                        binds: Binds::Batch,
+                        counts: Counts::Nothing,
+                        what: "saving before-images",
+                    });
+                }
+                steps.push(Step {
+                    sql: format!("UPDATE {target} t SET {set} FROM bf_working_set s WHERE {key_match} AND {changed}"),
+                    binds: Binds::None,
+                    counts: Counts::Updated,
+                    what: "update of changed rows",
+                });
+                steps.push(Step {
+                    sql: imaged(
+                        format!(
+                            "INSERT INTO {target} ({all}) SELECT {in_s} FROM bf_working_set s
+                              WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {key_match})"
+                        ),
+                        'I',
+                        "$1",
+                    ),
+                    binds: with_batch(Binds::None),
+                    counts: Counts::Inserted,
+                    what: "insert of new rows",
+                });
+                if brief.write.on_missing == OnMissing::Delete {
+                    steps.push(Step {
+                        sql: imaged(
+                            format!(
+                                "DELETE FROM {target} t WHERE {in_range}
+                                   AND NOT EXISTS (SELECT 1 FROM bf_working_set s WHERE {key_match})"
+                            ),
+                            'D',
+                            "$3",
+                        ),
+                        binds: with_batch(Binds::Range),
+                        counts: Counts::Deleted,
+                        what: "delete of rows the source no longer yields",
+                    });
+                }
+            }
+        }
         Self {
             create_working_set: format!(
                 "CREATE TEMPORARY TABLE bf_working_set ON COMMIT DROP AS SELECT {all} FROM {target} WITH NO DATA"
@@ -88,26 +196,7 @@ impl MergePlan {
                         (SELECT count(*) FROM bf_working_set WHERE {null_key}),
                         (SELECT count(*) FROM bf_working_set WHERE {by} IS NULL OR NOT ({by} >= $1 AND {by} < $2))"
             ),
-            save_changed: image.as_ref().map(|img| {
-                format!(
-                    "INSERT INTO {img} SELECT $1, 'U', t.* FROM {target} t JOIN bf_working_set s ON {key_match} WHERE {changed}"
-                )
-            }),
-            update: format!(
-                "UPDATE {target} t SET {set} FROM bf_working_set s WHERE {key_match} AND {changed}"
-            ),
-            insert: match &image {
-                Some(img) => format!(
-                    "WITH ins AS ({insert_core} RETURNING *) INSERT INTO {img} SELECT $1, 'I', ins.* FROM ins"
-                ),
-                None => insert_core,
-            },
-            delete: (brief.write.on_missing == OnMissing::Delete).then(|| match &image {
-                Some(img) => format!(
-                    "WITH d AS ({delete_core} RETURNING t.*) INSERT INTO {img} SELECT $3, 'D', d.* FROM d"
-                ),
-                None => delete_core,
-            }),
+            steps,
         }
     }
 }
@@ -125,7 +214,7 @@ pub struct BatchWork {
 /// Applies one batch in one transaction. Returns its row counts.
 pub async fn apply(
     pool: &PgPool,
-    plan: &MergePlan,
+    plan: &WritePlan,
     work: BatchWork,
     worker: &str,
 ) -> Result<RowCounts> {
@@ -182,50 +271,31 @@ pub async fn apply(
         )));
     }
 
-    if let Some(save) = &plan.save_changed {
-        sqlx::query(AssertSqlSafe(save.as_str()))
-            .bind(batch)
+    let mut rows = RowCounts {
+        source,
+        ..RowCounts::default()
+    };
+    for step in &plan.steps {
+        let q = sqlx::query(AssertSqlSafe(step.sql.as_str()));
+        let q = match step.binds {
+            Binds::Batch => q.bind(batch),
+            Binds::Range => q.bind(work.lo).bind(work.hi),
+            Binds::RangeAndBatch => q.bind(work.lo).bind(work.hi).bind(batch),
+            Binds::None => q,
+        };
+        let n = q
             .execute(&mut *tx)
             .await
-            .map_err(sql("saving before-images"))?;
-    }
-    let updated = sqlx::query(AssertSqlSafe(plan.update.as_str()))
-        .execute(&mut *tx)
-        .await
-        .map_err(sql("update of changed rows"))?
-        .rows_affected();
-    let mut insert = sqlx::query(AssertSqlSafe(plan.insert.as_str()));
-    if plan.save_changed.is_some() {
-        insert = insert.bind(batch);
-    }
-    let inserted = insert
-        .execute(&mut *tx)
-        .await
-        .map_err(sql("insert of new rows"))?
-        .rows_affected();
-    let deleted = match &plan.delete {
-        Some(delete) => {
-            let mut q = sqlx::query(AssertSqlSafe(delete.as_str()))
-                .bind(work.lo)
-                .bind(work.hi);
-            if plan.save_changed.is_some() {
-                q = q.bind(batch);
-            }
-            q.execute(&mut *tx)
-                .await
-                .map_err(sql("delete of rows the source no longer yields"))?
-                .rows_affected()
+            .map_err(sql(step.what))?
+            .rows_affected();
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        match step.counts {
+            Counts::Inserted => rows.inserted += n,
+            Counts::Updated => rows.updated += n,
+            Counts::Deleted => rows.deleted += n,
+            Counts::Nothing => {}
         }
-        None => 0,
-    };
-
-    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    let rows = RowCounts {
-        source,
-        inserted: count(inserted),
-        updated: count(updated),
-        deleted: count(deleted),
-    };
+    }
     batches::mark_applied(&mut tx, work.run_id, work.batch_no, rows).await?;
     log::append(
         &mut *tx,

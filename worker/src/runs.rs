@@ -1,9 +1,10 @@
 //! The runs this worker has seen, loaded once from the control plane: the brief's
 //! hash (to refuse forged or stale messages) and the statements built from it.
 
-use crate::apply::MergePlan;
-use backfill_shared::brief::{BoundKind, Strategy};
+use crate::apply::WritePlan;
+use backfill_shared::brief::BoundKind;
 use backfill_shared::control::{ControlError, Result, runs};
+use backfill_shared::sql::TableName;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use uuid::Uuid;
 pub(crate) struct RunContext {
     pub(crate) brief_hash: String,
     pub(crate) bound_kind: BoundKind,
-    pub(crate) plan: MergePlan,
+    pub(crate) plan: WritePlan,
 }
 
 #[derive(Debug, Default)]
@@ -27,14 +28,19 @@ impl Runs {
             return Ok(run);
         }
         let run = runs::load(pool, run_id).await?;
-        if run.brief.write.strategy != Strategy::Merge {
-            return Err(ControlError::Corrupt(format!(
-                "run {run_id} uses write strategy {}, which this worker cannot apply",
-                run.brief.write.strategy
-            )));
-        }
+        let table = |name: &Option<String>, what: &str| -> Result<Option<TableName>> {
+            name.as_deref()
+                .map(|n| {
+                    TableName::parse(n)
+                        .ok_or_else(|| ControlError::Corrupt(format!("run {run_id}: {what} {n:?}")))
+                })
+                .transpose()
+        };
+        let side = table(&run.side_table, "side table")?;
+        let image = table(&run.image_table, "image table")?;
+        let write_to = side.as_ref().unwrap_or(&run.brief.scope.target);
         let context = Arc::new(RunContext {
-            plan: MergePlan::new(&run.brief, run.image_table.as_deref()),
+            plan: WritePlan::new(&run.brief, write_to, image.as_ref()),
             brief_hash: run.brief_hash,
             bound_kind: run.bound_kind,
         });

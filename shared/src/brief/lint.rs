@@ -601,10 +601,33 @@ fn read_write(r: &mut Reader<'_>) -> Option<Write> {
     let strategy = r.choice("strategy", Strategy::NAMES, Strategy::from_name);
     let on_missing = r.choice("on_missing", OnMissing::NAMES, OnMissing::from_name);
     let snapshot = r.boolean("snapshot", "true to keep before-images for rollback");
+    let new_table = match r.opt_text("new_table", "\"schema.table\" for the parallel version") {
+        Ok(Some(t)) => {
+            match TableName::parse(&t) {
+                Some(name) if name.table.len() <= 63 => Some(Some(name)),
+                _ => {
+                    r.problem("new_table", format!("{t:?} is not a table name of at most 63 characters; write \"schema.table\""));
+                    None
+                }
+            }
+        }
+        Ok(None) => Some(None),
+        Err(()) => None,
+    };
+    if strategy.is_some_and(|s| s != Strategy::ParallelVersion)
+        && matches!(new_table, Some(Some(_)))
+    {
+        r.problem(
+            "new_table",
+            "only a parallel-version backfill builds a new table; remove it or change the strategy",
+        );
+        return None;
+    }
     Some(Write {
         strategy: strategy?,
         on_missing: on_missing?,
         snapshot: snapshot?,
+        new_table: new_table?,
     })
 }
 

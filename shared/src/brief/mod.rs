@@ -128,6 +128,9 @@ pub struct Write {
     pub on_missing: OnMissing,
     /// Keep a before-image of every row the run changes (needed for rollback).
     pub snapshot: bool,
+    /// parallel-version: the table built beside the target (default
+    /// `<target>__<brief name>`).
+    pub new_table: Option<TableName>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -15,26 +15,55 @@ pub enum RunState {
     Running,
     /// Stopped by a failed batch or a breached limit; the target is partly written.
     Halted,
-    /// Every batch is applied.
+    /// Every batch is applied; waiting for the reviewer.
     Applied,
+    /// The reviewer accepted the validation; cutover may go ahead.
+    Approved,
+    /// Cutover is done: the corrected data is what readers see.
+    CutOver,
+    /// A rollback started and has not finished (it resumes when run again).
+    RollingBack,
+    /// The target is back to its state before the run.
+    RolledBack,
     Cancelled,
 }
 
 impl RunState {
+    const ALL: [Self; 8] = [
+        Self::Running,
+        Self::Halted,
+        Self::Applied,
+        Self::Approved,
+        Self::CutOver,
+        Self::RollingBack,
+        Self::RolledBack,
+        Self::Cancelled,
+    ];
+
+    /// States in which a run holds its target (see `runs_one_active_per_target`).
+    pub const ACTIVE: [Self; 4] = [Self::Running, Self::Halted, Self::Applied, Self::Approved];
+
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
             Self::Halted => "halted",
             Self::Applied => "applied",
+            Self::Approved => "approved",
+            Self::CutOver => "cut_over",
+            Self::RollingBack => "rolling_back",
+            Self::RolledBack => "rolled_back",
             Self::Cancelled => "cancelled",
         }
     }
 
     fn parse(text: &str) -> Option<Self> {
-        [Self::Running, Self::Halted, Self::Applied, Self::Cancelled]
-            .into_iter()
-            .find(|s| s.as_str() == text)
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    #[must_use]
+    pub fn is_active(self) -> bool {
+        Self::ACTIVE.contains(&self)
     }
 }
 
@@ -57,6 +86,15 @@ pub struct Run {
     /// The table before-images go to, when the brief asks for them.
     pub image_table: Option<String>,
     pub halt_reason: Option<String>,
+    /// staging-swap and parallel-version: the table batches write to.
+    pub side_table: Option<String>,
+    /// After a swap: the previous target's new name (the rollback copy).
+    pub old_table: Option<String>,
+    pub approved_by: Option<String>,
+    pub approved_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub cut_over_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub rolled_back_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub cleaned_at: Option<chrono::DateTime<chrono::Utc>>,
     pub operator: String,
     pub code_version: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
@@ -72,8 +110,11 @@ pub struct NewRun<'a> {
     pub operator: &'a str,
     pub batches: &'a [BatchRange],
     pub image_table: Option<&'a str>,
-    /// Statements creating the image table, run in the same transaction.
-    pub image_ddl: Option<&'a str>,
+    /// The table batches write to, when it is not the target.
+    pub side_table: Option<&'a str>,
+    /// Statements run in the same transaction after the run is recorded
+    /// (creating the before-image or side table, marking maintenance).
+    pub setup: Vec<String>,
     pub params: serde_json::Value,
 }
 
@@ -88,9 +129,11 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO backfill.runs (run_id, name, target, brief, brief_hash, code_version, operator,
-            owner, reviewer, strategy, bound_kind, batch_count, params, image_table, state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'running')
-         ON CONFLICT (target) WHERE state IN ('running', 'halted') DO NOTHING",
+            owner, reviewer, strategy, bound_kind, batch_count, params, image_table, side_table, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'running')
+         ON CONFLICT (target)
+            WHERE state IN ('running', 'halted', 'applied', 'approved')
+         DO NOTHING",
     )
     .bind(run_id)
     .bind(&brief.meta.name)
@@ -106,14 +149,16 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
     .bind(batch_count)
     .bind(&new.params)
     .bind(new.image_table)
+    .bind(new.side_table)
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
         drop(tx);
         let (run_id, state): (Uuid, String) = sqlx::query_as(
-            "SELECT run_id, state FROM backfill.runs WHERE target = $1 AND state IN ('running', 'halted')",
+            "SELECT run_id, state FROM backfill.runs WHERE target = $1 AND state = ANY($2)",
         )
         .bind(&target)
+        .bind(RunState::ACTIVE.map(RunState::as_str).to_vec())
         .fetch_one(pool)
         .await?;
         return Err(ControlError::ActiveRun {
@@ -122,8 +167,8 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
             state,
         });
     }
-    if let Some(ddl) = new.image_ddl {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+    for statement in &new.setup {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement.as_str()))
             .execute(&mut *tx)
             .await?;
     }
@@ -164,60 +209,64 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
 
 /// Loads a run and re-parses its brief.
 pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
-    type Row = (
-        String,
-        String,
-        String,
-        i32,
-        String,
-        Option<String>,
-        Option<String>,
-        String,
-        String,
-        chrono::DateTime<chrono::Utc>,
-        Option<chrono::DateTime<chrono::Utc>>,
-    );
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        brief: String,
+        brief_hash: String,
+        state: String,
+        batch_count: i32,
+        bound_kind: String,
+        image_table: Option<String>,
+        side_table: Option<String>,
+        old_table: Option<String>,
+        halt_reason: Option<String>,
+        approved_by: Option<String>,
+        approved_at: Option<chrono::DateTime<chrono::Utc>>,
+        cut_over_at: Option<chrono::DateTime<chrono::Utc>>,
+        rolled_back_at: Option<chrono::DateTime<chrono::Utc>>,
+        cleaned_at: Option<chrono::DateTime<chrono::Utc>>,
+        operator: String,
+        code_version: String,
+        created_at: chrono::DateTime<chrono::Utc>,
+        finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    }
     let row: Option<Row> = sqlx::query_as(
-        "SELECT brief, brief_hash, state, batch_count, bound_kind, image_table, halt_reason,
+        "SELECT brief, brief_hash, state, batch_count, bound_kind, image_table, side_table, old_table,
+                halt_reason, approved_by, approved_at, cut_over_at, rolled_back_at, cleaned_at,
                 operator, code_version, created_at, finished_at
          FROM backfill.runs WHERE run_id = $1",
     )
     .bind(run_id)
     .fetch_optional(pool)
     .await?;
-    let Some((
-        brief_text,
-        brief_hash,
-        state,
-        batch_count,
-        bound_kind,
-        image_table,
-        halt_reason,
-        operator,
-        code_version,
-        created_at,
-        finished_at,
-    )) = row
-    else {
+    let Some(row) = row else {
         return Err(ControlError::UnknownRun(run_id));
     };
     let corrupt = |what: &str| ControlError::Corrupt(format!("run {run_id}: {what}"));
-    let brief = Brief::parse(&brief_text).map_err(|e| corrupt(&format!("stored brief: {e}")))?;
+    let brief = Brief::parse(&row.brief).map_err(|e| corrupt(&format!("stored brief: {e}")))?;
     Ok(Run {
         run_id,
-        brief_text,
-        brief_hash,
         brief,
-        state: RunState::parse(&state).ok_or_else(|| corrupt(&format!("state {state:?}")))?,
-        batch_count: u32::try_from(batch_count).map_err(|_| corrupt("batch_count"))?,
-        bound_kind: BoundKind::parse(&bound_kind)
-            .ok_or_else(|| corrupt(&format!("bound kind {bound_kind:?}")))?,
-        image_table,
-        halt_reason,
-        operator,
-        code_version,
-        created_at,
-        finished_at,
+        brief_text: row.brief,
+        brief_hash: row.brief_hash,
+        state: RunState::parse(&row.state)
+            .ok_or_else(|| corrupt(&format!("state {:?}", row.state)))?,
+        batch_count: u32::try_from(row.batch_count).map_err(|_| corrupt("batch_count"))?,
+        bound_kind: BoundKind::parse(&row.bound_kind)
+            .ok_or_else(|| corrupt(&format!("bound kind {:?}", row.bound_kind)))?,
+        image_table: row.image_table,
+        side_table: row.side_table,
+        old_table: row.old_table,
+        halt_reason: row.halt_reason,
+        approved_by: row.approved_by,
+        approved_at: row.approved_at,
+        cut_over_at: row.cut_over_at,
+        rolled_back_at: row.rolled_back_at,
+        cleaned_at: row.cleaned_at,
+        operator: row.operator,
+        code_version: row.code_version,
+        created_at: row.created_at,
+        finished_at: row.finished_at,
     })
 }
 
@@ -248,7 +297,9 @@ pub async fn transition(
     let done = sqlx::query(
         "UPDATE backfill.runs SET state = $2, updated_at = now(),
              halt_reason = CASE WHEN $2 = 'halted' THEN $4 ELSE halt_reason END,
-             finished_at = CASE WHEN $2 IN ('applied', 'cancelled') THEN now() ELSE finished_at END
+             finished_at = CASE WHEN $2 IN ('applied', 'cancelled') THEN now() ELSE finished_at END,
+             cut_over_at = CASE WHEN $2 = 'cut_over' THEN now() ELSE cut_over_at END,
+             rolled_back_at = CASE WHEN $2 = 'rolled_back' THEN now() ELSE rolled_back_at END
          WHERE run_id = $1 AND state = ANY($3)",
     )
     .bind(run_id)
@@ -272,4 +323,73 @@ pub async fn transition(
     }
     tx.commit().await?;
     Ok(done)
+}
+
+/// Records the reviewer's approval of an applied run. `false` if the run is not
+/// (or no longer) in state `applied`.
+pub async fn approve(pool: &PgPool, run_id: Uuid, reviewer: &str) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    let done = sqlx::query(
+        "UPDATE backfill.runs SET state = 'approved', approved_by = $2, approved_at = now(), updated_at = now()
+          WHERE run_id = $1 AND state = 'applied'",
+    )
+    .bind(run_id)
+    .bind(reviewer)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if done {
+        super::log::append(
+            &mut *tx,
+            run_id,
+            reviewer,
+            "run_approved",
+            None,
+            serde_json::json!({ "reviewer": reviewer }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Records the previous target's name after a swap (or clears it after a swap back).
+pub async fn set_old_table<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    run_id: Uuid,
+    old_table: Option<&str>,
+) -> Result<()> {
+    sqlx::query("UPDATE backfill.runs SET old_table = $2, updated_at = now() WHERE run_id = $1")
+        .bind(run_id)
+        .bind(old_table)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// Records that the run's temporary objects were dropped.
+pub async fn mark_cleaned(pool: &PgPool, run_id: Uuid) -> Result<()> {
+    sqlx::query(
+        "UPDATE backfill.runs SET cleaned_at = now(), updated_at = now() WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Runs on the same target created after `run_id` that changed it (or may still).
+pub async fn later_runs_on_target(pool: &PgPool, run_id: Uuid) -> Result<Vec<(Uuid, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT later.run_id, later.state FROM backfill.runs this
+           JOIN backfill.runs later ON later.target = this.target AND later.created_at > this.created_at
+          WHERE this.run_id = $1 AND later.state <> 'rolled_back'
+            AND (later.state <> 'cancelled' OR EXISTS (
+                 SELECT 1 FROM backfill.batches b WHERE b.run_id = later.run_id AND b.state = 'applied'))
+          ORDER BY later.created_at",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?)
 }

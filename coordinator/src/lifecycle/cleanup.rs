@@ -1,0 +1,70 @@
+//! `backfill cleanup RUN [--now]`: drops what a finished run kept for rollback (its
+//! before-images, the old table a swap retired, a table it built and nobody cut
+//! over to) once `retain_days` has passed since it finished, or at once with
+//! `--now`. Records what it dropped in the run log.
+
+use super::rollback::drop_table;
+use crate::{CliError, Result};
+use backfill_shared::control::log;
+use backfill_shared::control::runs::{self, RunState};
+use backfill_shared::sql::TableName;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub async fn cleanup(pool: &PgPool, run_id: Uuid, actor: &str, now: bool) -> Result<Vec<String>> {
+    let run = runs::load(pool, run_id).await?;
+    let finished = match run.state {
+        RunState::CutOver => run.cut_over_at,
+        RunState::RolledBack => run.rolled_back_at,
+        RunState::Cancelled => run.finished_at,
+        other => {
+            return Err(CliError::BadInput(format!(
+                "run {run_id} is {other}; its objects are kept until it is cut over, rolled back or cancelled"
+            )));
+        }
+    }
+    .unwrap_or(run.created_at);
+    let until = finished + chrono::Duration::days(i64::from(run.brief.rollback.retain_days));
+    if !now && chrono::Utc::now() < until {
+        return Err(CliError::BadInput(format!(
+            "run {run_id}'s rollback copies are retained until {} (retain_days = {}); pass --now to drop them earlier",
+            until.format("%Y-%m-%d %H:%M UTC"),
+            run.brief.rollback.retain_days
+        )));
+    }
+    let target = run.brief.scope.target.to_string();
+    let mut dropped = Vec::new();
+    for name in [&run.image_table, &run.old_table, &run.side_table]
+        .into_iter()
+        .flatten()
+    {
+        // After a cutover the side table *is* the target now: never drop that.
+        if *name == target {
+            continue;
+        }
+        let table = TableName::parse(name).ok_or_else(|| {
+            CliError::Internal(format!(
+                "run {run_id} records an unreadable table name {name:?}"
+            ))
+        })?;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(table.quoted())
+            .fetch_one(pool)
+            .await?;
+        if exists && !(run.state == RunState::CutOver && Some(name) == run.side_table.as_ref()) {
+            drop_table(pool, &table).await?;
+            dropped.push(table.to_string());
+        }
+    }
+    log::append(
+        pool,
+        run_id,
+        actor,
+        "cleanup",
+        None,
+        serde_json::json!({ "dropped": &dropped }),
+    )
+    .await?;
+    runs::mark_cleaned(pool, run_id).await?;
+    Ok(dropped)
+}

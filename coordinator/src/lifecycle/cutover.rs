@@ -1,0 +1,169 @@
+//! `backfill cutover RUN`: refused without the reviewer's approval. For
+//! staging-swap and parallel-version, swaps the built table into the target's place
+//! (the old table stays as the rollback copy); then runs the brief's `refresh`
+//! statements in order and refreshes the materialized views that read the target.
+//! Each step is logged; a failure stops there and says where, and running cutover
+//! again resumes after the last step that succeeded.
+
+use super::{maintenance, old_table, swap, writes_live_target};
+use crate::{CliError, Result};
+use backfill_shared::control::log;
+use backfill_shared::control::runs::{self, RunState};
+use backfill_shared::sql::TableName;
+use sqlx::{AssertSqlSafe, PgPool};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What cutover did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CutoverReport {
+    pub swapped: Option<swap::Swapped>,
+    pub old_table: Option<String>,
+    pub refresh_statements: usize,
+    pub refreshed_materialized_views: Vec<String>,
+}
+
+pub async fn cutover(
+    pool: &PgPool,
+    run_id: Uuid,
+    actor: &str,
+    lock_timeout: Duration,
+) -> Result<CutoverReport> {
+    let run = runs::load(pool, run_id).await?;
+    match run.state {
+        RunState::Approved => {}
+        RunState::Applied => {
+            return Err(CliError::BadInput(format!(
+                "run {run_id} is not approved; the reviewer approves first: `backfill approve {run_id} --reviewer {}`",
+                run.brief.meta.reviewer
+            )));
+        }
+        RunState::CutOver => {
+            return Err(CliError::BadInput(format!(
+                "run {run_id} is already cut over"
+            )));
+        }
+        other => {
+            return Err(CliError::BadInput(format!(
+                "run {run_id} is {other}; only an approved run can be cut over"
+            )));
+        }
+    }
+    let brief = &run.brief;
+    let target = &brief.scope.target;
+    let mut report = CutoverReport::default();
+    let step = |name: &str, detail: serde_json::Value| {
+        log::append(
+            pool,
+            run_id,
+            actor,
+            "cutover_step",
+            None,
+            serde_json::json!({ "step": name, "detail": detail }),
+        )
+    };
+    let fail = async |name: &str, error: &CliError| -> CliError {
+        let _ = log::append(
+            pool,
+            run_id,
+            actor,
+            "cutover_failed",
+            None,
+            serde_json::json!({ "step": name, "error": error.to_string() }),
+        )
+        .await;
+        CliError::Internal(format!(
+            "cutover of run {run_id} stopped at {name}: {error}"
+        ))
+    };
+    log::append(
+        pool,
+        run_id,
+        actor,
+        "cutover_started",
+        None,
+        serde_json::json!({}),
+    )
+    .await?;
+
+    if let (Some(side), None) = (&run.side_table, &run.old_table) {
+        let side = TableName::parse(side).ok_or_else(|| {
+            CliError::Internal(format!(
+                "run {run_id} records an unreadable side table {side:?}"
+            ))
+        })?;
+        let old = old_table(brief, run_id);
+        let old_name = old.to_string();
+        let swapped = swap::swap(pool, target, &side, &old, lock_timeout, async |conn| {
+            runs::set_old_table(&mut *conn, run_id, Some(&old_name)).await?;
+            Ok(())
+        })
+        .await;
+        let swapped = match swapped {
+            Ok(s) => s,
+            Err(e) => return Err(fail("swap", &e).await),
+        };
+        step(
+            "swap",
+            serde_json::json!({ "new": side.to_string(), "old": old_name, "moved": &swapped }),
+        )
+        .await?;
+        report.swapped = Some(swapped);
+        report.old_table = Some(old.to_string());
+    }
+
+    let done: Vec<i64> = sqlx::query_scalar(
+        "SELECT (detail->'detail'->>'index')::bigint FROM backfill.run_log
+          WHERE run_id = $1 AND event = 'cutover_step' AND detail->>'step' = 'refresh'",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?;
+    for (index, statement) in brief.dependencies.refresh.iter().enumerate() {
+        let index = i64::try_from(index).unwrap_or(i64::MAX);
+        if done.contains(&index) {
+            continue;
+        }
+        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(statement.as_str()))
+            .execute(pool)
+            .await
+        {
+            return Err(fail(
+                &format!("refresh statement {} ({statement})", index + 1),
+                &CliError::from(e),
+            )
+            .await);
+        }
+        step(
+            "refresh",
+            serde_json::json!({ "index": index, "statement": statement }),
+        )
+        .await?;
+        report.refresh_statements += 1;
+    }
+    match swap::refresh_materialized_views(pool, target).await {
+        Ok(views) => {
+            step(
+                "refresh_materialized_views",
+                serde_json::json!({ "views": &views }),
+            )
+            .await?;
+            report.refreshed_materialized_views = views;
+        }
+        Err(e) => return Err(fail("refreshing materialized views", &e).await),
+    }
+    if writes_live_target(brief) {
+        let mut conn = pool.acquire().await?;
+        maintenance::clear(&mut conn, target, run_id).await?;
+    }
+    runs::transition(
+        pool,
+        run_id,
+        &[RunState::Approved],
+        RunState::CutOver,
+        actor,
+        None,
+    )
+    .await?;
+    Ok(report)
+}
