@@ -199,7 +199,31 @@ impl InProcessWorkers {
     }
 }
 
-pub async fn demo(config: &Config, scale: f64, workers: u16) -> Result<()> {
+/// What `backfill demo` does, from its flags.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoOptions {
+    /// TPC-H scale factor.
+    pub scale: f64,
+    /// In-process workers.
+    pub workers: u16,
+    /// Batches the backfill is cut into.
+    pub batches: i64,
+    /// Keep before-images (the brief's `snapshot`).
+    pub snapshot: bool,
+}
+
+pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
+    let DemoOptions {
+        scale,
+        workers,
+        batches,
+        snapshot,
+    } = options;
+    if !(1..=100_000).contains(&batches) {
+        return Err(CliError::BadInput(
+            "--batches must be between 1 and 100000".into(),
+        ));
+    }
     if !(0.001..=10.0).contains(&scale) {
         return Err(CliError::BadInput(
             "--scale must be between 0.001 and 10".into(),
@@ -235,6 +259,17 @@ pub async fn demo(config: &Config, scale: f64, workers: u16) -> Result<()> {
         )
         .await?;
     }
+    // Earlier demos' rollback copies refer to tables this demo replaces: drop them.
+    let finished: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT run_id FROM backfill.runs WHERE target = $1 AND cleaned_at IS NULL
+            AND state IN ('cut_over', 'rolled_back', 'cancelled')",
+    )
+    .bind(&target)
+    .fetch_all(&pool)
+    .await?;
+    for run_id in finished {
+        crate::lifecycle::cleanup::cleanup(&pool, run_id, "demo", true).await?;
+    }
 
     eprintln!("Generating TPC-H at scale {scale} into schema {SCHEMA}...");
     let t = Instant::now();
@@ -253,7 +288,10 @@ pub async fn demo(config: &Config, scale: f64, workers: u16) -> Result<()> {
     let wrong = differences_from_recomputation(&pool, SCHEMA).await?;
     eprintln!("Built {target} with the refund bug: {wrong} rows differ from the correct figures.");
 
-    let text = brief_text(&pool, SCHEMA, 100, 8).await?;
+    let mut text = brief_text(&pool, SCHEMA, batches, 8).await?;
+    if !snapshot {
+        text = text.replace("snapshot = true", "snapshot = false");
+    }
     let brief_path = std::env::temp_dir().join("backfill-demo-brief.toml");
     std::fs::write(&brief_path, &text)
         .map_err(|e| CliError::Internal(format!("cannot write {}: {e}", brief_path.display())))?;
@@ -295,13 +333,37 @@ pub async fn demo(config: &Config, scale: f64, workers: u16) -> Result<()> {
         status.batches.rows.updated + status.batches.rows.inserted + status.batches.rows.deleted,
         status.batch_count,
     );
+    let run = control::runs::load(&pool, run_id).await?;
+    if let Some(image) = &run.image_table {
+        let (image_bytes, target_bytes): (i64, i64) = sqlx::query_as(
+            "SELECT pg_total_relation_size($1::regclass), pg_total_relation_size($2::regclass)",
+        )
+        .bind(image)
+        .bind(&target)
+        .fetch_one(&pool)
+        .await?;
+        println!(
+            "Before-images: {image} ({:.1} MiB; the target is {:.1} MiB).",
+            image_bytes as f64 / 1_048_576.0,
+            target_bytes as f64 / 1_048_576.0
+        );
+    }
+
+    // The reviewer approves; cutover refreshes what reads the table.
+    crate::lifecycle::approve::approve(&pool, run_id, &brief.meta.reviewer).await?;
+    let report = crate::lifecycle::cutover::cutover(
+        &pool,
+        run_id,
+        "demo",
+        std::time::Duration::from_secs(5),
+    )
+    .await?;
     println!(
-        "{SCHEMA}.monthly_revenue still shows the old figures until it is refreshed. Before-images are in {}.",
-        control::runs::load(&pool, run_id)
-            .await?
-            .image_table
-            .unwrap_or_default()
+        "Approved by {}; cut over: refreshed {}.",
+        brief.meta.reviewer,
+        report.refreshed_materialized_views.join(", ")
     );
+    println!("`backfill rollback {run_id}` puts the old figures back.");
     println!("Demo finished in {:.1} s.", started.elapsed().as_secs_f64());
     if remaining != 0 {
         return Err(CliError::Halted(format!(

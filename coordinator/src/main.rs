@@ -92,6 +92,12 @@ enum Command {
         /// In-process workers.
         #[arg(long, default_value_t = 2)]
         workers: u16,
+        /// Batches the backfill is cut into.
+        #[arg(long, default_value_t = 100)]
+        batches: i64,
+        /// Keep no before-images (to measure what they cost; no rollback then).
+        #[arg(long)]
+        no_snapshot: bool,
     },
 }
 
@@ -221,7 +227,20 @@ async fn execute(command: Command) -> Result<()> {
             let dropped = lifecycle::cleanup::cleanup(&pool, run, &operator(), now).await?;
             print_json(&serde_json::json!({ "dropped": dropped }))
         }
-        Command::Demo { scale, workers } => demo::demo(&config, scale, workers).await,
+        Command::Demo {
+            scale,
+            workers,
+            batches,
+            no_snapshot,
+        } => {
+            let options = demo::DemoOptions {
+                scale,
+                workers,
+                batches,
+                snapshot: !no_snapshot,
+            };
+            demo::demo(&config, options).await
+        }
     }
 }
 
