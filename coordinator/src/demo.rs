@@ -115,6 +115,9 @@ name = "net revenue"
 expr = "sum(net_revenue)"
 by = "date_trunc('year', o_orderdate)"
 max_change_pct = 60
+[[validation.references]]
+column = "o_custkey"
+references = "{schema}.customer(c_custkey)"
 
 [limits]
 max_in_flight = {max_in_flight}

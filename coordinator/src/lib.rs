@@ -4,6 +4,7 @@
 //! - [`preflight`]: checks of a brief against the warehouse catalog, blast radius.
 //! - [`plan`]: `backfill plan`.
 //! - [`run`]: recording a run and driving it (publish window, events, halt).
+//! - [`resume`]: `backfill resume` (accepting a breach) and `backfill retry`.
 //! - [`status`]: `backfill status`.
 //! - [`lifecycle`]: approve, cutover, rollback, cleanup, maintenance marker.
 //! - [`demo`] and [`tpch`]: the end-to-end demo on generated TPC-H data.
@@ -13,6 +14,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod plan;
 pub mod preflight;
+pub mod resume;
 pub mod run;
 pub mod status;
 pub mod tpch;

@@ -47,6 +47,15 @@ enum Command {
     },
     /// Drive a recorded run to its end (after `run --detach`, or after the coordinator died).
     Follow { run: Uuid },
+    /// Resume a halted run and drive it; a breached limit must be accepted with a reason.
+    Resume {
+        run: Uuid,
+        /// Why the breach is acceptable (recorded with your name).
+        #[arg(long)]
+        accept: Option<String>,
+    },
+    /// Put failed batches back to pending (after fixing their cause) and drive the run.
+    Retry { run: Uuid },
     /// Batches by state, rows, failures and ETA of a run.
     Status {
         run: Uuid,
@@ -165,6 +174,28 @@ async fn execute(command: Command) -> Result<()> {
         }
         Command::Follow { run } => {
             let pool = services::postgres(&config, 4).await?;
+            finish(
+                &pool,
+                run,
+                run::drive(&config, &pool, run, DriveOptions::default()).await?,
+            )
+            .await
+        }
+        Command::Resume { run, accept } => {
+            let pool = services::postgres(&config, 4).await?;
+            backfill_coordinator::resume::resume(&pool, run, &operator(), accept.as_deref())
+                .await?;
+            finish(
+                &pool,
+                run,
+                run::drive(&config, &pool, run, DriveOptions::default()).await?,
+            )
+            .await
+        }
+        Command::Retry { run } => {
+            let pool = services::postgres(&config, 4).await?;
+            let n = backfill_coordinator::resume::retry(&pool, run, &operator()).await?;
+            eprintln!("{n} failed batch(es) pending again");
             finish(
                 &pool,
                 run,

@@ -5,7 +5,7 @@
 //! or references the target.
 
 use backfill_shared::brief::{Bound, BoundKind, Brief, Problem};
-use backfill_shared::sql::TableName;
+use backfill_shared::sql::{TableName, quote_ident};
 use serde::Serialize;
 use sqlx::postgres::PgTypeInfo;
 use sqlx::{
@@ -154,6 +154,7 @@ pub async fn check(pool: &PgPool, brief: &Brief) -> Result<Preflight> {
             ));
         }
     }
+    check_validation(pool, brief, &mut problems).await?;
     let first_batch_rows = check_source(pool, brief, &mut problems).await?;
     if !problems.is_empty() {
         return Err(PreflightError::Problems(
@@ -170,6 +171,55 @@ pub async fn check(pool: &PgPool, brief: &Brief) -> Result<Preflight> {
         first_batch_rows,
         dependents: dependents(pool, oid, brief).await?,
     })
+}
+
+/// Each metric must evaluate on the target; each reference must name a column of
+/// the target and an existing parent column.
+async fn check_validation(pool: &PgPool, brief: &Brief, problems: &mut Vec<Problem>) -> Result<()> {
+    let target = brief.scope.target.quoted();
+    let mut conn = pool.acquire().await?;
+    for (i, m) in brief.validation.metrics.iter().enumerate() {
+        let by = m.by.as_deref().unwrap_or("'all'");
+        let sql = format!(
+            "SELECT ({by})::text, ({})::float8 FROM {target} t WHERE false GROUP BY 1",
+            m.expr
+        );
+        if let Err(sqlx::Error::Database(e)) = (&mut *conn)
+            .prepare(AssertSqlSafe(sql).into_sql_str())
+            .await
+        {
+            problems.push(problem(
+                &format!("validation.metrics[{i}]"),
+                format!(
+                    "{:?} does not evaluate on {}: {}",
+                    m.name,
+                    brief.scope.target,
+                    e.message()
+                ),
+            ));
+        }
+    }
+    for (i, r) in brief.validation.references.iter().enumerate() {
+        let Some((parent, column)) = r.parent() else {
+            continue;
+        };
+        let sql = format!(
+            "SELECT 1 FROM {target} t JOIN {} p ON p.{} = t.{} WHERE false",
+            parent.quoted(),
+            quote_ident(&column),
+            quote_ident(&r.column)
+        );
+        if let Err(sqlx::Error::Database(e)) = (&mut *conn)
+            .prepare(AssertSqlSafe(sql).into_sql_str())
+            .await
+        {
+            problems.push(problem(
+                &format!("validation.references[{i}]"),
+                format!("{}: {}", r.references, e.message()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn sql_kind_hint(sql_type: &str) -> &'static str {

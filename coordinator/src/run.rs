@@ -6,6 +6,7 @@
 use crate::error::{CliError, Result};
 use crate::lifecycle;
 use backfill_shared::brief::{BatchRange, Brief};
+use backfill_shared::checks;
 use backfill_shared::config::Config;
 use backfill_shared::control::runs::{self, NewRun, RunState};
 use backfill_shared::control::{batches, log};
@@ -185,9 +186,8 @@ pub async fn drive(
         .await?;
 
     let total = plan.len();
-    let mut applied = vec![false; total];
-    let mut applied_count = 0usize;
-    let mut rows_written = 0i64;
+    let mut tally = Tally::new(total);
+    let accepted = accepted_limits(pool, run_id).await?;
     let mut pending: VecDeque<u32> = batches::numbers_in_state(pool, run_id, "pending")
         .await?
         .into();
@@ -212,13 +212,11 @@ pub async fn drive(
         .await?;
     }
     let mut in_flight: std::collections::HashSet<u32> = unfinished.into_iter().collect();
-    for no in batches::numbers_in_state(pool, run_id, "applied").await? {
-        if let Some(slot) = applied.get_mut(no as usize) {
-            *slot = true;
-            applied_count += 1;
-        }
+    let already = batches::numbers_in_state(pool, run_id, "applied").await?;
+    for batch in batches::applied_among(pool, run_id, &already).await? {
+        tally.record(&batch);
     }
-    let bar = progress_bar(options.progress, total, applied_count);
+    let bar = progress_bar(options.progress, total, tally.count);
     let window = run.brief.limits.max_in_flight as usize;
     let mut reconcile = tokio::time::interval(options.reconcile_every);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -229,13 +227,13 @@ pub async fn drive(
         "coordinator_attached",
         None,
         serde_json::json!({
-            "pending": pending.len(), "in_flight": in_flight.len(), "applied": applied_count,
+            "pending": pending.len(), "in_flight": in_flight.len(), "applied": tally.count,
         }),
     )
     .await?;
 
     let finish = loop {
-        if applied_count == total {
+        if tally.count == total {
             break Finish::Applied;
         }
         // Fill the window: mark queued first (the ledger leads), then publish with confirms.
@@ -255,16 +253,16 @@ pub async fn drive(
                 let event = message::decode_event(&delivery.data);
                 delivery.ack(BasicAckOptions::default()).await?;
                 match event {
-                    Ok(Event::Applied { batch_no, rows_inserted, rows_updated, rows_deleted, .. }) => {
+                    Ok(Event::Applied { batch_no, rows_source, rows_inserted, rows_updated, rows_deleted, duration_ms, checks, .. }) => {
                         in_flight.remove(&batch_no);
-                        if let Some(slot) = applied.get_mut(batch_no as usize)
-                            && !*slot
-                        {
-                            *slot = true;
-                            applied_count += 1;
-                            rows_written += rows_inserted + rows_updated + rows_deleted;
-                            bar.set_position(applied_count as u64);
-                            bar.set_message(format!("{rows_written} rows written"));
+                        let batch = batches::Applied {
+                            batch_no,
+                            rows: batches::RowCounts { source: rows_source, inserted: rows_inserted, updated: rows_updated, deleted: rows_deleted },
+                            duration_ms,
+                            checks,
+                        };
+                        if let Some(reason) = take(&mut tally, &batch, &run, &accepted, pool, &bar).await? {
+                            break halt(pool, run_id, &run.operator, &reason).await?;
                         }
                     }
                     Ok(Event::Failed { batch_no, error, kind, .. }) => {
@@ -287,17 +285,23 @@ pub async fn drive(
                     let reason = failure.map_or_else(|| "a batch failed".to_owned(), |f| format!("batch {} failed: {}", f.batch_no, f.last_error));
                     break halt(pool, run_id, &run.operator, &reason).await?;
                 }
-                if usize::try_from(counts.applied).ok() != Some(applied_count) {
-                    for no in batches::numbers_in_state(pool, run_id, "applied").await? {
-                        in_flight.remove(&no);
-                        if let Some(slot) = applied.get_mut(no as usize) && !*slot {
-                            *slot = true;
-                            applied_count += 1;
+                if usize::try_from(counts.applied).ok() != Some(tally.count) {
+                    let new: Vec<u32> = batches::numbers_in_state(pool, run_id, "applied")
+                        .await?
+                        .into_iter()
+                        .filter(|no| !tally.has(*no))
+                        .collect();
+                    let mut reason = None;
+                    for batch in batches::applied_among(pool, run_id, &new).await? {
+                        in_flight.remove(&batch.batch_no);
+                        if let Some(r) = take(&mut tally, &batch, &run, &accepted, pool, &bar).await? {
+                            reason = Some(r);
+                            break;
                         }
                     }
-                    rows_written = counts.rows.inserted + counts.rows.updated + counts.rows.deleted;
-                    bar.set_position(applied_count as u64);
-                    bar.set_message(format!("{rows_written} rows written"));
+                    if let Some(reason) = reason {
+                        break halt(pool, run_id, &run.operator, &reason).await?;
+                    }
                 }
             }
         }
@@ -325,6 +329,101 @@ pub async fn drive(
     }
     let _ = conn.close(200, "coordinator done".into()).await;
     Ok(finish)
+}
+
+/// What the coordinator has seen applied.
+struct Tally {
+    applied: Vec<bool>,
+    count: usize,
+    rows_written: i64,
+    rows_source: i64,
+}
+
+impl Tally {
+    fn new(total: usize) -> Self {
+        Self {
+            applied: vec![false; total],
+            count: 0,
+            rows_written: 0,
+            rows_source: 0,
+        }
+    }
+
+    fn has(&self, batch_no: u32) -> bool {
+        self.applied
+            .get(batch_no as usize)
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Counts a batch once. `false` if it was already counted.
+    fn record(&mut self, batch: &batches::Applied) -> bool {
+        match self.applied.get_mut(batch.batch_no as usize) {
+            Some(slot) if !*slot => {
+                *slot = true;
+                self.count += 1;
+                self.rows_written += batch.rows.inserted + batch.rows.updated + batch.rows.deleted;
+                self.rows_source += batch.rows.source;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Counts a newly applied batch and holds its figures against the brief's limits.
+/// Returns the halt reason when it broke one (each breach is logged).
+async fn take(
+    tally: &mut Tally,
+    batch: &batches::Applied,
+    run: &runs::Run,
+    accepted: &[String],
+    pool: &PgPool,
+    bar: &ProgressBar,
+) -> Result<Option<String>> {
+    if !tally.record(batch) {
+        return Ok(None);
+    }
+    bar.set_position(tally.count as u64);
+    bar.set_message(format!("{} rows written", tally.rows_written));
+    let breaches = checks::evaluate(
+        &run.brief,
+        batch.batch_no,
+        &batch.checks,
+        tally.rows_source,
+        accepted,
+    );
+    if breaches.is_empty() {
+        return Ok(None);
+    }
+    for b in &breaches {
+        log::append(
+            pool,
+            run.run_id,
+            "coordinator",
+            "limit_breached",
+            Some(b.batch_no),
+            serde_json::to_value(b).unwrap_or_default(),
+        )
+        .await?;
+    }
+    let reasons = breaches
+        .iter()
+        .map(|b| b.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    Ok(Some(format!("limit breached: {reasons}")))
+}
+
+/// Limits an operator accepted breaches of (`backfill resume --accept`).
+pub async fn accepted_limits(pool: &PgPool, run_id: Uuid) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT jsonb_array_elements_text(detail->'limits') FROM backfill.run_log
+          WHERE run_id = $1 AND event = 'breach_accepted'",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?)
 }
 
 async fn halt(pool: &PgPool, run_id: Uuid, operator: &str, reason: &str) -> Result<Finish> {

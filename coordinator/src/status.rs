@@ -9,6 +9,13 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 #[derive(Debug, Serialize)]
+pub struct BreachStatus {
+    #[serde(flatten)]
+    pub breach: backfill_shared::checks::Breach,
+    pub accepted: bool,
+}
+
+#[derive(Debug, Serialize)]
 pub struct Status {
     pub run_id: Uuid,
     pub name: String,
@@ -18,6 +25,8 @@ pub struct Status {
     pub batches: Counts,
     pub batch_count: u32,
     pub failures: Vec<Failure>,
+    /// Limits batches broke, with whether an operator accepted each.
+    pub breaches: Vec<BreachStatus>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Seconds until every batch is applied, at the pace so far.
@@ -46,6 +55,11 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
         batches: counts,
         batch_count: run.batch_count,
         failures,
+        breaches: crate::resume::breaches(pool, run_id)
+            .await?
+            .into_iter()
+            .map(|(breach, accepted)| BreachStatus { breach, accepted })
+            .collect(),
         created_at: run.created_at,
         finished_at: run.finished_at,
         eta_seconds,
@@ -97,6 +111,18 @@ impl Status {
                 let _ = writeln!(s, "  eta:      ~{eta} s");
             }
             (None, None) => {}
+        }
+        if !self.breaches.is_empty() {
+            let _ = writeln!(s, "  limits breached:");
+            for b in &self.breaches {
+                let _ = writeln!(
+                    s,
+                    "    {} [{}]{}",
+                    b.breach.message,
+                    b.breach.limit,
+                    if b.accepted { " (accepted)" } else { "" }
+                );
+            }
         }
         if !self.failures.is_empty() {
             let _ = writeln!(s, "  failures:");

@@ -11,9 +11,11 @@
 //!   queues they travel on.
 //! - [`lease`]: Redis leases and idempotency keys held by workers.
 //! - [`config`], [`services`], [`telemetry`]: connections and logs.
+//! - [`checks`]: per-batch figures and the limits they are held against.
 //! - [`sql`]: quoting of identifiers from the brief.
 
 pub mod brief;
+pub mod checks;
 pub mod config;
 pub mod control;
 pub mod lease;

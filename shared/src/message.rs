@@ -6,6 +6,7 @@
 //! the control plane and refuses a hash that differs.
 
 use crate::brief::Bound;
+use crate::checks::BatchChecks;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -49,7 +50,7 @@ pub enum FailureKind {
 }
 
 /// What happened to a batch: published by workers to the run's event queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     Applied {
@@ -61,6 +62,9 @@ pub enum Event {
         rows_updated: i64,
         rows_deleted: i64,
         duration_ms: i64,
+        /// What the batch measured on its range.
+        #[serde(default)]
+        checks: BatchChecks,
     },
     Failed {
         version: u16,

@@ -158,7 +158,7 @@ async fn a_superseded_fencing_token_cannot_commit() {
     let rows = apply::apply(&env.pool, &merge, work(new), "worker-b")
         .await
         .unwrap();
-    assert!(rows.updated > 0);
+    assert!(rows.rows.updated > 0);
     assert!(env.differences().await < before);
     // And once applied, even the current token cannot apply it again.
     let again = apply::apply(&env.pool, &merge, work(new), "worker-b").await;

@@ -15,6 +15,7 @@
 
 use crate::error::{BatchError, Result};
 use backfill_shared::brief::{Bound, Brief, OnMissing, Strategy};
+use backfill_shared::checks::{BatchChecks, MetricGroup};
 use backfill_shared::control::{batches, batches::RowCounts, log};
 use backfill_shared::sql::{TableName, column_list, quote_ident};
 use sqlx::{AssertSqlSafe, PgPool};
@@ -58,6 +59,15 @@ pub struct WritePlan {
     fill_working_set: String,
     check_grain: String,
     steps: Vec<Step>,
+    /// Per metric: its groups on the live target's range (what readers saw before).
+    metrics_before: Vec<(String, String)>,
+    /// Per metric: its groups on the written table's range, after the write.
+    metrics_after: Vec<(String, String)>,
+    nulls_after: String,
+    /// The rewritten columns, in the order `nulls_after` counts them.
+    null_columns: Vec<String>,
+    /// Per referencing column: rows of the range whose parent is missing.
+    orphans_after: Vec<(String, String)>,
 }
 
 impl WritePlan {
@@ -183,7 +193,60 @@ impl WritePlan {
                 }
             }
         }
+        let range_of = |table: &str| format!("{table} t WHERE t.{by} >= $1 AND t.{by} < $2");
+        let metric_sql = |table: &str| {
+            brief
+                .validation
+                .metrics
+                .iter()
+                .map(|m| {
+                    let group = m.by.as_deref().unwrap_or("'all'");
+                    (
+                        m.name.clone(),
+                        format!(
+                            "SELECT ({group})::text, ({expr})::float8 FROM {range} GROUP BY 1 ORDER BY 1",
+                            expr = m.expr,
+                            range = range_of(table)
+                        ),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let nulls_after = format!(
+            "SELECT ARRAY[{}]::bigint[] FROM {}",
+            scope
+                .columns
+                .iter()
+                .map(|c| format!("count(*) FILTER (WHERE t.{} IS NULL)", quote_ident(c)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            range_of(&target)
+        );
+        let orphans_after = brief
+            .validation
+            .references
+            .iter()
+            .filter_map(|r| {
+                let (parent, parent_column) = r.parent()?;
+                let column = quote_ident(&r.column);
+                Some((
+                    r.column.clone(),
+                    format!(
+                        "SELECT count(*) FROM {range} AND t.{column} IS NOT NULL
+                            AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.{pc} = t.{column})",
+                        range = range_of(&target),
+                        parent = parent.quoted(),
+                        pc = quote_ident(&parent_column)
+                    ),
+                ))
+            })
+            .collect();
         Self {
+            metrics_before: metric_sql(&scope.target.quoted()),
+            metrics_after: metric_sql(&target),
+            nulls_after,
+            null_columns: scope.columns.clone(),
+            orphans_after,
             create_working_set: format!(
                 "CREATE TEMPORARY TABLE bf_working_set ON COMMIT DROP AS SELECT {all} FROM {target} WITH NO DATA"
             ),
@@ -217,7 +280,7 @@ pub async fn apply(
     plan: &WritePlan,
     work: BatchWork,
     worker: &str,
-) -> Result<RowCounts> {
+) -> Result<BatchOutcome> {
     let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, &e);
     let batch = i32::try_from(work.batch_no)
         .map_err(|_| BatchError::Permanent("batch number out of range".into()))?;
@@ -271,6 +334,12 @@ pub async fn apply(
         )));
     }
 
+    let mut checks = BatchChecks::default();
+    let mut before = Vec::new();
+    for (metric, query) in &plan.metrics_before {
+        before.push((metric, metric_groups(&mut tx, query, work).await?));
+    }
+
     let mut rows = RowCounts {
         source,
         ..RowCounts::default()
@@ -296,7 +365,38 @@ pub async fn apply(
             Counts::Nothing => {}
         }
     }
-    batches::mark_applied(&mut tx, work.run_id, work.batch_no, rows).await?;
+    for ((metric, before), (_, query)) in before.into_iter().zip(&plan.metrics_after) {
+        let after = metric_groups(&mut tx, query, work).await?;
+        let mut groups: Vec<&String> = before.keys().chain(after.keys()).collect();
+        groups.sort();
+        groups.dedup();
+        checks
+            .metrics
+            .extend(groups.into_iter().map(|g| MetricGroup {
+                metric: metric.clone(),
+                group: g.clone(),
+                before: before.get(g).copied().flatten(),
+                after: after.get(g).copied().flatten(),
+            }));
+    }
+    let nulls: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(plan.nulls_after.as_str()))
+        .bind(work.lo)
+        .bind(work.hi)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(sql("counting NULLs"))?;
+    checks.nulls = plan.null_columns.iter().cloned().zip(nulls).collect();
+    for (column, query) in &plan.orphans_after {
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(query.as_str()))
+            .bind(work.lo)
+            .bind(work.hi)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(sql("checking references"))?;
+        checks.orphans.push((column.clone(), n));
+    }
+
+    batches::mark_applied(&mut tx, work.run_id, work.batch_no, rows, &checks).await?;
     log::append(
         &mut *tx,
         work.run_id,
@@ -307,5 +407,30 @@ pub async fn apply(
     )
     .await?;
     tx.commit().await.map_err(sql("commit"))?;
-    Ok(rows)
+    Ok(BatchOutcome { rows, checks })
+}
+
+/// What one applied batch wrote and measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchOutcome {
+    pub rows: RowCounts,
+    pub checks: BatchChecks,
+}
+
+/// A metric's value per group on the batch's range.
+async fn metric_groups(
+    tx: &mut sqlx::PgConnection,
+    query: &str,
+    work: BatchWork,
+) -> Result<std::collections::BTreeMap<String, Option<f64>>> {
+    let rows: Vec<(Option<String>, Option<f64>)> = sqlx::query_as(AssertSqlSafe(query))
+        .bind(work.lo)
+        .bind(work.hi)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| BatchError::from_sql("a validation metric failed", &e))?;
+    Ok(rows
+        .into_iter()
+        .map(|(g, v)| (g.unwrap_or_else(|| "(null)".into()), v))
+        .collect())
 }

@@ -287,6 +287,7 @@ async fn publish_applied(shared: &Shared, run_id: uuid::Uuid, batch_no: u32) -> 
             rows_updated: applied.rows.updated,
             rows_deleted: applied.rows.deleted,
             duration_ms: applied.duration_ms,
+            checks: applied.checks,
         })
         .await
 }

@@ -699,10 +699,21 @@ fn read_validation(r: &mut Reader<'_>) -> Option<Validation> {
         };
         let column = text("column");
         let references = text("references");
-        Some(Reference {
+        let reference = Reference {
             column: column?,
             references: references?,
-        })
+        };
+        if reference.parent().is_none() {
+            r.problem(
+                &format!("references[{i}].references"),
+                format!(
+                    "{:?} is not a parent; write \"schema.table(column)\"",
+                    reference.references
+                ),
+            );
+            return None;
+        }
+        Some(reference)
     });
     Some(Validation {
         max_duplicate_keys: max_duplicate_keys?,

@@ -151,7 +151,22 @@ pub struct Metric {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reference {
     pub column: String,
+    /// `schema.table(column)`.
     pub references: String,
+}
+
+impl Reference {
+    /// The parent table and column, from `schema.table(column)`.
+    #[must_use]
+    pub fn parent(&self) -> Option<(TableName, String)> {
+        let (table, rest) = self.references.trim().split_once('(')?;
+        let column = rest.strip_suffix(')')?.trim();
+        let ok = !column.is_empty()
+            && column
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        ok.then(|| TableName::parse(table).map(|t| (t, column.to_owned())))?
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 //! latest, so a worker that lost its lease (paused, partitioned) cannot commit.
 
 use super::Result;
+use crate::checks::BatchChecks;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -101,10 +102,11 @@ pub async fn mark_applied(
     run_id: Uuid,
     batch_no: u32,
     rows: RowCounts,
+    checks: &BatchChecks,
 ) -> Result<()> {
     sqlx::query(
         "UPDATE backfill.batches
-            SET state = 'applied', applied_at = clock_timestamp(), last_error = NULL,
+            SET state = 'applied', applied_at = clock_timestamp(), last_error = NULL, checks = $7,
                 rows_source = $3, rows_inserted = $4, rows_updated = $5, rows_deleted = $6,
                 duration_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::bigint
           WHERE run_id = $1 AND batch_no = $2",
@@ -115,6 +117,7 @@ pub async fn mark_applied(
     .bind(rows.inserted)
     .bind(rows.updated)
     .bind(rows.deleted)
+    .bind(sqlx::types::Json(checks))
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -144,33 +147,58 @@ pub async fn record_failure(
 }
 
 /// An applied batch's figures, as the ledger holds them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Applied {
+    pub batch_no: u32,
     pub rows: RowCounts,
     pub duration_ms: i64,
+    pub checks: BatchChecks,
 }
 
 /// The figures of a batch if it is applied.
 pub async fn applied(pool: &PgPool, run_id: Uuid, batch_no: u32) -> Result<Option<Applied>> {
-    let row: Option<(i64, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT rows_source, rows_inserted, rows_updated, rows_deleted, duration_ms
-           FROM backfill.batches WHERE run_id = $1 AND batch_no = $2 AND state = 'applied'",
+    Ok(applied_among(pool, run_id, &[batch_no]).await?.pop())
+}
+
+/// The figures of those of `batch_nos` that are applied, in batch order.
+pub async fn applied_among(pool: &PgPool, run_id: Uuid, batch_nos: &[u32]) -> Result<Vec<Applied>> {
+    type Row = (
+        i32,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        Option<sqlx::types::Json<BatchChecks>>,
+    );
+    let nos: Vec<i64> = batch_nos.iter().map(|n| i64::from(*n)).collect();
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT batch_no, rows_source, rows_inserted, rows_updated, rows_deleted, duration_ms, checks
+           FROM backfill.batches WHERE run_id = $1 AND batch_no = ANY($2) AND state = 'applied'
+          ORDER BY batch_no",
     )
     .bind(run_id)
-    .bind(i64::from(batch_no))
-    .fetch_optional(pool)
+    .bind(&nos)
+    .fetch_all(pool)
     .await?;
-    Ok(row.map(
-        |(source, inserted, updated, deleted, duration_ms)| Applied {
-            rows: RowCounts {
-                source,
-                inserted,
-                updated,
-                deleted,
+    Ok(rows
+        .into_iter()
+        .filter_map(
+            |(no, source, inserted, updated, deleted, duration_ms, checks)| {
+                Some(Applied {
+                    batch_no: u32::try_from(no).ok()?,
+                    rows: RowCounts {
+                        source,
+                        inserted,
+                        updated,
+                        deleted,
+                    },
+                    duration_ms,
+                    checks: checks.map(|c| c.0).unwrap_or_default(),
+                })
             },
-            duration_ms,
-        },
-    ))
+        )
+        .collect())
 }
 
 /// Marks batches queued (just before they are published).

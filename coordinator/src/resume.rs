@@ -1,0 +1,146 @@
+//! `backfill resume RUN [--accept REASON]` and `backfill retry RUN`: putting a
+//! halted run back to work. A run halted on a breached limit resumes only when
+//! the operator accepts the breach with a reason (recorded with who accepted what);
+//! a failed batch comes back only through `retry`, once its cause is fixed.
+
+use crate::run::accepted_limits;
+use crate::{CliError, Result};
+use backfill_shared::checks::Breach;
+use backfill_shared::control::runs::{self, RunState};
+use backfill_shared::control::{batches, log};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Breaches logged for a run, each with whether it has been accepted.
+pub async fn breaches(pool: &PgPool, run_id: Uuid) -> Result<Vec<(Breach, bool)>> {
+    let logged: Vec<sqlx::types::Json<Breach>> = sqlx::query_scalar(
+        "SELECT detail FROM backfill.run_log WHERE run_id = $1 AND event = 'limit_breached' ORDER BY id",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?;
+    let accepted = accepted_limits(pool, run_id).await?;
+    Ok(logged
+        .into_iter()
+        .map(|b| {
+            let ok = accepted.contains(&b.0.limit);
+            (b.0, ok)
+        })
+        .collect())
+}
+
+/// Moves a halted run back to running, accepting its breaches if `accept` says why.
+pub async fn resume(pool: &PgPool, run_id: Uuid, actor: &str, accept: Option<&str>) -> Result<()> {
+    let run = runs::load(pool, run_id).await?;
+    match run.state {
+        RunState::Halted => {}
+        RunState::Running => {
+            return Err(CliError::BadInput(format!(
+                "run {run_id} is running; `backfill follow {run_id}` attaches to it"
+            )));
+        }
+        other => {
+            return Err(CliError::BadInput(format!(
+                "run {run_id} is {other}; only a halted run resumes"
+            )));
+        }
+    }
+    let failed: Vec<_> = batches::failures(pool, run_id)
+        .await?
+        .into_iter()
+        .filter(|f| f.state == "failed")
+        .collect();
+    if let Some(f) = failed.first() {
+        return Err(CliError::BadInput(format!(
+            "batch {} failed: {}. Fix the cause, then `backfill retry {run_id}` ({} failed batch(es))",
+            f.batch_no,
+            f.last_error,
+            failed.len()
+        )));
+    }
+    let open: Vec<Breach> = breaches(pool, run_id)
+        .await?
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(b, _)| b)
+        .collect();
+    if !open.is_empty() {
+        let Some(reason) = accept.map(str::trim).filter(|r| !r.is_empty()) else {
+            let list = open
+                .iter()
+                .map(|b| format!("  - {}", b.message))
+                .collect::<Vec<_>>()
+                .join("\n");
+            return Err(CliError::BadInput(format!(
+                "run {run_id} halted on:\n{list}\nIf the change is intended, explain it: `backfill resume {run_id} --accept \"why\"`"
+            )));
+        };
+        let mut limits: Vec<&str> = open.iter().map(|b| b.limit.as_str()).collect();
+        limits.dedup();
+        log::append(
+            pool,
+            run_id,
+            actor,
+            "breach_accepted",
+            None,
+            serde_json::json!({ "limits": limits, "reason": reason, "breaches": open }),
+        )
+        .await?;
+    }
+    runs::transition(
+        pool,
+        run_id,
+        &[RunState::Halted],
+        RunState::Running,
+        actor,
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Puts failed batches back to pending and, when nothing else holds the run,
+/// moves it back to running. Returns how many batches come back.
+pub async fn retry(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<u64> {
+    let run = runs::load(pool, run_id).await?;
+    if !matches!(run.state, RunState::Halted | RunState::Running) {
+        return Err(CliError::BadInput(format!(
+            "run {run_id} is {}; only a halted or running run retries",
+            run.state
+        )));
+    }
+    let n = sqlx::query(
+        "UPDATE backfill.batches SET state = 'pending' WHERE run_id = $1 AND state = 'failed'",
+    )
+    .bind(run_id)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    log::append(
+        pool,
+        run_id,
+        actor,
+        "batches_retried",
+        None,
+        serde_json::json!({ "batches": n }),
+    )
+    .await?;
+    if run.state == RunState::Halted {
+        let open = breaches(pool, run_id).await?.into_iter().any(|(_, ok)| !ok);
+        if open {
+            return Err(CliError::BadInput(format!(
+                "{n} failed batch(es) are pending again, but run {run_id} also halted on a breached limit: `backfill resume {run_id} --accept \"why\"`"
+            )));
+        }
+        runs::transition(
+            pool,
+            run_id,
+            &[RunState::Halted],
+            RunState::Running,
+            actor,
+            None,
+        )
+        .await?;
+    }
+    Ok(n)
+}

@@ -1,0 +1,243 @@
+//! Per-batch checks: what the worker measures on a batch's range inside its
+//! transaction (before and after the write), and the pure function the
+//! coordinator uses to hold those figures against the brief's limits.
+//!
+//! A limit is named so an operator can accept a breach of it by name
+//! (`backfill resume RUN --accept "..."`): `max_change_pct:<metric>`,
+//! `references:<column>`, `expected_rows`.
+
+use crate::brief::Brief;
+use serde::{Deserialize, Serialize};
+
+/// One metric of one group on a batch's range, before and after the write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricGroup {
+    pub metric: String,
+    pub group: String,
+    pub before: Option<f64>,
+    pub after: Option<f64>,
+}
+
+impl MetricGroup {
+    /// The change in percent of the value before (`None` when there is no base:
+    /// a group that appears or starts at zero).
+    #[must_use]
+    pub fn change_pct(&self) -> Option<f64> {
+        let before = self.before?;
+        let after = self.after.unwrap_or(0.0);
+        if before == 0.0 {
+            return (after != 0.0).then_some(f64::INFINITY);
+        }
+        Some((after - before) / before.abs() * 100.0)
+    }
+}
+
+/// Figures of one batch, carried in its event and kept in the ledger.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchChecks {
+    /// Keys the source yielded more than once.
+    #[serde(default)]
+    pub duplicate_keys: i64,
+    /// NULLs per rewritten column in the range, after the write.
+    #[serde(default)]
+    pub nulls: Vec<(String, i64)>,
+    #[serde(default)]
+    pub metrics: Vec<MetricGroup>,
+    /// Rows whose reference has no parent, per referencing column, after the write.
+    #[serde(default)]
+    pub orphans: Vec<(String, i64)>,
+}
+
+/// A limit of the brief that a batch broke.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Breach {
+    pub limit: String,
+    pub batch_no: u32,
+    pub message: String,
+}
+
+/// How far cumulative rows may run past `expected_rows` before the run halts.
+pub const EXPECTED_ROWS_TOLERANCE_PCT: f64 = 10.0;
+
+/// Holds one batch's figures (and the run's cumulative source rows) against the
+/// brief's limits, skipping limits already accepted.
+#[must_use]
+pub fn evaluate(
+    brief: &Brief,
+    batch_no: u32,
+    checks: &BatchChecks,
+    cumulative_rows: i64,
+    accepted: &[String],
+) -> Vec<Breach> {
+    let mut breaches = Vec::new();
+    let mut breach = |limit: String, message: String| {
+        if !accepted.contains(&limit) {
+            breaches.push(Breach {
+                limit,
+                batch_no,
+                message,
+            });
+        }
+    };
+    let max_dup = brief.validation.max_duplicate_keys;
+    if checks.duplicate_keys > i64::try_from(max_dup).unwrap_or(i64::MAX) {
+        breach(
+            "max_duplicate_keys".into(),
+            format!(
+                "batch {batch_no}: {} duplicate keys (max_duplicate_keys = {max_dup})",
+                checks.duplicate_keys
+            ),
+        );
+    }
+    for metric in &brief.validation.metrics {
+        let Some(limit) = metric.max_change_pct else {
+            continue;
+        };
+        let worst = checks
+            .metrics
+            .iter()
+            .filter(|g| g.metric == metric.name)
+            .filter_map(|g| g.change_pct().map(|pct| (g, pct)))
+            .filter(|(_, pct)| pct.abs() > limit)
+            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()));
+        if let Some((g, pct)) = worst {
+            breach(
+                format!("max_change_pct:{}", metric.name),
+                format!(
+                    "batch {batch_no}: {} of group {} moved {pct:+.2}% ({} -> {}), more than max_change_pct = {limit}",
+                    metric.name,
+                    g.group,
+                    fmt_value(g.before),
+                    fmt_value(g.after)
+                ),
+            );
+        }
+    }
+    for (column, n) in checks.orphans.iter().filter(|(_, n)| *n > 0) {
+        breach(
+            format!("references:{column}"),
+            format!("batch {batch_no}: {n} rows have a {column} with no parent row"),
+        );
+    }
+    if let Some(expected) = brief.scope.expected_rows {
+        let ceiling = expected as f64 * (1.0 + EXPECTED_ROWS_TOLERANCE_PCT / 100.0);
+        if cumulative_rows as f64 > ceiling {
+            breach(
+                "expected_rows".into(),
+                format!(
+                    "after batch {batch_no} the source has yielded {cumulative_rows} rows, more than expected_rows = {expected} (+{EXPECTED_ROWS_TOLERANCE_PCT}%)"
+                ),
+            );
+        }
+    }
+    breaches
+}
+
+fn fmt_value(v: Option<f64>) -> String {
+    v.map_or_else(|| "none".to_owned(), |v| format!("{v:.2}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn brief() -> Brief {
+        let text = r#"
+[brief]
+name = "t"
+reason = "r"
+owner = "a"
+reviewer = "b"
+risk = "metric-changing"
+[scope]
+target = "t"
+key = ["id"]
+columns = ["v"]
+batch_by = { column = "id", start = 0, end = 100, step = 10 }
+expected_rows = 100
+source = "SELECT id, v FROM s WHERE id >= $1 AND id < $2"
+[write]
+strategy = "merge"
+on_missing = "keep"
+snapshot = true
+[dependencies]
+downstream = []
+stakeholders = []
+[validation]
+max_duplicate_keys = 0
+[[validation.metrics]]
+name = "total"
+expr = "sum(v)"
+max_change_pct = 10
+[[validation.references]]
+column = "cust"
+references = "c(id)"
+[limits]
+max_in_flight = 1
+[rollback]
+plan = "p"
+retain_days = 1
+"#;
+        Brief::parse(text).unwrap()
+    }
+
+    fn group(before: f64, after: f64) -> MetricGroup {
+        MetricGroup {
+            metric: "total".into(),
+            group: "all".into(),
+            before: Some(before),
+            after: Some(after),
+        }
+    }
+
+    #[test]
+    fn within_limits_is_quiet() {
+        let checks = BatchChecks {
+            metrics: vec![group(100.0, 109.0)],
+            ..BatchChecks::default()
+        };
+        assert!(evaluate(&brief(), 1, &checks, 50, &[]).is_empty());
+    }
+
+    #[test]
+    fn each_limit_is_named_with_figures() {
+        let checks = BatchChecks {
+            duplicate_keys: 3,
+            metrics: vec![group(100.0, 50.0), group(100.0, 95.0)],
+            orphans: vec![("cust".into(), 2)],
+            ..BatchChecks::default()
+        };
+        let breaches = evaluate(&brief(), 4, &checks, 111, &[]);
+        let limits: Vec<_> = breaches.iter().map(|b| b.limit.as_str()).collect();
+        assert_eq!(
+            limits,
+            [
+                "max_duplicate_keys",
+                "max_change_pct:total",
+                "references:cust",
+                "expected_rows"
+            ]
+        );
+        assert!(
+            breaches[1].message.contains("-50.00%"),
+            "{}",
+            breaches[1].message
+        );
+        assert!(breaches[1].message.contains("100.00 -> 50.00"));
+    }
+
+    #[test]
+    fn accepted_limits_are_skipped() {
+        let checks = BatchChecks {
+            metrics: vec![group(100.0, 0.0)],
+            ..BatchChecks::default()
+        };
+        assert!(evaluate(&brief(), 1, &checks, 0, &["max_change_pct:total".into()]).is_empty());
+    }
+
+    #[test]
+    fn change_from_zero_is_infinite() {
+        assert_eq!(group(0.0, 5.0).change_pct(), Some(f64::INFINITY));
+        assert_eq!(group(0.0, 0.0).change_pct(), None);
+    }
+}

@@ -1,0 +1,196 @@
+//! Validation that halts bad runs: a source that fans out halts within the first
+//! batches with the duplicate count in `status` and unapplied ranges untouched; a
+//! metric group moving more than `max_change_pct` halts the run, and
+//! `resume --accept` finishes it with the acceptance in the run log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use backfill_coordinator::demo::InProcessWorkers;
+use backfill_coordinator::run::Finish;
+use backfill_coordinator::{resume, status};
+use backfill_tests::TestEnv;
+use backfill_worker::WorkerOptions;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_source_that_fans_out_halts_with_the_duplicate_count() {
+    let env = TestEnv::new(0.01).await;
+    sqlx::query("CREATE TABLE tpch.pre_run AS SELECT * FROM tpch.order_revenue")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    // Joining line items without grouping: one row per line item, so keys repeat.
+    let text = env.brief(20, 2).await;
+    let start = text.find("source = \"\"\"").unwrap();
+    let end = text[start + 12..].find("\"\"\"").unwrap() + start + 15;
+    let fan_out = "SELECT o.o_orderkey, o.o_orderdate, o.o_custkey, l.l_extendedprice::numeric(18,2) AS gross,
+       l.l_extendedprice::numeric(18,2) AS net_revenue, 1 AS line_count
+  FROM tpch.orders o JOIN tpch.lineitem l ON l.l_orderkey = o.o_orderkey
+ WHERE o.o_orderkey >= $1 AND o.o_orderkey < $2";
+    let text = format!(
+        "{}source = \"\"\"\n{fan_out}\n\"\"\"{}",
+        &text[..start],
+        &text[end..]
+    );
+    let (run_id, ..) = env.record_run(&text).await;
+    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
+        .await
+        .unwrap();
+    let finish = env.drive_in_background(run_id).await.unwrap().unwrap();
+    workers.stop().await;
+    let Finish::Halted(reason) = finish else {
+        panic!("a fanned-out source must halt the run: {finish:?}")
+    };
+    assert!(reason.contains("duplicate grain"), "{reason}");
+
+    let status = status::status(&env.pool, run_id).await.unwrap();
+    assert_eq!(status.state, "halted");
+    assert!(
+        status.batches.applied == 0,
+        "no batch of a fanned-out source may apply"
+    );
+    assert!(
+        status.batches.failed >= 1 && status.batches.failed <= 2,
+        "halts within the first batches"
+    );
+    let failure = &status.failures[0];
+    let count: i64 = failure
+        .last_error
+        .split("yielded ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        count > 100,
+        "the duplicate count is in status: {}",
+        failure.last_error
+    );
+    assert!(status.render().contains("duplicate grain"));
+    // Nothing was written: the target is exactly the pre-run copy.
+    let differ: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM (SELECT * FROM tpch.order_revenue EXCEPT SELECT * FROM tpch.pre_run) a)
+              + (SELECT count(*) FROM (SELECT * FROM tpch.pre_run EXCEPT SELECT * FROM tpch.order_revenue) b)",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(differ, 0);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_metric_moving_too_far_halts_until_accepted() {
+    let env = TestEnv::new(0.01).await;
+    sqlx::query("CREATE TABLE tpch.pre_run AS SELECT * FROM tpch.order_revenue")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    // Refunds move early years' net revenue by about half: far past 10 %.
+    let text = env
+        .brief(10, 1)
+        .await
+        .replace("max_change_pct = 60", "max_change_pct = 10");
+    let (run_id, ..) = env.record_run(&text).await;
+    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
+        .await
+        .unwrap();
+    let finish = env.drive_in_background(run_id).await.unwrap().unwrap();
+    let Finish::Halted(reason) = finish else {
+        panic!("expected a halt: {finish:?}")
+    };
+    assert!(
+        reason.contains("net revenue") && reason.contains("max_change_pct = 10"),
+        "{reason}"
+    );
+
+    let status = status::status(&env.pool, run_id).await.unwrap();
+    assert!(
+        status.batches.applied < 10,
+        "the run went on after the breach"
+    );
+    let breach = &status.breaches[0];
+    assert_eq!(breach.breach.limit, "max_change_pct:net revenue");
+    assert!(!breach.accepted);
+    // The batch's figures equal direct SQL on the pre-run copy and the target.
+    let batch =
+        backfill_shared::control::batches::applied(&env.pool, run_id, breach.breach.batch_no)
+            .await
+            .unwrap()
+            .expect("the breaching batch is applied");
+    let (lo, hi): (String, String) =
+        sqlx::query_as("SELECT lo, hi FROM backfill.batches WHERE run_id = $1 AND batch_no = $2")
+            .bind(run_id)
+            .bind(i64::from(breach.breach.batch_no))
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(!batch.checks.metrics.is_empty());
+    for g in &batch.checks.metrics {
+        let direct = |table: &'static str| {
+            let (pool, group, lo, hi) = (env.pool.clone(), g.group.clone(), lo.clone(), hi.clone());
+            async move {
+                sqlx::query_scalar::<_, Option<f64>>(sqlx::AssertSqlSafe(format!(
+                    "SELECT sum(net_revenue)::float8 FROM tpch.{table}
+                      WHERE o_orderkey >= $1::bigint AND o_orderkey < $2::bigint
+                        AND date_trunc('year', o_orderdate)::text = $3"
+                )))
+                .bind(lo)
+                .bind(hi)
+                .bind(group)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+            }
+        };
+        let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => (a - b).abs() < 0.01,
+            (a, b) => a == b,
+        };
+        assert!(
+            close(g.before, direct("pre_run").await),
+            "before of {}: {:?}",
+            g.group,
+            g.before
+        );
+        assert!(
+            close(g.after, direct("order_revenue").await),
+            "after of {}: {:?}",
+            g.group,
+            g.after
+        );
+    }
+
+    // Resuming without explaining is refused; with a reason it finishes.
+    let err = resume::resume(&env.pool, run_id, "alice", None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("--accept"), "{err}");
+    resume::resume(
+        &env.pool,
+        run_id,
+        "alice",
+        Some("refunds were never subtracted; finance expects the drop"),
+    )
+    .await
+    .unwrap();
+    let finish = env.drive_in_background(run_id).await.unwrap().unwrap();
+    workers.stop().await;
+    assert_eq!(finish, Finish::Applied);
+    env.assert_exactly_applied(run_id).await;
+
+    let (actor, reason): (String, String) = sqlx::query_as(
+        "SELECT actor, detail->>'reason' FROM backfill.run_log WHERE run_id = $1 AND event = 'breach_accepted'",
+    )
+    .bind(run_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(actor, "alice");
+    assert!(reason.contains("finance expects"));
+    let status = status::status(&env.pool, run_id).await.unwrap();
+    assert!(status.breaches.iter().all(|b| b.accepted));
+    env.cleanup().await;
+}
