@@ -6,6 +6,7 @@
 //! - [`run`]: recording a run and driving it (publish window, events, halt).
 //! - [`resume`]: `backfill resume` (accepting a breach) and `backfill retry`.
 //! - [`status`]: `backfill status`.
+//! - [`validate`]: `backfill validate`, the run-level checklist.
 //! - [`lifecycle`]: approve, cutover, rollback, cleanup, maintenance marker.
 //! - [`demo`] and [`tpch`]: the end-to-end demo on generated TPC-H data.
 
@@ -18,6 +19,7 @@ pub mod resume;
 pub mod run;
 pub mod status;
 pub mod tpch;
+pub mod validate;
 
 pub use error::{CliError, Result};
 

@@ -62,6 +62,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the run-level checklist (freshness, completeness, uniqueness, references,
+    /// metric reconciliation, size); exit 1 if any check fails.
+    Validate {
+        run: Uuid,
+        #[arg(long)]
+        json: bool,
+    },
     /// Record the reviewer's approval of an applied run.
     Approve {
         run: Uuid,
@@ -216,6 +223,28 @@ async fn execute(command: Command) -> Result<()> {
                 print!("{}", status.render());
             }
             Ok(())
+        }
+        Command::Validate { run, json } => {
+            let pool = services::postgres(&config, 2).await?;
+            let checks = backfill_coordinator::validate::validate(&pool, run).await?;
+            if json {
+                print_json(&checks)?;
+            } else {
+                print!("{}", backfill_coordinator::validate::render(&checks));
+            }
+            let failed: Vec<&str> = checks
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| c.name)
+                .collect();
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(CliError::Halted(format!(
+                    "validation of run {run} failed: {}",
+                    failed.join(", ")
+                )))
+            }
         }
         Command::Approve { run, reviewer } => {
             let pool = services::postgres(&config, 2).await?;

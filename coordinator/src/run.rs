@@ -59,7 +59,15 @@ pub async fn create(
     if live {
         setup.extend(lifecycle::maintenance::mark_statements(brief, run_id));
     }
+    // The target's size before the run, for `validate` to compare with.
+    let (table_bytes, index_bytes): (i64, i64) =
+        sqlx::query_as("SELECT pg_table_size($1::regclass), pg_indexes_size($1::regclass)")
+            .bind(target.quoted())
+            .fetch_one(pool)
+            .await?;
     let params = serde_json::json!({
+        "target_table_bytes": table_bytes,
+        "target_index_bytes": index_bytes,
         "strategy": brief.write.strategy,
         "on_missing": brief.write.on_missing,
         "snapshot": brief.write.snapshot,

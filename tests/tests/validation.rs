@@ -194,3 +194,78 @@ async fn a_metric_moving_too_far_halts_until_accepted() {
     assert!(status.breaches.iter().all(|b| b.accepted));
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn validate_passes_a_clean_run_and_fails_a_gap_or_a_duplicate() {
+    use backfill_coordinator::validate::validate;
+    let env = TestEnv::new(0.01).await;
+    let (run_id, ..) = env.record_run(&env.brief(8, 4).await).await;
+    let workers = InProcessWorkers::start(&env.config, 2, &WorkerOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        env.drive_in_background(run_id).await.unwrap().unwrap(),
+        Finish::Applied
+    );
+    workers.stop().await;
+    let failed = |checks: &[backfill_coordinator::validate::Check]| {
+        checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.name)
+            .collect::<Vec<_>>()
+    };
+
+    let checks = validate(&env.pool, run_id).await.unwrap();
+    assert!(
+        failed(&checks).is_empty(),
+        "{}",
+        backfill_coordinator::validate::render(&checks)
+    );
+    let names: Vec<_> = checks.iter().map(|c| c.name).collect();
+    assert_eq!(
+        names,
+        [
+            "freshness",
+            "completeness",
+            "uniqueness",
+            "referential integrity",
+            "metric reconciliation",
+            "size"
+        ]
+    );
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM backfill.validations WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 6);
+
+    // A batch removed from the ledger by hand is a gap.
+    sqlx::query("DELETE FROM backfill.batches WHERE run_id = $1 AND batch_no = 3")
+        .bind(run_id)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let checks = validate(&env.pool, run_id).await.unwrap();
+    // The lost batch's figures no longer account for its rows either.
+    assert_eq!(failed(&checks), ["freshness", "metric reconciliation"]);
+    assert!(checks[0].summary.contains("gap"), "{}", checks[0].summary);
+
+    // A duplicate key inserted by hand (past the dropped constraint) breaks uniqueness.
+    sqlx::raw_sql(
+        "ALTER TABLE tpch.order_revenue DROP CONSTRAINT order_revenue_pkey CASCADE;
+         INSERT INTO tpch.order_revenue SELECT * FROM tpch.order_revenue WHERE o_orderkey = 1;",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let checks = validate(&env.pool, run_id).await.unwrap();
+    assert!(
+        failed(&checks).contains(&"uniqueness"),
+        "{:?}",
+        failed(&checks)
+    );
+    env.cleanup().await;
+}

@@ -1,0 +1,376 @@
+//! `backfill validate RUN`: the run-level checklist, stored in
+//! `backfill.validations` and printed as a table. Any failed check makes the
+//! command exit 1.
+//!
+//! - freshness: every planned batch applied; the ledger's bounds cover the scope
+//!   with no gap and no overlap;
+//! - completeness: rows in scope against `expected_rows` (±10 %), distinct keys,
+//!   NULL rates of the rewritten columns, rows per batch range;
+//! - uniqueness of the key across the whole target;
+//! - referential integrity of the declared references across the scope;
+//! - metric reconciliation: per group, before and after summed over the batches,
+//!   and the after figures checked against the table as it is now;
+//! - size: table and index size before the run and now.
+
+use crate::{CliError, Result};
+use backfill_shared::brief::{Bound, Brief};
+use backfill_shared::control::batches;
+use backfill_shared::control::runs::{self, Run};
+use backfill_shared::sql::{column_list, quote_ident};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::{AssertSqlSafe, PgPool};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub passed: bool,
+    pub summary: String,
+    pub detail: serde_json::Value,
+}
+
+/// Allowed distance of the rows in scope from `expected_rows`.
+const EXPECTED_ROWS_TOLERANCE: f64 = 0.10;
+
+pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
+    let run = runs::load(pool, run_id).await?;
+    let brief = &run.brief;
+    let table = run
+        .side_table
+        .as_deref()
+        .filter(|_| run.old_table.is_none())
+        .and_then(backfill_shared::sql::TableName::parse)
+        .unwrap_or_else(|| brief.scope.target.clone());
+    let t = table.quoted();
+    let by = quote_ident(&brief.scope.batch_by.column);
+    let scope = format!("{by} >= $1 AND {by} < $2");
+    let (start, end) = (brief.scope.batch_by.start, brief.scope.batch_by.end);
+    let mut checks = vec![freshness(pool, &run).await?];
+
+    // Completeness.
+    let nulls = brief
+        .scope
+        .columns
+        .iter()
+        .map(|c| format!("count(*) FILTER (WHERE {} IS NULL)", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let keys = column_list(&brief.scope.key, None);
+    let (rows, distinct, null_counts): (i64, i64, Vec<i64>) = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT {keys} FROM {t} WHERE {scope}) d), ARRAY[{nulls}]::bigint[]
+           FROM {t} WHERE {scope}"
+    )))
+    .bind(start)
+    .bind(end)
+    .fetch_one(pool)
+    .await?;
+    let per_batch: Vec<(i32, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT b.batch_no, (SELECT count(*) FROM {t} WHERE {by} >= b.lo::{ty} AND {by} < b.hi::{ty})
+           FROM backfill.batches b WHERE b.run_id = $1 ORDER BY b.batch_no",
+        ty = sql_type(start)
+    )))
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?;
+    let expected_ok = brief
+        .scope
+        .expected_rows
+        .is_none_or(|e| (rows as f64 - e as f64).abs() <= e as f64 * EXPECTED_ROWS_TOLERANCE);
+    let empty_batches = per_batch.iter().filter(|(_, n)| *n == 0).count();
+    checks.push(Check {
+        name: "completeness",
+        passed: expected_ok && distinct == rows,
+        summary: format!(
+            "{rows} rows in scope{}, {distinct} distinct keys, {empty_batches} of {} batch ranges empty",
+            brief.scope.expected_rows.map_or_else(String::new, |e| format!(" (expected {e} ±10 %)")),
+            per_batch.len()
+        ),
+        detail: json!({
+            "rows": rows,
+            "expected_rows": brief.scope.expected_rows,
+            "distinct_keys": distinct,
+            "null_rate": brief.scope.columns.iter().zip(&null_counts)
+                .map(|(c, n)| (c.clone(), if rows > 0 { *n as f64 / rows as f64 } else { 0.0 }))
+                .collect::<BTreeMap<_, _>>(),
+            "rows_per_batch": per_batch,
+        }),
+    });
+
+    // Uniqueness across the whole table.
+    let duplicates: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM (SELECT 1 FROM {t} GROUP BY {keys} HAVING count(*) > 1) d"
+    )))
+    .fetch_one(pool)
+    .await?;
+    checks.push(Check {
+        name: "uniqueness",
+        passed: duplicates == 0,
+        summary: format!("{duplicates} keys appear more than once in {table}"),
+        detail: json!({ "duplicate_keys": duplicates }),
+    });
+
+    // Referential integrity.
+    let mut orphans = BTreeMap::new();
+    for r in &brief.validation.references {
+        let Some((parent, column)) = r.parent() else {
+            continue;
+        };
+        let c = quote_ident(&r.column);
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {t} x WHERE {scope} AND x.{c} IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM {} p WHERE p.{} = x.{c})",
+            parent.quoted(),
+            quote_ident(&column)
+        )))
+        .bind(start)
+        .bind(end)
+        .fetch_one(pool)
+        .await?;
+        orphans.insert(r.column.clone(), n);
+    }
+    checks.push(Check {
+        name: "referential integrity",
+        passed: orphans.values().all(|n| *n == 0),
+        summary: if orphans.is_empty() {
+            "no references declared".into()
+        } else {
+            orphans
+                .iter()
+                .map(|(c, n)| format!("{c}: {n} orphans"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        detail: json!(orphans),
+    });
+
+    checks.push(reconciliation(pool, &run, &t, &scope).await?);
+    checks.push(size(pool, &run, &table).await?);
+
+    for c in &checks {
+        sqlx::query("INSERT INTO backfill.validations (run_id, check_name, passed, summary, detail) VALUES ($1, $2, $3, $4, $5)")
+            .bind(run_id)
+            .bind(c.name)
+            .bind(c.passed)
+            .bind(&c.summary)
+            .bind(&c.detail)
+            .execute(pool)
+            .await?;
+    }
+    backfill_shared::control::log::append(
+        pool,
+        run_id,
+        &crate::operator(),
+        "validated",
+        None,
+        json!({ "passed": checks.iter().all(|c| c.passed), "failed": checks.iter().filter(|c| !c.passed).map(|c| c.name).collect::<Vec<_>>() }),
+    )
+    .await?;
+    Ok(checks)
+}
+
+fn sql_type(b: Bound) -> &'static str {
+    match b {
+        Bound::Integer(_) => "bigint",
+        Bound::Date(_) => "date",
+        Bound::Timestamp(_) => "timestamp",
+    }
+}
+
+async fn freshness(pool: &PgPool, run: &Run) -> Result<Check> {
+    let rows: Vec<(i32, String, String, String)> = sqlx::query_as(
+        "SELECT batch_no, lo, hi, state FROM backfill.batches WHERE run_id = $1 ORDER BY batch_no",
+    )
+    .bind(run.run_id)
+    .fetch_all(pool)
+    .await?;
+    let kind = run.bound_kind;
+    let parse = |t: &str| Bound::parse(kind, t);
+    let by = &run.brief.scope.batch_by;
+    let mut problems = Vec::new();
+    let mut expect = Some(by.start);
+    let mut ranges: Vec<(Bound, Bound)> = rows
+        .iter()
+        .filter_map(|(_, lo, hi, _)| Some((parse(lo)?, parse(hi)?)))
+        .collect();
+    if ranges.len() != rows.len() {
+        problems.push("the ledger holds bounds this run cannot read".to_owned());
+    }
+    ranges.sort();
+    for (lo, hi) in &ranges {
+        match expect {
+            Some(e) if *lo > e => problems.push(format!("gap [{e}, {lo})")),
+            Some(e) if *lo < e => problems.push(format!("overlap at [{lo}, {e})")),
+            _ => {}
+        }
+        expect = Some(*hi);
+    }
+    if expect != Some(by.end) {
+        problems.push(format!(
+            "the batches end at {} instead of {}",
+            expect.map_or_else(|| "nothing".into(), |e| e.to_string()),
+            by.end
+        ));
+    }
+    let planned = run.batch_count as usize;
+    if rows.len() != planned {
+        problems.push(format!(
+            "{} batches in the ledger, {planned} planned",
+            rows.len()
+        ));
+    }
+    let not_applied: Vec<i32> = rows
+        .iter()
+        .filter(|r| r.3 != "applied")
+        .map(|r| r.0)
+        .collect();
+    if !not_applied.is_empty() {
+        problems.push(format!(
+            "{} batches not applied (first: {})",
+            not_applied.len(),
+            not_applied[0]
+        ));
+    }
+    Ok(Check {
+        name: "freshness",
+        passed: problems.is_empty(),
+        summary: if problems.is_empty() {
+            format!(
+                "{planned} batches applied, covering [{}, {}) without gap or overlap",
+                by.start, by.end
+            )
+        } else {
+            problems.join("; ")
+        },
+        detail: json!({ "problems": problems, "planned": planned, "in_ledger": rows.len() }),
+    })
+}
+
+/// Per metric and group: before and after summed over the batches' figures, and
+/// the after figures against the table now (for additive metrics: sum, count).
+async fn reconciliation(pool: &PgPool, run: &Run, t: &str, scope: &str) -> Result<Check> {
+    let brief: &Brief = &run.brief;
+    let nos: Vec<u32> = (0..run.batch_count).collect();
+    let applied = batches::applied_among(pool, run.run_id, &nos).await?;
+    let mut groups: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
+    for b in &applied {
+        for g in &b.checks.metrics {
+            let e = groups
+                .entry((g.metric.clone(), g.group.clone()))
+                .or_default();
+            e.0 += g.before.unwrap_or(0.0);
+            e.1 += g.after.unwrap_or(0.0);
+        }
+    }
+    let mut mismatches = Vec::new();
+    let mut rows = Vec::new();
+    for m in &brief.validation.metrics {
+        let additive = ["sum(", "count("]
+            .iter()
+            .any(|p| m.expr.trim_start().to_lowercase().starts_with(p));
+        let now: BTreeMap<String, f64> = if additive {
+            let group = m.by.as_deref().unwrap_or("'all'");
+            let found: Vec<(Option<String>, Option<f64>)> = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT ({group})::text, ({})::float8 FROM {t} WHERE {scope} GROUP BY 1",
+                m.expr
+            )))
+            .bind(brief.scope.batch_by.start)
+            .bind(brief.scope.batch_by.end)
+            .fetch_all(pool)
+            .await?;
+            found
+                .into_iter()
+                .map(|(g, v)| (g.unwrap_or_else(|| "(null)".into()), v.unwrap_or(0.0)))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        for ((metric, group), (before, after)) in
+            groups.iter().filter(|((metric, _), _)| *metric == m.name)
+        {
+            let table_now = now.get(group).copied();
+            if additive
+                && table_now.is_none_or(|v| (v - after).abs() > 0.005 * after.abs().max(1.0))
+            {
+                mismatches.push(format!(
+                    "{metric} {group}: batches say {after:.2}, the table holds {table_now:?}"
+                ));
+            }
+            rows.push(json!({
+                "metric": metric, "group": group, "before": before, "after": after,
+                "delta": after - before,
+                "delta_pct": if *before != 0.0 { Some((after - before) / before.abs() * 100.0) } else { None },
+                "table_now": table_now,
+            }));
+        }
+    }
+    Ok(Check {
+        name: "metric reconciliation",
+        passed: mismatches.is_empty(),
+        summary: if mismatches.is_empty() {
+            format!(
+                "{} metric groups; the table matches the batches' figures",
+                rows.len()
+            )
+        } else {
+            mismatches.join("; ")
+        },
+        detail: json!({ "groups": rows, "mismatches": mismatches }),
+    })
+}
+
+async fn size(pool: &PgPool, run: &Run, table: &backfill_shared::sql::TableName) -> Result<Check> {
+    let (table_bytes, index_bytes): (i64, i64) =
+        sqlx::query_as("SELECT pg_table_size($1::regclass), pg_indexes_size($1::regclass)")
+            .bind(table.quoted())
+            .fetch_one(pool)
+            .await
+            .map_err(|e| CliError::Internal(format!("sizing {table}: {e}")))?;
+    let params: serde_json::Value =
+        sqlx::query_scalar("SELECT params FROM backfill.runs WHERE run_id = $1")
+            .bind(run.run_id)
+            .fetch_one(pool)
+            .await?;
+    let before_t = params["target_table_bytes"].as_i64();
+    let before_i = params["target_index_bytes"].as_i64();
+    let mib = |b: Option<i64>| {
+        b.map_or_else(
+            || "?".into(),
+            |b| format!("{:.1} MiB", b as f64 / 1_048_576.0),
+        )
+    };
+    Ok(Check {
+        name: "size",
+        passed: true,
+        summary: format!(
+            "table {} -> {}, indexes {} -> {}",
+            mib(before_t),
+            mib(Some(table_bytes)),
+            mib(before_i),
+            mib(Some(index_bytes))
+        ),
+        detail: json!({
+            "table_bytes_before": before_t, "table_bytes": table_bytes,
+            "index_bytes_before": before_i, "index_bytes": index_bytes,
+        }),
+    })
+}
+
+/// The checklist as a table.
+#[must_use]
+pub fn render(checks: &[Check]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<24} {:<6} summary", "check", "result");
+    for c in checks {
+        let _ = writeln!(
+            s,
+            "{:<24} {:<6} {}",
+            c.name,
+            if c.passed { "pass" } else { "FAIL" },
+            c.summary
+        );
+    }
+    s
+}
