@@ -4,6 +4,7 @@
 //! - [`preflight`]: checks of a brief against the warehouse catalog, blast radius.
 //! - [`plan`]: `backfill plan`.
 //! - [`run`]: recording a run and driving it (publish window, events, halt).
+//! - [`report`]: `backfill report`, the stakeholders' change note.
 //! - [`resume`]: `backfill resume` (accepting a breach) and `backfill retry`.
 //! - [`status`]: `backfill status`.
 //! - [`validate`]: `backfill validate`, the run-level checklist.
@@ -15,6 +16,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod plan;
 pub mod preflight;
+pub mod report;
 pub mod resume;
 pub mod run;
 pub mod status;

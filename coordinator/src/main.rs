@@ -69,6 +69,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The change note for stakeholders: what changed, why, validation, metric deltas.
+    Report {
+        run: Uuid,
+        /// md or html (self-contained, with an inline SVG chart).
+        #[arg(long, default_value = "md")]
+        format: String,
+    },
     /// Record the reviewer's approval of an applied run.
     Approve {
         run: Uuid,
@@ -138,7 +145,7 @@ async fn execute(command: Command) -> Result<()> {
     match command {
         Command::Plan { brief, json } => {
             let (_, brief) = read_brief(&brief)?;
-            let pool = services::postgres(&config, 2).await?;
+            let pool = services::postgres(&config, 2).await?; // the plan touches no control plane
             let (plan, _, _) = plan::plan(&pool, &brief).await?;
             if json {
                 println!(
@@ -156,8 +163,7 @@ async fn execute(command: Command) -> Result<()> {
             detach,
         } => {
             let (text, brief) = read_brief(&path)?;
-            let pool = services::postgres(&config, 4).await?;
-            control::migrate(&pool).await?;
+            let pool = control_plane(&config, 4).await?;
             let (plan, batches, _) = plan::plan(&pool, &brief).await?;
             // Fail before recording anything if the broker is unreachable.
             services::rabbit(&config, "backfill (probe)")
@@ -180,7 +186,7 @@ async fn execute(command: Command) -> Result<()> {
             .await
         }
         Command::Follow { run } => {
-            let pool = services::postgres(&config, 4).await?;
+            let pool = control_plane(&config, 4).await?;
             finish(
                 &pool,
                 run,
@@ -189,7 +195,7 @@ async fn execute(command: Command) -> Result<()> {
             .await
         }
         Command::Resume { run, accept } => {
-            let pool = services::postgres(&config, 4).await?;
+            let pool = control_plane(&config, 4).await?;
             backfill_coordinator::resume::resume(&pool, run, &operator(), accept.as_deref())
                 .await?;
             finish(
@@ -200,7 +206,7 @@ async fn execute(command: Command) -> Result<()> {
             .await
         }
         Command::Retry { run } => {
-            let pool = services::postgres(&config, 4).await?;
+            let pool = control_plane(&config, 4).await?;
             let n = backfill_coordinator::resume::retry(&pool, run, &operator()).await?;
             eprintln!("{n} failed batch(es) pending again");
             finish(
@@ -211,7 +217,7 @@ async fn execute(command: Command) -> Result<()> {
             .await
         }
         Command::Status { run, json } => {
-            let pool = services::postgres(&config, 2).await?;
+            let pool = control_plane(&config, 2).await?;
             let status = status::status(&pool, run).await?;
             if json {
                 println!(
@@ -225,7 +231,7 @@ async fn execute(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Validate { run, json } => {
-            let pool = services::postgres(&config, 2).await?;
+            let pool = control_plane(&config, 2).await?;
             let checks = backfill_coordinator::validate::validate(&pool, run).await?;
             if json {
                 print_json(&checks)?;
@@ -246,8 +252,22 @@ async fn execute(command: Command) -> Result<()> {
                 )))
             }
         }
+        Command::Report { run, format } => {
+            let pool = control_plane(&config, 2).await?;
+            let report = backfill_coordinator::report::gather(&pool, run).await?;
+            match format.as_str() {
+                "md" => print!("{}", report.markdown()),
+                "html" => print!("{}", report.html()),
+                other => {
+                    return Err(CliError::BadInput(format!(
+                        "--format {other:?}: use md or html"
+                    )));
+                }
+            }
+            Ok(())
+        }
         Command::Approve { run, reviewer } => {
-            let pool = services::postgres(&config, 2).await?;
+            let pool = control_plane(&config, 2).await?;
             lifecycle::approve::approve(&pool, run, &reviewer).await?;
             eprintln!("run {run} approved by {reviewer}; `backfill cutover {run}` exposes it");
             Ok(())
@@ -256,7 +276,7 @@ async fn execute(command: Command) -> Result<()> {
             run,
             lock_timeout_ms,
         } => {
-            let pool = services::postgres(&config, 2).await?;
+            let pool = control_plane(&config, 2).await?;
             let report = lifecycle::cutover::cutover(
                 &pool,
                 run,
@@ -271,7 +291,7 @@ async fn execute(command: Command) -> Result<()> {
             force,
             lock_timeout_ms,
         } => {
-            let pool = services::postgres(&config, 2).await?;
+            let pool = control_plane(&config, 2).await?;
             let report = lifecycle::rollback::rollback(
                 &pool,
                 run,
@@ -283,7 +303,7 @@ async fn execute(command: Command) -> Result<()> {
             print_json(&report)
         }
         Command::Cleanup { run, now } => {
-            let pool = services::postgres(&config, 2).await?;
+            let pool = control_plane(&config, 2).await?;
             let dropped = lifecycle::cleanup::cleanup(&pool, run, &operator(), now).await?;
             print_json(&serde_json::json!({ "dropped": dropped }))
         }
@@ -302,6 +322,13 @@ async fn execute(command: Command) -> Result<()> {
             demo::demo(&config, options).await
         }
     }
+}
+
+/// A pool to the warehouse with the control plane created or upgraded.
+async fn control_plane(config: &Config, connections: u32) -> Result<sqlx::PgPool> {
+    let pool = services::postgres(config, connections).await?;
+    control::migrate(&pool).await?;
+    Ok(pool)
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {

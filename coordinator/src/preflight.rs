@@ -308,6 +308,19 @@ pub async fn estimate_rows(pool: &PgPool, source: &str, lo: Bound, hi: Bound) ->
         .map(|r| r as i64)
 }
 
+/// The blast radius of a brief's target as the catalog shows it now (empty if the
+/// target is gone).
+pub async fn blast_radius(pool: &PgPool, brief: &Brief) -> Result<Vec<Dependent>> {
+    let oid: Option<sqlx::postgres::types::Oid> = sqlx::query_scalar("SELECT to_regclass($1)::oid")
+        .bind(brief.scope.target.quoted())
+        .fetch_one(pool)
+        .await?;
+    match oid {
+        Some(oid) => dependents(pool, oid, brief).await,
+        None => Ok(Vec::new()),
+    }
+}
+
 async fn dependents(
     pool: &PgPool,
     oid: sqlx::postgres::types::Oid,

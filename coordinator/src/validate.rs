@@ -247,22 +247,64 @@ async fn freshness(pool: &PgPool, run: &Run) -> Result<Check> {
     })
 }
 
-/// Per metric and group: before and after summed over the batches' figures, and
-/// the after figures against the table now (for additive metrics: sum, count).
-async fn reconciliation(pool: &PgPool, run: &Run, t: &str, scope: &str) -> Result<Check> {
-    let brief: &Brief = &run.brief;
+/// One metric of one group over the whole run: before and after, summed over the
+/// batches' figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupDelta {
+    pub metric: String,
+    pub group: String,
+    pub before: f64,
+    pub after: f64,
+}
+
+impl GroupDelta {
+    #[must_use]
+    pub fn delta_pct(&self) -> Option<f64> {
+        (self.before != 0.0).then(|| (self.after - self.before) / self.before.abs() * 100.0)
+    }
+}
+
+/// Every metric group of a run, summed over its applied batches, in metric order.
+pub async fn summed_metrics(pool: &PgPool, run: &Run) -> Result<Vec<GroupDelta>> {
     let nos: Vec<u32> = (0..run.batch_count).collect();
     let applied = batches::applied_among(pool, run.run_id, &nos).await?;
-    let mut groups: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
+    let mut sums: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
     for b in &applied {
         for g in &b.checks.metrics {
-            let e = groups
-                .entry((g.metric.clone(), g.group.clone()))
-                .or_default();
+            let e = sums.entry((g.metric.clone(), g.group.clone())).or_default();
             e.0 += g.before.unwrap_or(0.0);
             e.1 += g.after.unwrap_or(0.0);
         }
     }
+    let order = |m: &str| {
+        run.brief
+            .validation
+            .metrics
+            .iter()
+            .position(|x| x.name == m)
+    };
+    let mut out: Vec<GroupDelta> = sums
+        .into_iter()
+        .map(|((metric, group), (before, after))| GroupDelta {
+            metric,
+            group,
+            before,
+            after,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        order(&a.metric)
+            .cmp(&order(&b.metric))
+            .then_with(|| a.group.cmp(&b.group))
+    });
+    Ok(out)
+}
+
+/// Per metric and group: before and after summed over the batches' figures, and
+/// the after figures against the table now (for additive metrics: sum, count).
+async fn reconciliation(pool: &PgPool, run: &Run, t: &str, scope: &str) -> Result<Check> {
+    let brief: &Brief = &run.brief;
+    let groups = summed_metrics(pool, run).await?;
     let mut mismatches = Vec::new();
     let mut rows = Vec::new();
     for m in &brief.validation.metrics {
@@ -286,9 +328,14 @@ async fn reconciliation(pool: &PgPool, run: &Run, t: &str, scope: &str) -> Resul
         } else {
             BTreeMap::new()
         };
-        for ((metric, group), (before, after)) in
-            groups.iter().filter(|((metric, _), _)| *metric == m.name)
+        for GroupDelta {
+            metric,
+            group,
+            before,
+            after,
+        } in groups.iter().filter(|g| g.metric == m.name)
         {
+            let (before, after) = (*before, *after);
             let table_now = now.get(group).copied();
             if additive
                 && table_now.is_none_or(|v| (v - after).abs() > 0.005 * after.abs().max(1.0))
@@ -300,7 +347,7 @@ async fn reconciliation(pool: &PgPool, run: &Run, t: &str, scope: &str) -> Resul
             rows.push(json!({
                 "metric": metric, "group": group, "before": before, "after": after,
                 "delta": after - before,
-                "delta_pct": if *before != 0.0 { Some((after - before) / before.abs() * 100.0) } else { None },
+                "delta_pct": if before != 0.0 { Some((after - before) / before.abs() * 100.0) } else { None },
                 "table_now": table_now,
             }));
         }
