@@ -110,6 +110,7 @@ stakeholders = ["finance", "growth"]
 
 [validation]
 max_duplicate_keys = 0
+edge_cases = [1, 7]
 [[validation.metrics]]
 name = "net revenue"
 expr = "sum(net_revenue)"

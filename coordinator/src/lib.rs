@@ -6,6 +6,7 @@
 //! - [`run`]: recording a run and driving it (publish window, events, halt).
 //! - [`report`]: `backfill report`, the stakeholders' change note.
 //! - [`resume`]: `backfill resume` (accepting a breach) and `backfill retry`.
+//! - [`sample`]: `backfill sample`, a test run on a slice that writes nothing.
 //! - [`status`]: `backfill status`.
 //! - [`validate`]: `backfill validate`, the run-level checklist.
 //! - [`lifecycle`]: approve, cutover, rollback, cleanup, maintenance marker.
@@ -19,6 +20,7 @@ pub mod preflight;
 pub mod report;
 pub mod resume;
 pub mod run;
+pub mod sample;
 pub mod status;
 pub mod tpch;
 pub mod validate;

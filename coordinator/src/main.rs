@@ -38,6 +38,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the source on a slice into a scratch table and compare it with the target:
+    /// rows, metrics per group, the records that change most, edge cases, runtime.
+    Sample {
+        brief: PathBuf,
+        /// START..END in the type of batch_by (END exclusive).
+        #[arg(long)]
+        slice: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Record a run and apply it; prints the run id first.
     Run {
         brief: PathBuf,
@@ -157,6 +167,19 @@ async fn execute(command: Command) -> Result<()> {
                 print!("{}", plan.render());
             }
             Ok(())
+        }
+        Command::Sample { brief, slice, json } => {
+            let (_, brief) = read_brief(&brief)?;
+            let (lo, hi) = backfill_coordinator::sample::parse_slice(&brief, &slice)?;
+            let pool = services::postgres(&config, 2).await?;
+            backfill_coordinator::preflight::check(&pool, &brief).await?;
+            let sample = backfill_coordinator::sample::sample(&pool, &brief, lo, hi).await?;
+            if json {
+                print_json(&sample)
+            } else {
+                print!("{}", sample.render());
+                Ok(())
+            }
         }
         Command::Run {
             brief: path,

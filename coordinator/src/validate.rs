@@ -146,6 +146,7 @@ pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
     });
 
     checks.push(reconciliation(pool, &run, &t, &scope).await?);
+    checks.push(edge_cases(pool, &run, &t).await?);
     checks.push(size(pool, &run, &table).await?);
 
     for c in &checks {
@@ -364,6 +365,53 @@ async fn reconciliation(pool: &PgPool, run: &Run, t: &str, scope: &str) -> Resul
             mismatches.join("; ")
         },
         detail: json!({ "groups": rows, "mismatches": mismatches }),
+    })
+}
+
+/// The brief's edge-case records before the run (from the before-images, where
+/// the run changed them) and now. Informational: a reviewer reads them.
+async fn edge_cases(pool: &PgPool, run: &Run, t: &str) -> Result<Check> {
+    let key = run
+        .brief
+        .scope
+        .key
+        .iter()
+        .map(|k| format!("x.{}::text", quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(" || ', ' || ");
+    let image = run
+        .image_table
+        .as_deref()
+        .and_then(backfill_shared::sql::TableName::parse);
+    let mut cases = Vec::new();
+    for case in &run.brief.validation.edge_cases {
+        let wanted = case.join(", ");
+        let now: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT x::text FROM {t} x WHERE {key} = $1"
+        )))
+        .bind(&wanted)
+        .fetch_optional(pool)
+        .await?;
+        let before: Option<String> = match &image {
+            Some(img) => sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT x::text FROM {} x WHERE {key} = $1 AND x.bf_op IN ('U', 'D') ORDER BY bf_batch_no LIMIT 1",
+                img.quoted()
+            )))
+            .bind(&wanted)
+            .fetch_optional(pool)
+            .await?,
+            None => None,
+        };
+        cases.push(
+            json!({ "key": wanted, "changed": before.is_some(), "before": before, "now": now }),
+        );
+    }
+    let changed = cases.iter().filter(|c| c["changed"] == true).count();
+    Ok(Check {
+        name: "edge cases",
+        passed: true,
+        summary: format!("{} edge cases, {changed} changed by the run", cases.len()),
+        detail: json!(cases),
     })
 }
 

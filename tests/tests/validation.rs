@@ -231,6 +231,7 @@ async fn validate_passes_a_clean_run_and_fails_a_gap_or_a_duplicate() {
             "uniqueness",
             "referential integrity",
             "metric reconciliation",
+            "edge cases",
             "size"
         ]
     );
@@ -240,7 +241,7 @@ async fn validate_passes_a_clean_run_and_fails_a_gap_or_a_duplicate() {
             .fetch_one(&env.pool)
             .await
             .unwrap();
-    assert_eq!(stored, 6);
+    assert_eq!(stored, 7);
 
     // A batch removed from the ledger by hand is a gap.
     sqlx::query("DELETE FROM backfill.batches WHERE run_id = $1 AND batch_no = 3")
@@ -266,6 +267,91 @@ async fn validate_passes_a_clean_run_and_fails_a_gap_or_a_duplicate() {
         failed(&checks).contains(&"uniqueness"),
         "{:?}",
         failed(&checks)
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_writes_nothing_and_its_deltas_equal_direct_sql() {
+    use backfill_coordinator::sample;
+    let env = TestEnv::new(0.01).await;
+    let text = env.brief(10, 4).await;
+    let brief = backfill_shared::brief::Brief::parse(&text).unwrap();
+    let fingerprint = || {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT md5(string_agg(t::text, '|' ORDER BY o_orderkey)) || ':' || count(*) FROM tpch.order_revenue t",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let before = fingerprint().await;
+    let (lo, hi) = sample::parse_slice(&brief, "1..3001").unwrap();
+    let s = sample::sample(&env.pool, &brief, lo, hi).await.unwrap();
+    assert_eq!(fingerprint().await, before, "sample changed the target");
+    let objects: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_class WHERE relname = 'bf_sample'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(objects, 0, "the scratch table outlived the sample");
+
+    // Old: the target's slice; new: the fixed figures computed directly.
+    let direct: Vec<(String, f64, f64)> = sqlx::query_as(
+        "SELECT y, old, new FROM
+           (SELECT date_trunc('year', o_orderdate)::text y, sum(net_revenue)::float8 old
+              FROM tpch.order_revenue WHERE o_orderkey >= 1 AND o_orderkey < 3001 GROUP BY 1) a
+           JOIN
+           (SELECT date_trunc('year', d)::text y, sum(net)::float8 new FROM (
+               SELECT o.o_orderdate d,
+                      sum(CASE WHEN l.l_returnflag = 'R' THEN 0 ELSE l.l_extendedprice * (1 - l.l_discount) END)::numeric(18,2) net
+                 FROM tpch.orders o JOIN tpch.lineitem l ON l.l_orderkey = o.o_orderkey
+                WHERE o.o_orderkey >= 1 AND o.o_orderkey < 3001
+                GROUP BY o.o_orderkey, o.o_orderdate) per_order GROUP BY 1) b
+           USING (y) ORDER BY y",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(s.metrics.len(), direct.len());
+    for (m, (group, old, new)) in s.metrics.iter().zip(&direct) {
+        assert_eq!(&m.group, group);
+        assert!(
+            (m.old.unwrap() - old).abs() < 0.01,
+            "{group}: old {:?} vs {old}",
+            m.old
+        );
+        assert!(
+            (m.new.unwrap() - new).abs() < 0.01,
+            "{group}: new {:?} vs {new}",
+            m.new
+        );
+    }
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tpch.order_revenue WHERE o_orderkey >= 1 AND o_orderkey < 3001",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!((s.rows_old, s.rows_new), (rows, rows));
+    assert!(s.rows_changed > 0 && s.rows_changed <= rows);
+    assert_eq!(
+        s.records.iter().filter(|r| r.why == "changed most").count(),
+        5
+    );
+    let edges: Vec<_> = s
+        .records
+        .iter()
+        .filter(|r| r.why == "edge case")
+        .map(|r| r.key.as_str())
+        .collect();
+    assert_eq!(edges, ["1", "7"], "the edge cases of the brief");
+    assert!(
+        s.estimated_rows.unwrap() > rows * 5,
+        "extrapolated to the whole scope"
     );
     env.cleanup().await;
 }

@@ -85,6 +85,21 @@ pub(super) fn lint(text: &str) -> Result<Brief, Vec<Problem>> {
     let rollback = read_rollback(&mut r);
     all.extend(r.finish());
     problems.extend(all);
+    if let (Some(scope), Some(validation)) = (&scope, &validation) {
+        for (i, case) in validation.edge_cases.iter().enumerate() {
+            if case.len() != scope.key.len() {
+                problems.push(Problem {
+                    field: format!("validation.edge_cases[{i}]"),
+                    message: format!(
+                        "has {} value(s) but the key has {} column(s) ({})",
+                        case.len(),
+                        scope.key.len(),
+                        scope.key.join(", ")
+                    ),
+                });
+            }
+        }
+    }
 
     match (
         meta,
@@ -715,11 +730,51 @@ fn read_validation(r: &mut Reader<'_>) -> Option<Validation> {
         }
         Some(reference)
     });
+    let edge_cases = read_edge_cases(r);
     Some(Validation {
         max_duplicate_keys: max_duplicate_keys?,
         metrics: metrics?,
         references: references?,
+        edge_cases: edge_cases?,
     })
+}
+
+/// `edge_cases = [1, 32]` for a one-column key, `[[1, "a"], ...]` for a composite one.
+fn read_edge_cases(r: &mut Reader<'_>) -> Option<Vec<Vec<String>>> {
+    let Some(v) = r.get("edge_cases") else {
+        return Some(Vec::new());
+    };
+    let Value::Array(items) = v else {
+        r.problem(
+            "edge_cases",
+            "must be a list of keys, e.g. [1, 32] or [[1, \"a\"]]",
+        );
+        return None;
+    };
+    let scalar = |v: &Value| match v {
+        Value::Integer(i) => Some(i.to_string()),
+        Value::String(s) => Some(s.clone()),
+        Value::Datetime(d) => Some(d.to_string()),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = match item {
+            Value::Array(parts) => parts.iter().map(scalar).collect::<Option<Vec<_>>>(),
+            other => scalar(other).map(|s| vec![s]),
+        };
+        match key {
+            Some(k) => out.push(k),
+            None => {
+                r.problem(
+                    &format!("edge_cases[{i}]"),
+                    "must be a key value (integer, string, date) or a list of them",
+                );
+                return None;
+            }
+        }
+    }
+    Some(out)
 }
 
 /// An optional array of tables (`[[validation.metrics]]`), each read by `item`.

@@ -174,6 +174,9 @@ pub struct Validation {
     pub max_duplicate_keys: u64,
     pub metrics: Vec<Metric>,
     pub references: Vec<Reference>,
+    /// Records to inspect before and after (known bad ones, boundary cases): each
+    /// the key's values as text, in key order.
+    pub edge_cases: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,329 @@
+//! `backfill sample BRIEF --slice START..END`: a test run on a representative
+//! slice that touches nothing. The source runs on the slice into a temporary
+//! scratch table; the command then compares it with the target's rows of the same
+//! slice — row counts, every metric per group, the records that changed most and
+//! the brief's edge cases side by side — and extrapolates the measured runtime to
+//! the whole run.
+
+use crate::{CliError, Result};
+use backfill_shared::brief::{Bound, BoundKind, Brief};
+use backfill_shared::sql::{column_list, quote_ident};
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, Connection as _, PgPool};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+#[derive(Debug, Serialize)]
+pub struct Sample {
+    pub slice: (String, String),
+    pub rows_old: i64,
+    pub rows_new: i64,
+    pub rows_changed: i64,
+    pub metrics: Vec<SampleMetric>,
+    /// The records that changed most, then the edge cases: key, old row, new row.
+    pub records: Vec<SampleRecord>,
+    pub seconds: f64,
+    /// The slice's share of the whole scope.
+    pub fraction: f64,
+    pub estimated_rows: Option<i64>,
+    pub estimated_seconds: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SampleMetric {
+    pub metric: String,
+    pub group: String,
+    pub old: Option<f64>,
+    pub new: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SampleRecord {
+    pub why: &'static str,
+    pub key: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+/// Parses `START..END` in the type of the brief's `batch_by`.
+pub fn parse_slice(brief: &Brief, text: &str) -> Result<(Bound, Bound)> {
+    let kind: BoundKind = brief.scope.batch_by.kind();
+    let bad = || {
+        CliError::BadInput(format!(
+            "--slice {text:?}: write START..END with {} bounds, END exclusive (e.g. {}..{})",
+            kind.as_str(),
+            brief.scope.batch_by.start,
+            brief.scope.batch_by.end
+        ))
+    };
+    let (lo, hi) = text.split_once("..").ok_or_else(bad)?;
+    let lo = Bound::parse(kind, lo).ok_or_else(bad)?;
+    let hi = Bound::parse(kind, hi).ok_or_else(bad)?;
+    if lo >= hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+fn span(lo: Bound, hi: Bound) -> f64 {
+    match (lo, hi) {
+        (Bound::Integer(a), Bound::Integer(b)) => (b - a) as f64,
+        (Bound::Date(a), Bound::Date(b)) => (b - a).num_days() as f64,
+        (Bound::Timestamp(a), Bound::Timestamp(b)) => (b - a).num_seconds() as f64,
+        _ => 0.0,
+    }
+}
+
+/// How many changed records to show.
+const TOP: i64 = 5;
+
+pub async fn sample(pool: &PgPool, brief: &Brief, lo: Bound, hi: Bound) -> Result<Sample> {
+    let scope = &brief.scope;
+    let target = scope.target.quoted();
+    let written = scope.written_columns();
+    let all = column_list(&written, None);
+    let by = quote_ident(&scope.batch_by.column);
+    let in_slice = format!("{by} >= $1 AND {by} < $2");
+    let key_match = scope
+        .key
+        .iter()
+        .map(|k| format!("o.{0} = n.{0}", quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let key_text = scope
+        .key
+        .iter()
+        .map(|k| format!("coalesce(o.{0}, n.{0})::text", quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(" || ', ' || ");
+    let row_of = |alias: &str| {
+        format!(
+            "CASE WHEN {alias} IS NULL THEN NULL ELSE ROW({})::text END",
+            column_list(&written, Some(alias))
+        )
+    };
+
+    // One connection, one transaction that is rolled back: nothing is left behind.
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TEMPORARY TABLE bf_sample ON COMMIT DROP AS SELECT {all} FROM {target} WITH NO DATA"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    let started = Instant::now();
+    let rows_new = sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO bf_sample ({all}) SELECT {all} FROM ({}\n) AS s",
+        scope.source.trim_end().trim_end_matches(';')
+    )))
+    .bind(lo)
+    .bind(hi)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| CliError::BadInput(format!("the source fails on the slice: {e}")))?
+    .rows_affected();
+    let seconds = started.elapsed().as_secs_f64();
+    let old = format!("(SELECT {all} FROM {target} WHERE {in_slice})");
+    let (rows_old, rows_changed): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT (SELECT count(*) FROM {target} WHERE {in_slice}),
+                (SELECT count(*) FROM {old} o FULL JOIN bf_sample n ON {key_match}
+                  WHERE ROW({o}) IS DISTINCT FROM ROW({n}))",
+        o = column_list(&written, Some("o")),
+        n = column_list(&written, Some("n")),
+    )))
+    .bind(lo)
+    .bind(hi)
+    .fetch_one(&mut *tx)
+    .await?;
+
+    let mut metrics = Vec::new();
+    for m in &brief.validation.metrics {
+        let group = m.by.as_deref().unwrap_or("'all'");
+        let query = |from: &str| {
+            format!(
+                "SELECT ({group})::text, ({})::float8 FROM {from} t GROUP BY 1",
+                m.expr
+            )
+        };
+        let olds: Vec<(Option<String>, Option<f64>)> = sqlx::query_as(AssertSqlSafe(query(&old)))
+            .bind(lo)
+            .bind(hi)
+            .fetch_all(&mut *tx)
+            .await?;
+        let news: Vec<(Option<String>, Option<f64>)> =
+            sqlx::query_as(AssertSqlSafe(query("bf_sample")))
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut groups: BTreeMap<String, (Option<f64>, Option<f64>)> = BTreeMap::new();
+        for (g, v) in olds {
+            groups.entry(g.unwrap_or_default()).or_default().0 = v;
+        }
+        for (g, v) in news {
+            groups.entry(g.unwrap_or_default()).or_default().1 = v;
+        }
+        metrics.extend(groups.into_iter().map(|(group, (old, new))| SampleMetric {
+            metric: m.name.clone(),
+            group,
+            old,
+            new,
+        }));
+    }
+
+    // The records that changed most: by the largest change of any numeric column.
+    let numeric: Vec<String> = sqlx::query_scalar(
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0
+            AND NOT attisdropped AND atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype,
+            'numeric'::regtype, 'float4'::regtype, 'float8'::regtype) ORDER BY attnum",
+    )
+    .bind(&target)
+    .fetch_all(&mut *tx)
+    .await?;
+    let magnitude = scope
+        .columns
+        .iter()
+        .filter(|c| numeric.contains(c))
+        .map(|c| {
+            format!(
+                "coalesce(abs(n.{0}::float8 - o.{0}::float8), 0)",
+                quote_ident(c)
+            )
+        })
+        .collect::<Vec<_>>();
+    let order = if magnitude.is_empty() {
+        "1".to_owned()
+    } else {
+        format!("greatest({}) DESC", magnitude.join(", "))
+    };
+    let side_by_side = format!(
+        "SELECT {key_text}, {o}, {n} FROM {old} o FULL JOIN bf_sample n ON {key_match}",
+        o = row_of("o"),
+        n = row_of("n"),
+    );
+    let changed: Vec<(String, Option<String>, Option<String>)> =
+        sqlx::query_as(AssertSqlSafe(format!(
+            "{side_by_side} WHERE ROW({o}) IS DISTINCT FROM ROW({nn}) ORDER BY {order} LIMIT {TOP}",
+            o = column_list(&written, Some("o")),
+            nn = column_list(&written, Some("n")),
+        )))
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut records: Vec<SampleRecord> = changed
+        .into_iter()
+        .map(|(key, old, new)| SampleRecord {
+            why: "changed most",
+            key,
+            old,
+            new,
+        })
+        .collect();
+    for case in &brief.validation.edge_cases {
+        let wanted = case.join(", ");
+        let found: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
+            AssertSqlSafe(format!("{side_by_side} WHERE {key_text} = $3")),
+        )
+        .bind(lo)
+        .bind(hi)
+        .bind(&wanted)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (old, new) = found.map_or((None, None), |(_, o, n)| (o, n));
+        records.push(SampleRecord {
+            why: "edge case",
+            key: wanted,
+            old,
+            new,
+        });
+    }
+    tx.rollback().await?;
+
+    let whole = span(scope.batch_by.start, scope.batch_by.end);
+    let fraction = if whole > 0.0 {
+        span(lo, hi) / whole
+    } else {
+        0.0
+    };
+    let rows_new = i64::try_from(rows_new).unwrap_or(i64::MAX);
+    let in_flight = f64::from(brief.limits.max_in_flight.max(1));
+    Ok(Sample {
+        slice: (lo.to_string(), hi.to_string()),
+        rows_old,
+        rows_new,
+        rows_changed,
+        metrics,
+        records,
+        seconds,
+        fraction,
+        estimated_rows: (fraction > 0.0).then(|| (rows_new as f64 / fraction).round() as i64),
+        estimated_seconds: (fraction > 0.0).then(|| seconds / fraction / in_flight),
+    })
+}
+
+impl Sample {
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "Sample of [{}, {}): nothing was written.",
+            self.slice.0, self.slice.1
+        );
+        let _ = writeln!(
+            s,
+            "  rows:    {} now, {} after the backfill ({:+}); {} would change",
+            self.rows_old,
+            self.rows_new,
+            self.rows_new - self.rows_old,
+            self.rows_changed
+        );
+        let _ = writeln!(s, "  metrics:");
+        for m in &self.metrics {
+            let delta = match (m.old, m.new) {
+                (Some(o), Some(n)) if o != 0.0 => {
+                    format!("{:+.2} ({:+.2}%)", n - o, (n - o) / o.abs() * 100.0)
+                }
+                (o, n) => format!("{:+.2}", n.unwrap_or(0.0) - o.unwrap_or(0.0)),
+            };
+            let v = |x: Option<f64>| x.map_or_else(|| "none".into(), |x| format!("{x:.2}"));
+            let _ = writeln!(
+                s,
+                "    {} [{}]: {} -> {}  {delta}",
+                m.metric,
+                m.group,
+                v(m.old),
+                v(m.new)
+            );
+        }
+        let _ = writeln!(s, "  records:");
+        for r in &self.records {
+            let _ = writeln!(
+                s,
+                "    {} {} ({})",
+                r.why,
+                r.key,
+                if r.old == r.new {
+                    "unchanged"
+                } else {
+                    "differs"
+                }
+            );
+            let _ = writeln!(s, "      now:   {}", r.old.as_deref().unwrap_or("(no row)"));
+            let _ = writeln!(s, "      after: {}", r.new.as_deref().unwrap_or("(no row)"));
+        }
+        let _ = writeln!(
+            s,
+            "  runtime: {:.3} s for {:.2}% of the scope",
+            self.seconds,
+            self.fraction * 100.0
+        );
+        if let (Some(rows), Some(secs)) = (self.estimated_rows, self.estimated_seconds) {
+            let _ = writeln!(
+                s,
+                "  whole run: ~{rows} rows, ~{secs:.1} s of source time with max_in_flight batches at once"
+            );
+        }
+        s
+    }
+}
