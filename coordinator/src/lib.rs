@@ -1,6 +1,7 @@
 //! The Backfill coordinator (`backfill` CLI), as a library so `demo` and the tests
 //! can drive runs in-process.
 //!
+//! - [`catalog`]: what reads a table (views, materialized views).
 //! - [`preflight`]: checks of a brief against the warehouse catalog, blast radius.
 //! - [`plan`]: `backfill plan`.
 //! - [`run`]: recording a run and driving it (publish window, events, halt).
@@ -12,6 +13,7 @@
 //! - [`lifecycle`]: approve, cutover, rollback, cleanup, maintenance marker.
 //! - [`demo`] and [`tpch`]: the end-to-end demo on generated TPC-H data.
 
+pub mod catalog;
 pub mod demo;
 pub mod error;
 pub mod lifecycle;

@@ -326,30 +326,27 @@ async fn dependents(
     oid: sqlx::postgres::types::Oid,
     brief: &Brief,
 ) -> Result<Vec<Dependent>> {
-    let rows: Vec<(String, String, String, i32)> = sqlx::query_as(
-        "WITH RECURSIVE reads(oid, depth) AS (
-             SELECT $1::oid, 0
-             UNION
-             SELECT r.ev_class, reads.depth + 1
-               FROM reads
-               JOIN pg_depend d ON d.refobjid = reads.oid AND d.classid = 'pg_rewrite'::regclass
-               JOIN pg_rewrite r ON r.oid = d.objid
-              WHERE r.ev_class <> reads.oid AND reads.depth < 16
-         )
-         SELECT n.nspname::text, c.relname::text,
-                CASE c.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END, min(reads.depth)
-           FROM reads JOIN pg_class c ON c.oid = reads.oid JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE reads.depth > 0
-          GROUP BY 1, 2, 3
-         UNION ALL
-         SELECT n.nspname::text, c.relname::text, 'foreign key ' || con.conname, 1
+    let readers = crate::catalog::readers(pool, &brief.scope.target).await?;
+    let foreign_keys: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT n.nspname::text, c.relname::text, 'foreign key ' || con.conname
            FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
           WHERE con.contype = 'f' AND con.confrelid = $1 AND con.conrelid <> $1
-          ORDER BY 4, 1, 2",
+          ORDER BY 1, 2, 3",
     )
     .bind(oid)
     .fetch_all(pool)
     .await?;
+    let rows = readers
+        .into_iter()
+        .map(|r| {
+            let kind = if r.materialized {
+                "materialized view"
+            } else {
+                "view"
+            };
+            (r.name.schema, r.name.table, kind.to_owned(), r.nearest)
+        })
+        .chain(foreign_keys.into_iter().map(|(s, t, k)| (s, t, k, 1)));
     let declared: Vec<Option<TableName>> = brief
         .dependencies
         .downstream
@@ -357,7 +354,6 @@ async fn dependents(
         .map(|d| TableName::parse(d))
         .collect();
     Ok(rows
-        .into_iter()
         .map(|(schema, table, kind, depth)| {
             let name = TableName { schema, table };
             Dependent {

@@ -29,6 +29,16 @@ pub async fn breaches(pool: &PgPool, run_id: Uuid) -> Result<Vec<(Breach, bool)>
         .collect())
 }
 
+/// Breaches nobody has accepted yet.
+async fn open_breaches(pool: &PgPool, run_id: Uuid) -> Result<Vec<Breach>> {
+    Ok(breaches(pool, run_id)
+        .await?
+        .into_iter()
+        .filter(|(_, accepted)| !accepted)
+        .map(|(b, _)| b)
+        .collect())
+}
+
 /// Moves a halted run back to running, accepting its breaches if `accept` says why.
 pub async fn resume(pool: &PgPool, run_id: Uuid, actor: &str, accept: Option<&str>) -> Result<()> {
     let run = runs::load(pool, run_id).await?;
@@ -58,12 +68,7 @@ pub async fn resume(pool: &PgPool, run_id: Uuid, actor: &str, accept: Option<&st
             failed.len()
         )));
     }
-    let open: Vec<Breach> = breaches(pool, run_id)
-        .await?
-        .into_iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(b, _)| b)
-        .collect();
+    let open = open_breaches(pool, run_id).await?;
     if !open.is_empty() {
         let Some(reason) = accept.map(str::trim).filter(|r| !r.is_empty()) else {
             let list = open
@@ -126,8 +131,7 @@ pub async fn retry(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<u64> {
     )
     .await?;
     if run.state == RunState::Halted {
-        let open = breaches(pool, run_id).await?.into_iter().any(|(_, ok)| !ok);
-        if open {
+        if !open_breaches(pool, run_id).await?.is_empty() {
             return Err(CliError::BadInput(format!(
                 "{n} failed batch(es) are pending again, but run {run_id} also halted on a breached limit: `backfill resume {run_id} --accept \"why\"`"
             )));

@@ -7,7 +7,7 @@
 
 use crate::{CliError, Result};
 use backfill_shared::brief::{Bound, BoundKind, Brief};
-use backfill_shared::sql::{column_list, quote_ident};
+use backfill_shared::sql::{column_list, key_join, quote_ident};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Connection as _, PgPool};
 use std::collections::BTreeMap;
@@ -85,12 +85,7 @@ pub async fn sample(pool: &PgPool, brief: &Brief, lo: Bound, hi: Bound) -> Resul
     let all = column_list(&written, None);
     let by = quote_ident(&scope.batch_by.column);
     let in_slice = format!("{by} >= $1 AND {by} < $2");
-    let key_match = scope
-        .key
-        .iter()
-        .map(|k| format!("o.{0} = n.{0}", quote_ident(k)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let key_match = key_join(&scope.key, "o", "n");
     let key_text = scope
         .key
         .iter()

@@ -30,6 +30,15 @@ pub fn column_list(columns: &[String], alias: Option<&str>) -> String {
         .join(", ")
 }
 
+/// `l.k1 = r.k1 AND l.k2 = r.k2`: the join condition of two aliases on a key.
+#[must_use]
+pub fn key_join(key: &[String], left: &str, right: &str) -> String {
+    key.iter()
+        .map(|k| format!("{left}.{0} = {right}.{0}", quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 /// A schema-qualified table name as written in the brief (`schema.table`, or `table`
 /// meaning `public.table`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -89,6 +98,10 @@ mod tests {
         assert_eq!(
             column_list(&["a".into(), "b".into()], Some("t")),
             "t.\"a\", t.\"b\""
+        );
+        assert_eq!(
+            key_join(&["a".into(), "b".into()], "t", "s"),
+            "t.\"a\" = s.\"a\" AND t.\"b\" = s.\"b\""
         );
     }
 

@@ -17,7 +17,7 @@ use crate::error::{BatchError, Result};
 use backfill_shared::brief::{Bound, Brief, OnMissing, Strategy};
 use backfill_shared::checks::{BatchChecks, MetricGroup};
 use backfill_shared::control::{batches, batches::RowCounts, log};
-use backfill_shared::sql::{TableName, column_list, quote_ident};
+use backfill_shared::sql::{TableName, column_list, key_join, quote_ident};
 use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
@@ -81,12 +81,7 @@ impl WritePlan {
         let written = scope.written_columns();
         let all = column_list(&written, None);
         let in_s = column_list(&written, Some("s"));
-        let key_match = scope
-            .key
-            .iter()
-            .map(|k| format!("t.{0} = s.{0}", quote_ident(k)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
+        let key_match = key_join(&scope.key, "t", "s");
         let key_group = column_list(&scope.key, None);
         let null_key = scope
             .key

@@ -15,7 +15,7 @@ use super::{maintenance, swap, writes_live_target};
 use crate::{CliError, Result};
 use backfill_shared::control::log;
 use backfill_shared::control::runs::{self, Run, RunState};
-use backfill_shared::sql::{TableName, column_list, quote_ident};
+use backfill_shared::sql::{TableName, column_list, key_join};
 use sqlx::{AssertSqlSafe, PgPool};
 use std::time::Duration;
 use uuid::Uuid;
@@ -125,12 +125,7 @@ async fn restore_before_images(pool: &PgPool, run: &Run, actor: &str) -> Result<
     .fetch_all(pool)
     .await?;
     let cols = column_list(&columns, None);
-    let key_match = scope
-        .key
-        .iter()
-        .map(|k| format!("t.{0} = i.{0}", quote_ident(k)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let key_match = key_join(&scope.key, "t", "i");
     let target = scope.target.quoted();
     let img = image.quoted();
     let delete = format!(

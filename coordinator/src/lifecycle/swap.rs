@@ -9,7 +9,7 @@
 //! over sequences its columns own. Readers see either the old table or the new
 //! one, never a half-swapped state.
 
-use crate::{CliError, Result};
+use crate::{CliError, Result, catalog};
 use backfill_shared::sql::{TableName, quote_ident};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use std::time::Duration;
@@ -69,12 +69,12 @@ pub async fn swap(
     // Readers lock a view before the tables beneath it; lock in the same order
     // (farthest dependents first) so a reader waits instead of deadlocking.
     // (Materialized views cannot be locked; they are dropped and rebuilt below.)
-    let mut lock_order: Vec<String> = dependents(&mut *conn, target)
+    let mut lock_order: Vec<String> = catalog::readers(&mut *conn, target)
         .await?
         .into_iter()
         .rev()
-        .filter(|(_, materialized)| !materialized)
-        .map(|(name, _)| name.quoted())
+        .filter(|r| !r.materialized)
+        .map(|r| r.name.quoted())
         .collect();
     lock_order.push(target.quoted());
     lock_order.push(replacement.quoted());
@@ -287,42 +287,16 @@ pub async fn swap(
     Ok(swapped)
 }
 
-/// Views and materialized views that read `target`, directly or through other
-/// views, nearest first, with whether each is materialized.
-async fn dependents(conn: &mut PgConnection, target: &TableName) -> Result<Vec<(TableName, bool)>> {
-    let rows: Vec<(String, String, bool)> = sqlx::query_as(
-        "WITH RECURSIVE reads(oid, depth) AS (
-             SELECT $1::regclass::oid, 0
-             UNION
-             SELECT r.ev_class, reads.depth + 1
-               FROM reads
-               JOIN pg_depend d ON d.refobjid = reads.oid AND d.classid = 'pg_rewrite'::regclass
-               JOIN pg_rewrite r ON r.oid = d.objid
-              WHERE r.ev_class <> reads.oid AND reads.depth < 16
-         )
-         SELECT n.nspname::text, c.relname::text, c.relkind = 'm'
-           FROM reads JOIN pg_class c ON c.oid = reads.oid JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE reads.depth > 0
-          GROUP BY 1, 2, 3 ORDER BY max(reads.depth), 1, 2",
-    )
-    .bind(target.quoted())
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(schema, table, materialized)| (TableName { schema, table }, materialized))
-        .collect())
-}
-
 /// Refreshes every materialized view that reads `target`, directly or through
 /// views, nearest first. Returns their names.
 pub async fn refresh_materialized_views(pool: &PgPool, target: &TableName) -> Result<Vec<String>> {
     let mut conn = pool.acquire().await?;
     let mut refreshed = Vec::new();
-    for (name, _) in dependents(&mut conn, target)
+    for name in catalog::readers(&mut *conn, target)
         .await?
         .into_iter()
-        .filter(|(_, m)| *m)
+        .filter(|r| r.materialized)
+        .map(|r| r.name)
     {
         sqlx::query(AssertSqlSafe(format!(
             "REFRESH MATERIALIZED VIEW {}",
