@@ -57,7 +57,11 @@ enum Command {
     },
     /// Drive a recorded run to its end (after `run --detach`, or after the coordinator died).
     Follow { run: Uuid },
-    /// Resume a halted run and drive it; a breached limit must be accepted with a reason.
+    /// Pause a running run: no new batch starts; in-flight ones finish.
+    Pause { run: Uuid },
+    /// Cancel a run: nothing more starts; applied batches stay (and can be rolled back).
+    Cancel { run: Uuid },
+    /// Resume a paused or halted run and drive it; a breached limit must be accepted with a reason.
     Resume {
         run: Uuid,
         /// Why the breach is acceptable (recorded with your name).
@@ -216,6 +220,20 @@ async fn execute(command: Command) -> Result<()> {
                 run::drive(&config, &pool, run, DriveOptions::default()).await?,
             )
             .await
+        }
+        Command::Pause { run } => {
+            let pool = control_plane(&config, 2).await?;
+            backfill_coordinator::resume::pause(&pool, run, &operator()).await?;
+            eprintln!(
+                "run {run} paused; in-flight batches finish; `backfill resume {run}` goes on"
+            );
+            Ok(())
+        }
+        Command::Cancel { run } => {
+            let pool = control_plane(&config, 2).await?;
+            backfill_coordinator::resume::cancel(&pool, run, &operator()).await?;
+            eprintln!("run {run} cancelled; `backfill rollback {run}` undoes its applied batches");
+            Ok(())
         }
         Command::Resume { run, accept } => {
             let pool = control_plane(&config, 4).await?;

@@ -10,6 +10,7 @@ use serde::Serialize;
 use sqlx::postgres::PgTypeInfo;
 use sqlx::{
     AssertSqlSafe, Column as _, Executor as _, PgPool, SqlSafeStr as _, Statement as _, Type as _,
+    TypeInfo as _,
 };
 
 /// What the catalog says about a brief's target.
@@ -197,6 +198,30 @@ async fn check_validation(pool: &PgPool, brief: &Brief, problems: &mut Vec<Probl
                     e.message()
                 ),
             ));
+        }
+    }
+    if let Some(guard) = &brief.limits.pause_when {
+        match (&mut *conn)
+            .prepare(AssertSqlSafe(guard.clone()).into_sql_str())
+            .await
+        {
+            Ok(statement) => {
+                let columns = statement.columns();
+                let boolean = columns.len() == 1 && columns[0].type_info().name() == "BOOL";
+                if !boolean {
+                    problems.push(problem(
+                        "limits.pause_when",
+                        "must return exactly one boolean column (true = hold new batches)".into(),
+                    ));
+                }
+            }
+            Err(sqlx::Error::Database(e)) => {
+                problems.push(problem(
+                    "limits.pause_when",
+                    format!("does not prepare: {}", e.message()),
+                ));
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     for (i, r) in brief.validation.references.iter().enumerate() {

@@ -44,6 +44,18 @@ pub async fn resume(pool: &PgPool, run_id: Uuid, actor: &str, accept: Option<&st
     let run = runs::load(pool, run_id).await?;
     match run.state {
         RunState::Halted => {}
+        RunState::Paused => {
+            runs::transition(
+                pool,
+                run_id,
+                &[RunState::Paused],
+                RunState::Running,
+                actor,
+                None,
+            )
+            .await?;
+            return Ok(());
+        }
         RunState::Running => {
             return Err(CliError::BadInput(format!(
                 "run {run_id} is running; `backfill follow {run_id}` attaches to it"
@@ -147,4 +159,43 @@ pub async fn retry(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<u64> {
         .await?;
     }
     Ok(n)
+}
+
+/// `backfill pause RUN`: no new batch starts; in-flight ones finish.
+pub async fn pause(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<()> {
+    if runs::transition(
+        pool,
+        run_id,
+        &[RunState::Running],
+        RunState::Paused,
+        actor,
+        None,
+    )
+    .await?
+    {
+        return Ok(());
+    }
+    let state = runs::state(pool, run_id).await?;
+    Err(CliError::BadInput(format!(
+        "run {run_id} is {state}; only a running run can be paused"
+    )))
+}
+
+/// `backfill cancel RUN`: stops the run for good. Applied batches stay applied (and
+/// can be rolled back); the rest never start.
+pub async fn cancel(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<()> {
+    let from = [
+        RunState::Running,
+        RunState::Paused,
+        RunState::Halted,
+        RunState::Applied,
+        RunState::Approved,
+    ];
+    if runs::transition(pool, run_id, &from, RunState::Cancelled, actor, None).await? {
+        return Ok(());
+    }
+    let state = runs::state(pool, run_id).await?;
+    Err(CliError::BadInput(format!(
+        "run {run_id} is {state}; it cannot be cancelled"
+    )))
 }

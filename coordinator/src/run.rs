@@ -20,7 +20,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use sqlx::PgPool;
+use sqlx::{AssertSqlSafe, PgPool};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -140,8 +140,11 @@ pub enum Finish {
 #[derive(Debug, Clone, Copy)]
 pub struct DriveOptions {
     pub progress: bool,
-    /// How often the ledger is re-read, to notice work whose event was lost.
+    /// How often the ledger is re-read (to notice work whose event was lost), the
+    /// run's state checked and the load guard polled.
     pub reconcile_every: Duration,
+    /// How long `pause_when` must stay false before batches start again.
+    pub guard_cooldown: Duration,
 }
 
 impl Default for DriveOptions {
@@ -149,6 +152,7 @@ impl Default for DriveOptions {
         Self {
             progress: true,
             reconcile_every: Duration::from_secs(2),
+            guard_cooldown: Duration::from_secs(30),
         }
     }
 }
@@ -226,6 +230,16 @@ pub async fn drive(
     }
     let bar = progress_bar(options.progress, total, tally.count);
     let window = run.brief.limits.max_in_flight as usize;
+    // A throttle left by a coordinator that died is not this one's to keep.
+    runs::set_throttled(pool, run_id, false, &run.operator).await?;
+    let mut guard = LoadGuard::new(
+        run.brief.limits.pause_when.clone(),
+        options.guard_cooldown,
+        &run.operator,
+    );
+    // Paused by the operator or throttled by the load guard: publish nothing new.
+    // Polled before the first batch goes out, and at every reconcile after.
+    let mut held = run.state == RunState::Paused || guard.poll(pool, run_id).await?;
     let mut reconcile = tokio::time::interval(options.reconcile_every);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     log::append(
@@ -246,7 +260,7 @@ pub async fn drive(
         }
         // Fill the window: mark queued first (the ledger leads), then publish with confirms.
         let room = window.saturating_sub(in_flight.len());
-        if room > 0 && !pending.is_empty() {
+        if room > 0 && !pending.is_empty() && !held {
             let next: Vec<u32> = pending.drain(..room.min(pending.len())).collect();
             batches::mark_queued(pool, run_id, &next).await?;
             publish_batches(&publish, &topology, &run.brief_hash, run_id, &plan, &next).await?;
@@ -281,10 +295,16 @@ pub async fn drive(
                 }
             }
             _ = reconcile.tick() => {
-                match runs::state(pool, run_id).await? {
-                    RunState::Running => {}
+                let paused = match runs::state(pool, run_id).await? {
+                    RunState::Running => false,
+                    RunState::Paused => true,
                     RunState::Halted => break Finish::Halted(runs::load(pool, run_id).await?.halt_reason.unwrap_or_default()),
                     other => break Finish::Stopped(other),
+                };
+                let throttled = guard.poll(pool, run_id).await?;
+                held = paused || throttled;
+                if held {
+                    bar.set_message(format!("{} rows written · {}", tally.rows_written, if paused { "PAUSED" } else { "THROTTLED by pause_when" }));
                 }
                 // Events can be lost (a worker dies after commit); the ledger cannot.
                 let counts = batches::counts(pool, run_id).await?;
@@ -315,6 +335,7 @@ pub async fn drive(
         }
     };
     bar.finish_and_clear();
+    runs::set_throttled(pool, run_id, false, &run.operator).await?;
     if finish == Finish::Applied {
         // Every batch is in: the live target is consistent again.
         if lifecycle::writes_live_target(&run.brief) {
@@ -337,6 +358,64 @@ pub async fn drive(
     }
     let _ = conn.close(200, "coordinator done".into()).await;
     Ok(finish)
+}
+
+/// The brief's `pause_when` load guard: polled while the run is active. True
+/// throttles the run at once; it runs again once the guard has stayed false for
+/// the cool-down. Each throttle period is logged.
+struct LoadGuard {
+    query: Option<String>,
+    cooldown: Duration,
+    actor: String,
+    throttled: bool,
+    false_since: Option<tokio::time::Instant>,
+}
+
+impl LoadGuard {
+    fn new(query: Option<String>, cooldown: Duration, actor: &str) -> Self {
+        Self {
+            query,
+            cooldown,
+            actor: actor.to_owned(),
+            throttled: false,
+            false_since: None,
+        }
+    }
+
+    /// Polls the guard; returns whether the run is throttled now.
+    async fn poll(&mut self, pool: &PgPool, run_id: Uuid) -> Result<bool> {
+        let Some(query) = &self.query else {
+            return Ok(false);
+        };
+        let holds = match sqlx::query_scalar::<_, Option<bool>>(AssertSqlSafe(query.clone()))
+            .fetch_one(pool)
+            .await
+        {
+            Ok(v) => v.unwrap_or(false),
+            Err(e) => {
+                // A guard that cannot be read protects nothing: stay as we are, loudly.
+                warn!(run.id = %run_id, error = %e, "the pause_when guard failed; keeping the current throttle state");
+                return Ok(self.throttled);
+            }
+        };
+        if holds {
+            self.false_since = None;
+            if !self.throttled {
+                self.throttled = true;
+                runs::set_throttled(pool, run_id, true, &self.actor).await?;
+            }
+        } else if self.throttled {
+            let since = *self
+                .false_since
+                .get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= self.cooldown {
+                self.throttled = false;
+                self.false_since = None;
+                runs::set_throttled(pool, run_id, false, &self.actor).await?;
+            }
+        }
+        Ok(self.throttled)
+    }
 }
 
 /// What the coordinator has seen applied.

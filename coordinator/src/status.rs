@@ -22,6 +22,8 @@ pub struct Status {
     pub target: String,
     pub state: String,
     pub halt_reason: Option<String>,
+    /// Since when the `pause_when` guard holds new batches, if it does.
+    pub throttled_since: Option<chrono::DateTime<chrono::Utc>>,
     pub batches: Counts,
     pub batch_count: u32,
     pub failures: Vec<Failure>,
@@ -41,6 +43,11 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
     let counts = batches::counts(pool, run_id).await?;
     let failures = batches::failures(pool, run_id).await?;
     let remaining = counts.total() - counts.applied;
+    let throttled_since: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT throttled_since FROM backfill.runs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_one(pool)
+            .await?;
     let eta_seconds =
         (run.finished_at.is_none() && counts.applied > 0 && remaining > 0).then(|| {
             let elapsed = (chrono::Utc::now() - run.created_at).num_seconds().max(1);
@@ -52,6 +59,7 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
         target: run.brief.scope.target.to_string(),
         state: run.state.to_string(),
         halt_reason: run.halt_reason,
+        throttled_since,
         batches: counts,
         batch_count: run.batch_count,
         failures,
@@ -83,6 +91,13 @@ impl Status {
             self.target,
             self.state.to_uppercase()
         );
+        if let Some(since) = self.throttled_since {
+            let _ = writeln!(
+                s,
+                "  throttled: pause_when holds new batches since {}",
+                since.format("%H:%M:%S UTC")
+            );
+        }
         if let Some(reason) = &self.halt_reason {
             let _ = writeln!(s, "  halted:   {reason}");
         }

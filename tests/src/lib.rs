@@ -95,14 +95,24 @@ impl TestEnv {
         &self,
         run_id: Uuid,
     ) -> tokio::task::JoinHandle<backfill_coordinator::Result<Finish>> {
-        let (config, pool) = (self.config.clone(), self.pool.clone());
-        tokio::spawn(async move {
-            let options = DriveOptions {
+        self.drive_with(
+            run_id,
+            DriveOptions {
                 progress: false,
                 ..DriveOptions::default()
-            };
-            run::drive(&config, &pool, run_id, options).await
-        })
+            },
+        )
+    }
+
+    /// The same with other options (a quicker reconcile, a shorter cool-down).
+    #[must_use]
+    pub fn drive_with(
+        &self,
+        run_id: Uuid,
+        options: DriveOptions,
+    ) -> tokio::task::JoinHandle<backfill_coordinator::Result<Finish>> {
+        let (config, pool) = (self.config.clone(), self.pool.clone());
+        tokio::spawn(async move { run::drive(&config, &pool, run_id, options).await })
     }
 
     /// A `backfill-worker` process pointed at this test's world; killed when dropped.

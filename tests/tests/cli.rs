@@ -56,6 +56,11 @@ async fn malformed_briefs_are_refused_with_the_field_and_exit_2() {
         ("owner is reviewer", good.replace("reviewer = \"bob\"", "reviewer = \"alice\""), "brief.reviewer"),
         ("unknown strategy", good.replace("strategy = \"merge\"", "strategy = \"upsert\""), "write.strategy"),
         (
+            "a load guard that is not a boolean",
+            good.replace("max_in_flight = 4", "max_in_flight = 4\npause_when = \"SELECT 1\""),
+            "limits.pause_when",
+        ),
+        (
             "a NOT NULL column the backfill does not write",
             good.replace("columns = [\"o_orderdate\", \"o_custkey\", ", "columns = ["),
             "o_orderdate is NOT NULL",

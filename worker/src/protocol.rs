@@ -13,7 +13,7 @@ use crate::apply::{self, BatchWork};
 use crate::error::{BatchError, Result};
 use crate::runs::RunContext;
 use backfill_shared::control::batches::{self, Claim};
-use backfill_shared::control::runs::RunState;
+use backfill_shared::control::runs::Gate;
 use backfill_shared::control::{ControlError, runs};
 use backfill_shared::message::{self, BatchMessage, Event, FailureKind, VERSION};
 use backon::{ExponentialBuilder, Retryable};
@@ -152,13 +152,17 @@ async fn with_lease(shared: &Shared, run: &RunContext, msg: &BatchMessage) -> Re
         if leases.is_done(run_id, batch_no).await? {
             return Ok(Outcome::Done);
         }
-        if runs::state(&shared.pool, run_id).await? != RunState::Running {
-            return Ok(Outcome::Skipped(format!("run {run_id} is not running")));
+        match runs::gate(&shared.pool, run_id).await? {
+            Gate::Go => {
+                if leases.acquire(run_id, batch_no, &shared.worker_id).await? {
+                    break;
+                }
+                // Another worker holds it: wait for it to finish or for its lease to expire.
+            }
+            // Paused or throttled: hold the delivery (it stays ours, unstarted) and look again.
+            Gate::Wait(_) => {}
+            Gate::Stop(state) => return Ok(Outcome::Skipped(format!("run {run_id} is {state}"))),
         }
-        if leases.acquire(run_id, batch_no, &shared.worker_id).await? {
-            break;
-        }
-        // Another worker holds it: wait for it to finish or for its lease to expire.
         tokio::select! {
             () = shared.shutdown.cancelled() => return Ok(Outcome::Requeue("shutting down".into())),
             () = tokio::time::sleep(wait) => {}

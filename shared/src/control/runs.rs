@@ -13,6 +13,8 @@ use uuid::Uuid;
 pub enum RunState {
     /// Batches are being published and applied.
     Running,
+    /// The operator paused it: no new batch starts; in-flight ones finish.
+    Paused,
     /// Stopped by a failed batch or a breached limit; the target is partly written.
     Halted,
     /// Every batch is applied; waiting for the reviewer.
@@ -29,8 +31,9 @@ pub enum RunState {
 }
 
 impl RunState {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Running,
+        Self::Paused,
         Self::Halted,
         Self::Applied,
         Self::Approved,
@@ -41,12 +44,19 @@ impl RunState {
     ];
 
     /// States in which a run holds its target (see `runs_one_active_per_target`).
-    pub const ACTIVE: [Self; 4] = [Self::Running, Self::Halted, Self::Applied, Self::Approved];
+    pub const ACTIVE: [Self; 5] = [
+        Self::Running,
+        Self::Paused,
+        Self::Halted,
+        Self::Applied,
+        Self::Approved,
+    ];
 
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
+            Self::Paused => "paused",
             Self::Halted => "halted",
             Self::Applied => "applied",
             Self::Approved => "approved",
@@ -132,7 +142,7 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
             owner, reviewer, strategy, bound_kind, batch_count, params, image_table, side_table, state)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'running')
          ON CONFLICT (target)
-            WHERE state IN ('running', 'halted', 'applied', 'approved')
+            WHERE state IN ('running', 'paused', 'halted', 'applied', 'approved')
          DO NOTHING",
     )
     .bind(run_id)
@@ -392,4 +402,77 @@ pub async fn later_runs_on_target(pool: &PgPool, run_id: Uuid) -> Result<Vec<(Uu
     .bind(run_id)
     .fetch_all(pool)
     .await?)
+}
+
+/// Whether a worker may start a batch of the run now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    Go,
+    /// Paused by the operator or throttled by the load guard: wait.
+    Wait(String),
+    /// The run is not running: skip its batches.
+    Stop(RunState),
+}
+
+pub async fn gate(pool: &PgPool, run_id: Uuid) -> Result<Gate> {
+    let row: Option<(String, Option<chrono::DateTime<chrono::Utc>>)> =
+        sqlx::query_as("SELECT state, throttled_since FROM backfill.runs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(pool)
+            .await?;
+    let (state, throttled) = row.ok_or(ControlError::UnknownRun(run_id))?;
+    let state = RunState::parse(&state)
+        .ok_or_else(|| ControlError::Corrupt(format!("run {run_id}: state {state:?}")))?;
+    Ok(match (state, throttled) {
+        (RunState::Running, None) => Gate::Go,
+        (RunState::Running, Some(since)) => {
+            Gate::Wait(format!("throttled by pause_when since {since}"))
+        }
+        (RunState::Paused, _) => Gate::Wait("paused".into()),
+        (other, _) => Gate::Stop(other),
+    })
+}
+
+/// Starts or ends a throttle period (the load guard turned true or false), logged.
+/// Returns whether anything changed.
+pub async fn set_throttled(
+    pool: &PgPool,
+    run_id: Uuid,
+    throttled: bool,
+    actor: &str,
+) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    let ended: Option<Option<chrono::DateTime<chrono::Utc>>> = if throttled {
+        sqlx::query_scalar(
+            "UPDATE backfill.runs SET throttled_since = now() WHERE run_id = $1 AND throttled_since IS NULL RETURNING NULL::timestamptz",
+        )
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await?
+    } else {
+        sqlx::query_scalar(
+            "UPDATE backfill.runs r SET throttled_since = NULL FROM (SELECT throttled_since AS since FROM backfill.runs WHERE run_id = $1) old
+              WHERE r.run_id = $1 AND r.throttled_since IS NOT NULL RETURNING old.since",
+        )
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await?
+    };
+    let Some(since) = ended else {
+        return Ok(false);
+    };
+    let detail = match since {
+        Some(since) => {
+            serde_json::json!({ "since": since, "seconds": (chrono::Utc::now() - since).num_milliseconds() as f64 / 1000.0 })
+        }
+        None => serde_json::json!({}),
+    };
+    let event = if throttled {
+        "throttle_started"
+    } else {
+        "throttle_ended"
+    };
+    super::log::append(&mut *tx, run_id, actor, event, None, detail).await?;
+    tx.commit().await?;
+    Ok(true)
 }

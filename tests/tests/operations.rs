@@ -1,0 +1,182 @@
+//! Operating a run: pause stops new batches within one batch's time and resume
+//! finishes it; cancel leaves a consistent state that rolls back exactly; the
+//! `pause_when` load guard holds every batch while it is true, and the throttle
+//! periods are in the run log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use backfill_coordinator::demo::InProcessWorkers;
+use backfill_coordinator::lifecycle::rollback;
+use backfill_coordinator::resume;
+use backfill_coordinator::run::{DriveOptions, Finish};
+use backfill_shared::control::batches::{self, Counts};
+use backfill_shared::control::runs::RunState;
+use backfill_tests::TestEnv;
+use backfill_worker::WorkerOptions;
+use std::time::Duration;
+use tokio::time::{Instant, sleep};
+
+fn quick() -> DriveOptions {
+    DriveOptions {
+        progress: false,
+        reconcile_every: Duration::from_millis(200),
+        guard_cooldown: Duration::from_millis(600),
+    }
+}
+
+async fn counts(env: &TestEnv, run_id: uuid::Uuid) -> Counts {
+    batches::counts(&env.pool, run_id).await.unwrap()
+}
+
+async fn wait_for(env: &TestEnv, run_id: uuid::Uuid, what: &str, done: impl Fn(&Counts) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(&counts(env, run_id).await) {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pause_stops_new_batches_and_resume_finishes() {
+    let env = TestEnv::new(0.01).await;
+    let (run_id, ..) = env.record_run(&env.slow_brief(12, 2, 0.3).await).await;
+    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
+        .await
+        .unwrap();
+    let driver = env.drive_with(run_id, quick());
+    wait_for(&env, run_id, "two batches are applied", |c| c.applied >= 2).await;
+    resume::pause(&env.pool, run_id, "alice").await.unwrap();
+    // In-flight batches finish within one batch's time; then nothing starts.
+    wait_for(&env, run_id, "in-flight batches finish", |c| c.running == 0).await;
+    let held = counts(&env, run_id).await.applied;
+    sleep(Duration::from_secs(2)).await;
+    let later = counts(&env, run_id).await;
+    assert_eq!(
+        (later.applied, later.running),
+        (held, 0),
+        "a batch started while paused"
+    );
+    assert!(held < 12);
+
+    resume::resume(&env.pool, run_id, "alice", None)
+        .await
+        .unwrap();
+    let finish = tokio::time::timeout(Duration::from_secs(60), driver)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    workers.stop().await;
+    assert_eq!(finish, Finish::Applied);
+    env.assert_exactly_applied(run_id).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_leaves_a_consistent_state_that_rolls_back() {
+    let env = TestEnv::new(0.01).await;
+    sqlx::query("CREATE TABLE tpch.pre_run AS SELECT * FROM tpch.order_revenue")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let (run_id, ..) = env.record_run(&env.slow_brief(12, 2, 0.3).await).await;
+    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
+        .await
+        .unwrap();
+    let driver = env.drive_with(run_id, quick());
+    wait_for(&env, run_id, "three batches are applied", |c| {
+        c.applied >= 3
+    })
+    .await;
+    resume::cancel(&env.pool, run_id, "alice").await.unwrap();
+    let finish = tokio::time::timeout(Duration::from_secs(30), driver)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(finish, Finish::Stopped(RunState::Cancelled));
+    wait_for(&env, run_id, "in-flight batches settle", |c| c.running == 0).await;
+    workers.stop().await;
+    let c = counts(&env, run_id).await;
+    assert!(c.applied >= 3 && c.applied < 12, "{c:?}");
+    assert_eq!(c.failed, 0);
+    assert!(
+        env.not_applied_exactly_once(run_id).await.len()
+            == usize::try_from(12 - c.applied).unwrap()
+    );
+
+    rollback::rollback(&env.pool, run_id, "alice", false, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let differ: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM (SELECT * FROM tpch.order_revenue EXCEPT ALL SELECT * FROM tpch.pre_run) a)
+              + (SELECT count(*) FROM (SELECT * FROM tpch.pre_run EXCEPT ALL SELECT * FROM tpch.order_revenue) b)",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(differ, 0, "rollback of a cancelled run is exact");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_load_guard_holds_batches_while_true() {
+    let env = TestEnv::new(0.01).await;
+    sqlx::raw_sql(
+        "CREATE TABLE tpch.load (busy boolean NOT NULL); INSERT INTO tpch.load VALUES (true);",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let text = env.brief(6, 2).await.replace(
+        "max_in_flight = 2",
+        "max_in_flight = 2\npause_when = \"SELECT busy FROM tpch.load\"",
+    );
+    let (run_id, ..) = env.record_run(&text).await;
+    let workers = InProcessWorkers::start(&env.config, 2, &WorkerOptions::default())
+        .await
+        .unwrap();
+    let driver = env.drive_with(run_id, quick());
+    sleep(Duration::from_secs(2)).await;
+    let c = counts(&env, run_id).await;
+    assert_eq!(
+        (c.applied, c.running),
+        (0, 0),
+        "a batch started while pause_when was true: {c:?}"
+    );
+
+    sqlx::query("UPDATE tpch.load SET busy = false")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let finish = tokio::time::timeout(Duration::from_secs(60), driver)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    workers.stop().await;
+    assert_eq!(finish, Finish::Applied);
+    env.assert_exactly_applied(run_id).await;
+    let periods: Vec<(String, Option<f64>)> = sqlx::query_as(
+        "SELECT event, (detail->>'seconds')::float8 FROM backfill.run_log
+          WHERE run_id = $1 AND event LIKE 'throttle_%' ORDER BY id",
+    )
+    .bind(run_id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        periods.first().map(|p| p.0.as_str()),
+        Some("throttle_started"),
+        "{periods:?}"
+    );
+    let ended = periods
+        .iter()
+        .find(|p| p.0 == "throttle_ended")
+        .expect("the throttle period ended in the log");
+    assert!(
+        ended.1.unwrap() >= 2.0,
+        "the throttle period lasted at least the held time: {periods:?}"
+    );
+    env.cleanup().await;
+}
