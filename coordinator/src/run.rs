@@ -5,7 +5,7 @@
 
 use crate::error::{CliError, Result};
 use crate::lifecycle;
-use backfill_shared::brief::{BatchRange, Brief};
+use backfill_shared::brief::{BatchRange, Brief, Limits, Window};
 use backfill_shared::checks;
 use backfill_shared::config::Config;
 use backfill_shared::control::runs::{self, NewRun, RunState};
@@ -231,12 +231,8 @@ pub async fn drive(
     let bar = progress_bar(options.progress, total, tally.count);
     let window = run.brief.limits.max_in_flight as usize;
     // A throttle left by a coordinator that died is not this one's to keep.
-    runs::set_throttled(pool, run_id, false, &run.operator).await?;
-    let mut guard = LoadGuard::new(
-        run.brief.limits.pause_when.clone(),
-        options.guard_cooldown,
-        &run.operator,
-    );
+    runs::set_throttled(pool, run_id, false, &run.operator, "coordinator attached").await?;
+    let mut guard = LoadGuard::new(&run.brief.limits, options.guard_cooldown, &run.operator);
     // Paused by the operator or throttled by the load guard: publish nothing new.
     // Polled before the first batch goes out, and at every reconcile after.
     let mut held = run.state == RunState::Paused || guard.poll(pool, run_id).await?;
@@ -304,7 +300,7 @@ pub async fn drive(
                 let throttled = guard.poll(pool, run_id).await?;
                 held = paused || throttled;
                 if held {
-                    bar.set_message(format!("{} rows written · {}", tally.rows_written, if paused { "PAUSED" } else { "THROTTLED by pause_when" }));
+                    bar.set_message(format!("{} rows written · {}", tally.rows_written, if paused { "PAUSED" } else { "THROTTLED" }));
                 }
                 // Events can be lost (a worker dies after commit); the ledger cannot.
                 let counts = batches::counts(pool, run_id).await?;
@@ -335,7 +331,7 @@ pub async fn drive(
         }
     };
     bar.finish_and_clear();
-    runs::set_throttled(pool, run_id, false, &run.operator).await?;
+    runs::set_throttled(pool, run_id, false, &run.operator, "coordinator stopped").await?;
     if finish == Finish::Applied {
         // Every batch is in: the live target is consistent again.
         if lifecycle::writes_live_target(&run.brief) {
@@ -360,59 +356,73 @@ pub async fn drive(
     Ok(finish)
 }
 
-/// The brief's `pause_when` load guard: polled while the run is active. True
-/// throttles the run at once; it runs again once the guard has stayed false for
-/// the cool-down. Each throttle period is logged.
+/// What holds new batches besides the operator: the brief's `pause_when` load
+/// guard (polled while the run is active) and its time `window`. Holding starts
+/// at once; batches start again once nothing has held them for the cool-down.
+/// Each throttle period is logged with its reason and length.
 struct LoadGuard {
     query: Option<String>,
+    window: Option<Window>,
     cooldown: Duration,
     actor: String,
     throttled: bool,
-    false_since: Option<tokio::time::Instant>,
+    clear_since: Option<tokio::time::Instant>,
 }
 
 impl LoadGuard {
-    fn new(query: Option<String>, cooldown: Duration, actor: &str) -> Self {
+    fn new(limits: &Limits, cooldown: Duration, actor: &str) -> Self {
         Self {
-            query,
+            query: limits.pause_when.clone(),
+            window: limits.window,
             cooldown,
             actor: actor.to_owned(),
             throttled: false,
-            false_since: None,
+            clear_since: None,
         }
     }
 
-    /// Polls the guard; returns whether the run is throttled now.
-    async fn poll(&mut self, pool: &PgPool, run_id: Uuid) -> Result<bool> {
-        let Some(query) = &self.query else {
-            return Ok(false);
-        };
-        let holds = match sqlx::query_scalar::<_, Option<bool>>(AssertSqlSafe(query.clone()))
+    /// Why new batches must wait now, if they must.
+    async fn reason(&self, pool: &PgPool, run_id: Uuid) -> Option<String> {
+        if let Some(w) = self.window
+            && !w.contains(chrono::Utc::now().time())
+        {
+            return Some(format!("outside the window {w}"));
+        }
+        let query = self.query.as_ref()?;
+        match sqlx::query_scalar::<_, Option<bool>>(AssertSqlSafe(query.clone()))
             .fetch_one(pool)
             .await
         {
-            Ok(v) => v.unwrap_or(false),
+            Ok(v) => v.unwrap_or(false).then(|| "pause_when holds".to_owned()),
             Err(e) => {
                 // A guard that cannot be read protects nothing: stay as we are, loudly.
                 warn!(run.id = %run_id, error = %e, "the pause_when guard failed; keeping the current throttle state");
-                return Ok(self.throttled);
+                self.throttled.then(|| "pause_when unreadable".to_owned())
             }
-        };
-        if holds {
-            self.false_since = None;
-            if !self.throttled {
-                self.throttled = true;
-                runs::set_throttled(pool, run_id, true, &self.actor).await?;
+        }
+    }
+
+    /// Polls; returns whether the run is throttled now.
+    async fn poll(&mut self, pool: &PgPool, run_id: Uuid) -> Result<bool> {
+        match self.reason(pool, run_id).await {
+            Some(reason) => {
+                self.clear_since = None;
+                if !self.throttled {
+                    self.throttled = true;
+                    runs::set_throttled(pool, run_id, true, &self.actor, &reason).await?;
+                }
             }
-        } else if self.throttled {
-            let since = *self
-                .false_since
-                .get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() >= self.cooldown {
-                self.throttled = false;
-                self.false_since = None;
-                runs::set_throttled(pool, run_id, false, &self.actor).await?;
+            None if self.throttled => {
+                let since = *self
+                    .clear_since
+                    .get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= self.cooldown {
+                    self.throttled = false;
+                    self.clear_since = None;
+                    runs::set_throttled(pool, run_id, false, &self.actor, "clear").await?;
+                }
             }
+            None => {}
         }
         Ok(self.throttled)
     }

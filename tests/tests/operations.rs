@@ -180,3 +180,51 @@ async fn the_load_guard_holds_batches_while_true() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outside_its_window_no_batch_starts() {
+    let env = TestEnv::new(0.01).await;
+    let now = chrono::Utc::now().time();
+    let later = |h: i64| {
+        (now + chrono::Duration::hours(h))
+            .format("%H:%M")
+            .to_string()
+    };
+    let text = env.brief(4, 2).await.replace(
+        "max_in_flight = 2",
+        &format!("max_in_flight = 2\nwindow = \"{}-{}\"", later(2), later(3)),
+    );
+    let (run_id, ..) = env.record_run(&text).await;
+    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
+        .await
+        .unwrap();
+    let driver = env.drive_with(run_id, quick());
+    sleep(Duration::from_secs(2)).await;
+    let c = counts(&env, run_id).await;
+    assert_eq!(
+        (c.applied, c.running),
+        (0, 0),
+        "a batch started outside the window: {c:?}"
+    );
+    let status = backfill_coordinator::status::status(&env.pool, run_id)
+        .await
+        .unwrap();
+    assert!(status.throttled_since.is_some());
+    let reason: String = sqlx::query_scalar(
+        "SELECT detail->>'reason' FROM backfill.run_log WHERE run_id = $1 AND event = 'throttle_started'",
+    )
+    .bind(run_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(reason.contains("outside the window"), "{reason}");
+    resume::cancel(&env.pool, run_id, "alice").await.unwrap();
+    let finish = tokio::time::timeout(Duration::from_secs(30), driver)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    workers.stop().await;
+    assert_eq!(finish, Finish::Stopped(RunState::Cancelled));
+    env.cleanup().await;
+}

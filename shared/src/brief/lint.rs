@@ -3,7 +3,7 @@
 
 use super::{
     BatchBy, Bound, BoundKind, Brief, Dependencies, Interval, Limits, Meta, Metric, OnMissing,
-    Reference, Risk, Rollback, Scope, Step, Strategy, Validation, Write,
+    Reference, Risk, Rollback, Scope, Step, Strategy, Validation, Window, Write,
 };
 use crate::sql::TableName;
 use std::fmt;
@@ -822,9 +822,23 @@ fn read_limits(r: &mut Reader<'_>) -> Option<Limits> {
     let pause_when = r
         .opt_text("pause_when", "a SELECT returning one boolean")
         .ok();
+    let window = match r.opt_text("window", "hours in UTC such as \"22:00-06:00\"") {
+        Ok(Some(w)) => {
+            match Window::parse(&w) {
+                Some(window) => Some(Some(window)),
+                None => {
+                    r.problem("window", format!("{w:?} is not a window; write \"HH:MM-HH:MM\" in UTC, e.g. \"22:00-06:00\""));
+                    None
+                }
+            }
+        }
+        Ok(None) => Some(None),
+        Err(()) => None,
+    };
     Some(Limits {
         max_in_flight: max_in_flight?,
         pause_when: pause_when?,
+        window: window?,
     })
 }
 
@@ -945,6 +959,36 @@ retain_days = 7
             swap("start = 2025-01-01", "start = \"2025-01-01T00:00:00Z\"")
                 .contains(&"scope.batch_by.start".to_owned())
         );
+    }
+
+    #[test]
+    fn windows_wrap_midnight() {
+        let limits = |w: &str| {
+            Brief::parse(&GOOD.replace(
+                "max_in_flight = 2",
+                &format!("max_in_flight = 2\nwindow = \"{w}\""),
+            ))
+        };
+        let w = limits("22:00-06:00").unwrap().limits.window.unwrap();
+        let t = |s: &str| chrono::NaiveTime::parse_from_str(s, "%H:%M").unwrap();
+        assert!(
+            w.contains(t("23:30"))
+                && w.contains(t("05:59"))
+                && !w.contains(t("06:00"))
+                && !w.contains(t("12:00"))
+        );
+        let day = limits("09:00-17:00").unwrap().limits.window.unwrap();
+        assert!(day.contains(t("09:00")) && !day.contains(t("17:00")));
+        for bad in ["9-17", "25:00-01:00", "10:00-10:00", "22:00"] {
+            assert!(
+                fields(&GOOD.replace(
+                    "max_in_flight = 2",
+                    &format!("max_in_flight = 2\nwindow = \"{bad}\"")
+                ))
+                .contains(&"limits.window".to_owned()),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

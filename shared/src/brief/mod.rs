@@ -185,6 +185,49 @@ pub struct Limits {
     pub max_in_flight: u32,
     /// A load guard, polled while the run is active.
     pub pause_when: Option<String>,
+    /// Hours (UTC) in which batches may start; may wrap midnight ("22:00-06:00").
+    pub window: Option<Window>,
+}
+
+/// A daily time window in UTC, `[start, end)`, wrapping midnight when end < start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    pub start: chrono::NaiveTime,
+    pub end: chrono::NaiveTime,
+}
+
+impl Window {
+    /// Parses `"HH:MM-HH:MM"`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (a, b) = text.trim().split_once('-')?;
+        let t = |s: &str| chrono::NaiveTime::parse_from_str(s.trim(), "%H:%M").ok();
+        let window = Self {
+            start: t(a)?,
+            end: t(b)?,
+        };
+        (window.start != window.end).then_some(window)
+    }
+
+    /// Whether batches may start at `time` (UTC).
+    #[must_use]
+    pub fn contains(&self, time: chrono::NaiveTime) -> bool {
+        if self.start < self.end {
+            self.start <= time && time < self.end
+        } else {
+            time >= self.start || time < self.end
+        }
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}-{} UTC",
+            self.start.format("%H:%M"),
+            self.end.format("%H:%M")
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -440,6 +440,7 @@ pub async fn set_throttled(
     run_id: Uuid,
     throttled: bool,
     actor: &str,
+    reason: &str,
 ) -> Result<bool> {
     let mut tx = pool.begin().await?;
     let ended: Option<Option<chrono::DateTime<chrono::Utc>>> = if throttled {
@@ -462,10 +463,12 @@ pub async fn set_throttled(
         return Ok(false);
     };
     let detail = match since {
-        Some(since) => {
-            serde_json::json!({ "since": since, "seconds": (chrono::Utc::now() - since).num_milliseconds() as f64 / 1000.0 })
-        }
-        None => serde_json::json!({}),
+        Some(since) => serde_json::json!({
+            "since": since,
+            "seconds": (chrono::Utc::now() - since).num_milliseconds() as f64 / 1000.0,
+            "reason": reason,
+        }),
+        None => serde_json::json!({ "reason": reason }),
     };
     let event = if throttled {
         "throttle_started"
