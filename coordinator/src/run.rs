@@ -12,6 +12,7 @@ use backfill_shared::control::runs::{self, NewRun, RunState};
 use backfill_shared::control::{batches, log};
 use backfill_shared::message::{self, BatchMessage, Event, VERSION};
 use backfill_shared::services;
+use backfill_shared::signing::{SIGNATURE_HEADER, Signer};
 use backfill_shared::sql::{TableName, quote_ident, quote_literal};
 use backfill_shared::topology::{self, Topology};
 use futures_util::StreamExt;
@@ -203,6 +204,14 @@ pub async fn drive(
     let mut pending: VecDeque<u32> = batches::numbers_in_state(pool, run_id, "pending")
         .await?
         .into();
+    let batch_out = BatchPublisher {
+        channel: &publish,
+        queue: &topology.batches,
+        brief_hash: &run.brief_hash,
+        run_id,
+        plan: &plan,
+        signer: config.signer(),
+    };
     // Batches queued or running when we (re)attach: their messages may be gone (a
     // publish cut short, a message skipped while the run was halted), so publish
     // them again. A duplicate is harmless: the ledger and the idempotency key make
@@ -213,15 +222,7 @@ pub async fn drive(
         .chain(batches::numbers_in_state(pool, run_id, "running").await?)
         .collect();
     if !unfinished.is_empty() {
-        publish_batches(
-            &publish,
-            &topology,
-            &run.brief_hash,
-            run_id,
-            &plan,
-            &unfinished,
-        )
-        .await?;
+        batch_out.publish(&unfinished).await?;
     }
     let mut in_flight: std::collections::HashSet<u32> = unfinished.into_iter().collect();
     let already = batches::numbers_in_state(pool, run_id, "applied").await?;
@@ -259,7 +260,7 @@ pub async fn drive(
         if room > 0 && !pending.is_empty() && !held {
             let next: Vec<u32> = pending.drain(..room.min(pending.len())).collect();
             batches::mark_queued(pool, run_id, &next).await?;
-            publish_batches(&publish, &topology, &run.brief_hash, run_id, &plan, &next).await?;
+            batch_out.publish(&next).await?;
             in_flight.extend(next);
         }
         tokio::select! {
@@ -537,49 +538,66 @@ async fn halt(pool: &PgPool, run_id: Uuid, operator: &str, reason: &str) -> Resu
     Ok(Finish::Halted(reason.to_owned()))
 }
 
-async fn publish_batches(
-    channel: &lapin::Channel,
-    topology: &Topology,
-    brief_hash: &str,
+/// Publishes batch messages of one run: pipelined, each confirmed, signed when
+/// the deployment has a message key.
+struct BatchPublisher<'a> {
+    channel: &'a lapin::Channel,
+    queue: &'a str,
+    brief_hash: &'a str,
     run_id: Uuid,
-    plan: &[BatchRange],
-    nos: &[u32],
-) -> Result<()> {
-    // Pipelined: publish them all, then wait for every confirm.
-    let mut confirms = Vec::with_capacity(nos.len());
-    for &no in nos {
-        let range = plan
-            .get(no as usize)
-            .ok_or_else(|| CliError::Internal(format!("batch {no} is not in the plan")))?;
-        let payload = message::encode(&BatchMessage {
-            version: VERSION,
-            run_id,
-            batch_no: no,
-            lo: range.lo,
-            hi: range.hi,
-            brief_hash: brief_hash.to_owned(),
-        })
-        .map_err(|e| CliError::Internal(e.to_string()))?;
-        confirms.push(
-            channel
-                .basic_publish(
-                    "".into(),
-                    topology.batches.as_str().into(),
-                    lapin::options::BasicPublishOptions::default(),
-                    &payload,
-                    topology::persistent(),
-                )
-                .await?,
-        );
-    }
-    for confirm in confirms {
-        if !confirm.await?.is_ack() {
-            return Err(CliError::Internal(format!(
-                "the broker refused (nacked) a batch of run {run_id}; nothing is lost — run again to re-attach"
-            )));
+    plan: &'a [BatchRange],
+    signer: Option<Signer>,
+}
+
+impl BatchPublisher<'_> {
+    async fn publish(&self, nos: &[u32]) -> Result<()> {
+        // Pipelined: publish them all, then wait for every confirm.
+        let mut confirms = Vec::with_capacity(nos.len());
+        for &no in nos {
+            let range = self
+                .plan
+                .get(no as usize)
+                .ok_or_else(|| CliError::Internal(format!("batch {no} is not in the plan")))?;
+            let payload = message::encode(&BatchMessage {
+                version: VERSION,
+                run_id: self.run_id,
+                batch_no: no,
+                lo: range.lo,
+                hi: range.hi,
+                brief_hash: self.brief_hash.to_owned(),
+            })
+            .map_err(|e| CliError::Internal(e.to_string()))?;
+            let mut properties = topology::persistent();
+            if let Some(signer) = &self.signer {
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    SIGNATURE_HEADER.into(),
+                    lapin::types::AMQPValue::LongString(signer.sign(&payload).into()),
+                );
+                properties = properties.with_headers(headers);
+            }
+            confirms.push(
+                self.channel
+                    .basic_publish(
+                        "".into(),
+                        self.queue.into(),
+                        lapin::options::BasicPublishOptions::default(),
+                        &payload,
+                        properties,
+                    )
+                    .await?,
+            );
         }
+        for confirm in confirms {
+            if !confirm.await?.is_ack() {
+                return Err(CliError::Internal(format!(
+                    "the broker refused (nacked) a batch of run {}; nothing is lost — run again to re-attach",
+                    self.run_id
+                )));
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn progress_bar(enabled: bool, total: usize, done: usize) -> ProgressBar {

@@ -23,6 +23,10 @@ pub enum ConfigError {
         "BACKFILL_NAMESPACE={0:?} is not usable: use 1-40 characters from a-z, 0-9, '-', '_' and '.'"
     )]
     Namespace(String),
+    #[error(
+        "BACKFILL_MESSAGE_KEY is too short: use at least 16 characters (a random secret shared by coordinator and workers)"
+    )]
+    MessageKey,
 }
 
 pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
@@ -36,6 +40,8 @@ pub struct Config {
     pub redis_url: String,
     /// Prefix of every queue, exchange and Redis key this deployment uses.
     pub namespace: String,
+    /// `BACKFILL_MESSAGE_KEY`: when set, batch messages are signed and checked.
+    pub message_key: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -45,6 +51,7 @@ impl std::fmt::Debug for Config {
             .field("amqp_url", &redact_url(&self.amqp_url))
             .field("redis_url", &redact_url(&self.redis_url))
             .field("namespace", &self.namespace)
+            .field("message_key", &self.message_key.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -70,6 +77,10 @@ impl Config {
             amqp_url: get("BACKFILL_AMQP_URL", DEFAULT_AMQP_URL),
             redis_url: get("BACKFILL_REDIS_URL", DEFAULT_REDIS_URL),
             namespace: get("BACKFILL_NAMESPACE", DEFAULT_NAMESPACE),
+            message_key: vars
+                .get("BACKFILL_MESSAGE_KEY")
+                .filter(|k| !k.is_empty())
+                .cloned(),
         };
         config.validate()
     }
@@ -101,6 +112,13 @@ impl Config {
         if !ns_ok {
             return Err(ConfigError::Namespace(self.namespace));
         }
+        if self
+            .message_key
+            .as_ref()
+            .is_some_and(|k| k.len() < crate::signing::MIN_KEY_LEN)
+        {
+            return Err(ConfigError::MessageKey);
+        }
         Ok(self)
     }
 
@@ -109,6 +127,19 @@ impl Config {
     pub fn with_namespace(mut self, namespace: &str) -> Self {
         namespace.clone_into(&mut self.namespace);
         self
+    }
+
+    /// The same, signing and checking batch messages with `key`.
+    #[must_use]
+    pub fn with_message_key(mut self, key: &str) -> Self {
+        self.message_key = Some(key.to_owned());
+        self
+    }
+
+    /// The signer for batch messages, if a key is configured.
+    #[must_use]
+    pub fn signer(&self) -> Option<crate::signing::Signer> {
+        self.message_key.as_deref().map(crate::signing::Signer::new)
     }
 
     /// The same services with another warehouse database URL.
@@ -194,6 +225,16 @@ mod tests {
             let err = Config::from_vars(&vars(&[("BACKFILL_NAMESPACE", ns)])).unwrap_err();
             assert!(matches!(err, ConfigError::Namespace(_)), "{ns}");
         }
+    }
+
+    #[test]
+    fn message_key_is_checked_and_hidden() {
+        let err = Config::from_vars(&vars(&[("BACKFILL_MESSAGE_KEY", "short")])).unwrap_err();
+        assert_eq!(err, ConfigError::MessageKey);
+        let c =
+            Config::from_vars(&vars(&[("BACKFILL_MESSAGE_KEY", "a-long-enough-secret")])).unwrap();
+        assert!(c.signer().is_some());
+        assert!(!format!("{c:?}").contains("a-long-enough-secret"));
     }
 
     #[test]

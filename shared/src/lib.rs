@@ -10,6 +10,7 @@
 //! - [`message`] and [`topology`]: the MessagePack messages and the RabbitMQ
 //!   queues they travel on.
 //! - [`lease`]: Redis leases and idempotency keys held by workers.
+//! - [`signing`]: optional HMAC signatures of batch messages.
 //! - [`config`], [`services`], [`telemetry`]: connections and logs.
 //! - [`checks`]: per-batch figures and the limits they are held against.
 //! - [`sql`]: quoting of identifiers from the brief.
@@ -21,6 +22,7 @@ pub mod control;
 pub mod lease;
 pub mod message;
 pub mod services;
+pub mod signing;
 pub mod sql;
 pub mod telemetry;
 pub mod topology;

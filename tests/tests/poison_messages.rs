@@ -114,3 +114,77 @@ async fn garbage_is_dead_lettered_with_a_reason_and_the_run_completes() {
     let _ = conn.close(200, "done".into()).await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_message_key_unsigned_and_wrongly_signed_messages_are_refused() {
+    let mut env = TestEnv::new(0.01).await;
+    env.config = env
+        .config
+        .clone()
+        .with_message_key("a shared secret for this test");
+    let text = env.brief(6, 3).await;
+    let (run_id, _, plan) = env.record_run(&text).await;
+    let (conn, channel, topo) = env.channel().await;
+    let last = *plan.last().unwrap();
+    let payload = message::encode(&BatchMessage {
+        version: VERSION,
+        run_id,
+        batch_no: last.no,
+        lo: last.lo,
+        hi: last.hi,
+        brief_hash: Brief::hash(&text),
+    })
+    .unwrap();
+    let forged = backfill_shared::signing::Signer::new("somebody else's secret key");
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        backfill_shared::signing::SIGNATURE_HEADER.into(),
+        AMQPValue::LongString(forged.sign(&payload).into()),
+    );
+    for properties in [
+        topology::persistent(),
+        topology::persistent().with_headers(headers),
+    ] {
+        topology::publish_confirmed(&channel, "", &topo.batches, &payload, properties)
+            .await
+            .unwrap();
+    }
+
+    // Workers and coordinator share the key; the run completes with signed messages.
+    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
+        .await
+        .unwrap();
+    let finish = env.drive_in_background(run_id).await.unwrap().unwrap();
+    workers.stop().await;
+    assert_eq!(finish, Finish::Applied);
+    env.assert_exactly_applied(run_id).await;
+
+    let mut reasons = Vec::new();
+    while let Some(msg) = channel
+        .basic_get(topo.dead.as_str().into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+    {
+        let headers = msg
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        if let Some(AMQPValue::LongString(r)) = headers.inner().get(REASON_HEADER) {
+            reasons.push(r.to_string());
+        }
+        msg.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("unsigned")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("wrong signature")),
+        "{reasons:?}"
+    );
+    let _ = conn.close(200, "done".into()).await;
+    env.cleanup().await;
+}

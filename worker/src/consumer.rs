@@ -168,6 +168,7 @@ impl Worker {
             publisher,
             runs: Arc::clone(&self.runs),
             worker_id: self.options.worker_id.clone(),
+            signer: self.config.signer(),
             shutdown: shutdown.clone(),
             stats: Arc::clone(&self.stats),
         });

@@ -43,6 +43,8 @@ struct Shared {
     publisher: Publisher,
     runs: std::sync::Arc<runs::Runs>,
     worker_id: String,
+    /// When set, unsigned or wrongly signed batch messages are refused.
+    signer: Option<backfill_shared::signing::Signer>,
     shutdown: CancellationToken,
     stats: std::sync::Arc<Stats>,
 }

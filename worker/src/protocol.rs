@@ -16,9 +16,11 @@ use backfill_shared::control::batches::{self, Claim};
 use backfill_shared::control::runs::Gate;
 use backfill_shared::control::{ControlError, runs};
 use backfill_shared::message::{self, BatchMessage, Event, FailureKind, VERSION};
+use backfill_shared::signing::SIGNATURE_HEADER;
 use backon::{ExponentialBuilder, Retryable};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::AMQPValue;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -100,7 +102,32 @@ fn retry_policy() -> ExponentialBuilder {
         .with_jitter()
 }
 
+/// With a message key configured, the delivery must carry a valid signature.
+fn check_signature(shared: &Shared, delivery: &Delivery) -> Result<(), String> {
+    let Some(signer) = &shared.signer else {
+        return Ok(());
+    };
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    let signature = match headers.inner().get(SIGNATURE_HEADER) {
+        Some(AMQPValue::LongString(s)) => s.to_string(),
+        Some(_) => return Err(format!("{SIGNATURE_HEADER} is not a string")),
+        None => {
+            return Err(format!(
+                "unsigned message: this deployment requires {SIGNATURE_HEADER} (BACKFILL_MESSAGE_KEY is set)"
+            ));
+        }
+    };
+    if signer.verify(&delivery.data, &signature) {
+        Ok(())
+    } else {
+        Err("wrong signature: the message was not signed with this deployment's BACKFILL_MESSAGE_KEY".into())
+    }
+}
+
 async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
+    if let Err(why) = check_signature(shared, delivery) {
+        return Outcome::Poison(why);
+    }
     let msg = match message::decode_batch(&delivery.data) {
         Ok(m) => m,
         Err(e) => return Outcome::Poison(format!("undecodable batch message: {e}")),
