@@ -316,15 +316,26 @@ async fn check_source(
     Ok(estimate_rows(pool, &scope.source, first.lo, first.hi).await)
 }
 
+/// The source's plan for one batch (`EXPLAIN (VERBOSE, FORMAT JSON)`; no rows are read).
+pub async fn explain(
+    pool: &PgPool,
+    source: &str,
+    lo: Bound,
+    hi: Bound,
+) -> Option<serde_json::Value> {
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "EXPLAIN (VERBOSE, FORMAT JSON) {source}"
+    )))
+    .bind(lo)
+    .bind(hi)
+    .fetch_one(pool)
+    .await
+    .ok()
+}
+
 /// The planner's row estimate of the source for one batch (no rows are read).
 pub async fn estimate_rows(pool: &PgPool, source: &str, lo: Bound, hi: Bound) -> Option<i64> {
-    let explain: serde_json::Value =
-        sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN (FORMAT JSON) {source}")))
-            .bind(lo)
-            .bind(hi)
-            .fetch_one(pool)
-            .await
-            .ok()?;
+    let explain = explain(pool, source, lo, hi).await?;
     explain
         .get(0)?
         .get("Plan")?

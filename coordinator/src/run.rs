@@ -9,7 +9,7 @@ use backfill_shared::brief::{BatchRange, Brief, Limits, Window};
 use backfill_shared::checks;
 use backfill_shared::config::Config;
 use backfill_shared::control::runs::{self, NewRun, RunState};
-use backfill_shared::control::{batches, log};
+use backfill_shared::control::{batches, drift, log};
 use backfill_shared::message::{self, BatchMessage, Event, VERSION};
 use backfill_shared::services;
 use backfill_shared::signing::{SIGNATURE_HEADER, Signer};
@@ -78,6 +78,19 @@ pub async fn create(
         "max_in_flight": brief.limits.max_in_flight,
         "side_table": side_table.as_ref().map(ToString::to_string),
     });
+    // The drift guard: what the target and every table the source reads look like now.
+    let mut guarded = vec![target.to_string()];
+    if let Some(first) = batches.first()
+        && let Some(plan) =
+            crate::preflight::explain(pool, &brief.scope.source, first.lo, first.hi).await
+    {
+        for table in drift::tables_in_plan(&plan) {
+            if !guarded.contains(&table) {
+                guarded.push(table);
+            }
+        }
+    }
+    let fingerprints = drift::fingerprints(pool, &guarded).await?;
     let image_name = image_table.as_ref().map(ToString::to_string);
     let side_name = side_table.as_ref().map(ToString::to_string);
     runs::create(
@@ -90,6 +103,7 @@ pub async fn create(
             batches,
             image_table: image_name.as_deref(),
             side_table: side_name.as_deref(),
+            fingerprints: &fingerprints,
             setup,
             params,
         },

@@ -228,3 +228,51 @@ async fn outside_its_window_no_batch_starts() {
     assert_eq!(finish, Finish::Stopped(RunState::Cancelled));
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_table_changing_under_the_run_halts_it() {
+    let env = TestEnv::new(0.01).await;
+    let (run_id, ..) = env.record_run(&env.slow_brief(10, 1, 0.3).await).await;
+    let guarded: Vec<String> = sqlx::query_scalar(
+        "SELECT jsonb_object_keys(fingerprints) FROM backfill.runs WHERE run_id = $1 ORDER BY 1",
+    )
+    .bind(run_id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        guarded,
+        ["tpch.lineitem", "tpch.order_revenue", "tpch.orders"],
+        "the target and every table the source reads"
+    );
+    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
+        .await
+        .unwrap();
+    let driver = env.drive_with(run_id, quick());
+    wait_for(&env, run_id, "two batches are applied", |c| c.applied >= 2).await;
+    // An incompatible deploy to a table the source reads.
+    sqlx::query("ALTER TABLE tpch.lineitem ALTER COLUMN l_quantity TYPE numeric(12,2)")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let finish = tokio::time::timeout(Duration::from_secs(60), driver)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    workers.stop().await;
+    let Finish::Halted(reason) = finish else {
+        panic!("drift must halt the run: {finish:?}")
+    };
+    assert!(
+        reason.contains("drift guard") && reason.contains("tpch.lineitem changed"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("l_quantity numeric(12,2)"),
+        "the change is named: {reason}"
+    );
+    let c = counts(&env, run_id).await;
+    assert!(c.applied < 10 && c.failed == 1, "{c:?}");
+    env.cleanup().await;
+}

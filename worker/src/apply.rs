@@ -16,6 +16,7 @@
 use crate::error::{BatchError, Result};
 use backfill_shared::brief::{Bound, Brief, OnMissing, Strategy};
 use backfill_shared::checks::{BatchChecks, MetricGroup};
+use backfill_shared::control::drift::{self, Fingerprints};
 use backfill_shared::control::{batches, batches::RowCounts, log};
 use backfill_shared::sql::{TableName, column_list, key_join, quote_ident};
 use sqlx::{AssertSqlSafe, PgPool};
@@ -66,6 +67,8 @@ pub struct WritePlan {
     nulls_after: String,
     /// The rewritten columns, in the order `nulls_after` counts them.
     null_columns: Vec<String>,
+    /// The drift guard: column definitions the run started with.
+    fingerprints: Fingerprints,
     /// Per referencing column: rows of the range whose parent is missing.
     orphans_after: Vec<(String, String)>,
 }
@@ -241,6 +244,7 @@ impl WritePlan {
             metrics_after: metric_sql(&target),
             nulls_after,
             null_columns: scope.columns.clone(),
+            fingerprints: Fingerprints::new(),
             orphans_after,
             create_working_set: format!(
                 "CREATE TEMPORARY TABLE bf_working_set ON COMMIT DROP AS SELECT {all} FROM {target} WITH NO DATA"
@@ -256,6 +260,15 @@ impl WritePlan {
             ),
             steps,
         }
+    }
+}
+
+impl WritePlan {
+    /// Guards every batch against changes to these column definitions.
+    #[must_use]
+    pub fn guarding(mut self, fingerprints: Fingerprints) -> Self {
+        self.fingerprints = fingerprints;
+        self
     }
 }
 
@@ -286,6 +299,19 @@ pub async fn apply(
             batch_no: work.batch_no,
             mine: work.fence,
         });
+    }
+
+    if !plan.fingerprints.is_empty() {
+        let tables: Vec<String> = plan.fingerprints.keys().cloned().collect();
+        let now = drift::fingerprints(&mut *tx, &tables).await?;
+        let changed = drift::changes(&plan.fingerprints, &now);
+        if !changed.is_empty() {
+            return Err(BatchError::Permanent(format!(
+                "drift guard: a table this run depends on changed since it started: {}. \
+                 Check the deploy; roll back or cancel this run and plan again",
+                changed.join("; ")
+            )));
+        }
     }
 
     sqlx::query(AssertSqlSafe(plan.create_working_set.as_str()))

@@ -40,7 +40,8 @@ impl Runs {
         let image = table(&run.image_table, "image table")?;
         let write_to = side.as_ref().unwrap_or(&run.brief.scope.target);
         let context = Arc::new(RunContext {
-            plan: WritePlan::new(&run.brief, write_to, image.as_ref()),
+            plan: WritePlan::new(&run.brief, write_to, image.as_ref())
+                .guarding(run.fingerprints.clone()),
             brief_hash: run.brief_hash,
             bound_kind: run.bound_kind,
         });

@@ -5,6 +5,7 @@
 //! append-only [`log`].
 
 pub mod batches;
+pub mod drift;
 pub mod log;
 pub mod runs;
 

@@ -105,6 +105,8 @@ pub struct Run {
     pub cut_over_at: Option<chrono::DateTime<chrono::Utc>>,
     pub rolled_back_at: Option<chrono::DateTime<chrono::Utc>>,
     pub cleaned_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The drift guard's fingerprints, taken when the run started.
+    pub fingerprints: super::drift::Fingerprints,
     pub operator: String,
     pub code_version: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
@@ -122,6 +124,8 @@ pub struct NewRun<'a> {
     pub image_table: Option<&'a str>,
     /// The table batches write to, when it is not the target.
     pub side_table: Option<&'a str>,
+    /// Column definitions of the tables the run depends on, for the drift guard.
+    pub fingerprints: &'a super::drift::Fingerprints,
     /// Statements run in the same transaction after the run is recorded
     /// (creating the before-image or side table, marking maintenance).
     pub setup: Vec<String>,
@@ -139,8 +143,8 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO backfill.runs (run_id, name, target, brief, brief_hash, code_version, operator,
-            owner, reviewer, strategy, bound_kind, batch_count, params, image_table, side_table, state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'running')
+            owner, reviewer, strategy, bound_kind, batch_count, params, image_table, side_table, fingerprints, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 'running')
          ON CONFLICT (target)
             WHERE state IN ('running', 'paused', 'halted', 'applied', 'approved')
          DO NOTHING",
@@ -160,6 +164,7 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
     .bind(&new.params)
     .bind(new.image_table)
     .bind(new.side_table)
+    .bind(sqlx::types::Json(new.fingerprints))
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -235,6 +240,7 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
         cut_over_at: Option<chrono::DateTime<chrono::Utc>>,
         rolled_back_at: Option<chrono::DateTime<chrono::Utc>>,
         cleaned_at: Option<chrono::DateTime<chrono::Utc>>,
+        fingerprints: sqlx::types::Json<super::drift::Fingerprints>,
         operator: String,
         code_version: String,
         created_at: chrono::DateTime<chrono::Utc>,
@@ -243,7 +249,7 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
     let row: Option<Row> = sqlx::query_as(
         "SELECT brief, brief_hash, state, batch_count, bound_kind, image_table, side_table, old_table,
                 halt_reason, approved_by, approved_at, cut_over_at, rolled_back_at, cleaned_at,
-                operator, code_version, created_at, finished_at
+                fingerprints, operator, code_version, created_at, finished_at
          FROM backfill.runs WHERE run_id = $1",
     )
     .bind(run_id)
@@ -273,6 +279,7 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
         cut_over_at: row.cut_over_at,
         rolled_back_at: row.rolled_back_at,
         cleaned_at: row.cleaned_at,
+        fingerprints: row.fingerprints.0,
         operator: row.operator,
         code_version: row.code_version,
         created_at: row.created_at,
