@@ -8,6 +8,7 @@
 
 mod bounds;
 mod lint;
+mod reader;
 
 pub use bounds::{BatchBy, BatchRange, Bound, BoundKind, Interval, MAX_BATCHES, Step};
 pub use lint::Problem;

@@ -5,23 +5,28 @@
 
 use crate::error::{CliError, Result};
 use crate::lifecycle;
-use backfill_shared::brief::{BatchRange, Brief, Limits, Window};
+
+mod guard;
+mod publisher;
+
+use backfill_shared::brief::{BatchRange, Brief};
 use backfill_shared::checks;
 use backfill_shared::config::Config;
 use backfill_shared::control::runs::{self, NewRun, RunState};
 use backfill_shared::control::{batches, drift, log};
-use backfill_shared::message::{self, BatchMessage, Event, VERSION};
+use backfill_shared::message::{self, Event};
 use backfill_shared::services;
-use backfill_shared::signing::{SIGNATURE_HEADER, Signer};
 use backfill_shared::sql::{TableName, quote_ident, quote_literal};
-use backfill_shared::topology::{self, Topology};
+use backfill_shared::topology::Topology;
 use futures_util::StreamExt;
+use guard::LoadGuard;
 use indicatif::{ProgressBar, ProgressStyle};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use sqlx::{AssertSqlSafe, PgPool};
+use publisher::BatchPublisher;
+use sqlx::PgPool;
 use std::collections::VecDeque;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -371,78 +376,6 @@ pub async fn drive(
     Ok(finish)
 }
 
-/// What holds new batches besides the operator: the brief's `pause_when` load
-/// guard (polled while the run is active) and its time `window`. Holding starts
-/// at once; batches start again once nothing has held them for the cool-down.
-/// Each throttle period is logged with its reason and length.
-struct LoadGuard {
-    query: Option<String>,
-    window: Option<Window>,
-    cooldown: Duration,
-    actor: String,
-    throttled: bool,
-    clear_since: Option<tokio::time::Instant>,
-}
-
-impl LoadGuard {
-    fn new(limits: &Limits, cooldown: Duration, actor: &str) -> Self {
-        Self {
-            query: limits.pause_when.clone(),
-            window: limits.window,
-            cooldown,
-            actor: actor.to_owned(),
-            throttled: false,
-            clear_since: None,
-        }
-    }
-
-    /// Why new batches must wait now, if they must.
-    async fn reason(&self, pool: &PgPool, run_id: Uuid) -> Option<String> {
-        if let Some(w) = self.window
-            && !w.contains(chrono::Utc::now().time())
-        {
-            return Some(format!("outside the window {w}"));
-        }
-        let query = self.query.as_ref()?;
-        match sqlx::query_scalar::<_, Option<bool>>(AssertSqlSafe(query.clone()))
-            .fetch_one(pool)
-            .await
-        {
-            Ok(v) => v.unwrap_or(false).then(|| "pause_when holds".to_owned()),
-            Err(e) => {
-                // A guard that cannot be read protects nothing: stay as we are, loudly.
-                warn!(run.id = %run_id, error = %e, "the pause_when guard failed; keeping the current throttle state");
-                self.throttled.then(|| "pause_when unreadable".to_owned())
-            }
-        }
-    }
-
-    /// Polls; returns whether the run is throttled now.
-    async fn poll(&mut self, pool: &PgPool, run_id: Uuid) -> Result<bool> {
-        match self.reason(pool, run_id).await {
-            Some(reason) => {
-                self.clear_since = None;
-                if !self.throttled {
-                    self.throttled = true;
-                    runs::set_throttled(pool, run_id, true, &self.actor, &reason).await?;
-                }
-            }
-            None if self.throttled => {
-                let since = *self
-                    .clear_since
-                    .get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= self.cooldown {
-                    self.throttled = false;
-                    self.clear_since = None;
-                    runs::set_throttled(pool, run_id, false, &self.actor, "clear").await?;
-                }
-            }
-            None => {}
-        }
-        Ok(self.throttled)
-    }
-}
-
 /// What the coordinator has seen applied.
 struct Tally {
     applied: Vec<bool>,
@@ -550,68 +483,6 @@ async fn halt(pool: &PgPool, run_id: Uuid, operator: &str, reason: &str) -> Resu
     .await?;
     warn!(run.id = %run_id, %reason, "run halted");
     Ok(Finish::Halted(reason.to_owned()))
-}
-
-/// Publishes batch messages of one run: pipelined, each confirmed, signed when
-/// the deployment has a message key.
-struct BatchPublisher<'a> {
-    channel: &'a lapin::Channel,
-    queue: &'a str,
-    brief_hash: &'a str,
-    run_id: Uuid,
-    plan: &'a [BatchRange],
-    signer: Option<Signer>,
-}
-
-impl BatchPublisher<'_> {
-    async fn publish(&self, nos: &[u32]) -> Result<()> {
-        // Pipelined: publish them all, then wait for every confirm.
-        let mut confirms = Vec::with_capacity(nos.len());
-        for &no in nos {
-            let range = self
-                .plan
-                .get(no as usize)
-                .ok_or_else(|| CliError::Internal(format!("batch {no} is not in the plan")))?;
-            let payload = message::encode(&BatchMessage {
-                version: VERSION,
-                run_id: self.run_id,
-                batch_no: no,
-                lo: range.lo,
-                hi: range.hi,
-                brief_hash: self.brief_hash.to_owned(),
-            })
-            .map_err(|e| CliError::Internal(e.to_string()))?;
-            let mut properties = topology::persistent();
-            if let Some(signer) = &self.signer {
-                let mut headers = FieldTable::default();
-                headers.insert(
-                    SIGNATURE_HEADER.into(),
-                    lapin::types::AMQPValue::LongString(signer.sign(&payload).into()),
-                );
-                properties = properties.with_headers(headers);
-            }
-            confirms.push(
-                self.channel
-                    .basic_publish(
-                        "".into(),
-                        self.queue.into(),
-                        lapin::options::BasicPublishOptions::default(),
-                        &payload,
-                        properties,
-                    )
-                    .await?,
-            );
-        }
-        for confirm in confirms {
-            if !confirm.await?.is_ack() {
-                return Err(CliError::Internal(format!(
-                    "the broker refused (nacked) a batch of run {}; nothing is lost — run again to re-attach",
-                    self.run_id
-                )));
-            }
-        }
-        Ok(())
-    }
 }
 
 fn progress_bar(enabled: bool, total: usize, done: usize) -> ProgressBar {
