@@ -176,6 +176,27 @@ impl TestEnv {
         .expect("ledger query")
     }
 
+    /// Keeps a copy of the target as it is now (`tpch.pre_run`), to compare with later.
+    pub async fn keep_pre_run_copy(&self) {
+        sqlx::query("CREATE TABLE tpch.pre_run AS SELECT * FROM tpch.order_revenue")
+            .execute(&self.pool)
+            .await
+            .expect("copy the target");
+    }
+
+    /// Rows in which the target and the pre-run copy differ (`EXCEPT ALL` both
+    /// ways), and whether their row counts match.
+    pub async fn differs_from_pre_run(&self) -> (i64, bool) {
+        sqlx::query_as(
+            "SELECT (SELECT count(*) FROM (SELECT * FROM tpch.order_revenue EXCEPT ALL SELECT * FROM tpch.pre_run) a)
+                  + (SELECT count(*) FROM (SELECT * FROM tpch.pre_run EXCEPT ALL SELECT * FROM tpch.order_revenue) b),
+                    (SELECT count(*) FROM tpch.order_revenue) = (SELECT count(*) FROM tpch.pre_run)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .expect("compare with the pre-run copy")
+    }
+
     /// The end state every run must reach: the target equals an independent
     /// recomputation and the run log shows each batch applied exactly once.
     pub async fn assert_exactly_applied(&self, run_id: Uuid) {

@@ -75,10 +75,7 @@ async fn pause_stops_new_batches_and_resume_finishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_leaves_a_consistent_state_that_rolls_back() {
     let env = TestEnv::new(0.01).await;
-    sqlx::query("CREATE TABLE tpch.pre_run AS SELECT * FROM tpch.order_revenue")
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    env.keep_pre_run_copy().await;
     let (run_id, ..) = env.record_run(&env.slow_brief(12, 2, 0.3).await).await;
     let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
         .await
@@ -108,14 +105,11 @@ async fn cancel_leaves_a_consistent_state_that_rolls_back() {
     rollback::rollback(&env.pool, run_id, "alice", false, Duration::from_secs(5))
         .await
         .unwrap();
-    let differ: i64 = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM (SELECT * FROM tpch.order_revenue EXCEPT ALL SELECT * FROM tpch.pre_run) a)
-              + (SELECT count(*) FROM (SELECT * FROM tpch.pre_run EXCEPT ALL SELECT * FROM tpch.order_revenue) b)",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
-    assert_eq!(differ, 0, "rollback of a cancelled run is exact");
+    assert_eq!(
+        env.differs_from_pre_run().await,
+        (0, true),
+        "rollback of a cancelled run is exact"
+    );
     env.cleanup().await;
 }
 

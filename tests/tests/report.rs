@@ -15,10 +15,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_report_matches_the_tables_and_renders_with_its_chart() {
     let env = TestEnv::new(0.01).await;
-    sqlx::query("CREATE TABLE tpch.pre_run AS SELECT * FROM tpch.order_revenue")
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    env.keep_pre_run_copy().await;
     let text = env
         .brief(8, 2)
         .await

@@ -14,10 +14,7 @@ use backfill_worker::WorkerOptions;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_source_that_fans_out_halts_with_the_duplicate_count() {
     let env = TestEnv::new(0.01).await;
-    sqlx::query("CREATE TABLE tpch.pre_run AS SELECT * FROM tpch.order_revenue")
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    env.keep_pre_run_copy().await;
     // Joining line items without grouping: one row per line item, so keys repeat.
     let text = env.brief(20, 2).await;
     let start = text.find("source = \"\"\"").unwrap();
@@ -70,24 +67,14 @@ async fn a_source_that_fans_out_halts_with_the_duplicate_count() {
     );
     assert!(status.render().contains("duplicate grain"));
     // Nothing was written: the target is exactly the pre-run copy.
-    let differ: i64 = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM (SELECT * FROM tpch.order_revenue EXCEPT SELECT * FROM tpch.pre_run) a)
-              + (SELECT count(*) FROM (SELECT * FROM tpch.pre_run EXCEPT SELECT * FROM tpch.order_revenue) b)",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
-    assert_eq!(differ, 0);
+    assert_eq!(env.differs_from_pre_run().await, (0, true));
     env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_metric_moving_too_far_halts_until_accepted() {
     let env = TestEnv::new(0.01).await;
-    sqlx::query("CREATE TABLE tpch.pre_run AS SELECT * FROM tpch.order_revenue")
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    env.keep_pre_run_copy().await;
     // Refunds move early years' net revenue by about half: far past 10 %.
     let text = env
         .brief(10, 1)

@@ -15,27 +15,6 @@ use uuid::Uuid;
 
 const LOCK: Duration = Duration::from_secs(5);
 
-/// Keeps a copy of the target as it is now, to compare with after a rollback.
-async fn keep_copy(env: &TestEnv) {
-    sqlx::query("CREATE TABLE tpch.pre_run AS SELECT * FROM tpch.order_revenue")
-        .execute(&env.pool)
-        .await
-        .unwrap();
-}
-
-/// Rows in which the target and the pre-run copy differ, both ways, and whether
-/// their row counts match.
-async fn differs_from_copy(env: &TestEnv) -> (i64, bool) {
-    sqlx::query_as(
-        "SELECT (SELECT count(*) FROM (SELECT * FROM tpch.order_revenue EXCEPT ALL SELECT * FROM tpch.pre_run) a)
-              + (SELECT count(*) FROM (SELECT * FROM tpch.pre_run EXCEPT ALL SELECT * FROM tpch.order_revenue) b),
-                (SELECT count(*) FROM tpch.order_revenue) = (SELECT count(*) FROM tpch.pre_run)",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap()
-}
-
 async fn run_strategy(env: &TestEnv, strategy: &str) -> Uuid {
     let text = env.brief(12, 4).await.replace(
         "strategy = \"merge\"",
@@ -64,7 +43,7 @@ async fn assert_rolled_back_exactly(env: &TestEnv, run_id: Uuid, strategy: &str)
         .await
         .unwrap();
     assert_eq!(
-        differs_from_copy(env).await,
+        env.differs_from_pre_run().await,
         (0, true),
         "{strategy}: rollback is not exact"
     );
@@ -86,7 +65,7 @@ async fn table_exists(env: &TestEnv, name: &str) -> bool {
 async fn live_strategies_match_the_recomputation_and_roll_back_exactly() {
     for strategy in ["merge", "partition-overwrite"] {
         let env = TestEnv::new(0.02).await;
-        keep_copy(&env).await;
+        env.keep_pre_run_copy().await;
         let comment = |env: &TestEnv| {
             let pool = env.pool.clone();
             async move {
@@ -166,7 +145,7 @@ async fn a_live_target_is_marked_under_maintenance_while_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_version_builds_beside_the_target_and_rollback_drops_it() {
     let env = TestEnv::new(0.02).await;
-    keep_copy(&env).await;
+    env.keep_pre_run_copy().await;
     let run_id = run_strategy(&env, "parallel-version").await;
     let new_table = "order_revenue__order_revenue_refunds";
     assert_eq!(
@@ -177,7 +156,7 @@ async fn parallel_version_builds_beside_the_target_and_rollback_drops_it() {
         "the new table differs from the recomputation"
     );
     assert_eq!(
-        differs_from_copy(&env).await,
+        env.differs_from_pre_run().await,
         (0, true),
         "the target must stay as it is"
     );
@@ -200,7 +179,7 @@ async fn staging_swap_cuts_over_atomically_with_dependent_views_and_rolls_back()
     .execute(&env.pool)
     .await
     .unwrap();
-    keep_copy(&env).await;
+    env.keep_pre_run_copy().await;
     let total = |sql: &'static str| {
         let pool = env.pool.clone();
         async move {
@@ -213,7 +192,7 @@ async fn staging_swap_cuts_over_atomically_with_dependent_views_and_rolls_back()
     let old_total = total("SELECT total::text FROM tpch.revenue_total").await;
     let run_id = run_strategy(&env, "staging-swap").await;
     assert_eq!(
-        differs_from_copy(&env).await,
+        env.differs_from_pre_run().await,
         (0, true),
         "staging-swap must not touch the target before cutover"
     );
@@ -378,7 +357,7 @@ async fn the_approval_gate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rollback_refuses_after_a_later_run_unless_forced() {
     let env = TestEnv::new(0.01).await;
-    keep_copy(&env).await;
+    env.keep_pre_run_copy().await;
     let first = run_strategy(&env, "merge").await;
     approve_and_cut_over(&env, first).await;
     let second = run_strategy(&env, "merge").await;
@@ -397,7 +376,7 @@ async fn rollback_refuses_after_a_later_run_unless_forced() {
         .await
         .unwrap();
     // The second run found nothing left to fix, so undoing the first restores the original.
-    assert_eq!(differs_from_copy(&env).await, (0, true));
+    assert_eq!(env.differs_from_pre_run().await, (0, true));
     let forced: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM backfill.run_log WHERE run_id = $1 AND event = 'rollback_forced'",
     )
