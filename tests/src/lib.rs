@@ -115,6 +115,25 @@ impl TestEnv {
         tokio::spawn(async move { run::drive(&config, &pool, run_id, options).await })
     }
 
+    /// In-process workers (default options) pointed at this test's world.
+    pub async fn workers(&self, count: u16) -> backfill_coordinator::demo::InProcessWorkers {
+        backfill_coordinator::demo::InProcessWorkers::start(
+            &self.config,
+            count,
+            &backfill_worker::WorkerOptions::default(),
+        )
+        .await
+        .expect("start in-process workers")
+    }
+
+    /// Drives a recorded run to its end with `count` in-process workers, then stops them.
+    pub async fn run_to_end(&self, run_id: Uuid, count: u16) -> Finish {
+        let workers = self.workers(count).await;
+        let finish = finish_within(self.drive_in_background(run_id), 120).await;
+        workers.stop().await;
+        finish
+    }
+
     /// A `backfill-worker` process pointed at this test's world; killed when dropped.
     #[must_use]
     pub fn spawn_worker(&self, args: &[&str]) -> tokio::process::Child {
@@ -233,6 +252,59 @@ impl TestEnv {
         .execute(&self.admin)
         .await;
     }
+}
+
+/// Waits for a driven run to end, at most `secs` seconds.
+pub async fn finish_within(
+    driver: tokio::task::JoinHandle<backfill_coordinator::Result<Finish>>,
+    secs: u64,
+) -> Finish {
+    tokio::time::timeout(std::time::Duration::from_secs(secs), driver)
+        .await
+        .expect("the run did not end in time")
+        .expect("the driver task panicked")
+        .expect("driving the run failed")
+}
+
+/// Takes dead letters off the namespace's dead-letter queue until `expected` have
+/// arrived (or 10 s have passed), and returns their reasons; each must have one.
+pub async fn dead_letter_reasons(
+    channel: &lapin::Channel,
+    topology: &Topology,
+    expected: usize,
+) -> Vec<String> {
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    use lapin::types::AMQPValue;
+    let mut reasons = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while reasons.len() < expected && tokio::time::Instant::now() < deadline {
+        let got = channel
+            .basic_get(topology.dead.as_str().into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get on the dead-letter queue");
+        let Some(msg) = got else {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        let headers = msg
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        match headers
+            .inner()
+            .get(backfill_shared::topology::REASON_HEADER)
+        {
+            Some(AMQPValue::LongString(r)) => reasons.push(r.to_string()),
+            other => panic!("a dead letter without a reason header: {other:?}"),
+        }
+        msg.delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+    }
+    reasons
 }
 
 fn replace_database(url: &str, database: &str) -> String {

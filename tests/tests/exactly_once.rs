@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use backfill_coordinator::demo::InProcessWorkers;
 use backfill_coordinator::run;
 use backfill_shared::brief::Brief;
 use backfill_shared::control::batches::{self, Claim};
@@ -47,9 +46,7 @@ async fn the_same_message_delivered_twice_is_applied_once() {
         .unwrap();
     }
 
-    let workers = InProcessWorkers::start(&env.config, 2, &WorkerOptions::default())
-        .await
-        .unwrap();
+    let workers = env.workers(2).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let queue = channel

@@ -5,11 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use backfill_coordinator::demo::InProcessWorkers;
 use backfill_coordinator::run::{self, Finish};
 use backfill_shared::brief::Brief;
 use backfill_tests::TestEnv;
-use backfill_worker::WorkerOptions;
 use std::time::Instant;
 
 fn scale() -> f64 {
@@ -68,9 +66,7 @@ async fn merge_backfill_matches_independent_recomputation() {
         "the buggy table should differ: {wrong_before}"
     );
 
-    let workers = InProcessWorkers::start(&env.config, 2, &WorkerOptions::default())
-        .await
-        .unwrap();
+    let workers = env.workers(2).await;
     let (_, batches, _) = backfill_coordinator::plan::plan(pool, &brief)
         .await
         .unwrap();

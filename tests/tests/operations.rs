@@ -5,14 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use backfill_coordinator::demo::InProcessWorkers;
 use backfill_coordinator::lifecycle::rollback;
 use backfill_coordinator::resume;
 use backfill_coordinator::run::{DriveOptions, Finish};
 use backfill_shared::control::batches::{self, Counts};
 use backfill_shared::control::runs::RunState;
-use backfill_tests::TestEnv;
-use backfill_worker::WorkerOptions;
+use backfill_tests::{TestEnv, finish_within};
 use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
@@ -40,9 +38,7 @@ async fn wait_for(env: &TestEnv, run_id: uuid::Uuid, what: &str, done: impl Fn(&
 async fn pause_stops_new_batches_and_resume_finishes() {
     let env = TestEnv::new(0.01).await;
     let (run_id, ..) = env.record_run(&env.slow_brief(12, 2, 0.3).await).await;
-    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
-        .await
-        .unwrap();
+    let workers = env.workers(1).await;
     let driver = env.drive_with(run_id, quick());
     wait_for(&env, run_id, "two batches are applied", |c| c.applied >= 2).await;
     resume::pause(&env.pool, run_id, "alice").await.unwrap();
@@ -61,11 +57,7 @@ async fn pause_stops_new_batches_and_resume_finishes() {
     resume::resume(&env.pool, run_id, "alice", None)
         .await
         .unwrap();
-    let finish = tokio::time::timeout(Duration::from_secs(60), driver)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let finish = finish_within(driver, 60).await;
     workers.stop().await;
     assert_eq!(finish, Finish::Applied);
     env.assert_exactly_applied(run_id).await;
@@ -77,20 +69,14 @@ async fn cancel_leaves_a_consistent_state_that_rolls_back() {
     let env = TestEnv::new(0.01).await;
     env.keep_pre_run_copy().await;
     let (run_id, ..) = env.record_run(&env.slow_brief(12, 2, 0.3).await).await;
-    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
-        .await
-        .unwrap();
+    let workers = env.workers(1).await;
     let driver = env.drive_with(run_id, quick());
     wait_for(&env, run_id, "three batches are applied", |c| {
         c.applied >= 3
     })
     .await;
     resume::cancel(&env.pool, run_id, "alice").await.unwrap();
-    let finish = tokio::time::timeout(Duration::from_secs(30), driver)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let finish = finish_within(driver, 30).await;
     assert_eq!(finish, Finish::Stopped(RunState::Cancelled));
     wait_for(&env, run_id, "in-flight batches settle", |c| c.running == 0).await;
     workers.stop().await;
@@ -127,9 +113,7 @@ async fn the_load_guard_holds_batches_while_true() {
         "max_in_flight = 2\npause_when = \"SELECT busy FROM tpch.load\"",
     );
     let (run_id, ..) = env.record_run(&text).await;
-    let workers = InProcessWorkers::start(&env.config, 2, &WorkerOptions::default())
-        .await
-        .unwrap();
+    let workers = env.workers(2).await;
     let driver = env.drive_with(run_id, quick());
     sleep(Duration::from_secs(2)).await;
     let c = counts(&env, run_id).await;
@@ -143,11 +127,7 @@ async fn the_load_guard_holds_batches_while_true() {
         .execute(&env.pool)
         .await
         .unwrap();
-    let finish = tokio::time::timeout(Duration::from_secs(60), driver)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let finish = finish_within(driver, 60).await;
     workers.stop().await;
     assert_eq!(finish, Finish::Applied);
     env.assert_exactly_applied(run_id).await;
@@ -189,9 +169,7 @@ async fn outside_its_window_no_batch_starts() {
         &format!("max_in_flight = 2\nwindow = \"{}-{}\"", later(2), later(3)),
     );
     let (run_id, ..) = env.record_run(&text).await;
-    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
-        .await
-        .unwrap();
+    let workers = env.workers(1).await;
     let driver = env.drive_with(run_id, quick());
     sleep(Duration::from_secs(2)).await;
     let c = counts(&env, run_id).await;
@@ -213,11 +191,7 @@ async fn outside_its_window_no_batch_starts() {
     .unwrap();
     assert!(reason.contains("outside the window"), "{reason}");
     resume::cancel(&env.pool, run_id, "alice").await.unwrap();
-    let finish = tokio::time::timeout(Duration::from_secs(30), driver)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let finish = finish_within(driver, 30).await;
     workers.stop().await;
     assert_eq!(finish, Finish::Stopped(RunState::Cancelled));
     env.cleanup().await;
@@ -239,9 +213,7 @@ async fn a_table_changing_under_the_run_halts_it() {
         ["tpch.lineitem", "tpch.order_revenue", "tpch.orders"],
         "the target and every table the source reads"
     );
-    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
-        .await
-        .unwrap();
+    let workers = env.workers(1).await;
     let driver = env.drive_with(run_id, quick());
     wait_for(&env, run_id, "two batches are applied", |c| c.applied >= 2).await;
     // An incompatible deploy to a table the source reads.
@@ -249,11 +221,7 @@ async fn a_table_changing_under_the_run_halts_it() {
         .execute(&env.pool)
         .await
         .unwrap();
-    let finish = tokio::time::timeout(Duration::from_secs(60), driver)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let finish = finish_within(driver, 60).await;
     workers.stop().await;
     let Finish::Halted(reason) = finish else {
         panic!("drift must halt the run: {finish:?}")

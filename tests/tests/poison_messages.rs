@@ -3,16 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use backfill_coordinator::demo::InProcessWorkers;
 use backfill_coordinator::run::Finish;
 use backfill_shared::brief::{Bound, Brief};
 use backfill_shared::message::{self, BatchMessage, VERSION};
-use backfill_shared::topology::{self, REASON_HEADER};
-use backfill_tests::TestEnv;
-use backfill_worker::WorkerOptions;
-use lapin::options::{BasicAckOptions, BasicGetOptions};
+use backfill_shared::topology::{self};
+use backfill_tests::{TestEnv, dead_letter_reasons};
 use lapin::types::AMQPValue;
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn garbage_is_dead_lettered_with_a_reason_and_the_run_completes() {
@@ -71,39 +67,11 @@ async fn garbage_is_dead_lettered_with_a_reason_and_the_run_completes() {
             .unwrap();
     }
 
-    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
-        .await
-        .unwrap();
-    let finish = env.drive_in_background(run_id).await.unwrap().unwrap();
-    workers.stop().await;
+    let finish = env.run_to_end(run_id, 1).await;
     assert_eq!(finish, Finish::Applied);
     env.assert_exactly_applied(run_id).await;
 
-    let mut reasons = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while reasons.len() < hostile.len() && tokio::time::Instant::now() < deadline {
-        match channel
-            .basic_get(topo.dead.as_str().into(), BasicGetOptions::default())
-            .await
-            .unwrap()
-        {
-            Some(msg) => {
-                let headers = msg
-                    .delivery
-                    .properties
-                    .headers()
-                    .clone()
-                    .unwrap_or_default();
-                let reason = match headers.inner().get(REASON_HEADER) {
-                    Some(AMQPValue::LongString(s)) => s.to_string(),
-                    other => panic!("dead letter without a reason header: {other:?}"),
-                };
-                reasons.push(reason);
-                msg.delivery.ack(BasicAckOptions::default()).await.unwrap();
-            }
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    let reasons = dead_letter_reasons(&channel, &topo, hostile.len()).await;
     assert_eq!(reasons.len(), hostile.len(), "dead letters: {reasons:?}");
     for (_, expected) in &hostile {
         assert!(
@@ -151,31 +119,11 @@ async fn with_a_message_key_unsigned_and_wrongly_signed_messages_are_refused() {
     }
 
     // Workers and coordinator share the key; the run completes with signed messages.
-    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
-        .await
-        .unwrap();
-    let finish = env.drive_in_background(run_id).await.unwrap().unwrap();
-    workers.stop().await;
+    let finish = env.run_to_end(run_id, 1).await;
     assert_eq!(finish, Finish::Applied);
     env.assert_exactly_applied(run_id).await;
 
-    let mut reasons = Vec::new();
-    while let Some(msg) = channel
-        .basic_get(topo.dead.as_str().into(), BasicGetOptions::default())
-        .await
-        .unwrap()
-    {
-        let headers = msg
-            .delivery
-            .properties
-            .headers()
-            .clone()
-            .unwrap_or_default();
-        if let Some(AMQPValue::LongString(r)) = headers.inner().get(REASON_HEADER) {
-            reasons.push(r.to_string());
-        }
-        msg.delivery.ack(BasicAckOptions::default()).await.unwrap();
-    }
+    let reasons = dead_letter_reasons(&channel, &topo, 2).await;
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(
         reasons.iter().any(|r| r.contains("unsigned")),

@@ -4,12 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use backfill_coordinator::demo::InProcessWorkers;
 use backfill_coordinator::lifecycle::{approve, cutover};
 use backfill_coordinator::run::Finish;
 use backfill_coordinator::{report, resume, validate};
 use backfill_tests::TestEnv;
-use backfill_worker::WorkerOptions;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -21,9 +19,7 @@ async fn the_report_matches_the_tables_and_renders_with_its_chart() {
         .await
         .replace("max_change_pct = 60", "max_change_pct = 10");
     let (run_id, ..) = env.record_run(&text).await;
-    let workers = InProcessWorkers::start(&env.config, 2, &WorkerOptions::default())
-        .await
-        .unwrap();
+    let workers = env.workers(2).await;
     assert!(matches!(
         env.drive_in_background(run_id).await.unwrap().unwrap(),
         Finish::Halted(_)

@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use backfill_coordinator::demo::InProcessWorkers;
 use backfill_coordinator::run::Finish;
 use backfill_shared::control::batches;
-use backfill_tests::TestEnv;
-use backfill_worker::WorkerOptions;
+use backfill_tests::{TestEnv, finish_within};
 use std::time::Duration;
 use tokio::process::Command;
 
@@ -16,9 +14,7 @@ use tokio::process::Command;
 async fn lost_warehouse_connections_are_retried() {
     let env = TestEnv::new(0.01).await;
     let text = env.slow_brief(30, 4, 0.2).await;
-    let workers = InProcessWorkers::start(&env.config, 2, &WorkerOptions::default())
-        .await
-        .unwrap();
+    let workers = env.workers(2).await;
     let (run_id, ..) = env.record_run(&text).await;
     let driver = env.drive_in_background(run_id);
 
@@ -35,11 +31,7 @@ async fn lost_warehouse_connections_are_retried() {
         .unwrap();
         killed += n;
     }
-    let finish = tokio::time::timeout(Duration::from_secs(120), driver)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let finish = finish_within(driver, 120).await;
     workers.stop().await;
     assert!(killed > 0, "no worker connection was terminated");
     assert_eq!(finish, Finish::Applied);
@@ -114,14 +106,8 @@ async fn sigterm_drains_in_flight_batches_and_exits() {
     assert!(counts.applied < i64::try_from(plan.len()).unwrap());
 
     // A new worker picks up the rest.
-    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
-        .await
-        .unwrap();
-    let finish = tokio::time::timeout(Duration::from_secs(120), driver)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let workers = env.workers(1).await;
+    let finish = finish_within(driver, 120).await;
     workers.stop().await;
     assert_eq!(finish, Finish::Applied);
     env.assert_exactly_applied(run_id).await;
@@ -136,14 +122,8 @@ async fn reattaching_republishes_batches_whose_messages_were_lost() {
     batches::mark_queued(&env.pool, run_id, &[0, 1, 2])
         .await
         .unwrap();
-    let workers = InProcessWorkers::start(&env.config, 2, &WorkerOptions::default())
-        .await
-        .unwrap();
-    let finish = tokio::time::timeout(Duration::from_secs(60), env.drive_in_background(run_id))
-        .await
-        .expect("re-attached run did not finish")
-        .unwrap()
-        .unwrap();
+    let workers = env.workers(2).await;
+    let finish = finish_within(env.drive_in_background(run_id), 60).await;
     workers.stop().await;
     assert_eq!(finish, Finish::Applied);
     assert_eq!(

@@ -7,7 +7,7 @@
 
 use backfill_coordinator::run::Finish;
 use backfill_shared::control::batches;
-use backfill_tests::TestEnv;
+use backfill_tests::{TestEnv, finish_within};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -46,11 +46,7 @@ async fn a_worker_killed_mid_run_does_not_break_the_run() {
     victim.wait().await.unwrap();
     let applied_at_kill = batches::counts(&env.pool, run_id).await.unwrap().applied;
 
-    let finish = tokio::time::timeout(Duration::from_secs(120), driver)
-        .await
-        .expect("run did not finish")
-        .unwrap()
-        .unwrap();
+    let finish = finish_within(driver, 120).await;
     assert_eq!(finish, Finish::Applied);
     assert!(
         applied_at_kill < i64::try_from(plan.len()).unwrap(),

@@ -5,11 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use backfill_coordinator::demo::InProcessWorkers;
 use backfill_coordinator::run::Finish;
 use backfill_coordinator::{resume, status};
 use backfill_tests::TestEnv;
-use backfill_worker::WorkerOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_source_that_fans_out_halts_with_the_duplicate_count() {
@@ -29,11 +27,7 @@ async fn a_source_that_fans_out_halts_with_the_duplicate_count() {
         &text[end..]
     );
     let (run_id, ..) = env.record_run(&text).await;
-    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
-        .await
-        .unwrap();
-    let finish = env.drive_in_background(run_id).await.unwrap().unwrap();
-    workers.stop().await;
+    let finish = env.run_to_end(run_id, 1).await;
     let Finish::Halted(reason) = finish else {
         panic!("a fanned-out source must halt the run: {finish:?}")
     };
@@ -81,9 +75,7 @@ async fn a_metric_moving_too_far_halts_until_accepted() {
         .await
         .replace("max_change_pct = 60", "max_change_pct = 10");
     let (run_id, ..) = env.record_run(&text).await;
-    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
-        .await
-        .unwrap();
+    let workers = env.workers(1).await;
     let finish = env.drive_in_background(run_id).await.unwrap().unwrap();
     let Finish::Halted(reason) = finish else {
         panic!("expected a halt: {finish:?}")
@@ -187,9 +179,7 @@ async fn validate_passes_a_clean_run_and_fails_a_gap_or_a_duplicate() {
     use backfill_coordinator::validate::validate;
     let env = TestEnv::new(0.01).await;
     let (run_id, ..) = env.record_run(&env.brief(8, 4).await).await;
-    let workers = InProcessWorkers::start(&env.config, 2, &WorkerOptions::default())
-        .await
-        .unwrap();
+    let workers = env.workers(2).await;
     assert_eq!(
         env.drive_in_background(run_id).await.unwrap().unwrap(),
         Finish::Applied

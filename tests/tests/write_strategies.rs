@@ -4,12 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use backfill_coordinator::demo::{self, InProcessWorkers};
+use backfill_coordinator::demo::{self};
 use backfill_coordinator::lifecycle::{approve, cleanup, cutover, rollback};
 use backfill_coordinator::run::Finish;
 use backfill_shared::control::runs::{self, RunState};
 use backfill_tests::{SCHEMA, TestEnv};
-use backfill_worker::WorkerOptions;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -21,11 +20,7 @@ async fn run_strategy(env: &TestEnv, strategy: &str) -> Uuid {
         &format!("strategy = \"{strategy}\""),
     );
     let (run_id, ..) = env.record_run(&text).await;
-    let workers = InProcessWorkers::start(&env.config, 2, &WorkerOptions::default())
-        .await
-        .unwrap();
-    let finish = env.drive_in_background(run_id).await.unwrap().unwrap();
-    workers.stop().await;
+    let finish = env.run_to_end(run_id, 2).await;
     assert_eq!(finish, Finish::Applied, "{strategy}");
     assert!(env.not_applied_exactly_once(run_id).await.is_empty());
     run_id
@@ -125,9 +120,7 @@ async fn a_live_target_is_marked_under_maintenance_while_written() {
             && comment.contains(&run_id.to_string())
             && comment.contains("Refunds")
     );
-    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
-        .await
-        .unwrap();
+    let workers = env.workers(1).await;
     assert_eq!(
         env.drive_in_background(run_id).await.unwrap().unwrap(),
         Finish::Applied
@@ -312,9 +305,7 @@ async fn the_approval_gate() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("still running"), "{err}");
-    let workers = InProcessWorkers::start(&env.config, 1, &WorkerOptions::default())
-        .await
-        .unwrap();
+    let workers = env.workers(1).await;
     assert_eq!(
         env.drive_in_background(run_id).await.unwrap().unwrap(),
         Finish::Applied
