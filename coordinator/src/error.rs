@@ -11,6 +11,10 @@ pub enum CliError {
     BadInput(String),
     #[error(transparent)]
     Service(#[from] ServiceError),
+    /// A service went away mid-run (a broker restart, a dropped warehouse
+    /// connection): the driver reconnects; elsewhere it is exit code 3.
+    #[error("{0}")]
+    Unavailable(String),
     /// The run stopped on a failed batch or a breached limit.
     #[error("{0}")]
     Halted(String),
@@ -26,8 +30,16 @@ impl CliError {
         match self {
             Self::Halted(_) | Self::Internal(_) => 1,
             Self::BadInput(_) => 2,
-            Self::Service(_) => 3,
+            Self::Service(_) | Self::Unavailable(_) => 3,
         }
+    }
+}
+
+impl CliError {
+    /// A lost connection the caller may retry once the service is back.
+    #[must_use]
+    pub fn is_connection_loss(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
     }
 }
 
@@ -37,6 +49,7 @@ impl From<ControlError> for CliError {
             ControlError::ActiveRun { .. } | ControlError::UnknownRun(_) => {
                 Self::BadInput(e.to_string())
             }
+            ControlError::Sql(e) => e.into(),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -55,12 +68,33 @@ impl From<crate::preflight::PreflightError> for CliError {
 
 impl From<sqlx::Error> for CliError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Internal(format!("warehouse query failed: {e}"))
+        let lost = match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => true,
+            // admin_shutdown, crash_shutdown, cannot_connect_now, connection exceptions
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            _ => false,
+        };
+        if lost {
+            Self::Unavailable(format!("lost the warehouse connection: {e}"))
+        } else {
+            Self::Internal(format!("warehouse query failed: {e}"))
+        }
     }
 }
 
 impl From<lapin::Error> for CliError {
     fn from(e: lapin::Error) -> Self {
-        Self::Internal(format!("rabbitmq: {e}"))
+        Self::Unavailable(format!("rabbitmq: {e}"))
+    }
+}
+
+impl From<redis::RedisError> for CliError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Unavailable(format!("redis: {e}"))
     }
 }

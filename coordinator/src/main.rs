@@ -7,6 +7,7 @@ use backfill_coordinator::{
 };
 use backfill_shared::config::Config;
 use backfill_shared::control;
+use backfill_shared::gates::{self, Gates};
 use backfill_shared::services;
 use backfill_shared::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
@@ -61,7 +62,8 @@ enum Command {
     Pause { run: Uuid },
     /// Cancel a run: nothing more starts; applied batches stay (and can be rolled back).
     Cancel { run: Uuid },
-    /// Resume a paused or halted run and drive it; a breached limit must be accepted with a reason.
+    /// Resume a paused or halted run and drive it, or re-attach to a running one whose
+    /// coordinator died; a breached limit must be accepted with a reason.
     Resume {
         run: Uuid,
         /// Why the breach is acceptable (recorded with your name).
@@ -224,6 +226,7 @@ async fn execute(command: Command) -> Result<()> {
         Command::Pause { run } => {
             let pool = control_plane(&config, 2).await?;
             backfill_coordinator::resume::pause(&pool, run, &operator()).await?;
+            tell_workers(&config, &pool, run).await;
             eprintln!(
                 "run {run} paused; in-flight batches finish; `backfill resume {run}` goes on"
             );
@@ -232,6 +235,7 @@ async fn execute(command: Command) -> Result<()> {
         Command::Cancel { run } => {
             let pool = control_plane(&config, 2).await?;
             backfill_coordinator::resume::cancel(&pool, run, &operator()).await?;
+            tell_workers(&config, &pool, run).await;
             eprintln!("run {run} cancelled; `backfill rollback {run}` undoes its applied batches");
             Ok(())
         }
@@ -370,6 +374,18 @@ async fn control_plane(config: &Config, connections: u32) -> Result<sqlx::PgPool
     let pool = services::postgres(config, connections).await?;
     control::migrate(&pool).await?;
     Ok(pool)
+}
+
+/// Tells workers of a run's new state through Redis at once. Only warns when
+/// Redis is away: the state is recorded, and workers read it within seconds.
+async fn tell_workers(config: &Config, pool: &sqlx::PgPool, run: Uuid) {
+    let gates = services::redis(config)
+        .await
+        .ok()
+        .map(|conn| Gates::new(conn, &config.namespace));
+    if let Some(warning) = gates::publish_or_warn(gates.as_ref(), pool, run).await {
+        eprintln!("warning: {warning}");
+    }
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {

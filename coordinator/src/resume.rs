@@ -39,7 +39,8 @@ async fn open_breaches(pool: &PgPool, run_id: Uuid) -> Result<Vec<Breach>> {
         .collect())
 }
 
-/// Moves a halted run back to running, accepting its breaches if `accept` says why.
+/// Moves a halted or paused run back to running, accepting its breaches if
+/// `accept` says why. A running run is left as it is, for the caller to re-attach.
 pub async fn resume(pool: &PgPool, run_id: Uuid, actor: &str, accept: Option<&str>) -> Result<()> {
     let run = runs::load(pool, run_id).await?;
     match run.state {
@@ -56,11 +57,9 @@ pub async fn resume(pool: &PgPool, run_id: Uuid, actor: &str, accept: Option<&st
             .await?;
             return Ok(());
         }
-        RunState::Running => {
-            return Err(CliError::BadInput(format!(
-                "run {run_id} is running; `backfill follow {run_id}` attaches to it"
-            )));
-        }
+        // Its coordinator may have died: the caller re-attaches (a live one keeps
+        // the driver lock, and the caller is told so).
+        RunState::Running => return Ok(()),
         other => {
             return Err(CliError::BadInput(format!(
                 "run {run_id} is {other}; only a halted run resumes"

@@ -121,6 +121,18 @@ impl Leases {
             .await
     }
 
+    /// Who holds each of `batches`' leases now, in order.
+    pub async fn holders(&self, run: Uuid, batches: &[u32]) -> Result<Vec<Option<String>>> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for &batch in batches {
+            cmd.arg(self.lease_key(run, batch));
+        }
+        cmd.query_async(&mut self.conn.clone()).await
+    }
+
     pub async fn is_done(&self, run: Uuid, batch: u32) -> Result<bool> {
         redis::cmd("EXISTS")
             .arg(self.done_key(run, batch))

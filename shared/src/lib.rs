@@ -9,7 +9,8 @@
 //!   fencing tokens, the append-only run log).
 //! - [`message`] and [`topology`]: the MessagePack messages and the RabbitMQ
 //!   queues they travel on.
-//! - [`lease`]: Redis leases and idempotency keys held by workers.
+//! - [`lease`]: Redis leases and idempotency keys held by workers; [`gates`]: the
+//!   run state workers read from Redis before each batch.
 //! - [`signing`]: optional HMAC signatures of batch messages.
 //! - [`config`], [`services`], [`telemetry`]: connections and logs.
 //! - [`checks`]: per-batch figures and the limits they are held against.
@@ -19,6 +20,7 @@ pub mod brief;
 pub mod checks;
 pub mod config;
 pub mod control;
+pub mod gates;
 pub mod lease;
 pub mod message;
 pub mod services;

@@ -254,6 +254,35 @@ impl TestEnv {
     }
 }
 
+/// Publishes a genuine batch message of a run (as the coordinator would, unsigned), confirmed.
+pub async fn publish_batch(
+    channel: &lapin::Channel,
+    topology: &Topology,
+    run_id: Uuid,
+    brief_text: &str,
+    batch: &BatchRange,
+) {
+    use backfill_shared::message::{self, BatchMessage, VERSION};
+    let payload = message::encode(&BatchMessage {
+        version: VERSION,
+        run_id,
+        batch_no: batch.no,
+        lo: batch.lo,
+        hi: batch.hi,
+        brief_hash: Brief::hash(brief_text),
+    })
+    .expect("encode a batch message");
+    backfill_shared::topology::publish_confirmed(
+        channel,
+        "",
+        &topology.batches,
+        &payload,
+        backfill_shared::topology::persistent(),
+    )
+    .await
+    .expect("publish a batch message");
+}
+
 /// Waits for a driven run to end, at most `secs` seconds.
 pub async fn finish_within(
     driver: tokio::task::JoinHandle<backfill_coordinator::Result<Finish>>,

@@ -7,9 +7,7 @@
 use backfill_coordinator::run;
 use backfill_shared::brief::Brief;
 use backfill_shared::control::batches::{self, Claim};
-use backfill_shared::message::{self, BatchMessage, VERSION};
-use backfill_shared::topology::{self};
-use backfill_tests::TestEnv;
+use backfill_tests::{TestEnv, publish_batch};
 use backfill_worker::BatchError;
 use backfill_worker::WorkerOptions;
 use backfill_worker::apply::{self, BatchWork, WritePlan};
@@ -22,28 +20,10 @@ async fn the_same_message_delivered_twice_is_applied_once() {
     let env = TestEnv::new(0.01).await;
     let text = env.brief(10, 4).await;
     let (run_id, _, plan) = env.record_run(&text).await;
-    let hash = Brief::hash(&text);
     let (conn, channel, topo) = env.channel().await;
     let batch = plan[3];
-    let payload = message::encode(&BatchMessage {
-        version: VERSION,
-        run_id,
-        batch_no: batch.no,
-        lo: batch.lo,
-        hi: batch.hi,
-        brief_hash: hash,
-    })
-    .unwrap();
     for _ in 0..2 {
-        topology::publish_confirmed(
-            &channel,
-            "",
-            &topo.batches,
-            &payload,
-            topology::persistent(),
-        )
-        .await
-        .unwrap();
+        publish_batch(&channel, &topo, run_id, &text, &batch).await;
     }
 
     let workers = env.workers(2).await;

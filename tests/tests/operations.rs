@@ -10,7 +10,7 @@ use backfill_coordinator::resume;
 use backfill_coordinator::run::{DriveOptions, Finish};
 use backfill_shared::control::batches::{self, Counts};
 use backfill_shared::control::runs::RunState;
-use backfill_tests::{TestEnv, finish_within};
+use backfill_tests::{TestEnv, finish_within, publish_batch};
 use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
@@ -236,5 +236,70 @@ async fn a_table_changing_under_the_run_halts_it() {
     );
     let c = counts(&env, run_id).await;
     assert!(c.applied < 10 && c.failed == 1, "{c:?}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_take_the_run_state_from_redis() {
+    use backfill_shared::gates::{GATE_TTL, Gates};
+
+    let env = TestEnv::new(0.01).await;
+    let text = env.brief(6, 6).await;
+    let (run_id, _, plan) = env.record_run(&text).await;
+    let mut redis = backfill_shared::services::redis(&env.config).await.unwrap();
+    let gates = Gates::new(redis.clone(), &env.config.namespace);
+    let key = format!("{}:gate:{run_id}", env.config.namespace);
+    // The warehouse says running; Redis says wait. Workers must believe Redis.
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("wait held through Redis")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let workers = env.workers(1).await;
+    let (conn, channel, topo) = env.channel().await;
+    for range in &plan {
+        publish_batch(&channel, &topo, run_id, &text, range).await;
+    }
+    sleep(Duration::from_secs(2)).await;
+    let held = counts(&env, run_id).await;
+    assert_eq!(
+        (held.applied, held.running),
+        (0, 0),
+        "a batch started while Redis said wait"
+    );
+
+    // Writing the warehouse's state to Redis lets them go.
+    assert_eq!(
+        gates.publish(&env.pool, run_id).await.unwrap(),
+        backfill_shared::control::runs::Gate::Go
+    );
+    wait_for(&env, run_id, "every batch is applied", |c| c.applied == 6).await;
+    workers.stop().await;
+    env.assert_exactly_applied(run_id).await;
+
+    // A missing copy (expired, flushed) is read from the warehouse and cached
+    // for a short while only.
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        gates.get(&env.pool, run_id).await.unwrap(),
+        backfill_shared::control::runs::Gate::Go
+    );
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        ttl_ms > 0 && ttl_ms <= i64::try_from(GATE_TTL.as_millis()).unwrap(),
+        "cached gate lives {ttl_ms} ms"
+    );
+    let _ = conn.close(200, "done".into()).await;
     env.cleanup().await;
 }

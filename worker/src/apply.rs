@@ -1,15 +1,16 @@
 //! The warehouse transaction of one batch:
 //!
-//! 1. lock the batch's ledger row and check the fencing token (a stale worker rolls back);
-//! 2. run the brief's source for `[lo, hi)` into a temporary working set;
-//! 3. check the grain: no duplicate or null keys, every row inside the batch range;
-//! 4. write, by strategy, saving before-images of every row changed (when the
+//! 1. run the brief's source for `[lo, hi)` into a temporary working set;
+//! 2. check the grain: no duplicate or null keys, every row inside the batch range;
+//! 3. write, by strategy, saving before-images of every row changed (when the
 //!    target is live and `snapshot = true`):
 //!    - `merge` (and the tables staging-swap and parallel-version build): update
 //!      changed rows (`IS DISTINCT FROM`), insert new ones, delete rows of the
 //!      range the source no longer yields (`on_missing = "delete"`);
 //!    - `partition-overwrite`: delete the range, insert the source rows;
-//! 5. mark the batch applied with its figures and append to the run log.
+//! 4. measure the checks;
+//! 5. lock the batch's ledger row and check the fencing token (a stale worker
+//!    rolls back), mark the batch applied with its figures, append to the run log.
 //!
 //! All of it commits together or not at all.
 
@@ -289,17 +290,25 @@ pub async fn apply(
     work: BatchWork,
     worker: &str,
 ) -> Result<BatchOutcome> {
+    let (tx, outcome) = prepare(pool, plan, work, worker).await?;
+    tx.commit()
+        .await
+        .map_err(|e| BatchError::from_sql("commit", &e))?;
+    Ok(outcome)
+}
+
+/// Everything [`apply`] does but the commit: the caller commits the transaction
+/// once it knows it may (its lease is still held), or drops it to roll back.
+pub async fn prepare(
+    pool: &PgPool,
+    plan: &WritePlan,
+    work: BatchWork,
+    worker: &str,
+) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, BatchOutcome)> {
     let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, &e);
     let batch = i32::try_from(work.batch_no)
         .map_err(|_| BatchError::Permanent("batch number out of range".into()))?;
     let mut tx = pool.begin().await.map_err(sql("begin"))?;
-
-    if !batches::fence_is_current(&mut tx, work.run_id, work.batch_no, work.fence).await? {
-        return Err(BatchError::Stale {
-            batch_no: work.batch_no,
-            mine: work.fence,
-        });
-    }
 
     if !plan.fingerprints.is_empty() {
         let tables: Vec<String> = plan.fingerprints.keys().cloned().collect();
@@ -417,6 +426,16 @@ pub async fn apply(
         checks.orphans.push((column.clone(), n));
     }
 
+    // The fence is checked last, under the batch row's lock held to commit: a
+    // worker that stalled (SIGSTOP, a long GC, a partition) while a newer claim
+    // applied the batch is refused here, and a stalled worker never blocks the
+    // newer one's claim before it gets this far.
+    if !batches::fence_is_current(&mut tx, work.run_id, work.batch_no, work.fence).await? {
+        return Err(BatchError::Stale {
+            batch_no: work.batch_no,
+            mine: work.fence,
+        });
+    }
     batches::mark_applied(&mut tx, work.run_id, work.batch_no, rows, &checks).await?;
     log::append(
         &mut *tx,
@@ -427,8 +446,7 @@ pub async fn apply(
         serde_json::json!({ "fence": work.fence, "rows": rows }),
     )
     .await?;
-    tx.commit().await.map_err(sql("commit"))?;
-    Ok(BatchOutcome { rows, checks })
+    Ok((tx, BatchOutcome { rows, checks }))
 }
 
 /// What one applied batch wrote and measured.

@@ -8,6 +8,7 @@ use crate::runs::Runs;
 use crate::{Shared, Stats, protocol};
 use backfill_shared::config::Config;
 use backfill_shared::control;
+use backfill_shared::gates::Gates;
 use backfill_shared::lease::Leases;
 use backfill_shared::services::{self, ServiceError};
 use backfill_shared::topology::Topology;
@@ -70,6 +71,7 @@ pub struct Worker {
     options: WorkerOptions,
     pool: sqlx::PgPool,
     leases: Leases,
+    gates: Gates,
     topology: Topology,
     runs: Arc<Runs>,
     stats: Arc<Stats>,
@@ -90,7 +92,8 @@ impl Worker {
         .await?;
         control::migrate(&pool).await?;
         let redis = services::redis(&config).await?;
-        let leases = Leases::new(redis, &config.namespace, options.lease_ttl);
+        let leases = Leases::new(redis.clone(), &config.namespace, options.lease_ttl);
+        let gates = Gates::new(redis, &config.namespace);
         // Fail fast on a broker that is down or refuses our credentials.
         services::rabbit(&config, "backfill-worker (probe)")
             .await?
@@ -103,6 +106,7 @@ impl Worker {
             options,
             pool,
             leases,
+            gates,
             runs: Arc::default(),
             stats: Arc::default(),
         })
@@ -116,11 +120,17 @@ impl Worker {
     /// Consumes until `shutdown` is cancelled, then drains. Reconnects to the broker
     /// with backoff when the connection is lost.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut delay = Duration::from_millis(250);
+        const FIRST_DELAY: Duration = Duration::from_millis(250);
+        let mut delay = FIRST_DELAY;
         while !shutdown.is_cancelled() {
+            let started = tokio::time::Instant::now();
             match self.session(&shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
+                    // A session that lasted was a healthy one: back off afresh.
+                    if started.elapsed() > Duration::from_secs(60) {
+                        delay = FIRST_DELAY;
+                    }
                     warn!(error = %e, retry_in = ?delay, "broker session ended; reconnecting");
                 }
             }
@@ -165,6 +175,7 @@ impl Worker {
         let shared = Arc::new(Shared {
             pool: self.pool.clone(),
             leases: self.leases.clone(),
+            gates: self.gates.clone(),
             publisher,
             runs: Arc::clone(&self.runs),
             worker_id: self.options.worker_id.clone(),

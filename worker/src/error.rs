@@ -69,6 +69,15 @@ impl From<ControlError> for BatchError {
     }
 }
 
+impl From<backfill_shared::gates::GateError> for BatchError {
+    fn from(e: backfill_shared::gates::GateError) -> Self {
+        match e {
+            backfill_shared::gates::GateError::Redis(e) => e.into(),
+            backfill_shared::gates::GateError::Control(e) => e.into(),
+        }
+    }
+}
+
 impl From<redis::RedisError> for BatchError {
     fn from(e: redis::RedisError) -> Self {
         Self::Transient(format!("redis: {e}"))

@@ -20,6 +20,7 @@ mod runs;
 pub use consumer::{Worker, WorkerError, WorkerOptions};
 pub use error::BatchError;
 
+use backfill_shared::gates::Gates;
 use backfill_shared::lease::Leases;
 use publisher::Publisher;
 use std::sync::atomic::AtomicU64;
@@ -40,6 +41,7 @@ pub struct Stats {
 struct Shared {
     pool: sqlx::PgPool,
     leases: Leases,
+    gates: Gates,
     publisher: Publisher,
     runs: std::sync::Arc<runs::Runs>,
     worker_id: String,

@@ -14,7 +14,7 @@ use crate::error::{BatchError, Result};
 use crate::runs::RunContext;
 use backfill_shared::control::batches::{self, Claim};
 use backfill_shared::control::runs::Gate;
-use backfill_shared::control::{ControlError, runs};
+use backfill_shared::control::{ControlError, log};
 use backfill_shared::message::{self, BatchMessage, Event, FailureKind, VERSION};
 use backfill_shared::signing::SIGNATURE_HEADER;
 use backon::{ExponentialBuilder, Retryable};
@@ -170,25 +170,65 @@ async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
     }
 }
 
+/// How long a delivery is held while Redis or the warehouse cannot be reached,
+/// before it goes back to the queue.
+const OUTAGE_PATIENCE: Duration = Duration::from_secs(120);
+
+/// What a look before starting a batch found.
+enum Look {
+    /// Its event was published already.
+    Done,
+    /// The run goes on and this worker now holds the batch's lease.
+    Leased,
+    /// Not now: paused, throttled, or leased by another worker.
+    Wait,
+    /// The run is not running.
+    Stop(backfill_shared::control::runs::RunState),
+}
+
+async fn look(shared: &Shared, run_id: uuid::Uuid, batch_no: u32) -> Result<Look> {
+    if shared.leases.is_done(run_id, batch_no).await? {
+        return Ok(Look::Done);
+    }
+    Ok(match shared.gates.get(&shared.pool, run_id).await? {
+        Gate::Go
+            if shared
+                .leases
+                .acquire(run_id, batch_no, &shared.worker_id)
+                .await? =>
+        {
+            Look::Leased
+        }
+        Gate::Go | Gate::Wait(_) => Look::Wait,
+        Gate::Stop(state) => Look::Stop(state),
+    })
+}
+
 /// Everything done under the batch's lease.
 async fn with_lease(shared: &Shared, run: &RunContext, msg: &BatchMessage) -> Result<Outcome> {
     let (run_id, batch_no) = (msg.run_id, msg.batch_no);
     let leases = &shared.leases;
     let mut wait = Duration::from_millis(50);
+    let mut outage: Option<tokio::time::Instant> = None;
     loop {
-        if leases.is_done(run_id, batch_no).await? {
-            return Ok(Outcome::Done);
-        }
-        match runs::gate(&shared.pool, run_id).await? {
-            Gate::Go => {
-                if leases.acquire(run_id, batch_no, &shared.worker_id).await? {
-                    break;
-                }
-                // Another worker holds it: wait for it to finish or for its lease to expire.
+        match look(shared, run_id, batch_no).await {
+            Ok(Look::Done) => return Ok(Outcome::Done),
+            Ok(Look::Leased) => break,
+            Ok(Look::Stop(state)) => {
+                return Ok(Outcome::Skipped(format!("run {run_id} is {state}")));
             }
-            // Paused or throttled: hold the delivery (it stays ours, unstarted) and look again.
-            Gate::Wait(_) => {}
-            Gate::Stop(state) => return Ok(Outcome::Skipped(format!("run {run_id} is {state}"))),
+            // Paused, throttled, or another worker holds the lease: hold the
+            // delivery (it stays ours, unstarted) and look again.
+            Ok(Look::Wait) => outage = None,
+            // Redis or the warehouse is away. Holding on beats a requeue, which
+            // counts against the queue's delivery limit.
+            Err(e) => {
+                let since = *outage.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > OUTAGE_PATIENCE {
+                    return Err(e);
+                }
+                warn!(error = %e, "cannot look at the batch's lease or run state; holding the delivery");
+            }
         }
         tokio::select! {
             () = shared.shutdown.cancelled() => return Ok(Outcome::Requeue("shutting down".into())),
@@ -240,10 +280,24 @@ async fn under_lease(
             hi: msg.hi,
             fence,
         };
-        tokio::select! {
-            applied = apply::apply(&shared.pool, &run.plan, work, &shared.worker_id) => applied.map(|_| claim),
-            () = lost.cancelled() => Err(BatchError::LeaseLost(batch_no)),
+        let (tx, _) = tokio::select! {
+            prepared = apply::prepare(&shared.pool, &run.plan, work, &shared.worker_id) => prepared?,
+            () = lost.cancelled() => return Err(BatchError::LeaseLost(batch_no)),
+        };
+        // A worker that stalled past its lease must not commit, even where no
+        // newer claim exists yet: renew the lease first (dropping `tx` rolls back).
+        if lost.is_cancelled()
+            || !shared
+                .leases
+                .extend(run_id, batch_no, &shared.worker_id)
+                .await?
+        {
+            return Err(BatchError::LeaseLost(batch_no));
         }
+        tx.commit()
+            .await
+            .map_err(|e| BatchError::from_sql("commit", &e))?;
+        Ok(claim)
     };
     let result = attempt
         .retry(retry_policy())
@@ -266,14 +320,14 @@ async fn under_lease(
         Ok(Claim::Unknown) => Ok(Outcome::Poison(format!(
             "run {run_id} has no batch {batch_no}"
         ))),
-        Err(BatchError::Stale { .. }) => {
+        Err(e @ BatchError::Stale { .. }) => {
             shared.stats.stale.fetch_add(1, Ordering::Relaxed);
-            Ok(Outcome::Skipped(format!(
-                "batch {batch_no} was claimed by a newer worker"
-            )))
+            refused(shared, msg, "stale_commit_refused", &e).await;
+            Ok(Outcome::Skipped(e.to_string()))
         }
         Err(e @ BatchError::LeaseLost(_)) => {
             shared.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
+            refused(shared, msg, "lease_lost", &e).await;
             Ok(Outcome::Requeue(e.to_string()))
         }
         Err(e) => {
@@ -296,6 +350,24 @@ async fn under_lease(
                 .await?;
             Ok(Outcome::Failed(error))
         }
+    }
+}
+
+/// Records in the run log that this worker rolled a batch back rather than commit
+/// without the right to (the audit trail of stalls and partitions).
+async fn refused(shared: &Shared, msg: &BatchMessage, event: &str, why: &BatchError) {
+    warn!(error = %why, "rolled back instead of committing");
+    if let Err(e) = log::append(
+        &shared.pool,
+        msg.run_id,
+        &shared.worker_id,
+        event,
+        Some(msg.batch_no),
+        serde_json::json!({ "error": why.to_string() }),
+    )
+    .await
+    {
+        warn!(error = %e, "could not record the refusal in the run log");
     }
 }
 

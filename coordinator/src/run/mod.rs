@@ -7,6 +7,7 @@ use crate::error::{CliError, Result};
 use crate::lifecycle;
 
 mod guard;
+mod liveness;
 mod publisher;
 
 use backfill_shared::brief::{BatchRange, Brief};
@@ -14,20 +15,25 @@ use backfill_shared::checks;
 use backfill_shared::config::Config;
 use backfill_shared::control::runs::{self, NewRun, RunState};
 use backfill_shared::control::{batches, drift, log};
+use backfill_shared::gates::{self, Gates};
+use backfill_shared::lease::Leases;
 use backfill_shared::message::{self, Event};
 use backfill_shared::services;
 use backfill_shared::sql::{TableName, quote_ident, quote_literal};
 use backfill_shared::topology::Topology;
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use futures_util::StreamExt;
 use guard::LoadGuard;
 use indicatif::{ProgressBar, ProgressStyle};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
+use liveness::{DriverLock, Sweep};
 use publisher::BatchPublisher;
 use sqlx::PgPool;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -177,7 +183,11 @@ impl Default for DriveOptions {
     }
 }
 
-/// Drives a run to its end: publishes, follows events, halts on failure.
+/// Drives a run to its end: publishes, follows events, halts on failure. Survives
+/// the broker, Redis or the warehouse going away mid-run: it reconnects with
+/// backoff and re-attaches from the ledger. Services unreachable at the start, or
+/// gone for longer than the reconnect patience, end it with exit code 3; `backfill
+/// resume RUN` re-attaches later.
 pub async fn drive(
     config: &Config,
     pool: &PgPool,
@@ -198,182 +208,326 @@ pub async fn drive(
             plan.len()
         )));
     }
-    let topology = Topology::new(&config.namespace);
-    let conn = services::rabbit(config, &format!("backfill coordinator {run_id}")).await?;
-    let publish = conn.create_channel().await?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    topology.declare(&publish).await?;
-    let events_queue = topology.declare_run_events(&publish, run_id).await?;
-    let consume = conn.create_channel().await?;
-    consume.basic_qos(1000, BasicQosOptions::default()).await?;
-    let mut events = consume
-        .basic_consume(
-            events_queue.as_str().into(),
-            format!("coordinator-{run_id}").as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
+    let redis = services::redis(config).await?;
+    let attachment = Attachment {
+        config,
+        pool,
+        run: &run,
+        plan: &plan,
+        options,
+        // The coordinator only reads leases; the lifetime is the workers'.
+        leases: Leases::new(redis.clone(), &config.namespace, Duration::ZERO),
+        gates: Gates::new(redis, &config.namespace),
+    };
+    let mut delays = reconnect_policy().build();
+    let mut first = true;
+    let finish = loop {
+        let started = tokio::time::Instant::now();
+        match attachment.follow(first).await {
+            Ok(finish) => break finish,
+            Err(e) if e.is_connection_loss() => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    delays = reconnect_policy().build();
+                }
+                let Some(delay) = delays.next() else {
+                    return Err(e);
+                };
+                warn!(run.id = %run_id, error = %e, retry_in = ?delay, "lost a service mid-run; reconnecting");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+        first = false;
+    };
+    if let Some(warning) = gates::publish_or_warn(Some(&attachment.gates), pool, run_id).await {
+        warn!(run.id = %run_id, "{warning}");
+    }
+    Ok(finish)
+}
+
+/// How long and how often to try reconnecting: about six minutes in all.
+fn reconnect_policy() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(15))
+        .with_max_times(30)
+        .with_jitter()
+}
+
+/// What one attachment of the coordinator to a run needs.
+struct Attachment<'a> {
+    config: &'a Config,
+    pool: &'a PgPool,
+    run: &'a runs::Run,
+    plan: &'a [BatchRange],
+    options: DriveOptions,
+    leases: Leases,
+    gates: Gates,
+}
+
+impl Attachment<'_> {
+    /// One broker connection's worth of driving: takes the driver lock, picks up
+    /// from the ledger, publishes, follows events and reconciles until the run
+    /// ends or a connection is lost. `first`: a broker that cannot be reached is
+    /// a service error (exit 3) rather than a connection lost.
+    async fn follow(&self, first: bool) -> Result<Finish> {
+        let (pool, run, run_id) = (self.pool, self.run, self.run.run_id);
+        let _driver = DriverLock::take(pool, run_id).await?;
+        let topology = Topology::new(&self.config.namespace);
+        let conn =
+            match services::rabbit(self.config, &format!("backfill coordinator {run_id}")).await {
+                Ok(conn) => conn,
+                Err(e) if first => return Err(e.into()),
+                Err(e) => return Err(CliError::Unavailable(e.to_string())),
+            };
+        let publish = conn.create_channel().await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        topology.declare(&publish).await?;
+        let events_queue = topology.declare_run_events(&publish, run_id).await?;
+        let consume = conn.create_channel().await?;
+        consume.basic_qos(1000, BasicQosOptions::default()).await?;
+        let mut events = consume
+            .basic_consume(
+                events_queue.as_str().into(),
+                format!("coordinator-{run_id}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        let total = self.plan.len();
+        let mut tally = Tally::new(total);
+        let accepted = accepted_limits(pool, run_id).await?;
+        let mut pending: VecDeque<u32> = batches::numbers_in_state(pool, run_id, "pending")
+            .await?
+            .into();
+        let batch_out = BatchPublisher {
+            channel: &publish,
+            queue: &topology.batches,
+            brief_hash: &run.brief_hash,
+            run_id,
+            plan: self.plan,
+            signer: self.config.signer(),
+        };
+        // Batches published before we (re)attached that no worker holds a lease
+        // on: their messages may be gone (a publish cut short, a message skipped
+        // while the run was halted, dead-lettered at the delivery limit), so
+        // publish them again. A duplicate is harmless: the ledger and the
+        // idempotency key make the second delivery a no-op.
+        let orphans = liveness::abandoned(pool, &self.leases, run_id).await?;
+        let republished: Vec<u32> = orphans.iter().map(|b| b.batch_no).collect();
+        batch_out.publish(&republished).await?;
+        let mut in_flight: HashSet<u32> = batches::unfinished(pool, run_id)
+            .await?
+            .iter()
+            .map(|b| b.batch_no)
+            .collect();
+        let already = batches::numbers_in_state(pool, run_id, "applied").await?;
+        for batch in batches::applied_among(pool, run_id, &already).await? {
+            tally.record(&batch);
+        }
+        let bar = progress_bar(self.options.progress, total, tally.count);
+        let window = run.brief.limits.max_in_flight as usize;
+        // A throttle left by a coordinator that died is not this one's to keep.
+        runs::set_throttled(pool, run_id, false, &run.operator, "coordinator attached").await?;
+        let mut guard = LoadGuard::new(
+            &run.brief.limits,
+            self.options.guard_cooldown,
+            &run.operator,
+        );
+        // Paused by the operator or throttled by the load guard: publish nothing new.
+        // Polled before the first batch goes out, and at every reconcile after.
+        let mut held = runs::state(pool, run_id).await? == RunState::Paused
+            || guard.poll(pool, run_id).await?;
+        self.tell_workers().await;
+        let mut sweep = Sweep::default();
+        let mut reconcile = tokio::time::interval(self.options.reconcile_every);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        log::append(
+            pool,
+            run_id,
+            &run.operator,
+            "coordinator_attached",
+            None,
+            serde_json::json!({
+                "pending": pending.len(), "in_flight": in_flight.len(), "applied": tally.count,
+                "republished": republished,
+            }),
         )
         .await?;
 
-    let total = plan.len();
-    let mut tally = Tally::new(total);
-    let accepted = accepted_limits(pool, run_id).await?;
-    let mut pending: VecDeque<u32> = batches::numbers_in_state(pool, run_id, "pending")
-        .await?
-        .into();
-    let batch_out = BatchPublisher {
-        channel: &publish,
-        queue: &topology.batches,
-        brief_hash: &run.brief_hash,
-        run_id,
-        plan: &plan,
-        signer: config.signer(),
-    };
-    // Batches queued or running when we (re)attach: their messages may be gone (a
-    // publish cut short, a message skipped while the run was halted), so publish
-    // them again. A duplicate is harmless: the ledger and the idempotency key make
-    // the second delivery a no-op.
-    let unfinished: Vec<u32> = batches::numbers_in_state(pool, run_id, "queued")
-        .await?
-        .into_iter()
-        .chain(batches::numbers_in_state(pool, run_id, "running").await?)
-        .collect();
-    if !unfinished.is_empty() {
-        batch_out.publish(&unfinished).await?;
-    }
-    let mut in_flight: std::collections::HashSet<u32> = unfinished.into_iter().collect();
-    let already = batches::numbers_in_state(pool, run_id, "applied").await?;
-    for batch in batches::applied_among(pool, run_id, &already).await? {
-        tally.record(&batch);
-    }
-    let bar = progress_bar(options.progress, total, tally.count);
-    let window = run.brief.limits.max_in_flight as usize;
-    // A throttle left by a coordinator that died is not this one's to keep.
-    runs::set_throttled(pool, run_id, false, &run.operator, "coordinator attached").await?;
-    let mut guard = LoadGuard::new(&run.brief.limits, options.guard_cooldown, &run.operator);
-    // Paused by the operator or throttled by the load guard: publish nothing new.
-    // Polled before the first batch goes out, and at every reconcile after.
-    let mut held = run.state == RunState::Paused || guard.poll(pool, run_id).await?;
-    let mut reconcile = tokio::time::interval(options.reconcile_every);
-    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    log::append(
-        pool,
-        run_id,
-        &run.operator,
-        "coordinator_attached",
-        None,
-        serde_json::json!({
-            "pending": pending.len(), "in_flight": in_flight.len(), "applied": tally.count,
-        }),
-    )
-    .await?;
-
-    let finish = loop {
-        if tally.count == total {
-            break Finish::Applied;
-        }
-        // Fill the window: mark queued first (the ledger leads), then publish with confirms.
-        let room = window.saturating_sub(in_flight.len());
-        if room > 0 && !pending.is_empty() && !held {
-            let next: Vec<u32> = pending.drain(..room.min(pending.len())).collect();
-            batches::mark_queued(pool, run_id, &next).await?;
-            batch_out.publish(&next).await?;
-            in_flight.extend(next);
-        }
-        tokio::select! {
-            delivery = events.next() => {
-                let Some(delivery) = delivery else {
-                    return Err(CliError::Internal("the broker closed the event stream; `backfill status` shows the run, and running again re-attaches".into()));
-                };
-                let delivery = delivery?;
-                let event = message::decode_event(&delivery.data);
-                delivery.ack(BasicAckOptions::default()).await?;
-                match event {
-                    Ok(Event::Applied { batch_no, rows_source, rows_inserted, rows_updated, rows_deleted, duration_ms, checks, .. }) => {
-                        in_flight.remove(&batch_no);
-                        let batch = batches::Applied {
-                            batch_no,
-                            rows: batches::RowCounts { source: rows_source, inserted: rows_inserted, updated: rows_updated, deleted: rows_deleted },
-                            duration_ms,
-                            checks,
-                        };
-                        if let Some(reason) = take(&mut tally, &batch, &run, &accepted, pool, &bar).await? {
+        let finish = loop {
+            if tally.count == total {
+                break Finish::Applied;
+            }
+            // Fill the window: mark queued first (the ledger leads), then publish with confirms.
+            let room = window.saturating_sub(in_flight.len());
+            if room > 0 && !pending.is_empty() && !held {
+                let next: Vec<u32> = pending.drain(..room.min(pending.len())).collect();
+                batches::mark_queued(pool, run_id, &next).await?;
+                batch_out.publish(&next).await?;
+                in_flight.extend(next);
+            }
+            tokio::select! {
+                delivery = events.next() => {
+                    let Some(delivery) = delivery else {
+                        return Err(CliError::Unavailable("the broker closed the event stream".into()));
+                    };
+                    let delivery = delivery?;
+                    let event = message::decode_event(&delivery.data);
+                    delivery.ack(BasicAckOptions::default()).await?;
+                    match event {
+                        Ok(Event::Applied { batch_no, rows_source, rows_inserted, rows_updated, rows_deleted, duration_ms, checks, .. }) => {
+                            in_flight.remove(&batch_no);
+                            let batch = batches::Applied {
+                                batch_no,
+                                rows: batches::RowCounts { source: rows_source, inserted: rows_inserted, updated: rows_updated, deleted: rows_deleted },
+                                duration_ms,
+                                checks,
+                            };
+                            if let Some(reason) = take(&mut tally, &batch, run, &accepted, pool, &bar).await? {
+                                break halt(pool, run_id, &run.operator, &reason).await?;
+                            }
+                        }
+                        Ok(Event::Failed { batch_no, error, kind, .. }) => {
+                            let reason = format!("batch {batch_no} failed ({kind:?}): {error}");
+                            break halt(pool, run_id, &run.operator, &reason).await?;
+                        }
+                        Err(e) => warn!(error = %e, "ignoring an undecodable event"),
+                    }
+                }
+                _ = reconcile.tick() => {
+                    let paused = match runs::state(pool, run_id).await? {
+                        RunState::Running => false,
+                        RunState::Paused => true,
+                        RunState::Halted => break Finish::Halted(runs::load(pool, run_id).await?.halt_reason.unwrap_or_default()),
+                        other => break Finish::Stopped(other),
+                    };
+                    let throttled = guard.poll(pool, run_id).await?;
+                    held = paused || throttled;
+                    self.tell_workers().await;
+                    if held {
+                        bar.set_message(format!("{} rows written · {}", tally.rows_written, if paused { "PAUSED" } else { "THROTTLED" }));
+                    } else {
+                        self.sweep(&mut sweep, &publish, &topology, &batch_out).await?;
+                    }
+                    // Events can be lost (a worker dies after commit); the ledger cannot.
+                    let counts = batches::counts(pool, run_id).await?;
+                    if counts.failed > 0 {
+                        let failure = batches::failures(pool, run_id).await?.into_iter().find(|f| f.state == "failed");
+                        let reason = failure.map_or_else(|| "a batch failed".to_owned(), |f| format!("batch {} failed: {}", f.batch_no, f.last_error));
+                        break halt(pool, run_id, &run.operator, &reason).await?;
+                    }
+                    if usize::try_from(counts.applied).ok() != Some(tally.count) {
+                        let new: Vec<u32> = batches::numbers_in_state(pool, run_id, "applied")
+                            .await?
+                            .into_iter()
+                            .filter(|no| !tally.has(*no))
+                            .collect();
+                        let mut reason = None;
+                        for batch in batches::applied_among(pool, run_id, &new).await? {
+                            in_flight.remove(&batch.batch_no);
+                            if let Some(r) = take(&mut tally, &batch, run, &accepted, pool, &bar).await? {
+                                reason = Some(r);
+                                break;
+                            }
+                        }
+                        if let Some(reason) = reason {
                             break halt(pool, run_id, &run.operator, &reason).await?;
                         }
                     }
-                    Ok(Event::Failed { batch_no, error, kind, .. }) => {
-                        let reason = format!("batch {batch_no} failed ({kind:?}): {error}");
-                        break halt(pool, run_id, &run.operator, &reason).await?;
-                    }
-                    Err(e) => warn!(error = %e, "ignoring an undecodable event"),
                 }
             }
-            _ = reconcile.tick() => {
-                let paused = match runs::state(pool, run_id).await? {
-                    RunState::Running => false,
-                    RunState::Paused => true,
-                    RunState::Halted => break Finish::Halted(runs::load(pool, run_id).await?.halt_reason.unwrap_or_default()),
-                    other => break Finish::Stopped(other),
-                };
-                let throttled = guard.poll(pool, run_id).await?;
-                held = paused || throttled;
-                if held {
-                    bar.set_message(format!("{} rows written · {}", tally.rows_written, if paused { "PAUSED" } else { "THROTTLED" }));
-                }
-                // Events can be lost (a worker dies after commit); the ledger cannot.
-                let counts = batches::counts(pool, run_id).await?;
-                if counts.failed > 0 {
-                    let failure = batches::failures(pool, run_id).await?.into_iter().find(|f| f.state == "failed");
-                    let reason = failure.map_or_else(|| "a batch failed".to_owned(), |f| format!("batch {} failed: {}", f.batch_no, f.last_error));
-                    break halt(pool, run_id, &run.operator, &reason).await?;
-                }
-                if usize::try_from(counts.applied).ok() != Some(tally.count) {
-                    let new: Vec<u32> = batches::numbers_in_state(pool, run_id, "applied")
-                        .await?
-                        .into_iter()
-                        .filter(|no| !tally.has(*no))
-                        .collect();
-                    let mut reason = None;
-                    for batch in batches::applied_among(pool, run_id, &new).await? {
-                        in_flight.remove(&batch.batch_no);
-                        if let Some(r) = take(&mut tally, &batch, &run, &accepted, pool, &bar).await? {
-                            reason = Some(r);
-                            break;
-                        }
-                    }
-                    if let Some(reason) = reason {
-                        break halt(pool, run_id, &run.operator, &reason).await?;
-                    }
-                }
+        };
+        bar.finish_and_clear();
+        runs::set_throttled(pool, run_id, false, &run.operator, "coordinator stopped").await?;
+        if finish == Finish::Applied {
+            // Every batch is in: the live target is consistent again.
+            if lifecycle::writes_live_target(&run.brief) {
+                let mut conn = pool.acquire().await?;
+                lifecycle::maintenance::clear(&mut conn, &run.brief.scope.target, run_id).await?;
             }
+            runs::transition(
+                pool,
+                run_id,
+                &[RunState::Running],
+                RunState::Applied,
+                &run.operator,
+                None,
+            )
+            .await?;
+            let _ = publish
+                .queue_delete(events_queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+            info!(run.id = %run_id, batches = total, "every batch applied");
         }
-    };
-    bar.finish_and_clear();
-    runs::set_throttled(pool, run_id, false, &run.operator, "coordinator stopped").await?;
-    if finish == Finish::Applied {
-        // Every batch is in: the live target is consistent again.
-        if lifecycle::writes_live_target(&run.brief) {
-            let mut conn = pool.acquire().await?;
-            lifecycle::maintenance::clear(&mut conn, &run.brief.scope.target, run_id).await?;
-        }
-        runs::transition(
-            pool,
-            run_id,
-            &[RunState::Running],
-            RunState::Applied,
-            &run.operator,
-            None,
-        )
-        .await?;
-        let _ = publish
-            .queue_delete(events_queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-        info!(run.id = %run_id, batches = total, "every batch applied");
+        let _ = conn.close(200, "coordinator done".into()).await;
+        Ok(finish)
     }
-    let _ = conn.close(200, "coordinator done".into()).await;
-    Ok(finish)
+
+    /// Writes the run's gate (state and throttle) to Redis for workers. Not fatal:
+    /// workers read the warehouse once the cached gate expires.
+    async fn tell_workers(&self) {
+        if let Err(e) = self.gates.publish(self.pool, self.run.run_id).await {
+            warn!(run.id = %self.run.run_id, error = %e, "could not write the run's state to Redis");
+        }
+    }
+
+    /// Publishes again the batches whose messages were lost, and fails those lost
+    /// too often (the next reconcile halts the run on them).
+    async fn sweep(
+        &self,
+        sweep: &mut Sweep,
+        channel: &lapin::Channel,
+        topology: &Topology,
+        batch_out: &BatchPublisher<'_>,
+    ) -> Result<()> {
+        let (pool, run_id) = (self.pool, self.run.run_id);
+        let ready = channel
+            .queue_declare(
+                topology.batches.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?
+            .message_count();
+        let verdict = match sweep.run(pool, &self.leases, run_id, ready).await {
+            Ok(v) => v,
+            // Without Redis no worker can start a batch either: look again later.
+            Err(CliError::Unavailable(e)) if e.starts_with("redis") => {
+                warn!(run.id = %run_id, error = %e, "cannot look for lost batches");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if !verdict.republish.is_empty() {
+            warn!(run.id = %run_id, batches = ?verdict.republish, "published batches nobody holds; publishing them again");
+            batch_out.publish(&verdict.republish).await?;
+            log::append(
+                pool,
+                run_id,
+                "coordinator",
+                "batches_republished",
+                None,
+                serde_json::json!({ "batches": verdict.republish }),
+            )
+            .await?;
+        }
+        for (batch_no, claims) in verdict.give_up {
+            let error = format!(
+                "claimed {claims} times without being applied: workers died or lost their lease on it each time \
+                 (see the workers' logs and the {} queue); fix the cause, then `backfill retry {run_id}`",
+                topology.dead
+            );
+            batches::record_failure(pool, run_id, batch_no, &error, true).await?;
+        }
+        Ok(())
+    }
 }
 
 /// What the coordinator has seen applied.

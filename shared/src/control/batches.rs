@@ -230,6 +230,37 @@ pub async fn numbers_in_state(pool: &PgPool, run_id: Uuid, state: &str) -> Resul
         .collect())
 }
 
+/// A batch published but not yet applied (`queued` or `running`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unfinished {
+    pub batch_no: u32,
+    /// Its fencing token: it changes with every claim.
+    pub fence: i64,
+    /// How often workers claimed it.
+    pub attempts: i32,
+}
+
+/// The run's queued and running batches, in order.
+pub async fn unfinished(pool: &PgPool, run_id: Uuid) -> Result<Vec<Unfinished>> {
+    let rows: Vec<(i32, i64, i32)> = sqlx::query_as(
+        "SELECT batch_no, fence, attempts FROM backfill.batches
+          WHERE run_id = $1 AND state IN ('queued', 'running') ORDER BY batch_no",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(no, fence, attempts)| {
+            Some(Unfinished {
+                batch_no: u32::try_from(no).ok()?,
+                fence,
+                attempts,
+            })
+        })
+        .collect())
+}
+
 /// How many batches are in each state, and the rows written so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
