@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bench;
+
 use backfill_coordinator::demo;
 use backfill_coordinator::run::{self, DriveOptions, Finish};
 use backfill_shared::brief::{BatchRange, Brief};
@@ -237,7 +239,15 @@ impl TestEnv {
             && let Ok(ch) = conn.create_channel().await
         {
             let t = Topology::new(&self.config.namespace);
-            for q in [&t.batches, &t.dead] {
+            // Runs that did not complete keep their event queues.
+            let runs: Vec<Uuid> = sqlx::query_scalar("SELECT run_id FROM backfill.runs")
+                .fetch_all(&self.pool)
+                .await
+                .unwrap_or_default();
+            let queues = [t.batches.clone(), t.dead.clone()]
+                .into_iter()
+                .chain(runs.into_iter().map(|r| t.run_events_queue(r)));
+            for q in queues {
                 let _ = ch
                     .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                     .await;

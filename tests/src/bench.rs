@@ -1,0 +1,505 @@
+//! The benchmark: Backfill against hand-written SQL on the same machine, in the
+//! same run, on TPC-H data it generates (`cargo bench -p backfill-tests --bench
+//! backfill`, see the README). It measures
+//!
+//! - (a) the baseline: the brief's source as one `INSERT … ON CONFLICT DO UPDATE`
+//!   per batch, issued by as many connections as there are workers;
+//! - (b) Backfill on the same brief and batches: coordinator, RabbitMQ, Redis
+//!   leases, the ledger and its fencing, per-batch checks; before-images off;
+//! - (c) the same with before-images on;
+//! - (d) orchestration alone: batches whose source yields no rows, end to end;
+//! - (e) peak resident memory of a coordinator process planning and tracking a
+//!   very large run, and of the worker processes during (b).
+//!
+//! Each Backfill figure is printed with its ratio to the baseline and its target.
+
+use crate::{SCHEMA, TestEnv, bin};
+use backfill_coordinator::run::{self, DriveOptions, Finish};
+use backfill_shared::brief::Brief;
+use backfill_shared::control::runs::{self, RunState};
+use backfill_shared::sql::{column_list, quote_ident};
+use sqlx::{AssertSqlSafe, PgPool};
+use std::fmt::Write as _;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+/// What to measure, and how big.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// TPC-H scale factor of the data (1 = 1.5 M orders, 6 M line items).
+    pub scale: f64,
+    /// About how many batches (a), (b) and (c) cut the orders into.
+    pub batches: i64,
+    /// Workers in (b) and (c), and connections in (a).
+    pub workers: u16,
+    /// Batches of (d).
+    pub empty_batches: i64,
+    /// Concurrency of each of the two workers in (d).
+    pub empty_concurrency: u16,
+    /// Batches of the run whose coordinator's memory (e) measures.
+    pub plan_batches: i64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            scale: 1.0,
+            batches: 101,
+            workers: 2,
+            empty_batches: 20_000,
+            empty_concurrency: 16,
+            plan_batches: 1_000_000,
+        }
+    }
+}
+
+/// One line of the result table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub case: String,
+    pub value: f64,
+    pub unit: &'static str,
+    /// Against the baseline (a), for timings.
+    pub ratio: Option<f64>,
+    /// The target, as text, and whether it was met.
+    pub target: Option<(String, bool)>,
+}
+
+/// Everything one benchmark run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub options: Options,
+    pub orders: i64,
+    pub batches: usize,
+    pub machine: String,
+    pub lines: Vec<Line>,
+}
+
+impl Report {
+    /// The table, as Markdown (it reads well in a terminal too).
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "Backfill benchmark: TPC-H scale {} ({} orders), {} batches, {} workers; {}\n\n",
+            self.options.scale, self.orders, self.batches, self.options.workers, self.machine
+        );
+        out.push_str("| case | measured | ratio to (a) | target | met |\n| --- | ---: | ---: | --- | --- |\n");
+        for line in &self.lines {
+            let value = match line.unit {
+                "s" => format!("{:.2} s", line.value),
+                "MB" => format!("{:.1} MB", line.value),
+                unit => format!("{:.0} {unit}", line.value),
+            };
+            let ratio = line.ratio.map_or_else(String::new, |r| format!("{r:.2}"));
+            let (target, met) = line.target.as_ref().map_or_else(
+                || (String::new(), String::new()),
+                |(t, met)| (t.clone(), if *met { "yes" } else { "no" }.to_owned()),
+            );
+            let _ = writeln!(
+                out,
+                "| {} | {value} | {ratio} | {target} | {met} |",
+                line.case
+            );
+        }
+        out
+    }
+}
+
+/// Runs every measurement on a fresh database; leaves nothing behind.
+pub async fn run(options: &Options) -> Report {
+    eprintln!("bench: loading TPC-H at scale {} …", options.scale);
+    let env = TestEnv::new(options.scale).await;
+    let pool = env.pool.clone();
+    exec(
+        &pool,
+        &format!("CREATE TABLE {SCHEMA}.order_revenue_pristine AS TABLE {SCHEMA}.order_revenue"),
+    )
+    .await;
+    let orders: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {SCHEMA}.orders"
+    )))
+    .fetch_one(&pool)
+    .await
+    .expect("count orders");
+    let window = u32::from(options.workers) * 2;
+    // Small batches move a year's revenue a lot; the limit is not what is measured.
+    let text = env
+        .brief(options.batches, window)
+        .await
+        .replace("max_change_pct = 60", "max_change_pct = 100");
+    let brief = Brief::parse(&text).expect("the demo brief lints");
+    let plan = brief.scope.batch_by.plan().expect("the demo brief plans");
+    let mut lines = Vec::new();
+
+    eprintln!("bench: (a) baseline, {} batches …", plan.len());
+    reset(&pool).await;
+    let baseline = baseline(&pool, &brief, &plan, options.workers).await;
+    // Like for like: the baseline must produce what the backfill produces.
+    assert_eq!(
+        env.differences().await,
+        0,
+        "the baseline did not produce the recomputation"
+    );
+    lines.push(Line {
+        case: format!(
+            "(a) baseline: one upsert per batch, {} connections",
+            options.workers
+        ),
+        value: baseline.as_secs_f64(),
+        unit: "s",
+        ratio: Some(1.0),
+        target: None,
+    });
+
+    let mut workers: Vec<Child> = (0..options.workers).map(|_| worker(&env, 1)).collect();
+    for snapshot in [false, true] {
+        eprintln!(
+            "bench: ({}) Backfill, before-images {} …",
+            if snapshot { "c" } else { "b" },
+            if snapshot { "on" } else { "off" }
+        );
+        reset(&pool).await;
+        let text = text.replace("snapshot = true", &format!("snapshot = {snapshot}"));
+        let took = backfill(&env, &text).await;
+        let ratio = took.as_secs_f64() / baseline.as_secs_f64();
+        assert_eq!(
+            env.differences().await,
+            0,
+            "the run did not produce the recomputation"
+        );
+        let (case, limit) = if snapshot {
+            ("(c) Backfill, before-images on", 1.6)
+        } else {
+            ("(b) Backfill, before-images off", 1.15)
+        };
+        lines.push(Line {
+            case: case.into(),
+            value: took.as_secs_f64(),
+            unit: "s",
+            ratio: Some(ratio),
+            target: Some((format!("≤ {limit:.2} × (a)"), ratio <= limit)),
+        });
+        if !snapshot {
+            // Peak memory of the workers so far: (b) is all they have done.
+            let peak = workers
+                .iter()
+                .filter_map(|w| w.id().and_then(peak_rss_mb))
+                .fold(0.0, f64::max);
+            lines.push(Line {
+                case: "(e) worker peak resident memory during (b)".into(),
+                value: peak,
+                unit: "MB",
+                ratio: None,
+                target: Some(("≤ 64 MB".into(), peak <= 64.0)),
+            });
+        }
+    }
+    stop(&mut workers).await;
+    reset(&pool).await;
+
+    eprintln!(
+        "bench: (d) {} batches that write nothing …",
+        options.empty_batches
+    );
+    let mut workers: Vec<Child> = (0..2)
+        .map(|_| worker(&env, options.empty_concurrency))
+        .collect();
+    let empty = empty_brief(&text, options.empty_batches, 512);
+    let took = backfill(&env, &empty).await;
+    stop(&mut workers).await;
+    let rate =
+        f64::from(u32::try_from(options.empty_batches).unwrap_or(u32::MAX)) / took.as_secs_f64();
+    lines.push(Line {
+        case: format!(
+            "(d) orchestration: {} batches that write nothing",
+            options.empty_batches
+        ),
+        value: rate,
+        unit: "batches/s",
+        ratio: None,
+        target: Some(("≥ 2,000 batches/s".into(), rate >= 2_000.0)),
+    });
+
+    eprintln!(
+        "bench: (e) a coordinator planning and tracking {} batches …",
+        options.plan_batches
+    );
+    let peak = coordinator_peak_mb(&env, &empty_brief(&text, options.plan_batches, 64)).await;
+    lines.push(Line {
+        case: format!(
+            "(e) coordinator peak resident memory, {} batches",
+            options.plan_batches
+        ),
+        value: peak,
+        unit: "MB",
+        ratio: None,
+        target: Some(("≤ 150 MB".into(), peak <= 150.0)),
+    });
+
+    let report = Report {
+        options: options.clone(),
+        orders,
+        batches: plan.len(),
+        machine: machine(),
+        lines,
+    };
+    env.cleanup().await;
+    report
+}
+
+async fn exec(pool: &PgPool, sql: &str) {
+    sqlx::query(AssertSqlSafe(sql.to_owned()))
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Puts the buggy target back as it was before any case ran: fresh heap, fresh statistics.
+async fn reset(pool: &PgPool) {
+    exec(pool, &format!("TRUNCATE {SCHEMA}.order_revenue")).await;
+    exec(
+        pool,
+        &format!("INSERT INTO {SCHEMA}.order_revenue TABLE {SCHEMA}.order_revenue_pristine"),
+    )
+    .await;
+    exec(pool, &format!("VACUUM ANALYZE {SCHEMA}.order_revenue")).await;
+    exec(pool, "CHECKPOINT").await;
+}
+
+/// (a): the brief's source as one upsert per batch, `connections` at a time,
+/// each taking the next batch as soon as it is done.
+async fn baseline(
+    pool: &PgPool,
+    brief: &Brief,
+    plan: &[backfill_shared::brief::BatchRange],
+    connections: u16,
+) -> Duration {
+    let scope = &brief.scope;
+    let mut all: Vec<String> = scope.key.clone();
+    all.extend(scope.columns.iter().cloned());
+    let set = scope
+        .columns
+        .iter()
+        .map(|c| format!("{c} = EXCLUDED.{c}", c = quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let changed = scope
+        .columns
+        .iter()
+        .map(|c| format!("t.{c} IS DISTINCT FROM EXCLUDED.{c}", c = quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let sql = Arc::new(format!(
+        "INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM ({source}) s \
+         ON CONFLICT ({key}) DO UPDATE SET {set} WHERE {changed}",
+        target = scope.target.quoted(),
+        cols = column_list(&all, None),
+        source = scope.source,
+        key = column_list(&scope.key, None),
+    ));
+    let plan = Arc::new(plan.to_vec());
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (pool, sql, plan, next) = (
+            pool.clone(),
+            Arc::clone(&sql),
+            Arc::clone(&plan),
+            Arc::clone(&next),
+        );
+        tasks.spawn(async move {
+            let mut conn = pool.acquire().await.expect("a connection");
+            while let Some(batch) = plan.get(next.fetch_add(1, Ordering::Relaxed)) {
+                sqlx::query(AssertSqlSafe(sql.as_str()))
+                    .bind(batch.lo)
+                    .bind(batch.hi)
+                    .execute(&mut *conn)
+                    .await
+                    .expect("baseline upsert");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("a baseline connection panicked");
+    }
+    started.elapsed()
+}
+
+/// Records a run of `text` and drives it to its end with the running workers.
+/// Returns how long driving took; the run is retired afterwards so the next one
+/// may take the target.
+async fn backfill(env: &TestEnv, text: &str) -> Duration {
+    let (run_id, ..) = env.record_run(text).await;
+    let started = Instant::now();
+    let finish = run::drive(
+        &env.config,
+        &env.pool,
+        run_id,
+        DriveOptions {
+            progress: false,
+            ..DriveOptions::default()
+        },
+    )
+    .await
+    .expect("drive the benchmark run");
+    let took = started.elapsed();
+    assert_eq!(finish, Finish::Applied, "the benchmark run did not apply");
+    retire(&env.pool, run_id).await;
+    took
+}
+
+/// A finished benchmark run lets go of its target.
+async fn retire(pool: &PgPool, run_id: Uuid) {
+    runs::transition(
+        pool,
+        run_id,
+        &[RunState::Applied],
+        RunState::Cancelled,
+        "bench",
+        Some("benchmark run retired"),
+    )
+    .await
+    .expect("retire the run");
+}
+
+/// The brief with `batches` one-key batches whose source yields no rows.
+fn empty_brief(text: &str, batches: i64, max_in_flight: u32) -> String {
+    let start = text.find("batch_by = ").expect("batch_by");
+    let end = start + text[start..].find('\n').expect("end of batch_by");
+    let mut out = format!(
+        "{}batch_by = {{ column = \"o_orderkey\", start = 1, end = {}, step = 1 }}{}",
+        &text[..start],
+        batches + 1,
+        &text[end..]
+    );
+    out = out.replace(" GROUP BY o.o_orderkey", " AND false GROUP BY o.o_orderkey");
+    let limits = out.find("max_in_flight = ").expect("max_in_flight");
+    let limits_end = limits + out[limits..].find('\n').expect("end of max_in_flight");
+    format!(
+        "{}max_in_flight = {max_in_flight}{}",
+        &out[..limits],
+        &out[limits_end..]
+    )
+    .replace(
+        &format!("expected_rows = {}", expected_rows(text)),
+        "expected_rows = 0",
+    )
+}
+
+fn expected_rows(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix("expected_rows = "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn worker(env: &TestEnv, concurrency: u16) -> Child {
+    Command::new(bin("backfill-worker"))
+        .args(["--concurrency", &concurrency.to_string()])
+        .envs(env.env())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start backfill-worker")
+}
+
+async fn stop(workers: &mut Vec<Child>) {
+    for mut w in workers.drain(..) {
+        let _ = w.start_kill();
+        let _ = w.wait().await;
+    }
+}
+
+/// (e): a `backfill run` process on a run of many batches (no worker takes
+/// them): its peak resident memory once the run is recorded, its first batches
+/// published and a few reconciles done. The run is cancelled afterwards.
+async fn coordinator_peak_mb(env: &TestEnv, text: &str) -> f64 {
+    let dir = std::env::temp_dir().join(format!("{}-bench", env.config.namespace));
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    let path = dir.join("brief.toml");
+    std::fs::write(&path, text).expect("write the brief");
+    let mut child = Command::new(bin("backfill"))
+        .arg("run")
+        .arg(&path)
+        .envs(env.env())
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start backfill run");
+    let pid = child.id().expect("a running coordinator");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let run_id = loop {
+        let queued: Option<Uuid> = sqlx::query_scalar(
+            "SELECT run_id FROM backfill.batches WHERE state = 'queued' LIMIT 1",
+        )
+        .fetch_optional(&env.pool)
+        .await
+        .expect("ledger query");
+        if let Some(run_id) = queued {
+            break run_id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the coordinator published nothing in 10 minutes"
+        );
+        assert!(
+            child.try_wait().ok().flatten().is_none(),
+            "the coordinator exited early"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // A few reconciles, each of which reads the ledger.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let peak = peak_rss_mb(pid).expect("read the coordinator's memory");
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    runs::transition(
+        &env.pool,
+        run_id,
+        &[RunState::Running],
+        RunState::Cancelled,
+        "bench",
+        Some("benchmark run retired"),
+    )
+    .await
+    .expect("cancel the run");
+    let _ = std::fs::remove_dir_all(&dir);
+    peak
+}
+
+/// Peak resident set of a process (`VmHWM`), in MB.
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The CPU model and core count, for the table's heading.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    format!("{cores} cores, {cpu}")
+}
