@@ -41,10 +41,12 @@ pub fn read_brief(path: &std::path::Path) -> Result<(String, Brief)> {
     Ok((text, brief))
 }
 
-/// Who is running the coordinator, for the run log.
+/// Who is running the coordinator, for the run log: `BACKFILL_OPERATOR`, else the
+/// login name.
 #[must_use]
 pub fn operator() -> String {
-    std::env::var("USER")
+    std::env::var("BACKFILL_OPERATOR")
+        .or_else(|_| std::env::var("USER"))
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into())
 }

@@ -143,17 +143,16 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(
-        cli.log_format,
-        "warn,backfill_coordinator=info,backfill_worker=warn",
-    );
-    match execute(cli.command).await {
+    let telemetry = telemetry::init(cli.log_format, "info", "backfill");
+    let code = match execute(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }
 
 async fn execute(command: Command) -> Result<()> {

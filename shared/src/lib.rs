@@ -12,7 +12,8 @@
 //! - [`lease`]: Redis leases and idempotency keys held by workers; [`gates`]: the
 //!   run state workers read from Redis before each batch.
 //! - [`signing`]: optional HMAC signatures of batch messages.
-//! - [`config`], [`services`], [`telemetry`]: connections and logs.
+//! - [`config`], [`services`]: connections; [`telemetry`]: logs and traces;
+//!   [`metrics`]: the Prometheus endpoint.
 //! - [`checks`]: per-batch figures and the limits they are held against.
 //! - [`sql`]: quoting of identifiers from the brief.
 
@@ -23,6 +24,7 @@ pub mod control;
 pub mod gates;
 pub mod lease;
 pub mod message;
+pub mod metrics;
 pub mod services;
 pub mod signing;
 pub mod sql;

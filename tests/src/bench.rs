@@ -367,7 +367,8 @@ async fn retire(pool: &PgPool, run_id: Uuid) {
     .expect("retire the run");
 }
 
-/// The brief with `batches` one-key batches whose source yields no rows.
+/// The brief with `batches` one-key batches whose source yields no rows and that
+/// keep the rows the source does not yield.
 fn empty_brief(text: &str, batches: i64, max_in_flight: u32) -> String {
     let start = text.find("batch_by = ").expect("batch_by");
     let end = start + text[start..].find('\n').expect("end of batch_by");
@@ -377,7 +378,10 @@ fn empty_brief(text: &str, batches: i64, max_in_flight: u32) -> String {
         batches + 1,
         &text[end..]
     );
-    out = out.replace(" GROUP BY o.o_orderkey", " AND false GROUP BY o.o_orderkey");
+    // Nothing to write and nothing to delete: what is left is orchestration.
+    out = out
+        .replace(" GROUP BY o.o_orderkey", " AND false GROUP BY o.o_orderkey")
+        .replace("on_missing = \"delete\"", "on_missing = \"keep\"");
     let limits = out.find("max_in_flight = ").expect("max_in_flight");
     let limits_end = limits + out[limits..].find('\n').expect("end of max_in_flight");
     format!(

@@ -12,7 +12,6 @@ use backfill_worker::BatchError;
 use backfill_worker::WorkerOptions;
 use backfill_worker::apply::{self, BatchWork, WritePlan};
 use lapin::options::QueueDeclareOptions;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -163,6 +162,6 @@ async fn worker_stats_count_applied_batches() {
     stop.cancel();
     task.await.unwrap();
     assert_eq!(finish, run::Finish::Applied);
-    assert_eq!(stats.applied.load(Ordering::Relaxed), plan.len() as u64);
+    assert_eq!(stats.applied.get(), plan.len() as u64);
     env.cleanup().await;
 }

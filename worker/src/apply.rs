@@ -1,14 +1,17 @@
 //! The warehouse transaction of one batch:
 //!
-//! 1. run the brief's source for `[lo, hi)` into a temporary working set;
-//! 2. check the grain: no duplicate or null keys, every row inside the batch range;
-//! 3. write, by strategy, saving before-images of every row changed (when the
-//!    target is live and `snapshot = true`):
-//!    - `merge` (and the tables staging-swap and parallel-version build): update
-//!      changed rows (`IS DISTINCT FROM`), insert new ones, delete rows of the
-//!      range the source no longer yields (`on_missing = "delete"`);
+//! 1. run the brief's source for `[lo, hi)` into the run's working set (a
+//!    temporary table per connection, emptied at commit);
+//! 2. if the source yielded nothing and nothing can be deleted, skip to 5;
+//! 3. check the drift guard and the grain: no duplicate or null keys, every row
+//!    inside the batch range;
+//! 4. measure the metrics before, write by strategy, saving before-images of
+//!    every row changed (when the target is live and `snapshot = true`), measure
+//!    the metrics after, NULLs and orphaned references:
+//!    - `merge` (and the tables staging-swap and parallel-version build): one
+//!      upsert of new and changed rows (`IS DISTINCT FROM`), then delete rows of
+//!      the range the source no longer yields (`on_missing = "delete"`);
 //!    - `partition-overwrite`: delete the range, insert the source rows;
-//! 4. measure the checks;
 //! 5. lock the batch's ledger row and check the fencing token (a stale worker
 //!    rolls back), mark the batch applied with its figures, append to the run log.
 //!
@@ -39,8 +42,9 @@ enum Binds {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Counts {
     Inserted,
-    Updated,
     Deleted,
+    /// The statement returns one row: (inserted, updated).
+    InsertedAndUpdated,
     Nothing,
 }
 
@@ -59,6 +63,11 @@ struct Step {
 pub struct WritePlan {
     create_working_set: String,
     fill_working_set: String,
+    /// Whether the written table has rows in the batch's range.
+    range_has_rows: String,
+    /// Whether a batch whose source yields nothing may still change the table
+    /// (it deletes what the source does not yield).
+    writes_without_source: bool,
     check_grain: String,
     steps: Vec<Step>,
     /// Per metric: its groups on the live target's range (what readers saw before).
@@ -95,6 +104,10 @@ impl WritePlan {
             .join(" OR ");
         let by = quote_ident(&scope.batch_by.column);
         let image = image_table.map(TableName::quoted);
+        // The batch's working set: a temporary table per run and connection,
+        // created once and emptied at every commit, so a batch pays no DDL and
+        // its statements stay prepared.
+        let ws = format!("bf_ws_{}", &Uuid::new_v4().simple().to_string()[..12]);
         // With before-images, a data-modifying statement feeds its RETURNING rows
         // into the image table (`op` says what they are).
         let imaged = |core: String, op: char, param: &str| match &image {
@@ -124,7 +137,7 @@ impl WritePlan {
                 });
                 steps.push(Step {
                     sql: imaged(
-                        format!("INSERT INTO {target} ({all}) SELECT {in_s} FROM bf_working_set s"),
+                        format!("INSERT INTO {target} ({all}) SELECT {in_s} FROM {ws} s"),
                         'I',
                         "$1",
                     ),
@@ -139,48 +152,52 @@ impl WritePlan {
                     column_list(&scope.columns, Some("t")),
                     column_list(&scope.columns, Some("s"))
                 );
-                let set = scope
+                let excluded = scope
                     .columns
                     .iter()
-                    .map(|c| format!("{0} = s.{0}", quote_ident(c)))
+                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
                     .collect::<Vec<_>>()
                     .join(", ");
+                let changed_excluded = format!(
+                    "ROW({}) IS DISTINCT FROM ROW({})",
+                    column_list(&scope.columns, Some("t")),
+                    column_list(&scope.columns, Some("EXCLUDED"))
+                );
                 if let Some(img) = &image {
                     // UPDATE ... RETURNING yields the new row; save the old one first.
                     steps.push(Step {
                         sql: format!(
-                            "INSERT INTO {img} SELECT $1, 'U', t.* FROM {target} t JOIN bf_working_set s ON {key_match} WHERE {changed}"
+                            "INSERT INTO {img} SELECT $1, 'U', t.* FROM {target} t JOIN {ws} s ON {key_match} WHERE {changed}"
                         ),
                         binds: Binds::Batch,
                         counts: Counts::Nothing,
                         what: "saving before-images",
                     });
                 }
-                steps.push(Step {
-                    sql: format!("UPDATE {target} t SET {set} FROM bf_working_set s WHERE {key_match} AND {changed}"),
-                    binds: Binds::None,
-                    counts: Counts::Updated,
-                    what: "update of changed rows",
+                // One upsert: `xmax = 0` tells the inserted rows from the updated ones.
+                let upsert = format!(
+                    "INSERT INTO {target} AS t ({all}) SELECT {in_s} FROM {ws} s
+                     ON CONFLICT ({key_group}) DO UPDATE SET {excluded} WHERE {changed_excluded}
+                     RETURNING t AS bf_row, (t.xmax = 0) AS bf_new"
+                );
+                let saved = image.as_ref().map_or_else(String::new, |img| {
+                    format!(", bf_image AS (INSERT INTO {img} SELECT $1, 'I', (up.bf_row).* FROM up WHERE up.bf_new)")
                 });
                 steps.push(Step {
-                    sql: imaged(
-                        format!(
-                            "INSERT INTO {target} ({all}) SELECT {in_s} FROM bf_working_set s
-                              WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {key_match})"
-                        ),
-                        'I',
-                        "$1",
+                    sql: format!(
+                        "WITH up AS ({upsert}){saved}
+                         SELECT count(*) FILTER (WHERE bf_new), count(*) FILTER (WHERE NOT bf_new) FROM up"
                     ),
                     binds: with_batch(Binds::None),
-                    counts: Counts::Inserted,
-                    what: "insert of new rows",
+                    counts: Counts::InsertedAndUpdated,
+                    what: "upsert of new and changed rows",
                 });
                 if brief.write.on_missing == OnMissing::Delete {
                     steps.push(Step {
                         sql: imaged(
                             format!(
                                 "DELETE FROM {target} t WHERE {in_range}
-                                   AND NOT EXISTS (SELECT 1 FROM bf_working_set s WHERE {key_match})"
+                                   AND NOT EXISTS (SELECT 1 FROM {ws} s WHERE {key_match})"
                             ),
                             'D',
                             "$3",
@@ -232,7 +249,7 @@ impl WritePlan {
                     r.column.clone(),
                     format!(
                         "SELECT count(*) FROM {range} AND t.{column} IS NOT NULL
-                            AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.{pc} = t.{column})",
+                            AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.{pc} = t.{column} OFFSET 0)",
                         range = range_of(&target),
                         parent = parent.quoted(),
                         pc = quote_ident(&parent_column)
@@ -248,16 +265,20 @@ impl WritePlan {
             fingerprints: Fingerprints::new(),
             orphans_after,
             create_working_set: format!(
-                "CREATE TEMPORARY TABLE bf_working_set ON COMMIT DROP AS SELECT {all} FROM {target} WITH NO DATA"
+                "SET LOCAL client_min_messages = warning;
+                 CREATE TEMPORARY TABLE IF NOT EXISTS {ws} ON COMMIT DELETE ROWS AS SELECT {all} FROM {target} WITH NO DATA"
             ),
+            range_has_rows: format!("SELECT EXISTS (SELECT 1 FROM {})", range_of(&target)),
+            writes_without_source: brief.write.strategy == Strategy::PartitionOverwrite
+                || brief.write.on_missing == OnMissing::Delete,
             fill_working_set: format!(
-                "INSERT INTO bf_working_set ({all}) SELECT {all} FROM ({source}\n) AS s",
+                "INSERT INTO {ws} ({all}) SELECT {all} FROM ({source}\n) AS s",
                 source = scope.source.trim_end().trim_end_matches(';')
             ),
             check_grain: format!(
-                "SELECT (SELECT count(*) FROM (SELECT 1 FROM bf_working_set GROUP BY {key_group} HAVING count(*) > 1) d),
-                        (SELECT count(*) FROM bf_working_set WHERE {null_key}),
-                        (SELECT count(*) FROM bf_working_set WHERE {by} IS NULL OR NOT ({by} >= $1 AND {by} < $2))"
+                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {ws} GROUP BY {key_group} HAVING count(*) > 1) d),
+                        (SELECT count(*) FROM {ws} WHERE {null_key}),
+                        (SELECT count(*) FROM {ws} WHERE {by} IS NULL OR NOT ({by} >= $1 AND {by} < $2))"
             ),
             steps,
         }
@@ -306,10 +327,76 @@ pub async fn prepare(
     worker: &str,
 ) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, BatchOutcome)> {
     let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, &e);
-    let batch = i32::try_from(work.batch_no)
-        .map_err(|_| BatchError::Permanent("batch number out of range".into()))?;
     let mut tx = pool.begin().await.map_err(sql("begin"))?;
 
+    sqlx::raw_sql(AssertSqlSafe(plan.create_working_set.as_str()))
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("create working set"))?;
+    let source = sqlx::query(AssertSqlSafe(plan.fill_working_set.as_str()))
+        .bind(work.lo)
+        .bind(work.hi)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("the brief's source query failed"))?
+        .rows_affected();
+    let source = i64::try_from(source).unwrap_or(i64::MAX);
+    let mut rows = RowCounts {
+        source,
+        ..RowCounts::default()
+    };
+    let mut checks = BatchChecks::default();
+    // A batch whose source yields nothing changes nothing, unless it deletes
+    // what the source does not yield and the range has rows: skip the checks
+    // and the writes (sparse key ranges and empty days are common).
+    let idle = source == 0
+        && !(plan.writes_without_source
+            && sqlx::query_scalar::<_, bool>(AssertSqlSafe(plan.range_has_rows.as_str()))
+                .bind(work.lo)
+                .bind(work.hi)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(sql("looking at the batch's range"))?);
+    if !idle {
+        write(&mut tx, plan, work, &mut rows, &mut checks).await?;
+    }
+
+    // The fence is checked last, under the batch row's lock held to commit: a
+    // worker that stalled (SIGSTOP, a long GC, a partition) while a newer claim
+    // applied the batch is refused here, and a stalled worker never blocks the
+    // newer one's claim before it gets this far.
+    if !batches::fence_is_current(&mut tx, work.run_id, work.batch_no, work.fence).await? {
+        return Err(BatchError::Stale {
+            batch_no: work.batch_no,
+            mine: work.fence,
+        });
+    }
+    batches::mark_applied(&mut tx, work.run_id, work.batch_no, rows, &checks).await?;
+    log::append(
+        &mut *tx,
+        work.run_id,
+        worker,
+        "batch_applied",
+        Some(work.batch_no),
+        serde_json::json!({ "fence": work.fence, "rows": rows }),
+    )
+    .await?;
+    Ok((tx, BatchOutcome { rows, checks }))
+}
+
+/// The checks and writes of a batch whose source yielded rows (or whose range
+/// must lose rows): drift guard, grain, metrics before, the strategy's
+/// statements, metrics after, NULLs and orphans.
+async fn write(
+    tx: &mut sqlx::PgConnection,
+    plan: &WritePlan,
+    work: BatchWork,
+    rows: &mut RowCounts,
+    checks: &mut BatchChecks,
+) -> Result<()> {
+    let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, &e);
+    let batch = i32::try_from(work.batch_no)
+        .map_err(|_| BatchError::Permanent("batch number out of range".into()))?;
     if !plan.fingerprints.is_empty() {
         let tables: Vec<String> = plan.fingerprints.keys().cloned().collect();
         let now = drift::fingerprints(&mut *tx, &tables).await?;
@@ -322,19 +409,6 @@ pub async fn prepare(
             )));
         }
     }
-
-    sqlx::query(AssertSqlSafe(plan.create_working_set.as_str()))
-        .execute(&mut *tx)
-        .await
-        .map_err(sql("create working set"))?;
-    let source = sqlx::query(AssertSqlSafe(plan.fill_working_set.as_str()))
-        .bind(work.lo)
-        .bind(work.hi)
-        .execute(&mut *tx)
-        .await
-        .map_err(sql("the brief's source query failed"))?
-        .rows_affected();
-    let source = i64::try_from(source).unwrap_or(i64::MAX);
 
     let (duplicates, null_keys, outside): (i64, i64, i64) =
         sqlx::query_as(AssertSqlSafe(plan.check_grain.as_str()))
@@ -364,16 +438,11 @@ pub async fn prepare(
         )));
     }
 
-    let mut checks = BatchChecks::default();
     let mut before = Vec::new();
     for (metric, query) in &plan.metrics_before {
-        before.push((metric, metric_groups(&mut tx, query, work).await?));
+        before.push((metric, metric_groups(tx, query, work).await?));
     }
 
-    let mut rows = RowCounts {
-        source,
-        ..RowCounts::default()
-    };
     for step in &plan.steps {
         let q = sqlx::query(AssertSqlSafe(step.sql.as_str()));
         let q = match step.binds {
@@ -382,6 +451,14 @@ pub async fn prepare(
             Binds::RangeAndBatch => q.bind(work.lo).bind(work.hi).bind(batch),
             Binds::None => q,
         };
+        if step.counts == Counts::InsertedAndUpdated {
+            use sqlx::Row as _;
+            let row = q.fetch_one(&mut *tx).await.map_err(sql(step.what))?;
+            let count = |i: usize| row.try_get::<i64, _>(i).map_err(sql(step.what));
+            rows.inserted += count(0)?;
+            rows.updated += count(1)?;
+            continue;
+        }
         let n = q
             .execute(&mut *tx)
             .await
@@ -390,13 +467,12 @@ pub async fn prepare(
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         match step.counts {
             Counts::Inserted => rows.inserted += n,
-            Counts::Updated => rows.updated += n,
             Counts::Deleted => rows.deleted += n,
-            Counts::Nothing => {}
+            Counts::InsertedAndUpdated | Counts::Nothing => {}
         }
     }
     for ((metric, before), (_, query)) in before.into_iter().zip(&plan.metrics_after) {
-        let after = metric_groups(&mut tx, query, work).await?;
+        let after = metric_groups(tx, query, work).await?;
         let mut groups: Vec<&String> = before.keys().chain(after.keys()).collect();
         groups.sort();
         groups.dedup();
@@ -426,27 +502,7 @@ pub async fn prepare(
         checks.orphans.push((column.clone(), n));
     }
 
-    // The fence is checked last, under the batch row's lock held to commit: a
-    // worker that stalled (SIGSTOP, a long GC, a partition) while a newer claim
-    // applied the batch is refused here, and a stalled worker never blocks the
-    // newer one's claim before it gets this far.
-    if !batches::fence_is_current(&mut tx, work.run_id, work.batch_no, work.fence).await? {
-        return Err(BatchError::Stale {
-            batch_no: work.batch_no,
-            mine: work.fence,
-        });
-    }
-    batches::mark_applied(&mut tx, work.run_id, work.batch_no, rows, &checks).await?;
-    log::append(
-        &mut *tx,
-        work.run_id,
-        worker,
-        "batch_applied",
-        Some(work.batch_no),
-        serde_json::json!({ "fence": work.fence, "rows": rows }),
-    )
-    .await?;
-    Ok((tx, BatchOutcome { rows, checks }))
+    Ok(())
 }
 
 /// What one applied batch wrote and measured.

@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -117,6 +118,24 @@ impl Worker {
         Arc::clone(&self.stats)
     }
 
+    /// Ready: consuming from the broker, and the warehouse answers within 2 s.
+    #[must_use]
+    pub fn ready_check(&self) -> backfill_shared::metrics::ReadyCheck {
+        let (stats, pool) = (Arc::clone(&self.stats), self.pool.clone());
+        Arc::new(move || {
+            let (stats, pool) = (Arc::clone(&stats), pool.clone());
+            Box::pin(async move {
+                stats.connected.load(Ordering::Relaxed)
+                    && tokio::time::timeout(
+                        Duration::from_secs(2),
+                        sqlx::query("SELECT 1").execute(&pool),
+                    )
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            })
+        })
+    }
+
     /// Consumes until `shutdown` is cancelled, then drains. Reconnects to the broker
     /// with backoff when the connection is lost.
     pub async fn run(self, shutdown: CancellationToken) {
@@ -171,6 +190,7 @@ impl Worker {
             .await
             .map_err(amqp)?;
         info!(queue = %self.topology.batches, concurrency = self.options.concurrency, worker = %self.options.worker_id, "consuming");
+        self.stats.connected.store(true, Ordering::Relaxed);
 
         let shared = Arc::new(Shared {
             pool: self.pool.clone(),
@@ -215,6 +235,7 @@ impl Worker {
                 .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                 .await;
         }
+        self.stats.connected.store(false, Ordering::Relaxed);
         tracker.close();
         if tokio::time::timeout(self.options.drain_timeout, tracker.wait())
             .await

@@ -22,18 +22,98 @@ pub use error::BatchError;
 
 use backfill_shared::gates::Gates;
 use backfill_shared::lease::Leases;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 use publisher::Publisher;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use tokio_util::sync::CancellationToken;
 
-/// What one worker has done since it started.
-#[derive(Debug, Default)]
+/// What one worker has done since it started: the figures `--metrics-addr`
+/// serves as Prometheus text ([`Stats::registry`]).
+#[derive(Debug)]
 pub struct Stats {
-    pub applied: AtomicU64,
-    pub failed: AtomicU64,
-    pub poison: AtomicU64,
-    pub stale: AtomicU64,
-    pub leases_lost: AtomicU64,
+    pub applied: Counter,
+    pub failed: Counter,
+    pub poison: Counter,
+    /// Commits refused because a newer fencing token exists.
+    pub stale: Counter,
+    pub leases_lost: Counter,
+    /// Rows inserted, updated and deleted.
+    pub rows_written: Counter,
+    /// From the claim to the commit of each applied batch.
+    pub apply_seconds: Histogram,
+    /// Time deliveries were held because their run was paused or throttled.
+    pub throttled_seconds: Counter<f64, AtomicU64>,
+    /// Consuming from the broker now.
+    pub connected: AtomicBool,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            applied: Counter::default(),
+            failed: Counter::default(),
+            poison: Counter::default(),
+            stale: Counter::default(),
+            leases_lost: Counter::default(),
+            rows_written: Counter::default(),
+            apply_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 18)),
+            throttled_seconds: Counter::default(),
+            connected: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Stats {
+    /// A registry holding these figures (the same counters, not copies).
+    #[must_use]
+    pub fn registry(&self) -> Registry {
+        let mut registry = Registry::with_prefix("backfill_worker");
+        registry.register(
+            "batches_applied",
+            "Batches this worker applied",
+            self.applied.clone(),
+        );
+        registry.register(
+            "batches_failed",
+            "Batches that failed for good here",
+            self.failed.clone(),
+        );
+        registry.register(
+            "poison_messages",
+            "Messages dead-lettered as unusable",
+            self.poison.clone(),
+        );
+        registry.register(
+            "stale_commits_refused",
+            "Commits refused because a newer fencing token exists",
+            self.stale.clone(),
+        );
+        registry.register(
+            "leases_lost",
+            "Batches rolled back after losing their lease",
+            self.leases_lost.clone(),
+        );
+        registry.register(
+            "rows_written",
+            "Rows inserted, updated and deleted",
+            self.rows_written.clone(),
+        );
+        registry.register_with_unit(
+            "apply_duration",
+            "From claim to commit of each applied batch",
+            Unit::Seconds,
+            self.apply_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "throttled",
+            "Time deliveries were held while their run was paused or throttled",
+            Unit::Seconds,
+            self.throttled_seconds.clone(),
+        );
+        registry
+    }
 }
 
 /// State shared by every in-flight batch of one worker connection.

@@ -1,5 +1,5 @@
-//! `backfill-worker [--concurrency N]`: applies batches until SIGTERM or Ctrl-C,
-//! then drains in-flight batches and exits.
+//! `backfill-worker [--concurrency N] [--metrics-addr HOST:PORT]`: applies batches
+//! until SIGTERM or Ctrl-C, then drains in-flight batches, flushes its traces and exits.
 
 use backfill_shared::config::Config;
 use backfill_shared::telemetry::{self, LogFormat};
@@ -28,12 +28,22 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: LogFormat,
+    /// Serve Prometheus metrics (/metrics), liveness (/healthz) and readiness
+    /// (/ready) on this address, e.g. 0.0.0.0:9464.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    telemetry::init(args.log_format, "info");
+    let telemetry = telemetry::init(args.log_format, "info", "backfill-worker");
+    let code = run(args).await;
+    telemetry.shutdown().await;
+    code
+}
+
+async fn run(args: Args) -> ExitCode {
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -54,6 +64,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
+    if let Some(addr) = args.metrics_addr {
+        let registry = std::sync::Arc::new(worker.stats().registry());
+        match backfill_shared::metrics::serve(addr, registry, worker.ready_check()).await {
+            Ok(bound) => tracing::info!(%bound, "serving /metrics, /healthz and /ready"),
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
     worker.run(shutdown).await;

@@ -17,15 +17,16 @@ use backfill_shared::control::runs::Gate;
 use backfill_shared::control::{ControlError, log};
 use backfill_shared::message::{self, BatchMessage, Event, FailureKind, VERSION};
 use backfill_shared::signing::SIGNATURE_HEADER;
+use backfill_shared::telemetry;
 use backon::{ExponentialBuilder, Retryable};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, field, info, info_span, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// What to do with a delivery once it has been handled.
 #[derive(Debug)]
@@ -46,16 +47,32 @@ enum Outcome {
 pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery) {
     let span = info_span!(
         "batch.apply",
+        otel.kind = "consumer",
+        otel.status_code = field::Empty,
+        otel.status_description = field::Empty,
+        messaging.system = "rabbitmq",
         run.id = field::Empty,
         batch.no = field::Empty,
+        target.table = field::Empty,
+        batch.rows_source = field::Empty,
+        batch.rows_inserted = field::Empty,
+        batch.rows_updated = field::Empty,
+        batch.rows_deleted = field::Empty,
         outcome = field::Empty
     );
+    // The coordinator's publish span is the parent (a no-op when traces are off).
+    let _ = span.set_parent(telemetry::extract(delivery.properties.headers().as_ref()));
     async move {
         let outcome = process(&shared, &delivery).await;
-        Span::current().record("outcome", field::debug(&outcome));
+        let span = Span::current();
+        span.record("outcome", field::debug(&outcome));
+        if let Outcome::Poison(why) | Outcome::Failed(why) = &outcome {
+            span.record("otel.status_code", "error");
+            span.record("otel.status_description", why.as_str());
+        }
         let settled = match &outcome {
             Outcome::Done => {
-                shared.stats.applied.fetch_add(1, Ordering::Relaxed);
+                shared.stats.applied.inc();
                 delivery.ack(BasicAckOptions::default()).await.map(|_| ())
             }
             Outcome::Skipped(why) => {
@@ -64,10 +81,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery) {
             }
             Outcome::Poison(why) | Outcome::Failed(why) => {
                 if matches!(outcome, Outcome::Poison(_)) {
-                    shared.stats.poison.fetch_add(1, Ordering::Relaxed);
+                    shared.stats.poison.inc();
                     warn!(reason = %why, "dead-lettering a message this worker cannot act on");
                 } else {
-                    shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    shared.stats.failed.inc();
                     warn!(error = %why, "batch failed; reported to the coordinator and dead-lettered");
                 }
                 match shared.publisher.dead_letter(&delivery, why).await {
@@ -134,7 +151,7 @@ async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
     };
     let span = Span::current();
     span.record("run.id", field::display(msg.run_id));
-    span.record("batch.no", msg.batch_no);
+    span.record("batch.no", i64::from(msg.batch_no));
 
     let run = match (|| shared.runs.get(&shared.pool, msg.run_id))
         .retry(retry_policy())
@@ -149,6 +166,7 @@ async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
         Err(e @ ControlError::Corrupt(_)) => return Outcome::Poison(e.to_string()),
         Err(e) => return Outcome::Requeue(format!("could not load the run: {e}")),
     };
+    span.record("target.table", run.target.as_str());
     if msg.brief_hash != run.brief_hash {
         return Outcome::Poison(format!(
             "brief hash {} does not match run {}'s brief {}: a forged or stale message",
@@ -175,13 +193,16 @@ async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
 const OUTAGE_PATIENCE: Duration = Duration::from_secs(120);
 
 /// What a look before starting a batch found.
+#[derive(Debug, PartialEq, Eq)]
 enum Look {
     /// Its event was published already.
     Done,
     /// The run goes on and this worker now holds the batch's lease.
-    Leased,
-    /// Not now: paused, throttled, or leased by another worker.
-    Wait,
+    Acquired,
+    /// Another worker holds the lease.
+    Busy,
+    /// The run is paused or throttled.
+    Held,
     /// The run is not running.
     Stop(backfill_shared::control::runs::RunState),
 }
@@ -197,29 +218,32 @@ async fn look(shared: &Shared, run_id: uuid::Uuid, batch_no: u32) -> Result<Look
                 .acquire(run_id, batch_no, &shared.worker_id)
                 .await? =>
         {
-            Look::Leased
+            Look::Acquired
         }
-        Gate::Go | Gate::Wait(_) => Look::Wait,
+        Gate::Go => Look::Busy,
+        Gate::Wait(_) => Look::Held,
         Gate::Stop(state) => Look::Stop(state),
     })
 }
 
-/// Everything done under the batch's lease.
-async fn with_lease(shared: &Shared, run: &RunContext, msg: &BatchMessage) -> Result<Outcome> {
-    let (run_id, batch_no) = (msg.run_id, msg.batch_no);
-    let leases = &shared.leases;
+/// Waits until this worker holds the batch's lease (`None`), or returns what to
+/// do with the delivery instead.
+async fn acquire(shared: &Shared, run_id: uuid::Uuid, batch_no: u32) -> Result<Option<Outcome>> {
     let mut wait = Duration::from_millis(50);
     let mut outage: Option<tokio::time::Instant> = None;
     loop {
-        match look(shared, run_id, batch_no).await {
-            Ok(Look::Done) => return Ok(Outcome::Done),
-            Ok(Look::Leased) => break,
+        let held = match look(shared, run_id, batch_no).await {
+            Ok(Look::Done) => return Ok(Some(Outcome::Done)),
+            Ok(Look::Acquired) => return Ok(None),
             Ok(Look::Stop(state)) => {
-                return Ok(Outcome::Skipped(format!("run {run_id} is {state}")));
+                return Ok(Some(Outcome::Skipped(format!("run {run_id} is {state}"))));
             }
-            // Paused, throttled, or another worker holds the lease: hold the
+            // Paused or throttled, or another worker holds the lease: hold the
             // delivery (it stays ours, unstarted) and look again.
-            Ok(Look::Wait) => outage = None,
+            Ok(look) => {
+                outage = None;
+                look == Look::Held
+            }
             // Redis or the warehouse is away. Holding on beats a requeue, which
             // counts against the queue's delivery limit.
             Err(e) => {
@@ -228,13 +252,33 @@ async fn with_lease(shared: &Shared, run: &RunContext, msg: &BatchMessage) -> Re
                     return Err(e);
                 }
                 warn!(error = %e, "cannot look at the batch's lease or run state; holding the delivery");
+                false
             }
-        }
+        };
+        let slept = tokio::time::Instant::now();
         tokio::select! {
-            () = shared.shutdown.cancelled() => return Ok(Outcome::Requeue("shutting down".into())),
+            () = shared.shutdown.cancelled() => return Ok(Some(Outcome::Requeue("shutting down".into()))),
             () = tokio::time::sleep(wait) => {}
         }
+        if held {
+            shared
+                .stats
+                .throttled_seconds
+                .inc_by(slept.elapsed().as_secs_f64());
+        }
         wait = (wait * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Everything done under the batch's lease.
+async fn with_lease(shared: &Shared, run: &RunContext, msg: &BatchMessage) -> Result<Outcome> {
+    let (run_id, batch_no) = (msg.run_id, msg.batch_no);
+    let leases = &shared.leases;
+    if let Some(outcome) = acquire(shared, run_id, batch_no)
+        .instrument(info_span!("batch.lease", run.id = %run_id, batch.no = i64::from(batch_no)))
+        .await?
+    {
+        return Ok(outcome);
     }
 
     let lost = CancellationToken::new();
@@ -280,23 +324,44 @@ async fn under_lease(
             hi: msg.hi,
             fence,
         };
-        let (tx, _) = tokio::select! {
-            prepared = apply::prepare(&shared.pool, &run.plan, work, &shared.worker_id) => prepared?,
-            () = lost.cancelled() => return Err(BatchError::LeaseLost(batch_no)),
-        };
-        // A worker that stalled past its lease must not commit, even where no
-        // newer claim exists yet: renew the lease first (dropping `tx` rolls back).
-        if lost.is_cancelled()
-            || !shared
-                .leases
-                .extend(run_id, batch_no, &shared.worker_id)
-                .await?
-        {
-            return Err(BatchError::LeaseLost(batch_no));
+        let started = tokio::time::Instant::now();
+        let transaction = info_span!("batch.transaction", run.id = %run_id, batch.no = i64::from(batch_no), db.system = "postgresql");
+        let outcome = async {
+            let (tx, outcome) = tokio::select! {
+                prepared = apply::prepare(&shared.pool, &run.plan, work, &shared.worker_id) => prepared?,
+                () = lost.cancelled() => return Err(BatchError::LeaseLost(batch_no)),
+            };
+            // A worker that stalled past its lease must not commit, even where no
+            // newer claim exists yet: renew the lease first (dropping `tx` rolls back).
+            if lost.is_cancelled()
+                || !shared
+                    .leases
+                    .extend(run_id, batch_no, &shared.worker_id)
+                    .await?
+            {
+                return Err(BatchError::LeaseLost(batch_no));
+            }
+            tx.commit()
+                .await
+                .map_err(|e| BatchError::from_sql("commit", &e))?;
+            Ok(outcome)
         }
-        tx.commit()
-            .await
-            .map_err(|e| BatchError::from_sql("commit", &e))?;
+        .instrument(transaction)
+        .await?;
+        shared
+            .stats
+            .apply_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let rows = outcome.rows;
+        shared
+            .stats
+            .rows_written
+            .inc_by(u64::try_from(rows.inserted + rows.updated + rows.deleted).unwrap_or(0));
+        let span = Span::current();
+        span.record("batch.rows_source", rows.source);
+        span.record("batch.rows_inserted", rows.inserted);
+        span.record("batch.rows_updated", rows.updated);
+        span.record("batch.rows_deleted", rows.deleted);
         Ok(claim)
     };
     let result = attempt
@@ -306,7 +371,9 @@ async fn under_lease(
         .await;
     match result {
         Ok(Claim::Granted { .. } | Claim::AlreadyApplied) => {
-            publish_applied(shared, run_id, batch_no).await?;
+            publish_applied(shared, run_id, batch_no)
+                .instrument(info_span!("batch.event", run.id = %run_id, batch.no = i64::from(batch_no), otel.kind = "producer"))
+                .await?;
             shared.leases.mark_done(run_id, batch_no).await?;
             Ok(Outcome::Done)
         }
@@ -321,12 +388,12 @@ async fn under_lease(
             "run {run_id} has no batch {batch_no}"
         ))),
         Err(e @ BatchError::Stale { .. }) => {
-            shared.stats.stale.fetch_add(1, Ordering::Relaxed);
+            shared.stats.stale.inc();
             refused(shared, msg, "stale_commit_refused", &e).await;
             Ok(Outcome::Skipped(e.to_string()))
         }
         Err(e @ BatchError::LeaseLost(_)) => {
-            shared.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
+            shared.stats.leases_lost.inc();
             refused(shared, msg, "lease_lost", &e).await;
             Ok(Outcome::Requeue(e.to_string()))
         }

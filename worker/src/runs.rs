@@ -15,6 +15,8 @@ pub(crate) struct RunContext {
     pub(crate) brief_hash: String,
     pub(crate) bound_kind: BoundKind,
     pub(crate) plan: WritePlan,
+    /// The run's target, for traces.
+    pub(crate) target: String,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +46,7 @@ impl Runs {
                 .guarding(run.fingerprints.clone()),
             brief_hash: run.brief_hash,
             bound_kind: run.bound_kind,
+            target: run.brief.scope.target.to_string(),
         });
         if let Ok(mut loaded) = self.loaded.lock() {
             loaded.insert(run_id, Arc::clone(&context));

@@ -22,7 +22,7 @@ use backfill_shared::services;
 use backfill_shared::sql::{TableName, quote_ident, quote_literal};
 use backfill_shared::topology::Topology;
 use backon::{BackoffBuilder as _, ExponentialBuilder};
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use guard::LoadGuard;
 use indicatif::{ProgressBar, ProgressStyle};
 use lapin::options::{
@@ -35,7 +35,7 @@ use publisher::BatchPublisher;
 use sqlx::PgPool;
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{Instrument as _, field, info, info_span, warn};
 use uuid::Uuid;
 
 /// Records a new run (and its before-image table) in one transaction.
@@ -219,30 +219,66 @@ pub async fn drive(
         leases: Leases::new(redis.clone(), &config.namespace, Duration::ZERO),
         gates: Gates::new(redis, &config.namespace),
     };
-    let mut delays = reconnect_policy().build();
-    let mut first = true;
-    let finish = loop {
-        let started = tokio::time::Instant::now();
-        match attachment.follow(first).await {
-            Ok(finish) => break finish,
-            Err(e) if e.is_connection_loss() => {
-                if started.elapsed() > Duration::from_secs(60) {
-                    delays = reconnect_policy().build();
-                }
-                let Some(delay) = delays.next() else {
-                    return Err(e);
-                };
-                warn!(run.id = %run_id, error = %e, retry_in = ?delay, "lost a service mid-run; reconnecting");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => return Err(e),
+    let span = info_span!(
+        "backfill.run",
+        run.id = %run_id,
+        target.table = %run.brief.scope.target,
+        run.batches = plan.len(),
+        run.strategy = ?run.brief.write.strategy,
+        otel.status_code = field::Empty,
+        otel.status_description = field::Empty,
+    );
+    // The run span is never entered: long-lived tasks spawned meanwhile (a new
+    // pool connection's, say) would otherwise keep it open past the run, and it
+    // would never be exported. Publish spans name it as their parent.
+    let finish = attachment.drive(&span).await;
+    match &finish {
+        Ok(Finish::Applied) => {}
+        Ok(Finish::Halted(reason)) => {
+            span.record("otel.status_code", "error");
+            span.record("otel.status_description", reason.as_str());
         }
-        first = false;
-    };
-    if let Some(warning) = gates::publish_or_warn(Some(&attachment.gates), pool, run_id).await {
-        warn!(run.id = %run_id, "{warning}");
+        Ok(Finish::Stopped(state)) => {
+            span.record("otel.status_description", format!("run is {state}"));
+        }
+        Err(e) => {
+            span.record("otel.status_code", "error");
+            span.record("otel.status_description", e.to_string());
+        }
     }
-    Ok(finish)
+    finish
+}
+
+impl Attachment<'_> {
+    /// Follows the run through lost connections until it ends.
+    async fn drive(&self, run_span: &tracing::Span) -> Result<Finish> {
+        let (pool, run_id) = (self.pool, self.run.run_id);
+        let attachment = self;
+        let mut delays = reconnect_policy().build();
+        let mut first = true;
+        let finish = loop {
+            let started = tokio::time::Instant::now();
+            match attachment.follow(first, run_span).await {
+                Ok(finish) => break finish,
+                Err(e) if e.is_connection_loss() => {
+                    if started.elapsed() > Duration::from_secs(60) {
+                        delays = reconnect_policy().build();
+                    }
+                    let Some(delay) = delays.next() else {
+                        return Err(e);
+                    };
+                    warn!(run.id = %run_id, error = %e, retry_in = ?delay, "lost a service mid-run; reconnecting");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+            first = false;
+        };
+        if let Some(warning) = gates::publish_or_warn(Some(&attachment.gates), pool, run_id).await {
+            warn!(run.id = %run_id, "{warning}");
+        }
+        Ok(finish)
+    }
 }
 
 /// How long and how often to try reconnecting: about six minutes in all.
@@ -270,31 +306,39 @@ impl Attachment<'_> {
     /// from the ledger, publishes, follows events and reconciles until the run
     /// ends or a connection is lost. `first`: a broker that cannot be reached is
     /// a service error (exit 3) rather than a connection lost.
-    async fn follow(&self, first: bool) -> Result<Finish> {
+    async fn follow(&self, first: bool, run_span: &tracing::Span) -> Result<Finish> {
         let (pool, run, run_id) = (self.pool, self.run, self.run.run_id);
         let _driver = DriverLock::take(pool, run_id).await?;
         let topology = Topology::new(&self.config.namespace);
-        let conn =
-            match services::rabbit(self.config, &format!("backfill coordinator {run_id}")).await {
-                Ok(conn) => conn,
-                Err(e) if first => return Err(e.into()),
-                Err(e) => return Err(CliError::Unavailable(e.to_string())),
-            };
-        let publish = conn.create_channel().await?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        topology.declare(&publish).await?;
-        let events_queue = topology.declare_run_events(&publish, run_id).await?;
-        let consume = conn.create_channel().await?;
-        consume.basic_qos(1000, BasicQosOptions::default()).await?;
-        let mut events = consume
-            .basic_consume(
-                events_queue.as_str().into(),
-                format!("coordinator-{run_id}").as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+        let (conn, publish, events_queue, mut events) =
+            async {
+                let conn =
+                    match services::rabbit(self.config, &format!("backfill coordinator {run_id}"))
+                        .await
+                    {
+                        Ok(conn) => conn,
+                        Err(e) if first => return Err(e.into()),
+                        Err(e) => return Err(CliError::Unavailable(e.to_string())),
+                    };
+                let publish = conn.create_channel().await?;
+                publish
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                topology.declare(&publish).await?;
+                let events_queue = topology.declare_run_events(&publish, run_id).await?;
+                let consume = conn.create_channel().await?;
+                consume.basic_qos(1000, BasicQosOptions::default()).await?;
+                let events = consume
+                    .basic_consume(
+                        events_queue.as_str().into(),
+                        format!("coordinator-{run_id}").as_str().into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                Ok::<_, CliError>((conn, publish, events_queue, events))
+            }
+            .instrument(tracing::Span::none())
             .await?;
 
         let total = self.plan.len();
@@ -304,6 +348,7 @@ impl Attachment<'_> {
             .await?
             .into();
         let batch_out = BatchPublisher {
+            run_span,
             channel: &publish,
             queue: &topology.batches,
             brief_hash: &run.brief_hash,
@@ -372,30 +417,25 @@ impl Attachment<'_> {
             }
             tokio::select! {
                 delivery = events.next() => {
-                    let Some(delivery) = delivery else {
-                        return Err(CliError::Unavailable("the broker closed the event stream".into()));
-                    };
-                    let delivery = delivery?;
-                    let event = message::decode_event(&delivery.data);
-                    delivery.ack(BasicAckOptions::default()).await?;
-                    match event {
-                        Ok(Event::Applied { batch_no, rows_source, rows_inserted, rows_updated, rows_deleted, duration_ms, checks, .. }) => {
-                            in_flight.remove(&batch_no);
-                            let batch = batches::Applied {
-                                batch_no,
-                                rows: batches::RowCounts { source: rows_source, inserted: rows_inserted, updated: rows_updated, deleted: rows_deleted },
-                                duration_ms,
-                                checks,
-                            };
-                            if let Some(reason) = take(&mut tally, &batch, run, &accepted, pool, &bar).await? {
-                                break halt(pool, run_id, &run.operator, &reason).await?;
-                            }
+                    // Take every event already here before publishing again: one
+                    // ledger update and one confirm wait per round, not per batch.
+                    let mut next = Some(delivery);
+                    let mut reason = None;
+                    let mut taken = 0;
+                    while let Some(delivery) = next.take() {
+                        let Some(delivery) = delivery else {
+                            return Err(CliError::Unavailable("the broker closed the event stream".into()));
+                        };
+                        let delivery = delivery?;
+                        delivery.ack(BasicAckOptions::default()).await?;
+                        reason = on_event(&delivery.data, &mut tally, &mut in_flight, run, &accepted, pool, &bar).await?;
+                        taken += 1;
+                        if reason.is_none() && taken < EVENTS_PER_ROUND {
+                            next = events.next().now_or_never();
                         }
-                        Ok(Event::Failed { batch_no, error, kind, .. }) => {
-                            let reason = format!("batch {batch_no} failed ({kind:?}): {error}");
-                            break halt(pool, run_id, &run.operator, &reason).await?;
-                        }
-                        Err(e) => warn!(error = %e, "ignoring an undecodable event"),
+                    }
+                    if let Some(reason) = reason {
+                        break halt(pool, run_id, &run.operator, &reason).await?;
                     }
                 }
                 _ = reconcile.tick() => {
@@ -527,6 +567,58 @@ impl Attachment<'_> {
             batches::record_failure(pool, run_id, batch_no, &error, true).await?;
         }
         Ok(())
+    }
+}
+
+/// Most events taken in one round before the window is filled again.
+const EVENTS_PER_ROUND: usize = 512;
+
+/// One worker event: counts an applied batch (and holds it against the limits),
+/// or reports a failed one. Returns the halt reason, if the run must halt.
+async fn on_event(
+    data: &[u8],
+    tally: &mut Tally,
+    in_flight: &mut HashSet<u32>,
+    run: &runs::Run,
+    accepted: &[String],
+    pool: &PgPool,
+    bar: &ProgressBar,
+) -> Result<Option<String>> {
+    match message::decode_event(data) {
+        Ok(Event::Applied {
+            batch_no,
+            rows_source,
+            rows_inserted,
+            rows_updated,
+            rows_deleted,
+            duration_ms,
+            checks,
+            ..
+        }) => {
+            in_flight.remove(&batch_no);
+            let batch = batches::Applied {
+                batch_no,
+                rows: batches::RowCounts {
+                    source: rows_source,
+                    inserted: rows_inserted,
+                    updated: rows_updated,
+                    deleted: rows_deleted,
+                },
+                duration_ms,
+                checks,
+            };
+            take(tally, &batch, run, accepted, pool, bar).await
+        }
+        Ok(Event::Failed {
+            batch_no,
+            error,
+            kind,
+            ..
+        }) => Ok(Some(format!("batch {batch_no} failed ({kind:?}): {error}"))),
+        Err(e) => {
+            warn!(error = %e, "ignoring an undecodable event");
+            Ok(None)
+        }
     }
 }
 

@@ -4,13 +4,17 @@ use crate::{CliError, Result};
 use backfill_shared::brief::BatchRange;
 use backfill_shared::message::{self, BatchMessage, VERSION};
 use backfill_shared::signing::{SIGNATURE_HEADER, Signer};
+use backfill_shared::telemetry;
 use backfill_shared::topology;
 use lapin::types::FieldTable;
+use tracing::{Instrument as _, info_span};
 use uuid::Uuid;
 
 /// Publishes batch messages of one run: pipelined, each confirmed, signed when
 /// the deployment has a message key.
 pub(super) struct BatchPublisher<'a> {
+    /// The parent of every publish span.
+    pub(super) run_span: &'a tracing::Span,
     pub(super) channel: &'a lapin::Channel,
     pub(super) queue: &'a str,
     pub(super) brief_hash: &'a str,
@@ -37,15 +41,25 @@ impl BatchPublisher<'_> {
                 brief_hash: self.brief_hash.to_owned(),
             })
             .map_err(|e| CliError::Internal(e.to_string()))?;
-            let mut properties = topology::persistent();
+            let span = info_span!(
+                parent: self.run_span,
+                "batch.publish",
+                otel.kind = "producer",
+                messaging.system = "rabbitmq",
+                messaging.destination.name = self.queue,
+                run.id = %self.run_id,
+                batch.no = i64::from(no),
+            );
+            let mut headers = FieldTable::default();
+            // The worker's apply span becomes this span's child.
+            span.in_scope(|| telemetry::inject(&mut headers));
             if let Some(signer) = &self.signer {
-                let mut headers = FieldTable::default();
                 headers.insert(
                     SIGNATURE_HEADER.into(),
                     lapin::types::AMQPValue::LongString(signer.sign(&payload).into()),
                 );
-                properties = properties.with_headers(headers);
             }
+            let properties = topology::persistent().with_headers(headers);
             confirms.push(
                 self.channel
                     .basic_publish(
@@ -55,6 +69,7 @@ impl BatchPublisher<'_> {
                         &payload,
                         properties,
                     )
+                    .instrument(span)
                     .await?,
             );
         }

@@ -1,0 +1,177 @@
+//! The deployment files parse and agree with the code: the compose file and the
+//! Kubernetes manifests are valid YAML with the expected objects, the worker's
+//! probes, arguments and grace period fit what `backfill-worker` does, KEDA watches
+//! the queue the workers consume, and the Dockerfile copies what exists and
+//! builds binaries the workspace has.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn documents(path: &str) -> Vec<Yaml> {
+    let text = std::fs::read_to_string(root().join(path)).unwrap();
+    YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{path} is not valid YAML: {e}"))
+}
+
+fn kind<'a>(docs: &'a [Yaml], kind: &str) -> &'a Yaml {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+fn flag(args: &[Yaml], name: &str) -> String {
+    args.iter()
+        .filter_map(Yaml::as_str)
+        .find_map(|a| a.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {args:?}"))
+        .to_owned()
+}
+
+#[test]
+fn the_compose_file_parses_and_builds_from_the_dockerfile() {
+    let compose = documents("deploy/compose.yaml");
+    let services = &compose[0]["services"];
+    for name in ["postgres", "redis", "rabbitmq", "jaeger", "worker"] {
+        assert!(!services[name].is_badvalue(), "no service {name}");
+    }
+    let worker = &services["worker"];
+    assert!(
+        worker["container_name"].is_badvalue(),
+        "a container name stops --scale"
+    );
+    let dockerfile = root()
+        .join("deploy")
+        .join(worker["build"]["context"].as_str().unwrap())
+        .join(worker["build"]["dockerfile"].as_str().unwrap());
+    assert!(dockerfile.exists(), "{}", dockerfile.display());
+    let env = &worker["environment"];
+    assert!(
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+            .as_str()
+            .unwrap()
+            .ends_with(":4318"),
+        "traces go over OTLP/HTTP"
+    );
+}
+
+#[test]
+fn the_kubernetes_manifests_fit_the_worker() {
+    let config = documents("deploy/k8s/config.yaml");
+    let namespace = kind(&config, "ConfigMap")["data"]["BACKFILL_NAMESPACE"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let worker = documents("deploy/k8s/worker.yaml");
+    let deployment = kind(&worker, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args = container["args"].as_vec().unwrap();
+    let drain: i64 = flag(args, "--drain-timeout").parse().unwrap();
+    let grace = pod["terminationGracePeriodSeconds"].as_i64().unwrap();
+    assert!(
+        grace > drain,
+        "the grace period ({grace} s) must outlast the drain ({drain} s)"
+    );
+    let metrics = flag(args, "--metrics-addr");
+    let port: i64 = metrics.rsplit_once(':').unwrap().1.parse().unwrap();
+    assert_eq!(container["ports"][0]["containerPort"].as_i64(), Some(port));
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/ready")
+    );
+    assert_eq!(
+        container["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+
+    let keda = documents("deploy/k8s/keda.yaml");
+    let scaled = kind(&keda, "ScaledObject");
+    assert_eq!(
+        scaled["spec"]["scaleTargetRef"]["name"].as_str(),
+        deployment["metadata"]["name"].as_str()
+    );
+    assert_eq!(
+        scaled["spec"]["triggers"][0]["metadata"]["queueName"].as_str(),
+        Some(format!("{namespace}.batches").as_str()),
+        "KEDA must watch the queue workers consume"
+    );
+    let auth = kind(&keda, "TriggerAuthentication");
+    assert_eq!(
+        scaled["spec"]["triggers"][0]["authenticationRef"]["name"].as_str(),
+        auth["metadata"]["name"].as_str()
+    );
+
+    let job = documents("deploy/k8s/coordinator-job.yaml");
+    let job_spec = &kind(&job, "Job")["spec"]["template"]["spec"];
+    assert_eq!(
+        job_spec["containers"][0]["command"][0].as_str(),
+        Some("backfill")
+    );
+    assert_eq!(job_spec["restartPolicy"].as_str(), Some("Never"));
+    assert!(!kind(&job, "ConfigMap")["data"]["brief.toml"].is_badvalue());
+    assert!(!kind(&documents("deploy/k8s/secret.example.yaml"), "Secret")["stringData"]["BACKFILL_DATABASE_URL"].is_badvalue());
+
+    let kustomization = documents("deploy/k8s/kustomization.yaml");
+    for resource in kustomization[0]["resources"].as_vec().unwrap() {
+        let file = root().join("deploy/k8s").join(resource.as_str().unwrap());
+        assert!(file.exists(), "{}", file.display());
+    }
+}
+
+#[test]
+fn the_dockerfile_copies_what_exists_and_builds_real_binaries() {
+    let text = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from="))
+    {
+        let parts: Vec<&str> = line.split_whitespace().skip(1).collect();
+        for source in &parts[..parts.len() - 1] {
+            assert!(
+                root().join(source).exists(),
+                "{line}: {source} does not exist"
+            );
+        }
+    }
+    let stages: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .filter_map(|l| l.split(" AS ").nth(1))
+        .collect();
+    for line in text.lines().filter(|l| l.contains("--from=")) {
+        let stage = line
+            .split("--from=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        assert!(stages.contains(&stage), "{line}: no stage {stage}");
+    }
+    for package in ["backfill-worker", "backfill-coordinator"] {
+        assert!(
+            text.contains(&format!("-p {package}")),
+            "the image builds {package}"
+        );
+    }
+    for (binary, crate_dir) in [("backfill-worker", "worker"), ("backfill", "coordinator")] {
+        assert!(
+            text.contains(&format!("target/release/{binary}")),
+            "{binary} is copied out"
+        );
+        let manifest = std::fs::read_to_string(root().join(crate_dir).join("Cargo.toml")).unwrap();
+        assert!(
+            manifest.contains(&format!("name = \"{binary}\"")),
+            "{crate_dir} builds {binary}"
+        );
+    }
+}
