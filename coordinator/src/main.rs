@@ -27,6 +27,10 @@ struct Cli {
     /// Log format: text or json.
     #[arg(long, global = true, default_value = "text")]
     log_format: LogFormat,
+    /// While driving a run (run, follow, resume, retry): serve its progress as
+    /// Prometheus text on /metrics at this address, e.g. 0.0.0.0:9465.
+    #[arg(long, global = true)]
+    metrics_addr: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Command,
 }
@@ -143,8 +147,12 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let telemetry = telemetry::init(cli.log_format, "info", "backfill");
-    let code = match execute(cli.command).await {
+    let telemetry = telemetry::init(
+        cli.log_format,
+        "warn,backfill_coordinator=info,backfill_worker=warn",
+        "backfill",
+    );
+    let code = match execute(cli.command, cli.metrics_addr).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -155,7 +163,7 @@ async fn main() -> ExitCode {
     code
 }
 
-async fn execute(command: Command) -> Result<()> {
+async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -> Result<()> {
     let config = Config::from_env().map_err(|e| CliError::BadInput(e.to_string()))?;
     match command {
         Command::Plan { brief, json } => {
@@ -209,7 +217,13 @@ async fn execute(command: Command) -> Result<()> {
             finish(
                 &pool,
                 run_id,
-                run::drive(&config, &pool, run_id, DriveOptions::default()).await?,
+                run::drive(
+                    &config,
+                    &pool,
+                    run_id,
+                    drive_options(metrics_addr, &pool).await?,
+                )
+                .await?,
             )
             .await
         }
@@ -218,7 +232,13 @@ async fn execute(command: Command) -> Result<()> {
             finish(
                 &pool,
                 run,
-                run::drive(&config, &pool, run, DriveOptions::default()).await?,
+                run::drive(
+                    &config,
+                    &pool,
+                    run,
+                    drive_options(metrics_addr, &pool).await?,
+                )
+                .await?,
             )
             .await
         }
@@ -245,7 +265,13 @@ async fn execute(command: Command) -> Result<()> {
             finish(
                 &pool,
                 run,
-                run::drive(&config, &pool, run, DriveOptions::default()).await?,
+                run::drive(
+                    &config,
+                    &pool,
+                    run,
+                    drive_options(metrics_addr, &pool).await?,
+                )
+                .await?,
             )
             .await
         }
@@ -256,7 +282,13 @@ async fn execute(command: Command) -> Result<()> {
             finish(
                 &pool,
                 run,
-                run::drive(&config, &pool, run, DriveOptions::default()).await?,
+                run::drive(
+                    &config,
+                    &pool,
+                    run,
+                    drive_options(metrics_addr, &pool).await?,
+                )
+                .await?,
             )
             .await
         }
@@ -373,6 +405,28 @@ async fn control_plane(config: &Config, connections: u32) -> Result<sqlx::PgPool
     let pool = services::postgres(config, connections).await?;
     control::migrate(&pool).await?;
     Ok(pool)
+}
+
+/// How to drive a run from the command line: a progress bar, and the run's
+/// gauges served on `metrics_addr` if one is given.
+async fn drive_options(
+    metrics_addr: Option<std::net::SocketAddr>,
+    pool: &sqlx::PgPool,
+) -> Result<DriveOptions> {
+    let mut options = DriveOptions::default();
+    if let Some(addr) = metrics_addr {
+        let metrics = std::sync::Arc::new(backfill_coordinator::run::RunMetrics::default());
+        let pool = pool.clone();
+        let ready: backfill_shared::metrics::ReadyCheck = std::sync::Arc::new(move || {
+            let pool = pool.clone();
+            Box::pin(async move { sqlx::query("SELECT 1").execute(&pool).await.is_ok() })
+        });
+        backfill_shared::metrics::serve(addr, std::sync::Arc::new(metrics.registry()), ready)
+            .await
+            .map_err(|e| CliError::BadInput(e.to_string()))?;
+        options.metrics = Some(metrics);
+    }
+    Ok(options)
 }
 
 /// Tells workers of a run's new state through Redis at once. Only warns when

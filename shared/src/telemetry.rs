@@ -9,9 +9,10 @@
 //! otherwise. The other standard variables apply: `OTEL_EXPORTER_OTLP_PROTOCOL`
 //! (`http/protobuf`, the default, or `http/json`), `OTEL_EXPORTER_OTLP_HEADERS`,
 //! `OTEL_SERVICE_NAME`, `OTEL_BSP_*`. Spans of Backfill's own crates are exported
-//! whatever `RUST_LOG` says. One run is one trace: the coordinator's run span,
-//! a publish span per batch, and the worker's apply span as its child, the W3C
-//! trace context travelling in the AMQP message headers ([`inject`], [`extract`]).
+//! whatever `RUST_LOG` says (and their info lines are then logged too). One run
+//! is one trace: the coordinator's run span ([`RootSpan`]), a publish span per
+//! batch, and the worker's apply span as its child, the W3C trace context
+//! travelling in the AMQP message headers ([`inject`], [`extract`]).
 
 use lapin::types::{AMQPValue, FieldTable};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
@@ -55,20 +56,6 @@ pub struct Telemetry {
 /// Installs the global subscriber. Call once, first thing in `main`; `service`
 /// names the process in traces unless `OTEL_SERVICE_NAME` does.
 pub fn init(format: LogFormat, default_filter: &str, service: &'static str) -> Telemetry {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let logs = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_target(false)
-            .with_writer(std::io::stderr)
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_writer(std::io::stderr)
-            .boxed(),
-    }
-    .with_filter(filter);
     let provider = if exporter_configured() {
         match otlp_provider(service) {
             Ok(provider) => Some(provider),
@@ -84,13 +71,49 @@ pub fn init(format: LogFormat, default_filter: &str, service: &'static str) -> T
     } else {
         None
     };
+    // One filter for logs and traces alike: per-layer filters that disagree lose
+    // spans (a span one layer's filter rejects can leave the other layer without
+    // its close). With traces on, Backfill's own spans always pass, so its info
+    // lines are logged too.
+    let mut filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    if provider.is_some() {
+        for directive in TRACED {
+            if let Ok(d) = directive.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    if let Some(provider) = &provider {
+        // Root spans (see [`RootSpan`]) come from the global tracer.
+        opentelemetry::global::set_tracer_provider(provider.clone());
+    }
     let traces = provider.as_ref().map(layer);
     let _ = tracing_subscriber::registry()
+        .with(filter)
         .with(logs)
         .with(traces)
         .try_init();
     Telemetry { provider }
 }
+
+/// Filter directives that let Backfill's spans through whatever `RUST_LOG` says.
+pub const TRACED: [&str; 3] = [
+    "backfill_coordinator=info",
+    "backfill_worker=info",
+    "backfill_shared=info",
+];
 
 impl Telemetry {
     /// Exports the spans not yet sent (waiting at most a few seconds).
@@ -106,9 +129,8 @@ impl Telemetry {
     }
 }
 
-/// The OpenTelemetry layer over `provider`, exporting the spans of Backfill's
-/// crates (at `info` and above) whatever the log filter says. Public for tests
-/// that install their own provider.
+/// The OpenTelemetry layer over `provider`. Public for tests that install their
+/// own provider (with a filter made of [`TRACED`]).
 pub fn layer<S>(provider: &SdkTracerProvider) -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -119,9 +141,6 @@ where
         .with_threads(false)
         .with_target(false)
         .with_tracked_inactivity(false)
-        .with_filter(EnvFilter::new(
-            "off,backfill_coordinator=info,backfill_worker=info,backfill_shared=info",
-        ))
 }
 
 fn env_set(name: &str) -> Option<String> {
@@ -162,6 +181,48 @@ fn otlp_provider(service: &'static str) -> Result<SdkTracerProvider, String> {
         .with_batch_exporter(exporter)
         .with_resource(resource.build())
         .build())
+}
+
+/// The root span of a run, made with the OpenTelemetry API rather than through
+/// `tracing`, so that it ends exactly when the run does: a `tracing` span stays
+/// open while anything still refers to it, and a long-lived task that does
+/// would keep the root from ever being exported. Its children name it with
+/// `set_parent(root.context())`. A no-op when traces are off.
+#[derive(Debug)]
+pub struct RootSpan {
+    cx: opentelemetry::Context,
+}
+
+impl RootSpan {
+    #[must_use]
+    pub fn start(name: &'static str, attributes: Vec<opentelemetry::KeyValue>) -> Self {
+        use opentelemetry::trace::{TraceContextExt as _, Tracer as _};
+        let tracer = opentelemetry::global::tracer("backfill");
+        let span = tracer
+            .span_builder(name)
+            .with_kind(opentelemetry::trace::SpanKind::Internal)
+            .with_attributes(attributes)
+            .start(&tracer);
+        Self {
+            cx: opentelemetry::Context::current_with_span(span),
+        }
+    }
+
+    /// The context children take as their parent.
+    #[must_use]
+    pub fn context(&self) -> opentelemetry::Context {
+        self.cx.clone()
+    }
+
+    /// Ends the span, with an error status if `failure` says why.
+    pub fn end(self, failure: Option<String>) {
+        use opentelemetry::trace::TraceContextExt as _;
+        let span = self.cx.span();
+        if let Some(description) = failure {
+            span.set_status(opentelemetry::trace::Status::error(description));
+        }
+        span.end();
+    }
 }
 
 /// AMQP headers as a carrier of the W3C trace context.

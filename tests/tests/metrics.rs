@@ -134,3 +134,50 @@ async fn worker_metrics_match_the_ledger() {
     let _ = worker.wait().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coordinator_gauges_follow_the_ledger() {
+    use backfill_coordinator::run::{DriveOptions, RunMetrics};
+    let env = TestEnv::new(0.01).await;
+    let (run_id, _, plan) = env.record_run(&env.brief(5, 2).await).await;
+    let metrics = std::sync::Arc::new(RunMetrics::default());
+    let workers = env.workers(1).await;
+    let driver = env.drive_with(
+        run_id,
+        DriveOptions {
+            progress: false,
+            metrics: Some(std::sync::Arc::clone(&metrics)),
+            reconcile_every: Duration::from_millis(200),
+            ..DriveOptions::default()
+        },
+    );
+    assert_eq!(finish_within(driver, 120).await, Finish::Applied);
+    workers.stop().await;
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &metrics.registry()).unwrap();
+    let samples = parse(&text);
+    let written: i64 = sqlx::query_scalar(
+        "SELECT sum(rows_inserted + rows_updated + rows_deleted)::bigint FROM backfill.batches WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let value = |name: &str| {
+        *samples
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    assert_eq!(
+        value("backfill_run_batches{state=\"applied\"}"),
+        plan.len() as f64
+    );
+    assert_eq!(value("backfill_run_batches{state=\"pending\"}"), 0.0);
+    assert_eq!(value("backfill_run_rows_written"), written as f64);
+    assert_eq!(value("backfill_run_held{reason=\"throttled\"}"), 0.0);
+    assert_eq!(
+        value(&format!("backfill_run_driving{{run_id=\"{run_id}\"}}")),
+        1.0
+    );
+    env.cleanup().await;
+}

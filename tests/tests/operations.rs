@@ -19,6 +19,7 @@ fn quick() -> DriveOptions {
         progress: false,
         reconcile_every: Duration::from_millis(200),
         guard_cooldown: Duration::from_millis(600),
+        ..DriveOptions::default()
     }
 }
 

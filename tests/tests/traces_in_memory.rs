@@ -34,8 +34,12 @@ async fn the_apply_span_is_a_child_of_the_publish_span_across_rabbitmq() {
         .with_simple_exporter(exporter.clone())
         .build();
     tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new(
+            backfill_shared::telemetry::TRACED.join(","),
+        ))
         .with(backfill_shared::telemetry::layer(&provider))
         .init();
+    opentelemetry::global::set_tracer_provider(provider.clone());
 
     let env = TestEnv::new(0.01).await;
     let text = env.brief(4, 2).await;

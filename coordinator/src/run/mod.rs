@@ -8,7 +8,10 @@ use crate::lifecycle;
 
 mod guard;
 mod liveness;
+mod metrics;
 mod publisher;
+
+pub use metrics::RunMetrics;
 
 use backfill_shared::brief::{BatchRange, Brief};
 use backfill_shared::checks;
@@ -20,6 +23,7 @@ use backfill_shared::lease::Leases;
 use backfill_shared::message::{self, Event};
 use backfill_shared::services;
 use backfill_shared::sql::{TableName, quote_ident, quote_literal};
+use backfill_shared::telemetry::RootSpan;
 use backfill_shared::topology::Topology;
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use futures_util::{FutureExt as _, StreamExt};
@@ -31,11 +35,12 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use liveness::{DriverLock, Sweep};
+use opentelemetry::KeyValue;
 use publisher::BatchPublisher;
 use sqlx::PgPool;
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
-use tracing::{Instrument as _, field, info, info_span, warn};
+use tracing::{Instrument as _, info, warn};
 use uuid::Uuid;
 
 /// Records a new run (and its before-image table) in one transaction.
@@ -163,9 +168,11 @@ pub enum Finish {
 }
 
 /// Options of [`drive`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DriveOptions {
     pub progress: bool,
+    /// Gauges of the run's progress, refreshed at every reconcile.
+    pub metrics: Option<std::sync::Arc<RunMetrics>>,
     /// How often the ledger is re-read (to notice work whose event was lost), the
     /// run's state checked and the load guard polled.
     pub reconcile_every: Duration,
@@ -177,6 +184,7 @@ impl Default for DriveOptions {
     fn default() -> Self {
         Self {
             progress: true,
+            metrics: None,
             reconcile_every: Duration::from_secs(2),
             guard_cooldown: Duration::from_secs(30),
         }
@@ -219,39 +227,27 @@ pub async fn drive(
         leases: Leases::new(redis.clone(), &config.namespace, Duration::ZERO),
         gates: Gates::new(redis, &config.namespace),
     };
-    let span = info_span!(
+    let root = RootSpan::start(
         "backfill.run",
-        run.id = %run_id,
-        target.table = %run.brief.scope.target,
-        run.batches = plan.len(),
-        run.strategy = ?run.brief.write.strategy,
-        otel.status_code = field::Empty,
-        otel.status_description = field::Empty,
+        vec![
+            KeyValue::new("run.id", run_id.to_string()),
+            KeyValue::new("target.table", run.brief.scope.target.to_string()),
+            KeyValue::new("run.batches", i64::try_from(plan.len()).unwrap_or(i64::MAX)),
+            KeyValue::new("run.strategy", format!("{:?}", run.brief.write.strategy)),
+        ],
     );
-    // The run span is never entered: long-lived tasks spawned meanwhile (a new
-    // pool connection's, say) would otherwise keep it open past the run, and it
-    // would never be exported. Publish spans name it as their parent.
-    let finish = attachment.drive(&span).await;
-    match &finish {
-        Ok(Finish::Applied) => {}
-        Ok(Finish::Halted(reason)) => {
-            span.record("otel.status_code", "error");
-            span.record("otel.status_description", reason.as_str());
-        }
-        Ok(Finish::Stopped(state)) => {
-            span.record("otel.status_description", format!("run is {state}"));
-        }
-        Err(e) => {
-            span.record("otel.status_code", "error");
-            span.record("otel.status_description", e.to_string());
-        }
-    }
+    let finish = attachment.drive(&root.context()).await;
+    root.end(match &finish {
+        Ok(Finish::Applied | Finish::Stopped(_)) => None,
+        Ok(Finish::Halted(reason)) => Some(reason.clone()),
+        Err(e) => Some(e.to_string()),
+    });
     finish
 }
 
 impl Attachment<'_> {
     /// Follows the run through lost connections until it ends.
-    async fn drive(&self, run_span: &tracing::Span) -> Result<Finish> {
+    async fn drive(&self, run_span: &opentelemetry::Context) -> Result<Finish> {
         let (pool, run_id) = (self.pool, self.run.run_id);
         let attachment = self;
         let mut delays = reconnect_policy().build();
@@ -306,7 +302,7 @@ impl Attachment<'_> {
     /// from the ledger, publishes, follows events and reconciles until the run
     /// ends or a connection is lost. `first`: a broker that cannot be reached is
     /// a service error (exit 3) rather than a connection lost.
-    async fn follow(&self, first: bool, run_span: &tracing::Span) -> Result<Finish> {
+    async fn follow(&self, first: bool, run_span: &opentelemetry::Context) -> Result<Finish> {
         let (pool, run, run_id) = (self.pool, self.run, self.run.run_id);
         let _driver = DriverLock::take(pool, run_id).await?;
         let topology = Topology::new(&self.config.namespace);
@@ -387,6 +383,10 @@ impl Attachment<'_> {
         let mut held = runs::state(pool, run_id).await? == RunState::Paused
             || guard.poll(pool, run_id).await?;
         self.tell_workers().await;
+        if let Some(metrics) = &self.options.metrics {
+            metrics.attached(run_id);
+            metrics.update(&batches::counts(pool, run_id).await?, false, held);
+        }
         let mut sweep = Sweep::default();
         let mut reconcile = tokio::time::interval(self.options.reconcile_every);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -455,6 +455,9 @@ impl Attachment<'_> {
                     }
                     // Events can be lost (a worker dies after commit); the ledger cannot.
                     let counts = batches::counts(pool, run_id).await?;
+                    if let Some(metrics) = &self.options.metrics {
+                        metrics.update(&counts, paused, throttled);
+                    }
                     if counts.failed > 0 {
                         let failure = batches::failures(pool, run_id).await?.into_iter().find(|f| f.state == "failed");
                         let reason = failure.map_or_else(|| "a batch failed".to_owned(), |f| format!("batch {} failed: {}", f.batch_no, f.last_error));
@@ -483,6 +486,9 @@ impl Attachment<'_> {
         };
         bar.finish_and_clear();
         runs::set_throttled(pool, run_id, false, &run.operator, "coordinator stopped").await?;
+        if let Some(metrics) = &self.options.metrics {
+            metrics.update(&batches::counts(pool, run_id).await?, false, false);
+        }
         if finish == Finish::Applied {
             // Every batch is in: the live target is consistent again.
             if lifecycle::writes_live_target(&run.brief) {

@@ -8,13 +8,14 @@ use backfill_shared::telemetry;
 use backfill_shared::topology;
 use lapin::types::FieldTable;
 use tracing::{Instrument as _, info_span};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
 /// Publishes batch messages of one run: pipelined, each confirmed, signed when
 /// the deployment has a message key.
 pub(super) struct BatchPublisher<'a> {
-    /// The parent of every publish span.
-    pub(super) run_span: &'a tracing::Span,
+    /// The parent of every publish span: the run's root span.
+    pub(super) run_span: &'a opentelemetry::Context,
     pub(super) channel: &'a lapin::Channel,
     pub(super) queue: &'a str,
     pub(super) brief_hash: &'a str,
@@ -42,7 +43,6 @@ impl BatchPublisher<'_> {
             })
             .map_err(|e| CliError::Internal(e.to_string()))?;
             let span = info_span!(
-                parent: self.run_span,
                 "batch.publish",
                 otel.kind = "producer",
                 messaging.system = "rabbitmq",
@@ -50,6 +50,7 @@ impl BatchPublisher<'_> {
                 run.id = %self.run_id,
                 batch.no = i64::from(no),
             );
+            let _ = span.set_parent(self.run_span.clone());
             let mut headers = FieldTable::default();
             // The worker's apply span becomes this span's child.
             span.in_scope(|| telemetry::inject(&mut headers));
