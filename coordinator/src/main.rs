@@ -214,33 +214,11 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
                 return spawn_follower(run_id);
             }
             eprint!("{}", plan.render());
-            finish(
-                &pool,
-                run_id,
-                run::drive(
-                    &config,
-                    &pool,
-                    run_id,
-                    drive_options(metrics_addr, &pool).await?,
-                )
-                .await?,
-            )
-            .await
+            drive_to_end(&config, &pool, run_id, metrics_addr).await
         }
         Command::Follow { run } => {
             let pool = control_plane(&config, 4).await?;
-            finish(
-                &pool,
-                run,
-                run::drive(
-                    &config,
-                    &pool,
-                    run,
-                    drive_options(metrics_addr, &pool).await?,
-                )
-                .await?,
-            )
-            .await
+            drive_to_end(&config, &pool, run, metrics_addr).await
         }
         Command::Pause { run } => {
             let pool = control_plane(&config, 2).await?;
@@ -262,35 +240,13 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
             let pool = control_plane(&config, 4).await?;
             backfill_coordinator::resume::resume(&pool, run, &operator(), accept.as_deref())
                 .await?;
-            finish(
-                &pool,
-                run,
-                run::drive(
-                    &config,
-                    &pool,
-                    run,
-                    drive_options(metrics_addr, &pool).await?,
-                )
-                .await?,
-            )
-            .await
+            drive_to_end(&config, &pool, run, metrics_addr).await
         }
         Command::Retry { run } => {
             let pool = control_plane(&config, 4).await?;
             let n = backfill_coordinator::resume::retry(&pool, run, &operator()).await?;
             eprintln!("{n} failed batch(es) pending again");
-            finish(
-                &pool,
-                run,
-                run::drive(
-                    &config,
-                    &pool,
-                    run,
-                    drive_options(metrics_addr, &pool).await?,
-                )
-                .await?,
-            )
-            .await
+            drive_to_end(&config, &pool, run, metrics_addr).await
         }
         Command::Status { run, json } => {
             let pool = control_plane(&config, 2).await?;
@@ -405,6 +361,23 @@ async fn control_plane(config: &Config, connections: u32) -> Result<sqlx::PgPool
     let pool = services::postgres(config, connections).await?;
     control::migrate(&pool).await?;
     Ok(pool)
+}
+
+/// Drives a run to its end from the command line (a progress bar, the run's
+/// gauges on `metrics_addr` if given) and reports how it ended.
+async fn drive_to_end(
+    config: &Config,
+    pool: &sqlx::PgPool,
+    run_id: Uuid,
+    metrics_addr: Option<std::net::SocketAddr>,
+) -> Result<()> {
+    let options = drive_options(metrics_addr, pool).await?;
+    finish(
+        pool,
+        run_id,
+        run::drive(config, pool, run_id, options).await?,
+    )
+    .await
 }
 
 /// How to drive a run from the command line: a progress bar, and the run's
