@@ -349,16 +349,16 @@ async fn backfill(env: &TestEnv, text: &str) -> Duration {
     .expect("drive the benchmark run");
     let took = started.elapsed();
     assert_eq!(finish, Finish::Applied, "the benchmark run did not apply");
-    retire(&env.pool, run_id).await;
+    retire(&env.pool, run_id, RunState::Applied).await;
     took
 }
 
-/// A finished benchmark run lets go of its target.
-async fn retire(pool: &PgPool, run_id: Uuid) {
+/// A benchmark run (in state `from`) lets go of its target.
+async fn retire(pool: &PgPool, run_id: Uuid, from: RunState) {
     runs::transition(
         pool,
         run_id,
-        &[RunState::Applied],
+        &[from],
         RunState::Cancelled,
         "bench",
         Some("benchmark run retired"),
@@ -466,16 +466,7 @@ async fn coordinator_peak_mb(env: &TestEnv, text: &str) -> f64 {
     let peak = peak_rss_mb(pid).expect("read the coordinator's memory");
     let _ = child.start_kill();
     let _ = child.wait().await;
-    runs::transition(
-        &env.pool,
-        run_id,
-        &[RunState::Running],
-        RunState::Cancelled,
-        "bench",
-        Some("benchmark run retired"),
-    )
-    .await
-    .expect("cancel the run");
+    retire(&env.pool, run_id, RunState::Running).await;
     let _ = std::fs::remove_dir_all(&dir);
     peak
 }

@@ -132,12 +132,16 @@ impl Sweep {
 }
 
 /// Published (queued or running) batches of the run that no worker holds a lease on.
-pub(super) async fn abandoned(
-    pool: &PgPool,
+async fn abandoned(pool: &PgPool, leases: &Leases, run_id: Uuid) -> Result<Vec<Unfinished>> {
+    unleased(leases, run_id, batches::unfinished(pool, run_id).await?).await
+}
+
+/// Those of `unfinished` that no worker holds a lease on.
+pub(super) async fn unleased(
     leases: &Leases,
     run_id: Uuid,
+    unfinished: Vec<Unfinished>,
 ) -> Result<Vec<Unfinished>> {
-    let unfinished = batches::unfinished(pool, run_id).await?;
     let nos: Vec<u32> = unfinished.iter().map(|b| b.batch_no).collect();
     let holders = leases.holders(run_id, &nos).await?;
     Ok(unfinished

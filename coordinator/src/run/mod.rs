@@ -357,14 +357,14 @@ impl Attachment<'_> {
         // while the run was halted, dead-lettered at the delivery limit), so
         // publish them again. A duplicate is harmless: the ledger and the
         // idempotency key make the second delivery a no-op.
-        let orphans = liveness::abandoned(pool, &self.leases, run_id).await?;
-        let republished: Vec<u32> = orphans.iter().map(|b| b.batch_no).collect();
-        batch_out.publish(&republished).await?;
-        let mut in_flight: HashSet<u32> = batches::unfinished(pool, run_id)
+        let unfinished = batches::unfinished(pool, run_id).await?;
+        let mut in_flight: HashSet<u32> = unfinished.iter().map(|b| b.batch_no).collect();
+        let republished: Vec<u32> = liveness::unleased(&self.leases, run_id, unfinished)
             .await?
             .iter()
             .map(|b| b.batch_no)
             .collect();
+        batch_out.publish(&republished).await?;
         let already = batches::numbers_in_state(pool, run_id, "applied").await?;
         for batch in batches::applied_among(pool, run_id, &already).await? {
             tally.record(&batch);
