@@ -35,6 +35,18 @@ async fn wait_for(env: &TestEnv, run_id: uuid::Uuid, what: &str, done: impl Fn(&
     }
 }
 
+/// Waits 2 s and checks that no batch started meanwhile: `applied` are applied
+/// and none is running.
+async fn assert_nothing_starts(env: &TestEnv, run_id: uuid::Uuid, applied: i64, why: &str) {
+    sleep(Duration::from_secs(2)).await;
+    let c = counts(env, run_id).await;
+    assert_eq!(
+        (c.applied, c.running),
+        (applied, 0),
+        "a batch started {why}: {c:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pause_stops_new_batches_and_resume_finishes() {
     let env = TestEnv::new(0.01).await;
@@ -46,13 +58,7 @@ async fn pause_stops_new_batches_and_resume_finishes() {
     // In-flight batches finish within one batch's time; then nothing starts.
     wait_for(&env, run_id, "in-flight batches finish", |c| c.running == 0).await;
     let held = counts(&env, run_id).await.applied;
-    sleep(Duration::from_secs(2)).await;
-    let later = counts(&env, run_id).await;
-    assert_eq!(
-        (later.applied, later.running),
-        (held, 0),
-        "a batch started while paused"
-    );
+    assert_nothing_starts(&env, run_id, held, "while paused").await;
     assert!(held < 12);
 
     resume::resume(&env.pool, run_id, "alice", None)
@@ -116,13 +122,7 @@ async fn the_load_guard_holds_batches_while_true() {
     let (run_id, ..) = env.record_run(&text).await;
     let workers = env.workers(2).await;
     let driver = env.drive_with(run_id, quick());
-    sleep(Duration::from_secs(2)).await;
-    let c = counts(&env, run_id).await;
-    assert_eq!(
-        (c.applied, c.running),
-        (0, 0),
-        "a batch started while pause_when was true: {c:?}"
-    );
+    assert_nothing_starts(&env, run_id, 0, "while pause_when was true").await;
 
     sqlx::query("UPDATE tpch.load SET busy = false")
         .execute(&env.pool)
@@ -172,13 +172,7 @@ async fn outside_its_window_no_batch_starts() {
     let (run_id, ..) = env.record_run(&text).await;
     let workers = env.workers(1).await;
     let driver = env.drive_with(run_id, quick());
-    sleep(Duration::from_secs(2)).await;
-    let c = counts(&env, run_id).await;
-    assert_eq!(
-        (c.applied, c.running),
-        (0, 0),
-        "a batch started outside the window: {c:?}"
-    );
+    assert_nothing_starts(&env, run_id, 0, "outside the window").await;
     let status = backfill_coordinator::status::status(&env.pool, run_id)
         .await
         .unwrap();
@@ -264,13 +258,7 @@ async fn workers_take_the_run_state_from_redis() {
     for range in &plan {
         publish_batch(&channel, &topo, run_id, &text, range).await;
     }
-    sleep(Duration::from_secs(2)).await;
-    let held = counts(&env, run_id).await;
-    assert_eq!(
-        (held.applied, held.running),
-        (0, 0),
-        "a batch started while Redis said wait"
-    );
+    assert_nothing_starts(&env, run_id, 0, "while Redis said wait").await;
 
     // Writing the warehouse's state to Redis lets them go.
     assert_eq!(
