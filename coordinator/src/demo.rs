@@ -130,6 +130,17 @@ retain_days = 14
     ))
 }
 
+/// The demo's brief without before-images: a metric-changing live write must
+/// then name its other way back, and its rollback plan may not promise images.
+#[must_use]
+pub fn without_before_images(text: &str) -> String {
+    text.replace("snapshot = true", "snapshot = false").replace(
+        "plan = \"Before-images per batch in the run's image table restore every changed row.\"",
+        "plan = \"Rebuild the table from the TPC-H source data.\"\n\
+         without_images = \"the TPC-H tables are generated data: `backfill demo` rebuilds them\"",
+    )
+}
+
 /// Rows that differ between the target and an independent recomputation of the
 /// fix over the whole table (both directions of `EXCEPT`).
 pub async fn differences_from_recomputation(pool: &PgPool, schema: &str) -> Result<i64> {
@@ -294,7 +305,7 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
 
     let mut text = brief_text(&pool, SCHEMA, batches, 8).await?;
     if !snapshot {
-        text = text.replace("snapshot = true", "snapshot = false");
+        text = without_before_images(&text);
     }
     let brief_path = std::env::temp_dir().join("backfill-demo-brief.toml");
     std::fs::write(&brief_path, &text)

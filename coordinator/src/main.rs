@@ -117,6 +117,9 @@ enum Command {
         /// Roll back even though a later run changed the same target.
         #[arg(long)]
         force: bool,
+        /// Restore rows changed since the run too (they are listed and spared otherwise).
+        #[arg(long)]
+        overwrite_newer: bool,
         #[arg(long, default_value_t = 5000)]
         lock_timeout_ms: u64,
     },
@@ -321,6 +324,7 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
         Command::Rollback {
             run,
             force,
+            overwrite_newer,
             lock_timeout_ms,
         } => {
             let pool = control_plane(&config, 2).await?;
@@ -328,8 +332,11 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
                 &pool,
                 run,
                 &operator(),
-                force,
-                Duration::from_millis(lock_timeout_ms),
+                lifecycle::rollback::RollbackOptions {
+                    force,
+                    overwrite_newer,
+                    lock_timeout: Duration::from_millis(lock_timeout_ms),
+                },
             )
             .await?;
             print_json(&report)

@@ -8,6 +8,8 @@
 //!   NULL rates of the rewritten columns, rows per batch range;
 //! - uniqueness of the key across the whole target;
 //! - referential integrity of the declared references across the scope;
+//! - unmatched rows: per batch range, the target rows the source did not
+//!   reproduce (removed or left stale), against `max_unmatched_pct`;
 //! - metric reconciliation: per group, before and after summed over the batches,
 //!   and the after figures checked against the table as it is now;
 //! - size: table and index size before the run and now.
@@ -145,6 +147,7 @@ pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
         detail: json!(orphans),
     });
 
+    checks.push(unmatched(pool, &run).await?);
     checks.push(reconciliation(pool, &run, &t, &scope).await?);
     checks.push(edge_cases(pool, &run, &t).await?);
     checks.push(size(pool, &run, &table).await?);
@@ -169,6 +172,65 @@ pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
     )
     .await?;
     Ok(checks)
+}
+
+/// Per batch range, the target rows the source did not reproduce, as the
+/// batches measured them in their transactions; a range past
+/// `max_unmatched_pct` fails the check unless the breach was accepted.
+async fn unmatched(pool: &PgPool, run: &Run) -> Result<Check> {
+    let brief = &run.brief;
+    let limit = brief.validation.max_unmatched_pct;
+    let ranges = brief
+        .scope
+        .batch_by
+        .plan()
+        .map_err(|e| CliError::Internal(format!("the recorded brief no longer plans: {e}")))?;
+    let nos: Vec<u32> = (0..run.batch_count).collect();
+    let applied = batches::applied_among(pool, run.run_id, &nos).await?;
+    let accepted = crate::run::accepted_limits(pool, run.run_id)
+        .await?
+        .iter()
+        .any(|l| l == "max_unmatched_pct");
+    let mut total = 0;
+    let mut over = 0;
+    let mut per_range = Vec::new();
+    for b in &applied {
+        let u = b.checks.unmatched;
+        total += u.rows;
+        if u.rows == 0 {
+            continue;
+        }
+        let breached = u.pct() > limit;
+        over += usize::from(breached);
+        let range = ranges.iter().find(|r| r.no == b.batch_no);
+        per_range.push(json!({
+            "batch": b.batch_no,
+            "lo": range.map(|r| r.lo.to_string()),
+            "hi": range.map(|r| r.hi.to_string()),
+            "unmatched": u.rows,
+            "range_rows": u.range_rows,
+            "pct": u.pct(),
+            "at_lower_bound": u.at_lower_bound,
+            "over_limit": breached,
+            "message": u.describe(brief),
+        }));
+    }
+    let fate = backfill_shared::checks::Unmatched::fate(brief);
+    Ok(Check {
+        name: "unmatched rows",
+        passed: over == 0 || accepted,
+        summary: format!(
+            "{total} target rows {fate} without a counterpart in the source, in {} of {} batch ranges; {over} over max_unmatched_pct = {limit}{}",
+            per_range.len(),
+            applied.len(),
+            if over > 0 && accepted {
+                " (accepted)"
+            } else {
+                ""
+            }
+        ),
+        detail: json!({ "limit_pct": limit, "accepted": accepted, "ranges": per_range }),
+    })
 }
 
 fn sql_type(b: Bound) -> &'static str {

@@ -4,9 +4,9 @@
 //!
 //! A limit is named so an operator can accept a breach of it by name
 //! (`backfill resume RUN --accept "..."`): `max_change_pct:<metric>`,
-//! `references:<column>`, `expected_rows`.
+//! `references:<column>`, `expected_rows`, `max_unmatched_pct`.
 
-use crate::brief::Brief;
+use crate::brief::{Brief, OnMissing, Strategy};
 use serde::{Deserialize, Serialize};
 
 /// One metric of one group on a batch's range, before and after the write.
@@ -46,6 +46,70 @@ pub struct BatchChecks {
     /// Rows whose reference has no parent, per referencing column, after the write.
     #[serde(default)]
     pub orphans: Vec<(String, i64)>,
+    #[serde(default)]
+    pub unmatched: Unmatched,
+}
+
+/// The batch range's target rows that the source did not reproduce: removed
+/// (`partition-overwrite`, `on_missing = "delete"`) or left stale (`"keep"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unmatched {
+    /// Target rows of the range whose key the source did not yield.
+    pub rows: i64,
+    /// Of those, the rows whose `batch_by` value is the batch's lower bound.
+    pub at_lower_bound: i64,
+    /// Target rows the range held before the write.
+    pub range_rows: i64,
+}
+
+impl Unmatched {
+    /// The unmatched rows as a percent of the range's rows (0 for an empty range).
+    #[must_use]
+    pub fn pct(&self) -> f64 {
+        if self.range_rows <= 0 {
+            0.0
+        } else {
+            self.rows as f64 / self.range_rows as f64 * 100.0
+        }
+    }
+
+    /// What happened to unmatched rows under this brief.
+    #[must_use]
+    pub fn fate(brief: &Brief) -> &'static str {
+        if brief.write.strategy == Strategy::PartitionOverwrite
+            || brief.write.on_missing == OnMissing::Delete
+        {
+            "removed"
+        } else {
+            "left stale"
+        }
+    }
+
+    /// Whether the unmatched rows all sit at the batch's lower bound: the sign of
+    /// a source filtered with `> $1` instead of `>= $1`.
+    #[must_use]
+    pub fn all_at_lower_bound(&self) -> bool {
+        self.rows > 0 && self.at_lower_bound == self.rows
+    }
+
+    /// One sentence on these rows, for a breach, `validate` and the report.
+    #[must_use]
+    pub fn describe(&self, brief: &Brief) -> String {
+        let mut text = format!(
+            "{} of {} target rows in the range ({:.2}%) have no counterpart in the source and were {}",
+            self.rows,
+            self.range_rows,
+            self.pct(),
+            Self::fate(brief)
+        );
+        if self.all_at_lower_bound() {
+            text.push_str(
+                "; all of them sit at the batch's lower bound: the source yields nothing at the \
+                 lower bound of each batch — does it use `>= $1`?",
+            );
+        }
+        text
+    }
 }
 
 /// A limit of the brief that a batch broke.
@@ -117,6 +181,16 @@ pub fn evaluate(
         breach(
             format!("references:{column}"),
             format!("batch {batch_no}: {n} rows have a {column} with no parent row"),
+        );
+    }
+    let limit = brief.validation.max_unmatched_pct;
+    if checks.unmatched.rows > 0 && checks.unmatched.pct() > limit {
+        breach(
+            "max_unmatched_pct".into(),
+            format!(
+                "batch {batch_no}: {} (max_unmatched_pct = {limit}); if the brief means it, raise the limit or resume with --accept",
+                checks.unmatched.describe(brief)
+            ),
         );
     }
     if let Some(expected) = brief.scope.expected_rows {
@@ -205,6 +279,11 @@ retain_days = 1
             duplicate_keys: 3,
             metrics: vec![group(100.0, 50.0), group(100.0, 95.0)],
             orphans: vec![("cust".into(), 2)],
+            unmatched: Unmatched {
+                rows: 7,
+                at_lower_bound: 7,
+                range_rows: 210,
+            },
             ..BatchChecks::default()
         };
         let breaches = evaluate(&brief(), 4, &checks, 111, &[]);
@@ -215,8 +294,17 @@ retain_days = 1
                 "max_duplicate_keys",
                 "max_change_pct:total",
                 "references:cust",
+                "max_unmatched_pct",
                 "expected_rows"
             ]
+        );
+        let unmatched = &breaches[3].message;
+        assert!(
+            unmatched.contains("7 of 210")
+                && unmatched.contains("3.33%")
+                && unmatched.contains(">= $1")
+                && unmatched.contains("left stale"),
+            "{unmatched}"
         );
         assert!(
             breaches[1].message.contains("-50.00%"),
@@ -233,6 +321,38 @@ retain_days = 1
             ..BatchChecks::default()
         };
         assert!(evaluate(&brief(), 1, &checks, 0, &["max_change_pct:total".into()]).is_empty());
+    }
+
+    #[test]
+    fn unmatched_rows_within_the_default_pass_and_zero_forbids_any() {
+        let checks = |rows, range_rows| BatchChecks {
+            unmatched: Unmatched {
+                rows,
+                at_lower_bound: 0,
+                range_rows,
+            },
+            ..BatchChecks::default()
+        };
+        // 21 junk rows of 1,875 (1.1 %) pass the default; 3.3 % does not.
+        assert!(evaluate(&brief(), 1, &checks(21, 1875), 0, &[]).is_empty());
+        assert_eq!(evaluate(&brief(), 1, &checks(7, 210), 0, &[]).len(), 1);
+        let mut strict = brief();
+        strict.validation.max_unmatched_pct = 0.0;
+        assert_eq!(evaluate(&strict, 1, &checks(1, 100_000), 0, &[]).len(), 1);
+        assert!(evaluate(&strict, 1, &checks(0, 100), 0, &[]).is_empty());
+        let mut loose = brief();
+        loose.validation.max_unmatched_pct = 100.0;
+        assert!(evaluate(&loose, 1, &checks(100, 100), 0, &[]).is_empty());
+        assert!(
+            evaluate(
+                &brief(),
+                1,
+                &checks(7, 210),
+                0,
+                &["max_unmatched_pct".into()]
+            )
+            .is_empty()
+        );
     }
 
     #[test]

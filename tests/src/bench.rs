@@ -163,7 +163,11 @@ pub async fn run(options: &Options) -> Report {
             if snapshot { "on" } else { "off" }
         );
         reset(&pool).await;
-        let text = text.replace("snapshot = true", &format!("snapshot = {snapshot}"));
+        let text = if snapshot {
+            text.clone()
+        } else {
+            backfill_coordinator::demo::without_before_images(&text)
+        };
         let took = backfill(&env, &text).await;
         let ratio = took.as_secs_f64() / baseline.as_secs_f64();
         assert_eq!(
@@ -367,15 +371,22 @@ async fn retire(pool: &PgPool, run_id: Uuid, from: RunState) {
     .expect("retire the run");
 }
 
-/// The brief with `batches` one-key batches whose source yields no rows and that
-/// keep the rows the source does not yield.
+/// The brief with `batches` one-key batches past the table's last key, whose
+/// source yields no rows: nothing to write, remove or leave unmatched.
 fn empty_brief(text: &str, batches: i64, max_in_flight: u32) -> String {
     let start = text.find("batch_by = ").expect("batch_by");
     let end = start + text[start..].find('\n').expect("end of batch_by");
+    // The demo brief's scope ends one past the table's last key.
+    let first: i64 = text[start..end]
+        .split("end = ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .expect("integer end of batch_by");
     let mut out = format!(
-        "{}batch_by = {{ column = \"o_orderkey\", start = 1, end = {}, step = 1 }}{}",
+        "{}batch_by = {{ column = \"o_orderkey\", start = {first}, end = {}, step = 1 }}{}",
         &text[..start],
-        batches + 1,
+        first + batches,
         &text[end..]
     );
     // Nothing to write and nothing to delete: what is left is orchestration.

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use backfill_coordinator::lifecycle::rollback;
+use backfill_coordinator::lifecycle::rollback::{self, RollbackOptions};
 use backfill_coordinator::resume;
 use backfill_coordinator::run::{DriveOptions, Finish};
 use backfill_shared::control::batches::{self, Counts};
@@ -95,7 +95,7 @@ async fn cancel_leaves_a_consistent_state_that_rolls_back() {
             == usize::try_from(12 - c.applied).unwrap()
     );
 
-    rollback::rollback(&env.pool, run_id, "alice", false, Duration::from_secs(5))
+    rollback::rollback(&env.pool, run_id, "alice", RollbackOptions::default())
         .await
         .unwrap();
     assert_eq!(

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use backfill_coordinator::demo::{self};
+use backfill_coordinator::lifecycle::rollback::RollbackOptions;
 use backfill_coordinator::lifecycle::{approve, cleanup, cutover, rollback};
 use backfill_coordinator::run::Finish;
 use backfill_shared::control::runs::{self, RunState};
@@ -34,7 +35,7 @@ async fn approve_and_cut_over(env: &TestEnv, run_id: Uuid) -> cutover::CutoverRe
 }
 
 async fn assert_rolled_back_exactly(env: &TestEnv, run_id: Uuid, strategy: &str) {
-    rollback::rollback(&env.pool, run_id, "alice", false, LOCK)
+    rollback::rollback(&env.pool, run_id, "alice", RollbackOptions::default())
         .await
         .unwrap();
     assert_eq!(
@@ -352,7 +353,7 @@ async fn rollback_refuses_after_a_later_run_unless_forced() {
     let first = run_strategy(&env, "merge").await;
     approve_and_cut_over(&env, first).await;
     let second = run_strategy(&env, "merge").await;
-    let err = rollback::rollback(&env.pool, first, "alice", false, LOCK)
+    let err = rollback::rollback(&env.pool, first, "alice", RollbackOptions::default())
         .await
         .unwrap_err();
     assert!(
@@ -363,9 +364,17 @@ async fn rollback_refuses_after_a_later_run_unless_forced() {
         runs::state(&env.pool, first).await.unwrap(),
         RunState::CutOver
     );
-    rollback::rollback(&env.pool, first, "alice", true, LOCK)
-        .await
-        .unwrap();
+    rollback::rollback(
+        &env.pool,
+        first,
+        "alice",
+        RollbackOptions {
+            force: true,
+            ..RollbackOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     // The second run found nothing left to fix, so undoing the first restores the original.
     assert_eq!(env.differs_from_pre_run().await, (0, true));
     let forced: i64 = sqlx::query_scalar(

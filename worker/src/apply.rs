@@ -38,14 +38,17 @@ enum Binds {
     None,
 }
 
-/// Which figure a statement's row count is.
+/// Which figures a statement yields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Counts {
+    /// Its row count is the rows inserted.
     Inserted,
-    Deleted,
-    /// The statement returns one row: (inserted, updated).
+    /// It returns one row: (inserted, updated).
     InsertedAndUpdated,
-    Nothing,
+    /// It returns one row: (deleted, unmatched, unmatched at the lower bound).
+    DeletedAndUnmatched,
+    /// It returns one row: (unmatched, unmatched at the lower bound).
+    Unmatched,
 }
 
 /// One write statement of a batch.
@@ -65,9 +68,10 @@ pub struct WritePlan {
     fill_working_set: String,
     /// Whether the written table has rows in the batch's range.
     range_has_rows: String,
-    /// Whether a batch whose source yields nothing may still change the table
-    /// (it deletes what the source does not yield).
-    writes_without_source: bool,
+    /// Whether the strategy empties the range before it inserts: then its delete
+    /// counts the range's rows; otherwise they are the source rows that matched
+    /// a target row plus the unmatched ones.
+    overwrites_range: bool,
     check_grain: String,
     steps: Vec<Step>,
     /// Per metric: its groups on the live target's range (what readers saw before).
@@ -122,17 +126,39 @@ impl WritePlan {
             (_, b) => b,
         };
         let in_range = format!("t.{by} >= $1 AND t.{by} < $2");
+        // A delete of the range's rows (narrowed by `filter`) that saves their
+        // before-images and yields `(deleted, unmatched, unmatched at the lower
+        // bound)` through `count`, which reads the deleted rows as `d`.
+        let mut returned = scope.key.clone();
+        if !returned.contains(&scope.batch_by.column) {
+            returned.push(scope.batch_by.column.clone());
+        }
+        let returned = match &image {
+            Some(_) => "t.*".to_owned(),
+            None => column_list(&returned, Some("t")),
+        };
+        let d_match = key_join(&scope.key, "d", "s");
+        let counted_delete = |filter: &str, count: &str| {
+            let saved = image.as_ref().map_or_else(String::new, |img| {
+                format!(", bf_image AS (INSERT INTO {img} SELECT $3, 'D', d.* FROM d)")
+            });
+            format!(
+                "WITH d AS (DELETE FROM {target} t WHERE {in_range} {filter} RETURNING {returned}){saved}\n{count}"
+            )
+        };
         let mut steps = Vec::new();
         match brief.write.strategy {
             Strategy::PartitionOverwrite => {
                 steps.push(Step {
-                    sql: imaged(
-                        format!("DELETE FROM {target} t WHERE {in_range}"),
-                        'D',
-                        "$3",
+                    sql: counted_delete(
+                        "",
+                        &format!(
+                            "SELECT count(*), count(*) FILTER (WHERE bf_u), count(*) FILTER (WHERE bf_u AND bf_lo)
+                               FROM (SELECT NOT EXISTS (SELECT 1 FROM {ws} s WHERE {d_match}) AS bf_u, d.{by} = $1 AS bf_lo FROM d) x"
+                        ),
                     ),
                     binds: with_batch(Binds::Range),
-                    counts: Counts::Deleted,
+                    counts: Counts::DeletedAndUnmatched,
                     what: "delete of the batch's range",
                 });
                 steps.push(Step {
@@ -147,11 +173,6 @@ impl WritePlan {
                 });
             }
             Strategy::Merge | Strategy::StagingSwap | Strategy::ParallelVersion => {
-                let changed = format!(
-                    "ROW({}) IS DISTINCT FROM ROW({})",
-                    column_list(&scope.columns, Some("t")),
-                    column_list(&scope.columns, Some("s"))
-                );
                 let excluded = scope
                     .columns
                     .iter()
@@ -163,25 +184,24 @@ impl WritePlan {
                     column_list(&scope.columns, Some("t")),
                     column_list(&scope.columns, Some("EXCLUDED"))
                 );
-                if let Some(img) = &image {
-                    // UPDATE ... RETURNING yields the new row; save the old one first.
-                    steps.push(Step {
-                        sql: format!(
-                            "INSERT INTO {img} SELECT $1, 'U', t.* FROM {target} t JOIN {ws} s ON {key_match} WHERE {changed}"
-                        ),
-                        binds: Binds::Batch,
-                        counts: Counts::Nothing,
-                        what: "saving before-images",
-                    });
-                }
                 // One upsert: `xmax = 0` tells the inserted rows from the updated ones.
                 let upsert = format!(
                     "INSERT INTO {target} AS t ({all}) SELECT {in_s} FROM {ws} s
                      ON CONFLICT ({key_group}) DO UPDATE SET {excluded} WHERE {changed_excluded}
-                     RETURNING t AS bf_row, (t.xmax = 0) AS bf_new"
+                     RETURNING t AS bf_row, (t.xmax = 0) AS bf_new, {returned_key}",
+                    returned_key = column_list(&scope.key, Some("t"))
                 );
+                // Every part of one statement reads the same snapshot, so `o`
+                // is the row before the update: its before-image, kept with a
+                // hash of the row the update wrote, which rollback compares
+                // with the row it finds to spare later writes.
                 let saved = image.as_ref().map_or_else(String::new, |img| {
-                    format!(", bf_image AS (INSERT INTO {img} SELECT $1, 'I', (up.bf_row).* FROM up WHERE up.bf_new)")
+                    format!(
+                        ", bf_inserted AS (INSERT INTO {img} SELECT $1, 'I', (up.bf_row).* FROM up WHERE up.bf_new),
+                           bf_updated AS (INSERT INTO {img} SELECT $1, 'U', o.*, md5((up.bf_row)::text)
+                                            FROM {target} o JOIN up ON {old_match} WHERE NOT up.bf_new)",
+                        old_match = key_join(&scope.key, "o", "up")
+                    )
                 });
                 steps.push(Step {
                     sql: format!(
@@ -192,21 +212,27 @@ impl WritePlan {
                     counts: Counts::InsertedAndUpdated,
                     what: "upsert of new and changed rows",
                 });
-                if brief.write.on_missing == OnMissing::Delete {
-                    steps.push(Step {
-                        sql: imaged(
-                            format!(
-                                "DELETE FROM {target} t WHERE {in_range}
-                                   AND NOT EXISTS (SELECT 1 FROM {ws} s WHERE {key_match})"
-                            ),
-                            'D',
-                            "$3",
+                let unmatched = format!("AND NOT EXISTS (SELECT 1 FROM {ws} s WHERE {key_match})");
+                steps.push(match brief.write.on_missing {
+                    OnMissing::Delete => Step {
+                        sql: counted_delete(
+                            &unmatched,
+                            &format!("SELECT count(*), count(*), count(*) FILTER (WHERE d.{by} = $1) FROM d"),
                         ),
                         binds: with_batch(Binds::Range),
-                        counts: Counts::Deleted,
+                        counts: Counts::DeletedAndUnmatched,
                         what: "delete of rows the source no longer yields",
-                    });
-                }
+                    },
+                    // Kept, but counted: rows left stale are what the guard watches.
+                    OnMissing::Keep => Step {
+                        sql: format!(
+                            "SELECT count(*), count(*) FILTER (WHERE t.{by} = $1) FROM {target} t WHERE {in_range} {unmatched}"
+                        ),
+                        binds: Binds::Range,
+                        counts: Counts::Unmatched,
+                        what: "counting rows the source no longer yields",
+                    },
+                });
             }
         }
         let range_of = |table: &str| format!("{table} t WHERE t.{by} >= $1 AND t.{by} < $2");
@@ -269,8 +295,7 @@ impl WritePlan {
                  CREATE TEMPORARY TABLE IF NOT EXISTS {ws} ON COMMIT DELETE ROWS AS SELECT {all} FROM {target} WITH NO DATA"
             ),
             range_has_rows: format!("SELECT EXISTS (SELECT 1 FROM {})", range_of(&target)),
-            writes_without_source: brief.write.strategy == Strategy::PartitionOverwrite
-                || brief.write.on_missing == OnMissing::Delete,
+            overwrites_range: brief.write.strategy == Strategy::PartitionOverwrite,
             fill_working_set: format!(
                 "INSERT INTO {ws} ({all}) SELECT {all} FROM ({source}\n) AS s",
                 source = scope.source.trim_end().trim_end_matches(';')
@@ -346,17 +371,17 @@ pub async fn prepare(
         ..RowCounts::default()
     };
     let mut checks = BatchChecks::default();
-    // A batch whose source yields nothing changes nothing, unless it deletes
-    // what the source does not yield and the range has rows: skip the checks
-    // and the writes (sparse key ranges and empty days are common).
+    // A batch whose source yields nothing for a range without rows changes and
+    // leaves nothing: skip the checks and the writes (sparse key ranges and
+    // empty days are common). With rows in the range, every one of them is
+    // unmatched, and the guard must see them.
     let idle = source == 0
-        && !(plan.writes_without_source
-            && sqlx::query_scalar::<_, bool>(AssertSqlSafe(plan.range_has_rows.as_str()))
-                .bind(work.lo)
-                .bind(work.hi)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(sql("looking at the batch's range"))?);
+        && !sqlx::query_scalar::<_, bool>(AssertSqlSafe(plan.range_has_rows.as_str()))
+            .bind(work.lo)
+            .bind(work.hi)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(sql("looking at the batch's range"))?;
     if !idle {
         write(&mut tx, plan, work, &mut rows, &mut checks).await?;
     }
@@ -451,26 +476,41 @@ async fn write(
             Binds::RangeAndBatch => q.bind(work.lo).bind(work.hi).bind(batch),
             Binds::None => q,
         };
-        if step.counts == Counts::InsertedAndUpdated {
-            use sqlx::Row as _;
-            let row = q.fetch_one(&mut *tx).await.map_err(sql(step.what))?;
-            let count = |i: usize| row.try_get::<i64, _>(i).map_err(sql(step.what));
-            rows.inserted += count(0)?;
-            rows.updated += count(1)?;
+        if step.counts == Counts::Inserted {
+            let n = q
+                .execute(&mut *tx)
+                .await
+                .map_err(sql(step.what))?
+                .rows_affected();
+            rows.inserted += i64::try_from(n).unwrap_or(i64::MAX);
             continue;
         }
-        let n = q
-            .execute(&mut *tx)
-            .await
-            .map_err(sql(step.what))?
-            .rows_affected();
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        use sqlx::Row as _;
+        let row = q.fetch_one(&mut *tx).await.map_err(sql(step.what))?;
+        let count = |i: usize| row.try_get::<i64, _>(i).map_err(sql(step.what));
         match step.counts {
-            Counts::Inserted => rows.inserted += n,
-            Counts::Deleted => rows.deleted += n,
-            Counts::InsertedAndUpdated | Counts::Nothing => {}
+            Counts::InsertedAndUpdated => {
+                rows.inserted += count(0)?;
+                rows.updated += count(1)?;
+            }
+            Counts::DeletedAndUnmatched => {
+                rows.deleted += count(0)?;
+                checks.unmatched.rows += count(1)?;
+                checks.unmatched.at_lower_bound += count(2)?;
+            }
+            Counts::Unmatched => {
+                checks.unmatched.rows += count(0)?;
+                checks.unmatched.at_lower_bound += count(1)?;
+            }
+            Counts::Inserted => {}
         }
     }
+    checks.unmatched.range_rows = if plan.overwrites_range {
+        rows.deleted
+    } else {
+        // Every source row either inserted a key or met the range's row of it.
+        rows.source - rows.inserted + checks.unmatched.rows
+    };
     for ((metric, before), (_, query)) in before.into_iter().zip(&plan.metrics_after) {
         let after = metric_groups(tx, query, work).await?;
         let mut groups: Vec<&String> = before.keys().chain(after.keys()).collect();

@@ -20,10 +20,7 @@ use uuid::Uuid;
 /// maintenance marker) rather than to a table beside it.
 #[must_use]
 pub fn writes_live_target(brief: &Brief) -> bool {
-    matches!(
-        brief.write.strategy,
-        Strategy::Merge | Strategy::PartitionOverwrite
-    )
+    brief.write.strategy.writes_live_target()
 }
 
 /// The table a staging-swap or parallel-version run builds beside the target.

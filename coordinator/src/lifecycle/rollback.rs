@@ -1,9 +1,13 @@
-//! `backfill rollback RUN [--force]`: puts the target back exactly as it was
-//! before the run.
+//! `backfill rollback RUN [--force] [--overwrite-newer]`: puts the target back
+//! exactly as it was before the run, sparing writes made since.
 //!
 //! - merge and partition-overwrite: from the before-images, batch by batch in
 //!   reverse order, each batch in one transaction (rows the batch inserted are
-//!   deleted, rows it updated or deleted are restored);
+//!   deleted, rows it updated or deleted are restored). A row that is neither as
+//!   the run left it nor as it was before (changed since the run, a deleted row
+//!   inserted again, an inserted row changed) is a conflict: it is left as it
+//!   is and listed, its batch stays to be rolled back, and the command fails,
+//!   unless `--overwrite-newer` (logged) restores it anyway;
 //! - staging-swap and parallel-version after cutover: swap the old table back;
 //!   before cutover: drop the table the run built (the target was never touched).
 //!
@@ -13,9 +17,9 @@
 
 use super::{maintenance, swap, writes_live_target};
 use crate::{CliError, Result};
-use backfill_shared::control::log;
 use backfill_shared::control::runs::{self, Run, RunState};
-use backfill_shared::sql::{TableName, column_list, key_join};
+use backfill_shared::control::{IMAGE_AFTER_HASH, log};
+use backfill_shared::sql::{TableName, column_list, key_join, quote_ident};
 use sqlx::{AssertSqlSafe, PgPool};
 use std::time::Duration;
 use uuid::Uuid;
@@ -25,18 +29,59 @@ pub struct RollbackReport {
     pub batches_restored: usize,
     pub rows_deleted: u64,
     pub rows_restored: u64,
+    /// Rows changed since the run that `--overwrite-newer` restored anyway.
+    pub newer_rows_overwritten: usize,
     pub swapped_back: bool,
     pub dropped: Option<String>,
     pub refreshed_materialized_views: Vec<String>,
 }
 
+/// A row written since the run: neither as the run left it nor as it was before.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct Conflict {
+    pub batch_no: i32,
+    /// The key's values, as a row literal.
+    pub key: String,
+    /// The row in the table now (`None`: there is none).
+    pub now: Option<String>,
+    /// The row rollback would put back (`None`: it would delete the row).
+    pub before: Option<String>,
+}
+
+/// How a rollback may proceed.
+#[derive(Debug, Clone, Copy)]
+pub struct RollbackOptions {
+    /// Roll back even though a later run changed the same target.
+    pub force: bool,
+    /// Restore rows changed since the run too.
+    pub overwrite_newer: bool,
+    pub lock_timeout: Duration,
+}
+
+impl Default for RollbackOptions {
+    fn default() -> Self {
+        Self {
+            force: false,
+            overwrite_newer: false,
+            lock_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Conflicts listed in an error and in the run log, at most.
+const CONFLICTS_SHOWN: usize = 20;
+
 pub async fn rollback(
     pool: &PgPool,
     run_id: Uuid,
     actor: &str,
-    force: bool,
-    lock_timeout: Duration,
+    options: RollbackOptions,
 ) -> Result<RollbackReport> {
+    let RollbackOptions {
+        force,
+        overwrite_newer,
+        lock_timeout,
+    } = options;
     let run = runs::load(pool, run_id).await?;
     match run.state {
         RunState::Running => {
@@ -79,7 +124,7 @@ pub async fn rollback(
         runs::transition(pool, run_id, &[from], RunState::RollingBack, actor, None).await?;
     }
     let mut report = if writes_live_target(&run.brief) {
-        restore_before_images(pool, &run, actor).await?
+        restore_before_images(pool, &run, actor, overwrite_newer).await?
     } else {
         restore_side_table(pool, &run, lock_timeout).await?
     };
@@ -106,13 +151,23 @@ pub async fn rollback(
     Ok(report)
 }
 
-async fn restore_before_images(pool: &PgPool, run: &Run, actor: &str) -> Result<RollbackReport> {
+async fn restore_before_images(
+    pool: &PgPool,
+    run: &Run,
+    actor: &str,
+    overwrite_newer: bool,
+) -> Result<RollbackReport> {
     let run_id = run.run_id;
     let scope = &run.brief.scope;
     let Some(image) = run.image_table.as_deref().and_then(TableName::parse) else {
         return Err(CliError::BadInput(format!(
-            "run {run_id} kept no before-images (snapshot = false), so it cannot be rolled back; restore {} from a backup",
-            scope.target
+            "run {run_id} kept no before-images (snapshot = false), so it cannot be rolled back; restore {} from a backup{}",
+            scope.target,
+            run.brief
+                .rollback
+                .without_images
+                .as_deref()
+                .map_or_else(String::new, |way| format!(" (the brief's way back: {way})"))
         )));
     };
     // Generated columns are recomputed by PostgreSQL; every other column is restored.
@@ -124,17 +179,15 @@ async fn restore_before_images(pool: &PgPool, run: &Run, actor: &str) -> Result<
     .bind(scope.target.quoted())
     .fetch_all(pool)
     .await?;
-    let cols = column_list(&columns, None);
-    let key_match = key_join(&scope.key, "t", "i");
-    let target = scope.target.quoted();
-    let img = image.quoted();
-    let delete = format!(
-        "DELETE FROM {target} t USING {img} i WHERE i.bf_batch_no = $1 AND i.bf_op IN ('I', 'U') AND {key_match}"
-    );
-    let insert = format!(
-        "INSERT INTO {target} ({cols}) OVERRIDING SYSTEM VALUE
-         SELECT {cols} FROM {img} WHERE bf_batch_no = $1 AND bf_op IN ('U', 'D')"
-    );
+    // Images kept before the after-hash existed cannot tell a later update.
+    let has_after_hash: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass AND attname = $2 AND NOT attisdropped)",
+    )
+    .bind(image.quoted())
+    .bind(IMAGE_AFTER_HASH)
+    .fetch_one(pool)
+    .await?;
+    let statements = Statements::new(run, &image, &columns, has_after_hash);
     let batches: Vec<i32> = sqlx::query_scalar(
         "SELECT batch_no FROM backfill.batches WHERE run_id = $1 AND state = 'applied' ORDER BY batch_no DESC",
     )
@@ -142,42 +195,191 @@ async fn restore_before_images(pool: &PgPool, run: &Run, actor: &str) -> Result<
     .fetch_all(pool)
     .await?;
     let mut report = RollbackReport::default();
+    let mut conflicts = Vec::new();
     for batch in batches {
         let mut tx = pool.begin().await?;
-        let deleted = sqlx::query(AssertSqlSafe(delete.as_str()))
+        sqlx::raw_sql(AssertSqlSafe(statements.create_spared.as_str()))
+            .execute(&mut *tx)
+            .await?;
+        let found: Vec<Conflict> = sqlx::query_as(AssertSqlSafe(statements.conflicts.as_str()))
+            .bind(batch)
+            .bind(overwrite_newer)
+            .fetch_all(&mut *tx)
+            .await?;
+        let spared = !overwrite_newer && !found.is_empty();
+        if !found.is_empty() {
+            log::append(
+                &mut *tx,
+                run_id,
+                actor,
+                if spared {
+                    "rollback_conflicts"
+                } else {
+                    "rollback_overwrote_newer"
+                },
+                u32::try_from(batch).ok(),
+                serde_json::json!({
+                    "rows": found.len(),
+                    "conflicts": &found[..found.len().min(CONFLICTS_SHOWN)],
+                }),
+            )
+            .await?;
+        }
+        let deleted = sqlx::query(AssertSqlSafe(statements.delete.as_str()))
             .bind(batch)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let restored = sqlx::query(AssertSqlSafe(insert.as_str()))
+        let restored = sqlx::query(AssertSqlSafe(statements.insert.as_str()))
             .bind(batch)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        sqlx::query(
-            "UPDATE backfill.batches SET state = 'rolled_back' WHERE run_id = $1 AND batch_no = $2",
-        )
-        .bind(run_id)
-        .bind(batch)
-        .execute(&mut *tx)
-        .await?;
+        if !spared {
+            sqlx::query(
+                "UPDATE backfill.batches SET state = 'rolled_back' WHERE run_id = $1 AND batch_no = $2",
+            )
+            .bind(run_id)
+            .bind(batch)
+            .execute(&mut *tx)
+            .await?;
+            report.batches_restored += 1;
+            report.newer_rows_overwritten += found.len();
+        }
         log::append(
             &mut *tx,
             run_id,
             actor,
             "batch_rolled_back",
             u32::try_from(batch).ok(),
-            serde_json::json!({ "deleted": deleted, "restored": restored }),
+            serde_json::json!({ "deleted": deleted, "restored": restored, "conflicts_spared": if spared { found.len() } else { 0 } }),
         )
         .await?;
         tx.commit().await?;
-        report.batches_restored += 1;
         report.rows_deleted += deleted;
         report.rows_restored += restored;
+        if spared {
+            conflicts.extend(found);
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(CliError::Halted(conflict_message(run, &conflicts)));
     }
     let mut conn = pool.acquire().await?;
     maintenance::clear(&mut conn, &scope.target, run_id).await?;
     Ok(report)
+}
+
+/// The statements that restore one batch (`$1`) from the before-images.
+struct Statements {
+    /// A temporary table (emptied at commit) of the keys a batch spares.
+    create_spared: String,
+    /// The batch's keys whose row is neither as the run left it nor as it was
+    /// before; noted as spared unless `$2` (overwrite newer rows).
+    conflicts: String,
+    /// Deletes the row of every key of the batch but the spared ones.
+    delete: String,
+    /// Puts back the rows the batch updated or deleted but the spared ones.
+    insert: String,
+}
+
+impl Statements {
+    fn new(run: &Run, image: &TableName, columns: &[String], has_after_hash: bool) -> Self {
+        let key = &run.brief.scope.key;
+        let target = run.brief.scope.target.quoted();
+        let img = image.quoted();
+        let spared = quote_ident(&format!("bf_spared_{}", run.run_id.simple()));
+        let cols = column_list(columns, None);
+        let row = |alias: &str| format!("ROW({})", column_list(columns, Some(alias)));
+        let t_present = format!("t.{} IS NOT NULL", quote_ident(&key[0]));
+        let keys = column_list(key, None);
+        let after_hash = if has_after_hash {
+            format!("b.{}", quote_ident(IMAGE_AFTER_HASH))
+        } else {
+            "NULL::text".to_owned()
+        };
+        let not_spared = |alias: &str| {
+            format!(
+                "NOT EXISTS (SELECT 1 FROM {spared} c WHERE {})",
+                key_join(key, "c", alias)
+            )
+        };
+        // Per key of the batch: `b` its row before the run (updated or
+        // deleted), `a` the row the run inserted, `t` the row now. The run
+        // left an inserted row as `a`, an updated one as the row whose hash it
+        // kept, a deleted one absent; before the run the row was `b`, or absent.
+        let conflicts = format!(
+            "WITH c AS (
+                 SELECT {k_keys}, ROW({k_keys})::text AS bf_key,
+                        CASE WHEN {t_present} THEN {t_row}::text END AS bf_now,
+                        CASE WHEN b.bf_op IS NOT NULL THEN {b_row}::text END AS bf_before
+                   FROM (SELECT DISTINCT {keys} FROM {img} WHERE bf_batch_no = $1) k
+                   LEFT JOIN {img} b ON b.bf_batch_no = $1 AND b.bf_op IN ('U', 'D') AND {kb}
+                   LEFT JOIN {img} a ON a.bf_batch_no = $1 AND a.bf_op = 'I' AND {ka}
+                   LEFT JOIN {target} t ON {kt}
+                  WHERE NOT (CASE WHEN a.bf_op IS NOT NULL THEN {t_present} AND {t_row} IS NOT DISTINCT FROM {a_row}
+                                  WHEN b.bf_op = 'U' THEN {t_present} AND ({after_hash} IS NULL OR md5(t::text) = {after_hash})
+                                  ELSE NOT {t_present} END)
+                    AND NOT (CASE WHEN b.bf_op IS NOT NULL THEN {t_present} AND {t_row} IS NOT DISTINCT FROM {b_row}
+                                  ELSE NOT {t_present} END)),
+             noted AS (INSERT INTO {spared} SELECT {keys} FROM c WHERE NOT $2)
+             SELECT $1::integer AS batch_no, bf_key AS key, bf_now AS now, bf_before AS before FROM c ORDER BY bf_key",
+            k_keys = column_list(key, Some("k")),
+            t_row = row("t"),
+            a_row = row("a"),
+            b_row = row("b"),
+            kb = key_join(key, "b", "k"),
+            ka = key_join(key, "a", "k"),
+            kt = key_join(key, "t", "k"),
+        );
+        Self {
+            create_spared: format!(
+                "SET LOCAL client_min_messages = warning;
+                 CREATE TEMPORARY TABLE IF NOT EXISTS {spared} ON COMMIT DELETE ROWS AS SELECT {keys} FROM {target} WITH NO DATA"
+            ),
+            conflicts,
+            delete: format!(
+                "DELETE FROM {target} t USING (SELECT DISTINCT {keys} FROM {img} WHERE bf_batch_no = $1) k
+                  WHERE {kt} AND {spare}",
+                kt = key_join(key, "t", "k"),
+                spare = not_spared("t"),
+            ),
+            insert: format!(
+                "INSERT INTO {target} ({cols}) OVERRIDING SYSTEM VALUE
+                 SELECT {cols} FROM {img} i WHERE i.bf_batch_no = $1 AND i.bf_op IN ('U', 'D') AND {spare}",
+                spare = not_spared("i"),
+            ),
+        }
+    }
+}
+
+/// The error of a rollback that spared rows written since the run.
+fn conflict_message(run: &Run, conflicts: &[Conflict]) -> String {
+    let mut text = format!(
+        "{} row(s) of {} changed since run {} wrote them; they were left as they are and the rest of their batches restored. \
+         Check them, then run `backfill rollback {} --overwrite-newer` to restore them anyway:",
+        conflicts.len(),
+        run.brief.scope.target,
+        run.run_id,
+        run.run_id
+    );
+    let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "(no row)".into());
+    for c in conflicts.iter().take(CONFLICTS_SHOWN) {
+        text.push_str(&format!(
+            "\n  batch {} key {}: now {}, before the run {}",
+            c.batch_no,
+            c.key,
+            shown(&c.now),
+            shown(&c.before)
+        ));
+    }
+    if conflicts.len() > CONFLICTS_SHOWN {
+        text.push_str(&format!(
+            "\n  … and {} more",
+            conflicts.len() - CONFLICTS_SHOWN
+        ));
+    }
+    text
 }
 
 async fn restore_side_table(

@@ -62,7 +62,8 @@ pub async fn create(
     let mut setup = Vec::new();
     if let Some(image) = &image_table {
         setup.push(format!(
-            "CREATE TABLE {image} (bf_batch_no integer NOT NULL, bf_op \"char\" NOT NULL, LIKE {target} INCLUDING DEFAULTS)",
+            "CREATE TABLE {image} (bf_batch_no integer NOT NULL, bf_op \"char\" NOT NULL, LIKE {target} INCLUDING DEFAULTS, {AFTER_HASH} text)",
+            AFTER_HASH = backfill_shared::control::IMAGE_AFTER_HASH,
             image = image.quoted(),
             target = target.quoted()
         ));
@@ -88,6 +89,9 @@ pub async fn create(
         "strategy": brief.write.strategy,
         "on_missing": brief.write.on_missing,
         "snapshot": brief.write.snapshot,
+        // The way back the brief states when it keeps no before-images.
+        "without_images": brief.rollback.without_images,
+        "max_unmatched_pct": brief.validation.max_unmatched_pct,
         "batch_by": brief.scope.batch_by.column,
         "start": brief.scope.batch_by.start.to_string(),
         "end": brief.scope.batch_by.end.to_string(),

@@ -102,6 +102,10 @@ pub(super) fn lint(text: &str) -> Result<Brief, Vec<Problem>> {
         }
     }
 
+    if let (Some(meta), Some(write), Some(rollback)) = (&meta, &write, &rollback) {
+        problems.extend(way_back(meta, write, rollback));
+    }
+
     match (
         meta,
         scope,
@@ -130,6 +134,47 @@ pub(super) fn lint(text: &str) -> Result<Brief, Vec<Problem>> {
         }),
         _ => Err(problems),
     }
+}
+
+/// No silent loss of the way back: a live write of history that matters keeps
+/// before-images or names another recovery path, and the rollback plan does not
+/// promise images the run will not keep.
+fn way_back(meta: &Meta, write: &Write, rollback: &Rollback) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let live = write.strategy.writes_live_target();
+    let matters = matches!(meta.risk, Risk::MetricChanging | Risk::ProductionCritical);
+    if write.snapshot {
+        if rollback.without_images.is_some() {
+            problems.push(Problem {
+                field: "rollback.without_images".into(),
+                message: "applies only with write.snapshot = false; this run keeps before-images, so remove it".into(),
+            });
+        }
+        return problems;
+    }
+    if live && matters && rollback.without_images.is_none() {
+        problems.push(Problem {
+            field: "write.snapshot".into(),
+            message: format!(
+                "a {} {} brief rewrites the live target, and without before-images nothing can undo it: \
+                 set snapshot = true, or name the other way back in rollback.without_images \
+                 (e.g. \"nightly snapshot s3://... restores it\")",
+                meta.risk, write.strategy
+            ),
+        });
+    }
+    let plan = rollback.plan.to_ascii_lowercase();
+    if live
+        && ["before-image", "before image", "beforeimage"]
+            .iter()
+            .any(|w| plan.contains(w))
+    {
+        problems.push(Problem {
+            field: "rollback.plan".into(),
+            message: "relies on before-images, but write.snapshot = false keeps none: set snapshot = true, or describe the real way back".into(),
+        });
+    }
+    problems
 }
 
 fn read_meta(r: &mut Reader<'_>) -> Option<Meta> {
@@ -497,9 +542,22 @@ fn read_validation(r: &mut Reader<'_>) -> Option<Validation> {
         }
         Some(reference)
     });
+    let max_unmatched_pct = match r.get("max_unmatched_pct") {
+        None => Some(super::DEFAULT_MAX_UNMATCHED_PCT),
+        Some(Value::Integer(i)) if (0..=100).contains(i) => Some(*i as f64),
+        Some(Value::Float(f)) if (0.0..=100.0).contains(f) => Some(*f),
+        Some(_) => {
+            r.problem(
+                "max_unmatched_pct",
+                "must be a number from 0 to 100: the percent of a batch range's rows the source may leave without a counterpart (0 forbids any)",
+            );
+            None
+        }
+    };
     let edge_cases = read_edge_cases(r);
     Some(Validation {
         max_duplicate_keys: max_duplicate_keys?,
+        max_unmatched_pct: max_unmatched_pct?,
         metrics: metrics?,
         references: references?,
         edge_cases: edge_cases?,
@@ -586,9 +644,16 @@ fn read_rollback(r: &mut Reader<'_>) -> Option<Rollback> {
             "how many days to keep before-images, e.g. 14",
         )
         .and_then(|n| u32::try_from(n).ok());
+    let without_images = r
+        .opt_text(
+            "without_images",
+            "the way back without before-images, e.g. \"nightly snapshot s3://... restores it\"",
+        )
+        .ok();
     Some(Rollback {
         plan: plan?,
         retain_days: retain_days?,
+        without_images: without_images?,
     })
 }
 
@@ -740,5 +805,67 @@ retain_days = 7
                 .contains(&"scope.target".to_owned())
         );
         assert!(fields(&GOOD.replace("[limits]", "[limit]")).contains(&"limit".to_owned()));
+    }
+
+    #[test]
+    fn a_live_write_of_history_that_matters_keeps_a_way_back() {
+        let critical = GOOD
+            .replace("low-risk-enrichment", "production-critical")
+            .replace("snapshot = true", "snapshot = false");
+        assert_eq!(fields(&critical), ["write.snapshot", "rollback.plan"]);
+        let stated = critical.replace(
+            "plan = \"restore before-images\"",
+            "plan = \"restore last night's snapshot\"\nwithout_images = \"nightly snapshot s3://b/events\"",
+        );
+        let b = Brief::parse(&stated).unwrap();
+        assert_eq!(
+            b.rollback.without_images.as_deref(),
+            Some("nightly snapshot s3://b/events")
+        );
+        // A low-risk enrichment may go without images, but not promise them.
+        let low = GOOD.replace("snapshot = true", "snapshot = false");
+        assert_eq!(fields(&low), ["rollback.plan"]);
+        // A table built beside the target needs no images to be undone.
+        assert!(Brief::parse(&critical.replace("\"merge\"", "\"staging-swap\"")).is_ok());
+        // A stated way back while images are kept is a setting that does nothing.
+        assert_eq!(
+            fields(&stated.replace("snapshot = false", "snapshot = true")),
+            ["rollback.without_images"]
+        );
+    }
+
+    #[test]
+    fn max_unmatched_pct_is_a_percent() {
+        let with = |v: &str| {
+            GOOD.replace(
+                "max_duplicate_keys = 0",
+                &format!("max_duplicate_keys = 0\nmax_unmatched_pct = {v}"),
+            )
+        };
+        assert_eq!(
+            Brief::parse(GOOD).unwrap().validation.max_unmatched_pct,
+            super::super::DEFAULT_MAX_UNMATCHED_PCT
+        );
+        assert_eq!(
+            Brief::parse(&with("0"))
+                .unwrap()
+                .validation
+                .max_unmatched_pct,
+            0.0
+        );
+        assert_eq!(
+            Brief::parse(&with("12.5"))
+                .unwrap()
+                .validation
+                .max_unmatched_pct,
+            12.5
+        );
+        for bad in ["-1", "101", "\"5%\"", "nan"] {
+            assert_eq!(
+                fields(&with(bad)),
+                ["validation.max_unmatched_pct"],
+                "{bad}"
+            );
+        }
     }
 }

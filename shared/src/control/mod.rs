@@ -13,6 +13,12 @@ use sqlx::PgPool;
 
 pub const SCHEMA: &str = "backfill";
 
+/// The last column of a run's before-image table (`backfill.image_<run>`,
+/// `bf_batch_no`, `bf_op`, then the target's columns): for an updated row
+/// (`bf_op = 'U'`), the md5 of the row the update wrote, so rollback can tell
+/// a row changed since the run from one the run left as it was.
+pub const IMAGE_AFTER_HASH: &str = "bf_after";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error(

@@ -1,0 +1,99 @@
+//! A second target for tests: daily ship revenue per ship mode
+//! (`tpch.ship_revenue`, key ship date + ship mode), built from TPC-H line
+//! items, with a brief that rewrites it in monthly batches.
+
+use crate::TestEnv;
+
+/// The source that reproduces the table exactly; `{filter}` narrows it.
+const SOURCE: &str = "SELECT l_shipdate, l_shipmode,
+       sum(l_extendedprice * (1 - l_discount))::numeric(18,2) AS revenue,
+       count(*)::integer AS lines
+  FROM tpch.lineitem
+ WHERE l_shipdate >= $1 AND l_shipdate < $2{filter}
+ GROUP BY 1, 2";
+
+impl TestEnv {
+    /// Builds `tpch.ship_revenue` and a copy of it (`tpch.ship_revenue_pre`).
+    pub async fn build_ship_revenue(&self) {
+        let source = SOURCE.replace("l_shipdate >= $1 AND l_shipdate < $2{filter}", "true");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE tpch.ship_revenue AS {source};
+             ALTER TABLE tpch.ship_revenue ADD PRIMARY KEY (l_shipdate, l_shipmode);
+             ANALYZE tpch.ship_revenue;"
+        )))
+        .execute(&self.pool)
+        .await
+        .expect("build tpch.ship_revenue");
+        self.copy_ship_revenue().await;
+    }
+
+    /// Replaces the copy `tpch.ship_revenue_pre` with the table as it is now.
+    pub async fn copy_ship_revenue(&self) {
+        sqlx::raw_sql(
+            "DROP TABLE IF EXISTS tpch.ship_revenue_pre;
+             CREATE TABLE tpch.ship_revenue_pre AS SELECT * FROM tpch.ship_revenue;",
+        )
+        .execute(&self.pool)
+        .await
+        .expect("copy tpch.ship_revenue");
+    }
+
+    /// Rows in which `tpch.ship_revenue` and its pre-run copy differ
+    /// (`EXCEPT ALL` both ways), among the rows `filter` selects.
+    pub async fn ship_revenue_changes(&self, filter: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT (SELECT count(*) FROM (SELECT * FROM tpch.ship_revenue WHERE {filter}
+                                           EXCEPT ALL SELECT * FROM tpch.ship_revenue_pre WHERE {filter}) a)
+                  + (SELECT count(*) FROM (SELECT * FROM tpch.ship_revenue_pre WHERE {filter}
+                                           EXCEPT ALL SELECT * FROM tpch.ship_revenue WHERE {filter}) b)"
+        )))
+        .fetch_one(&self.pool)
+        .await
+        .expect("compare tpch.ship_revenue with its copy")
+    }
+}
+
+/// A brief rewriting `tpch.ship_revenue` in monthly batches over 1992–1998, one
+/// batch in flight, before-images on, no metric limits; `filter` is appended
+/// to the source's WHERE clause (`" AND l_shipmode = 'AIR'"`).
+#[must_use]
+pub fn brief(strategy: &str, on_missing: &str, filter: &str) -> String {
+    let source = SOURCE.replace("{filter}", filter);
+    format!(
+        r#"[brief]
+name = "ship-revenue"
+reason = "Recompute daily ship revenue."
+owner = "alice"
+reviewer = "bob"
+risk = "metric-changing"
+
+[scope]
+target = "tpch.ship_revenue"
+key = ["l_shipdate", "l_shipmode"]
+columns = ["revenue", "lines"]
+batch_by = {{ column = "l_shipdate", start = "1992-01-01", end = "1999-01-01", step = "1 month" }}
+source = """
+{source}
+"""
+
+[write]
+strategy = "{strategy}"
+on_missing = "{on_missing}"
+snapshot = true
+
+[dependencies]
+downstream = []
+stakeholders = ["finance"]
+
+[validation]
+max_duplicate_keys = 0
+
+[limits]
+max_in_flight = 1
+
+[rollback]
+plan = "Before-images per batch restore every changed row."
+retain_days = 14
+"#
+    )
+}
