@@ -4,6 +4,7 @@
 use crate::error::{CliError, Result};
 use crate::preflight::{self, Dependent, Preflight};
 use backfill_shared::brief::{BatchRange, Brief};
+use backfill_shared::checks::Unmatched;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -22,10 +23,82 @@ pub struct Plan {
     pub estimated_rows_total: Option<i64>,
     pub target_rows: i64,
     pub max_in_flight: u32,
+    /// The source run on sampled batches: target rows it would leave unmatched.
+    pub unmatched: UnmatchedEstimate,
     pub dependents: Vec<Dependent>,
     /// Declared in the brief but not found in the catalog (dashboards, exports...).
     pub declared_outside_catalog: Vec<String>,
     pub stakeholders: Vec<String>,
+}
+
+/// Target rows the source would not reproduce, from the sampled batches and
+/// extrapolated to the scope.
+#[derive(Debug, Serialize)]
+pub struct UnmatchedEstimate {
+    pub sampled_batches: usize,
+    /// Unmatched rows and the rows of the sampled ranges.
+    pub rows: i64,
+    pub range_rows: i64,
+    pub pct: f64,
+    /// Extrapolated to every batch: unmatched rows and rows in scope.
+    pub estimated_rows: i64,
+    pub estimated_scope_rows: i64,
+    /// "removed", or "left stale" under `on_missing = "keep"`.
+    pub fate: &'static str,
+    pub limit_pct: f64,
+}
+
+impl UnmatchedEstimate {
+    /// Sums the sampled batches and refuses, naming them, those past the limit.
+    fn from_samples(
+        brief: &Brief,
+        batches: usize,
+        sampled: &[(BatchRange, Unmatched)],
+    ) -> Result<Self> {
+        let limit = brief.validation.max_unmatched_pct;
+        let fate = Unmatched::fate(brief);
+        let over: Vec<String> = sampled
+            .iter()
+            .filter(|(_, u)| u.rows > 0 && u.pct() > limit)
+            .map(|(b, u)| {
+                format!(
+                    "  [{}, {}): {}",
+                    b.lo,
+                    b.hi,
+                    u.describe(brief).replace("were ", "would be ")
+                )
+            })
+            .collect();
+        if !over.is_empty() {
+            return Err(CliError::BadInput(format!(
+                "the source leaves more than validation.max_unmatched_pct = {limit}% of a batch's target rows without a counterpart ({fate}), in {} of {} sampled batches:\n{}\n\
+                 Fix the source, narrow the backfill with scope.where, or raise validation.max_unmatched_pct if losing these rows is the point.",
+                over.len(),
+                sampled.len(),
+                over.join("\n")
+            )));
+        }
+        let rows: i64 = sampled.iter().map(|(_, u)| u.rows).sum();
+        let range_rows: i64 = sampled.iter().map(|(_, u)| u.range_rows).sum();
+        let share = |v: i64| {
+            let n = sampled.len().max(1) as f64;
+            (v as f64 / n * batches as f64).round() as i64
+        };
+        Ok(Self {
+            sampled_batches: sampled.len(),
+            rows,
+            range_rows,
+            pct: if range_rows > 0 {
+                rows as f64 / range_rows as f64 * 100.0
+            } else {
+                0.0
+            },
+            estimated_rows: share(rows),
+            estimated_scope_rows: share(range_rows),
+            fate,
+            limit_pct: limit,
+        })
+    }
 }
 
 /// Lints the brief against the warehouse and plans its batches.
@@ -48,6 +121,8 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         .expected_rows
         .and_then(|r| i64::try_from(r).ok())
         .or_else(|| per_batch.map(|p| p.saturating_mul(n)));
+    let sampled = crate::sample::sampled_batches(pool, brief, &batches).await?;
+    let unmatched = UnmatchedEstimate::from_samples(brief, batches.len(), &sampled)?;
     let found: Vec<String> = preflight
         .dependents
         .iter()
@@ -77,6 +152,7 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         estimated_rows_total: total,
         target_rows: preflight.target_rows,
         max_in_flight: brief.limits.max_in_flight,
+        unmatched,
         dependents: preflight.dependents.clone(),
         declared_outside_catalog,
         stakeholders: brief.dependencies.stakeholders.clone(),
@@ -116,6 +192,20 @@ impl Plan {
             est(self.estimated_rows_per_batch),
             est(self.estimated_rows_total),
             self.target_rows
+        );
+        let u = &self.unmatched;
+        let _ = writeln!(
+            s,
+            "  unmatched: {} of {} target rows ({:.2}%) in {} sampled batches have no counterpart in the source; \
+             ~{} of ~{} rows in scope would be {} (limit {}% per batch)",
+            u.rows,
+            u.range_rows,
+            u.pct,
+            u.sampled_batches,
+            u.estimated_rows,
+            u.estimated_scope_rows,
+            u.fate,
+            u.limit_pct
         );
         let _ = writeln!(s, "Blast radius:");
         if self.dependents.is_empty() {

@@ -6,7 +6,8 @@
 //! the whole run.
 
 use crate::{CliError, Result};
-use backfill_shared::brief::{Bound, BoundKind, Brief};
+use backfill_shared::brief::{BatchRange, Bound, BoundKind, Brief};
+use backfill_shared::checks::Unmatched;
 use backfill_shared::sql::{column_list, key_join, quote_ident};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Connection as _, PgPool};
@@ -20,6 +21,11 @@ pub struct Sample {
     pub rows_old: i64,
     pub rows_new: i64,
     pub rows_changed: i64,
+    /// The slice's target rows the source does not reproduce (removed, or
+    /// left stale under `on_missing = "keep"`), measured as batches measure them.
+    pub unmatched: Unmatched,
+    /// What happens to unmatched rows: removed, or left stale.
+    pub fate: &'static str,
     pub metrics: Vec<SampleMetric>,
     /// The records that changed most, then the edge cases: key, old row, new row.
     pub records: Vec<SampleRecord>,
@@ -75,6 +81,92 @@ fn span(lo: Bound, hi: Bound) -> f64 {
     }
 }
 
+/// The source's rows of `[lo, hi)` in the scratch table `bf_sample` (created
+/// on the first call of a transaction, emptied on the next), measured against
+/// the target: the source's row count and the target rows it leaves unmatched.
+async fn scratch_batch(
+    tx: &mut sqlx::PgConnection,
+    brief: &Brief,
+    lo: Bound,
+    hi: Bound,
+    create: bool,
+) -> std::result::Result<(i64, Unmatched), sqlx::Error> {
+    let scope = &brief.scope;
+    let target = scope.target.quoted();
+    let all = column_list(&scope.written_columns(), None);
+    let prepare = if create {
+        format!(
+            "CREATE TEMPORARY TABLE bf_sample ON COMMIT DROP AS SELECT {all} FROM {target} WITH NO DATA"
+        )
+    } else {
+        "TRUNCATE bf_sample".to_owned()
+    };
+    sqlx::query(AssertSqlSafe(prepare))
+        .execute(&mut *tx)
+        .await?;
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO bf_sample ({all}) SELECT {all} FROM ({}\n) AS s",
+        scope.source.trim_end().trim_end_matches(';')
+    )))
+    .bind(lo)
+    .bind(hi)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let (rows_unmatched, at_lower_bound, range_rows): (i64, i64, i64) = sqlx::query_as(
+        AssertSqlSafe(Unmatched::measure_sql(scope, &target, "bf_sample")),
+    )
+    .bind(lo)
+    .bind(hi)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok((
+        i64::try_from(rows).unwrap_or(i64::MAX),
+        Unmatched {
+            rows: rows_unmatched,
+            at_lower_bound,
+            range_rows,
+        },
+    ))
+}
+
+/// Batches `plan` runs the source on, at most.
+const SAMPLED_BATCHES: usize = 5;
+
+/// The source run on up to five batches spread over the plan (first, last and
+/// between), each measured for unmatched rows as a batch would be; nothing is
+/// written.
+pub async fn sampled_batches(
+    pool: &PgPool,
+    brief: &Brief,
+    batches: &[BatchRange],
+) -> Result<Vec<(BatchRange, Unmatched)>> {
+    let n = batches.len();
+    let mut picks: Vec<usize> = (0..SAMPLED_BATCHES)
+        .map(|i| i * n.saturating_sub(1) / (SAMPLED_BATCHES - 1))
+        .collect();
+    picks.dedup();
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    let mut out = Vec::with_capacity(picks.len());
+    for (i, pick) in picks.into_iter().enumerate() {
+        let Some(batch) = batches.get(pick) else {
+            continue;
+        };
+        let (_, unmatched) = scratch_batch(&mut tx, brief, batch.lo, batch.hi, i == 0)
+            .await
+            .map_err(|e| {
+                CliError::BadInput(format!(
+                    "scope.source fails on batch [{}, {}): {e}",
+                    batch.lo, batch.hi
+                ))
+            })?;
+        out.push((*batch, unmatched));
+    }
+    tx.rollback().await?;
+    Ok(out)
+}
+
 /// How many changed records to show.
 const TOP: i64 = 5;
 
@@ -102,22 +194,10 @@ pub async fn sample(pool: &PgPool, brief: &Brief, lo: Bound, hi: Bound) -> Resul
     // One connection, one transaction that is rolled back: nothing is left behind.
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
-    sqlx::query(AssertSqlSafe(format!(
-        "CREATE TEMPORARY TABLE bf_sample ON COMMIT DROP AS SELECT {all} FROM {target} WITH NO DATA"
-    )))
-    .execute(&mut *tx)
-    .await?;
     let started = Instant::now();
-    let rows_new = sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO bf_sample ({all}) SELECT {all} FROM ({}\n) AS s",
-        scope.source.trim_end().trim_end_matches(';')
-    )))
-    .bind(lo)
-    .bind(hi)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| CliError::BadInput(format!("the source fails on the slice: {e}")))?
-    .rows_affected();
+    let (rows_new, unmatched) = scratch_batch(&mut tx, brief, lo, hi, true)
+        .await
+        .map_err(|e| CliError::BadInput(format!("the source fails on the slice: {e}")))?;
     let seconds = started.elapsed().as_secs_f64();
     let old = format!("(SELECT {all} FROM {target} WHERE {in_slice})");
     let (rows_old, rows_changed): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
@@ -240,13 +320,14 @@ pub async fn sample(pool: &PgPool, brief: &Brief, lo: Bound, hi: Bound) -> Resul
     } else {
         0.0
     };
-    let rows_new = i64::try_from(rows_new).unwrap_or(i64::MAX);
     let in_flight = f64::from(brief.limits.max_in_flight.max(1));
     Ok(Sample {
         slice: (lo.to_string(), hi.to_string()),
         rows_old,
         rows_new,
         rows_changed,
+        unmatched,
+        fate: Unmatched::fate(brief),
         metrics,
         records,
         seconds,
@@ -272,6 +353,17 @@ impl Sample {
             self.rows_new,
             self.rows_new - self.rows_old,
             self.rows_changed
+        );
+        let u = &self.unmatched;
+        let _ = writeln!(
+            s,
+            "  unmatched: {} of {} target rows in the slice ({:.2}%) have no counterpart in the source and would be {}{}",
+            u.rows,
+            u.range_rows,
+            u.pct(),
+            self.fate,
+            u.lower_bound_hint()
+                .map_or_else(String::new, |h| format!("; {h}"))
         );
         let _ = writeln!(s, "  metrics:");
         for m in &self.metrics {

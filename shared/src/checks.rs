@@ -6,7 +6,8 @@
 //! (`backfill resume RUN --accept "..."`): `max_change_pct:<metric>`,
 //! `references:<column>`, `expected_rows`, `max_unmatched_pct`.
 
-use crate::brief::{Brief, OnMissing, Strategy};
+use crate::brief::{Brief, OnMissing, Scope, Strategy};
+use crate::sql::{key_join, quote_ident};
 use serde::{Deserialize, Serialize};
 
 /// One metric of one group on a batch's range, before and after the write.
@@ -92,6 +93,15 @@ impl Unmatched {
         self.rows > 0 && self.at_lower_bound == self.rows
     }
 
+    /// The hint when the rows sit at the lower bound, if they do.
+    #[must_use]
+    pub fn lower_bound_hint(&self) -> Option<&'static str> {
+        self.all_at_lower_bound().then_some(
+            "all of them sit at the batch's lower bound: the source yields nothing at the \
+             lower bound of each batch — does it use `>= $1`?",
+        )
+    }
+
     /// One sentence on these rows, for a breach, `validate` and the report.
     #[must_use]
     pub fn describe(&self, brief: &Brief) -> String {
@@ -102,13 +112,26 @@ impl Unmatched {
             self.pct(),
             Self::fate(brief)
         );
-        if self.all_at_lower_bound() {
-            text.push_str(
-                "; all of them sit at the batch's lower bound: the source yields nothing at the \
-                 lower bound of each batch — does it use `>= $1`?",
-            );
+        if let Some(hint) = self.lower_bound_hint() {
+            text.push_str("; ");
+            text.push_str(hint);
         }
         text
+    }
+
+    /// The one measurement of unmatched rows where nothing is deleted (the
+    /// worker under `on_missing = "keep"`, `plan`, `sample`): the rows of
+    /// `table` in `[$1, $2)` against the source's rows in `source_rows`.
+    /// Yields `(unmatched, unmatched at the lower bound, rows of the range)`.
+    #[must_use]
+    pub fn measure_sql(scope: &Scope, table: &str, source_rows: &str) -> String {
+        let by = quote_ident(&scope.batch_by.column);
+        format!(
+            "SELECT count(*) FILTER (WHERE NOT bf_matched), count(*) FILTER (WHERE NOT bf_matched AND bf_at_lower), count(*)
+               FROM (SELECT EXISTS (SELECT 1 FROM {source_rows} s WHERE {matched}) AS bf_matched, t.{by} = $1 AS bf_at_lower
+                       FROM {table} t WHERE t.{by} >= $1 AND t.{by} < $2) x",
+            matched = key_join(&scope.key, "t", "s")
+        )
     }
 }
 

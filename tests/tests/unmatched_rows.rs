@@ -9,7 +9,7 @@
 
 use backfill_coordinator::lifecycle::rollback::{self, RollbackOptions};
 use backfill_coordinator::run::Finish;
-use backfill_coordinator::{status, validate};
+use backfill_coordinator::{plan, sample, status, validate};
 use backfill_shared::brief::Brief;
 use backfill_shared::control::runs::{self, RunState};
 use backfill_tests::{TestEnv, ship_revenue};
@@ -169,5 +169,76 @@ async fn a_live_write_without_images_records_its_stated_way_back() {
         stated.as_deref(),
         Some("nightly snapshot s3://warehouse/ship_revenue restores it")
     );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_refuses_a_source_that_would_lose_rows_and_sample_counts_them() {
+    let env = TestEnv::new(0.01).await;
+    env.build_ship_revenue().await;
+    let refused = |text: String| {
+        let pool = env.pool.clone();
+        async move {
+            let brief = Brief::parse(&text).unwrap();
+            let err = plan::plan(&pool, &brief).await.unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{err}");
+            err.to_string()
+        }
+    };
+    let air = refused(ship_revenue::brief(
+        "partition-overwrite",
+        "delete",
+        " AND l_shipmode = 'AIR'",
+    ))
+    .await;
+    assert!(
+        air.contains("[1992-01-01, 1992-02-01)")
+            && air.contains("would be removed")
+            && air.contains("max_unmatched_pct = 2"),
+        "{air}"
+    );
+    let skipped = refused(
+        ship_revenue::brief("merge", "keep", "").replace("l_shipdate >= $1", "l_shipdate > $1"),
+    )
+    .await;
+    assert!(
+        skipped.contains("`>= $1`") && skipped.contains("would be left stale"),
+        "{skipped}"
+    );
+
+    // The test slice counts them too.
+    let brief = Brief::parse(&ship_revenue::brief(
+        "merge",
+        "delete",
+        " AND l_shipmode = 'AIR'",
+    ))
+    .unwrap();
+    let (lo, hi) = sample::parse_slice(&brief, "1995-03-01..1995-05-01").unwrap();
+    let slice = sample::sample(&env.pool, &brief, lo, hi).await.unwrap();
+    let air_rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tpch.ship_revenue
+          WHERE l_shipdate >= '1995-03-01' AND l_shipdate < '1995-05-01' AND l_shipmode <> 'AIR'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(slice.unmatched.rows, air_rows);
+    assert!(
+        slice.render().contains("would be removed"),
+        "{}",
+        slice.render()
+    );
+
+    // A source that reproduces the table plans, with nothing unmatched.
+    let brief = Brief::parse(&ship_revenue::brief("merge", "delete", "")).unwrap();
+    let (planned, ..) = plan::plan(&env.pool, &brief).await.unwrap();
+    assert_eq!(
+        (planned.unmatched.sampled_batches, planned.unmatched.rows),
+        (5, 0)
+    );
+    assert!(planned.unmatched.range_rows > 0);
+    assert!(planned.render().contains("unmatched: 0 of"));
+    // Nothing was written by any of it.
+    assert_eq!(env.ship_revenue_changes("true").await, 0);
     env.cleanup().await;
 }

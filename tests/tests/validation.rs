@@ -207,6 +207,7 @@ async fn validate_passes_a_clean_run_and_fails_a_gap_or_a_duplicate() {
             "completeness",
             "uniqueness",
             "referential integrity",
+            "unmatched rows",
             "metric reconciliation",
             "edge cases",
             "size"
@@ -218,7 +219,7 @@ async fn validate_passes_a_clean_run_and_fails_a_gap_or_a_duplicate() {
             .fetch_one(&env.pool)
             .await
             .unwrap();
-    assert_eq!(stored, 7);
+    assert_eq!(stored, 8);
 
     // A batch removed from the ledger by hand is a gap.
     sqlx::query("DELETE FROM backfill.batches WHERE run_id = $1 AND batch_no = 3")

@@ -19,7 +19,7 @@
 
 use crate::error::{BatchError, Result};
 use backfill_shared::brief::{Bound, Brief, OnMissing, Strategy};
-use backfill_shared::checks::{BatchChecks, MetricGroup};
+use backfill_shared::checks::{BatchChecks, MetricGroup, Unmatched};
 use backfill_shared::control::drift::{self, Fingerprints};
 use backfill_shared::control::{batches, batches::RowCounts, log};
 use backfill_shared::sql::{TableName, column_list, key_join, quote_ident};
@@ -47,8 +47,19 @@ enum Counts {
     InsertedAndUpdated,
     /// It returns one row: (deleted, unmatched, unmatched at the lower bound).
     DeletedAndUnmatched,
-    /// It returns one row: (unmatched, unmatched at the lower bound).
+    /// It returns one row: (unmatched, unmatched at the lower bound, rows of the range).
     Unmatched,
+}
+
+/// Where a batch learns how many target rows its range held before the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeRows {
+    /// The strategy empties the range before it inserts: its delete counts them.
+    Deleted,
+    /// The source rows that met a target row, plus the unmatched rows deleted.
+    MatchedAndDeleted,
+    /// The measurement of unmatched rows counts them.
+    Measured,
 }
 
 /// One write statement of a batch.
@@ -68,10 +79,7 @@ pub struct WritePlan {
     fill_working_set: String,
     /// Whether the written table has rows in the batch's range.
     range_has_rows: String,
-    /// Whether the strategy empties the range before it inserts: then its delete
-    /// counts the range's rows; otherwise they are the source rows that matched
-    /// a target row plus the unmatched ones.
-    overwrites_range: bool,
+    range_rows: RangeRows,
     check_grain: String,
     steps: Vec<Step>,
     /// Per metric: its groups on the live target's range (what readers saw before).
@@ -225,9 +233,7 @@ impl WritePlan {
                     },
                     // Kept, but counted: rows left stale are what the guard watches.
                     OnMissing::Keep => Step {
-                        sql: format!(
-                            "SELECT count(*), count(*) FILTER (WHERE t.{by} = $1) FROM {target} t WHERE {in_range} {unmatched}"
-                        ),
+                        sql: Unmatched::measure_sql(scope, &target, &ws),
                         binds: Binds::Range,
                         counts: Counts::Unmatched,
                         what: "counting rows the source no longer yields",
@@ -295,7 +301,11 @@ impl WritePlan {
                  CREATE TEMPORARY TABLE IF NOT EXISTS {ws} ON COMMIT DELETE ROWS AS SELECT {all} FROM {target} WITH NO DATA"
             ),
             range_has_rows: format!("SELECT EXISTS (SELECT 1 FROM {})", range_of(&target)),
-            overwrites_range: brief.write.strategy == Strategy::PartitionOverwrite,
+            range_rows: match (brief.write.strategy, brief.write.on_missing) {
+                (Strategy::PartitionOverwrite, _) => RangeRows::Deleted,
+                (_, OnMissing::Delete) => RangeRows::MatchedAndDeleted,
+                (_, OnMissing::Keep) => RangeRows::Measured,
+            },
             fill_working_set: format!(
                 "INSERT INTO {ws} ({all}) SELECT {all} FROM ({source}\n) AS s",
                 source = scope.source.trim_end().trim_end_matches(';')
@@ -499,18 +509,23 @@ async fn write(
                 checks.unmatched.at_lower_bound += count(2)?;
             }
             Counts::Unmatched => {
-                checks.unmatched.rows += count(0)?;
-                checks.unmatched.at_lower_bound += count(1)?;
+                checks.unmatched = Unmatched {
+                    rows: count(0)?,
+                    at_lower_bound: count(1)?,
+                    range_rows: count(2)?,
+                };
             }
             Counts::Inserted => {}
         }
     }
-    checks.unmatched.range_rows = if plan.overwrites_range {
-        rows.deleted
-    } else {
+    match plan.range_rows {
+        RangeRows::Deleted => checks.unmatched.range_rows = rows.deleted,
         // Every source row either inserted a key or met the range's row of it.
-        rows.source - rows.inserted + checks.unmatched.rows
-    };
+        RangeRows::MatchedAndDeleted => {
+            checks.unmatched.range_rows = rows.source - rows.inserted + checks.unmatched.rows;
+        }
+        RangeRows::Measured => {}
+    }
     for ((metric, before), (_, query)) in before.into_iter().zip(&plan.metrics_after) {
         let after = metric_groups(tx, query, work).await?;
         let mut groups: Vec<&String> = before.keys().chain(after.keys()).collect();
