@@ -5,7 +5,7 @@
 //! or references the target.
 
 use backfill_shared::brief::{Bound, BoundKind, Brief, Problem};
-use backfill_shared::sql::{TableName, quote_ident};
+use backfill_shared::sql::{TableName, column_list, quote_ident};
 use serde::Serialize;
 use sqlx::postgres::PgTypeInfo;
 use sqlx::{
@@ -153,6 +153,29 @@ pub async fn check(pool: &PgPool, brief: &Brief) -> Result<Preflight> {
                     target.quoted()
                 ),
             ));
+        }
+    }
+    if let Some(filter) = &scope.filter {
+        // It is evaluated on the target and on the source's rows, so it may
+        // use only the columns both have.
+        let checked = sqlx::query(AssertSqlSafe(format!(
+            "SELECT 1 FROM (SELECT {} FROM {}) t WHERE ({filter}) LIMIT 0",
+            column_list(&written, None),
+            target.quoted()
+        )))
+        .execute(pool)
+        .await;
+        match checked {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) => problems.push(problem(
+                "scope.where",
+                format!(
+                    "must be a condition on the columns the source yields ({}): {}",
+                    written.join(", "),
+                    e.message()
+                ),
+            )),
+            Err(e) => return Err(e.into()),
         }
     }
     check_validation(pool, brief, &mut problems).await?;

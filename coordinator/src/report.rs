@@ -8,6 +8,7 @@
 use crate::Result;
 use crate::preflight::{self, Dependent};
 use crate::validate::{self, GroupDelta};
+use backfill_shared::checks::Unmatched;
 use backfill_shared::control::batches::{self, Counts};
 use backfill_shared::control::runs::{self, Run};
 use serde::Serialize;
@@ -41,6 +42,10 @@ pub struct Report {
     pub started: chrono::DateTime<chrono::Utc>,
     pub finished: Option<chrono::DateTime<chrono::Utc>>,
     pub batches: Counts,
+    /// Target rows the source did not reproduce, summed over the applied batches.
+    pub unmatched: Unmatched,
+    /// What happened to them: "removed", or "left stale".
+    pub unmatched_fate: &'static str,
     pub retries: i64,
     pub approved: Option<(String, chrono::DateTime<chrono::Utc>)>,
     pub accepted_breaches: Vec<(String, String, String)>,
@@ -135,6 +140,8 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
         started: run.created_at,
         finished,
         batches: batches::counts(pool, run_id).await?,
+        unmatched: validate::summed_unmatched(pool, &run).await?,
+        unmatched_fate: Unmatched::fate(brief),
         retries,
         approved: run.approved_by.clone().zip(run.approved_at),
         accepted_breaches,
@@ -245,8 +252,17 @@ impl Report {
         let c = &self.batches;
         let _ = writeln!(
             s,
-            "\nRows: {} from the source, {} inserted, {} updated, {} deleted, in {} batches ({} retries).\n",
-            c.rows.source, c.rows.inserted, c.rows.updated, c.rows.deleted, c.applied, self.retries
+            "\nRows: {} from the source, {} inserted, {} updated, {} deleted, in {} batches ({} retries); \
+             {} of the {} rows in scope had no counterpart in the source and were {}.\n",
+            c.rows.source,
+            c.rows.inserted,
+            c.rows.updated,
+            c.rows.deleted,
+            c.applied,
+            self.retries,
+            self.unmatched.rows,
+            self.unmatched.range_rows,
+            self.unmatched_fate
         );
         let _ = writeln!(s, "## Refreshed\n");
         if self.refreshed.is_empty() {

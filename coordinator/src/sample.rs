@@ -175,8 +175,7 @@ pub async fn sample(pool: &PgPool, brief: &Brief, lo: Bound, hi: Bound) -> Resul
     let target = scope.target.quoted();
     let written = scope.written_columns();
     let all = column_list(&written, None);
-    let by = quote_ident(&scope.batch_by.column);
-    let in_slice = format!("{by} >= $1 AND {by} < $2");
+    let in_slice = scope.owned_range("");
     let key_match = key_join(&scope.key, "o", "n");
     let key_text = scope
         .key

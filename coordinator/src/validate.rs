@@ -16,6 +16,7 @@
 
 use crate::{CliError, Result};
 use backfill_shared::brief::{Bound, Brief};
+use backfill_shared::checks::Unmatched;
 use backfill_shared::control::batches;
 use backfill_shared::control::runs::{self, Run};
 use backfill_shared::sql::{column_list, quote_ident};
@@ -47,7 +48,7 @@ pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
         .unwrap_or_else(|| brief.scope.target.clone());
     let t = table.quoted();
     let by = quote_ident(&brief.scope.batch_by.column);
-    let scope = format!("{by} >= $1 AND {by} < $2");
+    let scope = brief.scope.owned_range("");
     let (start, end) = (brief.scope.batch_by.start, brief.scope.batch_by.end);
     let mut checks = vec![freshness(pool, &run).await?];
 
@@ -69,9 +70,10 @@ pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
     .fetch_one(pool)
     .await?;
     let per_batch: Vec<(i32, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT b.batch_no, (SELECT count(*) FROM {t} WHERE {by} >= b.lo::{ty} AND {by} < b.hi::{ty})
+        "SELECT b.batch_no, (SELECT count(*) FROM {t} WHERE {by} >= b.lo::{ty} AND {by} < b.hi::{ty}{owned})
            FROM backfill.batches b WHERE b.run_id = $1 ORDER BY b.batch_no",
-        ty = sql_type(start)
+        ty = sql_type(start),
+        owned = brief.scope.owned()
     )))
     .bind(run_id)
     .fetch_all(pool)
@@ -215,7 +217,7 @@ async fn unmatched(pool: &PgPool, run: &Run) -> Result<Check> {
             "message": u.describe(brief),
         }));
     }
-    let fate = backfill_shared::checks::Unmatched::fate(brief);
+    let fate = Unmatched::fate(brief);
     Ok(Check {
         name: "unmatched rows",
         passed: over == 0 || accepted,
@@ -325,6 +327,20 @@ impl GroupDelta {
     pub fn delta_pct(&self) -> Option<f64> {
         (self.before != 0.0).then(|| (self.after - self.before) / self.before.abs() * 100.0)
     }
+}
+
+/// The unmatched rows of a run, summed over its applied batches (the lower
+/// bound count is the batches' sum too).
+pub async fn summed_unmatched(pool: &PgPool, run: &Run) -> Result<Unmatched> {
+    let nos: Vec<u32> = (0..run.batch_count).collect();
+    let applied = batches::applied_among(pool, run.run_id, &nos).await?;
+    Ok(applied
+        .iter()
+        .fold(Unmatched::default(), |sum, b| Unmatched {
+            rows: sum.rows + b.checks.unmatched.rows,
+            at_lower_bound: sum.at_lower_bound + b.checks.unmatched.at_lower_bound,
+            range_rows: sum.range_rows + b.checks.unmatched.range_rows,
+        }))
 }
 
 /// Every metric group of a run, summed over its applied batches, in metric order.

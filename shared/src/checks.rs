@@ -129,8 +129,9 @@ impl Unmatched {
         format!(
             "SELECT count(*) FILTER (WHERE NOT bf_matched), count(*) FILTER (WHERE NOT bf_matched AND bf_at_lower), count(*)
                FROM (SELECT EXISTS (SELECT 1 FROM {source_rows} s WHERE {matched}) AS bf_matched, t.{by} = $1 AS bf_at_lower
-                       FROM {table} t WHERE t.{by} >= $1 AND t.{by} < $2) x",
-            matched = key_join(&scope.key, "t", "s")
+                       FROM {table} t WHERE {owned}) x",
+            matched = key_join(&scope.key, "t", "s"),
+            owned = scope.owned_range("t")
         )
     }
 }

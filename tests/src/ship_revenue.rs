@@ -53,6 +53,29 @@ impl TestEnv {
     }
 }
 
+impl TestEnv {
+    /// Rows in which `tpch.ship_revenue` and an independent recomputation from
+    /// the line items differ (`EXCEPT ALL` both ways), among the rows `filter`
+    /// selects.
+    pub async fn ship_revenue_wrong(&self, filter: &str) -> i64 {
+        let fresh = SOURCE.replace("l_shipdate >= $1 AND l_shipdate < $2{filter}", "true");
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "WITH fresh AS ({fresh}), now AS (SELECT * FROM tpch.ship_revenue)
+             SELECT (SELECT count(*) FROM (SELECT * FROM now WHERE {filter} EXCEPT ALL SELECT * FROM fresh WHERE {filter}) a)
+                  + (SELECT count(*) FROM (SELECT * FROM fresh WHERE {filter} EXCEPT ALL SELECT * FROM now WHERE {filter}) b)"
+        )))
+        .fetch_one(&self.pool)
+        .await
+        .expect("recompute tpch.ship_revenue")
+    }
+}
+
+/// Adds `scope.where` to a brief.
+#[must_use]
+pub fn owning(text: &str, filter: &str) -> String {
+    text.replace("\n[write]", &format!("where = \"{filter}\"\n\n[write]"))
+}
+
 /// A brief rewriting `tpch.ship_revenue` in monthly batches over 1992–1998, one
 /// batch in flight, before-images on, no metric limits; `filter` is appended
 /// to the source's WHERE clause (`" AND l_shipmode = 'AIR'"`).

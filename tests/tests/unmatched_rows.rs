@@ -126,14 +126,28 @@ async fn a_correct_source_passes_and_a_raised_limit_lets_a_known_loss_through() 
         "max_duplicate_keys = 0",
         "max_duplicate_keys = 0\nmax_unmatched_pct = 20",
     );
+    let mail = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM tpch.ship_revenue WHERE l_shipmode = 'MAIL'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+    };
+    let mail_before = mail().await;
     let (run_id, ..) = env.record_run(&text).await;
     assert_eq!(env.run_to_end(run_id, 1).await, Finish::Applied);
-    let mail: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM tpch.ship_revenue WHERE l_shipmode = 'MAIL'")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-    assert_eq!(mail, 0);
+    assert_eq!(mail().await, 0);
+    // The report tells stakeholders what was removed.
+    let report = backfill_coordinator::report::gather(&env.pool, run_id)
+        .await
+        .unwrap();
+    assert_eq!(report.unmatched.rows, mail_before);
+    let note = report.markdown();
+    assert!(
+        note.contains(&format!("{mail_before} of the")) && note.contains("were removed"),
+        "{note}"
+    );
     env.cleanup().await;
 }
 

@@ -133,7 +133,7 @@ impl WritePlan {
             (true, Binds::Range) => Binds::RangeAndBatch,
             (_, b) => b,
         };
-        let in_range = format!("t.{by} >= $1 AND t.{by} < $2");
+        let in_range = scope.owned_range("t");
         // A delete of the range's rows (narrowed by `filter`) that saves their
         // before-images and yields `(deleted, unmatched, unmatched at the lower
         // bound)` through `count`, which reads the deleted rows as `d`.
@@ -195,9 +195,15 @@ impl WritePlan {
                 // One upsert: `xmax = 0` tells the inserted rows from the updated ones.
                 let upsert = format!(
                     "INSERT INTO {target} AS t ({all}) SELECT {in_s} FROM {ws} s
-                     ON CONFLICT ({key_group}) DO UPDATE SET {excluded} WHERE {changed_excluded}
+                     ON CONFLICT ({key_group}) DO UPDATE SET {excluded} WHERE {changed_excluded}{owned}
                      RETURNING t AS bf_row, (t.xmax = 0) AS bf_new, {returned_key}",
-                    returned_key = column_list(&scope.key, Some("t"))
+                    returned_key = column_list(&scope.key, Some("t")),
+                    // A key the source yields whose row the backfill does not own
+                    // stays as it is. Here both `t` and EXCLUDED are in scope, so
+                    // the unqualified predicate reads `t` through a subquery.
+                    owned = scope.filter.as_deref().map_or_else(String::new, |w| {
+                        format!(" AND EXISTS (SELECT 1 FROM (SELECT t.*) bf_owned WHERE ({w}))")
+                    })
                 );
                 // Every part of one statement reads the same snapshot, so `o`
                 // is the row before the update: its before-image, kept with a
@@ -241,7 +247,7 @@ impl WritePlan {
                 });
             }
         }
-        let range_of = |table: &str| format!("{table} t WHERE t.{by} >= $1 AND t.{by} < $2");
+        let range_of = |table: &str| format!("{table} t WHERE {in_range}");
         let metric_sql = |table: &str| {
             brief
                 .validation
@@ -313,7 +319,12 @@ impl WritePlan {
             check_grain: format!(
                 "SELECT (SELECT count(*) FROM (SELECT 1 FROM {ws} GROUP BY {key_group} HAVING count(*) > 1) d),
                         (SELECT count(*) FROM {ws} WHERE {null_key}),
-                        (SELECT count(*) FROM {ws} WHERE {by} IS NULL OR NOT ({by} >= $1 AND {by} < $2))"
+                        (SELECT count(*) FROM {ws} WHERE {by} IS NULL OR NOT ({by} >= $1 AND {by} < $2)),
+                        {unowned}",
+                unowned = scope.filter.as_deref().map_or_else(
+                    || "0::bigint".to_owned(),
+                    |w| format!("(SELECT count(*) FROM {ws} WHERE ({w}) IS NOT TRUE)")
+                )
             ),
             steps,
         }
@@ -445,7 +456,7 @@ async fn write(
         }
     }
 
-    let (duplicates, null_keys, outside): (i64, i64, i64) =
+    let (duplicates, null_keys, outside, unowned): (i64, i64, i64, i64) =
         sqlx::query_as(AssertSqlSafe(plan.check_grain.as_str()))
             .bind(work.lo)
             .bind(work.hi)
@@ -469,6 +480,13 @@ async fn write(
         return Err(BatchError::Permanent(format!(
             "the source yielded {outside} row(s) whose batch_by value lies outside [{}, {}); \
              filter the source on $1 and $2 so batches do not overlap",
+            work.lo, work.hi
+        )));
+    }
+    if unowned > 0 {
+        return Err(BatchError::Permanent(format!(
+            "the source yielded {unowned} row(s) in [{}, {}) that scope.where does not match; \
+             the backfill owns only the rows it matches — filter the source the same way",
             work.lo, work.hi
         )));
     }

@@ -153,10 +153,15 @@ fn side_table_statements(brief: &Brief, side: &TableName) -> Vec<String> {
             side.quoted()
         ),
         format!(
-            "INSERT INTO {} SELECT * FROM {target} WHERE {by} IS NULL OR {by} < {} OR {by} >= {}",
+            "INSERT INTO {} SELECT * FROM {target} WHERE {by} IS NULL OR {by} < {} OR {by} >= {}{unowned}",
             side.quoted(),
             literal(brief.scope.batch_by.start),
-            literal(brief.scope.batch_by.end)
+            literal(brief.scope.batch_by.end),
+            unowned = brief
+                .scope
+                .filter
+                .as_deref()
+                .map_or_else(String::new, |w| format!(" OR ({w}) IS NOT TRUE"))
         ),
         format!("ANALYZE {}", side.quoted()),
     ]

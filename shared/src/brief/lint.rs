@@ -268,7 +268,19 @@ fn read_scope(r: &mut Reader<'_>) -> Option<Scope> {
         }
         ok
     });
+    let filter = match r.opt_text(
+        "where",
+        "a predicate on target columns, e.g. \"l_shipmode = 'AIR'\"",
+    ) {
+        Ok(Some(w)) if w.contains(';') => {
+            r.problem("where", "must be one predicate, without ';'");
+            None
+        }
+        Ok(w) => Some(w),
+        Err(()) => None,
+    };
     Some(Scope {
+        filter: filter?,
         target: target?,
         key: key?,
         columns: columns?,
@@ -832,6 +844,21 @@ retain_days = 7
             fields(&stated.replace("snapshot = false", "snapshot = true")),
             ["rollback.without_images"]
         );
+    }
+
+    #[test]
+    fn scope_where_is_one_predicate() {
+        let with = |w: &str| GOOD.replace("[write]", &format!("where = {w}\n\n[write]"));
+        let b = Brief::parse(&with("\"day > '2025-01-01'\"")).unwrap();
+        assert_eq!(b.scope.filter.as_deref(), Some("day > '2025-01-01'"));
+        assert_eq!(
+            b.scope.owned_range("t"),
+            "t.\"created\" >= $1 AND t.\"created\" < $2 AND (day > '2025-01-01')"
+        );
+        assert_eq!(Brief::parse(GOOD).unwrap().scope.owned(), "");
+        for bad in ["\"true; DROP TABLE x\"", "\" \"", "7"] {
+            assert_eq!(fields(&with(bad)), ["scope.where"], "{bad}");
+        }
     }
 
     #[test]

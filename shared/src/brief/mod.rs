@@ -115,9 +115,34 @@ pub struct Scope {
     pub expected_rows: Option<u64>,
     /// Rows of one batch; `$1` is the lower bound (inclusive), `$2` the upper (exclusive).
     pub source: String,
+    /// `scope.where`: a predicate on target columns (unqualified, among the
+    /// columns the source yields). The backfill owns only the rows that match it.
+    #[serde(default)]
+    pub filter: Option<String>,
 }
 
 impl Scope {
+    /// The rows of `[$1, $2)` this backfill owns, as a condition on `alias`
+    /// (the only table of its query level, since `scope.where` is unqualified).
+    #[must_use]
+    pub fn owned_range(&self, alias: &str) -> String {
+        let by = crate::sql::quote_ident(&self.batch_by.column);
+        let prefix = if alias.is_empty() {
+            String::new()
+        } else {
+            format!("{alias}.")
+        };
+        format!("{prefix}{by} >= $1 AND {prefix}{by} < $2{}", self.owned())
+    }
+
+    /// ` AND (<scope.where>)`, or nothing when the backfill owns its whole range.
+    #[must_use]
+    pub fn owned(&self) -> String {
+        self.filter
+            .as_deref()
+            .map_or_else(String::new, |w| format!(" AND ({w})"))
+    }
+
     /// Key, then `batch_by` (unless it is part of the key), then the rewritten
     /// columns: the columns a batch reads from the source and writes to the target.
     #[must_use]
