@@ -130,6 +130,33 @@ retain_days = 14
     ))
 }
 
+/// The demo plays the reviewer from its own session: `reviewer` becomes this
+/// session's database role in `backfill.people`, unless the role is already
+/// someone else.
+async fn play_reviewer(pool: &PgPool, reviewer: &str) -> Result<()> {
+    use backfill_shared::control::people::{self, Person};
+    let session = people::whoami(pool).await?;
+    match &session.person {
+        Some(_) if session.is(reviewer) => Ok(()),
+        Some(p) => Err(CliError::BadInput(format!(
+            "the demo approves as {reviewer} from this session, but its database role {} is already {} in backfill.people; run the demo as another role",
+            session.role, p.name
+        ))),
+        None => {
+            people::put(
+                pool,
+                &Person {
+                    name: reviewer.to_owned(),
+                    role: session.role.clone(),
+                    email: None,
+                },
+            )
+            .await?;
+            Ok(())
+        }
+    }
+}
+
 /// The demo's brief without before-images: a metric-changing live write must
 /// then name its other way back, and its rollback plan may not promise images.
 #[must_use]
@@ -364,8 +391,18 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
         );
     }
 
-    // The reviewer approves; cutover refreshes what reads the table.
-    crate::lifecycle::approve::approve(&pool, run_id, &brief.meta.reviewer).await?;
+    // Validation, as the runbook has it, before the reviewer approves; cutover
+    // then exposes what was validated and refreshes what reads the table.
+    let checks = crate::validate::validate(&pool, run_id).await?;
+    print!("\n{}", crate::validate::render(&checks));
+    if let Some(failed) = checks.iter().find(|c| !c.passed) {
+        return Err(CliError::Halted(format!(
+            "validation failed: {}: {}",
+            failed.name, failed.summary
+        )));
+    }
+    play_reviewer(&pool, &brief.meta.reviewer).await?;
+    crate::lifecycle::approve::approve(&pool, run_id, Some(&brief.meta.reviewer)).await?;
     let report = crate::lifecycle::cutover::cutover(
         &pool,
         run_id,

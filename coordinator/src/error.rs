@@ -79,7 +79,18 @@ impl From<sqlx::Error> for CliError {
                 .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
             _ => false,
         };
-        if lost {
+        let denied =
+            matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("42501"));
+        if denied {
+            // Not this role's to do (a privilege, or the two-person rule).
+            let message = match &e {
+                sqlx::Error::Database(db) => db.message().to_owned(),
+                other => other.to_string(),
+            };
+            Self::BadInput(format!(
+                "refused by the warehouse: {message} (the roles and what each may do: deploy/roles.sql)"
+            ))
+        } else if lost {
             Self::Unavailable(format!("lost the warehouse connection: {e}"))
         } else {
             Self::Internal(format!("warehouse query failed: {e}"))

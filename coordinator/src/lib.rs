@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod demo;
 pub mod error;
 pub mod lifecycle;
+pub mod people;
 pub mod plan;
 pub mod preflight;
 pub mod report;

@@ -88,6 +88,12 @@ enum Command {
         run: Uuid,
         #[arg(long)]
         json: bool,
+        /// Accept a failed check of the latest validation instead (not as the owner).
+        #[arg(long, value_name = "CHECK", requires = "reason")]
+        accept: Option<String>,
+        /// Why the failure is acceptable (with --accept).
+        #[arg(long, requires = "accept")]
+        reason: Option<String>,
     },
     /// The change note for stakeholders: what changed, why, validation, metric deltas.
     Report {
@@ -99,9 +105,15 @@ enum Command {
     /// Record the reviewer's approval of an applied run.
     Approve {
         run: Uuid,
-        /// Must be the reviewer the brief names (never its owner).
+        /// Who you mean to approve as: checked against the database login, which
+        /// must be the role of the reviewer the brief names (never its owner).
         #[arg(long)]
-        reviewer: String,
+        reviewer: Option<String>,
+    },
+    /// Who is who: the names briefs use, mapped to database roles and emails.
+    People {
+        #[command(subcommand)]
+        action: Option<PeopleAction>,
     },
     /// Expose an approved run: swap in the built table (staging-swap, parallel-version),
     /// then run the brief's refresh statements and refresh dependent materialized views.
@@ -145,6 +157,27 @@ enum Command {
         #[arg(long)]
         no_snapshot: bool,
     },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum PeopleAction {
+    /// Everyone, with their role and email (the default).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Map a name briefs use to the database role that person logs in as.
+    Add {
+        name: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Remove a person.
+    Remove { name: String },
+    /// Who this session is: its database role and the person mapped to it.
+    Whoami,
 }
 
 #[tokio::main]
@@ -265,7 +298,26 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
             }
             Ok(())
         }
-        Command::Validate { run, json } => {
+        Command::Validate {
+            run,
+            accept: Some(check),
+            reason,
+            ..
+        } => {
+            let pool = control_plane(&config, 2).await?;
+            let actor = backfill_coordinator::validate::accept(
+                &pool,
+                run,
+                &check,
+                reason.as_deref().unwrap_or_default(),
+            )
+            .await?;
+            eprintln!(
+                "{actor} accepted the failed check {check:?} of run {run}'s latest validation"
+            );
+            Ok(())
+        }
+        Command::Validate { run, json, .. } => {
             let pool = control_plane(&config, 2).await?;
             let checks = backfill_coordinator::validate::validate(&pool, run).await?;
             if json {
@@ -303,9 +355,13 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
         }
         Command::Approve { run, reviewer } => {
             let pool = control_plane(&config, 2).await?;
-            lifecycle::approve::approve(&pool, run, &reviewer).await?;
-            eprintln!("run {run} approved by {reviewer}; `backfill cutover {run}` exposes it");
+            let by = lifecycle::approve::approve(&pool, run, reviewer.as_deref()).await?;
+            eprintln!("run {run} approved by {by}; `backfill cutover {run}` exposes it");
             Ok(())
+        }
+        Command::People { action } => {
+            let pool = control_plane(&config, 2).await?;
+            people(&pool, action.unwrap_or(PeopleAction::List { json: false })).await
         }
         Command::Cutover {
             run,
@@ -364,6 +420,28 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
 }
 
 /// A pool to the warehouse with the control plane created or upgraded.
+async fn people(pool: &sqlx::PgPool, action: PeopleAction) -> Result<()> {
+    use backfill_coordinator::people as cmd;
+    use backfill_shared::control::people;
+    match action {
+        PeopleAction::List { json: true } => print_json(&people::list(pool).await?),
+        PeopleAction::List { json: false } => {
+            print!("{}", cmd::render(&people::list(pool).await?));
+            Ok(())
+        }
+        PeopleAction::Add { name, role, email } => {
+            let person = cmd::add(pool, &name, &role, email.as_deref()).await?;
+            eprintln!("{} is database role {}", person.name, person.role);
+            Ok(())
+        }
+        PeopleAction::Remove { name } => cmd::remove(pool, &name).await,
+        PeopleAction::Whoami => {
+            println!("{}", cmd::describe(&people::whoami(pool).await?));
+            Ok(())
+        }
+    }
+}
+
 async fn control_plane(config: &Config, connections: u32) -> Result<sqlx::PgPool> {
     let pool = services::postgres(config, connections).await?;
     control::migrate(&pool).await?;

@@ -154,7 +154,17 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
     })
 }
 
-fn fmt_num(v: f64) -> String {
+/// A group as people read it: a midnight timestamp (`date_trunc` of a date)
+/// is shown as its date.
+pub(crate) fn group_label(group: &str) -> &str {
+    [" 00:00:00+00", " 00:00:00"]
+        .iter()
+        .find_map(|midnight| group.strip_suffix(midnight))
+        .unwrap_or(group)
+}
+
+/// A figure with thousands separators and two decimals.
+pub(crate) fn fmt_num(v: f64) -> String {
     let s = format!("{:.2}", v.abs());
     let (int, frac) = s.split_once('.').unwrap_or((&s, "00"));
     let mut grouped = String::new();
@@ -243,7 +253,7 @@ impl Report {
                 s,
                 "| {} | {} | {} | {} | {} |",
                 d.metric,
-                d.group,
+                group_label(&d.group),
                 fmt_num(d.before),
                 fmt_num(d.after),
                 fmt_pct(d)
@@ -394,11 +404,11 @@ fn chart(metric: &str, groups: &[&GroupDelta]) -> String {
                 "<rect class=\"bar\" x=\"{:.1}\" y=\"{:.1}\" width=\"{bar}\" height=\"{h:.1}\" fill=\"{color}\"><title>{}: {}</title></rect>",
                 x + j as f64 * bar,
                 top + height - h,
-                escape(&g.group),
+                escape(group_label(&g.group)),
                 fmt_num(v)
             );
         }
-        let label: String = g.group.chars().take(10).collect();
+        let label: String = group_label(&g.group).chars().take(10).collect();
         let _ = write!(
             s,
             "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" transform=\"rotate(45 {:.1} {:.1})\">{}</text>",
@@ -505,6 +515,17 @@ mod tests {
         assert_eq!(fmt_num(1234567.891), "1,234,567.89");
         assert_eq!(fmt_num(-12.5), "-12.50");
         assert_eq!(fmt_num(999.0), "999.00");
+    }
+
+    #[test]
+    fn midnight_groups_read_as_dates() {
+        assert_eq!(group_label("1996-01-01 00:00:00+00"), "1996-01-01");
+        assert_eq!(group_label("1996-01-01 00:00:00"), "1996-01-01");
+        assert_eq!(
+            group_label("1996-01-01 12:00:00+00"),
+            "1996-01-01 12:00:00+00"
+        );
+        assert_eq!(group_label("AIR"), "AIR");
     }
 
     #[test]

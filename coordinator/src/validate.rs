@@ -14,11 +14,14 @@
 //!   and the after figures checked against the table as it is now;
 //! - size: table and index size before the run and now.
 
+use crate::lifecycle::fingerprint;
+use crate::report::{fmt_num, group_label};
 use crate::{CliError, Result};
 use backfill_shared::brief::{Bound, Brief};
 use backfill_shared::checks::Unmatched;
 use backfill_shared::control::batches;
 use backfill_shared::control::runs::{self, Run};
+use backfill_shared::control::validations::{self, Acceptance, CheckResult};
 use backfill_shared::sql::{column_list, quote_ident};
 use serde::Serialize;
 use serde_json::json;
@@ -72,7 +75,7 @@ pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
     let per_batch: Vec<(i32, i64)> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT b.batch_no, (SELECT count(*) FROM {t} WHERE {by} >= b.lo::{ty} AND {by} < b.hi::{ty}{owned})
            FROM backfill.batches b WHERE b.run_id = $1 ORDER BY b.batch_no",
-        ty = sql_type(start),
+        ty = start.kind().sql_type(),
         owned = brief.scope.owned()
     )))
     .bind(run_id)
@@ -154,26 +157,70 @@ pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
     checks.push(edge_cases(pool, &run, &t).await?);
     checks.push(size(pool, &run, &table).await?);
 
-    for c in &checks {
-        sqlx::query("INSERT INTO backfill.validations (run_id, check_name, passed, summary, detail) VALUES ($1, $2, $3, $4, $5)")
-            .bind(run_id)
-            .bind(c.name)
-            .bind(c.passed)
-            .bind(&c.summary)
-            .bind(&c.detail)
-            .execute(pool)
-            .await?;
-    }
-    backfill_shared::control::log::append(
+    // What was checked, so cutover can expose exactly that.
+    let mut conn = pool.acquire().await?;
+    let fingerprint = fingerprint::measure(&mut conn, brief, &table).await?;
+    drop(conn);
+    let results: Vec<CheckResult<'_>> = checks
+        .iter()
+        .map(|c| CheckResult {
+            name: c.name,
+            passed: c.passed,
+            summary: &c.summary,
+            detail: &c.detail,
+        })
+        .collect();
+    validations::record(
         pool,
         run_id,
         &crate::operator(),
-        "validated",
-        None,
-        json!({ "passed": checks.iter().all(|c| c.passed), "failed": checks.iter().filter(|c| !c.passed).map(|c| c.name).collect::<Vec<_>>() }),
+        &results,
+        &serde_json::to_value(&fingerprint).unwrap_or_default(),
     )
     .await?;
     Ok(checks)
+}
+
+/// `backfill validate RUN --accept CHECK --reason TEXT`: the reviewer (this
+/// session's person; never the owner) accepts a failed check of the run's
+/// latest validation, so the run may be approved despite it. Returns who.
+pub async fn accept(pool: &PgPool, run_id: Uuid, check: &str, reason: &str) -> Result<String> {
+    let run = runs::load(pool, run_id).await?;
+    let session =
+        crate::lifecycle::approve::as_reviewer(pool, &run, None, "accept a failed check of")
+            .await?;
+    if reason.trim().is_empty() {
+        return Err(CliError::BadInput(
+            "--reason is blank; say why the failure is acceptable".into(),
+        ));
+    }
+    let Some(latest) = validations::latest(pool, run_id).await? else {
+        return Err(CliError::BadInput(format!(
+            "run {run_id} has not been validated; run `backfill validate {run_id}` first"
+        )));
+    };
+    if !latest.failed.iter().any(|c| c == check) {
+        return Err(CliError::BadInput(format!(
+            "check {check:?} did not fail in the latest validation of run {run_id} (failed: {})",
+            if latest.failed.is_empty() {
+                "none".to_owned()
+            } else {
+                latest.failed.join(", ")
+            }
+        )));
+    }
+    validations::accept(
+        pool,
+        run_id,
+        latest.id,
+        &Acceptance {
+            check_name: check.to_owned(),
+            actor: session.name().to_owned(),
+            reason: reason.trim().to_owned(),
+        },
+    )
+    .await?;
+    Ok(session.name().to_owned())
 }
 
 /// Per batch range, the target rows the source did not reproduce, as the
@@ -233,14 +280,6 @@ async fn unmatched(pool: &PgPool, run: &Run) -> Result<Check> {
         ),
         detail: json!({ "limit_pct": limit, "accepted": accepted, "ranges": per_range }),
     })
-}
-
-fn sql_type(b: Bound) -> &'static str {
-    match b {
-        Bound::Integer(_) => "bigint",
-        Bound::Date(_) => "date",
-        Bound::Timestamp(_) => "timestamp",
-    }
 }
 
 async fn freshness(pool: &PgPool, run: &Run) -> Result<Check> {
@@ -420,7 +459,10 @@ async fn reconciliation(pool: &PgPool, run: &Run, t: &str, scope: &str) -> Resul
                 && table_now.is_none_or(|v| (v - after).abs() > 0.005 * after.abs().max(1.0))
             {
                 mismatches.push(format!(
-                    "{metric} {group}: batches say {after:.2}, the table holds {table_now:?}"
+                    "{metric} {}: the batches say {}, the table holds {}",
+                    group_label(group),
+                    fmt_num(after),
+                    table_now.map_or_else(|| "no rows".to_owned(), fmt_num)
                 ));
             }
             rows.push(json!({

@@ -9,7 +9,9 @@
 //! - (c) the same with before-images on;
 //! - (d) orchestration alone: batches whose source yields no rows, end to end;
 //! - (e) peak resident memory of a coordinator process planning and tracking a
-//!   very large run, and of the worker processes during (b).
+//!   very large run, and of the worker processes during (b);
+//! - (f) the fingerprint `validate` records and cutover checks, measured on the
+//!   table (c) wrote, as a share of (c).
 //!
 //! Each Backfill figure is printed with its ratio to the baseline and its target.
 
@@ -187,6 +189,32 @@ pub async fn run(options: &Options) -> Report {
             ratio: Some(ratio),
             target: Some((format!("≤ {limit:.2} × (a)"), ratio <= limit)),
         });
+        if snapshot {
+            let brief = Brief::parse(&text).expect("the bench brief lints");
+            let mut conn = pool.acquire().await.expect("a connection");
+            let started = Instant::now();
+            backfill_coordinator::lifecycle::fingerprint::measure(
+                &mut conn,
+                &brief,
+                &brief.scope.target,
+            )
+            .await
+            .expect("fingerprint the target");
+            let fingerprint = started.elapsed().as_secs_f64();
+            let share = fingerprint / took.as_secs_f64();
+            lines.push(Line {
+                case:
+                    "(f) validation fingerprint of the scope (validate and cutover take one each)"
+                        .into(),
+                value: fingerprint,
+                unit: "s",
+                ratio: None,
+                target: Some((
+                    format!("≤ 5 % of (c); {:.1} %", share * 100.0),
+                    share <= 0.05,
+                )),
+            });
+        }
         if !snapshot {
             // Peak memory of the workers so far: (b) is all they have done.
             let peak = workers

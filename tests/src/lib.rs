@@ -52,6 +52,21 @@ impl TestEnv {
             .await
             .expect("connect to the test database");
         control::migrate(&pool).await.expect("migrate");
+        // The briefs' reviewer is this session's role; their owner is nobody's.
+        let role: String = sqlx::query_scalar("SELECT session_user::text")
+            .fetch_one(&pool)
+            .await
+            .expect("session user");
+        control::people::put(
+            &pool,
+            &control::people::Person {
+                name: "bob".into(),
+                role,
+                email: None,
+            },
+        )
+        .await
+        .expect("map the reviewer");
         backfill_coordinator::tpch::load(&pool, SCHEMA, scale)
             .await
             .expect("load TPC-H");

@@ -266,3 +266,59 @@ async fn run_detach_prints_only_the_run_id_and_the_run_completes() {
     let _ = std::fs::remove_dir_all(&dir);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_map_names_to_database_roles() {
+    let env = TestEnv::new(0.01).await;
+    let role: String = sqlx::query_scalar("SELECT session_user::text")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let out = backfill(&env, &["people", "whoami"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("bob (database role {role})")
+    );
+    // A role that does not exist, or is someone else already, is refused.
+    let out = backfill(
+        &env,
+        &["people", "add", "carol", "--role", "no_such_role_x"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database role"));
+    let out = backfill(&env, &["people", "add", "carol", "--role", &role]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is already bob"));
+    let out = backfill(
+        &env,
+        &[
+            "people",
+            "add",
+            "carol",
+            "--role",
+            "pg_monitor",
+            "--email",
+            "carol@example.com",
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = backfill(&env, &["people"]).await;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("carol") && listed.contains("carol@example.com") && listed.contains("bob"),
+        "{listed}"
+    );
+    let out = backfill(&env, &["people", "remove", "carol"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let out = backfill(&env, &["people", "remove", "carol"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    env.cleanup().await;
+}

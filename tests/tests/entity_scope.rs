@@ -42,7 +42,10 @@ async fn an_entity_scoped_run_rewrites_only_its_rows() {
             "{strategy}"
         );
         if strategy == "staging-swap" {
-            backfill_coordinator::lifecycle::approve::approve(&env.pool, run_id, "bob")
+            backfill_coordinator::validate::validate(&env.pool, run_id)
+                .await
+                .unwrap();
+            backfill_coordinator::lifecycle::approve::approve(&env.pool, run_id, Some("bob"))
                 .await
                 .unwrap();
             backfill_coordinator::lifecycle::cutover::cutover(

@@ -10,6 +10,7 @@ use backfill_coordinator::resume;
 use backfill_coordinator::run::{DriveOptions, Finish};
 use backfill_shared::control::batches::{self, Counts};
 use backfill_shared::control::runs::RunState;
+use backfill_shared::gates::Gates;
 use backfill_tests::{TestEnv, finish_within, publish_batch};
 use std::time::Duration;
 use tokio::time::{Instant, sleep};
@@ -55,6 +56,15 @@ async fn pause_stops_new_batches_and_resume_finishes() {
     let driver = env.drive_with(run_id, quick());
     wait_for(&env, run_id, "two batches are applied", |c| c.applied >= 2).await;
     resume::pause(&env.pool, run_id, "alice").await.unwrap();
+    // As `backfill pause` does: tell the workers now rather than at the
+    // coordinator's next reconcile. A worker that looked just before may still
+    // start one batch; give it time to show up as running.
+    let gates = Gates::new(
+        backfill_shared::services::redis(&env.config).await.unwrap(),
+        &env.config.namespace,
+    );
+    gates.publish(&env.pool, run_id).await.unwrap();
+    sleep(Duration::from_millis(500)).await;
     // In-flight batches finish within one batch's time; then nothing starts.
     wait_for(&env, run_id, "in-flight batches finish", |c| c.running == 0).await;
     let held = counts(&env, run_id).await.applied;

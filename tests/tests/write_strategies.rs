@@ -8,6 +8,7 @@ use backfill_coordinator::demo::{self};
 use backfill_coordinator::lifecycle::rollback::RollbackOptions;
 use backfill_coordinator::lifecycle::{approve, cleanup, cutover, rollback};
 use backfill_coordinator::run::Finish;
+use backfill_coordinator::validate;
 use backfill_shared::control::runs::{self, RunState};
 use backfill_tests::{SCHEMA, TestEnv};
 use std::time::Duration;
@@ -28,7 +29,10 @@ async fn run_strategy(env: &TestEnv, strategy: &str) -> Uuid {
 }
 
 async fn approve_and_cut_over(env: &TestEnv, run_id: Uuid) -> cutover::CutoverReport {
-    approve::approve(&env.pool, run_id, "bob").await.unwrap();
+    validate::validate(&env.pool, run_id).await.unwrap();
+    approve::approve(&env.pool, run_id, Some("bob"))
+        .await
+        .unwrap();
     cutover::cutover(&env.pool, run_id, "alice", LOCK)
         .await
         .unwrap()
@@ -226,7 +230,10 @@ async fn staging_swap_cuts_over_atomically_with_dependent_views_and_rolls_back()
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    approve::approve(&env.pool, run_id, "bob").await.unwrap();
+    validate::validate(&env.pool, run_id).await.unwrap();
+    approve::approve(&env.pool, run_id, Some("bob"))
+        .await
+        .unwrap();
     let report = cutover::cutover(&env.pool, run_id, "alice", LOCK)
         .await
         .unwrap();
@@ -302,7 +309,7 @@ async fn the_approval_gate() {
     let text = env.brief(4, 2).await;
     let (run_id, ..) = env.record_run(&text).await;
     // Still writing: cannot be approved.
-    let err = approve::approve(&env.pool, run_id, "bob")
+    let err = approve::approve(&env.pool, run_id, Some("bob"))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("still running"), "{err}");
@@ -318,17 +325,34 @@ async fn the_approval_gate() {
         .unwrap_err();
     assert!(err.to_string().contains("not approved"), "{err}");
     assert_eq!(err.exit_code(), 2);
-    // The owner cannot approve; nor can a stranger.
-    let err = approve::approve(&env.pool, run_id, "alice")
+    // Not validated: cannot be approved.
+    let err = approve::approve(&env.pool, run_id, Some("bob"))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("cannot approve"), "{err}");
     assert!(
-        approve::approve(&env.pool, run_id, "mallory")
+        err.to_string()
+            .contains(&format!("backfill validate {run_id}")),
+        "{err}"
+    );
+    validate::validate(&env.pool, run_id).await.unwrap();
+    // A name typed is checked against the login (the owner's own role is
+    // refused in roles.rs); a stranger is refused too.
+    let err = approve::approve(&env.pool, run_id, Some("alice"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("identity comes from the database login"),
+        "{err}"
+    );
+    assert!(
+        approve::approve(&env.pool, run_id, Some("mallory"))
             .await
             .is_err()
     );
-    approve::approve(&env.pool, run_id, "bob").await.unwrap();
+    approve::approve(&env.pool, run_id, Some("bob"))
+        .await
+        .unwrap();
     let run = runs::load(&env.pool, run_id).await.unwrap();
     assert_eq!(
         (run.state, run.approved_by.as_deref()),

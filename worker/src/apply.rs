@@ -212,7 +212,7 @@ impl WritePlan {
                 let saved = image.as_ref().map_or_else(String::new, |img| {
                     format!(
                         ", bf_inserted AS (INSERT INTO {img} SELECT $1, 'I', (up.bf_row).* FROM up WHERE up.bf_new),
-                           bf_updated AS (INSERT INTO {img} SELECT $1, 'U', o.*, md5((up.bf_row)::text)
+                           bf_updated AS (INSERT INTO {img} SELECT $1, 'U', o.*, hashtextextended((up.bf_row)::text, 0)
                                             FROM {target} o JOIN up ON {old_match} WHERE NOT up.bf_new)",
                         old_match = key_join(&scope.key, "o", "up")
                     )

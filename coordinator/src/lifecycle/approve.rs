@@ -1,27 +1,66 @@
-//! `backfill approve RUN --reviewer NAME`: only the reviewer the brief names (never
-//! the owner), and only once every batch is applied.
+//! `backfill approve RUN [--reviewer NAME]`: only the reviewer the brief names
+//! (never the owner), as the database knows them: the session user must be the
+//! reviewer's role in `backfill.people` (the database enforces it too); only
+//! once every batch is applied, and only when the run's latest
+//! validation passed or each of its failed checks was accepted by someone other
+//! than the owner. The approval names that validation; cutover exposes what it saw.
 
 use crate::{CliError, Result};
 use backfill_shared::control::batches;
-use backfill_shared::control::runs::{self, RunState};
+use backfill_shared::control::people::{self, Session};
+use backfill_shared::control::runs::{self, Run, RunState};
+use backfill_shared::control::validations;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-pub async fn approve(pool: &PgPool, run_id: Uuid, reviewer: &str) -> Result<()> {
-    let run = runs::load(pool, run_id).await?;
+/// This session, when it is the run's reviewer (and not its owner); `claimed`
+/// is a name the caller gave, which must be the session's. `what` is the act.
+pub(crate) async fn as_reviewer(
+    pool: &PgPool,
+    run: &Run,
+    claimed: Option<&str>,
+    what: &str,
+) -> Result<Session> {
     let meta = &run.brief.meta;
-    if reviewer.eq_ignore_ascii_case(&meta.owner) {
+    let run_id = run.run_id;
+    let session = people::whoami(pool).await?;
+    let Some(person) = &session.person else {
         return Err(CliError::BadInput(format!(
-            "{reviewer} owns run {run_id} and cannot approve it; the brief names {} as reviewer",
+            "this session's database role {} is nobody in backfill.people, so it cannot {what} run {run_id}; \
+             connect as your own role (BACKFILL_DATABASE_URL), or have an administrator map it: \
+             `backfill people add NAME --role {}`",
+            session.role, session.role
+        )));
+    };
+    let me = format!("{} (database role {})", person.name, session.role);
+    if let Some(claimed) = claimed
+        && !session.is(claimed)
+    {
+        return Err(CliError::BadInput(format!(
+            "--reviewer {claimed}, but this session is {me}: identity comes from the database login, not from a name typed"
+        )));
+    }
+    if session.is(&meta.owner) {
+        return Err(CliError::BadInput(format!(
+            "{me} owns run {run_id} and cannot {what} it; the brief names {} as reviewer",
             meta.reviewer
         )));
     }
-    if !reviewer.eq_ignore_ascii_case(&meta.reviewer) {
+    if !session.is(&meta.reviewer) {
         return Err(CliError::BadInput(format!(
-            "only the reviewer named in the brief ({}) can approve run {run_id}",
+            "only the reviewer named in the brief ({}) can {what} run {run_id}; this session is {me}",
             meta.reviewer
         )));
     }
+    Ok(session)
+}
+
+/// Approves the run as this session's person, who must be its reviewer.
+/// Returns the approver's name.
+pub async fn approve(pool: &PgPool, run_id: Uuid, claimed: Option<&str>) -> Result<String> {
+    let run = runs::load(pool, run_id).await?;
+    let session = as_reviewer(pool, &run, claimed, "approve").await?;
+    let latest = validations::latest(pool, run_id).await?;
     match run.state {
         RunState::Applied => {}
         RunState::Running | RunState::Halted => {
@@ -33,6 +72,8 @@ pub async fn approve(pool: &PgPool, run_id: Uuid, reviewer: &str) -> Result<()> 
                 c.total()
             )));
         }
+        // Validated again since the approval: the reviewer approves the new one.
+        RunState::Approved if latest.as_ref().map(|v| v.id) != run.approved_validation => {}
         RunState::Approved => {
             return Err(CliError::BadInput(format!(
                 "run {run_id} was already approved by {}",
@@ -45,10 +86,31 @@ pub async fn approve(pool: &PgPool, run_id: Uuid, reviewer: &str) -> Result<()> 
             )));
         }
     }
-    if !runs::approve(pool, run_id, &meta.reviewer).await? {
+    let Some(latest) = latest else {
+        return Err(CliError::BadInput(format!(
+            "run {run_id} has not been validated; run `backfill validate {run_id}`, then approve"
+        )));
+    };
+    let accepted = validations::acceptances(pool, latest.id).await?;
+    let open: Vec<&str> = latest
+        .failed
+        .iter()
+        .filter(|c| !accepted.iter().any(|a| &a.check_name == *c))
+        .map(String::as_str)
+        .collect();
+    if !open.is_empty() {
+        return Err(CliError::BadInput(format!(
+            "the latest validation of run {run_id} ({}) failed: {}. Fix the cause and run `backfill validate {run_id}` again, \
+             or have someone other than the owner accept each failure: `backfill validate {run_id} --accept \"{}\" --reason \"...\"`",
+            latest.at.format("%Y-%m-%d %H:%M:%S UTC"),
+            open.join(", "),
+            open[0]
+        )));
+    }
+    if !runs::approve(pool, run_id, session.name(), latest.id).await? {
         return Err(CliError::BadInput(format!(
             "run {run_id} changed state while approving; check `backfill status {run_id}`"
         )));
     }
-    Ok(())
+    Ok(session.name().to_owned())
 }

@@ -1,14 +1,19 @@
-//! `backfill cutover RUN`: refused without the reviewer's approval. For
+//! `backfill cutover RUN`: refused without the reviewer's approval, and refused,
+//! naming the ranges, when the table to be exposed changed since the validation
+//! the reviewer approved (its fingerprint is measured again: for a swap, inside
+//! the swap's transaction with the built table locked against writers). For
 //! staging-swap and parallel-version, swaps the built table into the target's place
 //! (the old table stays as the rollback copy); then runs the brief's `refresh`
 //! statements in order and refreshes the materialized views that read the target.
 //! Each step is logged; a failure stops there and says where, and running cutover
 //! again resumes after the last step that succeeded.
 
+use super::fingerprint::{self, Fingerprint};
 use super::{maintenance, old_table, swap, writes_live_target};
 use crate::{CliError, Result};
 use backfill_shared::control::log;
-use backfill_shared::control::runs::{self, RunState};
+use backfill_shared::control::runs::{self, Run, RunState};
+use backfill_shared::control::validations;
 use backfill_shared::sql::TableName;
 use sqlx::{AssertSqlSafe, PgPool};
 use std::time::Duration;
@@ -51,6 +56,7 @@ pub async fn cutover(
     }
     let brief = &run.brief;
     let target = &brief.scope.target;
+    let validated = approved_fingerprint(pool, &run).await?;
     let mut report = CutoverReport::default();
     let step = |name: &str, detail: serde_json::Value| {
         log::append(
@@ -76,6 +82,19 @@ pub async fn cutover(
             "cutover of run {run_id} stopped at {name}: {error}"
         ))
     };
+    // A refusal is logged on the pool: the swap's transaction rolls back.
+    let refused = async |error: CliError| -> CliError {
+        let _ = log::append(
+            pool,
+            run_id,
+            actor,
+            "cutover_refused",
+            None,
+            serde_json::json!({ "error": error.to_string() }),
+        )
+        .await;
+        error
+    };
     log::append(
         pool,
         run_id,
@@ -94,13 +113,22 @@ pub async fn cutover(
         })?;
         let old = old_table(brief, run_id);
         let old_name = old.to_string();
-        let swapped = swap::swap(pool, target, &side, &old, lock_timeout, async |conn| {
-            runs::set_old_table(&mut *conn, run_id, Some(&old_name)).await?;
-            Ok(())
-        })
+        let swapped = swap::swap(
+            pool,
+            target,
+            &side,
+            &old,
+            lock_timeout,
+            async |conn| unchanged_since_validation(conn, &run, &validated, &side).await,
+            async |conn| {
+                runs::set_old_table(&mut *conn, run_id, Some(&old_name)).await?;
+                Ok(())
+            },
+        )
         .await;
         let swapped = match swapped {
             Ok(s) => s,
+            Err(e @ CliError::Halted(_)) => return Err(refused(e).await),
             Err(e) => return Err(fail("swap", &e).await),
         };
         step(
@@ -110,6 +138,13 @@ pub async fn cutover(
         .await?;
         report.swapped = Some(swapped);
         report.old_table = Some(old.to_string());
+    }
+
+    if run.side_table.is_none() {
+        let mut conn = pool.acquire().await?;
+        if let Err(e) = unchanged_since_validation(&mut conn, &run, &validated, target).await {
+            return Err(refused(e).await);
+        }
     }
 
     let done: Vec<i64> = sqlx::query_scalar(
@@ -166,4 +201,43 @@ pub async fn cutover(
     )
     .await?;
     Ok(report)
+}
+
+/// The fingerprint of the validation the reviewer approved.
+async fn approved_fingerprint(pool: &PgPool, run: &Run) -> Result<Fingerprint> {
+    let run_id = run.run_id;
+    let again = || {
+        CliError::BadInput(format!(
+            "run {run_id} was approved without a recorded validation; run `backfill validate {run_id}` and have the reviewer approve again"
+        ))
+    };
+    let id = run.approved_validation.ok_or_else(again)?;
+    let validation = validations::get(pool, id).await?.ok_or_else(again)?;
+    serde_json::from_value(validation.fingerprint).map_err(|e| {
+        CliError::Internal(format!(
+            "validation {id} of run {run_id} holds an unreadable fingerprint: {e}"
+        ))
+    })
+}
+
+/// Measures `table` again and refuses (exit 1) when any range differs from
+/// what the approved validation saw.
+async fn unchanged_since_validation(
+    conn: &mut sqlx::PgConnection,
+    run: &Run,
+    validated: &Fingerprint,
+    table: &TableName,
+) -> Result<()> {
+    let now = fingerprint::measure(&mut *conn, &run.brief, table).await?;
+    let changed = validated.changed_ranges(&now);
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let run_id = run.run_id;
+    Err(CliError::Halted(format!(
+        "cutover of run {run_id} refused: {table} changed since the validation the reviewer approved, in {} range(s): {}. \
+         Nothing was exposed. Find out what wrote to it, then run `backfill validate {run_id}` and have the reviewer approve again",
+        changed.len(),
+        changed.join("; ")
+    )))
 }

@@ -8,6 +8,7 @@
 pub mod approve;
 pub mod cleanup;
 pub mod cutover;
+pub mod fingerprint;
 pub mod maintenance;
 pub mod rollback;
 pub mod swap;

@@ -290,13 +290,14 @@ impl Statements {
         let img = image.quoted();
         let spared = quote_ident(&format!("bf_spared_{}", run.run_id.simple()));
         let cols = column_list(columns, None);
-        let row = |alias: &str| format!("ROW({})", column_list(columns, Some(alias)));
+        // Compared as text: every type has a text form, not every type an equality.
+        let row = |alias: &str| format!("ROW({})::text", column_list(columns, Some(alias)));
         let t_present = format!("t.{} IS NOT NULL", quote_ident(&key[0]));
         let keys = column_list(key, None);
         let after_hash = if has_after_hash {
             format!("b.{}", quote_ident(IMAGE_AFTER_HASH))
         } else {
-            "NULL::text".to_owned()
+            "NULL::bigint".to_owned()
         };
         let not_spared = |alias: &str| {
             format!(
@@ -311,14 +312,14 @@ impl Statements {
         let conflicts = format!(
             "WITH c AS (
                  SELECT {k_keys}, ROW({k_keys})::text AS bf_key,
-                        CASE WHEN {t_present} THEN {t_row}::text END AS bf_now,
-                        CASE WHEN b.bf_op IS NOT NULL THEN {b_row}::text END AS bf_before
+                        CASE WHEN {t_present} THEN {t_row} END AS bf_now,
+                        CASE WHEN b.bf_op IS NOT NULL THEN {b_row} END AS bf_before
                    FROM (SELECT DISTINCT {keys} FROM {img} WHERE bf_batch_no = $1) k
                    LEFT JOIN {img} b ON b.bf_batch_no = $1 AND b.bf_op IN ('U', 'D') AND {kb}
                    LEFT JOIN {img} a ON a.bf_batch_no = $1 AND a.bf_op = 'I' AND {ka}
                    LEFT JOIN {target} t ON {kt}
                   WHERE NOT (CASE WHEN a.bf_op IS NOT NULL THEN {t_present} AND {t_row} IS NOT DISTINCT FROM {a_row}
-                                  WHEN b.bf_op = 'U' THEN {t_present} AND ({after_hash} IS NULL OR md5(t::text) = {after_hash})
+                                  WHEN b.bf_op = 'U' THEN {t_present} AND ({after_hash} IS NULL OR hashtextextended(t::text, 0) = {after_hash})
                                   ELSE NOT {t_present} END)
                     AND NOT (CASE WHEN b.bf_op IS NOT NULL THEN {t_present} AND {t_row} IS NOT DISTINCT FROM {b_row}
                                   ELSE NOT {t_present} END)),
@@ -402,10 +403,18 @@ async fn restore_side_table(
         // Cut over: the old table goes back in place; the new one back under its own name.
         (Some(old), Some(side)) => {
             let old = parse(old)?;
-            swap::swap(pool, target, &old, &side, lock_timeout, async |conn| {
-                runs::set_old_table(&mut *conn, run_id, None).await?;
-                Ok(())
-            })
+            swap::swap(
+                pool,
+                target,
+                &old,
+                &side,
+                lock_timeout,
+                async |_| Ok(()),
+                async |conn| {
+                    runs::set_old_table(&mut *conn, run_id, None).await?;
+                    Ok(())
+                },
+            )
             .await?;
             report.swapped_back = true;
             drop_table(pool, &side).await?;

@@ -41,14 +41,17 @@ async fn exec(conn: &mut PgConnection, sql: String, step: &str) -> Result<()> {
 }
 
 /// Puts `replacement` in `target`'s place and renames the current target to
-/// `retire_as`. `record` runs inside the same transaction (to note the swap in
-/// the control plane).
+/// `retire_as`. `verify` runs first, inside the transaction, once `replacement`
+/// is locked against writers (readers of the target are not held up yet): an
+/// error from it swaps nothing. `record` runs inside the same transaction after
+/// the swap (to note it in the control plane).
 pub async fn swap(
     pool: &PgPool,
     target: &TableName,
     replacement: &TableName,
     retire_as: &TableName,
     lock_timeout: Duration,
+    verify: impl AsyncFnOnce(&mut PgConnection) -> Result<()>,
     record: impl AsyncFnOnce(&mut PgConnection) -> Result<()>,
 ) -> Result<Swapped> {
     let mut tx = pool.begin().await?;
@@ -66,6 +69,13 @@ pub async fn swap(
         "setting the search path",
     )
     .await?;
+    exec(
+        conn,
+        format!("LOCK TABLE {} IN SHARE MODE", replacement.quoted()),
+        "locking the replacement against writers",
+    )
+    .await?;
+    verify(&mut *conn).await?;
     // Readers lock a view before the tables beneath it; lock in the same order
     // (farthest dependents first) so a reader waits instead of deadlocking.
     // (Materialized views cannot be locked; they are dropped and rebuilt below.)

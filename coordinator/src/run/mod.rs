@@ -62,7 +62,7 @@ pub async fn create(
     let mut setup = Vec::new();
     if let Some(image) = &image_table {
         setup.push(format!(
-            "CREATE TABLE {image} (bf_batch_no integer NOT NULL, bf_op \"char\" NOT NULL, LIKE {target} INCLUDING DEFAULTS, {AFTER_HASH} text)",
+            "CREATE TABLE {image} (bf_batch_no integer NOT NULL, bf_op \"char\" NOT NULL, LIKE {target} INCLUDING DEFAULTS, {AFTER_HASH} bigint)",
             AFTER_HASH = backfill_shared::control::IMAGE_AFTER_HASH,
             image = image.quoted(),
             target = target.quoted()

@@ -37,6 +37,16 @@ impl BoundKind {
         }
     }
 
+    /// The PostgreSQL type bounds of this kind are bound as.
+    #[must_use]
+    pub fn sql_type(self) -> &'static str {
+        match self {
+            Self::Integer => "bigint",
+            Self::Date => "date",
+            Self::Timestamp => "timestamp",
+        }
+    }
+
     /// Whether a PostgreSQL column type (as `format_type` prints it) holds this kind.
     #[must_use]
     pub fn matches_sql_type(self, sql_type: &str) -> bool {

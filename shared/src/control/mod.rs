@@ -7,7 +7,9 @@
 pub mod batches;
 pub mod drift;
 pub mod log;
+pub mod people;
 pub mod runs;
+pub mod validations;
 
 use sqlx::PgPool;
 
@@ -15,7 +17,7 @@ pub const SCHEMA: &str = "backfill";
 
 /// The last column of a run's before-image table (`backfill.image_<run>`,
 /// `bf_batch_no`, `bf_op`, then the target's columns): for an updated row
-/// (`bf_op = 'U'`), the md5 of the row the update wrote, so rollback can tell
+/// (`bf_op = 'U'`), a 64-bit hash (`hashtextextended`) of the row the update wrote, so rollback can tell
 /// a row changed since the run from one the run left as it was.
 pub const IMAGE_AFTER_HASH: &str = "bf_after";
 
@@ -42,9 +44,21 @@ pub enum ControlError {
 pub type Result<T, E = ControlError> = std::result::Result<T, E>;
 
 /// Creates or upgrades schema `backfill`. Safe to call from many processes at once
-/// (the migrator takes an advisory lock).
+/// (the migrator takes an advisory lock). A schema already current is left as
+/// it is without taking the lock, so roles without DDL rights (workers,
+/// reviewers, viewers: `deploy/roles.sql`) start too.
 pub async fn migrate(pool: &PgPool) -> Result<()> {
     let mut migrator = sqlx::migrate!("./migrations");
+    let newest = migrator.iter().map(|m| m.version).max();
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM backfill._sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .ok()
+            .flatten();
+    if applied.is_some() && applied == newest {
+        return Ok(());
+    }
     migrator.create_schema(SCHEMA);
     migrator.dangerous_set_table_name("backfill._sqlx_migrations");
     migrator.run(pool).await?;

@@ -102,6 +102,8 @@ pub struct Run {
     pub old_table: Option<String>,
     pub approved_by: Option<String>,
     pub approved_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The validation run the approval approved.
+    pub approved_validation: Option<i64>,
     pub cut_over_at: Option<chrono::DateTime<chrono::Utc>>,
     pub rolled_back_at: Option<chrono::DateTime<chrono::Utc>>,
     pub cleaned_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -237,6 +239,7 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
         halt_reason: Option<String>,
         approved_by: Option<String>,
         approved_at: Option<chrono::DateTime<chrono::Utc>>,
+        approved_validation: Option<i64>,
         cut_over_at: Option<chrono::DateTime<chrono::Utc>>,
         rolled_back_at: Option<chrono::DateTime<chrono::Utc>>,
         cleaned_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -248,7 +251,7 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
     }
     let row: Option<Row> = sqlx::query_as(
         "SELECT brief, brief_hash, state, batch_count, bound_kind, image_table, side_table, old_table,
-                halt_reason, approved_by, approved_at, cut_over_at, rolled_back_at, cleaned_at,
+                halt_reason, approved_by, approved_at, approved_validation, cut_over_at, rolled_back_at, cleaned_at,
                 fingerprints, operator, code_version, created_at, finished_at
          FROM backfill.runs WHERE run_id = $1",
     )
@@ -276,6 +279,7 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
         halt_reason: row.halt_reason,
         approved_by: row.approved_by,
         approved_at: row.approved_at,
+        approved_validation: row.approved_validation,
         cut_over_at: row.cut_over_at,
         rolled_back_at: row.rolled_back_at,
         cleaned_at: row.cleaned_at,
@@ -342,16 +346,21 @@ pub async fn transition(
     Ok(done)
 }
 
-/// Records the reviewer's approval of an applied run. `false` if the run is not
-/// (or no longer) in state `applied`.
-pub async fn approve(pool: &PgPool, run_id: Uuid, reviewer: &str) -> Result<bool> {
+/// Records the reviewer's approval of an applied run against one validation
+/// run. `false` if the run is not (or no longer) in state `applied`, nor an
+/// approved run validated again since.
+pub async fn approve(pool: &PgPool, run_id: Uuid, reviewer: &str, validation: i64) -> Result<bool> {
     let mut tx = pool.begin().await?;
+    // An applied run, or an approved one validated again since its approval.
     let done = sqlx::query(
-        "UPDATE backfill.runs SET state = 'approved', approved_by = $2, approved_at = now(), updated_at = now()
-          WHERE run_id = $1 AND state = 'applied'",
+        "UPDATE backfill.runs SET state = 'approved', approved_by = $2, approved_at = now(),
+                approved_validation = $3, updated_at = now()
+          WHERE run_id = $1
+            AND (state = 'applied' OR (state = 'approved' AND approved_validation IS DISTINCT FROM $3))",
     )
     .bind(run_id)
     .bind(reviewer)
+    .bind(validation)
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -363,7 +372,7 @@ pub async fn approve(pool: &PgPool, run_id: Uuid, reviewer: &str) -> Result<bool
             reviewer,
             "run_approved",
             None,
-            serde_json::json!({ "reviewer": reviewer }),
+            serde_json::json!({ "reviewer": reviewer, "validation": validation }),
         )
         .await?;
     }

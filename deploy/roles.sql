@@ -1,0 +1,62 @@
+-- Least-privilege roles for Backfill. Run as a superuser (or the owner of schema
+-- `backfill`) in the warehouse database, after the control plane exists (any
+-- `backfill` command creates it). Idempotent: run it again after upgrades, so
+-- new control-plane tables are granted too.
+--
+--   backfill_viewer    reads the control plane: status, report, list
+--   backfill_operator  runs, pauses, resumes, cancels, retries, validates, cuts over
+--   backfill_reviewer  validates, approves, accepts failed checks (as the reviewer a brief names)
+--   backfill_worker    applies batches: the ledger and the run log
+--
+-- People log in as their own roles, members of these:
+--   CREATE ROLE alice LOGIN PASSWORD '...' IN ROLE backfill_operator;
+--   CREATE ROLE bob   LOGIN PASSWORD '...' IN ROLE backfill_reviewer;
+--   backfill people add alice --role alice --email alice@example.com
+--   backfill people add bob   --role bob   --email bob@example.com
+-- Who approves is the database login: the database refuses an approval, or an
+-- accepted failed check, from any session but the reviewer's role, and never
+-- from the owner's (migration 0008); every run-log entry records the session
+-- user. On the warehouse's own tables, grant as your site does: operators and
+-- workers write the targets (operators own them, or are members of the role
+-- that does: the maintenance comment and a cutover's swap need ownership),
+-- and everyone reads what the sources read.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'backfill_viewer') THEN
+        CREATE ROLE backfill_viewer NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'backfill_operator') THEN
+        CREATE ROLE backfill_operator NOLOGIN IN ROLE backfill_viewer;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'backfill_reviewer') THEN
+        CREATE ROLE backfill_reviewer NOLOGIN IN ROLE backfill_viewer;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'backfill_worker') THEN
+        CREATE ROLE backfill_worker NOLOGIN IN ROLE backfill_viewer;
+    END IF;
+END
+$$;
+
+GRANT USAGE ON SCHEMA backfill TO backfill_viewer;
+GRANT SELECT ON ALL TABLES IN SCHEMA backfill TO backfill_viewer;
+
+-- Operators record and steer runs; their runs' before-image tables are created
+-- in schema backfill.
+GRANT CREATE ON SCHEMA backfill TO backfill_operator;
+GRANT INSERT, UPDATE ON backfill.runs, backfill.batches TO backfill_operator;
+GRANT INSERT, DELETE ON backfill.maintenance TO backfill_operator;
+GRANT INSERT ON backfill.run_log, backfill.validations, backfill.validation_runs TO backfill_operator;
+
+-- Reviewers validate and approve; the database lets only the named reviewer's
+-- role approve or accept (the triggers of migration 0008).
+GRANT UPDATE (state, approved_by, approved_at, approved_validation, updated_at) ON backfill.runs TO backfill_reviewer;
+GRANT INSERT ON backfill.run_log, backfill.validations, backfill.validation_runs,
+    backfill.check_acceptances TO backfill_reviewer;
+
+-- Workers claim and apply batches; they never change a run.
+GRANT UPDATE ON backfill.batches TO backfill_worker;
+GRANT INSERT ON backfill.run_log TO backfill_worker;
+
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA backfill
+    TO backfill_operator, backfill_reviewer, backfill_worker;

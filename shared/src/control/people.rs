@@ -1,0 +1,98 @@
+//! People: the names briefs use (owner, reviewer), mapped to the database roles
+//! the warehouse authenticates. A person's identity is the PostgreSQL session
+//! user, never a name someone typed; the database itself refuses an approval or
+//! an accepted check from any role but the reviewer's (migration 0008).
+
+use super::Result;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Person {
+    pub name: String,
+    pub role: String,
+    pub email: Option<String>,
+}
+
+/// Who this session is: its database role, and the person mapped to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Session {
+    pub role: String,
+    pub person: Option<Person>,
+}
+
+impl Session {
+    /// The name to record as the actor: the person, else the role itself.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        self.person.as_ref().map_or(&self.role, |p| &p.name)
+    }
+
+    /// Whether this session is the person named `name`.
+    #[must_use]
+    pub fn is(&self, name: &str) -> bool {
+        self.person
+            .as_ref()
+            .is_some_and(|p| p.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The session user of a connection of `pool`, and who that is.
+pub async fn whoami(pool: &PgPool) -> Result<Session> {
+    let (role, person): (String, Option<sqlx::types::Json<Person>>) = sqlx::query_as(
+        "SELECT session_user::text,
+                (SELECT to_jsonb(p) FROM (SELECT name, role::text AS role, email FROM backfill.people
+                                           WHERE role = session_user) p)",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Session {
+        role,
+        person: person.map(|p| p.0),
+    })
+}
+
+/// Adds a person, or changes their role or email.
+pub async fn put(pool: &PgPool, person: &Person) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO backfill.people (name, role, email) VALUES ($1, $2, $3)
+         ON CONFLICT (name) DO UPDATE SET role = EXCLUDED.role, email = EXCLUDED.email",
+    )
+    .bind(&person.name)
+    .bind(&person.role)
+    .bind(&person.email)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Removes a person; false if there was none of that name.
+pub async fn remove(pool: &PgPool, name: &str) -> Result<bool> {
+    Ok(
+        sqlx::query("DELETE FROM backfill.people WHERE lower(name) = lower($1)")
+            .bind(name)
+            .execute(pool)
+            .await?
+            .rows_affected()
+            == 1,
+    )
+}
+
+/// Everyone, by name.
+pub async fn list(pool: &PgPool) -> Result<Vec<Person>> {
+    Ok(sqlx::query_as(
+        "SELECT name, role::text AS role, email FROM backfill.people ORDER BY lower(name)",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Whether a database role of that name exists.
+pub async fn role_exists(pool: &PgPool, role: &str) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(role)
+            .fetch_one(pool)
+            .await?,
+    )
+}

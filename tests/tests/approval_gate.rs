@@ -1,0 +1,221 @@
+//! Approval means "validated": approve needs a passing validation (or failures
+//! accepted by someone other than the owner), and cutover exposes exactly what
+//! was validated — a staging table or a live target changed since is refused,
+//! naming the range, and nothing is swapped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use backfill_coordinator::CliError;
+use backfill_coordinator::lifecycle::{approve, cutover};
+use backfill_coordinator::run::Finish;
+use backfill_coordinator::validate;
+use backfill_shared::control::runs::{self, RunState};
+use backfill_tests::{TestEnv, ship_revenue};
+use std::time::Duration;
+
+const LOCK: Duration = Duration::from_secs(5);
+
+/// The ship-revenue brief with a yearly revenue metric `validate` reconciles.
+fn brief(strategy: &str) -> String {
+    ship_revenue::brief(strategy, "delete", "")
+        .replace("risk = \"metric-changing\"", "risk = \"production-critical\"")
+        .replace(
+            "max_duplicate_keys = 0",
+            "max_duplicate_keys = 0\n[[validation.metrics]]\nname = \"ship revenue\"\nexpr = \"sum(revenue)\"\nby = \"date_trunc('year', l_shipdate)\"",
+        )
+}
+
+async fn applied_run(env: &TestEnv, strategy: &str) -> uuid::Uuid {
+    let (run_id, ..) = env.record_run(&brief(strategy)).await;
+    assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
+    run_id
+}
+
+async fn zero_1996(env: &TestEnv, table: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET revenue = 0 WHERE l_shipdate >= '1996-01-01' AND l_shipdate < '1996-02-01'"
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+}
+
+async fn logged(env: &TestEnv, run_id: uuid::Uuid, event: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM backfill.run_log WHERE run_id = $1 AND event = $2")
+        .bind(run_id)
+        .bind(event)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_staging_table_damaged_after_validation_is_not_swapped_in() {
+    let env = TestEnv::new(0.01).await;
+    env.build_ship_revenue().await;
+    let run_id = applied_run(&env, "staging-swap").await;
+    let checks = validate::validate(&env.pool, run_id).await.unwrap();
+    assert!(
+        checks.iter().all(|c| c.passed),
+        "{}",
+        validate::render(&checks)
+    );
+    approve::approve(&env.pool, run_id, Some("bob"))
+        .await
+        .unwrap();
+
+    // A stray job zeroes a month of the staging table after the approval.
+    let side = runs::load(&env.pool, run_id)
+        .await
+        .unwrap()
+        .side_table
+        .unwrap();
+    zero_1996(&env, &side).await;
+    let err = cutover::cutover(&env.pool, run_id, "alice", LOCK)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 1, "{err}");
+    assert!(matches!(err, CliError::Halted(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("[1996-01-01, 1996-02-01)") && message.contains("their values changed"),
+        "{message}"
+    );
+    assert!(!message.contains("[1996-02-01"), "{message}");
+    // Nothing was swapped: the target is as it was, the run still approved.
+    assert_eq!(env.ship_revenue_changes("true").await, 0);
+    let run = runs::load(&env.pool, run_id).await.unwrap();
+    assert_eq!((run.state, run.old_table), (RunState::Approved, None));
+    assert_eq!(logged(&env, run_id, "cutover_refused").await, 1);
+
+    // Validated again, the damage fails reconciliation, in words people read.
+    let checks = validate::validate(&env.pool, run_id).await.unwrap();
+    let reconciliation = checks
+        .iter()
+        .find(|c| c.name == "metric reconciliation")
+        .unwrap();
+    assert!(!reconciliation.passed);
+    assert!(
+        reconciliation
+            .summary
+            .contains("ship revenue 1996-01-01: the batches say ")
+            && reconciliation.summary.contains("the table holds ")
+            && !reconciliation.summary.contains("Some("),
+        "{}",
+        reconciliation.summary
+    );
+    // ... so the reviewer cannot approve it again.
+    let err = approve::approve(&env.pool, run_id, Some("bob"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("metric reconciliation"), "{err}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_validation_blocks_approval_until_another_person_accepts_it() {
+    let env = TestEnv::new(0.01).await;
+    env.build_ship_revenue().await;
+    let run_id = applied_run(&env, "merge").await;
+    let err = approve::approve(&env.pool, run_id, Some("bob"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(
+        err.to_string()
+            .contains(&format!("backfill validate {run_id}")),
+        "{err}"
+    );
+
+    // The daily pipeline zeroes a month of the live target before validation.
+    zero_1996(&env, "tpch.ship_revenue").await;
+    let checks = validate::validate(&env.pool, run_id).await.unwrap();
+    assert!(checks.iter().any(|c| !c.passed));
+    let err = approve::approve(&env.pool, run_id, Some("bob"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("--accept \"metric reconciliation\""),
+        "{err}"
+    );
+    // A blank reason, or a check that did not fail, is refused. (The owner's
+    // role cannot accept at all: roles.rs.)
+    assert!(
+        validate::accept(&env.pool, run_id, "metric reconciliation", " ")
+            .await
+            .is_err()
+    );
+    assert!(
+        validate::accept(&env.pool, run_id, "uniqueness", "it passed")
+            .await
+            .is_err()
+    );
+    let by = validate::accept(
+        &env.pool,
+        run_id,
+        "metric reconciliation",
+        "January 1996 is restated by finance on Monday",
+    )
+    .await
+    .unwrap();
+    assert_eq!(by, "bob");
+    assert_eq!(logged(&env, run_id, "check_accepted").await, 1);
+    approve::approve(&env.pool, run_id, Some("bob"))
+        .await
+        .unwrap();
+    let run = runs::load(&env.pool, run_id).await.unwrap();
+    let approved: i64 =
+        sqlx::query_scalar("SELECT max(id) FROM backfill.validation_runs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(run.approved_validation, Some(approved));
+
+    // The live target changes again after the approval: cutover names the range.
+    sqlx::query(
+        "UPDATE tpch.ship_revenue SET lines = lines + 1
+          WHERE (l_shipdate, l_shipmode) = (SELECT l_shipdate, l_shipmode FROM tpch.ship_revenue
+                                             WHERE l_shipdate >= '1994-07-01' ORDER BY 1, 2 LIMIT 1)",
+    )
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let err = cutover::cutover(&env.pool, run_id, "alice", LOCK)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("[1994-07-01, 1994-08-01)"),
+        "{err}"
+    );
+    assert_eq!(
+        runs::state(&env.pool, run_id).await.unwrap(),
+        RunState::Approved
+    );
+    // Validated and approved again, it cuts over.
+    validate::validate(&env.pool, run_id).await.unwrap();
+    let err = approve::approve(&env.pool, run_id, Some("bob"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("failed"), "{err}");
+    validate::accept(
+        &env.pool,
+        run_id,
+        "metric reconciliation",
+        "January 1996 is restated by finance on Monday",
+    )
+    .await
+    .unwrap();
+    approve::approve(&env.pool, run_id, Some("bob"))
+        .await
+        .unwrap();
+    cutover::cutover(&env.pool, run_id, "alice", LOCK)
+        .await
+        .unwrap();
+    assert_eq!(
+        runs::state(&env.pool, run_id).await.unwrap(),
+        RunState::CutOver
+    );
+    env.cleanup().await;
+}
