@@ -65,7 +65,7 @@ impl UnmatchedEstimate {
                     "  [{}, {}): {}",
                     b.lo,
                     b.hi,
-                    u.describe(brief).replace("were ", "would be ")
+                    u.describe_as(brief, "would be")
                 )
             })
             .collect();

@@ -130,6 +130,16 @@ async fn scratch_batch(
     ))
 }
 
+/// A source that fails on real data is bad input; a lost connection is not.
+fn source_failed(e: sqlx::Error, on: &str) -> CliError {
+    match e {
+        sqlx::Error::Database(db) => {
+            CliError::BadInput(format!("scope.source fails on {on}: {}", db.message()))
+        }
+        other => other.into(),
+    }
+}
+
 /// Batches `plan` runs the source on, at most.
 const SAMPLED_BATCHES: usize = 5;
 
@@ -155,12 +165,7 @@ pub async fn sampled_batches(
         };
         let (_, unmatched) = scratch_batch(&mut tx, brief, batch.lo, batch.hi, i == 0)
             .await
-            .map_err(|e| {
-                CliError::BadInput(format!(
-                    "scope.source fails on batch [{}, {}): {e}",
-                    batch.lo, batch.hi
-                ))
-            })?;
+            .map_err(|e| source_failed(e, &format!("batch [{}, {})", batch.lo, batch.hi)))?;
         out.push((*batch, unmatched));
     }
     tx.rollback().await?;
@@ -196,7 +201,7 @@ pub async fn sample(pool: &PgPool, brief: &Brief, lo: Bound, hi: Bound) -> Resul
     let started = Instant::now();
     let (rows_new, unmatched) = scratch_batch(&mut tx, brief, lo, hi, true)
         .await
-        .map_err(|e| CliError::BadInput(format!("the source fails on the slice: {e}")))?;
+        .map_err(|e| source_failed(e, "the slice"))?;
     let seconds = started.elapsed().as_secs_f64();
     let old = format!("(SELECT {all} FROM {target} WHERE {in_slice})");
     let (rows_old, rows_changed): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(

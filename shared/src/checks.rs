@@ -105,8 +105,14 @@ impl Unmatched {
     /// One sentence on these rows, for a breach, `validate` and the report.
     #[must_use]
     pub fn describe(&self, brief: &Brief) -> String {
+        self.describe_as(brief, "were")
+    }
+
+    /// The same sentence with another verb for their fate ("would be", before the run).
+    #[must_use]
+    pub fn describe_as(&self, brief: &Brief, were: &str) -> String {
         let mut text = format!(
-            "{} of {} target rows in the range ({:.2}%) have no counterpart in the source and were {}",
+            "{} of {} target rows in the range ({:.2}%) have no counterpart in the source and {were} {}",
             self.rows,
             self.range_rows,
             self.pct(),

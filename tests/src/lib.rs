@@ -213,6 +213,16 @@ impl TestEnv {
         .expect("ledger query")
     }
 
+    /// How many entries of `event` the run's log holds.
+    pub async fn logged(&self, run_id: Uuid, event: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM backfill.run_log WHERE run_id = $1 AND event = $2")
+            .bind(run_id)
+            .bind(event)
+            .fetch_one(&self.pool)
+            .await
+            .expect("run log query")
+    }
+
     /// Keeps a copy of the target as it is now (`tpch.pre_run`), to compare with later.
     pub async fn keep_pre_run_copy(&self) {
         sqlx::query("CREATE TABLE tpch.pre_run AS SELECT * FROM tpch.order_revenue")

@@ -40,13 +40,16 @@ async fn zero_1996(env: &TestEnv, table: &str) {
     .unwrap();
 }
 
-async fn logged(env: &TestEnv, run_id: uuid::Uuid, event: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM backfill.run_log WHERE run_id = $1 AND event = $2")
-        .bind(run_id)
-        .bind(event)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap()
+/// The reviewer accepts the failed reconciliation of the latest validation.
+async fn accept_restated(env: &TestEnv, run_id: uuid::Uuid) -> String {
+    validate::accept(
+        &env.pool,
+        run_id,
+        "metric reconciliation",
+        "January 1996 is restated by finance on Monday",
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -86,7 +89,7 @@ async fn a_staging_table_damaged_after_validation_is_not_swapped_in() {
     assert_eq!(env.ship_revenue_changes("true").await, 0);
     let run = runs::load(&env.pool, run_id).await.unwrap();
     assert_eq!((run.state, run.old_table), (RunState::Approved, None));
-    assert_eq!(logged(&env, run_id, "cutover_refused").await, 1);
+    assert_eq!(env.logged(run_id, "cutover_refused").await, 1);
 
     // Validated again, the damage fails reconciliation, in words people read.
     let checks = validate::validate(&env.pool, run_id).await.unwrap();
@@ -151,16 +154,8 @@ async fn a_failed_validation_blocks_approval_until_another_person_accepts_it() {
             .await
             .is_err()
     );
-    let by = validate::accept(
-        &env.pool,
-        run_id,
-        "metric reconciliation",
-        "January 1996 is restated by finance on Monday",
-    )
-    .await
-    .unwrap();
-    assert_eq!(by, "bob");
-    assert_eq!(logged(&env, run_id, "check_accepted").await, 1);
+    assert_eq!(accept_restated(&env, run_id).await, "bob");
+    assert_eq!(env.logged(run_id, "check_accepted").await, 1);
     approve::approve(&env.pool, run_id, Some("bob"))
         .await
         .unwrap();
@@ -199,14 +194,7 @@ async fn a_failed_validation_blocks_approval_until_another_person_accepts_it() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("failed"), "{err}");
-    validate::accept(
-        &env.pool,
-        run_id,
-        "metric reconciliation",
-        "January 1996 is restated by finance on Monday",
-    )
-    .await
-    .unwrap();
+    accept_restated(&env, run_id).await;
     approve::approve(&env.pool, run_id, Some("bob"))
         .await
         .unwrap();

@@ -167,15 +167,6 @@ async fn worker_mid_batch(env: &TestEnv, run_id: Uuid, pids: &[u32]) -> u32 {
     }
 }
 
-async fn log_count(env: &TestEnv, run_id: Uuid, event: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM backfill.run_log WHERE run_id = $1 AND event = $2")
-        .bind(run_id)
-        .bind(event)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backfill_survives_chaos() {
     let env = TestEnv::new(0.02).await;
@@ -274,10 +265,10 @@ async fn a_backfill_survives_chaos() {
             .await
             .unwrap();
     assert_eq!(rows, distinct_keys, "duplicate keys in the target");
-    let lease_lost = log_count(&env, run_id, "lease_lost").await;
-    let stale = log_count(&env, run_id, "stale_commit_refused").await;
-    let republished = log_count(&env, run_id, "batches_republished").await;
-    let attachments = log_count(&env, run_id, "coordinator_attached").await;
+    let lease_lost = env.logged(run_id, "lease_lost").await;
+    let stale = env.logged(run_id, "stale_commit_refused").await;
+    let republished = env.logged(run_id, "batches_republished").await;
+    let attachments = env.logged(run_id, "coordinator_attached").await;
     assert!(
         lease_lost + stale >= 1,
         "the frozen worker (pid {frozen}) committed a batch after its lease expired"

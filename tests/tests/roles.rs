@@ -108,7 +108,11 @@ async fn each_role_does_what_it_should_and_nothing_else() {
     let err = approve_by_sql(&alice, run_id).await;
     assert!(denied(&err), "{err}");
     assert!(err.to_string().contains("only bob"), "{err}");
-    // Nor may the owner accept a failed check, past the CLI either.
+    // Nor may the owner accept a failed check, through the CLI or past it.
+    let err = validate::accept(&alice, run_id, "uniqueness", "looks fine")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("owns run"), "{err}");
     let err = sqlx::query(
         "INSERT INTO backfill.check_acceptances (validation_run, check_name, actor, reason)
          SELECT max(id), 'uniqueness', 'alice', 'x' FROM backfill.validation_runs WHERE run_id = $1",

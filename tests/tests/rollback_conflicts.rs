@@ -145,14 +145,10 @@ async fn rollback_spares_rows_written_since_the_run() {
         .unwrap();
         assert_eq!(report.newer_rows_overwritten, 3, "{strategy}");
         assert_eq!(env.ship_revenue_changes("true").await, 0, "{strategy}");
-        let logged: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM backfill.run_log WHERE run_id = $1 AND event = 'rollback_overwrote_newer'",
-        )
-        .bind(run_id)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-        assert!(logged >= 1, "{strategy}");
+        assert!(
+            env.logged(run_id, "rollback_overwrote_newer").await >= 1,
+            "{strategy}"
+        );
         env.cleanup().await;
     }
 }

@@ -401,13 +401,6 @@ async fn rollback_refuses_after_a_later_run_unless_forced() {
     .unwrap();
     // The second run found nothing left to fix, so undoing the first restores the original.
     assert_eq!(env.differs_from_pre_run().await, (0, true));
-    let forced: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM backfill.run_log WHERE run_id = $1 AND event = 'rollback_forced'",
-    )
-    .bind(first)
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
-    assert_eq!(forced, 1);
+    assert_eq!(env.logged(first, "rollback_forced").await, 1);
     env.cleanup().await;
 }

@@ -2,18 +2,25 @@
 //!
 //! 1. run the brief's source for `[lo, hi)` into the run's working set (a
 //!    temporary table per connection, emptied at commit);
-//! 2. if the source yielded nothing and nothing can be deleted, skip to 5;
+//! 2. if the source yielded nothing and the range holds no rows, skip to 5;
 //! 3. check the drift guard and the grain: no duplicate or null keys, every row
-//!    inside the batch range;
+//!    inside the batch range (and matching `scope.where`, when given);
 //! 4. measure the metrics before, write by strategy, saving before-images of
-//!    every row changed (when the target is live and `snapshot = true`), measure
-//!    the metrics after, NULLs and orphaned references:
+//!    every row changed (when the target is live and `snapshot = true`), count
+//!    the range's rows the source did not reproduce (unmatched), measure the
+//!    metrics after, NULLs and orphaned references:
 //!    - `merge` (and the tables staging-swap and parallel-version build): one
-//!      upsert of new and changed rows (`IS DISTINCT FROM`), then delete rows of
-//!      the range the source no longer yields (`on_missing = "delete"`);
-//!    - `partition-overwrite`: delete the range, insert the source rows;
+//!      upsert of new and changed rows (`IS DISTINCT FROM`) that also saves the
+//!      before-images of the rows it updates, with a hash of what it wrote;
+//!      then delete (and count) the rows of the range the source no longer
+//!      yields (`on_missing = "delete"`), or count them (`"keep"`);
+//!    - `partition-overwrite`: delete the range, counting the rows the source
+//!      does not yield again, and insert the source rows;
 //! 5. lock the batch's ledger row and check the fencing token (a stale worker
 //!    rolls back), mark the batch applied with its figures, append to the run log.
+//!
+//! Every statement on the range is narrowed to the rows the backfill owns
+//! (`scope.where`).
 //!
 //! All of it commits together or not at all.
 
@@ -226,11 +233,10 @@ impl WritePlan {
                     counts: Counts::InsertedAndUpdated,
                     what: "upsert of new and changed rows",
                 });
-                let unmatched = format!("AND NOT EXISTS (SELECT 1 FROM {ws} s WHERE {key_match})");
                 steps.push(match brief.write.on_missing {
                     OnMissing::Delete => Step {
                         sql: counted_delete(
-                            &unmatched,
+                            &format!("AND NOT EXISTS (SELECT 1 FROM {ws} s WHERE {key_match})"),
                             &format!("SELECT count(*), count(*), count(*) FILTER (WHERE d.{by} = $1) FROM d"),
                         ),
                         binds: with_batch(Binds::Range),
