@@ -36,9 +36,6 @@ impl MetricGroup {
 /// Figures of one batch, carried in its event and kept in the ledger.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BatchChecks {
-    /// Keys the source yielded more than once.
-    #[serde(default)]
-    pub duplicate_keys: i64,
     /// NULLs per rewritten column in the range, after the write.
     #[serde(default)]
     pub nulls: Vec<(String, i64)>,
@@ -173,16 +170,6 @@ pub fn evaluate(
             });
         }
     };
-    let max_dup = brief.validation.max_duplicate_keys;
-    if checks.duplicate_keys > i64::try_from(max_dup).unwrap_or(i64::MAX) {
-        breach(
-            "max_duplicate_keys".into(),
-            format!(
-                "batch {batch_no}: {} duplicate keys (max_duplicate_keys = {max_dup})",
-                checks.duplicate_keys
-            ),
-        );
-    }
     for metric in &brief.validation.metrics {
         let Some(limit) = metric.max_change_pct else {
             continue;
@@ -306,7 +293,6 @@ retain_days = 1
     #[test]
     fn each_limit_is_named_with_figures() {
         let checks = BatchChecks {
-            duplicate_keys: 3,
             metrics: vec![group(100.0, 50.0), group(100.0, 95.0)],
             orphans: vec![("cust".into(), 2)],
             unmatched: Unmatched {
@@ -321,14 +307,13 @@ retain_days = 1
         assert_eq!(
             limits,
             [
-                "max_duplicate_keys",
                 "max_change_pct:total",
                 "references:cust",
                 "max_unmatched_pct",
                 "expected_rows"
             ]
         );
-        let unmatched = &breaches[3].message;
+        let unmatched = &breaches[2].message;
         assert!(
             unmatched.contains("7 of 210")
                 && unmatched.contains("3.33%")
@@ -337,11 +322,11 @@ retain_days = 1
             "{unmatched}"
         );
         assert!(
-            breaches[1].message.contains("-50.00%"),
+            breaches[0].message.contains("-50.00%"),
             "{}",
-            breaches[1].message
+            breaches[0].message
         );
-        assert!(breaches[1].message.contains("100.00 -> 50.00"));
+        assert!(breaches[0].message.contains("100.00 -> 50.00"));
     }
 
     #[test]

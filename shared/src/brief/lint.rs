@@ -31,7 +31,7 @@ pub(super) const SECTIONS: &[(&str, &str)] = &[
         "dependencies",
         "downstream and stakeholders (empty lists if truly none)",
     ),
-    ("validation", "max_duplicate_keys, and metrics to watch"),
+    ("validation", "max_duplicate_keys = 0, and metrics to watch"),
     ("limits", "max_in_flight"),
     ("rollback", "plan and retain_days"),
 ];
@@ -47,6 +47,10 @@ pub(super) fn lint(text: &str) -> Result<Brief, Vec<Problem>> {
         }
     };
     let mut problems = Vec::new();
+    // PostgreSQL text cannot hold NUL: refuse it here, not as a failed run.
+    for (key, value) in &doc {
+        nul_characters(value, key, &mut problems);
+    }
     for key in doc.keys() {
         if !SECTIONS.iter().any(|(s, _)| s == key) {
             problems.push(Problem {
@@ -133,6 +137,28 @@ pub(super) fn lint(text: &str) -> Result<Brief, Vec<Problem>> {
             rollback,
         }),
         _ => Err(problems),
+    }
+}
+
+/// Every string of the document holding a NUL character, by field.
+fn nul_characters(value: &Value, path: &str, problems: &mut Vec<Problem>) {
+    match value {
+        Value::String(s) if s.contains('\0') => problems.push(Problem {
+            field: path.to_owned(),
+            message: "holds a NUL character (\\u0000), which PostgreSQL cannot store; remove it"
+                .into(),
+        }),
+        Value::Table(t) => {
+            for (k, v) in t {
+                nul_characters(v, &format!("{path}.{k}"), problems);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                nul_characters(v, &format!("{path}[{i}]"), problems);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -422,7 +448,7 @@ fn bound(r: &mut Reader<'_>, field: &str, v: Option<&Value>) -> Option<Bound> {
         // An offset (Z, +02:00) has no meaning for a timestamp column: refuse it
         // rather than silently shifting the range.
         let has_offset =
-            text.len() > 19 && (text.ends_with('Z') || text[19..].contains(['+', '-']));
+            text.ends_with('Z') || text.get(19..).is_some_and(|rest| rest.contains(['+', '-']));
         (!has_offset)
             .then(|| Bound::parse(BoundKind::Timestamp, &text))
             .flatten()
@@ -482,9 +508,22 @@ fn read_dependencies(r: &mut Reader<'_>) -> Option<Dependencies> {
 }
 
 fn read_validation(r: &mut Reader<'_>) -> Option<Validation> {
-    let max_duplicate_keys = r
-        .integer("max_duplicate_keys", 0, i64::MAX, "0")
-        .and_then(|n| u64::try_from(n).ok());
+    // The key is unique in the target: a batch whose source yields a key twice
+    // fails as a duplicate grain, so no other figure could mean anything.
+    let max_duplicate_keys = match r.get("max_duplicate_keys") {
+        None => {
+            r.missing("max_duplicate_keys", "0");
+            None
+        }
+        Some(Value::Integer(0)) => Some(()),
+        Some(_) => {
+            r.problem(
+                "max_duplicate_keys",
+                "must be 0: the target's key is unique, so a batch whose source yields a key twice fails as a duplicate grain, whatever this says; write max_duplicate_keys = 0",
+            );
+            None
+        }
+    };
     let metrics = read_tables(r, "metrics", |r, t, i| {
         let field = |k: &str| format!("metrics[{i}].{k}");
         let text = |r: &mut Reader<'_>, k: &str, required: bool| match t.get(k) {
@@ -567,8 +606,8 @@ fn read_validation(r: &mut Reader<'_>) -> Option<Validation> {
         }
     };
     let edge_cases = read_edge_cases(r);
+    max_duplicate_keys?;
     Some(Validation {
-        max_duplicate_keys: max_duplicate_keys?,
         max_unmatched_pct: max_unmatched_pct?,
         metrics: metrics?,
         references: references?,
@@ -843,6 +882,28 @@ retain_days = 7
         assert_eq!(
             fields(&stated.replace("snapshot = false", "snapshot = true")),
             ["rollback.without_images"]
+        );
+    }
+
+    #[test]
+    fn max_duplicate_keys_can_only_be_zero() {
+        for bad in ["1", "-1", "\"0\""] {
+            assert_eq!(
+                fields(&GOOD.replace(
+                    "max_duplicate_keys = 0",
+                    &format!("max_duplicate_keys = {bad}")
+                )),
+                ["validation.max_duplicate_keys"],
+                "{bad}"
+            );
+        }
+        let problems =
+            Brief::parse(&GOOD.replace("max_duplicate_keys = 0", "max_duplicate_keys = 5"))
+                .unwrap_err()
+                .problems;
+        assert!(
+            problems[0].message.contains("duplicate grain"),
+            "{problems:?}"
         );
     }
 

@@ -212,7 +212,6 @@ pub const DEFAULT_MAX_UNMATCHED_PCT: f64 = 2.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Validation {
-    pub max_duplicate_keys: u64,
     /// The share (percent) of a batch range's target rows the source may leave
     /// without a counterpart (removed, or left stale under `on_missing = "keep"`)
     /// before the run halts.

@@ -71,6 +71,24 @@ pub fn code_version() -> String {
     format!(
         "{} {}",
         env!("CARGO_PKG_VERSION"),
-        option_env!("BACKFILL_GIT_SHA").unwrap_or("(no git sha)")
+        option_env!("BACKFILL_GIT_SHA").unwrap_or("(built without git: commit unknown)")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_code_version_names_the_commit() {
+        // Tests run from a git checkout, so the build embedded its commit.
+        let version = super::code_version();
+        let sha = version
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .trim_end_matches("-dirty");
+        assert!(
+            sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit()),
+            "{version}"
+        );
+    }
 }
