@@ -129,10 +129,10 @@ pub async fn run(options: &Options) -> Report {
     .expect("count orders");
     let window = u32::from(options.workers) * 2;
     // Small batches move a year's revenue a lot; the limit is not what is measured.
-    let text = env
-        .brief(options.batches, window)
-        .await
-        .replace("max_change_pct = 60", "max_change_pct = 100");
+    let text = backfill_coordinator::demo::with_max_change_pct(
+        &env.brief(options.batches, window).await,
+        100,
+    );
     let brief = Brief::parse(&text).expect("the demo brief lints");
     let plan = brief.scope.batch_by.plan().expect("the demo brief plans");
     let mut lines = Vec::new();

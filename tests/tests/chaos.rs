@@ -173,10 +173,8 @@ async fn a_backfill_survives_chaos() {
     // 300 batches of 100 orders, each sleeping 0.4 s in the warehouse: about 20 s
     // of work for six worker slots, long enough for every fault to land mid-run.
     // Batches this small move a year's revenue a lot; the limit is not the point here.
-    let text = env
-        .slow_brief(300, 6, 0.4)
-        .await
-        .replace("max_change_pct = 60", "max_change_pct = 100");
+    let text =
+        backfill_coordinator::demo::with_max_change_pct(&env.slow_brief(300, 6, 0.4).await, 100);
     let logs = std::env::temp_dir().join(format!("{}-chaos", env.config.namespace));
     std::fs::create_dir_all(&logs).unwrap();
     let brief_path = logs.join("brief.toml");

@@ -322,3 +322,35 @@ async fn people_map_names_to_database_roles() {
     assert_eq!(out.status.code(), Some(2));
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_demo_example_runs() {
+    let env = TestEnv::new(0.01).await;
+    // The flags the README shows; the demo loads its own data into schema demo.
+    let out = backfill(
+        &env,
+        &[
+            "demo",
+            "--scale",
+            "0.01",
+            "--workers",
+            "4",
+            "--batches",
+            "50",
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("differs from an independent recomputation in 0 rows")
+            && stdout.contains("Approved by bob; cut over"),
+        "{stdout}"
+    );
+    env.cleanup().await;
+}

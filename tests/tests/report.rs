@@ -14,10 +14,7 @@ use std::time::Duration;
 async fn the_report_matches_the_tables_and_renders_with_its_chart() {
     let env = TestEnv::new(0.01).await;
     env.keep_pre_run_copy().await;
-    let text = env
-        .brief(8, 2)
-        .await
-        .replace("max_change_pct = 60", "max_change_pct = 10");
+    let text = backfill_coordinator::demo::with_max_change_pct(&env.brief(8, 2).await, 10);
     let (run_id, ..) = env.record_run(&text).await;
     let workers = env.workers(2).await;
     assert!(matches!(

@@ -70,10 +70,7 @@ async fn a_metric_moving_too_far_halts_until_accepted() {
     let env = TestEnv::new(0.01).await;
     env.keep_pre_run_copy().await;
     // Refunds move early years' net revenue by about half: far past 10 %.
-    let text = env
-        .brief(10, 1)
-        .await
-        .replace("max_change_pct = 60", "max_change_pct = 10");
+    let text = backfill_coordinator::demo::with_max_change_pct(&env.brief(10, 1).await, 10);
     let (run_id, ..) = env.record_run(&text).await;
     let workers = env.workers(1).await;
     let finish = env.drive_in_background(run_id).await.unwrap().unwrap();
