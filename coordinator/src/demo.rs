@@ -73,7 +73,9 @@ pub async fn build_buggy_target(pool: &PgPool, schema: &str) -> Result<()> {
 /// demo offers and still halts a fix that moves far more than refunds can.
 fn metric_limit(orders: i64, batches: i64) -> u32 {
     let items_per_group = (orders as f64 / batches.max(1) as f64 / 7.0 * 4.0).max(1.0);
-    (50.0 + 6.0 * 50.0 / items_per_group.sqrt()).ceil().min(100.0) as u32
+    (50.0 + 6.0 * 50.0 / items_per_group.sqrt())
+        .ceil()
+        .min(100.0) as u32
 }
 
 /// The brief with another `max_change_pct` for its metric (tests that halt on

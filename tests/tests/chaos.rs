@@ -3,7 +3,8 @@
 //!
 //! - SIGKILLs a random worker and starts a new one, again and again;
 //! - restarts RabbitMQ (the whole node);
-//! - flushes Redis (every lease, idempotency key and cached run state);
+//! - empties Redis of its namespace (every lease, idempotency key and cached
+//!   run state; other tests share the server);
 //! - SIGKILLs the coordinator and resumes the run from a new process;
 //! - SIGSTOPs a worker in the middle of a batch for longer than its lease, then
 //!   SIGCONTs it.
@@ -220,9 +221,30 @@ async fn a_backfill_survives_chaos() {
     progress = await_applied(&env, run_id, progress + 3).await;
     fleet.kill_random_and_replace().await;
     progress = await_applied(&env, run_id, progress + 3).await;
-    // 3. Redis forgets every lease, idempotency key and cached run state.
+    // 3. Redis forgets every lease, idempotency key and cached run state of
+    //    this deployment (its namespace; other tests share the server).
     let mut redis = backfill_shared::services::redis(&env.config).await.unwrap();
-    let _: () = redis::cmd("FLUSHALL")
+    let pattern = format!("{}:*", env.config.namespace);
+    let (mut cursor, mut keys) = (0_u64, Vec::<String>::new());
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        keys.extend(found);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert!(!keys.is_empty(), "no keys of {pattern} to forget");
+    let _: () = redis::cmd("UNLINK")
+        .arg(&keys)
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -276,7 +298,7 @@ async fn a_backfill_survives_chaos() {
         "the coordinator attached only {attachments} times: the broker restart and the resume should each re-attach"
     );
     println!(
-        "chaos survived: {} worker kills ({} workers started), 1 RabbitMQ restart, 1 Redis flush, \
+        "chaos survived: {} worker kills ({} workers started), 1 RabbitMQ restart, 1 Redis flush of its namespace, \
          1 coordinator kill and resume ({attachments} attachments), 1 worker frozen past its lease; \
          refused commits: {lease_lost} after a lost lease, {stale} under a stale fencing token; \
          {republished} republish sweeps; {total} batches applied exactly once; {rows} rows checked \

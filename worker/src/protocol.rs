@@ -25,6 +25,7 @@ use lapin::types::AMQPValue;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, Span, field, info, info_span, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -282,15 +283,17 @@ async fn with_lease(shared: &Shared, run: &RunContext, msg: &BatchMessage) -> Re
     }
 
     let lost = CancellationToken::new();
-    let heartbeat = tokio::spawn(heartbeat(
+    // Owned by a guard: a panic or a cancelled delivery stops the renewals too,
+    // so the lease of an abandoned batch expires.
+    let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(
         leases.clone(),
         run_id,
         batch_no,
         shared.worker_id.clone(),
         lost.clone(),
-    ));
+    )));
     let outcome = under_lease(shared, run, msg, &lost).await;
-    heartbeat.abort();
+    drop(heartbeat);
     if let Err(e) = leases.release(run_id, batch_no, &shared.worker_id).await {
         warn!(error = %e, "could not release the lease; it expires by itself");
     }
