@@ -3,7 +3,7 @@
 
 use crate::error::Result;
 use backfill_shared::control::batches::{self, Counts, Failure};
-use backfill_shared::control::runs;
+use backfill_shared::control::{log, runs};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -36,6 +36,8 @@ pub struct Status {
     pub brief_hash: String,
     pub code_version: String,
     pub operator: String,
+    /// Said by the driving coordinator while batches wait and no worker consumes them.
+    pub no_workers: Option<String>,
 }
 
 pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
@@ -53,7 +55,17 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
             let elapsed = (chrono::Utc::now() - run.created_at).num_seconds().max(1);
             elapsed * remaining / counts.applied
         });
+    // The coordinator's latest word on workers, while the run still needs them.
+    let no_workers = if run.state == runs::RunState::Running {
+        log::latest_of(pool, run_id, &["no_workers", "workers_back"])
+            .await?
+            .filter(|e| e.event == "no_workers")
+            .and_then(|e| e.detail["advice"].as_str().map(str::to_owned))
+    } else {
+        None
+    };
     Ok(Status {
+        no_workers,
         run_id,
         name: run.brief.meta.name.clone(),
         target: run.brief.scope.target.to_string(),
@@ -97,6 +109,9 @@ impl Status {
                 "  throttled: pause_when holds new batches since {}",
                 since.format("%H:%M:%S UTC")
             );
+        }
+        if let Some(advice) = &self.no_workers {
+            let _ = writeln!(s, "  WARNING:  {advice}");
         }
         if let Some(reason) = &self.halt_reason {
             let _ = writeln!(s, "  halted:   {reason}");

@@ -302,3 +302,46 @@ async fn workers_take_the_run_state_from_redis() {
     let _ = conn.close(200, "done".into()).await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_without_workers_says_so_once_and_when_they_come() {
+    let env = TestEnv::new(0.01).await;
+    let (run_id, ..) = env.record_run(&env.brief(6, 2).await).await;
+    let driver = env.drive_with(
+        run_id,
+        DriveOptions {
+            no_workers_after: Duration::from_secs(1),
+            ..quick()
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.logged(run_id, "no_workers").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nobody said that no worker consumes"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    let status = backfill_coordinator::status::status(&env.pool, run_id)
+        .await
+        .unwrap();
+    let warning = status.no_workers.clone().unwrap_or_default();
+    assert!(
+        warning.contains("no backfill-worker is consuming") && warning.contains("start one"),
+        "{warning}"
+    );
+    assert!(status.render().contains("WARNING:  no backfill-worker"));
+    // Said once, however long it lasts.
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.logged(run_id, "no_workers").await, 1);
+
+    let workers = env.workers(1).await;
+    assert_eq!(finish_within(driver, 60).await, Finish::Applied);
+    workers.stop().await;
+    assert_eq!(env.logged(run_id, "workers_back").await, 1);
+    let status = backfill_coordinator::status::status(&env.pool, run_id)
+        .await
+        .unwrap();
+    assert_eq!(status.no_workers, None);
+    env.cleanup().await;
+}

@@ -9,6 +9,8 @@
 //!   dead-lettered by the broker's delivery limit, and says which to publish again.
 //!   A batch that keeps getting lost is failed instead, so the run halts with the
 //!   reason rather than loop.
+//! - [`Consumers`]: notices when no worker consumes the batch queue while
+//!   batches wait in it (the user forgot to start workers), and when one is back.
 
 use crate::{CliError, Result};
 use backfill_shared::control::batches::{self, Unfinished};
@@ -151,8 +153,78 @@ pub(super) async fn unleased(
         .collect())
 }
 
+/// What changed about the batch queue's consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ConsumerChange {
+    /// Batches have waited with no consumer for the whole grace period.
+    Missing,
+    /// A consumer is back after [`ConsumerChange::Missing`] was said.
+    Back,
+}
+
+/// Watches the batch queue's consumer count, saying each change once.
+#[derive(Debug)]
+pub(super) struct Consumers {
+    grace: Duration,
+    since: Option<std::time::Instant>,
+    told: bool,
+}
+
+impl Consumers {
+    pub(super) fn new(grace: Duration) -> Self {
+        Self {
+            grace,
+            since: None,
+            told: false,
+        }
+    }
+
+    /// `consumers` on the queue and `ready` messages in it, seen at `now`.
+    pub(super) fn observe(
+        &mut self,
+        now: std::time::Instant,
+        consumers: u32,
+        ready: u32,
+    ) -> Option<ConsumerChange> {
+        if consumers > 0 {
+            self.since = None;
+            return std::mem::take(&mut self.told).then_some(ConsumerChange::Back);
+        }
+        if ready == 0 {
+            self.since = None;
+            return None;
+        }
+        let since = *self.since.get_or_insert(now);
+        (!self.told && now.duration_since(since) >= self.grace).then(|| {
+            self.told = true;
+            ConsumerChange::Missing
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::{ConsumerChange, Consumers};
+
+    #[test]
+    fn missing_consumers_are_told_once_after_the_grace_period_and_their_return_too() {
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + std::time::Duration::from_secs(s);
+        let mut c = Consumers::new(std::time::Duration::from_secs(10));
+        assert_eq!(c.observe(at(0), 0, 5), None);
+        assert_eq!(c.observe(at(9), 0, 5), None);
+        assert_eq!(c.observe(at(10), 0, 5), Some(ConsumerChange::Missing));
+        assert_eq!(c.observe(at(20), 0, 5), None, "said once");
+        assert_eq!(c.observe(at(21), 1, 5), Some(ConsumerChange::Back));
+        assert_eq!(c.observe(at(22), 1, 0), None);
+        // Nothing waiting: no worker is needed, so nothing to say.
+        assert_eq!(c.observe(at(30), 0, 0), None);
+        assert_eq!(c.observe(at(60), 0, 0), None);
+        // The clock restarts when batches wait again.
+        assert_eq!(c.observe(at(61), 0, 3), None);
+        assert_eq!(c.observe(at(71), 0, 3), Some(ConsumerChange::Missing));
+    }
+
     use super::*;
 
     fn batch(batch_no: u32, fence: i64, attempts: i32) -> Unfinished {

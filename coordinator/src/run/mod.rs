@@ -34,7 +34,7 @@ use lapin::options::{
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use liveness::{DriverLock, Sweep};
+use liveness::{ConsumerChange, Consumers, DriverLock, Sweep};
 use opentelemetry::KeyValue;
 use publisher::BatchPublisher;
 use sqlx::PgPool;
@@ -187,6 +187,9 @@ pub struct DriveOptions {
     pub reconcile_every: Duration,
     /// How long `pause_when` must stay false before batches start again.
     pub guard_cooldown: Duration,
+    /// How long batches may wait with no worker consuming the queue before the
+    /// operator is told (once, on stderr, in the run log and in `status`).
+    pub no_workers_after: Duration,
 }
 
 impl Default for DriveOptions {
@@ -196,6 +199,7 @@ impl Default for DriveOptions {
             metrics: None,
             reconcile_every: Duration::from_secs(2),
             guard_cooldown: Duration::from_secs(30),
+            no_workers_after: Duration::from_secs(10),
         }
     }
 }
@@ -397,6 +401,7 @@ impl Attachment<'_> {
             metrics.update(&batches::counts(pool, run_id).await?, false, held);
         }
         let mut sweep = Sweep::default();
+        let mut consumers = Consumers::new(self.options.no_workers_after);
         let mut reconcile = tokio::time::interval(self.options.reconcile_every);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         log::append(
@@ -460,7 +465,7 @@ impl Attachment<'_> {
                     if held {
                         bar.set_message(format!("{} rows written · {}", tally.rows_written, if paused { "PAUSED" } else { "THROTTLED" }));
                     } else {
-                        self.sweep(&mut sweep, &publish, &topology, &batch_out).await?;
+                        self.sweep(&mut sweep, &mut consumers, &publish, &topology, &batch_out).await?;
                     }
                     // Events can be lost (a worker dies after commit); the ledger cannot.
                     let counts = batches::counts(pool, run_id).await?;
@@ -532,15 +537,17 @@ impl Attachment<'_> {
 
     /// Publishes again the batches whose messages were lost, and fails those lost
     /// too often (the next reconcile halts the run on them).
+    /// Also says when no worker consumes the queue while batches wait in it.
     async fn sweep(
         &self,
         sweep: &mut Sweep,
+        consumers: &mut Consumers,
         channel: &lapin::Channel,
         topology: &Topology,
         batch_out: &BatchPublisher<'_>,
     ) -> Result<()> {
         let (pool, run_id) = (self.pool, self.run.run_id);
-        let ready = channel
+        let queue = channel
             .queue_declare(
                 topology.batches.as_str().into(),
                 QueueDeclareOptions {
@@ -549,8 +556,31 @@ impl Attachment<'_> {
                 },
                 FieldTable::default(),
             )
-            .await?
-            .message_count();
+            .await?;
+        let ready = queue.message_count();
+        match consumers.observe(std::time::Instant::now(), queue.consumer_count(), ready) {
+            Some(ConsumerChange::Missing) => {
+                let advice = format!(
+                    "no backfill-worker is consuming {}: start one with `backfill-worker` (the same BACKFILL_* settings as this coordinator)",
+                    topology.batches
+                );
+                warn!(run.id = %run_id, waiting = ready, "{advice}");
+                log::append(pool, run_id, "coordinator", "no_workers", None, serde_json::json!({ "queue": topology.batches.as_str(), "waiting": ready, "advice": advice })).await?;
+            }
+            Some(ConsumerChange::Back) => {
+                info!(run.id = %run_id, "a backfill-worker consumes {} again", topology.batches);
+                log::append(
+                    pool,
+                    run_id,
+                    "coordinator",
+                    "workers_back",
+                    None,
+                    serde_json::json!({ "queue": topology.batches.as_str() }),
+                )
+                .await?;
+            }
+            None => {}
+        }
         let verdict = match sweep.run(pool, &self.leases, run_id, ready).await {
             Ok(v) => v,
             // Without Redis no worker can start a batch either: look again later.

@@ -48,3 +48,19 @@ pub async fn entries(pool: &sqlx::PgPool, run_id: Uuid) -> Result<Vec<Entry>> {
     .fetch_all(pool)
     .await?)
 }
+
+/// The run's latest entry among `events`, if any.
+pub async fn latest_of(
+    pool: &sqlx::PgPool,
+    run_id: Uuid,
+    events: &[&str],
+) -> Result<Option<Entry>> {
+    Ok(sqlx::query_as(
+        "SELECT at, actor, event, batch_no, detail FROM backfill.run_log
+          WHERE run_id = $1 AND event = ANY($2) ORDER BY id DESC LIMIT 1",
+    )
+    .bind(run_id)
+    .bind(events)
+    .fetch_optional(pool)
+    .await?)
+}
