@@ -159,7 +159,7 @@ pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
 
     // What was checked, so cutover can expose exactly that.
     let mut conn = pool.acquire().await?;
-    let fingerprint = fingerprint::measure(&mut conn, brief, &table).await?;
+    let fingerprint = fingerprint::measure(&mut conn, brief, &table, None).await?;
     drop(conn);
     let results: Vec<CheckResult<'_>> = checks
         .iter()

@@ -197,6 +197,7 @@ pub async fn run(options: &Options) -> Report {
                 &mut conn,
                 &brief,
                 &brief.scope.target,
+                None,
             )
             .await
             .expect("fingerprint the target");

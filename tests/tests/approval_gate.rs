@@ -207,3 +207,85 @@ async fn a_failed_validation_blocks_approval_until_another_person_accepts_it() {
     );
     env.cleanup().await;
 }
+
+/// The fingerprint's rows per range against a count of each range, for a
+/// brief whose `batch_by` is `batch_by` on `table`.
+async fn fingerprint_matches_direct_counts(env: &TestEnv, table: &str, key: &str, batch_by: &str) {
+    use backfill_coordinator::lifecycle::fingerprint;
+    let text = ship_revenue::brief("merge", "delete", "")
+        .replace("target = \"tpch.ship_revenue\"", &format!("target = \"{table}\""))
+        .replace("key = [\"l_shipdate\", \"l_shipmode\"]", &format!("key = [\"{key}\"]"))
+        .replace(
+            "batch_by = { column = \"l_shipdate\", start = \"1992-01-01\", end = \"1999-01-01\", step = \"1 month\" }",
+            batch_by,
+        );
+    let brief = backfill_shared::brief::Brief::parse(&text).unwrap();
+    let target = brief.scope.target.clone();
+    let mut conn = env.pool.acquire().await.unwrap();
+    let print = fingerprint::measure(&mut conn, &brief, &target, None)
+        .await
+        .unwrap();
+    assert_eq!(print.hash, fingerprint::RowHash::Record);
+    let by = &brief.scope.batch_by.column;
+    let ty = brief.scope.batch_by.kind().sql_type();
+    let mut expected = Vec::new();
+    for range in brief.scope.batch_by.plan().unwrap() {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {table} WHERE {by} >= $1::text::{ty} AND {by} < $2::text::{ty}"
+        )))
+        .bind(range.lo.to_string())
+        .bind(range.hi.to_string())
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        if n > 0 {
+            expected.push((range.no, n));
+        }
+    }
+    let found: Vec<(u32, i64)> = print.ranges.iter().map(|r| (r.batch_no, r.rows)).collect();
+    assert_eq!(found, expected, "{batch_by}");
+    assert!(!found.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fingerprint_finds_each_rows_batch_whatever_the_step() {
+    let env = TestEnv::new(0.01).await;
+    env.build_ship_revenue().await;
+    sqlx::raw_sql(
+        "CREATE TABLE tpch.shipped AS
+           SELECT row_number() OVER (ORDER BY l_orderkey, l_linenumber) AS id,
+                  l_shipdate + l_linenumber * interval '5 hours 7 minutes' AS shipped_at,
+                  l_extendedprice AS revenue, l_quantity::integer AS lines
+             FROM tpch.lineitem;
+         ALTER TABLE tpch.shipped ADD PRIMARY KEY (id);",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    // Months: by the ranges' lower bounds; days, times and integers: by arithmetic.
+    for (table, key, batch_by) in [
+        (
+            "tpch.ship_revenue",
+            "l_shipdate",
+            "batch_by = { column = \"l_shipdate\", start = \"1992-01-01\", end = \"1999-01-01\", step = \"1 month\" }",
+        ),
+        (
+            "tpch.ship_revenue",
+            "l_shipdate",
+            "batch_by = { column = \"l_shipdate\", start = \"1992-01-03\", end = \"1998-12-30\", step = \"9 days\" }",
+        ),
+        (
+            "tpch.shipped",
+            "id",
+            "batch_by = { column = \"shipped_at\", start = \"1992-01-01 06:30:00\", end = \"1993-07-01 00:00:00\", step = \"37 hours\" }",
+        ),
+        (
+            "tpch.shipped",
+            "id",
+            "batch_by = { column = \"id\", start = 7, end = 60000, step = 977 }",
+        ),
+    ] {
+        fingerprint_matches_direct_counts(&env, table, key, batch_by).await;
+    }
+    env.cleanup().await;
+}

@@ -228,7 +228,7 @@ async fn unchanged_since_validation(
     validated: &Fingerprint,
     table: &TableName,
 ) -> Result<()> {
-    let now = fingerprint::measure(&mut *conn, &run.brief, table).await?;
+    let now = fingerprint::measure(&mut *conn, &run.brief, table, Some(validated.hash)).await?;
     let changed = validated.changed_ranges(&now);
     if changed.is_empty() {
         return Ok(());

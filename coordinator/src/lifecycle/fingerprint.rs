@@ -1,21 +1,47 @@
 //! What `validate` saw, in a form cutover can check again: per batch range of
-//! the table to be exposed, the rows the backfill owns there and the sum of a
-//! 64-bit hash of each whole row. One pass over the scope (`width_bucket` over
-//! the ranges' lower bounds), so it costs about one aggregate of the scope.
+//! the table to be exposed, the rows the backfill owns there and the XOR of a
+//! 64-bit hash of each whole row. One pass over the scope, with the batch of a
+//! row computed arithmetically where the step allows (integer steps, day and
+//! time steps) and by `width_bucket` over the ranges' lower bounds otherwise.
 //!
 //! Sound for what it guards: any insert, delete or change of a row in scope
-//! changes its range's count or hash sum (short of a 64-bit collision), and
-//! cutover recomputes it under a lock that keeps writers out until the swap.
+//! changes its range's count or hash (short of a 64-bit collision; rows are
+//! distinct, their key being unique, so none cancels another), and cutover
+//! recomputes it under a lock that keeps writers out until the swap. Rows are
+//! hashed by their columns' own hash functions (`hash_record_extended`), or by
+//! their text form when a column type has none (`json`, `point`, ...).
 
 use crate::Result;
-use backfill_shared::brief::Brief;
+use backfill_shared::brief::{BatchBy, Bound, Brief, Step};
 use backfill_shared::sql::{TableName, quote_ident};
 use serde::{Deserialize, Serialize};
 use sqlx::{AssertSqlSafe, PgConnection};
 
+/// How rows are hashed; recorded, so cutover hashes as `validate` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RowHash {
+    /// `hash_record_extended`: each column by its type's hash function.
+    #[default]
+    Record,
+    /// `hashtextextended` of the row's text: for column types without one.
+    Text,
+}
+
+impl RowHash {
+    fn sql(self) -> &'static str {
+        match self {
+            Self::Record => "hash_record_extended(t, 0)",
+            Self::Text => "hashtextextended(t::text, 0)",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fingerprint {
     pub table: String,
+    #[serde(default)]
+    pub hash: RowHash,
     /// Ranges holding rows; a range absent here held none.
     pub ranges: Vec<RangePrint>,
 }
@@ -29,48 +55,101 @@ pub struct RangePrint {
     pub hash: String,
 }
 
+/// The batch number of row `t` (0-based), as SQL, where arithmetic gives it;
+/// `$1` is the scope's start.
+fn batch_of_row(batch_by: &BatchBy) -> Option<String> {
+    let by = quote_ident(&batch_by.column);
+    match (batch_by.start, &batch_by.step) {
+        (Bound::Integer(start), Step::Integer(step)) => {
+            Some(format!("(t.{by} - {start}) / {step}"))
+        }
+        (Bound::Date(_), Step::Interval(i)) if i.months == 0 && i.micros == 0 && i.days > 0 => {
+            Some(format!("(t.{by} - $1) / {}", i.days))
+        }
+        (Bound::Timestamp(_), Step::Interval(i)) if i.months == 0 => {
+            let micros = i128::from(i.days) * 86_400_000_000 + i128::from(i.micros);
+            (micros > 0).then(|| {
+                format!("floor(extract(epoch FROM t.{by} - $1) * 1000000 / {micros})::bigint")
+            })
+        }
+        _ => None,
+    }
+}
+
 /// Measures `table` (the target, or the table a swap will expose) over the
-/// brief's scope.
+/// brief's scope. `hash` is the way `validate` hashed, at cutover; `validate`
+/// passes `None` and rows are hashed by their types where every column allows.
 pub async fn measure(
     conn: &mut PgConnection,
     brief: &Brief,
     table: &TableName,
+    hash: Option<RowHash>,
 ) -> Result<Fingerprint> {
     let scope = &brief.scope;
     let plan = scope.batch_by.plan().map_err(|e| {
         crate::CliError::Internal(format!("the recorded brief no longer plans: {e}"))
     })?;
-    let lows: Vec<String> = plan.iter().map(|b| b.lo.to_string()).collect();
-    let found: Vec<(i32, i64, String)> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT width_bucket(t.{by}, $3::text[]::{ty}[]), count(*),
-                sum(hashtextextended(t::text, 0)::numeric)::text
-           FROM {table} t WHERE {owned} GROUP BY 1 ORDER BY 1",
-        by = quote_ident(&scope.batch_by.column),
-        ty = scope.batch_by.kind().sql_type(),
+    let hash = match hash {
+        Some(hash) => hash,
+        None => {
+            // A column type without an extended hash function fails here, on one row.
+            let probe = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {} FROM {} t LIMIT 1",
+                RowHash::Record.sql(),
+                table.quoted()
+            )))
+            .execute(&mut *conn)
+            .await;
+            match probe {
+                Ok(_) => RowHash::Record,
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42883") => {
+                    RowHash::Text
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    // Where arithmetic cannot name a row's batch, `$3` holds the lower bounds.
+    let arithmetic = batch_of_row(&scope.batch_by);
+    let bucket = arithmetic.clone().unwrap_or_else(|| {
+        format!(
+            "width_bucket(t.{}, $3::text[]::{}[]) - 1",
+            quote_ident(&scope.batch_by.column),
+            scope.batch_by.kind().sql_type()
+        )
+    });
+    let sql = format!(
+        "SELECT ({bucket})::bigint, count(*), bit_xor({hash}) FROM {table} t
+          WHERE {owned} GROUP BY 1 ORDER BY 1",
+        hash = hash.sql(),
         table = table.quoted(),
         owned = scope.owned_range("t"),
-    )))
-    .bind(scope.batch_by.start)
-    .bind(scope.batch_by.end)
-    .bind(&lows)
-    .fetch_all(&mut *conn)
-    .await?;
+    );
+    let query = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(scope.batch_by.start)
+        .bind(scope.batch_by.end);
+    let query = if arithmetic.is_some() {
+        query
+    } else {
+        query.bind(plan.iter().map(|b| b.lo.to_string()).collect::<Vec<_>>())
+    };
+    let found: Vec<(i64, i64, i64)> = query.fetch_all(&mut *conn).await?;
     let ranges = found
         .into_iter()
-        .filter_map(|(bucket, rows, hash)| {
-            // Bucket i holds the values from the i-th lower bound on.
-            let batch = plan.get(usize::try_from(bucket).ok()?.checked_sub(1)?)?;
+        .filter_map(|(batch, rows, sum)| {
+            let batch = plan.get(usize::try_from(batch).ok()?)?;
             Some(RangePrint {
                 batch_no: batch.no,
                 lo: batch.lo.to_string(),
                 hi: batch.hi.to_string(),
                 rows,
-                hash,
+                hash: format!("{sum:016x}"),
             })
         })
         .collect();
     Ok(Fingerprint {
         table: table.to_string(),
+        hash,
         ranges,
     })
 }
@@ -120,6 +199,7 @@ mod tests {
     fn print(ranges: &[(u32, i64, &str)]) -> Fingerprint {
         Fingerprint {
             table: "t".into(),
+            hash: RowHash::Record,
             ranges: ranges
                 .iter()
                 .map(|&(batch_no, rows, hash)| RangePrint {
