@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use backfill_coordinator::resume;
 use backfill_coordinator::run::Finish;
 use backfill_shared::control::batches;
 use backfill_tests::{TestEnv, finish_within};
@@ -131,5 +132,50 @@ async fn reattaching_republishes_batches_whose_messages_were_lost() {
         i64::try_from(plan.len()).unwrap()
     );
     env.assert_exactly_applied(run_id).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_drain_deadline_abandons_a_batch_that_outlasts_it() {
+    let env = TestEnv::new(0.01).await;
+    // Each batch sleeps 30 s in the warehouse; the worker drains for 2 s.
+    let text = env.slow_brief(4, 1, 30.0).await;
+    let mut worker = env.spawn_worker(&["--concurrency", "1", "--drain-timeout", "2"]);
+    let pid = worker.id().unwrap();
+    let (run_id, ..) = env.record_run(&text).await;
+    let driver = env.drive_in_background(run_id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while batches::counts(&env.pool, run_id).await.unwrap().running < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never took a batch"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signalled = tokio::time::Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(60), worker.wait())
+        .await
+        .expect("worker did not exit")
+        .unwrap();
+    let took = signalled.elapsed();
+    assert!(exit.success(), "worker exit: {exit:?}");
+    // Waiting for the batch would take 30 s and apply it; the deadline (2 s,
+    // then 5 s to let go) abandons it and rolls it back.
+    assert!(
+        took < Duration::from_secs(15),
+        "exited {took:?} after SIGTERM"
+    );
+    assert_eq!(batches::counts(&env.pool, run_id).await.unwrap().applied, 0);
+    resume::cancel(&env.pool, run_id, "alice").await.unwrap();
+    assert_eq!(
+        finish_within(driver, 30).await,
+        Finish::Stopped(backfill_shared::control::runs::RunState::Cancelled)
+    );
     env.cleanup().await;
 }

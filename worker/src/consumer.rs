@@ -1,7 +1,9 @@
-//! The consume loop. Prefetch equals the concurrency, and a semaphore of the same
-//! size bounds the batches in flight. A lost broker connection is re-established
-//! with backoff; shutdown stops consuming, waits for in-flight batches up to the
-//! drain deadline, and closes.
+//! The consume loop. Prefetch equals the concurrency, and one semaphore of the
+//! same size per worker bounds the batches in flight, across broker sessions: a
+//! batch still running from a dropped session holds its slot. A lost broker
+//! connection is re-established with backoff. Shutdown stops consuming, waits
+//! for in-flight batches up to the drain deadline, then abandons the rest (their
+//! transactions roll back, the broker redelivers them) and exits.
 
 use crate::publisher::Publisher;
 use crate::runs::Runs;
@@ -76,7 +78,17 @@ pub struct Worker {
     topology: Topology,
     runs: Arc<Runs>,
     stats: Arc<Stats>,
+    /// Slots for batches in flight: one per unit of concurrency, for the
+    /// worker's whole life.
+    slots: Arc<Semaphore>,
+    /// Every batch task, whichever broker session took it.
+    tasks: TaskTracker,
+    /// Cancelled at the drain deadline: tasks still running are dropped.
+    abandon: CancellationToken,
 }
+
+/// How long abandoned batches and the pool get to let go after the deadline.
+const LET_GO: Duration = Duration::from_secs(5);
 
 impl Worker {
     /// Connects to PostgreSQL and Redis (failing fast, with the fix, if either is
@@ -102,6 +114,7 @@ impl Worker {
             .await
             .ok();
         Ok(Self {
+            slots: Arc::new(Semaphore::new(usize::from(options.concurrency))),
             topology: Topology::new(&config.namespace),
             config,
             options,
@@ -110,6 +123,8 @@ impl Worker {
             gates,
             runs: Arc::default(),
             stats: Arc::default(),
+            tasks: TaskTracker::new(),
+            abandon: CancellationToken::new(),
         })
     }
 
@@ -159,7 +174,13 @@ impl Worker {
             }
             delay = (delay * 2).min(Duration::from_secs(15));
         }
-        self.pool.close().await;
+        // Connections of abandoned batches are dropped, not returned: bounded.
+        if tokio::time::timeout(LET_GO, self.pool.close())
+            .await
+            .is_err()
+        {
+            warn!("warehouse connections did not close in time; exiting anyway");
+        }
         info!(worker = %self.options.worker_id, "worker stopped");
     }
 
@@ -203,12 +224,10 @@ impl Worker {
             shutdown: shutdown.clone(),
             stats: Arc::clone(&self.stats),
         });
-        let slots = Arc::new(Semaphore::new(usize::from(self.options.concurrency)));
-        let tracker = TaskTracker::new();
         let ended = loop {
             let permit = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
-                permit = Arc::clone(&slots).acquire_owned() => match permit {
+                permit = Arc::clone(&self.slots).acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break Err("semaphore closed".to_owned()),
                 },
@@ -220,8 +239,15 @@ impl Worker {
             match next {
                 Some(Ok(delivery)) => {
                     let shared = Arc::clone(&shared);
-                    tracker.spawn(async move {
-                        protocol::handle(shared, delivery).await;
+                    let abandon = self.abandon.clone();
+                    self.tasks.spawn(async move {
+                        // Dropped at the drain deadline: an open transaction
+                        // rolls back, the heartbeat stops, the delivery stays
+                        // unacked for the broker to redeliver.
+                        tokio::select! {
+                            () = protocol::handle(shared, delivery) => {}
+                            () = abandon.cancelled() => {}
+                        }
                         drop(permit);
                     });
                 }
@@ -229,20 +255,29 @@ impl Worker {
                 None => break Err("the broker cancelled the consumer".to_owned()),
             }
         };
+        self.stats.connected.store(false, Ordering::Relaxed);
         if ended.is_ok() {
             info!("shutting down: no new batches; draining in-flight ones");
             let _ = channel
                 .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                 .await;
+            // Drain while the connection lives: their acks and events need it.
+            self.tasks.close();
+            if tokio::time::timeout(self.options.drain_timeout, self.tasks.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    timeout = ?self.options.drain_timeout,
+                    in_flight = self.tasks.len(),
+                    "drain deadline passed; abandoning in-flight batches: their transactions roll back and the broker redelivers them"
+                );
+                self.abandon.cancel();
+                let _ = tokio::time::timeout(LET_GO, self.tasks.wait()).await;
+            }
         }
-        self.stats.connected.store(false, Ordering::Relaxed);
-        tracker.close();
-        if tokio::time::timeout(self.options.drain_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(timeout = ?self.options.drain_timeout, "drain deadline passed; unfinished batches return to the queue");
-        }
+        // A broken session leaves its tasks running: they hold their slots,
+        // and the broker redelivers what they cannot ack.
         let _ = conn.close(200, "worker stopping".into()).await;
         ended
     }
