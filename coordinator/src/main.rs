@@ -269,6 +269,9 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
             let pool = control_plane(&config, 2).await?;
             backfill_coordinator::resume::cancel(&pool, run, &operator()).await?;
             tell_workers(&config, &pool, run).await;
+            if let Err(e) = run::drop_events_queue(&config, &pool, run).await {
+                eprintln!("warning: the run's events queue stays behind: {e}");
+            }
             eprintln!("run {run} cancelled; `backfill rollback {run}` undoes its applied batches");
             Ok(())
         }

@@ -81,6 +81,40 @@ async fn pause_stops_new_batches_and_resume_finishes() {
     env.cleanup().await;
 }
 
+/// Whether the run's events queue exists (a passive declare, on a channel of its own).
+async fn events_queue_exists(env: &TestEnv, run_id: uuid::Uuid) -> bool {
+    let (conn, channel, topology) = env.channel().await;
+    let found = channel
+        .queue_declare(
+            topology.run_events_queue(run_id).as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..lapin::options::QueueDeclareOptions::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    let _ = conn.close(200, "checked".into()).await;
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_nobody_drives_loses_its_events_queue_when_cancelled() {
+    let env = TestEnv::new(0.01).await;
+    let (run_id, ..) = env.record_run(&env.brief(4, 1).await).await;
+    let (conn, channel, topology) = env.channel().await;
+    topology.declare_run_events(&channel, run_id).await.unwrap();
+    let _ = conn.close(200, "declared".into()).await;
+    assert!(events_queue_exists(&env, run_id).await);
+    resume::cancel(&env.pool, run_id, "alice").await.unwrap();
+    backfill_coordinator::run::drop_events_queue(&env.config, &env.pool, run_id)
+        .await
+        .unwrap();
+    assert!(!events_queue_exists(&env, run_id).await);
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_leaves_a_consistent_state_that_rolls_back() {
     let env = TestEnv::new(0.01).await;
@@ -95,6 +129,8 @@ async fn cancel_leaves_a_consistent_state_that_rolls_back() {
     resume::cancel(&env.pool, run_id, "alice").await.unwrap();
     let finish = finish_within(driver, 30).await;
     assert_eq!(finish, Finish::Stopped(RunState::Cancelled));
+    // The drive took the run's events queue with it.
+    assert!(!events_queue_exists(&env, run_id).await);
     wait_for(&env, run_id, "in-flight batches settle", |c| c.running == 0).await;
     workers.stop().await;
     let c = counts(&env, run_id).await;

@@ -34,6 +34,18 @@ pub(super) struct DriverLock {
 }
 
 impl DriverLock {
+    /// Whether some coordinator drives the run now.
+    pub(super) async fn is_held(pool: &PgPool, run_id: Uuid) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid::int = $1
+                              AND objid::int = hashtext($2::text) AND granted)",
+        )
+        .bind(DRIVER_LOCK_CLASS)
+        .bind(run_id)
+        .fetch_one(pool)
+        .await?)
+    }
+
     pub(super) async fn take(pool: &PgPool, run_id: Uuid) -> Result<Self> {
         let mut session = pool.acquire().await?.detach();
         let deadline = tokio::time::Instant::now() + TAKE_OVER_WAIT;

@@ -176,6 +176,22 @@ pub enum Finish {
     Stopped(RunState),
 }
 
+/// Deletes the events queue of a run nobody drives (after `backfill cancel`,
+/// say): a driving coordinator deletes it itself when its drive ends.
+pub async fn drop_events_queue(config: &Config, pool: &PgPool, run_id: Uuid) -> Result<()> {
+    if DriverLock::is_held(pool, run_id).await? {
+        return Ok(());
+    }
+    let conn = services::rabbit(config, &format!("backfill {run_id}")).await?;
+    let channel = conn.create_channel().await?;
+    let queue = Topology::new(&config.namespace).run_events_queue(run_id);
+    channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    let _ = conn.close(200, "events queue deleted".into()).await;
+    Ok(())
+}
+
 /// Options of [`drive`].
 #[derive(Debug, Clone)]
 pub struct DriveOptions {
@@ -518,10 +534,15 @@ impl Attachment<'_> {
                 None,
             )
             .await?;
-            let _ = publish
-                .queue_delete(events_queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
             info!(run.id = %run_id, batches = total, "every batch applied");
+        }
+        // The run's events queue ends with the drive, whatever the run's state:
+        // a resumed run declares it again, and the ledger holds what it missed.
+        if let Err(e) = publish
+            .queue_delete(events_queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+        {
+            warn!(run.id = %run_id, error = %e, queue = %events_queue, "could not delete the run's events queue");
         }
         let _ = conn.close(200, "coordinator done".into()).await;
         Ok(finish)
