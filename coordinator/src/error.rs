@@ -20,6 +20,9 @@ pub enum CliError {
     Halted(String),
     #[error("{0}")]
     Internal(String),
+    /// A signal stopped the command; `code` is the shell's for it (128 + signal).
+    #[error("{message}")]
+    Interrupted { message: String, code: u8 },
 }
 
 pub type Result<T, E = CliError> = std::result::Result<T, E>;
@@ -31,6 +34,7 @@ impl CliError {
             Self::Halted(_) | Self::Internal(_) => 1,
             Self::BadInput(_) => 2,
             Self::Service(_) | Self::Unavailable(_) => 3,
+            Self::Interrupted { code, .. } => *code,
         }
     }
 }

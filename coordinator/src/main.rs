@@ -460,12 +460,61 @@ async fn drive_to_end(
     metrics_addr: Option<std::net::SocketAddr>,
 ) -> Result<()> {
     let options = drive_options(metrics_addr, pool).await?;
-    finish(
-        pool,
-        run_id,
-        run::drive(config, pool, run_id, options).await?,
-    )
-    .await
+    let signals = Signals::watch(&options.interrupt)?;
+    let finished = run::drive(config, pool, run_id, options).await?;
+    if finished == Finish::Interrupted {
+        let (name, code) = signals.received().unwrap_or(("a signal", 143));
+        return Err(CliError::Interrupted {
+            message: format!(
+                "stopped by {name}: nothing more is published; run {run_id} keeps its place and its workers finish what they hold. \
+                 `backfill follow {run_id}` drives it on"
+            ),
+            code,
+        });
+    }
+    finish(pool, run_id, finished).await
+}
+
+/// SIGTERM and SIGINT while a run is driven: the first stops the drive (the
+/// run stays resumable), a second exits at once.
+struct Signals {
+    received: std::sync::Arc<std::sync::OnceLock<(&'static str, u8)>>,
+    _watcher: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+impl Signals {
+    fn watch(interrupt: &tokio_util::sync::CancellationToken) -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind| {
+            signal(kind).map_err(|e| CliError::Internal(format!("cannot listen for signals: {e}")))
+        };
+        let (mut term, mut int) = (
+            listen(SignalKind::terminate())?,
+            listen(SignalKind::interrupt())?,
+        );
+        let received = std::sync::Arc::new(std::sync::OnceLock::new());
+        let (seen, interrupt) = (std::sync::Arc::clone(&received), interrupt.clone());
+        let watcher = tokio::spawn(async move {
+            loop {
+                let which = tokio::select! {
+                    _ = term.recv() => ("SIGTERM", 143),
+                    _ = int.recv() => ("SIGINT", 130),
+                };
+                if seen.set(which).is_err() {
+                    std::process::exit(i32::from(which.1));
+                }
+                interrupt.cancel();
+            }
+        });
+        Ok(Self {
+            received,
+            _watcher: tokio_util::task::AbortOnDropHandle::new(watcher),
+        })
+    }
+
+    fn received(&self) -> Option<(&'static str, u8)> {
+        self.received.get().copied()
+    }
 }
 
 /// How to drive a run from the command line: a progress bar, and the run's
@@ -518,6 +567,9 @@ async fn finish(pool: &sqlx::PgPool, run_id: Uuid, finish: Finish) -> Result<()>
             "run {run_id} halted: {reason}\n`backfill status {run_id}` shows the ledger; fix the cause, then retry"
         ))),
         Finish::Stopped(state) => Err(CliError::Halted(format!("run {run_id} is {state}"))),
+        Finish::Interrupted => Err(CliError::Halted(format!(
+            "driving run {run_id} was interrupted; `backfill follow {run_id}` drives it on"
+        ))),
     }
 }
 

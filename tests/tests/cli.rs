@@ -354,3 +354,72 @@ async fn the_readmes_demo_example_runs() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_stops_driving_and_follow_drives_the_run_on() {
+    use tokio::io::AsyncBufReadExt as _;
+    let env = TestEnv::new(0.01).await;
+    let dir = std::env::temp_dir().join(format!("bf-sigterm-{}", env.config.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = write_brief(&dir, "slow", &env.slow_brief(8, 1, 0.5).await);
+    let workers = env.workers(1).await;
+    let mut coordinator = Command::new(bin("backfill"))
+        .args(["run", &path])
+        .envs(env.env())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(coordinator.stdout.take().unwrap()).lines();
+    let run_id = uuid::Uuid::parse_str(lines.next_line().await.unwrap().unwrap().trim()).unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let applied: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM backfill.batches WHERE run_id = $1 AND state = 'applied'",
+        )
+        .bind(run_id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        if applied >= 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no batch applied");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pid = coordinator.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        coordinator.wait_with_output(),
+    )
+    .await
+    .expect("the coordinator stops on SIGTERM")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(
+        stderr.contains(&format!("backfill follow {run_id}")),
+        "{stderr}"
+    );
+    // It let go of the run: another process drives it to its end.
+    let out = backfill(&env, &["follow", &run_id.to_string()]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    workers.stop().await;
+    env.assert_exactly_applied(run_id).await;
+    env.cleanup().await;
+}

@@ -40,6 +40,7 @@ use publisher::BatchPublisher;
 use sqlx::PgPool;
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info, warn};
 use uuid::Uuid;
 
@@ -174,6 +175,10 @@ pub enum Finish {
     Halted(String),
     /// Someone else changed the run's state (cancelled it, say).
     Stopped(RunState),
+    /// This coordinator was told to stop (`DriveOptions::interrupt`): it
+    /// published nothing more and let go of the run, which goes on from the
+    /// ledger when driven again.
+    Interrupted,
 }
 
 /// Deletes the events queue of a run nobody drives (after `backfill cancel`,
@@ -206,6 +211,8 @@ pub struct DriveOptions {
     /// How long batches may wait with no worker consuming the queue before the
     /// operator is told (once, on stderr, in the run log and in `status`).
     pub no_workers_after: Duration,
+    /// Cancelled to stop driving (SIGTERM, Ctrl-C): see [`Finish::Interrupted`].
+    pub interrupt: CancellationToken,
 }
 
 impl Default for DriveOptions {
@@ -216,6 +223,7 @@ impl Default for DriveOptions {
             reconcile_every: Duration::from_secs(2),
             guard_cooldown: Duration::from_secs(30),
             no_workers_after: Duration::from_secs(10),
+            interrupt: CancellationToken::new(),
         }
     }
 }
@@ -268,6 +276,9 @@ pub async fn drive(
     let finish = attachment.drive(&root.context()).await;
     root.end(match &finish {
         Ok(Finish::Applied | Finish::Stopped(_)) => None,
+        Ok(Finish::Interrupted) => {
+            Some("the coordinator was stopped; the run goes on when driven again".into())
+        }
         Ok(Finish::Halted(reason)) => Some(reason.clone()),
         Err(e) => Some(e.to_string()),
     });
@@ -293,7 +304,10 @@ impl Attachment<'_> {
                         return Err(e);
                     };
                     warn!(run.id = %run_id, error = %e, retry_in = ?delay, "lost a service mid-run; reconnecting");
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.options.interrupt.cancelled() => break Finish::Interrupted,
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -446,6 +460,7 @@ impl Attachment<'_> {
                 in_flight.extend(next);
             }
             tokio::select! {
+                () = self.options.interrupt.cancelled() => break Finish::Interrupted,
                 delivery = events.next() => {
                     // Take every event already here before publishing again: one
                     // ledger update and one confirm wait per round, not per batch.
