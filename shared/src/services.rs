@@ -139,6 +139,8 @@ pub async fn redis(config: &Config) -> Result<redis::aio::ConnectionManager> {
 }
 
 /// Removes a URL (and its password) from an error text, in case a driver echoes it.
+/// A client library's error text, fit for our message: the password hidden,
+/// and no closing period (the message adds its own).
 fn scrub(text: &str, url: &str) -> String {
     let mut out = text.replace(url, &redact_url(url));
     if let Some(password) = password_of(url)
@@ -146,7 +148,7 @@ fn scrub(text: &str, url: &str) -> String {
     {
         out = out.replace(password, "***");
     }
-    out
+    out.trim_end().trim_end_matches('.').to_owned()
 }
 
 fn password_of(url: &str) -> Option<&str> {
@@ -168,5 +170,9 @@ mod tests {
         assert!(!out.contains("s3cr3t"), "{out}");
         assert!(out.contains("bob:***@host"), "{out}");
         assert_eq!(password_of("redis://127.0.0.1:6379"), None);
+        assert_eq!(
+            scrub("see the broker logfile.", url),
+            "see the broker logfile"
+        );
     }
 }

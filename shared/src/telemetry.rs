@@ -55,6 +55,15 @@ pub struct Telemetry {
 
 /// Installs the global subscriber. Call once, first thing in `main`; `service`
 /// names the process in traces unless `OTEL_SERVICE_NAME` does.
+/// A default log filter without the broker client's own lines: lapin logs
+/// every refused login or dropped connection at ERROR, before (and beside) the
+/// one line of ours that says what happened and what to do. `RUST_LOG` still
+/// shows them (`RUST_LOG=lapin=debug`).
+#[must_use]
+pub fn quiet_default(filter: &str) -> String {
+    format!("{filter},lapin=off")
+}
+
 pub fn init(format: LogFormat, default_filter: &str, service: &'static str) -> Telemetry {
     let provider = if exporter_configured() {
         match otlp_provider(service) {

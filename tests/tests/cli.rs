@@ -220,6 +220,27 @@ async fn an_unreachable_service_is_named_with_exit_3() {
         0,
         "a run was recorded although the broker is down"
     );
+    // A refused login: one line that says what to do, nothing else.
+    let out = Command::new(bin("backfill-worker"))
+        .envs(env.env())
+        .env(
+            "BACKFILL_AMQP_URL",
+            "amqp://guest:wrong-sekrit@127.0.0.1:5672/%2f",
+        )
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("Check the user and password in BACKFILL_AMQP_URL")
+            && !lines[0].contains("..")
+            && !lines[0].contains("wrong-sekrit"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     env.cleanup().await;
 }

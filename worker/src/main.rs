@@ -37,7 +37,11 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let telemetry = telemetry::init(args.log_format, "info", "backfill-worker");
+    let telemetry = telemetry::init(
+        args.log_format,
+        &telemetry::quiet_default("info"),
+        "backfill-worker",
+    );
     let code = run(args).await;
     telemetry.shutdown().await;
     code
