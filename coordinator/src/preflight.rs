@@ -203,11 +203,7 @@ async fn check_validation(pool: &PgPool, brief: &Brief, problems: &mut Vec<Probl
     let target = brief.scope.target.quoted();
     let mut conn = pool.acquire().await?;
     for (i, m) in brief.validation.metrics.iter().enumerate() {
-        let by = m.by.as_deref().unwrap_or("'all'");
-        let sql = format!(
-            "SELECT ({by})::text, ({})::float8 FROM {target} t WHERE false GROUP BY 1",
-            m.expr
-        );
+        let sql = m.query(&target, "false");
         if let Err(sqlx::Error::Database(e)) = (&mut *conn)
             .prepare(AssertSqlSafe(sql).into_sql_str())
             .await

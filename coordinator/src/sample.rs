@@ -6,7 +6,7 @@
 //! the whole run.
 
 use crate::{CliError, Result};
-use backfill_shared::brief::{BatchRange, Bound, BoundKind, Brief};
+use backfill_shared::brief::{BatchRange, Bound, BoundKind, Brief, Metric};
 use backfill_shared::checks::Unmatched;
 use backfill_shared::sql::{column_list, key_join, quote_ident};
 use serde::Serialize;
@@ -218,28 +218,22 @@ pub async fn sample(pool: &PgPool, brief: &Brief, lo: Bound, hi: Bound) -> Resul
 
     let mut metrics = Vec::new();
     for m in &brief.validation.metrics {
-        let group = m.by.as_deref().unwrap_or("'all'");
-        let query = |from: &str| {
-            format!(
-                "SELECT ({group})::text, ({})::float8 FROM {from} t GROUP BY 1",
-                m.expr
-            )
-        };
-        let olds: Vec<(Option<String>, Option<f64>)> = sqlx::query_as(AssertSqlSafe(query(&old)))
-            .bind(lo)
-            .bind(hi)
-            .fetch_all(&mut *tx)
-            .await?;
+        let olds: Vec<(Option<String>, Option<f64>)> =
+            sqlx::query_as(AssertSqlSafe(m.query(&old, "true")))
+                .bind(lo)
+                .bind(hi)
+                .fetch_all(&mut *tx)
+                .await?;
         let news: Vec<(Option<String>, Option<f64>)> =
-            sqlx::query_as(AssertSqlSafe(query("bf_sample")))
+            sqlx::query_as(AssertSqlSafe(m.query("bf_sample", "true")))
                 .fetch_all(&mut *tx)
                 .await?;
         let mut groups: BTreeMap<String, (Option<f64>, Option<f64>)> = BTreeMap::new();
         for (g, v) in olds {
-            groups.entry(g.unwrap_or_default()).or_default().0 = v;
+            groups.entry(Metric::group_name(g)).or_default().0 = v;
         }
         for (g, v) in news {
-            groups.entry(g.unwrap_or_default()).or_default().1 = v;
+            groups.entry(Metric::group_name(g)).or_default().1 = v;
         }
         metrics.extend(groups.into_iter().map(|(group, (old, new))| SampleMetric {
             metric: m.name.clone(),

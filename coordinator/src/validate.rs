@@ -17,7 +17,7 @@
 use crate::lifecycle::fingerprint;
 use crate::report::{fmt_num, group_label};
 use crate::{CliError, Result};
-use backfill_shared::brief::{Bound, Brief};
+use backfill_shared::brief::{Bound, Brief, Metric};
 use backfill_shared::checks::Unmatched;
 use backfill_shared::control::batches;
 use backfill_shared::control::runs::{self, Run};
@@ -430,18 +430,15 @@ async fn reconciliation(pool: &PgPool, run: &Run, t: &str, scope: &str) -> Resul
             .iter()
             .any(|p| m.expr.trim_start().to_lowercase().starts_with(p));
         let now: BTreeMap<String, f64> = if additive {
-            let group = m.by.as_deref().unwrap_or("'all'");
-            let found: Vec<(Option<String>, Option<f64>)> = sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT ({group})::text, ({})::float8 FROM {t} WHERE {scope} GROUP BY 1",
-                m.expr
-            )))
-            .bind(brief.scope.batch_by.start)
-            .bind(brief.scope.batch_by.end)
-            .fetch_all(pool)
-            .await?;
+            let found: Vec<(Option<String>, Option<f64>)> =
+                sqlx::query_as(AssertSqlSafe(m.query(t, scope)))
+                    .bind(brief.scope.batch_by.start)
+                    .bind(brief.scope.batch_by.end)
+                    .fetch_all(pool)
+                    .await?;
             found
                 .into_iter()
-                .map(|(g, v)| (g.unwrap_or_else(|| "(null)".into()), v.unwrap_or(0.0)))
+                .map(|(g, v)| (Metric::group_name(g), v.unwrap_or(0.0)))
                 .collect()
         } else {
             BTreeMap::new()

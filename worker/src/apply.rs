@@ -25,7 +25,7 @@
 //! All of it commits together or not at all.
 
 use crate::error::{BatchError, Result};
-use backfill_shared::brief::{Bound, Brief, OnMissing, Strategy};
+use backfill_shared::brief::{Bound, Brief, Metric, OnMissing, Strategy};
 use backfill_shared::checks::{BatchChecks, MetricGroup, Unmatched};
 use backfill_shared::control::drift::{self, Fingerprints};
 use backfill_shared::control::{batches, batches::RowCounts, log};
@@ -259,17 +259,7 @@ impl WritePlan {
                 .validation
                 .metrics
                 .iter()
-                .map(|m| {
-                    let group = m.by.as_deref().unwrap_or("'all'");
-                    (
-                        m.name.clone(),
-                        format!(
-                            "SELECT ({group})::text, ({expr})::float8 FROM {range} GROUP BY 1 ORDER BY 1",
-                            expr = m.expr,
-                            range = range_of(table)
-                        ),
-                    )
-                })
+                .map(|m| (m.name.clone(), m.query(table, &in_range)))
                 .collect::<Vec<_>>()
         };
         let nulls_after = format!(
@@ -605,6 +595,6 @@ async fn metric_groups(
         .map_err(|e| BatchError::from_sql("a validation metric failed", &e))?;
     Ok(rows
         .into_iter()
-        .map(|(g, v)| (g.unwrap_or_else(|| "(null)".into()), v))
+        .map(|(g, v)| (Metric::group_name(g), v))
         .collect())
 }

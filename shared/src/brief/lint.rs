@@ -886,6 +886,23 @@ retain_days = 7
     }
 
     #[test]
+    fn a_metric_is_measured_by_one_statement() {
+        let m = super::super::Metric {
+            name: "total".into(),
+            expr: "sum(v)".into(),
+            by: Some("date_trunc('year', d)".into()),
+            max_change_pct: None,
+        };
+        assert_eq!(
+            m.query("s.t", "t.d >= $1"),
+            "SELECT (date_trunc('year', d))::text, (sum(v))::float8 FROM s.t t WHERE t.d >= $1 GROUP BY 1 ORDER BY 1"
+        );
+        let all = super::super::Metric { by: None, ..m };
+        assert!(all.query("x", "false").starts_with("SELECT ('all')::text"));
+        assert_eq!(super::super::Metric::group_name(None), "(null)");
+    }
+
+    #[test]
     fn max_duplicate_keys_can_only_be_zero() {
         for bad in ["1", "-1", "\"0\""] {
             assert_eq!(

@@ -183,6 +183,27 @@ pub struct Metric {
     pub max_change_pct: Option<f64>,
 }
 
+impl Metric {
+    /// The one statement that measures this metric per group: over the rows
+    /// of `from` (read as `t`) that `filter` keeps. The preflight prepares it,
+    /// workers run it on a batch's range, `sample` on a slice and `validate` on
+    /// the scope, so all of them measure the same thing.
+    #[must_use]
+    pub fn query(&self, from: &str, filter: &str) -> String {
+        format!(
+            "SELECT ({group})::text, ({expr})::float8 FROM {from} t WHERE {filter} GROUP BY 1 ORDER BY 1",
+            group = self.by.as_deref().unwrap_or("'all'"),
+            expr = self.expr
+        )
+    }
+
+    /// A group as the query returns it, named: a NULL group is "(null)".
+    #[must_use]
+    pub fn group_name(group: Option<String>) -> String {
+        group.unwrap_or_else(|| "(null)".into())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reference {
     pub column: String,
