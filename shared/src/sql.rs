@@ -1,6 +1,14 @@
 //! SQL identifiers from the brief. Every identifier that reaches a statement goes
-//! through [`quote_ident`] or [`TableName::quoted`]; values are always bound
-//! parameters, never spliced.
+//! through [`quote_ident`] or [`TableName::quoted`]; values are bound parameters,
+//! never spliced, except where PostgreSQL takes no parameter (`COMMENT`, a
+//! table's initial copy bounds in DDL): there [`quote_literal`] quotes them.
+//!
+//! Some brief fields are SQL by design, written by the operator and run as
+//! written: `scope.source`, `scope.where`, each metric's `expr` and `by`,
+//! `limits.pause_when` and `dependencies.refresh`. A brief is therefore code:
+//! whoever may write one may run SQL as the coordinator's and workers' roles,
+//! and briefs go through the same review as any code that writes to the
+//! warehouse (the brief's reviewer approves the result, not the text).
 
 use std::fmt;
 

@@ -9,11 +9,11 @@
 //! again resumes after the last step that succeeded.
 
 use super::fingerprint::{self, Fingerprint};
-use super::{maintenance, old_table, swap, writes_live_target};
+use super::{old_table, swap, writes_live_target};
 use crate::{CliError, Result};
-use backfill_shared::control::log;
 use backfill_shared::control::runs::{self, Run, RunState};
 use backfill_shared::control::validations;
+use backfill_shared::control::{log, maintenance};
 use backfill_shared::sql::TableName;
 use sqlx::{AssertSqlSafe, PgPool};
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! A run's life after its batches: the reviewer's approval, cutover (swap and
-//! downstream refresh), rollback, cleanup, and the maintenance marker on a live
-//! target.
+//! downstream refresh), rollback and cleanup. The maintenance marker on a live
+//! target lives with the control plane (`backfill_shared::control::maintenance`).
 //!
 //! States: `running` → `applied` → `approved` → `cut_over`; from any state but
 //! `running`, `rollback` goes through `rolling_back` (resumable) to `rolled_back`.
@@ -9,7 +9,6 @@ pub mod approve;
 pub mod cleanup;
 pub mod cutover;
 pub mod fingerprint;
-pub mod maintenance;
 pub mod rollback;
 pub mod swap;
 

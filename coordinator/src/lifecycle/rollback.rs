@@ -15,10 +15,10 @@
 //! `--force`. Logged, and resumable: a rollback cut short continues from the
 //! batches not yet restored.
 
-use super::{maintenance, swap, writes_live_target};
+use super::{swap, writes_live_target};
 use crate::{CliError, Result};
 use backfill_shared::control::runs::{self, Run, RunState};
-use backfill_shared::control::{IMAGE_AFTER_HASH, log};
+use backfill_shared::control::{IMAGE_AFTER_HASH, log, maintenance};
 use backfill_shared::sql::{TableName, column_list, key_join, quote_ident};
 use sqlx::{AssertSqlSafe, PgPool};
 use std::time::Duration;

@@ -17,7 +17,7 @@ use backfill_shared::brief::{BatchRange, Brief};
 use backfill_shared::checks;
 use backfill_shared::config::Config;
 use backfill_shared::control::runs::{self, NewRun, RunState};
-use backfill_shared::control::{batches, drift, log};
+use backfill_shared::control::{batches, drift, log, maintenance};
 use backfill_shared::gates::{self, Gates};
 use backfill_shared::lease::Leases;
 use backfill_shared::message::{self, Event};
@@ -75,9 +75,7 @@ pub async fn create(
         lifecycle::check_name(&lifecycle::old_table(brief, run_id))?;
         setup.extend(side_table_statements(brief, side));
     }
-    if live {
-        setup.extend(lifecycle::maintenance::mark_statements(brief, run_id));
-    }
+
     // The target's size before the run, for `validate` to compare with.
     let (table_bytes, index_bytes): (i64, i64) =
         sqlx::query_as("SELECT pg_table_size($1::regclass), pg_indexes_size($1::regclass)")
@@ -126,6 +124,7 @@ pub async fn create(
             side_table: side_name.as_deref(),
             fingerprints: &fingerprints,
             setup,
+            marker: live.then(|| maintenance::Marker::of(brief, run_id)),
             params,
         },
     )
@@ -538,7 +537,7 @@ impl Attachment<'_> {
             // Every batch is in: the live target is consistent again.
             if lifecycle::writes_live_target(&run.brief) {
                 let mut conn = pool.acquire().await?;
-                lifecycle::maintenance::clear(&mut conn, &run.brief.scope.target, run_id).await?;
+                maintenance::clear(&mut conn, &run.brief.scope.target, run_id).await?;
             }
             runs::transition(
                 pool,

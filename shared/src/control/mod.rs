@@ -7,6 +7,7 @@
 pub mod batches;
 pub mod drift;
 pub mod log;
+pub mod maintenance;
 pub mod people;
 pub mod runs;
 pub mod validations;

@@ -128,9 +128,11 @@ pub struct NewRun<'a> {
     pub side_table: Option<&'a str>,
     /// Column definitions of the tables the run depends on, for the drift guard.
     pub fingerprints: &'a super::drift::Fingerprints,
-    /// Statements run in the same transaction after the run is recorded
-    /// (creating the before-image or side table, marking maintenance).
+    /// DDL run in the same transaction after the run is recorded (creating the
+    /// before-image or side table), built from quoted identifiers.
     pub setup: Vec<String>,
+    /// The maintenance marker a live target carries while the run writes.
+    pub marker: Option<super::maintenance::Marker>,
     pub params: serde_json::Value,
 }
 
@@ -188,6 +190,9 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
         sqlx::raw_sql(sqlx::AssertSqlSafe(statement.as_str()))
             .execute(&mut *tx)
             .await?;
+    }
+    if let Some(marker) = &new.marker {
+        super::maintenance::mark(&mut tx, marker).await?;
     }
     // Bulk insert in chunks: one statement per 50,000 batches.
     for chunk in new.batches.chunks(50_000) {
