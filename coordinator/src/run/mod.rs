@@ -2,33 +2,42 @@
 //! most `max_in_flight` batches at a time with publisher confirms, consumes the
 //! workers' events, halts on the first failed batch, and finishes when every batch
 //! is applied. The ledger is the record; events only make the coordinator quick.
+//!
+//! - `create.rs`: recording a run (and its image or side table, the marker);
+//! - this file: driving it (attach, fill the window, reconcile, reconnect);
+//! - `events.rs`: counting applied batches and judging them against the limits;
+//! - `publisher.rs`: confirmed batch messages; `guard.rs`: the load guard
+//!   (`pause_when`, `window`); `liveness.rs`: one driver per run, lost batches,
+//!   missing workers; `metrics.rs`: the run's gauges; `progress.rs`: the bar.
 
 use crate::error::{CliError, Result};
 use crate::lifecycle;
 
+mod create;
+mod events;
 mod guard;
 mod liveness;
 mod metrics;
+mod progress;
 mod publisher;
 
+pub use create::create;
+pub use events::accepted_limits;
 pub use metrics::RunMetrics;
 
-use backfill_shared::brief::{BatchRange, Brief};
-use backfill_shared::checks;
+use backfill_shared::brief::BatchRange;
 use backfill_shared::config::Config;
-use backfill_shared::control::runs::{self, NewRun, RunState};
-use backfill_shared::control::{batches, drift, log, maintenance};
+use backfill_shared::control::runs::{self, RunState};
+use backfill_shared::control::{batches, log, maintenance};
 use backfill_shared::gates::{self, Gates};
 use backfill_shared::lease::Leases;
-use backfill_shared::message::{self, Event};
 use backfill_shared::services;
-use backfill_shared::sql::{TableName, quote_ident, quote_literal};
 use backfill_shared::telemetry::RootSpan;
 use backfill_shared::topology::Topology;
 use backon::{BackoffBuilder as _, ExponentialBuilder};
+use events::{EVENTS_PER_ROUND, Tally, halt, on_event, take};
 use futures_util::{FutureExt as _, StreamExt};
 use guard::LoadGuard;
-use indicatif::{ProgressBar, ProgressStyle};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -36,6 +45,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use liveness::{ConsumerChange, Consumers, DriverLock, Sweep};
 use opentelemetry::KeyValue;
+use progress::progress_bar;
 use publisher::BatchPublisher;
 use sqlx::PgPool;
 use std::collections::{HashSet, VecDeque};
@@ -43,129 +53,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info, warn};
 use uuid::Uuid;
-
-/// Records a new run (and its before-image table) in one transaction.
-pub async fn create(
-    pool: &PgPool,
-    brief_text: &str,
-    brief: &Brief,
-    batches: &[BatchRange],
-    operator: &str,
-) -> Result<Uuid> {
-    let run_id = Uuid::new_v4();
-    let target = &brief.scope.target;
-    let live = lifecycle::writes_live_target(brief);
-    let image_table = (live && brief.write.snapshot).then(|| TableName {
-        schema: "backfill".into(),
-        table: format!("image_{}", run_id.simple()),
-    });
-    let side_table = lifecycle::side_table(brief, run_id);
-    let mut setup = Vec::new();
-    if let Some(image) = &image_table {
-        setup.push(format!(
-            "CREATE TABLE {image} (bf_batch_no integer NOT NULL, bf_op \"char\" NOT NULL, LIKE {target} INCLUDING DEFAULTS, {AFTER_HASH} bigint)",
-            AFTER_HASH = backfill_shared::control::IMAGE_AFTER_HASH,
-            image = image.quoted(),
-            target = target.quoted()
-        ));
-        setup.push(format!("CREATE INDEX ON {} (bf_batch_no)", image.quoted()));
-    }
-    if let Some(side) = &side_table {
-        lifecycle::check_name(side)?;
-        lifecycle::check_name(&lifecycle::old_table(brief, run_id))?;
-        setup.extend(side_table_statements(brief, side));
-    }
-
-    // The target's size before the run, for `validate` to compare with.
-    let (table_bytes, index_bytes): (i64, i64) =
-        sqlx::query_as("SELECT pg_table_size($1::regclass), pg_indexes_size($1::regclass)")
-            .bind(target.quoted())
-            .fetch_one(pool)
-            .await?;
-    let params = serde_json::json!({
-        "target_table_bytes": table_bytes,
-        "target_index_bytes": index_bytes,
-        "strategy": brief.write.strategy,
-        "on_missing": brief.write.on_missing,
-        "snapshot": brief.write.snapshot,
-        // The way back the brief states when it keeps no before-images.
-        "without_images": brief.rollback.without_images,
-        "max_unmatched_pct": brief.validation.max_unmatched_pct,
-        "batch_by": brief.scope.batch_by.column,
-        "start": brief.scope.batch_by.start.to_string(),
-        "end": brief.scope.batch_by.end.to_string(),
-        "max_in_flight": brief.limits.max_in_flight,
-        "side_table": side_table.as_ref().map(ToString::to_string),
-    });
-    // The drift guard: what the target and every table the source reads look like now.
-    let mut guarded = vec![target.to_string()];
-    if let Some(first) = batches.first()
-        && let Some(plan) =
-            crate::preflight::explain(pool, &brief.scope.source, first.lo, first.hi).await
-    {
-        for table in drift::tables_in_plan(&plan) {
-            if !guarded.contains(&table) {
-                guarded.push(table);
-            }
-        }
-    }
-    let fingerprints = drift::fingerprints(pool, &guarded).await?;
-    let image_name = image_table.as_ref().map(ToString::to_string);
-    let side_name = side_table.as_ref().map(ToString::to_string);
-    runs::create(
-        pool,
-        &NewRun {
-            run_id,
-            brief_text,
-            brief,
-            operator,
-            batches,
-            image_table: image_name.as_deref(),
-            side_table: side_name.as_deref(),
-            fingerprints: &fingerprints,
-            setup,
-            marker: live.then(|| maintenance::Marker::of(brief, run_id)),
-            params,
-        },
-    )
-    .await
-    .map_err(|e| match e {
-        backfill_shared::control::ControlError::Sql(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P07") => {
-            CliError::BadInput(format!(
-                "{}; a table of that name is in the way of this run: drop or rename it, or set write.new_table",
-                db.message()
-            ))
-        }
-        other => other.into(),
-    })?;
-    Ok(run_id)
-}
-
-/// The table built beside the target: same columns, constraints and indexes, with
-/// the target's rows outside the scope copied over. Batches fill in the scope.
-fn side_table_statements(brief: &Brief, side: &TableName) -> Vec<String> {
-    let target = brief.scope.target.quoted();
-    let by = quote_ident(&brief.scope.batch_by.column);
-    let literal = |b: backfill_shared::brief::Bound| quote_literal(&b.to_string());
-    vec![
-        format!(
-            "CREATE TABLE {} (LIKE {target} INCLUDING ALL)",
-            side.quoted()
-        ),
-        format!(
-            "INSERT INTO {} SELECT * FROM {target} WHERE {by} IS NULL OR {by} < {} OR {by} >= {}{unowned}",
-            side.quoted(),
-            literal(brief.scope.batch_by.start),
-            literal(brief.scope.batch_by.end),
-            unowned = brief
-                .scope
-                .filter
-                .as_deref()
-                .map_or_else(String::new, |w| format!(" OR ({w}) IS NOT TRUE"))
-        ),
-        format!("ANALYZE {}", side.quoted()),
-    ]
-}
 
 /// How a followed run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -648,180 +535,4 @@ impl Attachment<'_> {
         }
         Ok(())
     }
-}
-
-/// Most events taken in one round before the window is filled again.
-const EVENTS_PER_ROUND: usize = 512;
-
-/// One worker event: counts an applied batch (and holds it against the limits),
-/// or reports a failed one. Returns the halt reason, if the run must halt.
-async fn on_event(
-    data: &[u8],
-    tally: &mut Tally,
-    in_flight: &mut HashSet<u32>,
-    run: &runs::Run,
-    accepted: &[String],
-    pool: &PgPool,
-    bar: &ProgressBar,
-) -> Result<Option<String>> {
-    match message::decode_event(data) {
-        Ok(Event::Applied {
-            batch_no,
-            rows_source,
-            rows_inserted,
-            rows_updated,
-            rows_deleted,
-            duration_ms,
-            checks,
-            ..
-        }) => {
-            in_flight.remove(&batch_no);
-            let batch = batches::Applied {
-                batch_no,
-                rows: batches::RowCounts {
-                    source: rows_source,
-                    inserted: rows_inserted,
-                    updated: rows_updated,
-                    deleted: rows_deleted,
-                },
-                duration_ms,
-                checks,
-            };
-            take(tally, &batch, run, accepted, pool, bar).await
-        }
-        Ok(Event::Failed {
-            batch_no,
-            error,
-            kind,
-            ..
-        }) => Ok(Some(format!("batch {batch_no} failed ({kind:?}): {error}"))),
-        Err(e) => {
-            warn!(error = %e, "ignoring an undecodable event");
-            Ok(None)
-        }
-    }
-}
-
-/// What the coordinator has seen applied.
-struct Tally {
-    applied: Vec<bool>,
-    count: usize,
-    rows_written: i64,
-    rows_source: i64,
-}
-
-impl Tally {
-    fn new(total: usize) -> Self {
-        Self {
-            applied: vec![false; total],
-            count: 0,
-            rows_written: 0,
-            rows_source: 0,
-        }
-    }
-
-    fn has(&self, batch_no: u32) -> bool {
-        self.applied
-            .get(batch_no as usize)
-            .copied()
-            .unwrap_or(false)
-    }
-
-    /// Counts a batch once. `false` if it was already counted.
-    fn record(&mut self, batch: &batches::Applied) -> bool {
-        match self.applied.get_mut(batch.batch_no as usize) {
-            Some(slot) if !*slot => {
-                *slot = true;
-                self.count += 1;
-                self.rows_written += batch.rows.inserted + batch.rows.updated + batch.rows.deleted;
-                self.rows_source += batch.rows.source;
-                true
-            }
-            _ => false,
-        }
-    }
-}
-
-/// Counts a newly applied batch and holds its figures against the brief's limits.
-/// Returns the halt reason when it broke one (each breach is logged).
-async fn take(
-    tally: &mut Tally,
-    batch: &batches::Applied,
-    run: &runs::Run,
-    accepted: &[String],
-    pool: &PgPool,
-    bar: &ProgressBar,
-) -> Result<Option<String>> {
-    if !tally.record(batch) {
-        return Ok(None);
-    }
-    bar.set_position(tally.count as u64);
-    bar.set_message(format!("{} rows written", tally.rows_written));
-    let breaches = checks::evaluate(
-        &run.brief,
-        batch.batch_no,
-        &batch.checks,
-        tally.rows_source,
-        accepted,
-    );
-    if breaches.is_empty() {
-        return Ok(None);
-    }
-    for b in &breaches {
-        log::append(
-            pool,
-            run.run_id,
-            "coordinator",
-            "limit_breached",
-            Some(b.batch_no),
-            serde_json::to_value(b).unwrap_or_default(),
-        )
-        .await?;
-    }
-    let reasons = breaches
-        .iter()
-        .map(|b| b.message.as_str())
-        .collect::<Vec<_>>()
-        .join("; ");
-    Ok(Some(format!("limit breached: {reasons}")))
-}
-
-/// Limits an operator accepted breaches of (`backfill resume --accept`).
-pub async fn accepted_limits(pool: &PgPool, run_id: Uuid) -> Result<Vec<String>> {
-    Ok(sqlx::query_scalar(
-        "SELECT DISTINCT jsonb_array_elements_text(detail->'limits') FROM backfill.run_log
-          WHERE run_id = $1 AND event = 'breach_accepted'",
-    )
-    .bind(run_id)
-    .fetch_all(pool)
-    .await?)
-}
-
-async fn halt(pool: &PgPool, run_id: Uuid, operator: &str, reason: &str) -> Result<Finish> {
-    runs::transition(
-        pool,
-        run_id,
-        &[RunState::Running],
-        RunState::Halted,
-        operator,
-        Some(reason),
-    )
-    .await?;
-    warn!(run.id = %run_id, %reason, "run halted");
-    Ok(Finish::Halted(reason.to_owned()))
-}
-
-fn progress_bar(enabled: bool, total: usize, done: usize) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total as u64);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} batches · {msg} · ETA {eta}",
-    ) {
-        bar.set_style(style);
-    }
-    bar.set_position(done as u64);
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
 }

@@ -1,0 +1,135 @@
+//! Recording a run: the run, every batch, the before-image or side table, the
+//! maintenance marker and the drift guard's fingerprints, in one transaction,
+//! before anything is published.
+
+use crate::error::{CliError, Result};
+use crate::lifecycle;
+use backfill_shared::brief::{BatchRange, Brief};
+use backfill_shared::control::runs::{self, NewRun};
+use backfill_shared::control::{drift, maintenance};
+use backfill_shared::sql::{TableName, quote_ident, quote_literal};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Records a new run (and its before-image table) in one transaction.
+pub async fn create(
+    pool: &PgPool,
+    brief_text: &str,
+    brief: &Brief,
+    batches: &[BatchRange],
+    operator: &str,
+) -> Result<Uuid> {
+    let run_id = Uuid::new_v4();
+    let target = &brief.scope.target;
+    let live = lifecycle::writes_live_target(brief);
+    let image_table = (live && brief.write.snapshot).then(|| TableName {
+        schema: "backfill".into(),
+        table: format!("image_{}", run_id.simple()),
+    });
+    let side_table = lifecycle::side_table(brief, run_id);
+    let mut setup = Vec::new();
+    if let Some(image) = &image_table {
+        setup.push(format!(
+            "CREATE TABLE {image} (bf_batch_no integer NOT NULL, bf_op \"char\" NOT NULL, LIKE {target} INCLUDING DEFAULTS, {AFTER_HASH} bigint)",
+            AFTER_HASH = backfill_shared::control::IMAGE_AFTER_HASH,
+            image = image.quoted(),
+            target = target.quoted()
+        ));
+        setup.push(format!("CREATE INDEX ON {} (bf_batch_no)", image.quoted()));
+    }
+    if let Some(side) = &side_table {
+        lifecycle::check_name(side)?;
+        lifecycle::check_name(&lifecycle::old_table(brief, run_id))?;
+        setup.extend(side_table_statements(brief, side));
+    }
+
+    // The target's size before the run, for `validate` to compare with.
+    let (table_bytes, index_bytes): (i64, i64) =
+        sqlx::query_as("SELECT pg_table_size($1::regclass), pg_indexes_size($1::regclass)")
+            .bind(target.quoted())
+            .fetch_one(pool)
+            .await?;
+    let params = serde_json::json!({
+        "target_table_bytes": table_bytes,
+        "target_index_bytes": index_bytes,
+        "strategy": brief.write.strategy,
+        "on_missing": brief.write.on_missing,
+        "snapshot": brief.write.snapshot,
+        // The way back the brief states when it keeps no before-images.
+        "without_images": brief.rollback.without_images,
+        "max_unmatched_pct": brief.validation.max_unmatched_pct,
+        "batch_by": brief.scope.batch_by.column,
+        "start": brief.scope.batch_by.start.to_string(),
+        "end": brief.scope.batch_by.end.to_string(),
+        "max_in_flight": brief.limits.max_in_flight,
+        "side_table": side_table.as_ref().map(ToString::to_string),
+    });
+    // The drift guard: what the target and every table the source reads look like now.
+    let mut guarded = vec![target.to_string()];
+    if let Some(first) = batches.first()
+        && let Some(plan) =
+            crate::preflight::explain(pool, &brief.scope.source, first.lo, first.hi).await
+    {
+        for table in drift::tables_in_plan(&plan) {
+            if !guarded.contains(&table) {
+                guarded.push(table);
+            }
+        }
+    }
+    let fingerprints = drift::fingerprints(pool, &guarded).await?;
+    let image_name = image_table.as_ref().map(ToString::to_string);
+    let side_name = side_table.as_ref().map(ToString::to_string);
+    runs::create(
+        pool,
+        &NewRun {
+            run_id,
+            brief_text,
+            brief,
+            operator,
+            batches,
+            image_table: image_name.as_deref(),
+            side_table: side_name.as_deref(),
+            fingerprints: &fingerprints,
+            setup,
+            marker: live.then(|| maintenance::Marker::of(brief, run_id)),
+            params,
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        backfill_shared::control::ControlError::Sql(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P07") => {
+            CliError::BadInput(format!(
+                "{}; a table of that name is in the way of this run: drop or rename it, or set write.new_table",
+                db.message()
+            ))
+        }
+        other => other.into(),
+    })?;
+    Ok(run_id)
+}
+
+/// The table built beside the target: same columns, constraints and indexes, with
+/// the target's rows outside the scope copied over. Batches fill in the scope.
+fn side_table_statements(brief: &Brief, side: &TableName) -> Vec<String> {
+    let target = brief.scope.target.quoted();
+    let by = quote_ident(&brief.scope.batch_by.column);
+    let literal = |b: backfill_shared::brief::Bound| quote_literal(&b.to_string());
+    vec![
+        format!(
+            "CREATE TABLE {} (LIKE {target} INCLUDING ALL)",
+            side.quoted()
+        ),
+        format!(
+            "INSERT INTO {} SELECT * FROM {target} WHERE {by} IS NULL OR {by} < {} OR {by} >= {}{unowned}",
+            side.quoted(),
+            literal(brief.scope.batch_by.start),
+            literal(brief.scope.batch_by.end),
+            unowned = brief
+                .scope
+                .filter
+                .as_deref()
+                .map_or_else(String::new, |w| format!(" OR ({w}) IS NOT TRUE"))
+        ),
+        format!("ANALYZE {}", side.quoted()),
+    ]
+}
