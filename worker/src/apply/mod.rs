@@ -1,0 +1,301 @@
+//! The warehouse transaction of one batch:
+//!
+//! 1. run the brief's source for `[lo, hi)` into the run's working set (a
+//!    temporary table per connection, emptied at commit);
+//! 2. if the source yielded nothing and the range holds no rows, skip to 5;
+//! 3. check the drift guard and the grain: no duplicate or null keys, every row
+//!    inside the batch range (and matching `scope.where`, when given);
+//! 4. measure the metrics before, write by strategy, saving before-images of
+//!    every row changed (when the target is live and `snapshot = true`), count
+//!    the range's rows the source did not reproduce (unmatched), measure the
+//!    metrics after, NULLs and orphaned references:
+//!    - `merge` (and the tables staging-swap and parallel-version build): one
+//!      upsert of new and changed rows (`IS DISTINCT FROM`) that also saves the
+//!      before-images of the rows it updates, with a hash of what it wrote;
+//!      then delete (and count) the rows of the range the source no longer
+//!      yields (`on_missing = "delete"`), or count them (`"keep"`);
+//!    - `partition-overwrite`: delete the range, counting the rows the source
+//!      does not yield again, and insert the source rows;
+//! 5. lock the batch's ledger row and check the fencing token (a stale worker
+//!    rolls back), mark the batch applied with its figures, append to the run log.
+//!
+//! Every statement on the range is narrowed to the rows the backfill owns
+//! (`scope.where`).
+//!
+//! All of it commits together or not at all.
+
+mod statements;
+
+pub use statements::WritePlan;
+use statements::{Binds, Counts, RangeRows};
+
+use crate::error::{BatchError, Result};
+use backfill_shared::brief::{Bound, Metric};
+use backfill_shared::checks::{BatchChecks, MetricGroup, Unmatched};
+use backfill_shared::control::drift;
+use backfill_shared::control::{batches, batches::RowCounts, log};
+use sqlx::{AssertSqlSafe, PgPool};
+use uuid::Uuid;
+
+/// One batch to apply.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchWork {
+    pub run_id: Uuid,
+    pub batch_no: u32,
+    pub lo: Bound,
+    pub hi: Bound,
+    pub fence: i64,
+}
+
+/// Applies one batch in one transaction. Returns its row counts.
+pub async fn apply(
+    pool: &PgPool,
+    plan: &WritePlan,
+    work: BatchWork,
+    worker: &str,
+) -> Result<BatchOutcome> {
+    let (tx, outcome) = prepare(pool, plan, work, worker).await?;
+    tx.commit()
+        .await
+        .map_err(|e| BatchError::from_sql("commit", &e))?;
+    Ok(outcome)
+}
+
+/// Everything [`apply`] does but the commit: the caller commits the transaction
+/// once it knows it may (its lease is still held), or drops it to roll back.
+pub async fn prepare(
+    pool: &PgPool,
+    plan: &WritePlan,
+    work: BatchWork,
+    worker: &str,
+) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, BatchOutcome)> {
+    let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, &e);
+    let mut tx = pool.begin().await.map_err(sql("begin"))?;
+
+    sqlx::raw_sql(AssertSqlSafe(plan.create_working_set.as_str()))
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("create working set"))?;
+    let source = sqlx::query(AssertSqlSafe(plan.fill_working_set.as_str()))
+        .bind(work.lo)
+        .bind(work.hi)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("the brief's source query failed"))?
+        .rows_affected();
+    let source = i64::try_from(source).unwrap_or(i64::MAX);
+    let mut rows = RowCounts {
+        source,
+        ..RowCounts::default()
+    };
+    let mut checks = BatchChecks::default();
+    // A batch whose source yields nothing for a range without rows changes and
+    // leaves nothing: skip the checks and the writes (sparse key ranges and
+    // empty days are common). With rows in the range, every one of them is
+    // unmatched, and the guard must see them.
+    let idle = source == 0
+        && !sqlx::query_scalar::<_, bool>(AssertSqlSafe(plan.range_has_rows.as_str()))
+            .bind(work.lo)
+            .bind(work.hi)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(sql("looking at the batch's range"))?;
+    if !idle {
+        write(&mut tx, plan, work, &mut rows, &mut checks).await?;
+    }
+
+    // The fence is checked last, under the batch row's lock held to commit: a
+    // worker that stalled (SIGSTOP, a long GC, a partition) while a newer claim
+    // applied the batch is refused here, and a stalled worker never blocks the
+    // newer one's claim before it gets this far.
+    if !batches::fence_is_current(&mut tx, work.run_id, work.batch_no, work.fence).await? {
+        return Err(BatchError::Stale {
+            batch_no: work.batch_no,
+            mine: work.fence,
+        });
+    }
+    batches::mark_applied(&mut tx, work.run_id, work.batch_no, rows, &checks).await?;
+    log::append(
+        &mut *tx,
+        work.run_id,
+        worker,
+        "batch_applied",
+        Some(work.batch_no),
+        serde_json::json!({ "fence": work.fence, "rows": rows }),
+    )
+    .await?;
+    Ok((tx, BatchOutcome { rows, checks }))
+}
+
+/// The checks and writes of a batch whose source yielded rows (or whose range
+/// must lose rows): drift guard, grain, metrics before, the strategy's
+/// statements, metrics after, NULLs and orphans.
+async fn write(
+    tx: &mut sqlx::PgConnection,
+    plan: &WritePlan,
+    work: BatchWork,
+    rows: &mut RowCounts,
+    checks: &mut BatchChecks,
+) -> Result<()> {
+    let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, &e);
+    let batch = i32::try_from(work.batch_no)
+        .map_err(|_| BatchError::Permanent("batch number out of range".into()))?;
+    if !plan.fingerprints.is_empty() {
+        let tables: Vec<String> = plan.fingerprints.keys().cloned().collect();
+        let now = drift::fingerprints(&mut *tx, &tables).await?;
+        let changed = drift::changes(&plan.fingerprints, &now);
+        if !changed.is_empty() {
+            return Err(BatchError::Permanent(format!(
+                "drift guard: a table this run depends on changed since it started: {}. \
+                 Check the deploy; roll back or cancel this run and plan again",
+                changed.join("; ")
+            )));
+        }
+    }
+
+    let (duplicates, null_keys, outside, unowned): (i64, i64, i64, i64) =
+        sqlx::query_as(AssertSqlSafe(plan.check_grain.as_str()))
+            .bind(work.lo)
+            .bind(work.hi)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(sql("grain check"))?;
+    if duplicates > 0 {
+        return Err(BatchError::Permanent(format!(
+            "duplicate grain: the source yielded {duplicates} key(s) more than once in [{}, {}); \
+             the target allows one row per key — fix the source (a join that fans out?)",
+            work.lo, work.hi
+        )));
+    }
+    if null_keys > 0 {
+        return Err(BatchError::Permanent(format!(
+            "the source yielded {null_keys} row(s) with a NULL key in [{}, {}); every row needs its key",
+            work.lo, work.hi
+        )));
+    }
+    if outside > 0 {
+        return Err(BatchError::Permanent(format!(
+            "the source yielded {outside} row(s) whose batch_by value lies outside [{}, {}); \
+             filter the source on $1 and $2 so batches do not overlap",
+            work.lo, work.hi
+        )));
+    }
+    if unowned > 0 {
+        return Err(BatchError::Permanent(format!(
+            "the source yielded {unowned} row(s) in [{}, {}) that scope.where does not match; \
+             the backfill owns only the rows it matches — filter the source the same way",
+            work.lo, work.hi
+        )));
+    }
+
+    let mut before = Vec::new();
+    for (metric, query) in &plan.metrics_before {
+        before.push((metric, metric_groups(tx, query, work).await?));
+    }
+
+    for step in &plan.steps {
+        let q = sqlx::query(AssertSqlSafe(step.sql.as_str()));
+        let q = match step.binds {
+            Binds::Batch => q.bind(batch),
+            Binds::Range => q.bind(work.lo).bind(work.hi),
+            Binds::RangeAndBatch => q.bind(work.lo).bind(work.hi).bind(batch),
+            Binds::None => q,
+        };
+        if step.counts == Counts::Inserted {
+            let n = q
+                .execute(&mut *tx)
+                .await
+                .map_err(sql(step.what))?
+                .rows_affected();
+            rows.inserted += i64::try_from(n).unwrap_or(i64::MAX);
+            continue;
+        }
+        use sqlx::Row as _;
+        let row = q.fetch_one(&mut *tx).await.map_err(sql(step.what))?;
+        let count = |i: usize| row.try_get::<i64, _>(i).map_err(sql(step.what));
+        match step.counts {
+            Counts::InsertedAndUpdated => {
+                rows.inserted += count(0)?;
+                rows.updated += count(1)?;
+            }
+            Counts::DeletedAndUnmatched => {
+                rows.deleted += count(0)?;
+                checks.unmatched.rows += count(1)?;
+                checks.unmatched.at_lower_bound += count(2)?;
+            }
+            Counts::Unmatched => {
+                checks.unmatched = Unmatched {
+                    rows: count(0)?,
+                    at_lower_bound: count(1)?,
+                    range_rows: count(2)?,
+                };
+            }
+            Counts::Inserted => {}
+        }
+    }
+    match plan.range_rows {
+        RangeRows::Deleted => checks.unmatched.range_rows = rows.deleted,
+        // Every source row either inserted a key or met the range's row of it.
+        RangeRows::MatchedAndDeleted => {
+            checks.unmatched.range_rows = rows.source - rows.inserted + checks.unmatched.rows;
+        }
+        RangeRows::Measured => {}
+    }
+    for ((metric, before), (_, query)) in before.into_iter().zip(&plan.metrics_after) {
+        let after = metric_groups(tx, query, work).await?;
+        let mut groups: Vec<&String> = before.keys().chain(after.keys()).collect();
+        groups.sort();
+        groups.dedup();
+        checks
+            .metrics
+            .extend(groups.into_iter().map(|g| MetricGroup {
+                metric: metric.clone(),
+                group: g.clone(),
+                before: before.get(g).copied().flatten(),
+                after: after.get(g).copied().flatten(),
+            }));
+    }
+    let nulls: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(plan.nulls_after.as_str()))
+        .bind(work.lo)
+        .bind(work.hi)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(sql("counting NULLs"))?;
+    checks.nulls = plan.null_columns.iter().cloned().zip(nulls).collect();
+    for (column, query) in &plan.orphans_after {
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(query.as_str()))
+            .bind(work.lo)
+            .bind(work.hi)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(sql("checking references"))?;
+        checks.orphans.push((column.clone(), n));
+    }
+
+    Ok(())
+}
+
+/// What one applied batch wrote and measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchOutcome {
+    pub rows: RowCounts,
+    pub checks: BatchChecks,
+}
+
+/// A metric's value per group on the batch's range.
+async fn metric_groups(
+    tx: &mut sqlx::PgConnection,
+    query: &str,
+    work: BatchWork,
+) -> Result<std::collections::BTreeMap<String, Option<f64>>> {
+    let rows: Vec<(Option<String>, Option<f64>)> = sqlx::query_as(AssertSqlSafe(query))
+        .bind(work.lo)
+        .bind(work.hi)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| BatchError::from_sql("a validation metric failed", &e))?;
+    Ok(rows
+        .into_iter()
+        .map(|(g, v)| (Metric::group_name(g), v))
+        .collect())
+}
