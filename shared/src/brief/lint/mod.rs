@@ -1,0 +1,505 @@
+//! The static lint of a brief: everything that can be checked from the text alone.
+//! It never stops at the first problem; an operator fixes a brief in one pass.
+
+use super::reader::{Reader, open_section, read_tables};
+use super::{
+    Brief, Dependencies, Limits, Meta, Metric, OnMissing, Reference, Risk, Rollback, Strategy,
+    Validation, Window, Write,
+};
+use crate::sql::TableName;
+use scope::read_scope;
+use std::fmt;
+use toml::{Table, Value};
+
+/// One thing wrong with a brief: the field (`scope.batch_by.step`) and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+pub(super) const SECTIONS: &[(&str, &str)] = &[
+    ("brief", "name, reason, owner, reviewer and risk"),
+    ("scope", "target, key, columns, batch_by and source"),
+    ("write", "strategy, on_missing and snapshot"),
+    (
+        "dependencies",
+        "downstream and stakeholders (empty lists if truly none)",
+    ),
+    ("validation", "max_duplicate_keys = 0, and metrics to watch"),
+    ("limits", "max_in_flight"),
+    ("rollback", "plan and retain_days"),
+];
+
+pub(super) fn lint(text: &str) -> Result<Brief, Vec<Problem>> {
+    let doc: Table = match toml::from_str(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            return Err(vec![Problem {
+                field: "brief".into(),
+                message: format!("not valid TOML: {}", e.to_string().trim()),
+            }]);
+        }
+    };
+    let mut problems = Vec::new();
+    // PostgreSQL text cannot hold NUL: refuse it here, not as a failed run.
+    for (key, value) in &doc {
+        nul_characters(value, key, &mut problems);
+    }
+    for key in doc.keys() {
+        if !SECTIONS.iter().any(|(s, _)| s == key) {
+            problems.push(Problem {
+                field: key.clone(),
+                message: format!(
+                    "unknown section; the sections are {}",
+                    SECTIONS
+                        .iter()
+                        .map(|(s, _)| format!("[{s}]"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+    }
+    // Problems of whole sections first, then of their fields, in document order.
+    let mut fields = Vec::new();
+    let meta = section(&doc, "brief", &mut problems, &mut fields, read_meta);
+    let scope = section(&doc, "scope", &mut problems, &mut fields, read_scope);
+    let write = section(&doc, "write", &mut problems, &mut fields, read_write);
+    let dependencies = section(
+        &doc,
+        "dependencies",
+        &mut problems,
+        &mut fields,
+        read_dependencies,
+    );
+    let validation = section(
+        &doc,
+        "validation",
+        &mut problems,
+        &mut fields,
+        read_validation,
+    );
+    let limits = section(&doc, "limits", &mut problems, &mut fields, read_limits);
+    let rollback = section(&doc, "rollback", &mut problems, &mut fields, read_rollback);
+    problems.extend(fields);
+    if let (Some(scope), Some(validation)) = (&scope, &validation) {
+        for (i, case) in validation.edge_cases.iter().enumerate() {
+            if case.len() != scope.key.len() {
+                problems.push(Problem {
+                    field: format!("validation.edge_cases[{i}]"),
+                    message: format!(
+                        "has {} value(s) but the key has {} column(s) ({})",
+                        case.len(),
+                        scope.key.len(),
+                        scope.key.join(", ")
+                    ),
+                });
+            }
+        }
+    }
+
+    if let (Some(meta), Some(write), Some(rollback)) = (&meta, &write, &rollback) {
+        problems.extend(way_back(meta, write, rollback));
+    }
+
+    match (
+        meta,
+        scope,
+        write,
+        dependencies,
+        validation,
+        limits,
+        rollback,
+    ) {
+        (
+            Some(meta),
+            Some(scope),
+            Some(write),
+            Some(dependencies),
+            Some(validation),
+            Some(limits),
+            Some(rollback),
+        ) if problems.is_empty() => Ok(Brief {
+            meta,
+            scope,
+            write,
+            dependencies,
+            validation,
+            limits,
+            rollback,
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// Reads section `name` of `doc` with `read`: a missing or blank section is a
+/// problem of its own (`sections`), a bad or unknown field one of `fields`.
+fn section<T>(
+    doc: &Table,
+    name: &'static str,
+    sections: &mut Vec<Problem>,
+    fields: &mut Vec<Problem>,
+    read: impl FnOnce(&mut Reader<'_>) -> Option<T>,
+) -> Option<T> {
+    let empty = Table::new();
+    let mut r = open_section(doc, &empty, name, sections);
+    let value = read(&mut r);
+    fields.extend(r.finish());
+    value
+}
+
+/// Every string of the document holding a NUL character, by field.
+fn nul_characters(value: &Value, path: &str, problems: &mut Vec<Problem>) {
+    match value {
+        Value::String(s) if s.contains('\0') => problems.push(Problem {
+            field: path.to_owned(),
+            message: "holds a NUL character (\\u0000), which PostgreSQL cannot store; remove it"
+                .into(),
+        }),
+        Value::Table(t) => {
+            for (k, v) in t {
+                nul_characters(v, &format!("{path}.{k}"), problems);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                nul_characters(v, &format!("{path}[{i}]"), problems);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// No silent loss of the way back: a live write of history that matters keeps
+/// before-images or names another recovery path, and the rollback plan does not
+/// promise images the run will not keep.
+fn way_back(meta: &Meta, write: &Write, rollback: &Rollback) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let live = write.strategy.writes_live_target();
+    let matters = matches!(meta.risk, Risk::MetricChanging | Risk::ProductionCritical);
+    if write.snapshot {
+        if rollback.without_images.is_some() {
+            problems.push(Problem {
+                field: "rollback.without_images".into(),
+                message: "applies only with write.snapshot = false; this run keeps before-images, so remove it".into(),
+            });
+        }
+        return problems;
+    }
+    if live && matters && rollback.without_images.is_none() {
+        problems.push(Problem {
+            field: "write.snapshot".into(),
+            message: format!(
+                "a {} {} brief rewrites the live target, and without before-images nothing can undo it: \
+                 set snapshot = true, or name the other way back in rollback.without_images \
+                 (e.g. \"nightly snapshot s3://... restores it\")",
+                meta.risk, write.strategy
+            ),
+        });
+    }
+    let plan = rollback.plan.to_ascii_lowercase();
+    if live
+        && ["before-image", "before image", "beforeimage"]
+            .iter()
+            .any(|w| plan.contains(w))
+    {
+        problems.push(Problem {
+            field: "rollback.plan".into(),
+            message: "relies on before-images, but write.snapshot = false keeps none: set snapshot = true, or describe the real way back".into(),
+        });
+    }
+    problems
+}
+
+fn read_meta(r: &mut Reader<'_>) -> Option<Meta> {
+    let name = r.text("name", "a slug such as \"order-revenue-refunds\"");
+    let name = name.filter(|n| {
+        let ok = n.len() <= 48
+            && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && n.starts_with(|c: char| c.is_ascii_lowercase());
+        if !ok {
+            r.problem(
+                "name",
+                format!("{n:?} is not a slug; use lowercase letters, digits and '-', starting with a letter, at most 48 characters"),
+            );
+        }
+        ok
+    });
+    let reason = r.text("reason", "why history must change, in plain words");
+    let owner = r.text("owner", "the operator who runs it");
+    let reviewer = r.text("reviewer", "who approves validation and cutover");
+    if let (Some(o), Some(rv)) = (&owner, &reviewer)
+        && o.eq_ignore_ascii_case(rv)
+    {
+        r.problem(
+            "reviewer",
+            format!("is the owner ({o}); name a second person to review"),
+        );
+        return None;
+    }
+    let risk = r.choice("risk", Risk::NAMES, Risk::from_name);
+    Some(Meta {
+        name: name?,
+        reason: reason?,
+        owner: owner?,
+        reviewer: reviewer?,
+        risk: risk?,
+    })
+}
+
+fn read_write(r: &mut Reader<'_>) -> Option<Write> {
+    let strategy = r.choice("strategy", Strategy::NAMES, Strategy::from_name);
+    let on_missing = r.choice("on_missing", OnMissing::NAMES, OnMissing::from_name);
+    let snapshot = r.boolean("snapshot", "true to keep before-images for rollback");
+    let new_table = match r.opt_text("new_table", "\"schema.table\" for the parallel version") {
+        Ok(Some(t)) => {
+            match TableName::parse(&t) {
+                Some(name) if name.table.len() <= 63 => Some(Some(name)),
+                _ => {
+                    r.problem("new_table", format!("{t:?} is not a table name of at most 63 characters; write \"schema.table\""));
+                    None
+                }
+            }
+        }
+        Ok(None) => Some(None),
+        Err(()) => None,
+    };
+    if strategy.is_some_and(|s| s != Strategy::ParallelVersion)
+        && matches!(new_table, Some(Some(_)))
+    {
+        r.problem(
+            "new_table",
+            "only a parallel-version backfill builds a new table; remove it or change the strategy",
+        );
+        return None;
+    }
+    Some(Write {
+        strategy: strategy?,
+        on_missing: on_missing?,
+        snapshot: snapshot?,
+        new_table: new_table?,
+    })
+}
+
+fn read_dependencies(r: &mut Reader<'_>) -> Option<Dependencies> {
+    let downstream = r.list("downstream", true, false);
+    let refresh = r.list("refresh", false, false);
+    let stakeholders = r.list("stakeholders", true, false);
+    Some(Dependencies {
+        downstream: downstream?,
+        refresh: refresh?,
+        stakeholders: stakeholders?,
+    })
+}
+
+fn read_validation(r: &mut Reader<'_>) -> Option<Validation> {
+    // The key is unique in the target: a batch whose source yields a key twice
+    // fails as a duplicate grain, so no other figure could mean anything.
+    let max_duplicate_keys = match r.get("max_duplicate_keys") {
+        None => {
+            r.missing("max_duplicate_keys", "0");
+            None
+        }
+        Some(Value::Integer(0)) => Some(()),
+        Some(_) => {
+            r.problem(
+                "max_duplicate_keys",
+                "must be 0: the target's key is unique, so a batch whose source yields a key twice fails as a duplicate grain, whatever this says; write max_duplicate_keys = 0",
+            );
+            None
+        }
+    };
+    let metrics = read_tables(r, "metrics", |r, t, i| {
+        let field = |k: &str| format!("metrics[{i}].{k}");
+        let text = |r: &mut Reader<'_>, k: &str, required: bool| match t.get(k) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(Some(s.trim().to_owned())),
+            None if !required => Some(None),
+            _ => {
+                r.problem(&field(k), "must be a non-blank string");
+                None
+            }
+        };
+        let name = text(r, "name", true);
+        let expr = text(r, "expr", true);
+        let by = text(r, "by", false);
+        let max_change_pct = match t.get("max_change_pct") {
+            None => Some(None),
+            Some(Value::Integer(i)) if *i >= 0 => Some(Some(*i as f64)),
+            Some(Value::Float(f)) if *f >= 0.0 && f.is_finite() => Some(Some(*f)),
+            Some(_) => {
+                r.problem(
+                    &field("max_change_pct"),
+                    "must be a non-negative number (percent)",
+                );
+                None
+            }
+        };
+        for k in t.keys() {
+            if !["name", "expr", "by", "max_change_pct"].contains(&k.as_str()) {
+                r.problem(
+                    &field(k),
+                    "unknown field; the fields are name, expr, by, max_change_pct",
+                );
+            }
+        }
+        Some(Metric {
+            name: name??,
+            expr: expr??,
+            by: by?,
+            max_change_pct: max_change_pct?,
+        })
+    });
+    let references = read_tables(r, "references", |r, t, i| {
+        let mut text = |k: &str| match t.get(k) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            _ => {
+                r.problem(
+                    &format!("references[{i}].{k}"),
+                    "must be a non-blank string",
+                );
+                None
+            }
+        };
+        let column = text("column");
+        let references = text("references");
+        let reference = Reference {
+            column: column?,
+            references: references?,
+        };
+        if reference.parent().is_none() {
+            r.problem(
+                &format!("references[{i}].references"),
+                format!(
+                    "{:?} is not a parent; write \"schema.table(column)\"",
+                    reference.references
+                ),
+            );
+            return None;
+        }
+        Some(reference)
+    });
+    let max_unmatched_pct = match r.get("max_unmatched_pct") {
+        None => Some(super::DEFAULT_MAX_UNMATCHED_PCT),
+        Some(Value::Integer(i)) if (0..=100).contains(i) => Some(*i as f64),
+        Some(Value::Float(f)) if (0.0..=100.0).contains(f) => Some(*f),
+        Some(_) => {
+            r.problem(
+                "max_unmatched_pct",
+                "must be a number from 0 to 100: the percent of a batch range's rows the source may leave without a counterpart (0 forbids any)",
+            );
+            None
+        }
+    };
+    let edge_cases = read_edge_cases(r);
+    max_duplicate_keys?;
+    Some(Validation {
+        max_unmatched_pct: max_unmatched_pct?,
+        metrics: metrics?,
+        references: references?,
+        edge_cases: edge_cases?,
+    })
+}
+
+/// `edge_cases = [1, 32]` for a one-column key, `[[1, "a"], ...]` for a composite one.
+fn read_edge_cases(r: &mut Reader<'_>) -> Option<Vec<Vec<String>>> {
+    let Some(v) = r.get("edge_cases") else {
+        return Some(Vec::new());
+    };
+    let Value::Array(items) = v else {
+        r.problem(
+            "edge_cases",
+            "must be a list of keys, e.g. [1, 32] or [[1, \"a\"]]",
+        );
+        return None;
+    };
+    let scalar = |v: &Value| match v {
+        Value::Integer(i) => Some(i.to_string()),
+        Value::String(s) => Some(s.clone()),
+        Value::Datetime(d) => Some(d.to_string()),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = match item {
+            Value::Array(parts) => parts.iter().map(scalar).collect::<Option<Vec<_>>>(),
+            other => scalar(other).map(|s| vec![s]),
+        };
+        match key {
+            Some(k) => out.push(k),
+            None => {
+                r.problem(
+                    &format!("edge_cases[{i}]"),
+                    "must be a key value (integer, string, date) or a list of them",
+                );
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+fn read_limits(r: &mut Reader<'_>) -> Option<Limits> {
+    let max_in_flight = r
+        .integer(
+            "max_in_flight",
+            1,
+            10_000,
+            "the most batches queued or running at once, e.g. 4",
+        )
+        .and_then(|n| u32::try_from(n).ok());
+    let pause_when = r
+        .opt_text("pause_when", "a SELECT returning one boolean")
+        .ok();
+    let window = match r.opt_text("window", "hours in UTC such as \"22:00-06:00\"") {
+        Ok(Some(w)) => {
+            match Window::parse(&w) {
+                Some(window) => Some(Some(window)),
+                None => {
+                    r.problem("window", format!("{w:?} is not a window; write \"HH:MM-HH:MM\" in UTC, e.g. \"22:00-06:00\""));
+                    None
+                }
+            }
+        }
+        Ok(None) => Some(None),
+        Err(()) => None,
+    };
+    Some(Limits {
+        max_in_flight: max_in_flight?,
+        pause_when: pause_when?,
+        window: window?,
+    })
+}
+
+fn read_rollback(r: &mut Reader<'_>) -> Option<Rollback> {
+    let plan = r.text("plan", "how to undo this run");
+    let retain_days = r
+        .integer(
+            "retain_days",
+            0,
+            3650,
+            "how many days to keep before-images, e.g. 14",
+        )
+        .and_then(|n| u32::try_from(n).ok());
+    let without_images = r
+        .opt_text(
+            "without_images",
+            "the way back without before-images, e.g. \"nightly snapshot s3://... restores it\"",
+        )
+        .ok();
+    Some(Rollback {
+        plan: plan?,
+        retain_days: retain_days?,
+        without_images: without_images?,
+    })
+}
+
+mod scope;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,261 @@
+//! Unit tests of the lint: one brief that passes, and each rule's refusal.
+
+use super::super::{Bound, Brief, OnMissing, Strategy};
+
+const GOOD: &str = r#"
+[brief]
+name = "fix-dates"
+reason = "Late events were dated by arrival."
+owner = "alice"
+reviewer = "bob"
+risk = "low-risk-enrichment"
+
+[scope]
+target = "events"
+key = ["id"]
+columns = ["day"]
+batch_by = { column = "created", start = 2025-01-01, end = "2025-03-01", step = "1 month" }
+source = "SELECT id, created, created::date AS day FROM raw WHERE created >= $1 AND created < $2"
+
+[write]
+strategy = "merge"
+on_missing = "keep"
+snapshot = true
+
+[dependencies]
+downstream = []
+stakeholders = ["ops"]
+
+[validation]
+max_duplicate_keys = 0
+
+[limits]
+max_in_flight = 2
+
+[rollback]
+plan = "restore before-images"
+retain_days = 7
+"#;
+
+fn fields(text: &str) -> Vec<String> {
+    Brief::parse(text)
+        .unwrap_err()
+        .problems
+        .into_iter()
+        .map(|p| p.field)
+        .collect()
+}
+
+#[test]
+fn a_complete_brief_parses() {
+    let b = Brief::parse(GOOD).unwrap();
+    assert_eq!(b.scope.target.to_string(), "public.events");
+    assert_eq!(b.write.strategy, Strategy::Merge);
+    assert_eq!(b.write.on_missing, OnMissing::Keep);
+    assert!(matches!(b.scope.batch_by.start, Bound::Date(_)));
+    assert_eq!(b.scope.batch_by.plan().unwrap().len(), 2);
+    assert_eq!(b.scope.written_columns(), ["id", "created", "day"]);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let bad = GOOD
+        .replace("reviewer = \"bob\"", "reviewer = \"Alice\"")
+        .replace("strategy = \"merge\"", "strategy = \"append\"")
+        .replace("max_in_flight = 2", "max_in_flight = 0\nmax_inflight = 3")
+        .replace(
+            "[rollback]\nplan = \"restore before-images\"\nretain_days = 7\n",
+            "[rollback]\n",
+        );
+    let f = fields(&bad);
+    for expected in [
+        "brief.reviewer",
+        "write.strategy",
+        "limits.max_in_flight",
+        "limits.max_inflight",
+        "[rollback]",
+    ] {
+        assert!(
+            f.iter().any(|x| x == expected),
+            "{expected} missing from {f:?}"
+        );
+    }
+}
+
+#[test]
+fn batch_by_is_checked() {
+    let swap = |from: &str, to: &str| fields(&GOOD.replace(from, to));
+    assert!(
+        swap("end = \"2025-03-01\"", "end = \"2024-03-01\"").contains(&"scope.batch_by".to_owned())
+    );
+    assert!(
+        swap("start = 2025-01-01", "start = true").contains(&"scope.batch_by.start".to_owned())
+    );
+    assert!(swap("end = \"2025-03-01\"", "end = 7").contains(&"scope.batch_by.end".to_owned()));
+    assert!(swap("\"1 month\"", "\"1 hour\"").contains(&"scope.batch_by.step".to_owned()));
+    assert!(swap("\"1 month\"", "\"-1 month\"").contains(&"scope.batch_by.step".to_owned()));
+    assert!(
+        swap("start = 2025-01-01", "start = \"2025-01-01T00:00:00Z\"")
+            .contains(&"scope.batch_by.start".to_owned())
+    );
+}
+
+#[test]
+fn windows_wrap_midnight() {
+    let limits = |w: &str| {
+        Brief::parse(&GOOD.replace(
+            "max_in_flight = 2",
+            &format!("max_in_flight = 2\nwindow = \"{w}\""),
+        ))
+    };
+    let w = limits("22:00-06:00").unwrap().limits.window.unwrap();
+    let t = |s: &str| chrono::NaiveTime::parse_from_str(s, "%H:%M").unwrap();
+    assert!(
+        w.contains(t("23:30"))
+            && w.contains(t("05:59"))
+            && !w.contains(t("06:00"))
+            && !w.contains(t("12:00"))
+    );
+    let day = limits("09:00-17:00").unwrap().limits.window.unwrap();
+    assert!(day.contains(t("09:00")) && !day.contains(t("17:00")));
+    for bad in ["9-17", "25:00-01:00", "10:00-10:00", "22:00"] {
+        assert!(
+            fields(&GOOD.replace(
+                "max_in_flight = 2",
+                &format!("max_in_flight = 2\nwindow = \"{bad}\"")
+            ))
+            .contains(&"limits.window".to_owned()),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn scope_rules() {
+    assert!(
+        fields(&GOOD.replace("columns = [\"day\"]", "columns = [\"id\"]"))
+            .contains(&"scope.columns".to_owned())
+    );
+    assert!(fields(&GOOD.replace("key = [\"id\"]", "key = []")).contains(&"scope.key".to_owned()));
+    assert!(fields(&GOOD.replace("$2", "$9")).contains(&"scope.source".to_owned()));
+    assert!(
+        fields(&GOOD.replace("target = \"events\"", "target = \"a.b.c\""))
+            .contains(&"scope.target".to_owned())
+    );
+    assert!(fields(&GOOD.replace("[limits]", "[limit]")).contains(&"limit".to_owned()));
+}
+
+#[test]
+fn a_live_write_of_history_that_matters_keeps_a_way_back() {
+    let critical = GOOD
+        .replace("low-risk-enrichment", "production-critical")
+        .replace("snapshot = true", "snapshot = false");
+    assert_eq!(fields(&critical), ["write.snapshot", "rollback.plan"]);
+    let stated = critical.replace(
+        "plan = \"restore before-images\"",
+        "plan = \"restore last night's snapshot\"\nwithout_images = \"nightly snapshot s3://b/events\"",
+    );
+    let b = Brief::parse(&stated).unwrap();
+    assert_eq!(
+        b.rollback.without_images.as_deref(),
+        Some("nightly snapshot s3://b/events")
+    );
+    // A low-risk enrichment may go without images, but not promise them.
+    let low = GOOD.replace("snapshot = true", "snapshot = false");
+    assert_eq!(fields(&low), ["rollback.plan"]);
+    // A table built beside the target needs no images to be undone.
+    assert!(Brief::parse(&critical.replace("\"merge\"", "\"staging-swap\"")).is_ok());
+    // A stated way back while images are kept is a setting that does nothing.
+    assert_eq!(
+        fields(&stated.replace("snapshot = false", "snapshot = true")),
+        ["rollback.without_images"]
+    );
+}
+
+#[test]
+fn a_metric_is_measured_by_one_statement() {
+    let m = super::super::Metric {
+        name: "total".into(),
+        expr: "sum(v)".into(),
+        by: Some("date_trunc('year', d)".into()),
+        max_change_pct: None,
+    };
+    assert_eq!(
+        m.query("s.t", "t.d >= $1"),
+        "SELECT (date_trunc('year', d))::text, (sum(v))::float8 FROM s.t t WHERE t.d >= $1 GROUP BY 1 ORDER BY 1"
+    );
+    let all = super::super::Metric { by: None, ..m };
+    assert!(all.query("x", "false").starts_with("SELECT ('all')::text"));
+    assert_eq!(super::super::Metric::group_name(None), "(null)");
+}
+
+#[test]
+fn max_duplicate_keys_can_only_be_zero() {
+    for bad in ["1", "-1", "\"0\""] {
+        assert_eq!(
+            fields(&GOOD.replace(
+                "max_duplicate_keys = 0",
+                &format!("max_duplicate_keys = {bad}")
+            )),
+            ["validation.max_duplicate_keys"],
+            "{bad}"
+        );
+    }
+    let problems = Brief::parse(&GOOD.replace("max_duplicate_keys = 0", "max_duplicate_keys = 5"))
+        .unwrap_err()
+        .problems;
+    assert!(
+        problems[0].message.contains("duplicate grain"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn scope_where_is_one_predicate() {
+    let with = |w: &str| GOOD.replace("[write]", &format!("where = {w}\n\n[write]"));
+    let b = Brief::parse(&with("\"day > '2025-01-01'\"")).unwrap();
+    assert_eq!(b.scope.filter.as_deref(), Some("day > '2025-01-01'"));
+    assert_eq!(
+        b.scope.owned_range("t"),
+        "t.\"created\" >= $1 AND t.\"created\" < $2 AND (day > '2025-01-01')"
+    );
+    assert_eq!(Brief::parse(GOOD).unwrap().scope.owned(), "");
+    for bad in ["\"true; DROP TABLE x\"", "\" \"", "7"] {
+        assert_eq!(fields(&with(bad)), ["scope.where"], "{bad}");
+    }
+}
+
+#[test]
+fn max_unmatched_pct_is_a_percent() {
+    let with = |v: &str| {
+        GOOD.replace(
+            "max_duplicate_keys = 0",
+            &format!("max_duplicate_keys = 0\nmax_unmatched_pct = {v}"),
+        )
+    };
+    assert_eq!(
+        Brief::parse(GOOD).unwrap().validation.max_unmatched_pct,
+        super::super::DEFAULT_MAX_UNMATCHED_PCT
+    );
+    assert_eq!(
+        Brief::parse(&with("0"))
+            .unwrap()
+            .validation
+            .max_unmatched_pct,
+        0.0
+    );
+    assert_eq!(
+        Brief::parse(&with("12.5"))
+            .unwrap()
+            .validation
+            .max_unmatched_pct,
+        12.5
+    );
+    for bad in ["-1", "101", "\"5%\"", "nan"] {
+        assert_eq!(
+            fields(&with(bad)),
+            ["validation.max_unmatched_pct"],
+            "{bad}"
+        );
+    }
+}
