@@ -314,13 +314,7 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
     control::migrate(&pool).await?;
     let target = format!("{SCHEMA}.order_revenue");
     // A previous demo that was interrupted still owns the target: retire it.
-    let stale: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "SELECT run_id FROM backfill.runs WHERE target = $1 AND state = ANY($2)",
-    )
-    .bind(&target)
-    .bind(RunState::ACTIVE.map(RunState::as_str).to_vec())
-    .fetch_all(&pool)
-    .await?;
+    let stale = control::runs::on_target(&pool, &target, &RunState::ACTIVE).await?;
     for run_id in stale {
         control::runs::transition(
             &pool,
@@ -333,13 +327,7 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
         .await?;
     }
     // Earlier demos' rollback copies refer to tables this demo replaces: drop them.
-    let finished: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "SELECT run_id FROM backfill.runs WHERE target = $1 AND cleaned_at IS NULL
-            AND state IN ('cut_over', 'rolled_back', 'cancelled')",
-    )
-    .bind(&target)
-    .fetch_all(&pool)
-    .await?;
+    let finished = control::runs::uncleaned_on(&pool, &target).await?;
     for run_id in finished {
         crate::lifecycle::cleanup::cleanup(&pool, run_id, "demo", true).await?;
     }

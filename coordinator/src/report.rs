@@ -11,6 +11,7 @@ use crate::validate::{self, GroupDelta};
 use backfill_shared::checks::Unmatched;
 use backfill_shared::control::batches::{self, Counts};
 use backfill_shared::control::runs::{self, Run};
+use backfill_shared::control::{log, validations};
 use serde::Serialize;
 use sqlx::PgPool;
 use std::fmt::Write as _;
@@ -64,38 +65,20 @@ pub struct ValidationRow {
 pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
     let run: Run = runs::load(pool, run_id).await?;
     let brief = &run.brief;
-    let validation: Vec<ValidationRow> = sqlx::query_as(
-        "SELECT DISTINCT ON (check_name) check_name, passed, summary, at FROM backfill.validations
-          WHERE run_id = $1 ORDER BY check_name, id DESC",
-    )
-    .bind(run_id)
-    .fetch_all(pool)
-    .await?;
-    let refreshed: Vec<String> = sqlx::query_scalar(
-        "SELECT coalesce(detail->'detail'->>'statement', detail->'detail'->>'views', detail->>'step')
-           FROM backfill.run_log WHERE run_id = $1 AND event = 'cutover_step' AND detail->>'step' <> 'swap' ORDER BY id",
-    )
-    .bind(run_id)
-    .fetch_all(pool)
-    .await?;
-    let accepted_breaches: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT actor, detail->>'reason', detail->>'limits' FROM backfill.run_log
-          WHERE run_id = $1 AND event = 'breach_accepted' ORDER BY id",
-    )
-    .bind(run_id)
-    .fetch_all(pool)
-    .await?;
-    let retries: i64 = sqlx::query_scalar(
-        "SELECT coalesce(sum(greatest(attempts - 1, 0)), 0)::bigint FROM backfill.batches WHERE run_id = $1",
-    )
-    .bind(run_id)
-    .fetch_one(pool)
-    .await?;
-    let params: serde_json::Value =
-        sqlx::query_scalar("SELECT params FROM backfill.runs WHERE run_id = $1")
-            .bind(run_id)
-            .fetch_one(pool)
-            .await?;
+    let validation: Vec<ValidationRow> = validations::latest_results(pool, run_id)
+        .await?
+        .into_iter()
+        .map(|(check_name, passed, summary, at)| ValidationRow {
+            check_name,
+            passed,
+            summary,
+            at,
+        })
+        .collect();
+    let refreshed = log::refreshed(pool, run_id).await?;
+    let accepted_breaches = log::acceptances(pool, run_id).await?;
+    let retries = batches::retries(pool, run_id).await?;
+    let params = run.params.clone();
     let mut temporary_objects = Vec::new();
     if run.cleaned_at.is_none() {
         for name in [&run.image_table, &run.old_table, &run.side_table]

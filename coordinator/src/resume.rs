@@ -13,18 +13,13 @@ use uuid::Uuid;
 
 /// Breaches logged for a run, each with whether it has been accepted.
 pub async fn breaches(pool: &PgPool, run_id: Uuid) -> Result<Vec<(Breach, bool)>> {
-    let logged: Vec<sqlx::types::Json<Breach>> = sqlx::query_scalar(
-        "SELECT detail FROM backfill.run_log WHERE run_id = $1 AND event = 'limit_breached' ORDER BY id",
-    )
-    .bind(run_id)
-    .fetch_all(pool)
-    .await?;
     let accepted = accepted_limits(pool, run_id).await?;
-    Ok(logged
+    Ok(log::breaches(pool, run_id)
+        .await?
         .into_iter()
         .map(|b| {
-            let ok = accepted.contains(&b.0.limit);
-            (b.0, ok)
+            let ok = accepted.contains(&b.limit);
+            (b, ok)
         })
         .collect())
 }
@@ -125,22 +120,7 @@ pub async fn retry(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<u64> {
             run.state
         )));
     }
-    let n = sqlx::query(
-        "UPDATE backfill.batches SET state = 'pending' WHERE run_id = $1 AND state = 'failed'",
-    )
-    .bind(run_id)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    log::append(
-        pool,
-        run_id,
-        actor,
-        "batches_retried",
-        None,
-        serde_json::json!({ "batches": n }),
-    )
-    .await?;
+    let n = batches::retry_failed(pool, run_id, actor).await?;
     if run.state == RunState::Halted {
         if !open_breaches(pool, run_id).await?.is_empty() {
             return Err(CliError::BadInput(format!(

@@ -45,11 +45,7 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
     let counts = batches::counts(pool, run_id).await?;
     let failures = batches::failures(pool, run_id).await?;
     let remaining = counts.total() - counts.applied;
-    let throttled_since: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("SELECT throttled_since FROM backfill.runs WHERE run_id = $1")
-            .bind(run_id)
-            .fetch_one(pool)
-            .await?;
+    let throttled_since = run.throttled_since;
     let eta_seconds =
         (run.finished_at.is_none() && counts.applied > 0 && remaining > 0).then(|| {
             let elapsed = (chrono::Utc::now() - run.created_at).num_seconds().max(1);

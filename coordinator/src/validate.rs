@@ -50,10 +50,14 @@ pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
         .and_then(backfill_shared::sql::TableName::parse)
         .unwrap_or_else(|| brief.scope.target.clone());
     let t = table.quoted();
-    let by = quote_ident(&brief.scope.batch_by.column);
     let scope = brief.scope.owned_range("");
     let (start, end) = (brief.scope.batch_by.start, brief.scope.batch_by.end);
     let mut checks = vec![freshness(pool, &run).await?];
+    // What is checked, per batch range: recorded so cutover can expose exactly
+    // that, and the rows per range of the completeness check.
+    let mut conn = pool.acquire().await?;
+    let fingerprint = fingerprint::measure(&mut conn, brief, &table, None).await?;
+    drop(conn);
 
     // Completeness.
     let nulls = brief
@@ -72,15 +76,14 @@ pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
     .bind(end)
     .fetch_one(pool)
     .await?;
-    let per_batch: Vec<(i32, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT b.batch_no, (SELECT count(*) FROM {t} WHERE {by} >= b.lo::{ty} AND {by} < b.hi::{ty}{owned})
-           FROM backfill.batches b WHERE b.run_id = $1 ORDER BY b.batch_no",
-        ty = start.kind().sql_type(),
-        owned = brief.scope.owned()
-    )))
-    .bind(run_id)
-    .fetch_all(pool)
-    .await?;
+    let found: BTreeMap<u32, i64> = fingerprint
+        .ranges
+        .iter()
+        .map(|r| (r.batch_no, r.rows))
+        .collect();
+    let per_batch: Vec<(u32, i64)> = (0..run.batch_count)
+        .map(|no| (no, found.get(&no).copied().unwrap_or(0)))
+        .collect();
     let expected_ok = brief
         .scope
         .expected_rows
@@ -157,10 +160,6 @@ pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
     checks.push(edge_cases(pool, &run, &t).await?);
     checks.push(size(pool, &run, &table).await?);
 
-    // What was checked, so cutover can expose exactly that.
-    let mut conn = pool.acquire().await?;
-    let fingerprint = fingerprint::measure(&mut conn, brief, &table, None).await?;
-    drop(conn);
     let results: Vec<CheckResult<'_>> = checks
         .iter()
         .map(|c| CheckResult {
@@ -283,12 +282,7 @@ async fn unmatched(pool: &PgPool, run: &Run) -> Result<Check> {
 }
 
 async fn freshness(pool: &PgPool, run: &Run) -> Result<Check> {
-    let rows: Vec<(i32, String, String, String)> = sqlx::query_as(
-        "SELECT batch_no, lo, hi, state FROM backfill.batches WHERE run_id = $1 ORDER BY batch_no",
-    )
-    .bind(run.run_id)
-    .fetch_all(pool)
-    .await?;
+    let rows = batches::ranges(pool, run.run_id).await?;
     let kind = run.bound_kind;
     let parse = |t: &str| Bound::parse(kind, t);
     let by = &run.brief.scope.batch_by;
@@ -539,11 +533,7 @@ async fn size(pool: &PgPool, run: &Run, table: &backfill_shared::sql::TableName)
             .fetch_one(pool)
             .await
             .map_err(|e| CliError::Internal(format!("sizing {table}: {e}")))?;
-    let params: serde_json::Value =
-        sqlx::query_scalar("SELECT params FROM backfill.runs WHERE run_id = $1")
-            .bind(run.run_id)
-            .fetch_one(pool)
-            .await?;
+    let params = &run.params;
     let before_t = params["target_table_bytes"].as_i64();
     let before_i = params["target_index_bytes"].as_i64();
     let mib = |b: Option<i64>| {

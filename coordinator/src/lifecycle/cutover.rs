@@ -147,13 +147,7 @@ pub async fn cutover(
         }
     }
 
-    let done: Vec<i64> = sqlx::query_scalar(
-        "SELECT (detail->'detail'->>'index')::bigint FROM backfill.run_log
-          WHERE run_id = $1 AND event = 'cutover_step' AND detail->>'step' = 'refresh'",
-    )
-    .bind(run_id)
-    .fetch_all(pool)
-    .await?;
+    let done = log::refreshes_done(pool, run_id).await?;
     for (index, statement) in brief.dependencies.refresh.iter().enumerate() {
         let index = i64::try_from(index).unwrap_or(i64::MAX);
         if done.contains(&index) {

@@ -18,7 +18,7 @@
 use super::{swap, writes_live_target};
 use crate::{CliError, Result};
 use backfill_shared::control::runs::{self, Run, RunState};
-use backfill_shared::control::{IMAGE_AFTER_HASH, log, maintenance};
+use backfill_shared::control::{IMAGE_AFTER_HASH, batches, log, maintenance};
 use backfill_shared::sql::{TableName, column_list, key_join, quote_ident};
 use sqlx::{AssertSqlSafe, PgPool};
 use std::time::Duration;
@@ -188,15 +188,12 @@ async fn restore_before_images(
     .fetch_one(pool)
     .await?;
     let statements = Statements::new(run, &image, &columns, has_after_hash);
-    let batches: Vec<i32> = sqlx::query_scalar(
-        "SELECT batch_no FROM backfill.batches WHERE run_id = $1 AND state = 'applied' ORDER BY batch_no DESC",
-    )
-    .bind(run_id)
-    .fetch_all(pool)
-    .await?;
+    // Last applied first.
+    let mut applied = batches::numbers_in_state(pool, run_id, "applied").await?;
+    applied.sort_unstable_by(|a, b| b.cmp(a));
     let mut report = RollbackReport::default();
     let mut conflicts = Vec::new();
-    for batch in batches {
+    for batch in applied.into_iter().filter_map(|no| i32::try_from(no).ok()) {
         let mut tx = pool.begin().await?;
         sqlx::raw_sql(AssertSqlSafe(statements.create_spared.as_str()))
             .execute(&mut *tx)
@@ -236,13 +233,7 @@ async fn restore_before_images(
             .await?
             .rows_affected();
         if !spared {
-            sqlx::query(
-                "UPDATE backfill.batches SET state = 'rolled_back' WHERE run_id = $1 AND batch_no = $2",
-            )
-            .bind(run_id)
-            .bind(batch)
-            .execute(&mut *tx)
-            .await?;
+            batches::mark_rolled_back(&mut tx, run_id, batch).await?;
             report.batches_restored += 1;
             report.newer_rows_overwritten += found.len();
         }

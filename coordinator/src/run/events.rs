@@ -153,13 +153,7 @@ pub(super) async fn take(
 
 /// Limits an operator accepted breaches of (`backfill resume --accept`).
 pub async fn accepted_limits(pool: &PgPool, run_id: Uuid) -> Result<Vec<String>> {
-    Ok(sqlx::query_scalar(
-        "SELECT DISTINCT jsonb_array_elements_text(detail->'limits') FROM backfill.run_log
-          WHERE run_id = $1 AND event = 'breach_accepted'",
-    )
-    .bind(run_id)
-    .fetch_all(pool)
-    .await?)
+    Ok(log::accepted_limits(pool, run_id).await?)
 }
 
 pub(super) async fn halt(

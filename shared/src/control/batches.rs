@@ -339,3 +339,63 @@ pub async fn failures(pool: &PgPool, run_id: Uuid) -> Result<Vec<Failure>> {
     .fetch_all(pool)
     .await?)
 }
+
+/// Puts a run's failed batches back to pending, logged with `actor`, in one
+/// transaction. Returns how many came back.
+pub async fn retry_failed(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<u64> {
+    let mut tx = pool.begin().await?;
+    let n = sqlx::query(
+        "UPDATE backfill.batches SET state = 'pending' WHERE run_id = $1 AND state = 'failed'",
+    )
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    super::log::append(
+        &mut *tx,
+        run_id,
+        actor,
+        "batches_retried",
+        None,
+        serde_json::json!({ "batches": n }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Inside a rollback's transaction: the batch's rows are restored.
+pub async fn mark_rolled_back(
+    conn: &mut sqlx::PgConnection,
+    run_id: Uuid,
+    batch_no: i32,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE backfill.batches SET state = 'rolled_back' WHERE run_id = $1 AND batch_no = $2",
+    )
+    .bind(run_id)
+    .bind(batch_no)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Retries spent on a run's batches (attempts past each batch's first).
+pub async fn retries(pool: &PgPool, run_id: Uuid) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(sum(greatest(attempts - 1, 0)), 0)::bigint FROM backfill.batches WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Every batch of a run: number, bounds (as text) and state, in order.
+pub async fn ranges(pool: &PgPool, run_id: Uuid) -> Result<Vec<(i32, String, String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT batch_no, lo, hi, state FROM backfill.batches WHERE run_id = $1 ORDER BY batch_no",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?)
+}

@@ -64,3 +64,61 @@ pub async fn latest_of(
     .fetch_optional(pool)
     .await?)
 }
+
+/// Limits an operator accepted breaches of (`backfill resume --accept`).
+pub async fn accepted_limits(pool: &sqlx::PgPool, run_id: Uuid) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT jsonb_array_elements_text(detail->'limits') FROM backfill.run_log
+          WHERE run_id = $1 AND event = 'breach_accepted'",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Every breach logged for a run, oldest first.
+pub async fn breaches(pool: &sqlx::PgPool, run_id: Uuid) -> Result<Vec<crate::checks::Breach>> {
+    let logged: Vec<sqlx::types::Json<crate::checks::Breach>> = sqlx::query_scalar(
+        "SELECT detail FROM backfill.run_log WHERE run_id = $1 AND event = 'limit_breached' ORDER BY id",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(logged.into_iter().map(|b| b.0).collect())
+}
+
+/// Each acceptance of breaches: who, why, and which limits (as JSON text).
+pub async fn acceptances(
+    pool: &sqlx::PgPool,
+    run_id: Uuid,
+) -> Result<Vec<(String, String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT actor, detail->>'reason', detail->>'limits' FROM backfill.run_log
+          WHERE run_id = $1 AND event = 'breach_accepted' ORDER BY id",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The refresh statements (by index) a cutover of the run has done.
+pub async fn refreshes_done(pool: &sqlx::PgPool, run_id: Uuid) -> Result<Vec<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT (detail->'detail'->>'index')::bigint FROM backfill.run_log
+          WHERE run_id = $1 AND event = 'cutover_step' AND detail->>'step' = 'refresh'",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// What cutover refreshed, in order: statements, and materialized views.
+pub async fn refreshed(pool: &sqlx::PgPool, run_id: Uuid) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(detail->'detail'->>'statement', detail->'detail'->>'views', detail->>'step')
+           FROM backfill.run_log WHERE run_id = $1 AND event = 'cutover_step' AND detail->>'step' <> 'swap' ORDER BY id",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?)
+}

@@ -109,6 +109,10 @@ pub struct Run {
     pub cleaned_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The drift guard's fingerprints, taken when the run started.
     pub fingerprints: super::drift::Fingerprints,
+    /// The parameters recorded with the run (strategy, bounds, sizes before).
+    pub params: serde_json::Value,
+    /// Since when the load guard holds new batches, if it does.
+    pub throttled_since: Option<chrono::DateTime<chrono::Utc>>,
     pub operator: String,
     pub code_version: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
@@ -249,6 +253,8 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
         rolled_back_at: Option<chrono::DateTime<chrono::Utc>>,
         cleaned_at: Option<chrono::DateTime<chrono::Utc>>,
         fingerprints: sqlx::types::Json<super::drift::Fingerprints>,
+        params: serde_json::Value,
+        throttled_since: Option<chrono::DateTime<chrono::Utc>>,
         operator: String,
         code_version: String,
         created_at: chrono::DateTime<chrono::Utc>,
@@ -257,7 +263,7 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
     let row: Option<Row> = sqlx::query_as(
         "SELECT brief, brief_hash, state, batch_count, bound_kind, image_table, side_table, old_table,
                 halt_reason, approved_by, approved_at, approved_validation, cut_over_at, rolled_back_at, cleaned_at,
-                fingerprints, operator, code_version, created_at, finished_at
+                fingerprints, params, throttled_since, operator, code_version, created_at, finished_at
          FROM backfill.runs WHERE run_id = $1",
     )
     .bind(run_id)
@@ -289,6 +295,8 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
         rolled_back_at: row.rolled_back_at,
         cleaned_at: row.cleaned_at,
         fingerprints: row.fingerprints.0,
+        params: row.params,
+        throttled_since: row.throttled_since,
         operator: row.operator,
         code_version: row.code_version,
         created_at: row.created_at,
@@ -499,4 +507,26 @@ pub async fn set_throttled(
     super::log::append(&mut *tx, run_id, actor, event, None, detail).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Runs on `target` in one of `states`, oldest first.
+pub async fn on_target(pool: &PgPool, target: &str, states: &[RunState]) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "SELECT run_id FROM backfill.runs WHERE target = $1 AND state = ANY($2) ORDER BY created_at",
+    )
+    .bind(target)
+    .bind(states.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Finished runs on `target` whose rollback copies have not been cleaned up.
+pub async fn uncleaned_on(pool: &PgPool, target: &str) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "SELECT run_id FROM backfill.runs WHERE target = $1 AND cleaned_at IS NULL
+            AND state IN ('cut_over', 'rolled_back', 'cancelled') ORDER BY created_at",
+    )
+    .bind(target)
+    .fetch_all(pool)
+    .await?)
 }

@@ -159,3 +159,17 @@ pub async fn accept(
     tx.commit().await?;
     Ok(inserted)
 }
+
+/// Each check's latest result for a run: name, passed, summary, when.
+pub async fn latest_results(
+    pool: &PgPool,
+    run_id: Uuid,
+) -> Result<Vec<(String, bool, String, chrono::DateTime<chrono::Utc>)>> {
+    Ok(sqlx::query_as(
+        "SELECT DISTINCT ON (check_name) check_name, passed, summary, at FROM backfill.validations
+          WHERE run_id = $1 ORDER BY check_name, id DESC",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?)
+}
