@@ -6,6 +6,7 @@
 use crate::run::accepted_limits;
 use crate::{CliError, Result};
 use backfill_shared::checks::Breach;
+use backfill_shared::control::batches::BatchState;
 use backfill_shared::control::runs::{self, RunState};
 use backfill_shared::control::{batches, log};
 use sqlx::PgPool;
@@ -64,7 +65,7 @@ pub async fn resume(pool: &PgPool, run_id: Uuid, actor: &str, accept: Option<&st
     let failed: Vec<_> = batches::failures(pool, run_id)
         .await?
         .into_iter()
-        .filter(|f| f.state == "failed")
+        .filter(|f| f.state == BatchState::Failed)
         .collect();
     if let Some(f) = failed.first() {
         return Err(CliError::BadInput(format!(

@@ -17,6 +17,7 @@
 
 use super::{swap, writes_live_target};
 use crate::{CliError, Result};
+use backfill_shared::control::batches::BatchState;
 use backfill_shared::control::runs::{self, Run, RunState};
 use backfill_shared::control::{IMAGE_AFTER_HASH, batches, log, maintenance};
 use backfill_shared::sql::{TableName, column_list, key_join, quote_ident};
@@ -189,7 +190,7 @@ async fn restore_before_images(
     .await?;
     let statements = Statements::new(run, &image, &columns, has_after_hash);
     // Last applied first.
-    let mut applied = batches::numbers_in_state(pool, run_id, "applied").await?;
+    let mut applied = batches::numbers_in_state(pool, run_id, BatchState::Applied).await?;
     applied.sort_unstable_by(|a, b| b.cmp(a));
     let mut report = RollbackReport::default();
     let mut conflicts = Vec::new();

@@ -27,6 +27,7 @@ pub use metrics::RunMetrics;
 
 use backfill_shared::brief::BatchRange;
 use backfill_shared::config::Config;
+use backfill_shared::control::batches::BatchState;
 use backfill_shared::control::runs::{self, RunState};
 use backfill_shared::control::{batches, log, maintenance};
 use backfill_shared::gates::{self, Gates};
@@ -269,9 +270,10 @@ impl Attachment<'_> {
         let total = self.plan.len();
         let mut tally = Tally::new(total);
         let accepted = accepted_limits(pool, run_id).await?;
-        let mut pending: VecDeque<u32> = batches::numbers_in_state(pool, run_id, "pending")
-            .await?
-            .into();
+        let mut pending: VecDeque<u32> =
+            batches::numbers_in_state(pool, run_id, BatchState::Pending)
+                .await?
+                .into();
         let batch_out = BatchPublisher {
             run_span,
             channel: &publish,
@@ -294,7 +296,7 @@ impl Attachment<'_> {
             .map(|b| b.batch_no)
             .collect();
         batch_out.publish(&republished).await?;
-        let already = batches::numbers_in_state(pool, run_id, "applied").await?;
+        let already = batches::numbers_in_state(pool, run_id, BatchState::Applied).await?;
         for batch in batches::applied_among(pool, run_id, &already).await? {
             tally.record(&batch);
         }
@@ -390,12 +392,12 @@ impl Attachment<'_> {
                         metrics.update(&counts, paused, throttled);
                     }
                     if counts.failed > 0 {
-                        let failure = batches::failures(pool, run_id).await?.into_iter().find(|f| f.state == "failed");
+                        let failure = batches::failures(pool, run_id).await?.into_iter().find(|f| f.state == BatchState::Failed);
                         let reason = failure.map_or_else(|| "a batch failed".to_owned(), |f| format!("batch {} failed: {}", f.batch_no, f.last_error));
                         break halt(pool, run_id, &run.operator, &reason).await?;
                     }
                     if usize::try_from(counts.applied).ok() != Some(tally.count) {
-                        let new: Vec<u32> = batches::numbers_in_state(pool, run_id, "applied")
+                        let new: Vec<u32> = batches::numbers_in_state(pool, run_id, BatchState::Applied)
                             .await?
                             .into_iter()
                             .filter(|no| !tally.has(*no))

@@ -10,6 +10,44 @@ use crate::checks::BatchChecks;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+/// Where a batch is in its life, as the ledger (`backfill.batches.state`) says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum BatchState {
+    /// Recorded, not yet published.
+    Pending,
+    /// Published; no worker has claimed it.
+    Queued,
+    /// Claimed by a worker (its fencing token grew).
+    Running,
+    Applied,
+    /// Failed for good (or too often); `backfill retry` puts it back to pending.
+    Failed,
+    /// Its before-images were restored by `backfill rollback`.
+    RolledBack,
+}
+
+impl BatchState {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Applied => "applied",
+            Self::Failed => "failed",
+            Self::RolledBack => "rolled_back",
+        }
+    }
+}
+
+impl std::fmt::Display for BatchState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -216,12 +254,12 @@ pub async fn mark_queued(pool: &PgPool, run_id: Uuid, batch_nos: &[u32]) -> Resu
 }
 
 /// Batch numbers in one state, in order.
-pub async fn numbers_in_state(pool: &PgPool, run_id: Uuid, state: &str) -> Result<Vec<u32>> {
+pub async fn numbers_in_state(pool: &PgPool, run_id: Uuid, state: BatchState) -> Result<Vec<u32>> {
     let nos: Vec<i32> = sqlx::query_scalar(
         "SELECT batch_no FROM backfill.batches WHERE run_id = $1 AND state = $2 ORDER BY batch_no",
     )
     .bind(run_id)
-    .bind(state)
+    .bind(state.as_str())
     .fetch_all(pool)
     .await?;
     Ok(nos
@@ -325,7 +363,7 @@ pub struct Failure {
     pub batch_no: i32,
     pub lo: String,
     pub hi: String,
-    pub state: String,
+    pub state: BatchState,
     pub attempts: i32,
     pub last_error: String,
 }
