@@ -54,6 +54,33 @@ async fn lost_warehouse_connections_are_retried() {
     env.cleanup().await;
 }
 
+/// Waits until `n` of the run's batches are running.
+async fn await_running(env: &TestEnv, run_id: uuid::Uuid, n: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while batches::counts(&env.pool, run_id).await.unwrap().running < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never took {n} batch(es)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SIGTERM to a worker process; it must exit with success within a minute.
+async fn terminate(worker: &mut tokio::process::Child, pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(60), worker.wait())
+        .await
+        .expect("worker did not exit")
+        .unwrap();
+    assert!(exit.success(), "worker exit: {exit:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_drains_in_flight_batches_and_exits() {
     let env = TestEnv::new(0.01).await;
@@ -62,14 +89,7 @@ async fn sigterm_drains_in_flight_batches_and_exits() {
     let pid = worker.id().unwrap();
     let (run_id, _, plan) = env.record_run(&text).await;
     let driver = env.drive_in_background(run_id);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while batches::counts(&env.pool, run_id).await.unwrap().running < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker never took two batches"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_running(&env, run_id, 2).await;
     let taken: Vec<i32> = sqlx::query_scalar(
         "SELECT batch_no FROM backfill.batches WHERE run_id = $1 AND state = 'running'",
     )
@@ -77,17 +97,7 @@ async fn sigterm_drains_in_flight_batches_and_exits() {
     .fetch_all(&env.pool)
     .await
     .unwrap();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(30), worker.wait())
-        .await
-        .expect("worker did not exit")
-        .unwrap();
-    assert!(exit.success(), "worker exit: {exit:?}");
+    terminate(&mut worker, pid).await;
 
     // The batches it held were finished, not abandoned; nothing else was started.
     let states: Vec<(i32, String)> = sqlx::query_as(
@@ -144,27 +154,10 @@ async fn the_drain_deadline_abandons_a_batch_that_outlasts_it() {
     let pid = worker.id().unwrap();
     let (run_id, ..) = env.record_run(&text).await;
     let driver = env.drive_in_background(run_id);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while batches::counts(&env.pool, run_id).await.unwrap().running < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker never took a batch"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_running(&env, run_id, 1).await;
     let signalled = tokio::time::Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(60), worker.wait())
-        .await
-        .expect("worker did not exit")
-        .unwrap();
+    terminate(&mut worker, pid).await;
     let took = signalled.elapsed();
-    assert!(exit.success(), "worker exit: {exit:?}");
     // Waiting for the batch would take 30 s and apply it; the deadline (2 s,
     // then 5 s to let go) abandons it and rolls it back.
     assert!(
