@@ -79,6 +79,7 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
     let accepted_breaches = log::acceptances(pool, run_id).await?;
     let retries = batches::retries(pool, run_id).await?;
     let params = run.params.clone();
+    let applied = validate::applied_batches(pool, &run).await?;
     let mut temporary_objects = Vec::new();
     if run.cleaned_at.is_none() {
         for name in [&run.image_table, &run.old_table, &run.side_table]
@@ -114,7 +115,7 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
         downstream_declared: brief.dependencies.downstream.clone(),
         downstream_found: preflight::blast_radius(pool, brief).await?,
         validation,
-        metrics: validate::summed_metrics(pool, &run).await?,
+        metrics: validate::summed_metrics(&run, &applied),
         refreshed,
         code_version: run.code_version.clone(),
         brief_hash: run.brief_hash.clone(),
@@ -123,7 +124,7 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
         started: run.created_at,
         finished,
         batches: batches::counts(pool, run_id).await?,
-        unmatched: validate::summed_unmatched(pool, &run).await?,
+        unmatched: validate::summed_unmatched(&applied),
         unmatched_fate: Unmatched::fate(brief),
         retries,
         approved: run.approved_by.clone().zip(run.approved_at),

@@ -155,8 +155,9 @@ pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
         detail: json!(orphans),
     });
 
-    checks.push(unmatched(pool, &run).await?);
-    checks.push(reconciliation(pool, &run, &t, &scope).await?);
+    let applied = applied_batches(pool, &run).await?;
+    checks.push(unmatched(pool, &run, &applied).await?);
+    checks.push(reconciliation(pool, &run, &applied, &t, &scope).await?);
     checks.push(edge_cases(pool, &run, &t).await?);
     checks.push(size(pool, &run, &table).await?);
 
@@ -225,7 +226,7 @@ pub async fn accept(pool: &PgPool, run_id: Uuid, check: &str, reason: &str) -> R
 /// Per batch range, the target rows the source did not reproduce, as the
 /// batches measured them in their transactions; a range past
 /// `max_unmatched_pct` fails the check unless the breach was accepted.
-async fn unmatched(pool: &PgPool, run: &Run) -> Result<Check> {
+async fn unmatched(pool: &PgPool, run: &Run, applied: &[batches::Applied]) -> Result<Check> {
     let brief = &run.brief;
     let limit = brief.validation.max_unmatched_pct;
     let ranges = brief
@@ -233,8 +234,6 @@ async fn unmatched(pool: &PgPool, run: &Run) -> Result<Check> {
         .batch_by
         .plan()
         .map_err(|e| CliError::Internal(format!("the recorded brief no longer plans: {e}")))?;
-    let nos: Vec<u32> = (0..run.batch_count).collect();
-    let applied = batches::applied_among(pool, run.run_id, &nos).await?;
     let accepted = crate::run::accepted_limits(pool, run.run_id)
         .await?
         .iter()
@@ -242,7 +241,7 @@ async fn unmatched(pool: &PgPool, run: &Run) -> Result<Check> {
     let mut total = 0;
     let mut over = 0;
     let mut per_range = Vec::new();
-    for b in &applied {
+    for b in applied {
         let u = b.checks.unmatched;
         total += u.rows;
         if u.rows == 0 {
@@ -362,26 +361,30 @@ impl GroupDelta {
     }
 }
 
+/// The figures of every applied batch of a run, read once for all the sums.
+pub async fn applied_batches(pool: &PgPool, run: &Run) -> Result<Vec<batches::Applied>> {
+    let nos: Vec<u32> = (0..run.batch_count).collect();
+    Ok(batches::applied_among(pool, run.run_id, &nos).await?)
+}
+
 /// The unmatched rows of a run, summed over its applied batches (the lower
 /// bound count is the batches' sum too).
-pub async fn summed_unmatched(pool: &PgPool, run: &Run) -> Result<Unmatched> {
-    let nos: Vec<u32> = (0..run.batch_count).collect();
-    let applied = batches::applied_among(pool, run.run_id, &nos).await?;
-    Ok(applied
+#[must_use]
+pub fn summed_unmatched(applied: &[batches::Applied]) -> Unmatched {
+    applied
         .iter()
         .fold(Unmatched::default(), |sum, b| Unmatched {
             rows: sum.rows + b.checks.unmatched.rows,
             at_lower_bound: sum.at_lower_bound + b.checks.unmatched.at_lower_bound,
             range_rows: sum.range_rows + b.checks.unmatched.range_rows,
-        }))
+        })
 }
 
 /// Every metric group of a run, summed over its applied batches, in metric order.
-pub async fn summed_metrics(pool: &PgPool, run: &Run) -> Result<Vec<GroupDelta>> {
-    let nos: Vec<u32> = (0..run.batch_count).collect();
-    let applied = batches::applied_among(pool, run.run_id, &nos).await?;
+#[must_use]
+pub fn summed_metrics(run: &Run, applied: &[batches::Applied]) -> Vec<GroupDelta> {
     let mut sums: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
-    for b in &applied {
+    for b in applied {
         for g in &b.checks.metrics {
             let e = sums.entry((g.metric.clone(), g.group.clone())).or_default();
             e.0 += g.before.unwrap_or(0.0);
@@ -409,14 +412,20 @@ pub async fn summed_metrics(pool: &PgPool, run: &Run) -> Result<Vec<GroupDelta>>
             .cmp(&order(&b.metric))
             .then_with(|| a.group.cmp(&b.group))
     });
-    Ok(out)
+    out
 }
 
 /// Per metric and group: before and after summed over the batches' figures, and
 /// the after figures against the table now (for additive metrics: sum, count).
-async fn reconciliation(pool: &PgPool, run: &Run, t: &str, scope: &str) -> Result<Check> {
+async fn reconciliation(
+    pool: &PgPool,
+    run: &Run,
+    applied: &[batches::Applied],
+    t: &str,
+    scope: &str,
+) -> Result<Check> {
     let brief: &Brief = &run.brief;
-    let groups = summed_metrics(pool, run).await?;
+    let groups = summed_metrics(run, applied);
     let mut mismatches = Vec::new();
     let mut rows = Vec::new();
     for m in &brief.validation.metrics {
