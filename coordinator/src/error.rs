@@ -2,7 +2,9 @@
 //! 2 bad input (brief, arguments), 3 an unreachable service.
 
 use backfill_shared::control::ControlError;
+use backfill_shared::failure::ServiceFailure;
 use backfill_shared::services::ServiceError;
+use backfill_shared::topology::PublishError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -11,8 +13,13 @@ pub enum CliError {
     BadInput(String),
     #[error(transparent)]
     Service(#[from] ServiceError),
-    /// A service went away mid-run (a broker restart, a dropped warehouse
-    /// connection): the driver reconnects; elsewhere it is exit code 3.
+    /// A call to the warehouse, the broker or Redis failed. Transient failures (a
+    /// lost connection, a broker restart) are retried by the driver and are exit
+    /// code 3 elsewhere; permanent ones (a refused declare, a failing statement) 1.
+    #[error("{}", describe(.0))]
+    Call(ServiceFailure),
+    /// A service went away mid-run without an error to show for it (the broker
+    /// closed the event stream, a reconnect failed): the driver reconnects.
     #[error("{0}")]
     Unavailable(String),
     /// The run stopped on a failed batch or a breached limit.
@@ -32,18 +39,23 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Halted(_) | Self::Internal(_) => 1,
+            Self::Call(failure) if !failure.is_transient() => 1,
             Self::BadInput(_) => 2,
-            Self::Service(_) | Self::Unavailable(_) => 3,
+            Self::Service(_) | Self::Unavailable(_) | Self::Call(_) => 3,
             Self::Interrupted { code, .. } => *code,
         }
     }
 }
 
 impl CliError {
-    /// A lost connection the caller may retry once the service is back.
+    /// A failure the caller may retry once the service is back.
     #[must_use]
-    pub fn is_connection_loss(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Call(failure) => failure.is_transient(),
+            Self::Unavailable(_) => true,
+            _ => false,
+        }
     }
 }
 
@@ -72,44 +84,44 @@ impl From<crate::preflight::PreflightError> for CliError {
 
 impl From<sqlx::Error> for CliError {
     fn from(e: sqlx::Error) -> Self {
-        let lost = match &e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_) => true,
-            // admin_shutdown, crash_shutdown, cannot_connect_now, connection exceptions
-            sqlx::Error::Database(db) => db
-                .code()
-                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
-            _ => false,
-        };
-        let denied =
-            matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("42501"));
-        if denied {
+        match &e {
             // Not this role's to do (a privilege, or the two-person rule).
-            let message = match &e {
-                sqlx::Error::Database(db) => db.message().to_owned(),
-                other => other.to_string(),
-            };
-            Self::BadInput(format!(
-                "refused by the warehouse: {message} (the roles and what each may do: deploy/roles.sql)"
-            ))
-        } else if lost {
-            Self::Unavailable(format!("lost the warehouse connection: {e}"))
-        } else {
-            Self::Internal(format!("warehouse query failed: {e}"))
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
+                Self::BadInput(format!(
+                    "refused by the warehouse: {} (the roles and what each may do: deploy/roles.sql)",
+                    db.message()
+                ))
+            }
+            _ => Self::Call(e.into()),
         }
     }
 }
 
 impl From<lapin::Error> for CliError {
     fn from(e: lapin::Error) -> Self {
-        Self::Unavailable(format!("rabbitmq: {e}"))
+        Self::Call(e.into())
+    }
+}
+
+impl From<PublishError> for CliError {
+    fn from(e: PublishError) -> Self {
+        Self::Call(e.into())
     }
 }
 
 impl From<redis::RedisError> for CliError {
     fn from(e: redis::RedisError) -> Self {
-        Self::Unavailable(format!("redis: {e}"))
+        Self::Call(e.into())
+    }
+}
+
+/// The warehouse's errors say whether the connection went or the statement failed.
+fn describe(failure: &ServiceFailure) -> String {
+    match failure {
+        ServiceFailure::Warehouse(e) if failure.is_connection_loss() => {
+            format!("lost the warehouse connection: {e}")
+        }
+        ServiceFailure::Warehouse(e) => format!("warehouse query failed: {e}"),
+        other => other.to_string(),
     }
 }

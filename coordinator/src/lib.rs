@@ -1,5 +1,5 @@
-//! The Backfill coordinator (`backfill` CLI), as a library so `demo` and the tests
-//! can drive runs in-process.
+//! The Backfill coordinator (`backfill` CLI), as a library the tests drive. It
+//! reaches workers only through `backfill_shared`, the broker and the control plane.
 //!
 //! - [`catalog`]: what reads a table (views, materialized views).
 //! - [`preflight`]: checks of a brief against the warehouse catalog, blast radius.

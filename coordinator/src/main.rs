@@ -185,7 +185,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let telemetry = telemetry::init(
         cli.log_format,
-        &telemetry::quiet_default("warn,backfill_coordinator=info,backfill_worker=warn"),
+        &telemetry::quiet_default("warn,backfill_coordinator=info"),
         "backfill",
     );
     let code = match execute(cli.command, cli.metrics_addr).await {

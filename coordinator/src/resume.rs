@@ -99,6 +99,11 @@ pub async fn resume(pool: &PgPool, run_id: Uuid, actor: &str, accept: Option<&st
         )
         .await?;
     }
+    back_to_running(pool, run_id, actor).await
+}
+
+/// A halted run goes on: the coordinator publishes its pending batches again.
+async fn back_to_running(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<()> {
     runs::transition(
         pool,
         run_id,
@@ -128,15 +133,7 @@ pub async fn retry(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<u64> {
                 "{n} failed batch(es) are pending again, but run {run_id} also halted on a breached limit: `backfill resume {run_id} --accept \"why\"`"
             )));
         }
-        runs::transition(
-            pool,
-            run_id,
-            &[RunState::Halted],
-            RunState::Running,
-            actor,
-            None,
-        )
-        .await?;
+        back_to_running(pool, run_id, actor).await?;
     }
     Ok(n)
 }

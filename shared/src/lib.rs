@@ -12,7 +12,8 @@
 //! - [`lease`]: Redis leases and idempotency keys held by workers; [`gates`]: the
 //!   run state workers read from Redis before each batch.
 //! - [`signing`]: optional HMAC signatures of batch messages.
-//! - [`config`], [`services`]: connections; [`telemetry`]: logs and traces;
+//! - [`config`], [`services`]: connections; [`failure`]: whether a failed call
+//!   to a service may be retried; [`telemetry`]: logs and traces;
 //!   [`metrics`]: the Prometheus endpoint.
 //! - [`checks`]: per-batch figures and the limits they are held against.
 //! - [`sql`]: quoting of identifiers from the brief.
@@ -21,6 +22,7 @@ pub mod brief;
 pub mod checks;
 pub mod config;
 pub mod control;
+pub mod failure;
 pub mod gates;
 pub mod lease;
 pub mod message;

@@ -1,7 +1,7 @@
 //! SQL identifiers from the brief. Every identifier that reaches a statement goes
 //! through [`quote_ident`] or [`TableName::quoted`]; values are bound parameters,
-//! never spliced, except where PostgreSQL takes no parameter (`COMMENT`, a
-//! table's initial copy bounds in DDL): there [`quote_literal`] quotes them.
+//! never spliced, except where PostgreSQL takes no parameter (`COMMENT`): there
+//! [`quote_literal`] quotes them.
 //!
 //! Some brief fields are SQL by design, written by the operator and run as
 //! written: `scope.source`, `scope.where`, each metric's `expr` and `by`,
@@ -18,7 +18,7 @@ pub fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-/// Quotes a text value as a SQL literal, for the few places (DDL, comments) where
+/// Quotes a text value as a SQL literal, for the one place (`COMMENT`) where
 /// PostgreSQL accepts no bound parameter.
 #[must_use]
 pub fn quote_literal(text: &str) -> String {

@@ -134,8 +134,8 @@ impl TestEnv {
     }
 
     /// In-process workers (default options) pointed at this test's world.
-    pub async fn workers(&self, count: u16) -> backfill_coordinator::demo::InProcessWorkers {
-        backfill_coordinator::demo::InProcessWorkers::start(
+    pub async fn workers(&self, count: u16) -> backfill_worker::InProcessWorkers {
+        backfill_worker::InProcessWorkers::start(
             &self.config,
             count,
             &backfill_worker::WorkerOptions::default(),

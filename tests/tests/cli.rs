@@ -376,6 +376,33 @@ async fn the_readmes_demo_example_runs() {
     env.cleanup().await;
 }
 
+/// The demo starts `backfill-worker` processes: without one it says how to get
+/// one, before loading any data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_names_a_missing_worker_binary() {
+    let env = TestEnv::new(0.01).await;
+    let dir = std::env::temp_dir().join(format!("backfill-alone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let alone = dir.join("backfill");
+    std::fs::copy(bin("backfill"), &alone).unwrap();
+    let out = Command::new(&alone)
+        .args(["demo", "--scale", "0.01"])
+        .envs(env.env())
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("backfill-worker") && stderr.contains("cargo build --bins"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Generating TPC-H"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_stops_driving_and_follow_drives_the_run_on() {
     use tokio::io::AsyncBufReadExt as _;

@@ -160,7 +160,7 @@ async fn worker_stats_count_applied_batches() {
         .unwrap();
     let finish = env.drive_in_background(run_id).await.unwrap().unwrap();
     stop.cancel();
-    task.await.unwrap();
+    task.await.unwrap().unwrap();
     assert_eq!(finish, run::Finish::Applied);
     assert_eq!(stats.applied.get(), plan.len() as u64);
     env.cleanup().await;

@@ -172,3 +172,64 @@ async fn the_drain_deadline_abandons_a_batch_that_outlasts_it() {
     );
     env.cleanup().await;
 }
+
+/// A broker that refuses the topology for good (the batch queue declared by
+/// someone else as a classic queue): neither side reconnects for minutes. The
+/// worker stops with the refusal and what to fix; the coordinator fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_permanent_broker_refusal_is_not_retried() {
+    let env = TestEnv::new(0.01).await;
+    let (conn, channel, topology) = {
+        let conn = backfill_shared::services::rabbit(&env.config, "test")
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let topology = backfill_shared::topology::Topology::new(&env.config.namespace);
+        (conn, channel, topology)
+    };
+    channel
+        .queue_declare(
+            topology.batches.as_str().into(),
+            lapin::options::QueueDeclareOptions::durable(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let worker = backfill_worker::Worker::connect(
+        env.config.clone(),
+        backfill_worker::WorkerOptions::default(),
+    )
+    .await
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let ended = tokio::time::timeout(Duration::from_secs(30), worker.run(stop))
+        .await
+        .expect("the worker gives up on a refusal instead of reconnecting");
+    let error = ended.unwrap_err().to_string();
+    assert!(
+        error.contains("PRECONDITION_FAILED") && error.contains("reconnecting cannot fix this"),
+        "{error}"
+    );
+
+    let text = env.brief(4, 2).await;
+    let (run_id, ..) = env.record_run(&text).await;
+    let started = std::time::Instant::now();
+    let driven = tokio::time::timeout(Duration::from_secs(60), env.drive_in_background(run_id))
+        .await
+        .expect("the coordinator gives up on a refusal instead of reconnecting")
+        .unwrap();
+    let e = match driven {
+        Ok(finish) => panic!("the run was driven: {finish:?}"),
+        Err(e) => e,
+    };
+    assert!(!e.is_transient(), "{e}");
+    assert_eq!(e.exit_code(), 1, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let _ = conn.close(200, "test".into()).await;
+    env.cleanup().await;
+}

@@ -10,6 +10,7 @@ use crate::runs::Runs;
 use crate::{Shared, Stats, protocol};
 use backfill_shared::config::Config;
 use backfill_shared::control;
+use backfill_shared::failure::ServiceFailure;
 use backfill_shared::gates::Gates;
 use backfill_shared::lease::Leases;
 use backfill_shared::services::{self, ServiceError};
@@ -65,6 +66,12 @@ pub enum WorkerError {
     Control(#[from] control::ControlError),
     #[error("--concurrency must be at least 1")]
     Concurrency,
+    /// The broker refuses what the worker needs (a queue declared with other
+    /// arguments, a user without permissions): reconnecting cannot heal it.
+    #[error(
+        "{0}; reconnecting cannot fix this: correct the broker's set-up or the worker's BACKFILL_AMQP_URL, then start the worker again"
+    )]
+    Refused(ServiceFailure),
 }
 
 /// One worker: a pool, a Redis connection and, while running, a broker connection.
@@ -153,13 +160,21 @@ impl Worker {
 
     /// Consumes until `shutdown` is cancelled, then drains. Reconnects to the broker
     /// with backoff when the connection is lost.
-    pub async fn run(self, shutdown: CancellationToken) {
+    ///
+    /// # Errors
+    /// The broker refuses the worker's topology or consumer for good.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         const FIRST_DELAY: Duration = Duration::from_millis(250);
         let mut delay = FIRST_DELAY;
+        let mut outcome = Ok(());
         while !shutdown.is_cancelled() {
             let started = tokio::time::Instant::now();
             match self.session(&shutdown).await {
                 Ok(()) => break,
+                Err(SessionEnd::Failed(failure)) if !failure.is_transient() => {
+                    outcome = Err(WorkerError::Refused(failure));
+                    break;
+                }
                 Err(e) => {
                     // A session that lasted was a healthy one: back off afresh.
                     if started.elapsed() > Duration::from_secs(60) {
@@ -182,15 +197,16 @@ impl Worker {
             warn!("warehouse connections did not close in time; exiting anyway");
         }
         info!(worker = %self.options.worker_id, "worker stopped");
+        outcome
     }
 
     /// One broker connection's life. `Ok` on shutdown, `Err` when the connection broke.
-    async fn session(&self, shutdown: &CancellationToken) -> Result<(), String> {
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), SessionEnd> {
         let name = format!("backfill-worker {}", self.options.worker_id);
         let conn = services::rabbit(&self.config, &name)
             .await
-            .map_err(|e| e.to_string())?;
-        let amqp = |e: lapin::Error| format!("rabbitmq: {e}");
+            .map_err(|e| SessionEnd::Lost(e.to_string()))?;
+        let amqp = |e: lapin::Error| SessionEnd::Failed(e.into());
         let channel = conn.create_channel().await.map_err(amqp)?;
         self.topology.declare(&channel).await.map_err(amqp)?;
         channel
@@ -229,7 +245,7 @@ impl Worker {
                 () = shutdown.cancelled() => break Ok(()),
                 permit = Arc::clone(&self.slots).acquire_owned() => match permit {
                     Ok(p) => p,
-                    Err(_) => break Err("semaphore closed".to_owned()),
+                    Err(_) => break Err(SessionEnd::Lost("semaphore closed".to_owned())),
                 },
             };
             let next = tokio::select! {
@@ -252,7 +268,11 @@ impl Worker {
                     });
                 }
                 Some(Err(e)) => break Err(amqp(e)),
-                None => break Err("the broker cancelled the consumer".to_owned()),
+                None => {
+                    break Err(SessionEnd::Lost(
+                        "the broker cancelled the consumer".to_owned(),
+                    ));
+                }
             }
         };
         self.stats.connected.store(false, Ordering::Relaxed);
@@ -281,4 +301,14 @@ impl Worker {
         let _ = conn.close(200, "worker stopping".into()).await;
         ended
     }
+}
+
+/// Why a broker session ended other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error(transparent)]
+    Failed(ServiceFailure),
+    /// The connection went, or could not be made: reconnect.
+    #[error("{0}")]
+    Lost(String),
 }

@@ -1,16 +1,30 @@
 //! What can go wrong with one batch, classified so the worker's decision is one
 //! `match`: retry with backoff ([`BatchError::is_transient`]), or report the failure
-//! and dead-letter the message.
+//! and dead-letter the message. Whether a service failure is transient is decided
+//! once, for coordinator and workers alike, by [`ServiceFailure::is_transient`].
 
 use backfill_shared::control::ControlError;
+use backfill_shared::failure::ServiceFailure;
+use backfill_shared::gates::GateError;
+use backfill_shared::topology::PublishError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
-    /// A service hiccup (connection lost, deadlock, serialization failure): retried.
+    /// A call to the warehouse, the broker or Redis failed: retried when the
+    /// failure is transient (a lost connection, a deadlock); otherwise (the source
+    /// query fails, a constraint is violated) reported, and the run halts.
+    #[error("{context}: {failure}")]
+    Service {
+        context: String,
+        #[source]
+        failure: ServiceFailure,
+    },
+    /// The ledger is not yet where the protocol expects it (a replay raced the
+    /// first attempt's commit): retried.
     #[error("{0}")]
-    Transient(String),
-    /// Retrying cannot help: the source query fails, a constraint is violated, the
-    /// source breaks the grain. Reported and dead-lettered; the run halts.
+    NotYet(String),
+    /// Retrying cannot help: the source breaks the grain, a bound is out of range.
+    /// Reported and dead-lettered; the run halts.
     #[error("{0}")]
     Permanent(String),
     /// A newer claim holds the batch: this worker must not commit.
@@ -26,66 +40,59 @@ pub(crate) type Result<T, E = BatchError> = std::result::Result<T, E>;
 impl BatchError {
     #[must_use]
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient(_))
+        match self {
+            Self::Service { failure, .. } => failure.is_transient(),
+            Self::NotYet(_) => true,
+            Self::Permanent(_) | Self::Stale { .. } | Self::LeaseLost(_) => false,
+        }
     }
 
-    /// Classifies a warehouse error: connection-class, resource and concurrency
-    /// errors are transient; everything the statement itself got wrong is permanent.
-    pub(crate) fn from_sql(context: &str, e: &sqlx::Error) -> Self {
-        let text = format!("{context}: {e}");
-        match e {
-            sqlx::Error::Database(db) => {
-                let code = db.code().unwrap_or_default();
-                let transient = code.starts_with("08")
-                    || code.starts_with("53")
-                    || code.starts_with("57")
-                    || matches!(
-                        code.as_ref(),
-                        "40001" | "40P01" | "55P03" | "58000" | "58030"
-                    );
-                if transient {
-                    Self::Transient(text)
-                } else {
-                    Self::Permanent(text)
-                }
-            }
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::Tls(_) => Self::Transient(text),
-            _ => Self::Permanent(text),
+    /// A failed call, with what the worker was doing.
+    pub(crate) fn service(context: &str, failure: impl Into<ServiceFailure>) -> Self {
+        Self::Service {
+            context: context.to_owned(),
+            failure: failure.into(),
         }
+    }
+
+    /// A failed warehouse statement, with what it was for.
+    pub(crate) fn from_sql(context: &str, e: sqlx::Error) -> Self {
+        Self::service(context, e)
     }
 }
 
 impl From<ControlError> for BatchError {
     fn from(e: ControlError) -> Self {
-        match &e {
-            ControlError::Sql(inner) => Self::from_sql("control plane", inner),
-            _ => Self::Permanent(e.to_string()),
+        match e {
+            ControlError::Sql(inner) => Self::service("control plane", inner),
+            other => Self::Permanent(other.to_string()),
         }
     }
 }
 
-impl From<backfill_shared::gates::GateError> for BatchError {
-    fn from(e: backfill_shared::gates::GateError) -> Self {
+impl From<GateError> for BatchError {
+    fn from(e: GateError) -> Self {
         match e {
-            backfill_shared::gates::GateError::Redis(e) => e.into(),
-            backfill_shared::gates::GateError::Control(e) => e.into(),
+            GateError::Redis(e) => e.into(),
+            GateError::Control(e) => e.into(),
         }
     }
 }
 
 impl From<redis::RedisError> for BatchError {
     fn from(e: redis::RedisError) -> Self {
-        Self::Transient(format!("redis: {e}"))
+        Self::service("lease or idempotency key", e)
     }
 }
 
 impl From<lapin::Error> for BatchError {
     fn from(e: lapin::Error) -> Self {
-        Self::Transient(format!("rabbitmq: {e}"))
+        Self::service("broker", e)
+    }
+}
+
+impl From<PublishError> for BatchError {
+    fn from(e: PublishError) -> Self {
+        Self::service("publishing", e)
     }
 }

@@ -7,18 +7,20 @@
 //! - [`publisher`]: confirmed publishing of events and dead letters.
 //! - [`runs`]: the briefs of runs seen so far.
 //!
-//! The binary `backfill-worker` runs one [`Worker`]; `backfill demo` and the tests
-//! run several in-process.
+//! The binary `backfill-worker` runs one [`Worker`]; `backfill demo` starts such
+//! processes, and the tests and benchmarks run several in-process ([`fleet`]).
 
 pub mod apply;
 mod consumer;
 mod error;
+pub mod fleet;
 mod protocol;
 mod publisher;
 mod runs;
 
 pub use consumer::{Worker, WorkerError, WorkerOptions};
 pub use error::BatchError;
+pub use fleet::InProcessWorkers;
 
 use backfill_shared::gates::Gates;
 use backfill_shared::lease::Leases;

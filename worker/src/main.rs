@@ -80,8 +80,13 @@ async fn run(args: Args) -> ExitCode {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
-    worker.run(shutdown).await;
-    ExitCode::SUCCESS
+    match worker.run(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(3)
+        }
+    }
 }
 
 async fn signals(shutdown: CancellationToken) {

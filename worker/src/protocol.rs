@@ -346,7 +346,7 @@ async fn under_lease(
             }
             tx.commit()
                 .await
-                .map_err(|e| BatchError::from_sql("commit", &e))?;
+                .map_err(|e| BatchError::from_sql("commit", e))?;
             Ok(outcome)
         }
         .instrument(transaction)
@@ -447,7 +447,7 @@ async fn publish_applied(shared: &Shared, run_id: uuid::Uuid, batch_no: u32) -> 
     let applied = batches::applied(&shared.pool, run_id, batch_no)
         .await?
         .ok_or_else(|| {
-            BatchError::Transient(format!("batch {batch_no} is not applied in the ledger"))
+            BatchError::NotYet(format!("batch {batch_no} is not applied in the ledger"))
         })?;
     shared
         .publisher

@@ -37,7 +37,7 @@ impl Publisher {
             topology::persistent(),
         )
         .await
-        .map_err(|e| BatchError::Transient(format!("publishing event: {e}")))
+        .map_err(|e| BatchError::service("publishing an event", e))
     }
 
     /// Copies a delivery to the dead-letter exchange with its reason. The caller
@@ -62,6 +62,6 @@ impl Publisher {
             properties,
         )
         .await
-        .map_err(|e| BatchError::Transient(format!("dead-lettering: {e}")))
+        .map_err(|e| BatchError::service("dead-lettering", e))
     }
 }

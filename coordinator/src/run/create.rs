@@ -1,13 +1,13 @@
-//! Recording a run: the run, every batch, the before-image or side table, the
-//! maintenance marker and the drift guard's fingerprints, in one transaction,
-//! before anything is published.
+//! Recording a run: the run, every batch, the before-image or side table (built
+//! by `control::setup`), the maintenance marker and the drift guard's
+//! fingerprints, in one transaction, before anything is published.
 
 use crate::error::{CliError, Result};
 use crate::lifecycle;
 use backfill_shared::brief::{BatchRange, Brief};
 use backfill_shared::control::runs::{self, NewRun};
 use backfill_shared::control::{drift, maintenance};
-use backfill_shared::sql::{TableName, quote_ident, quote_literal};
+use backfill_shared::sql::TableName;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -27,20 +27,11 @@ pub async fn create(
         table: format!("image_{}", run_id.simple()),
     });
     let side_table = lifecycle::side_table(brief, run_id);
-    let mut setup = Vec::new();
-    if let Some(image) = &image_table {
-        setup.push(format!(
-            "CREATE TABLE {image} (bf_batch_no integer NOT NULL, bf_op \"char\" NOT NULL, LIKE {target} INCLUDING DEFAULTS, {AFTER_HASH} bigint)",
-            AFTER_HASH = backfill_shared::control::IMAGE_AFTER_HASH,
-            image = image.quoted(),
-            target = target.quoted()
-        ));
-        setup.push(format!("CREATE INDEX ON {} (bf_batch_no)", image.quoted()));
-    }
-    if let Some(side) = &side_table {
-        lifecycle::check_name(side)?;
+    if side_table.is_some() {
         lifecycle::check_name(&lifecycle::old_table(brief, run_id))?;
-        setup.extend(side_table_statements(brief, side));
+    }
+    for table in image_table.iter().chain(&side_table) {
+        lifecycle::check_name(table)?;
     }
 
     // The target's size before the run, for `validate` to compare with.
@@ -77,8 +68,6 @@ pub async fn create(
         }
     }
     let fingerprints = drift::fingerprints(pool, &guarded).await?;
-    let image_name = image_table.as_ref().map(ToString::to_string);
-    let side_name = side_table.as_ref().map(ToString::to_string);
     runs::create(
         pool,
         &NewRun {
@@ -87,10 +76,9 @@ pub async fn create(
             brief,
             operator,
             batches,
-            image_table: image_name.as_deref(),
-            side_table: side_name.as_deref(),
+            image_table: image_table.as_ref(),
+            side_table: side_table.as_ref(),
             fingerprints: &fingerprints,
-            setup,
             marker: live.then(|| maintenance::Marker::of(brief, run_id)),
             params,
         },
@@ -106,30 +94,4 @@ pub async fn create(
         other => other.into(),
     })?;
     Ok(run_id)
-}
-
-/// The table built beside the target: same columns, constraints and indexes, with
-/// the target's rows outside the scope copied over. Batches fill in the scope.
-fn side_table_statements(brief: &Brief, side: &TableName) -> Vec<String> {
-    let target = brief.scope.target.quoted();
-    let by = quote_ident(&brief.scope.batch_by.column);
-    let literal = |b: backfill_shared::brief::Bound| quote_literal(&b.to_string());
-    vec![
-        format!(
-            "CREATE TABLE {} (LIKE {target} INCLUDING ALL)",
-            side.quoted()
-        ),
-        format!(
-            "INSERT INTO {} SELECT * FROM {target} WHERE {by} IS NULL OR {by} < {} OR {by} >= {}{unowned}",
-            side.quoted(),
-            literal(brief.scope.batch_by.start),
-            literal(brief.scope.batch_by.end),
-            unowned = brief
-                .scope
-                .filter
-                .as_deref()
-                .map_or_else(String::new, |w| format!(" OR ({w}) IS NOT TRUE"))
-        ),
-        format!("ANALYZE {}", side.quoted()),
-    ]
 }

@@ -30,6 +30,7 @@ use backfill_shared::config::Config;
 use backfill_shared::control::batches::BatchState;
 use backfill_shared::control::runs::{self, RunState};
 use backfill_shared::control::{batches, log, maintenance};
+use backfill_shared::failure::ServiceFailure;
 use backfill_shared::gates::{self, Gates};
 use backfill_shared::lease::Leases;
 use backfill_shared::services;
@@ -183,7 +184,7 @@ impl Attachment<'_> {
             let started = tokio::time::Instant::now();
             match attachment.follow(first, run_span).await {
                 Ok(finish) => break finish,
-                Err(e) if e.is_connection_loss() => {
+                Err(e) if e.is_transient() => {
                     if started.elapsed() > Duration::from_secs(60) {
                         delays = reconnect_policy().build();
                     }
@@ -508,7 +509,7 @@ impl Attachment<'_> {
         let verdict = match sweep.run(pool, &self.leases, run_id, ready).await {
             Ok(v) => v,
             // Without Redis no worker can start a batch either: look again later.
-            Err(CliError::Unavailable(e)) if e.starts_with("redis") => {
+            Err(CliError::Call(e @ ServiceFailure::Cache(_))) => {
                 warn!(run.id = %run_id, error = %e, "cannot look for lost batches");
                 return Ok(());
             }

@@ -2,6 +2,7 @@
 
 use crate::{CliError, Result};
 use backfill_shared::brief::BatchRange;
+use backfill_shared::failure::ServiceFailure;
 use backfill_shared::message::{self, BatchMessage, VERSION};
 use backfill_shared::signing::{SIGNATURE_HEADER, Signer};
 use backfill_shared::telemetry;
@@ -76,10 +77,12 @@ impl BatchPublisher<'_> {
         }
         for confirm in confirms {
             if !confirm.await?.is_ack() {
-                return Err(CliError::Internal(format!(
-                    "the broker refused (nacked) a batch of run {}; nothing is lost — run again to re-attach",
-                    self.run_id
-                )));
+                // Transient: the driver reconnects and publishes what the ledger
+                // says is still queued.
+                return Err(CliError::Call(ServiceFailure::Nacked(format!(
+                    "{} (a batch of run {})",
+                    self.queue, self.run_id
+                ))));
             }
         }
         Ok(())

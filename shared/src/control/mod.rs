@@ -10,6 +10,7 @@ pub mod log;
 pub mod maintenance;
 pub mod people;
 pub mod runs;
+pub mod setup;
 pub mod validations;
 
 use sqlx::PgPool;

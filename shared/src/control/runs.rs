@@ -1,8 +1,10 @@
 //! Runs: one row per `backfill run`, holding the exact brief text it was planned
 //! from. Workers load the brief from here, never from a message.
 
+use super::setup::Setup;
 use super::{ControlError, Result};
 use crate::brief::{BatchRange, BoundKind, Brief};
+use crate::sql::TableName;
 use sqlx::PgPool;
 use std::fmt;
 use uuid::Uuid;
@@ -127,14 +129,12 @@ pub struct NewRun<'a> {
     pub brief: &'a Brief,
     pub operator: &'a str,
     pub batches: &'a [BatchRange],
-    pub image_table: Option<&'a str>,
+    /// Where before-images go, when the run keeps them.
+    pub image_table: Option<&'a TableName>,
     /// The table batches write to, when it is not the target.
-    pub side_table: Option<&'a str>,
+    pub side_table: Option<&'a TableName>,
     /// Column definitions of the tables the run depends on, for the drift guard.
     pub fingerprints: &'a super::drift::Fingerprints,
-    /// DDL run in the same transaction after the run is recorded (creating the
-    /// before-image or side table), built from quoted identifiers.
-    pub setup: Vec<String>,
     /// The maintenance marker a live target carries while the run writes.
     pub marker: Option<super::maintenance::Marker>,
     pub params: serde_json::Value,
@@ -170,8 +170,8 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
     .bind(brief.scope.batch_by.kind().as_str())
     .bind(batch_count)
     .bind(&new.params)
-    .bind(new.image_table)
-    .bind(new.side_table)
+    .bind(new.image_table.map(ToString::to_string))
+    .bind(new.side_table.map(ToString::to_string))
     .bind(sqlx::types::Json(new.fingerprints))
     .execute(&mut *tx)
     .await?;
@@ -190,10 +190,12 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
             state,
         });
     }
-    for statement in &new.setup {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(statement.as_str()))
-            .execute(&mut *tx)
-            .await?;
+    let setup = [
+        new.image_table.map(Setup::BeforeImages),
+        new.side_table.map(Setup::SideTable),
+    ];
+    for step in setup.into_iter().flatten() {
+        step.build(&mut tx, brief).await?;
     }
     if let Some(marker) = &new.marker {
         super::maintenance::mark(&mut tx, marker).await?;

@@ -57,7 +57,7 @@ pub async fn apply(
     let (tx, outcome) = prepare(pool, plan, work, worker).await?;
     tx.commit()
         .await
-        .map_err(|e| BatchError::from_sql("commit", &e))?;
+        .map_err(|e| BatchError::from_sql("commit", e))?;
     Ok(outcome)
 }
 
@@ -69,7 +69,7 @@ pub async fn prepare(
     work: BatchWork,
     worker: &str,
 ) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, BatchOutcome)> {
-    let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, &e);
+    let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, e);
     let mut tx = pool.begin().await.map_err(sql("begin"))?;
 
     sqlx::raw_sql(AssertSqlSafe(plan.create_working_set.as_str()))
@@ -137,7 +137,7 @@ async fn write(
     rows: &mut RowCounts,
     checks: &mut BatchChecks,
 ) -> Result<()> {
-    let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, &e);
+    let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, e);
     let batch = i32::try_from(work.batch_no)
         .map_err(|_| BatchError::Permanent("batch number out of range".into()))?;
     if !plan.fingerprints.is_empty() {
@@ -293,7 +293,7 @@ async fn metric_groups(
         .bind(work.hi)
         .fetch_all(&mut *tx)
         .await
-        .map_err(|e| BatchError::from_sql("a validation metric failed", &e))?;
+        .map_err(|e| BatchError::from_sql("a validation metric failed", e))?;
     Ok(rows
         .into_iter()
         .map(|(g, v)| (Metric::group_name(g), v))

@@ -2,7 +2,7 @@
 //!
 //! It loads TPC-H into schema `demo`, builds `demo.order_revenue` with the classic
 //! bug (returned items, `l_returnflag = 'R'`, still counted in net revenue), writes
-//! the brief that fixes it, starts in-process workers, runs the backfill over the
+//! the brief that fixes it, starts `backfill-worker` processes, runs the backfill over the
 //! real broker, cache and warehouse, and prints what changed, checked against an
 //! independent recomputation.
 
@@ -13,10 +13,12 @@ use backfill_shared::brief::Brief;
 use backfill_shared::config::Config;
 use backfill_shared::control::{self, runs::RunState};
 use backfill_shared::services;
-use backfill_worker::{Worker, WorkerOptions};
 use sqlx::PgPool;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
+use workers::WorkerProcesses;
+
+mod workers;
 
 pub const SCHEMA: &str = "demo";
 
@@ -238,46 +240,12 @@ async fn yearly_net_revenue(pool: &PgPool, schema: &str) -> Result<Vec<(i32, f64
     .await?)
 }
 
-/// Workers running in this process until the token is cancelled.
-#[derive(Debug)]
-pub struct InProcessWorkers {
-    stop: CancellationToken,
-    tasks: tokio::task::JoinSet<()>,
-}
-
-impl InProcessWorkers {
-    pub async fn start(config: &Config, count: u16, options: &WorkerOptions) -> Result<Self> {
-        let stop = CancellationToken::new();
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..count {
-            let options = WorkerOptions {
-                worker_id: format!("{}-{i}", options.worker_id),
-                ..options.clone()
-            };
-            let worker = Worker::connect(config.clone(), options)
-                .await
-                .map_err(|e| match e {
-                    backfill_worker::WorkerError::Service(s) => CliError::Service(s),
-                    other => CliError::Internal(other.to_string()),
-                })?;
-            tasks.spawn(worker.run(stop.child_token()));
-        }
-        Ok(Self { stop, tasks })
-    }
-
-    /// Stops them and waits for their in-flight batches.
-    pub async fn stop(mut self) {
-        self.stop.cancel();
-        while self.tasks.join_next().await.is_some() {}
-    }
-}
-
 /// What `backfill demo` does, from its flags.
 #[derive(Debug, Clone, Copy)]
 pub struct DemoOptions {
     /// TPC-H scale factor.
     pub scale: f64,
-    /// In-process workers.
+    /// `backfill-worker` processes.
     pub workers: u16,
     /// Batches the backfill is cut into.
     pub batches: i64,
@@ -302,6 +270,8 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
             "--scale must be between 0.001 and 10".into(),
         ));
     }
+    // Before loading anything: the workers the demo starts must exist.
+    let worker_program = workers::program()?;
     let started = Instant::now();
     eprintln!("Checking the services...");
     let pool = services::postgres(config, 8).await?;
@@ -362,11 +332,28 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
     let (plan, batches, _) = plan::plan(&pool, &brief).await?;
     println!("{}", plan.render());
 
-    let workers = InProcessWorkers::start(config, workers, &WorkerOptions::default()).await?;
+    let mut workers = WorkerProcesses::start(&worker_program, config, workers)?;
     let t = Instant::now();
     let run_id = run::create(&pool, &text, &brief, &batches, "demo").await?;
     println!("Run {run_id}");
-    let finish = run::drive(config, &pool, run_id, DriveOptions::default()).await;
+    let interrupt = CancellationToken::new();
+    let options = DriveOptions {
+        interrupt: interrupt.clone(),
+        ..DriveOptions::default()
+    };
+    let drive = run::drive(config, &pool, run_id, options);
+    tokio::pin!(drive);
+    let finish = tokio::select! {
+        finish = &mut drive => finish,
+        exited = workers.first_exit() => {
+            interrupt.cancel();
+            let _ = drive.await;
+            workers.stop().await;
+            return Err(CliError::Halted(format!(
+                "{exited}; the run is kept: `backfill follow {run_id}` continues it once workers run"
+            )));
+        }
+    };
     workers.stop().await;
     let finish = finish?;
     let run_secs = t.elapsed().as_secs_f64();

@@ -1,0 +1,206 @@
+//! The report as Markdown: the change note itself, also the body of the HTML.
+
+use super::Report;
+use crate::validate::GroupDelta;
+use std::fmt::Write as _;
+
+/// A group as people read it: a midnight timestamp (`date_trunc` of a date)
+/// is shown as its date.
+pub(crate) fn group_label(group: &str) -> &str {
+    [" 00:00:00+00", " 00:00:00"]
+        .iter()
+        .find_map(|midnight| group.strip_suffix(midnight))
+        .unwrap_or(group)
+}
+
+/// A figure with thousands separators and two decimals.
+pub(crate) fn fmt_num(v: f64) -> String {
+    let s = format!("{:.2}", v.abs());
+    let (int, frac) = s.split_once('.').unwrap_or((&s, "00"));
+    let mut grouped = String::new();
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    format!("{}{grouped}.{frac}", if v < 0.0 { "-" } else { "" })
+}
+
+fn fmt_pct(d: &GroupDelta) -> String {
+    d.delta_pct()
+        .map_or_else(|| "new".into(), |p| format!("{p:+.2}%"))
+}
+
+impl Report {
+    #[must_use]
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# Backfill report: {} on {}\n", self.name, self.target);
+        let _ = writeln!(s, "**Why:** {}\n", self.reason);
+        let _ = writeln!(s, "| Item | Detail |\n| --- | --- |");
+        let _ = writeln!(s, "| Run | `{}` ({}) |", self.run_id, self.state);
+        let _ = writeln!(
+            s,
+            "| Owner / reviewer | {} / {} |",
+            self.owner, self.reviewer
+        );
+        let _ = writeln!(s, "| Risk | {} |", self.risk);
+        let _ = writeln!(
+            s,
+            "| Period | {} from {} to {} (exclusive) |",
+            self.batch_by, self.period.0, self.period.1
+        );
+        let _ = writeln!(s, "| Tables | {} ({}) |", self.target, self.strategy);
+        let _ = writeln!(s, "| Stakeholders | {} |", self.stakeholders.join(", "));
+        let found = self
+            .downstream_found
+            .iter()
+            .map(|d| format!("{} ({})", d.name, d.kind))
+            .collect::<Vec<_>>();
+        let _ = writeln!(
+            s,
+            "| Downstream | declared: {}; in the catalog: {} |\n",
+            self.downstream_declared.join(", "),
+            if found.is_empty() {
+                "none".into()
+            } else {
+                found.join(", ")
+            }
+        );
+
+        let _ = writeln!(s, "## Validation\n");
+        if self.validation.is_empty() {
+            let _ = writeln!(
+                s,
+                "Not validated yet (`backfill validate {}`).\n",
+                self.run_id
+            );
+        } else {
+            let _ = writeln!(s, "| check | result | summary |\n| --- | --- | --- |");
+            for v in &self.validation {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} |",
+                    v.check_name,
+                    if v.passed { "pass" } else { "**FAIL**" },
+                    v.summary
+                );
+            }
+            let _ = writeln!(s);
+        }
+        for (actor, reason, limits) in &self.accepted_breaches {
+            let _ = writeln!(s, "- Accepted by {actor}: {limits} — {reason}");
+        }
+
+        let _ = writeln!(s, "## What changed\n");
+        let _ = writeln!(
+            s,
+            "| metric | group | before | after | change |\n| --- | --- | ---: | ---: | ---: |"
+        );
+        for d in &self.metrics {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                d.metric,
+                group_label(&d.group),
+                fmt_num(d.before),
+                fmt_num(d.after),
+                fmt_pct(d)
+            );
+        }
+        let c = &self.batches;
+        let _ = writeln!(
+            s,
+            "\nRows: {} from the source, {} inserted, {} updated, {} deleted, in {} batches ({} retries); \
+             {} of the {} rows in scope had no counterpart in the source and were {}.\n",
+            c.rows.source,
+            c.rows.inserted,
+            c.rows.updated,
+            c.rows.deleted,
+            c.applied,
+            self.retries,
+            self.unmatched.rows,
+            self.unmatched.range_rows,
+            self.unmatched_fate
+        );
+        let _ = writeln!(s, "## Refreshed\n");
+        if self.refreshed.is_empty() {
+            let _ = writeln!(s, "Nothing yet (refreshes run at cutover).\n");
+        }
+        for r in &self.refreshed {
+            let _ = writeln!(s, "- {r}");
+        }
+        let _ = writeln!(s, "\n## Run log\n");
+        let _ = writeln!(s, "- Code version: {}", self.code_version);
+        let _ = writeln!(s, "- Brief hash: `{}`", self.brief_hash);
+        let _ = writeln!(s, "- Parameters: `{}`", self.params);
+        let _ = writeln!(
+            s,
+            "- Run by {} from {} to {}",
+            self.operator,
+            self.started.format("%Y-%m-%d %H:%M UTC"),
+            self.finished.map_or_else(
+                || "(not finished)".into(),
+                |f| f.format("%Y-%m-%d %H:%M UTC").to_string()
+            )
+        );
+        let _ = writeln!(
+            s,
+            "- Approved: {}",
+            self.approved.as_ref().map_or_else(
+                || "not yet".into(),
+                |(who, at)| format!("by {who} at {}", at.format("%Y-%m-%d %H:%M UTC"))
+            )
+        );
+        let _ = writeln!(s, "\n## Temporary objects\n");
+        if self.temporary_objects.is_empty() {
+            let _ = writeln!(s, "None remain.");
+        } else {
+            let _ = writeln!(
+                s,
+                "{} — kept for rollback until {} (then `backfill cleanup {}`).",
+                self.temporary_objects.join(", "),
+                self.retained_until.map_or_else(
+                    || "the run finishes".into(),
+                    |u| u.format("%Y-%m-%d").to_string()
+                ),
+                self.run_id
+            );
+        }
+        s
+    }
+
+    pub(super) fn metric_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for d in &self.metrics {
+            if !names.contains(&d.metric) {
+                names.push(d.metric.clone());
+            }
+        }
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_grouped() {
+        assert_eq!(fmt_num(1234567.891), "1,234,567.89");
+        assert_eq!(fmt_num(-12.5), "-12.50");
+        assert_eq!(fmt_num(999.0), "999.00");
+    }
+
+    #[test]
+    fn midnight_groups_read_as_dates() {
+        assert_eq!(group_label("1996-01-01 00:00:00+00"), "1996-01-01");
+        assert_eq!(group_label("1996-01-01 00:00:00"), "1996-01-01");
+        assert_eq!(
+            group_label("1996-01-01 12:00:00+00"),
+            "1996-01-01 12:00:00+00"
+        );
+        assert_eq!(group_label("AIR"), "AIR");
+    }
+}

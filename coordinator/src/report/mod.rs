@@ -1,0 +1,143 @@
+//! `backfill report RUN [--format md|html]`: the change note a stakeholder reads.
+//! What changed and why, who ran and approved it, the period and tables affected,
+//! who and what downstream is concerned, the validation results, metric deltas per
+//! group (in HTML also as a before/after bar chart in inline SVG, readable without
+//! a server), what was refreshed, the run log, and what temporary objects remain
+//! until when.
+
+use crate::Result;
+use crate::preflight::{self, Dependent};
+use crate::validate::{self, GroupDelta};
+use backfill_shared::checks::Unmatched;
+use backfill_shared::control::batches::{self, Counts};
+use backfill_shared::control::runs::{self, Run};
+use backfill_shared::control::{log, validations};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+mod html;
+mod markdown;
+
+pub(crate) use markdown::{fmt_num, group_label};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub run_id: Uuid,
+    pub name: String,
+    pub reason: String,
+    pub owner: String,
+    pub reviewer: String,
+    pub risk: String,
+    pub state: String,
+    pub target: String,
+    pub period: (String, String),
+    pub batch_by: String,
+    pub strategy: String,
+    pub stakeholders: Vec<String>,
+    pub downstream_declared: Vec<String>,
+    pub downstream_found: Vec<Dependent>,
+    pub validation: Vec<ValidationRow>,
+    pub metrics: Vec<GroupDelta>,
+    pub refreshed: Vec<String>,
+    pub code_version: String,
+    pub brief_hash: String,
+    pub params: serde_json::Value,
+    pub operator: String,
+    pub started: chrono::DateTime<chrono::Utc>,
+    pub finished: Option<chrono::DateTime<chrono::Utc>>,
+    pub batches: Counts,
+    /// Target rows the source did not reproduce, summed over the applied batches.
+    pub unmatched: Unmatched,
+    /// What happened to them: "removed", or "left stale".
+    pub unmatched_fate: &'static str,
+    pub retries: i64,
+    pub approved: Option<(String, chrono::DateTime<chrono::Utc>)>,
+    pub accepted_breaches: Vec<(String, String, String)>,
+    pub temporary_objects: Vec<String>,
+    pub retained_until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct ValidationRow {
+    pub check_name: String,
+    pub passed: bool,
+    pub summary: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
+    let run: Run = runs::load(pool, run_id).await?;
+    let brief = &run.brief;
+    let validation: Vec<ValidationRow> = validations::latest_results(pool, run_id)
+        .await?
+        .into_iter()
+        .map(|(check_name, passed, summary, at)| ValidationRow {
+            check_name,
+            passed,
+            summary,
+            at,
+        })
+        .collect();
+    let refreshed = log::refreshed(pool, run_id).await?;
+    let accepted_breaches = log::acceptances(pool, run_id).await?;
+    let retries = batches::retries(pool, run_id).await?;
+    let params = run.params.clone();
+    let applied = validate::applied_batches(pool, &run).await?;
+    let mut temporary_objects = Vec::new();
+    if run.cleaned_at.is_none() {
+        for name in [&run.image_table, &run.old_table, &run.side_table]
+            .into_iter()
+            .flatten()
+        {
+            let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(name)
+                .fetch_one(pool)
+                .await?;
+            if exists && *name != brief.scope.target.to_string() {
+                temporary_objects.push(name.clone());
+            }
+        }
+    }
+    let finished = run.cut_over_at.or(run.rolled_back_at).or(run.finished_at);
+    Ok(Report {
+        run_id,
+        name: brief.meta.name.clone(),
+        reason: brief.meta.reason.clone(),
+        owner: brief.meta.owner.clone(),
+        reviewer: brief.meta.reviewer.clone(),
+        risk: brief.meta.risk.to_string(),
+        state: run.state.to_string(),
+        target: brief.scope.target.to_string(),
+        period: (
+            brief.scope.batch_by.start.to_string(),
+            brief.scope.batch_by.end.to_string(),
+        ),
+        batch_by: brief.scope.batch_by.column.clone(),
+        strategy: brief.write.strategy.to_string(),
+        stakeholders: brief.dependencies.stakeholders.clone(),
+        downstream_declared: brief.dependencies.downstream.clone(),
+        downstream_found: preflight::blast_radius(pool, brief).await?,
+        validation,
+        metrics: validate::summed_metrics(&run, &applied),
+        refreshed,
+        code_version: run.code_version.clone(),
+        brief_hash: run.brief_hash.clone(),
+        params,
+        operator: run.operator.clone(),
+        started: run.created_at,
+        finished,
+        batches: batches::counts(pool, run_id).await?,
+        unmatched: validate::summed_unmatched(&applied),
+        unmatched_fate: Unmatched::fate(brief),
+        retries,
+        approved: run.approved_by.clone().zip(run.approved_at),
+        accepted_breaches,
+        retained_until: (!temporary_objects.is_empty())
+            .then(|| {
+                finished.map(|f| f + chrono::Duration::days(i64::from(brief.rollback.retain_days)))
+            })
+            .flatten(),
+        temporary_objects,
+    })
+}

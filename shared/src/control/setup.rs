@@ -1,0 +1,69 @@
+//! The tables a run builds when it is recorded, in the transaction that records
+//! it: the before-image table of a live target, and the side table of the
+//! strategies that write beside the target. Identifiers are quoted; values are
+//! bound; the brief's `scope.where` is operator SQL by design (`crate::sql`).
+
+use super::Result;
+use crate::brief::Brief;
+use crate::sql::{TableName, quote_ident};
+use sqlx::{Postgres, Transaction};
+
+/// What a run builds beside its target.
+#[derive(Debug, Clone, Copy)]
+pub enum Setup<'a> {
+    /// Before-images of every row a batch changes, tagged with the batch and the
+    /// operation, and the hash of the row written (for rollback's conflict check).
+    BeforeImages(&'a TableName),
+    /// A table like the target (columns, constraints, indexes) holding the
+    /// target's rows outside the scope; batches fill in the scope.
+    SideTable(&'a TableName),
+}
+
+impl Setup<'_> {
+    pub(super) async fn build(
+        self,
+        tx: &mut Transaction<'_, Postgres>,
+        brief: &Brief,
+    ) -> Result<()> {
+        let target = brief.scope.target.quoted();
+        match self {
+            Self::BeforeImages(image) => {
+                let image = image.quoted();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "CREATE TABLE {image} (bf_batch_no integer NOT NULL, bf_op \"char\" NOT NULL,
+                                           LIKE {target} INCLUDING DEFAULTS, {after} bigint);
+                     CREATE INDEX ON {image} (bf_batch_no)",
+                    after = super::IMAGE_AFTER_HASH,
+                )))
+                .execute(&mut **tx)
+                .await?;
+            }
+            Self::SideTable(side) => {
+                let side = side.quoted();
+                let by = quote_ident(&brief.scope.batch_by.column);
+                let unowned = brief
+                    .scope
+                    .filter
+                    .as_deref()
+                    .map_or_else(String::new, |w| format!(" OR ({w}) IS NOT TRUE"));
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "CREATE TABLE {side} (LIKE {target} INCLUDING ALL)"
+                )))
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {side} SELECT * FROM {target}
+                      WHERE {by} IS NULL OR {by} < $1 OR {by} >= $2{unowned}"
+                )))
+                .bind(brief.scope.batch_by.start)
+                .bind(brief.scope.batch_by.end)
+                .execute(&mut **tx)
+                .await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ANALYZE {side}")))
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
