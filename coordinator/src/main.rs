@@ -7,7 +7,7 @@ use backfill_coordinator::{
 };
 use backfill_shared::config::Config;
 use backfill_shared::control;
-use backfill_shared::gates::{self, Gates};
+use backfill_shared::run_gate::{self, Gates};
 use backfill_shared::services;
 use backfill_shared::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
@@ -546,7 +546,7 @@ async fn tell_workers(config: &Config, pool: &sqlx::PgPool, run: Uuid) {
         .await
         .ok()
         .map(|conn| Gates::new(conn, &config.namespace));
-    if let Some(warning) = gates::publish_or_warn(gates.as_ref(), pool, run).await {
+    if let Some(warning) = run_gate::publish_or_warn(gates.as_ref(), pool, run).await {
         eprintln!("warning: {warning}");
     }
 }

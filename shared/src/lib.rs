@@ -9,7 +9,7 @@
 //!   fencing tokens, the append-only run log).
 //! - [`message`] and [`topology`]: the MessagePack messages and the RabbitMQ
 //!   queues they travel on.
-//! - [`lease`]: Redis leases and idempotency keys held by workers; [`gates`]: the
+//! - [`lease`]: Redis leases and idempotency keys held by workers; [`run_gate`]: the
 //!   run state workers read from Redis before each batch.
 //! - [`signing`]: optional HMAC signatures of batch messages.
 //! - [`config`], [`services`]: connections; [`failure`]: whether a failed call
@@ -23,10 +23,10 @@ pub mod checks;
 pub mod config;
 pub mod control;
 pub mod failure;
-pub mod gates;
 pub mod lease;
 pub mod message;
 pub mod metrics;
+pub mod run_gate;
 pub mod services;
 pub mod signing;
 pub mod sql;

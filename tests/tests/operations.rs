@@ -10,7 +10,7 @@ use backfill_coordinator::resume;
 use backfill_coordinator::run::{DriveOptions, Finish};
 use backfill_shared::control::batches::{self, Counts};
 use backfill_shared::control::runs::RunState;
-use backfill_shared::gates::Gates;
+use backfill_shared::run_gate::Gates;
 use backfill_tests::{TestEnv, finish_within, publish_batch};
 use std::time::Duration;
 use tokio::time::{Instant, sleep};
@@ -282,7 +282,7 @@ async fn a_table_changing_under_the_run_halts_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_take_the_run_state_from_redis() {
-    use backfill_shared::gates::{GATE_TTL, Gates};
+    use backfill_shared::run_gate::{GATE_TTL, Gates};
 
     let env = TestEnv::new(0.01).await;
     let text = env.brief(6, 6).await;

@@ -5,7 +5,7 @@
 
 use backfill_shared::control::ControlError;
 use backfill_shared::failure::ServiceFailure;
-use backfill_shared::gates::GateError;
+use backfill_shared::run_gate::GateError;
 use backfill_shared::topology::PublishError;
 
 #[derive(Debug, thiserror::Error)]

@@ -22,8 +22,8 @@ pub use consumer::{Worker, WorkerError, WorkerOptions};
 pub use error::BatchError;
 pub use fleet::InProcessWorkers;
 
-use backfill_shared::gates::Gates;
 use backfill_shared::lease::Leases;
+use backfill_shared::run_gate::Gates;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};

@@ -15,8 +15,8 @@ use crate::lifecycle;
 
 mod create;
 mod events;
-mod guard;
 mod liveness;
+mod load_guard;
 mod metrics;
 mod progress;
 mod publisher;
@@ -31,21 +31,21 @@ use backfill_shared::control::batches::BatchState;
 use backfill_shared::control::runs::{self, RunState};
 use backfill_shared::control::{batches, log, maintenance};
 use backfill_shared::failure::ServiceFailure;
-use backfill_shared::gates::{self, Gates};
 use backfill_shared::lease::Leases;
+use backfill_shared::run_gate::{self, Gates};
 use backfill_shared::services;
 use backfill_shared::telemetry::RootSpan;
 use backfill_shared::topology::Topology;
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use events::{EVENTS_PER_ROUND, Tally, halt, on_event, take};
 use futures_util::{FutureExt as _, StreamExt};
-use guard::LoadGuard;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use liveness::{ConsumerChange, Consumers, DriverLock, Sweep};
+use load_guard::LoadGuard;
 use opentelemetry::KeyValue;
 use progress::progress_bar;
 use publisher::BatchPublisher;
@@ -201,7 +201,9 @@ impl Attachment<'_> {
             }
             first = false;
         };
-        if let Some(warning) = gates::publish_or_warn(Some(&attachment.gates), pool, run_id).await {
+        if let Some(warning) =
+            run_gate::publish_or_warn(Some(&attachment.gates), pool, run_id).await
+        {
             warn!(run.id = %run_id, "{warning}");
         }
         Ok(finish)
