@@ -1,5 +1,5 @@
 //! `cargo bench -p backfill-tests --bench backfill [-- --scale F --batches N
-//! --workers N --empty-batches N --plan-batches N]`: Backfill against hand-written
+//! --workers N --empty-batches N --plan-batches N --repeat N]`: Backfill against hand-written
 //! SQL, printed as a table with ratios (see `backfill_tests::bench`). Build the
 //! binaries first: `cargo build --release --bins`.
 
@@ -38,9 +38,13 @@ fn parse(args: &[String]) -> Result<Options, String> {
             }
             "--empty-batches" => options.empty_batches = number(arg, value(arg)?)?,
             "--plan-batches" => options.plan_batches = number(arg, value(arg)?)?,
+            "--repeat" => {
+                options.repeat = usize::try_from(number(arg, value(arg)?)?)
+                    .map_err(|_| "--repeat is out of range".to_owned())?;
+            }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; use --scale, --batches, --workers, --empty-batches, --plan-batches"
+                    "unknown argument {other:?}; use --scale, --batches, --workers, --empty-batches, --plan-batches, --repeat"
                 ));
             }
         }
@@ -50,6 +54,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         || options.workers < 1
         || options.empty_batches < 1
         || options.plan_batches < 1
+        || options.repeat < 1
     {
         return Err("every size must be positive".into());
     }

@@ -16,6 +16,7 @@ async fn the_benchmark_runs_every_case() {
         empty_batches: 300,
         empty_concurrency: 4,
         plan_batches: 20_000,
+        repeat: 1,
     })
     .await;
     let table = report.render();
@@ -26,7 +27,10 @@ async fn the_benchmark_runs_every_case() {
         "(c) Backfill",
         "(d) orchestration",
         "(e) worker",
-        "(e) coordinator",
+        "(f) 20000 batches: recorded",
+        "(f) `backfill status`",
+        "(f) coordinator",
+        "(h) validation fingerprint",
     ] {
         let line = report
             .lines

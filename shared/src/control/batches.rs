@@ -107,24 +107,6 @@ pub async fn claim(
     })
 }
 
-/// Inside the apply transaction: locks the batch row and checks that `fence` is
-/// still the current token. `false` means a newer claim exists: roll back.
-pub async fn fence_is_current(
-    tx: &mut PgConnection,
-    run_id: Uuid,
-    batch_no: u32,
-    fence: i64,
-) -> Result<bool> {
-    let row: Option<(i64, String)> = sqlx::query_as(
-        "SELECT fence, state FROM backfill.batches WHERE run_id = $1 AND batch_no = $2 FOR UPDATE",
-    )
-    .bind(run_id)
-    .bind(i64::from(batch_no))
-    .fetch_optional(&mut *tx)
-    .await?;
-    Ok(matches!(row, Some((current, state)) if current == fence && state == "running"))
-}
-
 /// Row counts of one applied batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RowCounts {
@@ -134,20 +116,42 @@ pub struct RowCounts {
     pub deleted: i64,
 }
 
-/// Inside the apply transaction: marks the batch applied with its figures.
-pub async fn mark_applied(
-    tx: &mut PgConnection,
-    run_id: Uuid,
-    batch_no: u32,
-    rows: RowCounts,
-    checks: &BatchChecks,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE backfill.batches
-            SET state = 'applied', applied_at = clock_timestamp(), last_error = NULL, checks = $7,
-                rows_source = $3, rows_inserted = $4, rows_updated = $5, rows_deleted = $6,
-                duration_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::bigint
-          WHERE run_id = $1 AND batch_no = $2",
+/// One batch's outcome, as the worker that applied it commits it.
+#[derive(Debug, Clone, Copy)]
+pub struct Commit<'a> {
+    pub run_id: Uuid,
+    pub batch_no: u32,
+    /// The fencing token the worker claimed the batch with.
+    pub fence: i64,
+    pub rows: RowCounts,
+    pub checks: &'a BatchChecks,
+    pub worker: &'a str,
+}
+
+/// Inside the apply transaction, as its last statement: marks the batch applied
+/// with its figures and appends `batch_applied` to the run log, only if the
+/// batch is still `running` under this fencing token. The update takes the
+/// ledger row's lock, held until the commit, so a newer claim either came
+/// first (and this returns `false`: the worker must roll back) or waits.
+pub async fn mark_applied_if_current(tx: &mut PgConnection, applied: Commit<'_>) -> Result<bool> {
+    let Commit {
+        run_id,
+        batch_no,
+        fence,
+        rows,
+        checks,
+        worker,
+    } = applied;
+    let logged = sqlx::query(
+        "WITH b AS (
+            UPDATE backfill.batches
+               SET state = 'applied', applied_at = clock_timestamp(), last_error = NULL, checks = $7,
+                   rows_source = $3, rows_inserted = $4, rows_updated = $5, rows_deleted = $6,
+                   duration_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::bigint
+             WHERE run_id = $1 AND batch_no = $2 AND fence = $8 AND state = 'running'
+         RETURNING batch_no)
+         INSERT INTO backfill.run_log (run_id, actor, event, batch_no, detail)
+         SELECT $1, $9, 'batch_applied', b.batch_no, $10 FROM b",
     )
     .bind(run_id)
     .bind(i64::from(batch_no))
@@ -156,9 +160,13 @@ pub async fn mark_applied(
     .bind(rows.updated)
     .bind(rows.deleted)
     .bind(sqlx::types::Json(checks))
+    .bind(fence)
+    .bind(worker)
+    .bind(serde_json::json!({ "fence": fence, "rows": rows }))
     .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(logged == 1)
 }
 
 /// Records a failed attempt. A permanent failure marks the batch `failed`; a

@@ -1,14 +1,16 @@
 //! The warehouse transaction of one batch:
 //!
 //! 1. run the brief's source for `[lo, hi)` into the run's working set (a
-//!    temporary table per connection, emptied at commit);
+//!    temporary table per connection, emptied at commit), measuring the grain
+//!    on the rows as they go in: repeated or NULL keys, rows outside the batch
+//!    range (or not matching `scope.where`, when given);
 //! 2. if the source yielded nothing and the range holds no rows, skip to 5;
-//! 3. check the drift guard and the grain: no duplicate or null keys, every row
-//!    inside the batch range (and matching `scope.where`, when given);
+//! 3. check the drift guard and the grain;
 //! 4. measure the metrics before, write by strategy, saving before-images of
-//!    every row changed (when the target is live and `snapshot = true`), count
-//!    the range's rows the source did not reproduce (unmatched), measure the
-//!    metrics after, NULLs and orphaned references:
+//!    every row changed (when the target is live and `snapshot = true`) and
+//!    counting NULLs and orphaned references among the rows written, count the
+//!    range's rows the source did not reproduce (unmatched), measure the
+//!    metrics after:
 //!    - `merge` (and the tables staging-swap and parallel-version build): one
 //!      upsert of new and changed rows (`IS DISTINCT FROM`) that also saves the
 //!      before-images of the rows it updates, with a hash of what it wrote;
@@ -33,7 +35,7 @@ use crate::error::{BatchError, Result};
 use backfill_shared::brief::{Bound, Metric};
 use backfill_shared::checks::{BatchChecks, MetricGroup, Unmatched};
 use backfill_shared::control::drift;
-use backfill_shared::control::{batches, batches::RowCounts, log};
+use backfill_shared::control::{batches, batches::RowCounts};
 use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
@@ -76,14 +78,21 @@ pub async fn prepare(
         .execute(&mut *tx)
         .await
         .map_err(sql("create working set"))?;
-    let source = sqlx::query(AssertSqlSafe(plan.fill_working_set.as_str()))
-        .bind(work.lo)
-        .bind(work.hi)
-        .execute(&mut *tx)
-        .await
-        .map_err(sql("the brief's source query failed"))?
-        .rows_affected();
-    let source = i64::try_from(source).unwrap_or(i64::MAX);
+    let (rows, repeated, null_keys, outside, unowned) =
+        sqlx::query_as(AssertSqlSafe(plan.fill_working_set.as_str()))
+            .bind(work.lo)
+            .bind(work.hi)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(sql("the brief's source query failed"))?;
+    let grain = Grain {
+        rows,
+        repeated,
+        null_keys,
+        outside,
+        unowned,
+    };
+    let source = grain.rows;
     let mut rows = RowCounts {
         source,
         ..RowCounts::default()
@@ -101,39 +110,54 @@ pub async fn prepare(
             .await
             .map_err(sql("looking at the batch's range"))?;
     if !idle {
-        write(&mut tx, plan, work, &mut rows, &mut checks).await?;
+        write(&mut tx, plan, work, grain, &mut rows, &mut checks).await?;
     }
 
     // The fence is checked last, under the batch row's lock held to commit: a
     // worker that stalled (SIGSTOP, a long GC, a partition) while a newer claim
     // applied the batch is refused here, and a stalled worker never blocks the
     // newer one's claim before it gets this far.
-    if !batches::fence_is_current(&mut tx, work.run_id, work.batch_no, work.fence).await? {
+    let applied = batches::mark_applied_if_current(
+        &mut tx,
+        batches::Commit {
+            run_id: work.run_id,
+            batch_no: work.batch_no,
+            fence: work.fence,
+            rows,
+            checks: &checks,
+            worker,
+        },
+    )
+    .await?;
+    if !applied {
         return Err(BatchError::Stale {
             batch_no: work.batch_no,
             mine: work.fence,
         });
     }
-    batches::mark_applied(&mut tx, work.run_id, work.batch_no, rows, &checks).await?;
-    log::append(
-        &mut *tx,
-        work.run_id,
-        worker,
-        "batch_applied",
-        Some(work.batch_no),
-        serde_json::json!({ "fence": work.fence, "rows": rows }),
-    )
-    .await?;
     Ok((tx, BatchOutcome { rows, checks }))
+}
+
+/// What the fill measured of the working set's grain.
+#[derive(Debug, Clone, Copy)]
+struct Grain {
+    rows: i64,
+    /// Rows beyond the first of each repeated key.
+    repeated: i64,
+    null_keys: i64,
+    outside: i64,
+    unowned: i64,
 }
 
 /// The checks and writes of a batch whose source yielded rows (or whose range
 /// must lose rows): drift guard, grain, metrics before, the strategy's
-/// statements, metrics after, NULLs and orphans.
+/// statements (which count NULLs and orphans among the rows they write),
+/// metrics after.
 async fn write(
     tx: &mut sqlx::PgConnection,
     plan: &WritePlan,
     work: BatchWork,
+    grain: Grain,
     rows: &mut RowCounts,
     checks: &mut BatchChecks,
 ) -> Result<()> {
@@ -153,13 +177,21 @@ async fn write(
         }
     }
 
-    let (duplicates, null_keys, outside, unowned): (i64, i64, i64, i64) =
-        sqlx::query_as(AssertSqlSafe(plan.check_grain.as_str()))
-            .bind(work.lo)
-            .bind(work.hi)
+    let Grain {
+        repeated,
+        null_keys,
+        outside,
+        unowned,
+        ..
+    } = grain;
+    let duplicates = if repeated > 0 {
+        sqlx::query_scalar(AssertSqlSafe(plan.count_duplicates.as_str()))
             .fetch_one(&mut *tx)
             .await
-            .map_err(sql("grain check"))?;
+            .map_err(sql("counting repeated keys"))?
+    } else {
+        0i64
+    };
     if duplicates > 0 {
         return Err(BatchError::Permanent(format!(
             "duplicate grain: the source yielded {duplicates} key(s) more than once in [{}, {}); \
@@ -201,22 +233,21 @@ async fn write(
             Binds::RangeAndBatch => q.bind(work.lo).bind(work.hi).bind(batch),
             Binds::None => q,
         };
-        if step.counts == Counts::Inserted {
-            let n = q
-                .execute(&mut *tx)
-                .await
-                .map_err(sql(step.what))?
-                .rows_affected();
-            rows.inserted += i64::try_from(n).unwrap_or(i64::MAX);
-            continue;
-        }
         use sqlx::Row as _;
         let row = q.fetch_one(&mut *tx).await.map_err(sql(step.what))?;
         let count = |i: usize| row.try_get::<i64, _>(i).map_err(sql(step.what));
         match step.counts {
-            Counts::InsertedAndUpdated => {
+            Counts::Written => {
                 rows.inserted += count(0)?;
                 rows.updated += count(1)?;
+                let counts = |i: usize| row.try_get::<Vec<i64>, _>(i).map_err(sql(step.what));
+                checks.nulls = plan.null_columns.iter().cloned().zip(counts(2)?).collect();
+                checks.orphans = plan
+                    .reference_columns
+                    .iter()
+                    .cloned()
+                    .zip(counts(3)?)
+                    .collect();
             }
             Counts::DeletedAndUnmatched => {
                 rows.deleted += count(0)?;
@@ -230,7 +261,6 @@ async fn write(
                     range_rows: count(2)?,
                 };
             }
-            Counts::Inserted => {}
         }
     }
     match plan.range_rows {
@@ -255,23 +285,6 @@ async fn write(
                 after: after.get(g).copied().flatten(),
             }));
     }
-    let nulls: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(plan.nulls_after.as_str()))
-        .bind(work.lo)
-        .bind(work.hi)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(sql("counting NULLs"))?;
-    checks.nulls = plan.null_columns.iter().cloned().zip(nulls).collect();
-    for (column, query) in &plan.orphans_after {
-        let n: i64 = sqlx::query_scalar(AssertSqlSafe(query.as_str()))
-            .bind(work.lo)
-            .bind(work.hi)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(sql("checking references"))?;
-        checks.orphans.push((column.clone(), n));
-    }
-
     Ok(())
 }
 

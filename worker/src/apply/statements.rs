@@ -1,6 +1,8 @@
 //! The statements of one run, built once from its brief and strategy: the
-//! working set, the grain check, each strategy's writes (with before-images and
-//! the count of unmatched rows), and the measurements of a batch's range.
+//! working set (filled and checked for the grain in one pass), each strategy's
+//! writes (with before-images, the count of unmatched rows, and the NULLs and
+//! orphaned references among the rows written, measured on what the write
+//! returns), and the metrics of a batch's range before and after.
 //! Identifiers are quoted; bounds and batch numbers are bound parameters.
 
 use backfill_shared::brief::{Brief, OnMissing, Strategy};
@@ -24,10 +26,9 @@ pub(super) enum Binds {
 /// Which figures a statement yields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Counts {
-    /// Its row count is the rows inserted.
-    Inserted,
-    /// It returns one row: (inserted, updated).
-    InsertedAndUpdated,
+    /// It returns one row: (inserted, updated, NULLs per rewritten column,
+    /// orphans per reference), the last two over the rows it wrote.
+    Written,
     /// It returns one row: (deleted, unmatched, unmatched at the lower bound).
     DeletedAndUnmatched,
     /// It returns one row: (unmatched, unmatched at the lower bound, rows of the range).
@@ -59,23 +60,27 @@ pub(super) struct Step {
 #[derive(Debug)]
 pub struct WritePlan {
     pub(super) create_working_set: String,
+    /// Fills the working set and, over the rows it inserts, returns (rows,
+    /// surplus rows of repeated keys, NULL keys, rows outside the range, rows
+    /// `scope.where` does not match).
     pub(super) fill_working_set: String,
+    /// The keys the working set holds more than once, counted (only run when
+    /// the fill found repeats).
+    pub(super) count_duplicates: String,
     /// Whether the written table has rows in the batch's range.
     pub(super) range_has_rows: String,
     pub(super) range_rows: RangeRows,
-    pub(super) check_grain: String,
     pub(super) steps: Vec<Step>,
     /// Per metric: its groups on the live target's range (what readers saw before).
     pub(super) metrics_before: Vec<(String, String)>,
     /// Per metric: its groups on the written table's range, after the write.
     pub(super) metrics_after: Vec<(String, String)>,
-    pub(super) nulls_after: String,
-    /// The rewritten columns, in the order `nulls_after` counts them.
+    /// The rewritten columns, in the order [`Counts::Written`] counts NULLs.
     pub(super) null_columns: Vec<String>,
+    /// The referencing columns, in the order [`Counts::Written`] counts orphans.
+    pub(super) reference_columns: Vec<String>,
     /// The drift guard: column definitions the run started with.
     pub(super) fingerprints: Fingerprints,
-    /// Per referencing column: rows of the range whose parent is missing.
-    pub(super) orphans_after: Vec<(String, String)>,
 }
 
 impl WritePlan {
@@ -103,14 +108,6 @@ impl WritePlan {
         // created once and emptied at every commit, so a batch pays no DDL and
         // its statements stay prepared.
         let ws = format!("bf_ws_{}", &Uuid::new_v4().simple().to_string()[..12]);
-        // With before-images, a data-modifying statement feeds its RETURNING rows
-        // into the image table (`op` says what they are).
-        let imaged = |core: String, op: char, param: &str| match &image {
-            Some(img) => format!(
-                "WITH changed AS ({core} RETURNING *) INSERT INTO {img} SELECT {param}, '{op}', changed.* FROM changed"
-            ),
-            None => core,
-        };
         let with_batch = |binds: Binds| match (image.is_some(), binds) {
             (true, Binds::None) => Binds::Batch,
             (true, Binds::Range) => Binds::RangeAndBatch,
@@ -137,6 +134,39 @@ impl WritePlan {
                 "WITH d AS (DELETE FROM {target} t WHERE {in_range} {filter} RETURNING {returned}){saved}\n{count}"
             )
         };
+        // NULLs and orphaned references among the rows a statement wrote, read
+        // from what it returns (`column` names a column of a returned row): the
+        // rows a batch leaves untouched are not read again.
+        let references: Vec<(String, TableName, String)> = brief
+            .validation
+            .references
+            .iter()
+            .filter_map(|r| {
+                let (parent, parent_column) = r.parent()?;
+                Some((r.column.clone(), parent, parent_column))
+            })
+            .collect();
+        let written_figures = |column: &dyn Fn(&str) -> String| {
+            let nulls = scope
+                .columns
+                .iter()
+                .map(|c| format!("count(*) FILTER (WHERE {} IS NULL)", column(c)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let orphans = references
+                .iter()
+                .map(|(c, parent, pc)| {
+                    format!(
+                        "count(*) FILTER (WHERE {c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.{pc} = {c}))",
+                        c = column(c),
+                        parent = parent.quoted(),
+                        pc = quote_ident(pc)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("ARRAY[{nulls}]::bigint[], ARRAY[{orphans}]::bigint[]")
+        };
         let mut steps = Vec::new();
         match brief.write.strategy {
             Strategy::PartitionOverwrite => {
@@ -152,14 +182,17 @@ impl WritePlan {
                     counts: Counts::DeletedAndUnmatched,
                     what: "delete of the batch's range",
                 });
+                let saved = image.as_ref().map_or_else(String::new, |img| {
+                    format!(", bf_image AS (INSERT INTO {img} SELECT $1, 'I', ins.* FROM ins)")
+                });
                 steps.push(Step {
-                    sql: imaged(
-                        format!("INSERT INTO {target} ({all}) SELECT {in_s} FROM {ws} s"),
-                        'I',
-                        "$1",
+                    sql: format!(
+                        "WITH ins AS (INSERT INTO {target} ({all}) SELECT {in_s} FROM {ws} s RETURNING *){saved}
+                         SELECT count(*), 0::bigint, {figures} FROM ins",
+                        figures = written_figures(&|c| format!("ins.{}", quote_ident(c)))
                     ),
                     binds: with_batch(Binds::None),
-                    counts: Counts::Inserted,
+                    counts: Counts::Written,
                     what: "insert of the source rows",
                 });
             }
@@ -203,10 +236,11 @@ impl WritePlan {
                 steps.push(Step {
                     sql: format!(
                         "WITH up AS ({upsert}){saved}
-                         SELECT count(*) FILTER (WHERE bf_new), count(*) FILTER (WHERE NOT bf_new) FROM up"
+                         SELECT count(*) FILTER (WHERE bf_new), count(*) FILTER (WHERE NOT bf_new), {figures} FROM up",
+                        figures = written_figures(&|c| format!("(up.bf_row).{}", quote_ident(c)))
                     ),
                     binds: with_batch(Binds::None),
-                    counts: Counts::InsertedAndUpdated,
+                    counts: Counts::Written,
                     what: "upsert of new and changed rows",
                 });
                 steps.push(match brief.write.on_missing {
@@ -238,42 +272,12 @@ impl WritePlan {
                 .map(|m| (m.name.clone(), m.query(table, &in_range)))
                 .collect::<Vec<_>>()
         };
-        let nulls_after = format!(
-            "SELECT ARRAY[{}]::bigint[] FROM {}",
-            scope
-                .columns
-                .iter()
-                .map(|c| format!("count(*) FILTER (WHERE t.{} IS NULL)", quote_ident(c)))
-                .collect::<Vec<_>>()
-                .join(", "),
-            range_of(&target)
-        );
-        let orphans_after = brief
-            .validation
-            .references
-            .iter()
-            .filter_map(|r| {
-                let (parent, parent_column) = r.parent()?;
-                let column = quote_ident(&r.column);
-                Some((
-                    r.column.clone(),
-                    format!(
-                        "SELECT count(*) FROM {range} AND t.{column} IS NOT NULL
-                            AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.{pc} = t.{column} OFFSET 0)",
-                        range = range_of(&target),
-                        parent = parent.quoted(),
-                        pc = quote_ident(&parent_column)
-                    ),
-                ))
-            })
-            .collect();
         Self {
             metrics_before: metric_sql(&scope.target.quoted()),
             metrics_after: metric_sql(&target),
-            nulls_after,
             null_columns: scope.columns.clone(),
+            reference_columns: references.into_iter().map(|(c, ..)| c).collect(),
             fingerprints: Fingerprints::new(),
-            orphans_after,
             create_working_set: format!(
                 "SET LOCAL client_min_messages = warning;
                  CREATE TEMPORARY TABLE IF NOT EXISTS {ws} ON COMMIT DELETE ROWS AS SELECT {all} FROM {target} WITH NO DATA"
@@ -285,18 +289,26 @@ impl WritePlan {
                 (_, OnMissing::Keep) => RangeRows::Measured,
             },
             fill_working_set: format!(
-                "INSERT INTO {ws} ({all}) SELECT {all} FROM ({source}\n) AS s",
-                source = scope.source.trim_end().trim_end_matches(';')
+                "WITH s AS (INSERT INTO {ws} ({all}) SELECT {all} FROM ({source}\n) AS s RETURNING *{unowned_flag})
+                 SELECT count(*),
+                        count(*) FILTER (WHERE NOT ({null_key})) - count(DISTINCT ({key_group})) FILTER (WHERE NOT ({null_key})),
+                        count(*) FILTER (WHERE {null_key}),
+                        count(*) FILTER (WHERE {by} IS NULL OR NOT ({by} >= $1 AND {by} < $2)),
+                        {unowned}
+                   FROM s",
+                source = scope.source.trim_end().trim_end_matches(';'),
+                unowned_flag = scope
+                    .filter
+                    .as_deref()
+                    .map_or_else(String::new, |w| format!(", ({w}) IS NOT TRUE AS bf_unowned")),
+                unowned = if scope.filter.is_some() {
+                    "count(*) FILTER (WHERE bf_unowned)"
+                } else {
+                    "0::bigint"
+                },
             ),
-            check_grain: format!(
-                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {ws} GROUP BY {key_group} HAVING count(*) > 1) d),
-                        (SELECT count(*) FROM {ws} WHERE {null_key}),
-                        (SELECT count(*) FROM {ws} WHERE {by} IS NULL OR NOT ({by} >= $1 AND {by} < $2)),
-                        {unowned}",
-                unowned = scope.filter.as_deref().map_or_else(
-                    || "0::bigint".to_owned(),
-                    |w| format!("(SELECT count(*) FROM {ws} WHERE ({w}) IS NOT TRUE)")
-                )
+            count_duplicates: format!(
+                "SELECT count(*) FROM (SELECT 1 FROM {ws} GROUP BY {key_group} HAVING count(*) > 1) d"
             ),
             steps,
         }
