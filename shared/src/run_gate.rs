@@ -52,7 +52,10 @@ impl Gates {
         }
     }
 
-    fn key(&self, run_id: Uuid) -> String {
+    /// The Redis key of the run's gate, for scripts that read it with other keys
+    /// (`Leases::begin`); its text is `go`, `wait <reason>` or `stop <state>`.
+    #[must_use]
+    pub fn key(&self, run_id: Uuid) -> String {
         format!("{}:gate:{run_id}", self.namespace)
     }
 
@@ -62,7 +65,18 @@ impl Gates {
             .arg(self.key(run_id))
             .query_async(&mut self.conn.clone())
             .await?;
-        if let Some(gate) = cached.as_deref().and_then(decode) {
+        self.or_warehouse(pool, run_id, cached.as_deref()).await
+    }
+
+    /// The gate a cached text says, or, when there is none (or it is not one),
+    /// the warehouse's, cached for the next reader.
+    pub async fn or_warehouse(
+        &self,
+        pool: &PgPool,
+        run_id: Uuid,
+        cached: Option<&str>,
+    ) -> Result<Gate> {
+        if let Some(gate) = cached.and_then(decode) {
             return Ok(gate);
         }
         let gate = runs::gate(pool, run_id).await?;

@@ -15,6 +15,7 @@ use crate::runs::RunContext;
 use backfill_shared::control::batches::{self, Claim};
 use backfill_shared::control::runs::Gate;
 use backfill_shared::control::{ControlError, log};
+use backfill_shared::lease::Begin;
 use backfill_shared::message::{self, BatchMessage, Event, FailureKind, VERSION};
 use backfill_shared::signing::SIGNATURE_HEADER;
 use backfill_shared::telemetry;
@@ -209,22 +210,37 @@ enum Look {
 }
 
 async fn look(shared: &Shared, run_id: uuid::Uuid, batch_no: u32) -> Result<Look> {
-    if shared.leases.is_done(run_id, batch_no).await? {
-        return Ok(Look::Done);
-    }
-    Ok(match shared.gates.get(&shared.pool, run_id).await? {
-        Gate::Go
-            if shared
-                .leases
-                .acquire(run_id, batch_no, &shared.worker_id)
-                .await? =>
+    let gate_key = shared.gates.key(run_id);
+    let cached = match shared
+        .leases
+        .begin(run_id, batch_no, &shared.worker_id, &gate_key)
+        .await?
+    {
+        Begin::Done => return Ok(Look::Done),
+        Begin::Acquired => return Ok(Look::Acquired),
+        Begin::Busy => return Ok(Look::Busy),
+        Begin::Gate(cached) => cached,
+    };
+    // No gate in Redis (expired, flushed): the warehouse's, cached, then the lease.
+    Ok(
+        match shared
+            .gates
+            .or_warehouse(&shared.pool, run_id, cached.as_deref())
+            .await?
         {
-            Look::Acquired
-        }
-        Gate::Go => Look::Busy,
-        Gate::Wait(_) => Look::Held,
-        Gate::Stop(state) => Look::Stop(state),
-    })
+            Gate::Go
+                if shared
+                    .leases
+                    .acquire(run_id, batch_no, &shared.worker_id)
+                    .await? =>
+            {
+                Look::Acquired
+            }
+            Gate::Go => Look::Busy,
+            Gate::Wait(_) => Look::Held,
+            Gate::Stop(state) => Look::Stop(state),
+        },
+    )
 }
 
 /// Waits until this worker holds the batch's lease (`None`), or returns what to
@@ -294,8 +310,13 @@ async fn with_lease(shared: &Shared, run: &RunContext, msg: &BatchMessage) -> Re
     )));
     let outcome = under_lease(shared, run, msg, &lost).await;
     drop(heartbeat);
-    if let Err(e) = leases.release(run_id, batch_no, &shared.worker_id).await {
-        warn!(error = %e, "could not release the lease; it expires by itself");
+    // The idempotency key once the event is out, and the lease back, together.
+    let done = matches!(outcome, Ok(Outcome::Done));
+    if let Err(e) = leases
+        .finish(run_id, batch_no, &shared.worker_id, done)
+        .await
+    {
+        warn!(error = %e, "could not release the lease (it expires by itself) or remember the batch as done (a redelivery finds it applied in the ledger)");
     }
     outcome
 }
@@ -318,7 +339,7 @@ async fn under_lease(
         )
         .await?;
         let Claim::Granted { fence } = claim else {
-            return Ok(claim);
+            return Ok((claim, None));
         };
         let work = BatchWork {
             run_id,
@@ -365,7 +386,7 @@ async fn under_lease(
         span.record("batch.rows_inserted", rows.inserted);
         span.record("batch.rows_updated", rows.updated);
         span.record("batch.rows_deleted", rows.deleted);
-        Ok(claim)
+        Ok((claim, Some(outcome)))
     };
     let result = attempt
         .retry(retry_policy())
@@ -373,21 +394,20 @@ async fn under_lease(
         .notify(|e, d| warn!(error = %e, retry_in = ?d, "transient failure; retrying"))
         .await;
     match result {
-        Ok(Claim::Granted { .. } | Claim::AlreadyApplied) => {
-            publish_applied(shared, run_id, batch_no)
+        Ok((Claim::Granted { .. } | Claim::AlreadyApplied, applied)) => {
+            publish_applied(shared, run_id, batch_no, applied)
                 .instrument(info_span!("batch.event", run.id = %run_id, batch.no = i64::from(batch_no), otel.kind = "producer"))
                 .await?;
-            shared.leases.mark_done(run_id, batch_no).await?;
             Ok(Outcome::Done)
         }
-        Ok(Claim::Failed) => Ok(Outcome::Skipped(format!(
+        Ok((Claim::Failed, _)) => Ok(Outcome::Skipped(format!(
             "batch {batch_no} failed earlier; `backfill retry {run_id}` brings it back"
         ))),
-        Ok(Claim::BoundsMismatch { lo, hi }) => Ok(Outcome::Poison(format!(
+        Ok((Claim::BoundsMismatch { lo, hi }, _)) => Ok(Outcome::Poison(format!(
             "bounds [{}, {}) are not the ledger's [{lo}, {hi}) for batch {batch_no}: a forged or corrupted message",
             bounds.0, bounds.1
         ))),
-        Ok(Claim::Unknown) => Ok(Outcome::Poison(format!(
+        Ok((Claim::Unknown, _)) => Ok(Outcome::Poison(format!(
             "run {run_id} has no batch {batch_no}"
         ))),
         Err(e @ BatchError::Stale { .. }) => {
@@ -441,26 +461,37 @@ async fn refused(shared: &Shared, msg: &BatchMessage, event: &str, why: &BatchEr
     }
 }
 
-/// Publishes the `applied` event from the ledger's figures, so a first apply and a
-/// replay after a crash send the same event.
-async fn publish_applied(shared: &Shared, run_id: uuid::Uuid, batch_no: u32) -> Result<()> {
-    let applied = batches::applied(&shared.pool, run_id, batch_no)
-        .await?
-        .ok_or_else(|| {
-            BatchError::NotYet(format!("batch {batch_no} is not applied in the ledger"))
-        })?;
+/// Publishes the `applied` event: with the figures the apply just committed, or
+/// on a replay after a crash with the ledger's, which are the same.
+async fn publish_applied(
+    shared: &Shared,
+    run_id: uuid::Uuid,
+    batch_no: u32,
+    applied: Option<apply::BatchOutcome>,
+) -> Result<()> {
+    let (rows, checks, duration_ms) = match applied {
+        Some(outcome) => (outcome.rows, outcome.checks, outcome.duration_ms),
+        None => {
+            let applied = batches::applied(&shared.pool, run_id, batch_no)
+                .await?
+                .ok_or_else(|| {
+                    BatchError::NotYet(format!("batch {batch_no} is not applied in the ledger"))
+                })?;
+            (applied.rows, applied.checks, applied.duration_ms)
+        }
+    };
     shared
         .publisher
         .event(&Event::Applied {
             version: VERSION,
             run_id,
             batch_no,
-            rows_source: applied.rows.source,
-            rows_inserted: applied.rows.inserted,
-            rows_updated: applied.rows.updated,
-            rows_deleted: applied.rows.deleted,
-            duration_ms: applied.duration_ms,
-            checks: applied.checks,
+            rows_source: rows.source,
+            rows_inserted: rows.inserted,
+            rows_updated: rows.updated,
+            rows_deleted: rows.deleted,
+            duration_ms,
+            checks,
         })
         .await
 }

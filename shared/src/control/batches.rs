@@ -132,8 +132,12 @@ pub struct Commit<'a> {
 /// with its figures and appends `batch_applied` to the run log, only if the
 /// batch is still `running` under this fencing token. The update takes the
 /// ledger row's lock, held until the commit, so a newer claim either came
-/// first (and this returns `false`: the worker must roll back) or waits.
-pub async fn mark_applied_if_current(tx: &mut PgConnection, applied: Commit<'_>) -> Result<bool> {
+/// first (and this returns `None`: the worker must roll back) or waits.
+/// Returns the batch's duration as the ledger records it.
+pub async fn mark_applied_if_current(
+    tx: &mut PgConnection,
+    applied: Commit<'_>,
+) -> Result<Option<i64>> {
     let Commit {
         run_id,
         batch_no,
@@ -142,16 +146,18 @@ pub async fn mark_applied_if_current(tx: &mut PgConnection, applied: Commit<'_>)
         checks,
         worker,
     } = applied;
-    let logged = sqlx::query(
+    Ok(sqlx::query_scalar(
         "WITH b AS (
             UPDATE backfill.batches
                SET state = 'applied', applied_at = clock_timestamp(), last_error = NULL, checks = $7,
                    rows_source = $3, rows_inserted = $4, rows_updated = $5, rows_deleted = $6,
                    duration_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::bigint
              WHERE run_id = $1 AND batch_no = $2 AND fence = $8 AND state = 'running'
-         RETURNING batch_no)
-         INSERT INTO backfill.run_log (run_id, actor, event, batch_no, detail)
-         SELECT $1, $9, 'batch_applied', b.batch_no, $10 FROM b",
+         RETURNING batch_no, duration_ms),
+         logged AS (
+            INSERT INTO backfill.run_log (run_id, actor, event, batch_no, detail)
+            SELECT $1, $9, 'batch_applied', b.batch_no, $10 FROM b)
+         SELECT coalesce(duration_ms, 0) FROM b",
     )
     .bind(run_id)
     .bind(i64::from(batch_no))
@@ -163,10 +169,8 @@ pub async fn mark_applied_if_current(tx: &mut PgConnection, applied: Commit<'_>)
     .bind(fence)
     .bind(worker)
     .bind(serde_json::json!({ "fence": fence, "rows": rows }))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    Ok(logged == 1)
+    .fetch_optional(&mut *tx)
+    .await?)
 }
 
 /// Records a failed attempt. A permanent failure marks the batch `failed`; a

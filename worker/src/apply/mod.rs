@@ -117,7 +117,7 @@ pub async fn prepare(
     // worker that stalled (SIGSTOP, a long GC, a partition) while a newer claim
     // applied the batch is refused here, and a stalled worker never blocks the
     // newer one's claim before it gets this far.
-    let applied = batches::mark_applied_if_current(
+    let duration_ms = batches::mark_applied_if_current(
         &mut tx,
         batches::Commit {
             run_id: work.run_id,
@@ -129,13 +129,20 @@ pub async fn prepare(
         },
     )
     .await?;
-    if !applied {
+    let Some(duration_ms) = duration_ms else {
         return Err(BatchError::Stale {
             batch_no: work.batch_no,
             mine: work.fence,
         });
-    }
-    Ok((tx, BatchOutcome { rows, checks }))
+    };
+    Ok((
+        tx,
+        BatchOutcome {
+            rows,
+            checks,
+            duration_ms,
+        },
+    ))
 }
 
 /// What the fill measured of the working set's grain.
@@ -293,6 +300,8 @@ async fn write(
 pub struct BatchOutcome {
     pub rows: RowCounts,
     pub checks: BatchChecks,
+    /// From the claim to the applied mark, as the ledger records it.
+    pub duration_ms: i64,
 }
 
 /// A metric's value per group on the batch's range.
