@@ -42,6 +42,9 @@ enum Command {
         brief: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Workers the time estimate assumes.
+        #[arg(long, default_value_t = plan::DEFAULT_WORKERS)]
+        workers: u16,
     },
     /// Run the source on a slice into a scratch table and compare it with the target:
     /// rows, metrics per group, the records that change most, edge cases, runtime.
@@ -202,10 +205,15 @@ async fn main() -> ExitCode {
 async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -> Result<()> {
     let config = Config::from_env().map_err(|e| CliError::BadInput(e.to_string()))?;
     match command {
-        Command::Plan { brief, json } => {
+        Command::Plan {
+            brief,
+            json,
+            workers,
+        } => {
             let (_, brief) = read_brief(&brief)?;
             let pool = services::postgres(&config, 2).await?; // the plan touches no control plane
             let (plan, _, _) = plan::plan(&pool, &brief).await?;
+            let plan = plan.with_workers(workers);
             if json {
                 println!(
                     "{}",

@@ -1,8 +1,10 @@
 //! `backfill plan BRIEF`: what a run would do, without doing it — batches, bounds,
-//! estimated rows, the write strategy, and the blast radius.
+//! the rows and time it will take (measured on sampled batches), the write
+//! strategy, and the blast radius.
 
 use crate::error::{CliError, Result};
 use crate::preflight::{self, Dependent, Preflight};
+use crate::sample::SampledBatch;
 use backfill_shared::brief::{BatchRange, Brief};
 use backfill_shared::checks::Unmatched;
 use serde::Serialize;
@@ -19,9 +21,10 @@ pub struct Plan {
     pub batches: usize,
     pub first: (String, String),
     pub last: (String, String),
-    pub estimated_rows_per_batch: Option<i64>,
-    pub estimated_rows_total: Option<i64>,
-    pub target_rows: i64,
+    /// Rows and time, measured on the sampled batches.
+    pub estimate: Estimate,
+    /// The planner's statistics; `None` for a table never analysed.
+    pub target_rows: Option<i64>,
     pub max_in_flight: u32,
     /// The source run on sampled batches: target rows it would leave unmatched.
     pub unmatched: UnmatchedEstimate,
@@ -29,6 +32,83 @@ pub struct Plan {
     /// Declared in the brief but not found in the catalog (dashboards, exports...).
     pub declared_outside_catalog: Vec<String>,
     pub stakeholders: Vec<String>,
+}
+
+/// What a run will write and how long it will take, from the source run on the
+/// sampled batches rather than the planner's guess.
+#[derive(Debug, Serialize)]
+pub struct Estimate {
+    /// How the figures were made, in words.
+    pub method: String,
+    pub sampled_batches: usize,
+    pub rows_per_batch: i64,
+    pub rows_total: i64,
+    /// The source and the unmatched-rows measure of a sampled batch (the median).
+    pub source_seconds_per_batch: f64,
+    /// A batch end to end: the source times [`APPLY_FACTOR`] (the writes and
+    /// checks), plus the orchestration's [`ORCHESTRATION_SECONDS`].
+    pub seconds_per_batch: f64,
+    /// Workers assumed (`plan --workers N`), one batch each at a time, at most
+    /// `max_in_flight`.
+    pub workers: u16,
+    pub batches_at_once: u32,
+    pub wall_seconds: f64,
+}
+
+/// A batch's writes and checks take about this multiple of its source's time:
+/// on the benchmark (TPC-H scale 1, every guard on) the source is 100 ms of a
+/// 250 ms batch without before-images and of a 290 ms one with them.
+pub const APPLY_FACTOR: f64 = 2.5;
+/// The same with before-images.
+pub const APPLY_FACTOR_WITH_IMAGES: f64 = 2.9;
+/// A batch's claim, ledger, leases and events (the benchmark's (d): about 800
+/// batches a second on two cores).
+pub const ORCHESTRATION_SECONDS: f64 = 0.00125;
+/// Connecting, recording and attaching before the first batch.
+pub const STARTUP_SECONDS: f64 = 0.5;
+/// Workers `plan` assumes unless told.
+pub const DEFAULT_WORKERS: u16 = 2;
+
+impl Estimate {
+    fn from_samples(brief: &Brief, batches: usize, sampled: &[SampledBatch], workers: u16) -> Self {
+        let n = sampled.len().max(1) as f64;
+        let rows_per_batch = sampled.iter().map(|b| b.rows).sum::<i64>() as f64 / n;
+        // The median: the first sample also pays for its scratch table and a
+        // cold cache.
+        let mut times: Vec<f64> = sampled.iter().map(|b| b.seconds).collect();
+        times.sort_by(f64::total_cmp);
+        let source = times.get(times.len() / 2).copied().unwrap_or_default();
+        let factor = if brief.write.snapshot {
+            APPLY_FACTOR_WITH_IMAGES
+        } else {
+            APPLY_FACTOR
+        };
+        let mut estimate = Self {
+            method: format!(
+                "the source run on {} batches spread over the plan (first, last and between) in a transaction rolled back; \
+                 rows: their mean times {batches} batches; time: their median source time times {factor} for the writes and checks, \
+                 plus {ORCHESTRATION_SECONDS} s of orchestration per batch and {STARTUP_SECONDS} s to start",
+                sampled.len()
+            ),
+            sampled_batches: sampled.len(),
+            rows_per_batch: rows_per_batch.round() as i64,
+            rows_total: (rows_per_batch * batches as f64).round() as i64,
+            source_seconds_per_batch: source,
+            seconds_per_batch: source * factor + ORCHESTRATION_SECONDS,
+            workers,
+            batches_at_once: 0,
+            wall_seconds: 0.0,
+        };
+        estimate.assume_workers(brief.limits.max_in_flight, batches, workers);
+        estimate
+    }
+
+    fn assume_workers(&mut self, max_in_flight: u32, batches: usize, workers: u16) {
+        self.workers = workers.max(1);
+        self.batches_at_once = u32::from(self.workers).min(max_in_flight.max(1));
+        let rounds = (batches as f64 / f64::from(self.batches_at_once)).ceil();
+        self.wall_seconds = STARTUP_SECONDS + rounds * self.seconds_per_batch;
+    }
 }
 
 /// Target rows the source would not reproduce, from the sampled batches and
@@ -50,22 +130,18 @@ pub struct UnmatchedEstimate {
 
 impl UnmatchedEstimate {
     /// Sums the sampled batches and refuses, naming them, those past the limit.
-    fn from_samples(
-        brief: &Brief,
-        batches: usize,
-        sampled: &[(BatchRange, Unmatched)],
-    ) -> Result<Self> {
+    fn from_samples(brief: &Brief, batches: usize, sampled: &[SampledBatch]) -> Result<Self> {
         let limit = brief.validation.max_unmatched_pct;
         let fate = Unmatched::fate(brief);
         let over: Vec<String> = sampled
             .iter()
-            .filter(|(_, u)| u.rows > 0 && u.pct() > limit)
-            .map(|(b, u)| {
+            .filter(|b| b.unmatched.rows > 0 && b.unmatched.pct() > limit)
+            .map(|b| {
                 format!(
                     "  [{}, {}): {}",
-                    b.lo,
-                    b.hi,
-                    u.describe_as(brief, "would be")
+                    b.range.lo,
+                    b.range.hi,
+                    b.unmatched.describe_as(brief, "would be")
                 )
             })
             .collect();
@@ -78,8 +154,8 @@ impl UnmatchedEstimate {
                 over.join("\n")
             )));
         }
-        let rows: i64 = sampled.iter().map(|(_, u)| u.rows).sum();
-        let range_rows: i64 = sampled.iter().map(|(_, u)| u.range_rows).sum();
+        let rows: i64 = sampled.iter().map(|b| b.unmatched.rows).sum();
+        let range_rows: i64 = sampled.iter().map(|b| b.unmatched.range_rows).sum();
         let share = |v: i64| {
             let n = sampled.len().max(1) as f64;
             (v as f64 / n * batches as f64).round() as i64
@@ -110,19 +186,9 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
             "scope.batch_by: the plan has no batches".into(),
         ));
     };
-    let per_batch = preflight.first_batch_rows.or_else(|| {
-        i64::try_from(batches.len())
-            .ok()
-            .map(|n| preflight.target_rows / n.max(1))
-    });
-    let n = i64::try_from(batches.len()).unwrap_or(i64::MAX);
-    let total = brief
-        .scope
-        .expected_rows
-        .and_then(|r| i64::try_from(r).ok())
-        .or_else(|| per_batch.map(|p| p.saturating_mul(n)));
     let sampled = crate::sample::sampled_batches(pool, brief, &batches).await?;
     let unmatched = UnmatchedEstimate::from_samples(brief, batches.len(), &sampled)?;
+    let estimate = Estimate::from_samples(brief, batches.len(), &sampled, DEFAULT_WORKERS);
     let found: Vec<String> = preflight
         .dependents
         .iter()
@@ -148,8 +214,7 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         batches: batches.len(),
         first: (first.lo.to_string(), first.hi.to_string()),
         last: (last.lo.to_string(), last.hi.to_string()),
-        estimated_rows_per_batch: per_batch,
-        estimated_rows_total: total,
+        estimate,
         target_rows: preflight.target_rows,
         max_in_flight: brief.limits.max_in_flight,
         unmatched,
@@ -161,12 +226,19 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
 }
 
 impl Plan {
+    /// The wall time for `workers` workers instead of [`DEFAULT_WORKERS`].
+    #[must_use]
+    pub fn with_workers(mut self, workers: u16) -> Self {
+        self.estimate
+            .assume_workers(self.max_in_flight, self.batches, workers);
+        self
+    }
+
     /// The human-readable form printed by `backfill plan`.
     #[must_use]
     pub fn render(&self) -> String {
         use std::fmt::Write as _;
         let mut s = String::new();
-        let est = |v: Option<i64>| v.map_or_else(|| "unknown".to_owned(), |v| format!("~{v}"));
         let _ = writeln!(s, "Backfill {} on {}", self.name, self.target);
         let _ = writeln!(
             s,
@@ -186,12 +258,26 @@ impl Plan {
         );
         let _ = writeln!(s, "  first:    [{}, {})", self.first.0, self.first.1);
         let _ = writeln!(s, "  last:     [{}, {})", self.last.0, self.last.1);
+        let e = &self.estimate;
         let _ = writeln!(
             s,
-            "  rows:     {} per batch, {} in total (target holds ~{})",
-            est(self.estimated_rows_per_batch),
-            est(self.estimated_rows_total),
-            self.target_rows
+            "  rows:     ~{} per batch, ~{} in total (target holds {}); measured on {} sampled batches",
+            e.rows_per_batch,
+            e.rows_total,
+            self.target_rows.map_or_else(
+                || "an unknown number: never analysed".to_owned(),
+                |n| format!("~{n}")
+            ),
+            e.sampled_batches
+        );
+        let _ = writeln!(
+            s,
+            "  time:     ~{:.1} s with {} worker(s) ({} batch(es) at once, ~{:.3} s each; source ~{:.3} s per batch)",
+            e.wall_seconds,
+            e.workers,
+            e.batches_at_once,
+            e.seconds_per_batch,
+            e.source_seconds_per_batch
         );
         let u = &self.unmatched;
         let _ = writeln!(

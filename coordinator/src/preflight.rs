@@ -18,10 +18,8 @@ use sqlx::{
 pub struct Preflight {
     /// Target columns in table order, with their types.
     pub columns: Vec<(String, String)>,
-    /// The planner's row count of the target.
-    pub target_rows: i64,
-    /// The planner's estimate of the first batch's source rows.
-    pub first_batch_rows: Option<i64>,
+    /// The planner's row count of the target; `None` if it was never analysed.
+    pub target_rows: Option<i64>,
     pub dependents: Vec<Dependent>,
 }
 
@@ -179,7 +177,7 @@ pub async fn check(pool: &PgPool, brief: &Brief) -> Result<Preflight> {
         }
     }
     check_validation(pool, brief, &mut problems).await?;
-    let first_batch_rows = check_source(pool, brief, &mut problems).await?;
+    check_source(pool, brief, &mut problems).await?;
     if !problems.is_empty() {
         return Err(PreflightError::Problems(
             backfill_shared::brief::BriefError { problems },
@@ -191,8 +189,8 @@ pub async fn check(pool: &PgPool, brief: &Brief) -> Result<Preflight> {
         .await?;
     Ok(Preflight {
         columns,
-        target_rows: (target_rows.max(0.0)) as i64,
-        first_batch_rows,
+        // PostgreSQL says -1 for a table never analysed (nor vacuumed).
+        target_rows: (target_rows >= 0.0).then_some(target_rows as i64),
         dependents: dependents(pool, oid, brief).await?,
     })
 }

@@ -143,14 +143,25 @@ fn source_failed(e: sqlx::Error, on: &str) -> CliError {
 /// Batches `plan` runs the source on, at most.
 const SAMPLED_BATCHES: usize = 5;
 
+/// One batch `plan` ran the source on.
+#[derive(Debug, Clone, Copy)]
+pub struct SampledBatch {
+    pub range: BatchRange,
+    /// Rows the source yielded.
+    pub rows: i64,
+    pub unmatched: Unmatched,
+    /// The source into a scratch table and the unmatched-rows measure.
+    pub seconds: f64,
+}
+
 /// The source run on up to five batches spread over the plan (first, last and
-/// between), each measured for unmatched rows as a batch would be; nothing is
-/// written.
+/// between), each measured for unmatched rows as a batch would be, and timed;
+/// nothing is written.
 pub async fn sampled_batches(
     pool: &PgPool,
     brief: &Brief,
     batches: &[BatchRange],
-) -> Result<Vec<(BatchRange, Unmatched)>> {
+) -> Result<Vec<SampledBatch>> {
     let n = batches.len();
     let mut picks: Vec<usize> = (0..SAMPLED_BATCHES)
         .map(|i| i * n.saturating_sub(1) / (SAMPLED_BATCHES - 1))
@@ -163,10 +174,16 @@ pub async fn sampled_batches(
         let Some(batch) = batches.get(pick) else {
             continue;
         };
-        let (_, unmatched) = scratch_batch(&mut tx, brief, batch.lo, batch.hi, i == 0)
+        let started = Instant::now();
+        let (rows, unmatched) = scratch_batch(&mut tx, brief, batch.lo, batch.hi, i == 0)
             .await
             .map_err(|e| source_failed(e, &format!("batch [{}, {})", batch.lo, batch.hi)))?;
-        out.push((*batch, unmatched));
+        out.push(SampledBatch {
+            range: *batch,
+            rows,
+            unmatched,
+            seconds: started.elapsed().as_secs_f64(),
+        });
     }
     tx.rollback().await?;
     Ok(out)

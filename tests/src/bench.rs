@@ -236,6 +236,37 @@ pub async fn run(options: &Options) -> Report {
             target: Some((format!("≤ {limit:.2} × (a)"), ratio <= limit)),
         });
     }
+    // (g): what `plan` said before (b), against what (b) did.
+    let no_images = Brief::parse(&backfill_coordinator::demo::without_before_images(&text))
+        .expect("the bench brief lints");
+    reset(&pool).await;
+    let (planned, ..) = backfill_coordinator::plan::plan(&pool, &no_images)
+        .await
+        .expect("plan the bench brief");
+    let estimate = planned.with_workers(options.workers).estimate;
+    let rows_off = (estimate.rows_total - orders).abs() as f64 / orders as f64;
+    lines.push(Line {
+        case: format!(
+            "(g) plan's row estimate: {} against {orders} written",
+            estimate.rows_total
+        ),
+        value: rows_off * 100.0,
+        unit: "% off",
+        ratio: None,
+        target: Some(("within 25 %".into(), rows_off <= 0.25)),
+    });
+    let time_off = (estimate.wall_seconds - median(&b)).abs() / median(&b);
+    lines.push(Line {
+        case: format!(
+            "(g) plan's time estimate: {:.1} s against (b)'s {:.1} s",
+            estimate.wall_seconds,
+            median(&b)
+        ),
+        value: time_off * 100.0,
+        unit: "% off",
+        ratio: None,
+        target: Some(("within 50 %".into(), time_off <= 0.5)),
+    });
     let rate = f64::from(u32::try_from(options.empty_batches).unwrap_or(u32::MAX)) / median(&d);
     lines.push(Line {
         case: format!(

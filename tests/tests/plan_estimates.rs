@@ -1,0 +1,73 @@
+//! `plan` estimates from the source run on sampled batches, not from the
+//! planner's guess: the rows it predicts are the rows the run then writes, its
+//! time comes with how it was made, and a target never analysed is said to be so
+//! rather than to hold ~0 rows.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use backfill_coordinator::{plan, status};
+use backfill_shared::brief::Brief;
+use backfill_tests::{TestEnv, ship_revenue};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_estimate_is_what_the_run_writes() {
+    let env = TestEnv::new(0.01).await;
+    let text = env.brief(20, 2).await;
+    let brief = Brief::parse(&text).unwrap();
+    let (planned, ..) = plan::plan(&env.pool, &brief).await.unwrap();
+    let planned = planned.with_workers(3);
+    let e = &planned.estimate;
+    assert_eq!((e.sampled_batches, e.workers, e.batches_at_once), (5, 3, 2));
+    assert!(e.seconds_per_batch > e.source_seconds_per_batch, "{e:?}");
+    assert!(
+        e.wall_seconds > 0.0 && e.method.contains("5 batches"),
+        "{e:?}"
+    );
+    let json = serde_json::to_value(&planned).unwrap();
+    assert_eq!(json["estimate"]["rows_total"], e.rows_total);
+
+    let (run_id, ..) = env.record_run(&text).await;
+    env.run_to_end(run_id, 2).await;
+    let written = status::status(&env.pool, run_id)
+        .await
+        .unwrap()
+        .batches
+        .rows
+        .source;
+    let off = (e.rows_total - written).abs() as f64 / written as f64;
+    assert!(
+        off <= 0.25,
+        "estimated {} rows, the run's source yielded {written}",
+        e.rows_total
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_never_analysed_is_not_said_to_be_empty() {
+    let env = TestEnv::new(0.01).await;
+    env.build_ship_revenue().await;
+    sqlx::raw_sql(
+        "CREATE TABLE tpch.ship_revenue_fresh (LIKE tpch.ship_revenue INCLUDING ALL)
+             WITH (autovacuum_enabled = false);
+         INSERT INTO tpch.ship_revenue_fresh SELECT * FROM tpch.ship_revenue;",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let text = ship_revenue::brief("merge", "delete", "").replace(
+        "target = \"tpch.ship_revenue\"",
+        "target = \"tpch.ship_revenue_fresh\"",
+    );
+    let (planned, ..) = plan::plan(&env.pool, &Brief::parse(&text).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(planned.target_rows, None);
+    assert!(
+        planned.render().contains("never analysed"),
+        "{}",
+        planned.render()
+    );
+    assert!(planned.estimate.rows_total > 0, "{:?}", planned.estimate);
+    env.cleanup().await;
+}
