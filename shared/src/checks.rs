@@ -7,7 +7,7 @@
 //! `references:<column>`, `expected_rows`, `max_unmatched_pct`.
 
 use crate::brief::{Brief, OnMissing, Scope, Strategy};
-use crate::sql::{key_join, quote_ident};
+use crate::sql::{column_list, key_join, quote_ident};
 use serde::{Deserialize, Serialize};
 
 /// One metric of one group on a batch's range, before and after the write.
@@ -129,10 +129,14 @@ impl Unmatched {
     #[must_use]
     pub fn measure_sql(scope: &Scope, table: &str, source_rows: &str) -> String {
         let by = quote_ident(&scope.batch_by.column);
+        // A hash join against the source's distinct keys: a correlated EXISTS per
+        // target row would scan the source rows once per row. The range is taken
+        // first, alone, so `scope.where` reads only the target's columns.
         format!(
-            "SELECT count(*) FILTER (WHERE NOT bf_matched), count(*) FILTER (WHERE NOT bf_matched AND bf_at_lower), count(*)
-               FROM (SELECT EXISTS (SELECT 1 FROM {source_rows} s WHERE {matched}) AS bf_matched, t.{by} = $1 AS bf_at_lower
-                       FROM {table} t WHERE {owned}) x",
+            "SELECT count(*) FILTER (WHERE s.bf_hit IS NULL), count(*) FILTER (WHERE s.bf_hit IS NULL AND t.{by} = $1), count(*)
+               FROM (SELECT * FROM {table} t WHERE {owned}) t
+               LEFT JOIN (SELECT DISTINCT {keys}, true AS bf_hit FROM {source_rows}) s ON {matched}",
+            keys = column_list(&scope.key, None),
             matched = key_join(&scope.key, "t", "s"),
             owned = scope.owned_range("t")
         )

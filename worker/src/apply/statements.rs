@@ -174,8 +174,8 @@ impl WritePlan {
                     sql: counted_delete(
                         "",
                         &format!(
-                            "SELECT count(*), count(*) FILTER (WHERE bf_u), count(*) FILTER (WHERE bf_u AND bf_lo)
-                               FROM (SELECT NOT EXISTS (SELECT 1 FROM {ws} s WHERE {d_match}) AS bf_u, d.{by} = $1 AS bf_lo FROM d) x"
+                            "SELECT count(*), count(*) FILTER (WHERE s.bf_hit IS NULL), count(*) FILTER (WHERE s.bf_hit IS NULL AND d.{by} = $1)
+                               FROM d LEFT JOIN (SELECT DISTINCT {key_group}, true AS bf_hit FROM {ws}) s ON {d_match}"
                         ),
                     ),
                     binds: with_batch(Binds::Range),
