@@ -1,7 +1,7 @@
 //! `plan` estimates from the source run on sampled batches, not from the
 //! planner's guess: the rows it predicts are the rows the run then writes, its
 //! time comes with how it was made, and a target never analysed is said to be so
-//! rather than to hold ~0 rows.
+//! rather than to hold ~0 rows. A large run is recorded batch for batch.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -69,5 +69,49 @@ async fn a_target_never_analysed_is_not_said_to_be_empty() {
         planned.render()
     );
     assert!(planned.estimate.rows_total > 0, "{:?}", planned.estimate);
+    env.cleanup().await;
+}
+
+/// A run of 100,000 batches is recorded whole: every batch once, with the bounds
+/// the plan gives it, all pending (the benchmark records a million).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_run_is_recorded_batch_for_batch() {
+    let env = TestEnv::new(0.01).await;
+    let text = env.brief(1, 1).await;
+    let start = text.find("batch_by = ").unwrap();
+    let end = start + text[start..].find('\n').unwrap();
+    let text = format!(
+        "{}batch_by = {{ column = \"o_orderkey\", start = 1, end = 100001, step = 1 }}{}",
+        &text[..start],
+        &text[end..]
+    );
+    let (run_id, _, plan) = env.record_run(&text).await;
+    assert_eq!(plan.len(), 100_000);
+    let (rows, distinct, pending): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT batch_no), count(*) FILTER (WHERE state = 'pending')
+           FROM backfill.batches WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!((rows, distinct, pending), (100_000, 100_000, 100_000));
+    let bounds: Vec<(i32, String, String)> = sqlx::query_as(
+        "SELECT batch_no, lo, hi FROM backfill.batches WHERE run_id = $1 ORDER BY batch_no",
+    )
+    .bind(run_id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    for ((no, lo, hi), planned) in bounds.iter().zip(&plan) {
+        assert_eq!(
+            (*no, lo.as_str(), hi.as_str()),
+            (
+                i32::try_from(planned.no).unwrap(),
+                planned.lo.to_string().as_str(),
+                planned.hi.to_string().as_str()
+            )
+        );
+    }
     env.cleanup().await;
 }

@@ -78,7 +78,7 @@ pub async fn prepare(
         .execute(&mut *tx)
         .await
         .map_err(sql("create working set"))?;
-    let (rows, repeated, null_keys, outside, unowned) =
+    let (source, repeated, null_keys, outside, unowned) =
         sqlx::query_as(AssertSqlSafe(plan.fill_working_set.as_str()))
             .bind(work.lo)
             .bind(work.hi)
@@ -86,13 +86,11 @@ pub async fn prepare(
             .await
             .map_err(sql("the brief's source query failed"))?;
     let grain = Grain {
-        rows,
         repeated,
         null_keys,
         outside,
         unowned,
     };
-    let source = grain.rows;
     let mut rows = RowCounts {
         source,
         ..RowCounts::default()
@@ -148,7 +146,6 @@ pub async fn prepare(
 /// What the fill measured of the working set's grain.
 #[derive(Debug, Clone, Copy)]
 struct Grain {
-    rows: i64,
     /// Rows beyond the first of each repeated key.
     repeated: i64,
     null_keys: i64,
@@ -189,7 +186,6 @@ async fn write(
         null_keys,
         outside,
         unowned,
-        ..
     } = grain;
     let duplicates = if repeated > 0 {
         sqlx::query_scalar(AssertSqlSafe(plan.count_duplicates.as_str()))
