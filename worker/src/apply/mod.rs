@@ -78,13 +78,19 @@ pub async fn prepare(
         .execute(&mut *tx)
         .await
         .map_err(sql("create working set"))?;
-    let (source, repeated, null_keys, outside, unowned) =
-        sqlx::query_as(AssertSqlSafe(plan.fill_working_set.as_str()))
-            .bind(work.lo)
-            .bind(work.hi)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(sql("the brief's source query failed"))?;
+    let (source, repeated, null_keys, outside, unowned, range_has_rows): (
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        bool,
+    ) = sqlx::query_as(AssertSqlSafe(plan.fill_working_set.as_str()))
+        .bind(work.lo)
+        .bind(work.hi)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(sql("the brief's source query failed"))?;
     let grain = Grain {
         repeated,
         null_keys,
@@ -100,13 +106,7 @@ pub async fn prepare(
     // leaves nothing: skip the checks and the writes (sparse key ranges and
     // empty days are common). With rows in the range, every one of them is
     // unmatched, and the guard must see them.
-    let idle = source == 0
-        && !sqlx::query_scalar::<_, bool>(AssertSqlSafe(plan.range_has_rows.as_str()))
-            .bind(work.lo)
-            .bind(work.hi)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(sql("looking at the batch's range"))?;
+    let idle = source == 0 && !range_has_rows;
     if !idle {
         write(&mut tx, plan, work, grain, &mut rows, &mut checks).await?;
     }

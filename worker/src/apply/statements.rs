@@ -62,13 +62,12 @@ pub struct WritePlan {
     pub(super) create_working_set: String,
     /// Fills the working set and, over the rows it inserts, returns (rows,
     /// surplus rows of repeated keys, NULL keys, rows outside the range, rows
-    /// `scope.where` does not match).
+    /// `scope.where` does not match, and — looked at only when the source
+    /// yielded nothing — whether the written table has rows in the range).
     pub(super) fill_working_set: String,
     /// The keys the working set holds more than once, counted (only run when
     /// the fill found repeats).
     pub(super) count_duplicates: String,
-    /// Whether the written table has rows in the batch's range.
-    pub(super) range_has_rows: String,
     pub(super) range_rows: RangeRows,
     pub(super) steps: Vec<Step>,
     /// Per metric: its groups on the live target's range (what readers saw before).
@@ -282,7 +281,6 @@ impl WritePlan {
                 "SET LOCAL client_min_messages = warning;
                  CREATE TEMPORARY TABLE IF NOT EXISTS {ws} ON COMMIT DELETE ROWS AS SELECT {all} FROM {target} WITH NO DATA"
             ),
-            range_has_rows: format!("SELECT EXISTS (SELECT 1 FROM {})", range_of(&target)),
             range_rows: match (brief.write.strategy, brief.write.on_missing) {
                 (Strategy::PartitionOverwrite, _) => RangeRows::Deleted,
                 (_, OnMissing::Delete) => RangeRows::MatchedAndDeleted,
@@ -294,8 +292,10 @@ impl WritePlan {
                         count(*) FILTER (WHERE NOT ({null_key})) - count(DISTINCT ({key_group})) FILTER (WHERE NOT ({null_key})),
                         count(*) FILTER (WHERE {null_key}),
                         count(*) FILTER (WHERE {by} IS NULL OR NOT ({by} >= $1 AND {by} < $2)),
-                        {unowned}
+                        {unowned},
+                        CASE WHEN count(*) = 0 THEN EXISTS (SELECT 1 FROM {range}) ELSE true END
                    FROM s",
+                range = range_of(&target),
                 source = scope.source.trim_end().trim_end_matches(';'),
                 unowned_flag = scope
                     .filter
