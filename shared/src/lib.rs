@@ -16,7 +16,8 @@
 //!   to a service may be retried; [`telemetry`]: logs and traces;
 //!   [`metrics`]: the Prometheus endpoint.
 //! - [`checks`]: per-batch figures and the limits they are held against.
-//! - [`sql`]: quoting of identifiers from the brief.
+//! - [`sql`]: quoting of identifiers from the brief; [`partitions`]: partitioned
+//!   tables (their partitions, a table built alike, names handed over on a swap).
 
 pub mod brief;
 pub mod checks;
@@ -26,6 +27,7 @@ pub mod failure;
 pub mod lease;
 pub mod message;
 pub mod metrics;
+pub mod partitions;
 pub mod run_gate;
 pub mod services;
 pub mod signing;

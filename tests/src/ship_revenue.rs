@@ -120,3 +120,87 @@ retain_days = 14
 "#
     )
 }
+
+/// How a test partitions `tpch.ship_revenue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partitioning {
+    /// Range-partitioned by ship date: before 1992, 1992–94, 1995–98, from
+    /// 1999 — the first and last empty, as a warehouse's spare partitions are.
+    ByShipDate,
+    /// List-partitioned by ship mode, with a default partition.
+    ByShipMode,
+}
+
+impl TestEnv {
+    /// Builds `tpch.ship_revenue` as a partitioned table holding the same rows
+    /// as [`TestEnv::build_ship_revenue`]'s, with a key on the parent, an index
+    /// and a check constraint of one partition's own, and a copy of it
+    /// (`tpch.ship_revenue_pre`).
+    pub async fn build_partitioned_ship_revenue(&self, partitioning: Partitioning) {
+        let (by, partitions) = match partitioning {
+            Partitioning::ByShipDate => (
+                "RANGE (l_shipdate)",
+                [
+                    ("early", "FROM (MINVALUE) TO ('1992-01-01')"),
+                    ("1992_94", "FROM ('1992-01-01') TO ('1995-01-01')"),
+                    ("1995_98", "FROM ('1995-01-01') TO ('1999-01-01')"),
+                    ("late", "FROM ('1999-01-01') TO (MAXVALUE)"),
+                ],
+            ),
+            Partitioning::ByShipMode => (
+                "LIST (l_shipmode)",
+                [
+                    ("air", "IN ('AIR', 'REG AIR')"),
+                    ("mail", "IN ('MAIL')"),
+                    ("ground", "IN ('RAIL', 'TRUCK')"),
+                    ("other", "DEFAULT"),
+                ],
+            ),
+        };
+        let mut ddl = format!(
+            "CREATE TABLE tpch.ship_revenue (l_shipdate date NOT NULL, l_shipmode varchar(10) NOT NULL,
+                                             revenue numeric(18,2), lines integer,
+                                             PRIMARY KEY (l_shipdate, l_shipmode)) PARTITION BY {by};"
+        );
+        for (name, bound) in partitions {
+            let bound = if bound == "DEFAULT" {
+                "DEFAULT".to_owned()
+            } else {
+                format!("FOR VALUES {bound}")
+            };
+            ddl.push_str(&format!(
+                "CREATE TABLE tpch.ship_revenue_{name} PARTITION OF tpch.ship_revenue {bound};"
+            ));
+        }
+        let source = SOURCE.replace("l_shipdate >= $1 AND l_shipdate < $2{filter}", "true");
+        let own = partitions[2].0;
+        ddl.push_str(&format!(
+            "CREATE INDEX ship_revenue_{own}_revenue ON tpch.ship_revenue_{own} (revenue);
+             ALTER TABLE tpch.ship_revenue_{own} ADD CONSTRAINT some_lines CHECK (lines > 0);
+             INSERT INTO tpch.ship_revenue {source};
+             ANALYZE tpch.ship_revenue;"
+        ));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+            .execute(&self.pool)
+            .await
+            .expect("build the partitioned tpch.ship_revenue");
+        self.copy_ship_revenue().await;
+    }
+
+    /// The structure of `tpch.ship_revenue` as the catalog holds it (kind,
+    /// partitioning, bounds, indexes, constraints) and the names of its partitions.
+    pub async fn ship_revenue_structure(&self) -> (Vec<String>, Vec<String>) {
+        let mut conn = self.pool.acquire().await.expect("connection");
+        let table = backfill_shared::sql::TableName::parse("tpch.ship_revenue").expect("name");
+        let structure = backfill_shared::partitions::structure(&mut conn, &table)
+            .await
+            .expect("read the structure");
+        let names = backfill_shared::partitions::children(&mut conn, &table)
+            .await
+            .expect("read the partitions")
+            .into_iter()
+            .map(|p| p.name.to_string())
+            .collect();
+        (structure, names)
+    }
+}

@@ -4,6 +4,7 @@
 use crate::apply::WritePlan;
 use backfill_shared::brief::BoundKind;
 use backfill_shared::control::{ControlError, Result, runs};
+use backfill_shared::partitions;
 use backfill_shared::sql::TableName;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -41,8 +42,14 @@ impl Runs {
         let side = table(&run.side_table, "side table")?;
         let image = table(&run.image_table, "image table")?;
         let write_to = side.as_ref().unwrap_or(&run.brief.scope.target);
+        let partitioned = {
+            let mut conn = pool.acquire().await?;
+            partitions::partition_key(&mut conn, write_to)
+                .await?
+                .is_some()
+        };
         let context = Arc::new(RunContext {
-            plan: WritePlan::new(&run.brief, write_to, image.as_ref())
+            plan: WritePlan::new(&run.brief, write_to, partitioned, image.as_ref())
                 .guarding(run.fingerprints.clone()),
             brief_hash: run.brief_hash,
             bound_kind: run.bound_kind,

@@ -6,10 +6,14 @@
 //! therefore recreates the views that read the target (from definitions captured
 //! with every name schema-qualified), rebuilds the materialized views that read it
 //! (with their indexes, populated), moves foreign keys that point at it, and hands
-//! over sequences its columns own. Readers see either the old table or the new
+//! over sequences its columns own. A partitioned table is swapped whole: the
+//! swap refuses a replacement not partitioned (and indexed, and constrained) as
+//! the target is, and hands the partitions' names over by bound, so a partition
+//! keeps its name across the swap. Readers see either the old table or the new
 //! one, never a half-swapped state.
 
 use crate::{CliError, Result, catalog};
+use backfill_shared::partitions;
 use backfill_shared::sql::{TableName, quote_ident};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use std::time::Duration;
@@ -95,6 +99,20 @@ pub async fn swap(
     )
     .await?;
 
+    // A swap exposes the structure it replaces: the same partitioning (key,
+    // bounds, per partition), indexes and constraints.
+    let before = partitions::structure(&mut *conn, target).await?;
+    let after = partitions::structure(&mut *conn, replacement).await?;
+    if before != after {
+        let missing: Vec<&String> = before.iter().filter(|l| !after.contains(l)).collect();
+        let extra: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
+        return Err(CliError::Halted(format!(
+            "{replacement} is not built like {target}, so swapping it in would change the table's structure; \
+             only in {target}: {missing:?}; only in {replacement}: {extra:?}. Nothing was swapped. \
+             Was {target} altered (a partition or index added) during the run? Roll back this run and run it again"
+        )));
+    }
+
     let oid: sqlx::postgres::types::Oid = sqlx::query_scalar("SELECT $1::regclass::oid")
         .bind(target.quoted())
         .fetch_one(&mut *conn)
@@ -132,7 +150,7 @@ pub async fn swap(
     }
     let foreign_keys: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT conrelid::regclass::text, conname::text, pg_get_constraintdef(oid)
-           FROM pg_constraint WHERE contype = 'f' AND confrelid = $1 AND conrelid <> $1",
+           FROM pg_constraint WHERE contype = 'f' AND confrelid = $1 AND conrelid <> $1 AND conparentid = 0",
     )
     .bind(oid)
     .fetch_all(&mut *conn)
@@ -218,6 +236,8 @@ pub async fn swap(
         &format!("renaming {replacement} to {target}"),
     )
     .await?;
+
+    partitions::hand_over_names(&mut *conn, retire_as, target).await?;
 
     let mut swapped = Swapped::default();
     for v in &defs {

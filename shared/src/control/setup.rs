@@ -14,8 +14,9 @@ pub enum Setup<'a> {
     /// Before-images of every row a batch changes, tagged with the batch and the
     /// operation, and the hash of the row written (for rollback's conflict check).
     BeforeImages(&'a TableName),
-    /// A table like the target (columns, constraints, indexes) holding the
-    /// target's rows outside the scope; batches fill in the scope.
+    /// A table like the target (columns, constraints, indexes, and its
+    /// partitioning with each partition's bound, indexes and constraints)
+    /// holding the target's rows outside the scope; batches fill in the scope.
     SideTable(&'a TableName),
 }
 
@@ -39,18 +40,14 @@ impl Setup<'_> {
                 .await?;
             }
             Self::SideTable(side) => {
-                let side = side.quoted();
                 let by = quote_ident(&brief.scope.batch_by.column);
                 let unowned = brief
                     .scope
                     .filter
                     .as_deref()
                     .map_or_else(String::new, |w| format!(" OR ({w}) IS NOT TRUE"));
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "CREATE TABLE {side} (LIKE {target} INCLUDING ALL)"
-                )))
-                .execute(&mut **tx)
-                .await?;
+                crate::partitions::create_like(&mut *tx, &brief.scope.target, side).await?;
+                let side = side.quoted();
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO {side} SELECT * FROM {target}
                       WHERE {by} IS NULL OR {by} < $1 OR {by} >= $2{unowned}"

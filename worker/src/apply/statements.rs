@@ -85,9 +85,15 @@ pub struct WritePlan {
 impl WritePlan {
     /// `write_to` is the table batches write to: the target itself (merge,
     /// partition-overwrite) or the table built beside it (staging-swap,
-    /// parallel-version). `image_table` receives before-images, if any.
+    /// parallel-version), and whether it is partitioned. `image_table`
+    /// receives before-images, if any.
     #[must_use]
-    pub fn new(brief: &Brief, write_to: &TableName, image_table: Option<&TableName>) -> Self {
+    pub fn new(
+        brief: &Brief,
+        write_to: &TableName,
+        partitioned: bool,
+        image_table: Option<&TableName>,
+    ) -> Self {
         let scope = &brief.scope;
         let target = write_to.quoted();
         let written = scope.written_columns();
@@ -207,11 +213,22 @@ impl WritePlan {
                     column_list(&scope.columns, Some("t")),
                     column_list(&scope.columns, Some("EXCLUDED"))
                 );
-                // One upsert: `xmax = 0` tells the inserted rows from the updated ones.
+                // One upsert. On a plain table `xmax = 0` tells the inserted
+                // rows from the updated ones. A partitioned table returns no
+                // system columns; there a key the statement's snapshot does
+                // not hold (it does not see its own writes) was inserted.
+                let inserted = if partitioned {
+                    format!(
+                        "NOT EXISTS (SELECT 1 FROM {target} o WHERE {})",
+                        key_join(&scope.key, "o", "t")
+                    )
+                } else {
+                    "t.xmax = 0".to_owned()
+                };
                 let upsert = format!(
                     "INSERT INTO {target} AS t ({all}) SELECT {in_s} FROM {ws} s
                      ON CONFLICT ({key_group}) DO UPDATE SET {excluded} WHERE {changed_excluded}{owned}
-                     RETURNING t AS bf_row, (t.xmax = 0) AS bf_new, {returned_key}",
+                     RETURNING t AS bf_row, ({inserted}) AS bf_new, {returned_key}",
                     returned_key = column_list(&scope.key, Some("t")),
                     // A key the source yields whose row the backfill does not own
                     // stays as it is. Here both `t` and EXCLUDED are in scope, so

@@ -1,0 +1,204 @@
+//! Partitioned targets: every write strategy on a range-partitioned and a
+//! list-partitioned `tpch.ship_revenue` gives the independent recomputation,
+//! leaves the table partitioned exactly as it was (kind, key, bounds, indexes,
+//! constraints, partition names) after the run, after cutover and after
+//! rollback, and rollback restores the data; a reader during a swap (cutover,
+//! and its rollback) sees the old table or the new one, never an error or a mix.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use backfill_coordinator::lifecycle::rollback::RollbackOptions;
+use backfill_coordinator::lifecycle::{approve, cutover, rollback};
+use backfill_coordinator::run::Finish;
+use backfill_coordinator::validate;
+use backfill_tests::TestEnv;
+use backfill_tests::ship_revenue::{self, Partitioning};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+const LOCK: Duration = Duration::from_secs(5);
+
+/// What a reader of the whole table sees: rows and total revenue.
+type Totals = (i64, Option<String>);
+
+async fn totals(pool: &PgPool) -> sqlx::Result<Totals> {
+    sqlx::query_as("SELECT count(*), sum(revenue)::text FROM tpch.ship_revenue")
+        .fetch_one(pool)
+        .await
+}
+
+/// Reads the table's totals over and over until stopped; returns every
+/// distinct answer, or the first error.
+fn keep_reading(
+    pool: PgPool,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Result<Vec<Totals>, String>> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let now = totals(&pool).await.map_err(|e| e.to_string())?;
+            if !seen.contains(&now) {
+                seen.push(now);
+            }
+        }
+        Ok(seen)
+    })
+}
+
+/// Runs `step` while a reader reads the table; checks the reader saw only
+/// `before` and `after`, without an error.
+async fn read_through<T>(env: &TestEnv, what: &str, step: impl Future<Output = T>) -> T {
+    let before = totals(&env.pool).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = keep_reading(env.pool.clone(), Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let out = step.await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.store(true, Ordering::Relaxed);
+    let after = totals(&env.pool).await.unwrap();
+    let seen = reader
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{what}: a reader failed: {e}"));
+    assert!(
+        seen.iter().all(|s| *s == before || *s == after),
+        "{what}: a reader saw a mix: {seen:?}, neither {before:?} nor {after:?}"
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_strategy_on_a_partitioned_target_is_exact_and_keeps_the_partitioning() {
+    for partitioning in [Partitioning::ByShipDate, Partitioning::ByShipMode] {
+        for strategy in ["merge", "partition-overwrite", "staging-swap"] {
+            let what = format!("{strategy} on {partitioning:?}");
+            let env = TestEnv::new(0.01).await;
+            env.build_partitioned_ship_revenue(partitioning).await;
+            // History to correct: revenue off on the first of each month, rows
+            // missing on the second.
+            sqlx::raw_sql(
+                "UPDATE tpch.ship_revenue SET revenue = revenue + 1 WHERE extract(day FROM l_shipdate) = 1;
+                 DELETE FROM tpch.ship_revenue WHERE extract(day FROM l_shipdate) = 2 AND l_shipmode = 'MAIL';",
+            )
+            .execute(&env.pool)
+            .await
+            .unwrap();
+            env.copy_ship_revenue().await;
+            let built = env.ship_revenue_structure().await;
+            assert_eq!(built.1.len(), 4, "{what}: {built:?}");
+            // What is compared: the partitioning, each partition's bound, and
+            // the index and check of one partition's own.
+            for expected in [
+                "partition by ",
+                "relkind p",
+                "/ relkind r",
+                "(revenue)",
+                "CHECK ((lines > 0))",
+            ] {
+                assert!(
+                    built.0.iter().any(|line| line.contains(expected)),
+                    "{what}: no {expected:?} in {:#?}",
+                    built.0
+                );
+            }
+            assert!(env.ship_revenue_wrong("true").await > 0, "{what}");
+
+            let text = ship_revenue::brief(strategy, "delete", "")
+                .replace("step = \"1 month\"", "step = \"1 year\"");
+            let (run_id, ..) = env.record_run(&text).await;
+            let finish = env.run_to_end(run_id, 2).await;
+            assert_eq!(finish, Finish::Applied, "{what}");
+            assert!(
+                env.not_applied_exactly_once(run_id).await.is_empty(),
+                "{what}"
+            );
+            assert_eq!(
+                env.ship_revenue_structure().await,
+                built,
+                "{what}: after the run"
+            );
+
+            validate::validate(&env.pool, run_id).await.unwrap();
+            approve::approve(&env.pool, run_id, Some("bob"))
+                .await
+                .unwrap();
+            read_through(&env, &format!("{what}: cutover"), async {
+                cutover::cutover(&env.pool, run_id, "alice", LOCK)
+                    .await
+                    .unwrap()
+            })
+            .await;
+            assert_eq!(
+                env.ship_revenue_wrong("true").await,
+                0,
+                "{what}: differs from the recomputation"
+            );
+            assert_eq!(
+                env.ship_revenue_structure().await,
+                built,
+                "{what}: after cutover"
+            );
+
+            let roll_back = async {
+                rollback::rollback(&env.pool, run_id, "alice", RollbackOptions::default())
+                    .await
+                    .unwrap()
+            };
+            // A swap back is one transaction; the other strategies restore
+            // batch by batch, so a reader sees them one at a time.
+            if strategy == "staging-swap" {
+                read_through(&env, &format!("{what}: rollback"), roll_back).await;
+            } else {
+                roll_back.await;
+            }
+            assert_eq!(
+                env.ship_revenue_changes("true").await,
+                0,
+                "{what}: rollback is not exact"
+            );
+            assert_eq!(
+                env.ship_revenue_structure().await,
+                built,
+                "{what}: after rollback"
+            );
+            env.cleanup().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_swap_refuses_a_table_built_unlike_the_target() {
+    let env = TestEnv::new(0.01).await;
+    env.build_partitioned_ship_revenue(Partitioning::ByShipDate)
+        .await;
+    let text = ship_revenue::brief("staging-swap", "delete", "")
+        .replace("step = \"1 month\"", "step = \"1 year\"");
+    let (run_id, ..) = env.record_run(&text).await;
+    assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
+    validate::validate(&env.pool, run_id).await.unwrap();
+    approve::approve(&env.pool, run_id, Some("bob"))
+        .await
+        .unwrap();
+    // The target gains an index after the staging table was built: swapping
+    // the staging table in would drop it.
+    sqlx::query("CREATE INDEX ship_revenue_lines ON tpch.ship_revenue (lines)")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let structure = env.ship_revenue_structure().await;
+    let refused = cutover::cutover(&env.pool, run_id, "alice", LOCK)
+        .await
+        .unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        message.contains("not built like")
+            && message.contains("(lines)")
+            && message.contains("Nothing was swapped"),
+        "{message}"
+    );
+    assert_eq!(env.ship_revenue_structure().await, structure);
+    assert_eq!(env.ship_revenue_changes("true").await, 0, "nothing exposed");
+    env.cleanup().await;
+}
