@@ -1,12 +1,14 @@
 //! `backfill plan BRIEF`: what a run would do, without doing it — batches, bounds,
 //! the rows and time it will take (measured on sampled batches), the write
-//! strategy, and the blast radius.
+//! strategy, the partitions it writes to (and whether partition-overwrite can
+//! exchange them whole), and the blast radius.
 
 use crate::error::{CliError, Result};
 use crate::preflight::{self, Dependent, Preflight};
 use crate::sample::SampledBatch;
-use backfill_shared::brief::{BatchRange, Brief};
+use backfill_shared::brief::{BatchRange, Brief, Strategy};
 use backfill_shared::checks::Unmatched;
+use backfill_shared::partitions::{self, Layout};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -28,6 +30,12 @@ pub struct Plan {
     pub max_in_flight: u32,
     /// The source run on sampled batches: target rows it would leave unmatched.
     pub unmatched: UnmatchedEstimate,
+    /// The target's partitions and the batches that write to each; `None` for
+    /// a plain table.
+    pub partitions: Option<Layout>,
+    /// How partition-overwrite will write, for a partitioned target: which
+    /// partitions it exchanges whole, and a `batch_by` that would align it.
+    pub partition_note: Option<String>,
     pub dependents: Vec<Dependent>,
     /// Declared in the brief but not found in the catalog (dashboards, exports...).
     pub declared_outside_catalog: Vec<String>,
@@ -204,6 +212,8 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         })
         .cloned()
         .collect();
+    let partitions = layout(pool, brief, &batches).await?;
+    let partition_note = partitions.as_ref().map(|l| partition_note(brief, l));
     let plan = Plan {
         name: brief.meta.name.clone(),
         target: brief.scope.target.to_string(),
@@ -218,11 +228,89 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         target_rows: preflight.target_rows,
         max_in_flight: brief.limits.max_in_flight,
         unmatched,
+        partitions,
+        partition_note,
         dependents: preflight.dependents.clone(),
         declared_outside_catalog,
         stakeholders: brief.dependencies.stakeholders.clone(),
     };
     Ok((plan, batches, preflight))
+}
+
+/// How the brief's batches meet the target's partitions, if it has any.
+async fn layout(pool: &PgPool, brief: &Brief, batches: &[BatchRange]) -> Result<Option<Layout>> {
+    let mut conn = pool.acquire().await?;
+    let target = &brief.scope.target;
+    let Some(key) = partitions::partition_key(&mut conn, target).await? else {
+        return Ok(None);
+    };
+    let children = partitions::children(&mut conn, target).await?;
+    let by = &brief.scope.batch_by;
+    let mut layout = Layout::of(&key, &by.column, &children, batches, by.kind());
+    for (used, partition) in layout.partitions.iter_mut().zip(&children) {
+        if !used.aligned {
+            continue;
+        }
+        used.obstacle = if brief.write.strategy != Strategy::PartitionOverwrite {
+            Some(format!("{} writes rows", brief.write.strategy))
+        } else if brief.scope.filter.is_some() {
+            Some("scope.where narrows the rows the backfill owns".into())
+        } else {
+            partitions::exchange_obstacle(&mut conn, target, partition).await?
+        };
+    }
+    Ok(Some(layout))
+}
+
+/// What partition-overwrite does with the partitions, or why it cannot
+/// exchange them, and the `batch_by` that would let it.
+fn partition_note(brief: &Brief, layout: &Layout) -> String {
+    let touched = layout.touched().count();
+    let exchanged = layout
+        .touched()
+        .filter(|p| p.aligned && p.obstacle.is_none())
+        .count();
+    let obstacle = layout
+        .touched()
+        .find_map(|p| p.obstacle.as_deref().filter(|_| p.aligned));
+    if brief.write.strategy != Strategy::PartitionOverwrite {
+        return format!(
+            "{} writes rows into the {touched} partition(s) the scope touches; the table stays partitioned as it is",
+            brief.write.strategy
+        );
+    }
+    if !layout.by_batch_column {
+        return format!(
+            "the table is partitioned by {}, not by {} alone: batches delete and insert rows, no partition is exchanged",
+            layout.partition_key, brief.scope.batch_by.column
+        );
+    }
+    let mut note = if brief.scope.filter.is_some() {
+        "scope.where narrows the rows the backfill owns, so no partition is rewritten whole: batches delete and insert rows".to_owned()
+    } else {
+        format!(
+            "{exchanged} of {touched} partition(s) the scope touches are each one batch's range, built whole and exchanged{}",
+            if exchanged < touched {
+                "; the other batches delete and insert rows"
+            } else {
+                ""
+            }
+        )
+    };
+    if let Some(obstacle) = obstacle {
+        note.push_str(&format!(
+            ". Not exchanged although aligned: {obstacle} (workers decide with their own role)"
+        ));
+    }
+    if brief.scope.filter.is_none()
+        && let Some((start, end, step)) = layout.aligning_step(brief.scope.batch_by.kind())
+    {
+        note.push_str(&format!(
+            ". To exchange every touched partition: batch_by = {{ column = \"{}\", start = \"{start}\", end = \"{end}\", step = \"{step}\" }}",
+            brief.scope.batch_by.column
+        ));
+    }
+    note
 }
 
 impl Plan {
@@ -293,6 +381,33 @@ impl Plan {
             u.fate,
             u.limit_pct
         );
+        if let Some(layout) = &self.partitions {
+            let _ = writeln!(
+                s,
+                "Partitions: {} by {}; the scope writes to {} of {}",
+                self.target,
+                layout.partition_key,
+                layout.touched().count(),
+                layout.partitions.len()
+            );
+            for p in layout.touched() {
+                let _ = writeln!(
+                    s,
+                    "  {:<40} {:<52} {} batch(es){}",
+                    p.name,
+                    p.bound,
+                    p.batches,
+                    if p.aligned && p.obstacle.is_none() {
+                        ", exchanged whole"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            if let Some(note) = &self.partition_note {
+                let _ = writeln!(s, "  {note}");
+            }
+        }
         let _ = writeln!(s, "Blast radius:");
         if self.dependents.is_empty() {
             let _ = writeln!(

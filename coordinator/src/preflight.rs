@@ -183,7 +183,15 @@ pub async fn check(pool: &PgPool, brief: &Brief) -> Result<Preflight> {
             backfill_shared::brief::BriefError { problems },
         ));
     }
-    let target_rows: f32 = sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = $1")
+    // A partitioned table's own figure is set only when the parent itself was
+    // analysed; its partitions' figures add up to it otherwise.
+    let target_rows: f32 = sqlx::query_scalar(
+        "SELECT CASE WHEN c.relkind = 'p' AND c.reltuples < 0 THEN
+                  (SELECT CASE WHEN bool_or(l.reltuples >= 0) THEN sum(greatest(l.reltuples, 0)) ELSE -1 END
+                     FROM pg_partition_tree(c.oid) t JOIN pg_class l ON l.oid = t.relid WHERE t.isleaf)
+                ELSE c.reltuples END::real
+           FROM pg_class c WHERE c.oid = $1",
+    )
         .bind(oid)
         .fetch_one(pool)
         .await?;

@@ -46,6 +46,26 @@ pub struct BatchChecks {
     pub orphans: Vec<(String, i64)>,
     #[serde(default)]
     pub unmatched: Unmatched,
+    /// Set when partition-overwrite rewrote the batch's partition whole and
+    /// exchanged it, instead of deleting and inserting rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<Box<Exchanged>>,
+}
+
+/// A partition a batch built whole and exchanged for the one the target held.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exchanged {
+    /// The partition, under the name it had (`schema.table`).
+    pub partition: String,
+    /// Its bound, as PostgreSQL prints it (`FOR VALUES FROM (…) TO (…)`).
+    pub bound: String,
+    /// The partition it replaced, detached and kept under this name as the
+    /// batch's before-image; `None` when the run keeps no before-images.
+    pub kept_as: Option<String>,
+    /// The rows written and the sum of their row hashes (`hashtextextended`
+    /// of the row's text, as `numeric` text): rollback tells a later change by them.
+    pub rows: i64,
+    pub hash: String,
 }
 
 /// The batch range's target rows that the source did not reproduce: removed

@@ -68,6 +68,55 @@ pub async fn children(conn: &mut PgConnection, table: &TableName) -> sqlx::Resul
         .collect())
 }
 
+/// Why a batch cannot build `partition` of `target` whole and exchange it, in
+/// this session; `None` when it can. An exchange detaches and attaches
+/// partitions, which only the tables' owner may do; it would bypass the
+/// partition's row triggers; a default partition would be scanned under the
+/// exchange's lock; a foreign key pointing at the target would be checked
+/// against the whole partition.
+pub async fn exchange_obstacle(
+    conn: &mut PgConnection,
+    target: &TableName,
+    partition: &Partition,
+) -> sqlx::Result<Option<String>> {
+    if partition.partition_key.is_some() {
+        return Ok(Some(format!("{} is partitioned in turn", partition.name)));
+    }
+    let (owned, triggers, default, referenced): (bool, bool, bool, bool) = sqlx::query_as(
+        "SELECT pg_has_role(p.relowner, 'USAGE') AND pg_has_role(c.relowner, 'USAGE'),
+                EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal),
+                EXISTS (SELECT 1 FROM pg_partitioned_table pt WHERE pt.partrelid = p.oid AND pt.partdefid <> 0),
+                EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.confrelid = p.oid)
+           FROM pg_class p, pg_class c
+          WHERE p.oid = $1::regclass AND c.oid = $2::regclass",
+    )
+    .bind(target.quoted())
+    .bind(partition.name.quoted())
+    .fetch_one(conn)
+    .await?;
+    Ok(if !owned {
+        Some(format!(
+            "this role does not own {target} and {} (detaching and attaching partitions takes their owner)",
+            partition.name
+        ))
+    } else if triggers {
+        Some(format!(
+            "{} has row triggers, which an exchange would bypass",
+            partition.name
+        ))
+    } else if default {
+        Some(format!(
+            "{target} has a default partition, which attaching a partition would scan under its lock"
+        ))
+    } else if referenced {
+        Some(format!(
+            "a foreign key references {target}, and detaching a partition checks it against every row"
+        ))
+    } else {
+        None
+    })
+}
+
 /// The name of a table's `index`-th partition: `{table}_p{index}`, in the table's schema.
 fn partition_name(parent: &TableName, index: usize) -> TableName {
     parent.with_suffix(&format!("_p{index}"))
@@ -269,6 +318,8 @@ pub struct PartitionUse {
     /// One batch covers exactly this partition's range: partition-overwrite
     /// can build it whole and exchange it.
     pub aligned: bool,
+    /// Why it cannot exchange it all the same ([`exchange_obstacle`]).
+    pub obstacle: Option<String>,
 }
 
 impl Layout {
@@ -318,6 +369,7 @@ impl Layout {
                     bound: p.bound.clone(),
                     batches,
                     aligned,
+                    obstacle: None,
                 }
             })
             .collect();
@@ -326,6 +378,33 @@ impl Layout {
             by_batch_column,
             partitions,
         }
+    }
+
+    /// A `batch_by` that would give each partition the scope writes to one
+    /// batch of its own — `(start, end, step)` — when those partitions are
+    /// range partitions of one width; `None` when they are not (or already are
+    /// aligned).
+    #[must_use]
+    pub fn aligning_step(&self, kind: BoundKind) -> Option<(Bound, Bound, String)> {
+        if !self.by_batch_column || self.aligned() {
+            return None;
+        }
+        let ends: Vec<(Bound, Bound)> = self
+            .touched()
+            .map(|p| match range_ends(&p.bound, kind) {
+                Some((Some(lo), Some(hi))) => Some((lo, hi)),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        let widths: Vec<String> = ends
+            .iter()
+            .map(|(lo, hi)| width(*lo, *hi))
+            .collect::<Option<_>>()?;
+        let step = widths.first()?;
+        if widths.iter().any(|w| w != step) {
+            return None;
+        }
+        Some((ends.first()?.0, ends.last()?.1, step.clone()))
     }
 
     /// The partitions the scope writes to.
@@ -338,6 +417,45 @@ impl Layout {
     #[must_use]
     pub fn aligned(&self) -> bool {
         self.touched().next().is_some() && self.touched().all(|p| p.aligned)
+    }
+}
+
+/// A step from `lo` to `hi` as a brief writes it: whole years or months when
+/// both are at the start of a month, else days, else seconds; an integer's
+/// difference.
+fn width(lo: Bound, hi: Bound) -> Option<String> {
+    use chrono::{Datelike as _, NaiveDateTime, Timelike as _};
+    let calendar = |lo: NaiveDateTime, hi: NaiveDateTime| -> Option<String> {
+        let at_month_start = |t: NaiveDateTime| {
+            t.day() == 1 && t.num_seconds_from_midnight() == 0 && t.nanosecond() == 0
+        };
+        if at_month_start(lo) && at_month_start(hi) {
+            let months = (hi.year() - lo.year()) * 12 + i32::try_from(hi.month()).ok()?
+                - i32::try_from(lo.month()).ok()?;
+            return Some(if months % 12 == 0 {
+                format!(
+                    "{} year{}",
+                    months / 12,
+                    if months == 12 { "" } else { "s" }
+                )
+            } else {
+                format!("{months} month{}", if months == 1 { "" } else { "s" })
+            });
+        }
+        let span = hi - lo;
+        if span.num_seconds() % 86_400 == 0 {
+            let days = span.num_days();
+            return Some(format!("{days} day{}", if days == 1 { "" } else { "s" }));
+        }
+        Some(format!("{} seconds", span.num_seconds()))
+    };
+    match (lo, hi) {
+        (Bound::Integer(lo), Bound::Integer(hi)) => Some((hi - lo).to_string()),
+        (Bound::Date(lo), Bound::Date(hi)) => {
+            calendar(lo.and_hms_opt(0, 0, 0)?, hi.and_hms_opt(0, 0, 0)?)
+        }
+        (Bound::Timestamp(lo), Bound::Timestamp(hi)) => calendar(lo, hi),
+        _ => None,
     }
 }
 
@@ -442,6 +560,16 @@ mod tests {
         let layout = Layout::of("RANGE (d)", "d", &parts, &by_partition, BoundKind::Date);
         assert!(layout.aligned(), "{layout:?}");
         assert_eq!(layout.touched().count(), 2);
+        // One batch per year does not align with a two-year partition, and no
+        // one step does: the touched partitions are one and two years wide.
+        let monthly = batches(&["1992-01-01", "1992-07-01", "1993-01-01"]);
+        let layout = Layout::of("RANGE (d)", "d", &parts, &monthly, BoundKind::Date);
+        assert_eq!(
+            layout.aligning_step(BoundKind::Date),
+            Some((date("1992-01-01"), date("1993-01-01"), "1 year".into()))
+        );
+        let layout = Layout::of("RANGE (d)", "d", &parts, &yearly, BoundKind::Date);
+        assert_eq!(layout.aligning_step(BoundKind::Date), None);
         // Partitioned on another column: every partition may take any batch.
         let layout = Layout::of("LIST (mode)", "d", &parts, &by_partition, BoundKind::Date);
         assert!(!layout.by_batch_column && !layout.aligned());

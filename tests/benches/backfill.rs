@@ -1,11 +1,11 @@
 //! `cargo bench -p backfill-tests --bench backfill [-- --scale F --batches N
-//! --workers N --empty-batches N --plan-batches N --repeat N]`: Backfill against hand-written
+//! --workers N --empty-batches N --plan-batches N --repeat N --cases all|main|partitions]`: Backfill against hand-written
 //! SQL, printed as a table with ratios (see `backfill_tests::bench`). Build the
 //! binaries first: `cargo build --release --bins`.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use backfill_tests::bench::{self, Options};
+use backfill_tests::bench::{self, Cases, Options};
 use std::process::ExitCode;
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -38,13 +38,25 @@ fn parse(args: &[String]) -> Result<Options, String> {
             }
             "--empty-batches" => options.empty_batches = number(arg, value(arg)?)?,
             "--plan-batches" => options.plan_batches = number(arg, value(arg)?)?,
+            "--cases" => {
+                options.cases = match value(arg)?.as_str() {
+                    "all" => Cases::All,
+                    "main" => Cases::Main,
+                    "partitions" => Cases::Partitions,
+                    other => {
+                        return Err(format!(
+                            "--cases: {other:?}; use all, main (a to h) or partitions (i)"
+                        ));
+                    }
+                };
+            }
             "--repeat" => {
                 options.repeat = usize::try_from(number(arg, value(arg)?)?)
                     .map_err(|_| "--repeat is out of range".to_owned())?;
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; use --scale, --batches, --workers, --empty-batches, --plan-batches, --repeat"
+                    "unknown argument {other:?}; use --scale, --batches, --workers, --empty-batches, --plan-batches, --repeat, --cases"
                 ));
             }
         }

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use backfill_tests::bench::{self, Options};
+use backfill_tests::bench::{self, Cases, Options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_benchmark_runs_every_case() {
@@ -17,6 +17,7 @@ async fn the_benchmark_runs_every_case() {
         empty_concurrency: 4,
         plan_batches: 20_000,
         repeat: 1,
+        cases: Cases::All,
     })
     .await;
     let table = report.render();
@@ -33,6 +34,9 @@ async fn the_benchmark_runs_every_case() {
         "(f) `backfill status`",
         "(f) coordinator",
         "(h) validation fingerprint",
+        "(i) baseline",
+        "(i) Backfill partition-overwrite, one batch per partition",
+        "(i) Backfill partition-overwrite, half-year batches",
     ] {
         let line = report
             .lines

@@ -202,3 +202,168 @@ async fn a_swap_refuses_a_table_built_unlike_the_target() {
     assert_eq!(env.ship_revenue_changes("true").await, 0, "nothing exposed");
     env.cleanup().await;
 }
+
+/// The brief of a partition-overwrite of 1995–98, one batch: exactly the
+/// range of partition `tpch.ship_revenue_1995_98`.
+fn one_partition_brief(filter: &str) -> String {
+    ship_revenue::brief("partition-overwrite", "delete", filter)
+        .replace("start = \"1992-01-01\"", "start = \"1995-01-01\"")
+        .replace("step = \"1 month\"", "step = \"4 years\"")
+}
+
+/// Who may read a partition, its comment and its owner.
+async fn access(env: &TestEnv, partition: &str) -> (Option<String>, Option<String>, String) {
+    sqlx::query_as(
+        "SELECT relacl::text, obj_description(oid, 'pg_class'), pg_get_userbyid(relowner)::text
+           FROM pg_class WHERE oid = $1::regclass",
+    )
+    .bind(partition)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partition_overwrite_exchanges_a_partition_that_is_one_batch() {
+    let env = TestEnv::new(0.01).await;
+    env.build_partitioned_ship_revenue(Partitioning::ByShipDate)
+        .await;
+    sqlx::raw_sql(
+        "UPDATE tpch.ship_revenue SET revenue = revenue + 1 WHERE extract(day FROM l_shipdate) = 1;
+         COMMENT ON TABLE tpch.ship_revenue_1995_98 IS 'shipped 1995 to 1998';
+         GRANT SELECT ON tpch.ship_revenue_1995_98 TO PUBLIC;",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    env.copy_ship_revenue().await;
+    let built = env.ship_revenue_structure().await;
+    let partition = "tpch.ship_revenue_1995_98";
+    let access_before = access(&env, partition).await;
+    let text = one_partition_brief("");
+
+    // The plan says which partitions the scope writes to, and that this one is
+    // exchanged whole.
+    let brief = backfill_shared::brief::Brief::parse(&text).unwrap();
+    let (plan, ..) = backfill_coordinator::plan::plan(&env.pool, &brief)
+        .await
+        .unwrap();
+    let layout = plan.partitions.as_ref().expect("a partitioned target");
+    let touched: Vec<(&str, bool)> = layout
+        .touched()
+        .map(|p| (p.name.as_str(), p.aligned && p.obstacle.is_none()))
+        .collect();
+    assert_eq!(touched, [(partition, true)]);
+    let rendered = plan.render();
+    assert!(
+        rendered.contains("1 of 1 partition(s)") && rendered.contains("exchanged whole"),
+        "{rendered}"
+    );
+
+    // The run exchanges the partition in one transaction: a reader sees the
+    // old partition or the new one.
+    let (run_id, ..) = env.record_run(&text).await;
+    let finish = read_through(&env, "the exchange", env.run_to_end(run_id, 2)).await;
+    assert_eq!(finish, Finish::Applied);
+    let period = "l_shipdate >= '1995-01-01' AND l_shipdate < '1999-01-01'";
+    assert_eq!(env.ship_revenue_wrong(period).await, 0);
+    assert!(
+        env.ship_revenue_wrong("true").await > 0,
+        "outside the scope stays as it was"
+    );
+    assert_eq!(
+        env.ship_revenue_changes(&format!("NOT ({period})")).await,
+        0
+    );
+    assert_eq!(env.ship_revenue_structure().await, built, "after the run");
+    assert_eq!(access(&env, partition).await, access_before);
+    let applied = backfill_shared::control::batches::applied(&env.pool, run_id, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let exchange = applied
+        .checks
+        .exchange
+        .expect("the batch exchanged its partition");
+    assert_eq!(exchange.partition, partition);
+    let kept = exchange.kept_as.expect("the old partition is kept");
+    let kept_rows: i64 =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {kept}")))
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (applied.rows.deleted, applied.rows.inserted),
+        (kept_rows, exchange.rows)
+    );
+    assert_eq!(applied.checks.unmatched.range_rows, kept_rows);
+
+    validate::validate(&env.pool, run_id).await.unwrap();
+    approve::approve(&env.pool, run_id, Some("bob"))
+        .await
+        .unwrap();
+    cutover::cutover(&env.pool, run_id, "alice", LOCK)
+        .await
+        .unwrap();
+    read_through(&env, "the exchange back", async {
+        rollback::rollback(&env.pool, run_id, "alice", RollbackOptions::default())
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(
+        env.ship_revenue_changes("true").await,
+        0,
+        "rollback is not exact"
+    );
+    assert_eq!(env.ship_revenue_structure().await, built, "after rollback");
+    assert_eq!(access(&env, partition).await, access_before);
+    let left: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&kept)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(!left, "the kept partition is back in place");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mis_scoped_exchange_halts_and_exchanges_back() {
+    let env = TestEnv::new(0.01).await;
+    env.build_partitioned_ship_revenue(Partitioning::ByShipDate)
+        .await;
+    let (run_id, ..) = env
+        .record_run(&one_partition_brief(" AND l_shipmode = 'AIR'"))
+        .await;
+    let Finish::Halted(reason) = env.run_to_end(run_id, 1).await else {
+        panic!("a partition exchanged with most of its rows missing must halt the run")
+    };
+    assert!(reason.contains("max_unmatched_pct"), "{reason}");
+    assert!(env.ship_revenue_changes("true").await > 0);
+    // A later write to the exchanged partition is a conflict rollback names.
+    sqlx::query("UPDATE tpch.ship_revenue SET lines = lines + 1 WHERE l_shipdate = '1996-03-01'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let refused = rollback::rollback(&env.pool, run_id, "alice", RollbackOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("partition tpch.ship_revenue_1995_98"),
+        "{refused}"
+    );
+    rollback::rollback(
+        &env.pool,
+        run_id,
+        "alice",
+        RollbackOptions {
+            overwrite_newer: true,
+            ..RollbackOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(env.ship_revenue_changes("true").await, 0);
+    env.cleanup().await;
+}

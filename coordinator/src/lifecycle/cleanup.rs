@@ -1,12 +1,13 @@
 //! `backfill cleanup RUN [--now]`: drops what a finished run kept for rollback (its
-//! before-images, the old table a swap retired, a table it built and nobody cut
+//! before-images and the partitions its batches exchanged out, the old table a
+//! swap retired, a table it built and nobody cut
 //! over to) once `retain_days` has passed since it finished, or at once with
 //! `--now`. Records what it dropped in the run log.
 
 use super::rollback::drop_table;
 use crate::{CliError, Result};
-use backfill_shared::control::log;
 use backfill_shared::control::runs::{self, RunState};
+use backfill_shared::control::{batches, log};
 use backfill_shared::sql::TableName;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -34,9 +35,16 @@ pub async fn cleanup(pool: &PgPool, run_id: Uuid, actor: &str, now: bool) -> Res
     }
     let target = run.brief.scope.target.to_string();
     let mut dropped = Vec::new();
+    // The partitions batches exchanged out, kept as their before-images.
+    let kept: Vec<String> = batches::exchanges(pool, run_id)
+        .await?
+        .into_values()
+        .filter_map(|x| x.kept_as)
+        .collect();
     for name in [&run.image_table, &run.old_table, &run.side_table]
         .into_iter()
         .flatten()
+        .chain(&kept)
     {
         // After a cutover the side table *is* the target now: never drop that.
         if *name == target {

@@ -3,11 +3,14 @@
 //!
 //! - merge and partition-overwrite: from the before-images, batch by batch in
 //!   reverse order, each batch in one transaction (rows the batch inserted are
-//!   deleted, rows it updated or deleted are restored). A row that is neither as
-//!   the run left it nor as it was before (changed since the run, a deleted row
-//!   inserted again, an inserted row changed) is a conflict: it is left as it
-//!   is and listed, its batch stays to be rolled back, and the command fails,
-//!   unless `--overwrite-newer` (logged) restores it anyway;
+//!   deleted, rows it updated or deleted are restored; a partition the batch
+//!   exchanged is exchanged back for the one it kept, under the lock
+//!   timeout). A row that is neither as the run left it nor as it was before
+//!   (changed since the run, a deleted row inserted again, an inserted row
+//!   changed) is a conflict — and so is an exchanged partition whose rows
+//!   changed: it is left as it is and listed, its batch stays to be rolled
+//!   back, and the command fails, unless `--overwrite-newer` (logged) restores
+//!   it anyway;
 //! - staging-swap and parallel-version after cutover: swap the old table back;
 //!   before cutover: drop the table the run built (the target was never touched).
 //!
@@ -17,9 +20,11 @@
 
 use super::{swap, writes_live_target};
 use crate::{CliError, Result};
+use backfill_shared::checks::Exchanged;
 use backfill_shared::control::batches::BatchState;
 use backfill_shared::control::runs::{self, Run, RunState};
 use backfill_shared::control::{IMAGE_AFTER_HASH, batches, log, maintenance};
+use backfill_shared::partitions;
 use backfill_shared::sql::{TableName, column_list, key_join, quote_ident};
 use sqlx::{AssertSqlSafe, PgPool};
 use std::time::Duration;
@@ -125,7 +130,7 @@ pub async fn rollback(
         runs::transition(pool, run_id, &[from], RunState::RollingBack, actor, None).await?;
     }
     let mut report = if writes_live_target(&run.brief) {
-        restore_before_images(pool, &run, actor, overwrite_newer).await?
+        restore_before_images(pool, &run, actor, overwrite_newer, lock_timeout).await?
     } else {
         restore_side_table(pool, &run, lock_timeout).await?
     };
@@ -157,6 +162,7 @@ async fn restore_before_images(
     run: &Run,
     actor: &str,
     overwrite_newer: bool,
+    lock_timeout: Duration,
 ) -> Result<RollbackReport> {
     let run_id = run.run_id;
     let scope = &run.brief.scope;
@@ -194,7 +200,21 @@ async fn restore_before_images(
     applied.sort_unstable_by(|a, b| b.cmp(a));
     let mut report = RollbackReport::default();
     let mut conflicts = Vec::new();
+    let exchanged = batches::exchanges(pool, run_id).await?;
     for batch in applied.into_iter().filter_map(|no| i32::try_from(no).ok()) {
+        if let Some(exchange) = exchanged.get(&batch) {
+            let back = Back {
+                batch,
+                exchange,
+                overwrite_newer,
+                lock_timeout,
+            };
+            match exchange_back(pool, run, actor, back).await? {
+                Some(conflict) => conflicts.push(conflict),
+                None => report.batches_restored += 1,
+            }
+            continue;
+        }
         let mut tx = pool.begin().await?;
         sqlx::raw_sql(AssertSqlSafe(statements.create_spared.as_str()))
             .execute(&mut *tx)
@@ -260,6 +280,134 @@ async fn restore_before_images(
     let mut conn = pool.acquire().await?;
     maintenance::clear(&mut conn, &scope.target, run_id).await?;
     Ok(report)
+}
+
+/// One exchanged batch to put back.
+struct Back<'a> {
+    batch: i32,
+    exchange: &'a Exchanged,
+    overwrite_newer: bool,
+    lock_timeout: Duration,
+}
+
+/// Puts back the partition a batch exchanged: checks it is as the batch left
+/// it (rows and their hashes), makes the kept partition provably fit its bound
+/// while it is still detached (a `CHECK`, so attaching it scans nothing), then
+/// in one transaction under the lock timeout detaches and drops the batch's
+/// partition and attaches the kept one under its name. Returns the conflict
+/// when the partition changed since and `overwrite_newer` is not given.
+async fn exchange_back(
+    pool: &PgPool,
+    run: &Run,
+    actor: &str,
+    back: Back<'_>,
+) -> Result<Option<Conflict>> {
+    let Back {
+        batch,
+        exchange,
+        overwrite_newer,
+        lock_timeout,
+    } = back;
+    let run_id = run.run_id;
+    let target = &run.brief.scope.target;
+    let unreadable = |what: &str| {
+        CliError::Internal(format!(
+            "run {run_id} batch {batch} records an unreadable {what}: {exchange:?}"
+        ))
+    };
+    let partition = TableName::parse(&exchange.partition).ok_or_else(|| unreadable("partition"))?;
+    let kept = exchange
+        .kept_as
+        .as_deref()
+        .and_then(TableName::parse)
+        .ok_or_else(|| unreadable("kept partition"))?;
+    let Some((Some(lo), Some(hi))) = partitions::range_ends(&exchange.bound, run.bound_kind) else {
+        return Err(unreadable("bound"));
+    };
+    let (rows, hash): (i64, String) = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT count(*), coalesce(sum(hashtextextended(p::text, 0)::numeric), 0)::text FROM {} p",
+        partition.quoted()
+    )))
+    .fetch_one(pool)
+    .await?;
+    let changed = rows != exchange.rows || hash != exchange.hash;
+    let conflict = changed.then(|| Conflict {
+        batch_no: batch,
+        key: format!("partition {}", exchange.partition),
+        now: Some(format!(
+            "{rows} row(s), not the {} the run wrote",
+            exchange.rows
+        )),
+        before: Some(format!("the partition kept as {kept}")),
+    });
+    if let Some(conflict) = &conflict {
+        log::append(
+            pool,
+            run_id,
+            actor,
+            if overwrite_newer {
+                "rollback_overwrote_newer"
+            } else {
+                "rollback_conflicts"
+            },
+            u32::try_from(batch).ok(),
+            serde_json::json!({ "rows": 1, "conflicts": [conflict] }),
+        )
+        .await?;
+        if !overwrite_newer {
+            return Ok(conflict.clone().into());
+        }
+    }
+    let by = quote_ident(&run.brief.scope.batch_by.column);
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "ALTER TABLE {kept} DROP CONSTRAINT IF EXISTS bf_bounds;
+         ALTER TABLE {kept} ADD CONSTRAINT bf_bounds CHECK ({by} IS NOT NULL AND {by} >= {lo} AND {by} < {hi})",
+        kept = kept.quoted(),
+        lo = lo.literal(),
+        hi = hi.literal()
+    )))
+    .execute(pool)
+    .await
+    .map_err(|e| {
+        CliError::Internal(format!(
+            "the partition {kept} kept by batch {batch} does not fit its bound {}: {e}",
+            exchange.bound
+        ))
+    })?;
+    let mut tx = pool.begin().await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "SET LOCAL lock_timeout = '{timeout}ms';
+         ALTER TABLE {target} DETACH PARTITION {partition};
+         DROP TABLE {partition};
+         ALTER TABLE {kept} RENAME TO {name};
+         ALTER TABLE {target} ATTACH PARTITION {partition} {bound};
+         ALTER TABLE {partition} DROP CONSTRAINT bf_bounds",
+        timeout = lock_timeout.as_millis(),
+        target = target.quoted(),
+        partition = partition.quoted(),
+        kept = kept.quoted(),
+        name = quote_ident(&partition.table),
+        bound = exchange.bound,
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| {
+        CliError::Internal(format!(
+            "exchanging {partition} back for {kept} (batch {batch}) failed: {e}; nothing of it changed — run rollback again when {target} is quieter"
+        ))
+    })?;
+    batches::mark_rolled_back(&mut tx, run_id, batch).await?;
+    log::append(
+        &mut *tx,
+        run_id,
+        actor,
+        "batch_rolled_back",
+        u32::try_from(batch).ok(),
+        serde_json::json!({ "exchanged_back": exchange.partition, "restored_from": kept.to_string(), "overwrote_newer": changed }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(None)
 }
 
 /// The statements that restore one batch (`$1`) from the before-images.

@@ -109,6 +109,19 @@ impl Bound {
     }
 }
 
+impl Bound {
+    /// The bound as a typed SQL literal (`'1992-01-01'::date`), for the DDL
+    /// that takes no parameters (a `CHECK` constraint).
+    #[must_use]
+    pub fn literal(&self) -> String {
+        format!(
+            "{}::{}",
+            crate::sql::quote_literal(&self.to_string()),
+            self.kind().sql_type()
+        )
+    }
+}
+
 impl fmt::Display for Bound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

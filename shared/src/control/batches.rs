@@ -449,3 +449,18 @@ pub async fn ranges(pool: &PgPool, run_id: Uuid) -> Result<Vec<(i32, String, Str
     .fetch_all(pool)
     .await?)
 }
+
+/// The applied batches of a run that exchanged a partition, by batch number.
+pub async fn exchanges(
+    pool: &PgPool,
+    run_id: Uuid,
+) -> Result<std::collections::BTreeMap<i32, crate::checks::Exchanged>> {
+    let rows: Vec<(i32, sqlx::types::Json<crate::checks::Exchanged>)> = sqlx::query_as(
+        "SELECT batch_no, checks->'exchange' FROM backfill.batches
+          WHERE run_id = $1 AND state = 'applied' AND checks ? 'exchange'",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(no, x)| (no, x.0)).collect())
+}

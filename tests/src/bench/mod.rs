@@ -13,10 +13,14 @@
 //! - (f) a 1,000,000-batch run: recorded and its first batch published, `status`
 //!   on it, and the coordinator's peak resident memory;
 //! - (h) the fingerprint `validate` records and cutover checks, measured on the
-//!   table each (c) wrote, as a share of (c).
+//!   table each (c) wrote, as a share of (c);
+//! - (i) partition-overwrite of two years of a partitioned fact table: by
+//!   partition exchange and row by row, against the hand-written exchange
+//!   (`partitions.rs`).
 //!
-//! (a) to (d) run `repeat` times, interleaved, and each figure is the median.
-//! Each Backfill figure is printed with its ratio to the baseline and its target.
+//! (a) to (d), and (i), run `repeat` times, interleaved, and each figure is the
+//! median. Each Backfill figure is printed with its ratio to its baseline ((a),
+//! or (i)'s hand-written exchange) and its target.
 
 use crate::{SCHEMA, TestEnv};
 use backfill_shared::brief::Brief;
@@ -26,6 +30,7 @@ use std::time::Instant;
 use tokio::process::Child;
 
 mod cases;
+mod partitions;
 
 use cases::{
     backfill, baseline, empty_brief, exec, large_run, machine, median, peak_rss_mb, reset, stop,
@@ -47,8 +52,20 @@ pub struct Options {
     pub empty_concurrency: u16,
     /// Batches of the large run (f) records.
     pub plan_batches: i64,
-    /// How often (a) to (d) and the `status` of (f) are measured; the median counts.
+    /// How often (a) to (d), the `status` of (f) and (i) are measured; the median counts.
     pub repeat: usize,
+    /// Which cases run.
+    pub cases: Cases,
+}
+
+/// Which cases a benchmark run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cases {
+    All,
+    /// (a) to (h).
+    Main,
+    /// (i).
+    Partitions,
 }
 
 impl Default for Options {
@@ -61,6 +78,7 @@ impl Default for Options {
             empty_concurrency: 16,
             plan_batches: 1_000_000,
             repeat: 3,
+            cases: Cases::All,
         }
     }
 }
@@ -71,7 +89,7 @@ pub struct Line {
     pub case: String,
     pub value: f64,
     pub unit: &'static str,
-    /// Against the baseline (a), for timings.
+    /// Against the case's baseline ((a), or (i)'s), for timings.
     pub ratio: Option<f64>,
     /// The target, as text, and whether it was met.
     pub target: Option<(String, bool)>,
@@ -100,7 +118,7 @@ impl Report {
             self.options.repeat,
             self.machine
         );
-        out.push_str("| case | measured | ratio to (a) | target | met |\n| --- | ---: | ---: | --- | --- |\n");
+        out.push_str("| case | measured | ratio to its baseline | target | met |\n| --- | ---: | ---: | --- | --- |\n");
         for line in &self.lines {
             let value = match line.unit {
                 "s" => format!("{:.2} s", line.value),
@@ -138,6 +156,31 @@ pub async fn run(options: &Options) -> Report {
     .fetch_one(&pool)
     .await
     .expect("count orders");
+    let mut lines = Vec::new();
+    let mut batches = 0;
+    if options.cases != Cases::Partitions {
+        let (main, planned) = main_cases(&env, options, orders).await;
+        lines.extend(main);
+        batches = planned;
+    }
+    if options.cases != Cases::Main {
+        lines.extend(partitions::measure(&env, options.workers, options.repeat.max(1)).await);
+    }
+    let report = Report {
+        options: options.clone(),
+        orders,
+        batches,
+        machine: machine(),
+        lines,
+    };
+    env.cleanup().await;
+    report
+}
+
+/// (a) to (h), on the demo's order revenue.
+async fn main_cases(env: &TestEnv, options: &Options, orders: i64) -> (Vec<Line>, usize) {
+    let pool = env.pool.clone();
+    let mut lines = Vec::new();
     let window = u32::from(options.workers) * 2;
     // Small batches move a year's revenue a lot; the limit is not what is measured.
     let text = backfill_coordinator::demo::with_max_change_pct(
@@ -146,7 +189,6 @@ pub async fn run(options: &Options) -> Report {
     );
     let brief = Brief::parse(&text).expect("the demo brief lints");
     let plan = brief.scope.batch_by.plan().expect("the demo brief plans");
-    let mut lines = Vec::new();
     let repeat = options.repeat.max(1);
     let mut workers: Vec<Child> = Vec::new();
     let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -166,7 +208,7 @@ pub async fn run(options: &Options) -> Report {
             0,
             "the baseline did not produce the recomputation"
         );
-        workers.extend((0..options.workers).map(|_| worker(&env, 1)));
+        workers.extend((0..options.workers).map(|_| worker(env, 1)));
         for snapshot in [false, true] {
             eprintln!(
                 "bench: round {round}: ({}) Backfill, before-images {} …",
@@ -179,7 +221,7 @@ pub async fn run(options: &Options) -> Report {
             } else {
                 backfill_coordinator::demo::without_before_images(&text)
             };
-            let took = backfill(&env, &text).await;
+            let took = backfill(env, &text).await;
             assert_eq!(
                 env.differences().await,
                 0,
@@ -213,8 +255,8 @@ pub async fn run(options: &Options) -> Report {
             "bench: round {round}: (d) {} batches that write nothing …",
             options.empty_batches
         );
-        workers.extend((0..2).map(|_| worker(&env, options.empty_concurrency)));
-        d.push(backfill(&env, &empty_brief(&text, options.empty_batches, 512)).await);
+        workers.extend((0..2).map(|_| worker(env, options.empty_concurrency)));
+        d.push(backfill(env, &empty_brief(&text, options.empty_batches, 512)).await);
         stop(&mut workers).await;
     }
     let baseline = median(&a);
@@ -300,7 +342,7 @@ pub async fn run(options: &Options) -> Report {
     });
 
     eprintln!("bench: (f) a run of {} batches …", options.plan_batches);
-    let large = large_run(&env, &empty_brief(&text, options.plan_batches, 64), repeat).await;
+    let large = large_run(env, &empty_brief(&text, options.plan_batches, 64), repeat).await;
     lines.push(Line {
         case: format!(
             "(f) {} batches: recorded and the first one published",
@@ -345,13 +387,5 @@ pub async fn run(options: &Options) -> Report {
         )),
     });
 
-    let report = Report {
-        options: options.clone(),
-        orders,
-        batches: plan.len(),
-        machine: machine(),
-        lines,
-    };
-    env.cleanup().await;
-    report
+    (lines, plan.len())
 }

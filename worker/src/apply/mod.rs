@@ -17,7 +17,9 @@
 //!      then delete (and count) the rows of the range the source no longer
 //!      yields (`on_missing = "delete"`), or count them (`"keep"`);
 //!    - `partition-overwrite`: delete the range, counting the rows the source
-//!      does not yield again, and insert the source rows;
+//!      does not yield again, and insert the source rows — or, when the range
+//!      is exactly one partition of the target, build that partition whole and
+//!      exchange it (`exchange.rs`);
 //! 5. lock the batch's ledger row and check the fencing token (a stale worker
 //!    rolls back), mark the batch applied with its figures, append to the run log.
 //!
@@ -26,6 +28,7 @@
 //!
 //! All of it commits together or not at all.
 
+mod exchange;
 mod statements;
 
 pub use statements::WritePlan;
@@ -74,7 +77,25 @@ pub async fn prepare(
     let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, e);
     let mut tx = pool.begin().await.map_err(sql("begin"))?;
 
-    sqlx::raw_sql(AssertSqlSafe(plan.create_working_set.as_str()))
+    // A batch that covers one partition exactly may rewrite it whole; it then
+    // reads the range's rows from the partition, never from the target.
+    let exchange = match &plan.exchange {
+        Some(x) => exchange::partition_for(&mut tx, x, work)
+            .await?
+            .map(|partition| (x, partition)),
+        None => None,
+    };
+    let (create, fill) = match &exchange {
+        Some((x, partition)) => {
+            let reads = partition.name.quoted();
+            (x.fill.create_sql(&reads), x.fill.sql(&reads))
+        }
+        None => (
+            plan.create_working_set.clone(),
+            plan.fill_working_set.clone(),
+        ),
+    };
+    sqlx::raw_sql(AssertSqlSafe(create))
         .execute(&mut *tx)
         .await
         .map_err(sql("create working set"))?;
@@ -85,7 +106,7 @@ pub async fn prepare(
         i64,
         i64,
         bool,
-    ) = sqlx::query_as(AssertSqlSafe(plan.fill_working_set.as_str()))
+    ) = sqlx::query_as(AssertSqlSafe(fill))
         .bind(work.lo)
         .bind(work.hi)
         .fetch_one(&mut *tx)
@@ -108,7 +129,13 @@ pub async fn prepare(
     // unmatched, and the guard must see them.
     let idle = source == 0 && !range_has_rows;
     if !idle {
-        write(&mut tx, plan, work, grain, &mut rows, &mut checks).await?;
+        check_grain(&mut tx, plan, work, grain).await?;
+        match &exchange {
+            Some((x, partition)) => {
+                exchange::write(&mut tx, plan, x, partition, work, &mut rows, &mut checks).await?;
+            }
+            None => write(&mut tx, plan, work, &mut rows, &mut checks).await?,
+        }
     }
 
     // The fence is checked last, under the batch row's lock held to commit: a
@@ -153,21 +180,15 @@ struct Grain {
     unowned: i64,
 }
 
-/// The checks and writes of a batch whose source yielded rows (or whose range
-/// must lose rows): drift guard, grain, metrics before, the strategy's
-/// statements (which count NULLs and orphans among the rows they write),
-/// metrics after.
-async fn write(
+/// The checks of a batch whose source yielded rows (or whose range must lose
+/// rows), before it writes: the drift guard and the grain.
+async fn check_grain(
     tx: &mut sqlx::PgConnection,
     plan: &WritePlan,
     work: BatchWork,
     grain: Grain,
-    rows: &mut RowCounts,
-    checks: &mut BatchChecks,
 ) -> Result<()> {
     let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, e);
-    let batch = i32::try_from(work.batch_no)
-        .map_err(|_| BatchError::Permanent("batch number out of range".into()))?;
     if !plan.fingerprints.is_empty() {
         let tables: Vec<String> = plan.fingerprints.keys().cloned().collect();
         let now = drift::fingerprints(&mut *tx, &tables).await?;
@@ -223,6 +244,22 @@ async fn write(
         )));
     }
 
+    Ok(())
+}
+
+/// The writes of a batch that deletes and inserts rows (or upserts them):
+/// metrics before, the strategy's statements (which count NULLs and orphans
+/// among the rows they write), metrics after.
+async fn write(
+    tx: &mut sqlx::PgConnection,
+    plan: &WritePlan,
+    work: BatchWork,
+    rows: &mut RowCounts,
+    checks: &mut BatchChecks,
+) -> Result<()> {
+    let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, e);
+    let batch = i32::try_from(work.batch_no)
+        .map_err(|_| BatchError::Permanent("batch number out of range".into()))?;
     let mut before = Vec::new();
     for (metric, query) in &plan.metrics_before {
         before.push((metric, metric_groups(tx, query, work).await?));
@@ -276,20 +313,28 @@ async fn write(
     }
     for ((metric, before), (_, query)) in before.into_iter().zip(&plan.metrics_after) {
         let after = metric_groups(tx, query, work).await?;
-        let mut groups: Vec<&String> = before.keys().chain(after.keys()).collect();
-        groups.sort();
-        groups.dedup();
-        checks
-            .metrics
-            .extend(groups.into_iter().map(|g| MetricGroup {
-                metric: metric.clone(),
-                group: g.clone(),
-                before: before.get(g).copied().flatten(),
-                after: after.get(g).copied().flatten(),
-            }));
+        compare_metrics(checks, metric, &before, &after);
     }
     Ok(())
 }
+
+/// A metric's groups on the range before and after the write, side by side.
+fn compare_metrics(checks: &mut BatchChecks, metric: &str, before: &Groups, after: &Groups) {
+    let mut groups: Vec<&String> = before.keys().chain(after.keys()).collect();
+    groups.sort();
+    groups.dedup();
+    checks
+        .metrics
+        .extend(groups.into_iter().map(|g| MetricGroup {
+            metric: metric.to_owned(),
+            group: g.clone(),
+            before: before.get(g).copied().flatten(),
+            after: after.get(g).copied().flatten(),
+        }));
+}
+
+/// A metric's value per group.
+type Groups = std::collections::BTreeMap<String, Option<f64>>;
 
 /// What one applied batch wrote and measured.
 #[derive(Debug, Clone, PartialEq)]
@@ -305,7 +350,7 @@ async fn metric_groups(
     tx: &mut sqlx::PgConnection,
     query: &str,
     work: BatchWork,
-) -> Result<std::collections::BTreeMap<String, Option<f64>>> {
+) -> Result<Groups> {
     let rows: Vec<(Option<String>, Option<f64>)> = sqlx::query_as(AssertSqlSafe(query))
         .bind(work.lo)
         .bind(work.hi)

@@ -1,0 +1,294 @@
+//! partition-overwrite by partition exchange: a batch whose range is exactly one
+//! partition of the target builds the new partition whole as a table of its
+//! own, checks it like any batch, and exchanges it for the old one at the end
+//! of its fenced transaction.
+//!
+//! 1. the working set is filled and its grain measured as for any batch, with
+//!    the partition (not the target) as the table holding the range's rows;
+//! 2. the metrics before are measured on the partition;
+//! 3. a table like the partition (columns, defaults, constraints, indexes) is
+//!    created with a `CHECK` on the batch range — so attaching it scans
+//!    nothing — and filled from the working set, counting NULLs and orphans
+//!    among the rows inserted and hashing them (for rollback);
+//! 4. the old partition's rows are counted, and those whose key the source did
+//!    not yield (unmatched); the metrics after are measured on the new table;
+//!    its owner, grants and comment are the old partition's;
+//! 5. under a short `lock_timeout`, retried from a savepoint while readers or
+//!    other batches hold the target: detach the old partition (kept as the
+//!    batch's before-image, or dropped when the run keeps none), give the new
+//!    table its name, attach it with the same bound, drop the `CHECK`.
+//!
+//! Until step 5 nothing but the new table is locked, and nothing of the target
+//! itself: two batches exchanging two partitions never wait on each other's
+//! reads. The fence is checked after the exchange, in the same transaction: a
+//! stale worker's exchange rolls back with it.
+
+use super::statements::{ExchangePlan, WritePlan};
+use super::{compare_metrics, metric_groups};
+use crate::apply::BatchWork;
+use crate::error::{BatchError, Result};
+use backfill_shared::checks::{BatchChecks, Exchanged, Unmatched};
+use backfill_shared::control::batches::RowCounts;
+use backfill_shared::partitions::{self, Partition};
+use backfill_shared::sql::{TableName, quote_ident, quote_literal};
+use sqlx::{AssertSqlSafe, PgConnection};
+use std::time::Duration;
+
+/// The lock wait of one attempt to detach the old partition.
+const LOCK_TIMEOUT: &str = "2s";
+/// Attempts before the batch gives up (and is retried as a whole later).
+const ATTEMPTS: u32 = 5;
+
+/// The partition this batch can rewrite whole: the one whose range is the
+/// batch's range, if the exchange is possible there (else the batch deletes
+/// and inserts rows). Reads only the catalog.
+pub(super) async fn partition_for(
+    tx: &mut PgConnection,
+    plan: &ExchangePlan,
+    work: BatchWork,
+) -> Result<Option<Partition>> {
+    let sql = |e| BatchError::from_sql("reading the target's partitions", e);
+    let kind = work.lo.kind();
+    let found = partitions::children(&mut *tx, &plan.target)
+        .await
+        .map_err(sql)?
+        .into_iter()
+        .find(|p| partitions::range_ends(&p.bound, kind) == Some((Some(work.lo), Some(work.hi))));
+    let Some(partition) = found else {
+        return Ok(None);
+    };
+    if let Some(obstacle) = partitions::exchange_obstacle(&mut *tx, &plan.target, &partition)
+        .await
+        .map_err(sql)?
+    {
+        tracing::warn!(
+            batch = work.batch_no,
+            partition = %partition.name,
+            "the batch deletes and inserts rows instead of exchanging its partition: {obstacle}"
+        );
+        return Ok(None);
+    }
+    Ok(Some(partition))
+}
+
+async fn exec(tx: &mut PgConnection, sql: String, what: &'static str) -> Result<()> {
+    sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| BatchError::from_sql(what, e))?;
+    Ok(())
+}
+
+/// Steps 2–5 for a batch whose working set is filled and checked.
+pub(super) async fn write(
+    tx: &mut PgConnection,
+    written: &WritePlan,
+    plan: &ExchangePlan,
+    partition: &Partition,
+    work: BatchWork,
+    rows: &mut RowCounts,
+    checks: &mut BatchChecks,
+) -> Result<()> {
+    let sql = |what: &'static str| move |e: sqlx::Error| BatchError::from_sql(what, e);
+    let old = partition.name.quoted();
+    let named = |what: &str| TableName {
+        schema: partition.name.schema.clone(),
+        table: format!(
+            "bf_{}_b{}_{what}",
+            &work.run_id.simple().to_string()[..8],
+            work.batch_no
+        ),
+    };
+    let (new_table, kept) = (named("new"), named("old"));
+    let new = new_table.quoted();
+    let in_range = &plan.fill.in_range;
+
+    let mut before = Vec::new();
+    for metric in &plan.metrics {
+        before.push(metric_groups(tx, &metric.query(&old, in_range), work).await?);
+    }
+
+    let by = &plan.fill.by;
+    exec(
+        tx,
+        format!(
+            "CREATE TABLE {new} (LIKE {old} INCLUDING ALL);
+             ALTER TABLE {new} ADD CONSTRAINT bf_bounds CHECK ({by} IS NOT NULL AND {by} >= {lo} AND {by} < {hi})",
+            lo = work.lo.literal(),
+            hi = work.hi.literal()
+        ),
+        "creating the new partition",
+    )
+    .await?;
+    let (inserted, nulls, orphans, hash): (i64, Vec<i64>, Vec<i64>, String) =
+        sqlx::query_as(AssertSqlSafe(format!(
+            "WITH ins AS (INSERT INTO {new} ({all}) SELECT {in_s} FROM {ws} s RETURNING *)
+             SELECT count(*), {figures}, coalesce(sum(hashtextextended(ins::text, 0)::numeric), 0)::text FROM ins",
+            all = plan.fill.all,
+            in_s = plan.in_s,
+            ws = plan.fill.ws,
+            figures = plan.insert_figures,
+        )))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(sql("filling the new partition"))?;
+    rows.inserted += inserted;
+    checks.nulls = written.null_columns.iter().cloned().zip(nulls).collect();
+    checks.orphans = written
+        .reference_columns
+        .iter()
+        .cloned()
+        .zip(orphans)
+        .collect();
+
+    let (replaced, unmatched, at_lower_bound): (i64, i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT count(*), count(*) FILTER (WHERE s.bf_hit IS NULL), count(*) FILTER (WHERE s.bf_hit IS NULL AND d.{by} = $1)
+           FROM {old} d LEFT JOIN (SELECT DISTINCT {key}, true AS bf_hit FROM {ws} s) s ON {d_match}",
+        key = plan.key_group,
+        ws = plan.fill.ws,
+        d_match = plan.d_match,
+    )))
+    .bind(work.lo)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(sql("counting the old partition's rows"))?;
+    rows.deleted += replaced;
+    checks.unmatched = Unmatched {
+        rows: unmatched,
+        at_lower_bound,
+        range_rows: replaced,
+    };
+
+    for (metric, before) in plan.metrics.iter().zip(before) {
+        let after = metric_groups(tx, &metric.query(&new, in_range), work).await?;
+        compare_metrics(checks, &metric.name, &before, &after);
+    }
+
+    take_over_access(tx, &partition.name, &new_table).await?;
+    detach(tx, &plan.target, &old).await?;
+    let kept_as = if plan.keep_replaced {
+        exec(
+            tx,
+            format!("ALTER TABLE {old} RENAME TO {}", quote_ident(&kept.table)),
+            "keeping the old partition",
+        )
+        .await?;
+        Some(kept.to_string())
+    } else {
+        exec(
+            tx,
+            format!("DROP TABLE {old}"),
+            "dropping the old partition",
+        )
+        .await?;
+        None
+    };
+    exec(
+        tx,
+        format!(
+            "ALTER TABLE {new} RENAME TO {name};
+             ALTER TABLE {target} ATTACH PARTITION {old} {bound};
+             ALTER TABLE {old} DROP CONSTRAINT bf_bounds;
+             SET LOCAL lock_timeout TO DEFAULT",
+            name = quote_ident(&partition.name.table),
+            target = plan.target.quoted(),
+            bound = partition.bound,
+        ),
+        "attaching the new partition",
+    )
+    .await?;
+    checks.exchange = Some(Box::new(Exchanged {
+        partition: partition.name.to_string(),
+        bound: partition.bound.clone(),
+        kept_as,
+        rows: inserted,
+        hash,
+    }));
+    Ok(())
+}
+
+/// Gives the new table the old partition's owner, grants and comment, so
+/// whoever could read or write the partition still can.
+async fn take_over_access(tx: &mut PgConnection, old: &TableName, new: &TableName) -> Result<()> {
+    let sql = |e| BatchError::from_sql("copying the partition's owner and grants", e);
+    let (owner, comment): (String, Option<String>) = sqlx::query_as(
+        "SELECT quote_ident(pg_get_userbyid(relowner)), obj_description(oid, 'pg_class')
+           FROM pg_class WHERE oid = $1::regclass",
+    )
+    .bind(old.quoted())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(sql)?;
+    let grants: Vec<String> = sqlx::query_scalar(
+        "SELECT format('GRANT %s ON %s TO %s%s', a.privilege_type, $2,
+                       CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                       CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+           FROM pg_class c, aclexplode(c.relacl) a
+          WHERE c.oid = $1::regclass AND a.grantee <> c.relowner",
+    )
+    .bind(old.quoted())
+    .bind(new.quoted())
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(sql)?;
+    let mut statements = vec![format!("ALTER TABLE {} OWNER TO {owner}", new.quoted())];
+    statements.extend(grants);
+    if let Some(comment) = comment {
+        statements.push(format!(
+            "COMMENT ON TABLE {} IS {}",
+            new.quoted(),
+            quote_literal(&comment)
+        ));
+    }
+    exec(
+        tx,
+        statements.join(";\n"),
+        "copying the partition's owner and grants",
+    )
+    .await
+}
+
+/// Detaches `partition` from `target` under a short lock timeout, waiting and
+/// trying again (from a savepoint, so the batch's work stands) while others
+/// hold the target.
+async fn detach(tx: &mut PgConnection, target: &TableName, partition: &str) -> Result<()> {
+    let statement = format!(
+        "SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; ALTER TABLE {} DETACH PARTITION {partition}",
+        target.quoted()
+    );
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        exec(
+            tx,
+            "SAVEPOINT bf_exchange".into(),
+            "exchanging the partition",
+        )
+        .await?;
+        match sqlx::raw_sql(AssertSqlSafe(statement.clone()))
+            .execute(&mut *tx)
+            .await
+        {
+            Ok(_) => {
+                return exec(
+                    tx,
+                    "RELEASE SAVEPOINT bf_exchange".into(),
+                    "exchanging the partition",
+                )
+                .await;
+            }
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("55P03") && attempt < ATTEMPTS =>
+            {
+                exec(
+                    tx,
+                    "ROLLBACK TO SAVEPOINT bf_exchange".into(),
+                    "exchanging the partition",
+                )
+                .await?;
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            Err(e) => return Err(BatchError::from_sql("detaching the old partition", e)),
+        }
+    }
+}
