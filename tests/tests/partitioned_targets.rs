@@ -72,7 +72,12 @@ async fn read_through<T>(env: &TestEnv, what: &str, step: impl Future<Output = T
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_strategy_on_a_partitioned_target_is_exact_and_keeps_the_partitioning() {
     for partitioning in [Partitioning::ByShipDate, Partitioning::ByShipMode] {
-        for strategy in ["merge", "partition-overwrite", "staging-swap"] {
+        for strategy in [
+            "merge",
+            "partition-overwrite",
+            "staging-swap",
+            "parallel-version",
+        ] {
             let what = format!("{strategy} on {partitioning:?}");
             let env = TestEnv::new(0.01).await;
             env.build_partitioned_ship_revenue(partitioning).await;
@@ -148,7 +153,7 @@ async fn every_strategy_on_a_partitioned_target_is_exact_and_keeps_the_partition
             };
             // A swap back is one transaction; the other strategies restore
             // batch by batch, so a reader sees them one at a time.
-            if strategy == "staging-swap" {
+            if strategy.ends_with("-swap") || strategy == "parallel-version" {
                 read_through(&env, &format!("{what}: rollback"), roll_back).await;
             } else {
                 roll_back.await;
@@ -366,4 +371,47 @@ async fn a_mis_scoped_exchange_halts_and_exchanges_back() {
     .unwrap();
     assert_eq!(env.ship_revenue_changes("true").await, 0);
     env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exchange_refuses_a_source_that_breaks_the_grain() {
+    // A source grouped too finely (one row per return flag) repeats keys; one
+    // that reaches back before its lower bound yields rows outside the partition.
+    for (fault, expected) in [
+        (
+            "GROUP BY 1, 2",
+            "GROUP BY 1, 2, l_returnflag",
+            "duplicate grain",
+        ),
+        (
+            "l_shipdate >= $1",
+            "l_shipdate >= $1 - 400",
+            "outside [1995-01-01, 1999-01-01)",
+        ),
+    ]
+    .map(|(from, to, expected)| ((from, to), expected))
+    {
+        let env = TestEnv::new(0.01).await;
+        env.build_partitioned_ship_revenue(Partitioning::ByShipDate)
+            .await;
+        let text = one_partition_brief("").replace(fault.0, fault.1);
+        let (run_id, ..) = env.record_run(&text).await;
+        let Finish::Halted(reason) = env.run_to_end(run_id, 1).await else {
+            panic!("{expected}: the run must halt")
+        };
+        assert!(reason.contains(expected), "{expected}: {reason}");
+        assert_eq!(
+            env.ship_revenue_changes("true").await,
+            0,
+            "{expected}: nothing written"
+        );
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'bf\\_%\\_b0\\_%'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        assert_eq!(left, 0, "{expected}: no table left behind");
+        env.cleanup().await;
+    }
 }

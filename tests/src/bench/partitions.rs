@@ -30,7 +30,8 @@ const COLUMNS: &str = "l_orderkey, l_partkey, l_suppkey, l_linenumber, l_quantit
 
 /// The source: the line items of `[$1, $2)` with their line status
 /// recomputed by TPC-H's rule (open when shipped after 1995-06-17).
-const SOURCE: &str = "SELECT l_orderkey, l_partkey, l_suppkey, l_linenumber, l_quantity, l_extendedprice,
+const SOURCE: &str =
+    "SELECT l_orderkey, l_partkey, l_suppkey, l_linenumber, l_quantity, l_extendedprice,
        l_discount, l_tax, l_returnflag,
        (CASE WHEN l_shipdate > DATE '1995-06-17' THEN 'O' ELSE 'F' END)::char(1) AS l_linestatus,
        l_shipdate, l_commitdate, l_receiptdate, l_shipinstruct, l_shipmode, l_comment

@@ -3,25 +3,25 @@
 //! own, checks it like any batch, and exchanges it for the old one at the end
 //! of its fenced transaction.
 //!
-//! 1. the working set is filled and its grain measured as for any batch, with
-//!    the partition (not the target) as the table holding the range's rows;
-//! 2. the metrics before are measured on the partition;
-//! 3. a table like the partition (columns, defaults, constraints, indexes) is
+//! 1. the metrics before are measured on the partition;
+//! 2. a table like the partition (columns, defaults, constraints, indexes) is
 //!    created with a `CHECK` on the batch range — so attaching it scans
-//!    nothing — and filled from the working set, counting NULLs and orphans
-//!    among the rows inserted and hashing them (for rollback);
-//! 4. the old partition's rows are counted, and those whose key the source did
+//!    nothing — and filled straight from the source, counting NULLs and
+//!    orphans among the rows inserted and hashing them (for rollback); its key
+//!    refuses a repeated or NULL key and its `CHECK` a row outside the range,
+//!    named as the grain check they fail;
+//! 3. the old partition's rows are counted, and those whose key the source did
 //!    not yield (unmatched); the metrics after are measured on the new table;
-//!    its owner, grants and comment are the old partition's;
+//! 4. its owner, grants and comment are the old partition's;
 //! 5. under a short `lock_timeout`, retried from a savepoint while readers or
 //!    other batches hold the target: detach the old partition (kept as the
 //!    batch's before-image, or dropped when the run keeps none), give the new
 //!    table its name, attach it with the same bound, drop the `CHECK`.
 //!
-//! Until step 5 nothing but the new table is locked, and nothing of the target
-//! itself: two batches exchanging two partitions never wait on each other's
-//! reads. The fence is checked after the exchange, in the same transaction: a
-//! stale worker's exchange rolls back with it.
+//! Until step 5 the batch reads the partition and never the target itself: two
+//! batches exchanging two partitions never wait on each other's reads. The
+//! fence is checked after the exchange, in the same transaction: a stale
+//! worker's exchange rolls back with it.
 
 use super::statements::{ExchangePlan, WritePlan};
 use super::{compare_metrics, metric_groups};
@@ -79,16 +79,14 @@ async fn exec(tx: &mut PgConnection, sql: String, what: &'static str) -> Result<
     Ok(())
 }
 
-/// Steps 2–5 for a batch whose working set is filled and checked.
+/// Rewrites `partition` whole for the batch: returns its figures.
 pub(super) async fn write(
     tx: &mut PgConnection,
     written: &WritePlan,
     plan: &ExchangePlan,
     partition: &Partition,
     work: BatchWork,
-    rows: &mut RowCounts,
-    checks: &mut BatchChecks,
-) -> Result<()> {
+) -> Result<(RowCounts, BatchChecks)> {
     let sql = |what: &'static str| move |e: sqlx::Error| BatchError::from_sql(what, e);
     let old = partition.name.quoted();
     let named = |what: &str| TableName {
@@ -101,14 +99,14 @@ pub(super) async fn write(
     };
     let (new_table, kept) = (named("new"), named("old"));
     let new = new_table.quoted();
-    let in_range = &plan.fill.in_range;
+    let (by, in_range) = (&plan.by, &plan.in_range);
+    let mut checks = BatchChecks::default();
 
     let mut before = Vec::new();
     for metric in &plan.metrics {
         before.push(metric_groups(tx, &metric.query(&old, in_range), work).await?);
     }
 
-    let by = &plan.fill.by;
     exec(
         tx,
         format!(
@@ -120,19 +118,21 @@ pub(super) async fn write(
         "creating the new partition",
     )
     .await?;
+    // The new table's key refuses a repeated or NULL key and its `CHECK` a row
+    // outside the range, as the statement goes: the grain costs no pass of its own.
     let (inserted, nulls, orphans, hash): (i64, Vec<i64>, Vec<i64>, String) =
         sqlx::query_as(AssertSqlSafe(format!(
-            "WITH ins AS (INSERT INTO {new} ({all}) SELECT {in_s} FROM {ws} s RETURNING *)
+            "WITH ins AS (INSERT INTO {new} ({all}) SELECT {all} FROM ({source}\n) AS s RETURNING *)
              SELECT count(*), {figures}, coalesce(sum(hashtextextended(ins::text, 0)::numeric), 0)::text FROM ins",
-            all = plan.fill.all,
-            in_s = plan.in_s,
-            ws = plan.fill.ws,
+            all = plan.all,
+            source = plan.source,
             figures = plan.insert_figures,
         )))
+        .bind(work.lo)
+        .bind(work.hi)
         .fetch_one(&mut *tx)
         .await
-        .map_err(sql("filling the new partition"))?;
-    rows.inserted += inserted;
+        .map_err(|e| grain_error(e, work))?;
     checks.nulls = written.null_columns.iter().cloned().zip(nulls).collect();
     checks.orphans = written
         .reference_columns
@@ -141,27 +141,33 @@ pub(super) async fn write(
         .zip(orphans)
         .collect();
 
+    // The old partition's rows, and those the source did not yield again: the
+    // one measure of unmatched rows.
     let (replaced, unmatched, at_lower_bound): (i64, i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT count(*), count(*) FILTER (WHERE s.bf_hit IS NULL), count(*) FILTER (WHERE s.bf_hit IS NULL AND d.{by} = $1)
-           FROM {old} d LEFT JOIN (SELECT DISTINCT {key}, true AS bf_hit FROM {ws} s) s ON {d_match}",
-        key = plan.key_group,
-        ws = plan.fill.ws,
-        d_match = plan.d_match,
+        "SELECT count(*), count(*) FILTER (WHERE n.{key} IS NULL), count(*) FILTER (WHERE n.{key} IS NULL AND d.{by} = $1)
+           FROM {old} d LEFT JOIN {new} n ON {matched}",
+        key = plan.new_key,
+        matched = plan.replaced_match,
     )))
     .bind(work.lo)
     .fetch_one(&mut *tx)
     .await
     .map_err(sql("counting the old partition's rows"))?;
-    rows.deleted += replaced;
     checks.unmatched = Unmatched {
         rows: unmatched,
         at_lower_bound,
         range_rows: replaced,
     };
+    let rows = RowCounts {
+        source: inserted,
+        inserted,
+        updated: 0,
+        deleted: replaced,
+    };
 
     for (metric, before) in plan.metrics.iter().zip(before) {
         let after = metric_groups(tx, &metric.query(&new, in_range), work).await?;
-        compare_metrics(checks, &metric.name, &before, &after);
+        compare_metrics(&mut checks, &metric.name, &before, &after);
     }
 
     take_over_access(tx, &partition.name, &new_table).await?;
@@ -204,7 +210,42 @@ pub(super) async fn write(
         rows: inserted,
         hash,
     }));
-    Ok(())
+    Ok((rows, checks))
+}
+
+/// A failed fill of the new partition, named as the grain check it failed
+/// when its key or `CHECK` refused a row.
+fn grain_error(e: sqlx::Error, work: BatchWork) -> BatchError {
+    if let sqlx::Error::Database(db) = &e {
+        let detail = db
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .and_then(|p| p.detail())
+            .map_or_else(String::new, |d| format!(": {d}"));
+        let (lo, hi) = (work.lo, work.hi);
+        match db.code().as_deref() {
+            Some("23505") => {
+                return BatchError::Permanent(format!(
+                    "duplicate grain: the source yielded a key more than once in [{lo}, {hi}){detail}; \
+                     the target allows one row per key — fix the source (a join that fans out?)"
+                ));
+            }
+            Some("23514") if db.constraint() == Some("bf_bounds") => {
+                return BatchError::Permanent(format!(
+                    "the source yielded a row whose batch_by value lies outside [{lo}, {hi}) or is NULL{detail}; \
+                     filter the source on $1 and $2 so batches do not overlap"
+                ));
+            }
+            Some("23502") => {
+                return BatchError::Permanent(format!(
+                    "the source yielded a NULL the target does not allow in [{lo}, {hi}): {}; \
+                     every row needs its key, and NOT NULL columns their values",
+                    db.message()
+                ));
+            }
+            _ => {}
+        }
+    }
+    BatchError::from_sql("the brief's source query failed", e)
 }
 
 /// Gives the new table the old partition's owner, grants and comment, so

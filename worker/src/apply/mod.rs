@@ -77,25 +77,17 @@ pub async fn prepare(
     let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, e);
     let mut tx = pool.begin().await.map_err(sql("begin"))?;
 
-    // A batch that covers one partition exactly may rewrite it whole; it then
-    // reads the range's rows from the partition, never from the target.
-    let exchange = match &plan.exchange {
-        Some(x) => exchange::partition_for(&mut tx, x, work)
-            .await?
-            .map(|partition| (x, partition)),
-        None => None,
-    };
-    let (create, fill) = match &exchange {
-        Some((x, partition)) => {
-            let reads = partition.name.quoted();
-            (x.fill.create_sql(&reads), x.fill.sql(&reads))
-        }
-        None => (
-            plan.create_working_set.clone(),
-            plan.fill_working_set.clone(),
-        ),
-    };
-    sqlx::raw_sql(AssertSqlSafe(create))
+    // A batch that covers one partition exactly may rewrite it whole, straight
+    // from the source into a table of its own whose key and `CHECK` hold the
+    // grain (`exchange.rs`).
+    if let Some(x) = &plan.exchange
+        && let Some(partition) = exchange::partition_for(&mut tx, x, work).await?
+    {
+        check_drift(&mut tx, plan).await?;
+        let (rows, checks) = exchange::write(&mut tx, plan, x, &partition, work).await?;
+        return commit_figures(tx, work, rows, checks, worker).await;
+    }
+    sqlx::raw_sql(AssertSqlSafe(plan.create_working_set.as_str()))
         .execute(&mut *tx)
         .await
         .map_err(sql("create working set"))?;
@@ -106,7 +98,7 @@ pub async fn prepare(
         i64,
         i64,
         bool,
-    ) = sqlx::query_as(AssertSqlSafe(fill))
+    ) = sqlx::query_as(AssertSqlSafe(plan.fill_working_set.as_str()))
         .bind(work.lo)
         .bind(work.hi)
         .fetch_one(&mut *tx)
@@ -129,15 +121,22 @@ pub async fn prepare(
     // unmatched, and the guard must see them.
     let idle = source == 0 && !range_has_rows;
     if !idle {
+        check_drift(&mut tx, plan).await?;
         check_grain(&mut tx, plan, work, grain).await?;
-        match &exchange {
-            Some((x, partition)) => {
-                exchange::write(&mut tx, plan, x, partition, work, &mut rows, &mut checks).await?;
-            }
-            None => write(&mut tx, plan, work, &mut rows, &mut checks).await?,
-        }
+        write(&mut tx, plan, work, &mut rows, &mut checks).await?;
     }
+    commit_figures(tx, work, rows, checks, worker).await
+}
 
+/// The batch's last statement: its figures recorded and the batch marked
+/// applied, under the fence.
+async fn commit_figures(
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    work: BatchWork,
+    rows: RowCounts,
+    checks: BatchChecks,
+    worker: &str,
+) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, BatchOutcome)> {
     // The fence is checked last, under the batch row's lock held to commit: a
     // worker that stalled (SIGSTOP, a long GC, a partition) while a newer claim
     // applied the batch is refused here, and a stalled worker never blocks the
@@ -180,15 +179,9 @@ struct Grain {
     unowned: i64,
 }
 
-/// The checks of a batch whose source yielded rows (or whose range must lose
-/// rows), before it writes: the drift guard and the grain.
-async fn check_grain(
-    tx: &mut sqlx::PgConnection,
-    plan: &WritePlan,
-    work: BatchWork,
-    grain: Grain,
-) -> Result<()> {
-    let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, e);
+/// The drift guard: refuses a batch when a table the run depends on changed
+/// its columns since the run started.
+async fn check_drift(tx: &mut sqlx::PgConnection, plan: &WritePlan) -> Result<()> {
     if !plan.fingerprints.is_empty() {
         let tables: Vec<String> = plan.fingerprints.keys().cloned().collect();
         let now = drift::fingerprints(&mut *tx, &tables).await?;
@@ -201,7 +194,18 @@ async fn check_grain(
             )));
         }
     }
+    Ok(())
+}
 
+/// The grain of a batch whose source yielded rows (or whose range must lose
+/// rows), before it writes.
+async fn check_grain(
+    tx: &mut sqlx::PgConnection,
+    plan: &WritePlan,
+    work: BatchWork,
+    grain: Grain,
+) -> Result<()> {
+    let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, e);
     let Grain {
         repeated,
         null_keys,

@@ -85,82 +85,28 @@ pub struct WritePlan {
     pub(super) exchange: Option<ExchangePlan>,
 }
 
-/// The working set of a batch and its fill, over the table that holds the
-/// range's rows now (the target, or the one partition a batch exchanges).
-#[derive(Debug, Clone)]
-pub(super) struct Fill {
-    pub(super) ws: String,
-    pub(super) all: String,
-    source: String,
-    owned: Option<String>,
-    null_key: String,
-    key_group: String,
-    /// The `batch_by` column, quoted.
-    pub(super) by: String,
-    /// The rows of a batch's range the backfill owns, as `t`.
-    pub(super) in_range: String,
-}
-
-impl Fill {
-    /// Creates the working set once per connection, shaped like `table`.
-    pub(super) fn create_sql(&self, table: &str) -> String {
-        format!(
-            "SET LOCAL client_min_messages = warning;
-             CREATE TEMPORARY TABLE IF NOT EXISTS {ws} ON COMMIT DELETE ROWS AS SELECT {all} FROM {table} WITH NO DATA",
-            ws = self.ws,
-            all = self.all
-        )
-    }
-
-    /// Fills the working set and measures the grain; `range` holds the
-    /// range's rows now.
-    pub(super) fn sql(&self, range: &str) -> String {
-        let Self {
-            ws,
-            all,
-            source,
-            owned,
-            null_key,
-            key_group,
-            by,
-            in_range,
-        } = self;
-        format!(
-            "WITH s AS (INSERT INTO {ws} ({all}) SELECT {all} FROM ({source}\n) AS s RETURNING *{unowned_flag})
-             SELECT count(*),
-                    count(*) FILTER (WHERE NOT ({null_key})) - count(DISTINCT ({key_group})) FILTER (WHERE NOT ({null_key})),
-                    count(*) FILTER (WHERE {null_key}),
-                    count(*) FILTER (WHERE {by} IS NULL OR NOT ({by} >= $1 AND {by} < $2)),
-                    {unowned},
-                    CASE WHEN count(*) = 0 THEN EXISTS (SELECT 1 FROM {range} t WHERE {in_range}) ELSE true END
-               FROM s",
-            unowned_flag = owned
-                .as_deref()
-                .map_or_else(String::new, |w| format!(", ({w}) IS NOT TRUE AS bf_unowned")),
-            unowned = if owned.is_some() {
-                "count(*) FILTER (WHERE bf_unowned)"
-            } else {
-                "0::bigint"
-            },
-        )
-    }
-}
-
 /// What a batch needs to rewrite one partition whole: build a table like it
 /// from the working set, measure it, and exchange it under the fence.
 #[derive(Debug)]
 pub(super) struct ExchangePlan {
     pub(super) target: TableName,
-    pub(super) fill: Fill,
+    /// The columns written, quoted, in order.
+    pub(super) all: String,
+    /// The brief's source (`$1`, `$2`: the batch's range).
+    pub(super) source: String,
+    /// The `batch_by` column, quoted.
+    pub(super) by: String,
+    /// The rows of the range the backfill owns, as `t`.
+    pub(super) in_range: String,
+    /// NULLs and orphans among the rows inserted, read from `ins`.
+    pub(super) insert_figures: String,
+    /// The key join of the replaced partition's rows `d` and the new ones `n`.
+    pub(super) replaced_match: String,
+    /// The key's first column: NULL in `n` when `d`'s key found no new row.
+    pub(super) new_key: String,
     /// Keep the replaced partition as the batch's before-image (the run keeps
     /// before-images), or drop it.
     pub(super) keep_replaced: bool,
-    /// NULLs and orphans among the rows inserted, read from `ins`.
-    pub(super) insert_figures: String,
-    pub(super) in_s: String,
-    pub(super) key_group: String,
-    /// The key join of the replaced partition's rows `d` and the working set's `s`.
-    pub(super) d_match: String,
     pub(super) metrics: Vec<backfill_shared::brief::Metric>,
 }
 
@@ -190,6 +136,7 @@ impl WritePlan {
             .collect::<Vec<_>>()
             .join(" OR ");
         let by = quote_ident(&scope.batch_by.column);
+        let source = scope.source.trim_end().trim_end_matches(';').to_owned();
         let image = image_table.map(TableName::quoted);
         // The batch's working set: a temporary table per run and connection,
         // created once and emptied at every commit, so a batch pays no DDL and
@@ -361,16 +308,7 @@ impl WritePlan {
                 });
             }
         }
-        let fill = Fill {
-            ws: ws.clone(),
-            all,
-            source: scope.source.trim_end().trim_end_matches(';').to_owned(),
-            owned: scope.filter.clone(),
-            null_key,
-            key_group: key_group.clone(),
-            by,
-            in_range: in_range.clone(),
-        };
+        let range_of = |table: &str| format!("{table} t WHERE {in_range}");
         let metric_sql = |table: &str| {
             brief
                 .validation
@@ -384,12 +322,14 @@ impl WritePlan {
             && scope.filter.is_none())
         .then(|| ExchangePlan {
             target: write_to.clone(),
-            fill: fill.clone(),
-            keep_replaced: image.is_some(),
+            all: all.clone(),
+            source: source.clone(),
+            by: by.clone(),
+            in_range: in_range.clone(),
             insert_figures: written_figures(&|c| format!("ins.{}", quote_ident(c))),
-            in_s: in_s.clone(),
-            key_group: key_group.clone(),
-            d_match: d_match.clone(),
+            replaced_match: key_join(&scope.key, "d", "n"),
+            new_key: quote_ident(&scope.key[0]),
+            keep_replaced: image.is_some(),
             metrics: brief.validation.metrics.clone(),
         });
         Self {
@@ -399,13 +339,35 @@ impl WritePlan {
             null_columns: scope.columns.clone(),
             reference_columns: references.into_iter().map(|(c, ..)| c).collect(),
             fingerprints: Fingerprints::new(),
-            create_working_set: fill.create_sql(&target),
+            create_working_set: format!(
+                "SET LOCAL client_min_messages = warning;
+                 CREATE TEMPORARY TABLE IF NOT EXISTS {ws} ON COMMIT DELETE ROWS AS SELECT {all} FROM {target} WITH NO DATA"
+            ),
             range_rows: match (brief.write.strategy, brief.write.on_missing) {
                 (Strategy::PartitionOverwrite, _) => RangeRows::Deleted,
                 (_, OnMissing::Delete) => RangeRows::MatchedAndDeleted,
                 (_, OnMissing::Keep) => RangeRows::Measured,
             },
-            fill_working_set: fill.sql(&target),
+            fill_working_set: format!(
+                "WITH s AS (INSERT INTO {ws} ({all}) SELECT {all} FROM ({source}\n) AS s RETURNING *{unowned_flag})
+                 SELECT count(*),
+                        count(*) FILTER (WHERE NOT ({null_key})) - count(DISTINCT ({key_group})) FILTER (WHERE NOT ({null_key})),
+                        count(*) FILTER (WHERE {null_key}),
+                        count(*) FILTER (WHERE {by} IS NULL OR NOT ({by} >= $1 AND {by} < $2)),
+                        {unowned},
+                        CASE WHEN count(*) = 0 THEN EXISTS (SELECT 1 FROM {range}) ELSE true END
+                   FROM s",
+                range = range_of(&target),
+                unowned_flag = scope
+                    .filter
+                    .as_deref()
+                    .map_or_else(String::new, |w| format!(", ({w}) IS NOT TRUE AS bf_unowned")),
+                unowned = if scope.filter.is_some() {
+                    "count(*) FILTER (WHERE bf_unowned)"
+                } else {
+                    "0::bigint"
+                },
+            ),
             count_duplicates: format!(
                 "SELECT count(*) FROM (SELECT 1 FROM {ws} GROUP BY {key_group} HAVING count(*) > 1) d"
             ),
