@@ -62,10 +62,11 @@ pub struct Exchanged {
     /// The partition it replaced, detached and kept under this name as the
     /// batch's before-image; `None` when the run keeps no before-images.
     pub kept_as: Option<String>,
-    /// The rows written and the sum of their row hashes (`hashtextextended`
-    /// of the row's text, as `numeric` text): rollback tells a later change by them.
+    /// The rows written, and the transaction that wrote them (its `xid`, as
+    /// `xmin` shows it): rollback tells a later change by a row count that
+    /// differs or a row another transaction wrote.
     pub rows: i64,
-    pub hash: String,
+    pub xid: String,
 }
 
 /// The batch range's target rows that the source did not reproduce: removed

@@ -291,7 +291,7 @@ struct Back<'a> {
 }
 
 /// Puts back the partition a batch exchanged: checks it is as the batch left
-/// it (rows and their hashes), makes the kept partition provably fit its bound
+/// it (as many rows, none written by another transaction), makes the kept partition provably fit its bound
 /// while it is still detached (a `CHECK`, so attaching it scans nothing), then
 /// in one transaction under the lock timeout detaches and drops the batch's
 /// partition and attaches the kept one under its name. Returns the conflict
@@ -324,18 +324,19 @@ async fn exchange_back(
     let Some((Some(lo), Some(hi))) = partitions::range_ends(&exchange.bound, run.bound_kind) else {
         return Err(unreadable("bound"));
     };
-    let (rows, hash): (i64, String) = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT count(*), coalesce(sum(hashtextextended(p::text, 0)::numeric), 0)::text FROM {} p",
+    let (rows, rewritten): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT count(*), count(*) FILTER (WHERE xmin::text <> $1) FROM {}",
         partition.quoted()
     )))
+    .bind(&exchange.xid)
     .fetch_one(pool)
     .await?;
-    let changed = rows != exchange.rows || hash != exchange.hash;
+    let changed = rows != exchange.rows || rewritten > 0;
     let conflict = changed.then(|| Conflict {
         batch_no: batch,
         key: format!("partition {}", exchange.partition),
         now: Some(format!(
-            "{rows} row(s), not the {} the run wrote",
+            "{rows} row(s), {rewritten} of them written since; the run wrote {}",
             exchange.rows
         )),
         before: Some(format!("the partition kept as {kept}")),

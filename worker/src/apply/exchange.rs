@@ -6,8 +6,9 @@
 //! 1. the metrics before are measured on the partition;
 //! 2. a table like the partition (columns, defaults, constraints, indexes) is
 //!    created with a `CHECK` on the batch range — so attaching it scans
-//!    nothing — and filled straight from the source, counting NULLs and
-//!    orphans among the rows inserted and hashing them (for rollback); its key
+//!    nothing — and filled straight from the source, then NULLs and orphans
+//!    among its rows counted and the writing transaction noted (for
+//!    rollback); its key
 //!    refuses a repeated or NULL key and its `CHECK` a row outside the range,
 //!    named as the grain check they fail;
 //! 3. the old partition's rows are counted, and those whose key the source did
@@ -120,19 +121,28 @@ pub(super) async fn write(
     .await?;
     // The new table's key refuses a repeated or NULL key and its `CHECK` a row
     // outside the range, as the statement goes: the grain costs no pass of its own.
-    let (inserted, nulls, orphans, hash): (i64, Vec<i64>, Vec<i64>, String) =
+    let inserted = sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {new} ({all}) SELECT {all} FROM ({source}\n) AS s",
+        all = plan.all,
+        source = plan.source,
+    )))
+    .bind(work.lo)
+    .bind(work.hi)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| grain_error(e, work))?
+    .rows_affected();
+    let inserted = i64::try_from(inserted).unwrap_or(i64::MAX);
+    // NULLs and orphans among the rows written, and the transaction that wrote
+    // them: rollback tells a later change by a row another one wrote.
+    let (nulls, orphans, xid): (Vec<i64>, Vec<i64>, String) =
         sqlx::query_as(AssertSqlSafe(format!(
-            "WITH ins AS (INSERT INTO {new} ({all}) SELECT {all} FROM ({source}\n) AS s RETURNING *)
-             SELECT count(*), {figures}, coalesce(sum(hashtextextended(ins::text, 0)::numeric), 0)::text FROM ins",
-            all = plan.all,
-            source = plan.source,
+            "SELECT {figures}, xid(pg_current_xact_id())::text FROM {new} ins",
             figures = plan.insert_figures,
         )))
-        .bind(work.lo)
-        .bind(work.hi)
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| grain_error(e, work))?;
+        .map_err(sql("measuring the new partition"))?;
     checks.nulls = written.null_columns.iter().cloned().zip(nulls).collect();
     checks.orphans = written
         .reference_columns
@@ -208,7 +218,7 @@ pub(super) async fn write(
         bound: partition.bound.clone(),
         kept_as,
         rows: inserted,
-        hash,
+        xid,
     }));
     Ok((rows, checks))
 }
