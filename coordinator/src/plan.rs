@@ -30,6 +30,8 @@ pub struct Plan {
     pub max_in_flight: u32,
     /// The source run on sampled batches: target rows it would leave unmatched.
     pub unmatched: UnmatchedEstimate,
+    /// The source run twice on the sampled batches: whether it repeats itself.
+    pub repeatable: Repeatable,
     /// The target's partitions and the batches that write to each; `None` for
     /// a plain table.
     pub partitions: Option<Layout>,
@@ -185,6 +187,47 @@ impl UnmatchedEstimate {
     }
 }
 
+/// Whether the source yields the same rows when a batch runs again (a retry, a
+/// re-run after a fix): measured by running it twice on each sampled batch in
+/// one transaction.
+#[derive(Debug, Serialize)]
+pub struct Repeatable {
+    pub sampled_batches: usize,
+    /// Rows one run yielded and the other did not, over the sampled batches.
+    pub differing_rows: i64,
+    /// `scope.volatile_ok`, when the brief accepts a source that does not repeat itself.
+    pub accepted: Option<String>,
+}
+
+impl Repeatable {
+    /// Refuses, with the batch and an example row, a source that yielded other
+    /// rows the second time, unless the brief says why that is intended.
+    fn from_samples(brief: &Brief, sampled: &[SampledBatch]) -> Result<Self> {
+        let accepted = brief.scope.volatile_ok.clone();
+        if accepted.is_none()
+            && let Some(b) = sampled.iter().find(|b| b.rerun.differing > 0)
+        {
+            let shown = |row: &Option<String>| row.clone().unwrap_or_else(|| "(none)".into());
+            return Err(CliError::BadInput(format!(
+                "scope.source does not repeat itself: run twice on batch [{}, {}) in one transaction, {} row(s) differ \
+                 (only the first run: {}; only the second: {}). A retried or re-run batch would write other rows. \
+                 Look for a table that changes while it runs, a LIMIT without ORDER BY, or a volatile function; \
+                 if it is intended, say why in scope.volatile_ok = \"...\"",
+                b.range.lo,
+                b.range.hi,
+                b.rerun.differing,
+                shown(&b.rerun.first),
+                shown(&b.rerun.second)
+            )));
+        }
+        Ok(Self {
+            sampled_batches: sampled.len(),
+            differing_rows: sampled.iter().map(|b| b.rerun.differing).sum(),
+            accepted,
+        })
+    }
+}
+
 /// Lints the brief against the warehouse and plans its batches.
 pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>, Preflight)> {
     let preflight = preflight::check(pool, brief).await?;
@@ -195,6 +238,7 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         ));
     };
     let sampled = crate::sample::sampled_batches(pool, brief, &batches).await?;
+    let repeatable = Repeatable::from_samples(brief, &sampled)?;
     let unmatched = UnmatchedEstimate::from_samples(brief, batches.len(), &sampled)?;
     let estimate = Estimate::from_samples(brief, batches.len(), &sampled, DEFAULT_WORKERS);
     let found: Vec<String> = preflight
@@ -228,6 +272,7 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         target_rows: preflight.target_rows,
         max_in_flight: brief.limits.max_in_flight,
         unmatched,
+        repeatable,
         partitions,
         partition_note,
         dependents: preflight.dependents.clone(),
@@ -380,6 +425,25 @@ impl Plan {
             u.estimated_scope_rows,
             u.fate,
             u.limit_pct
+        );
+        let r = &self.repeatable;
+        let _ = writeln!(
+            s,
+            "  repeats:  {}",
+            match (&r.accepted, r.differing_rows) {
+                (None, _) => format!(
+                    "the source run twice on {} sampled batches yielded the same rows",
+                    r.sampled_batches
+                ),
+                (Some(why), 0) => format!(
+                    "the source run twice on {} sampled batches yielded the same rows (volatile_ok: {why})",
+                    r.sampled_batches
+                ),
+                (Some(why), n) => format!(
+                    "NO: run twice on {} sampled batches, {n} row(s) differed; accepted by volatile_ok: {why}",
+                    r.sampled_batches
+                ),
+            }
         );
         if let Some(layout) = &self.partitions {
             let _ = writeln!(

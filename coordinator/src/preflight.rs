@@ -1,8 +1,9 @@
 //! Checks of a brief against the warehouse, before anything is written: the target
 //! and its columns exist, the key is unique on the target, the `batch_by` column has
 //! the bounds' type, and the source prepares with exactly two parameters and yields
-//! every column the batch writes. Also the blast radius: what in the catalog reads
-//! or references the target.
+//! every column the batch writes, calling no function whose result differs from
+//! one run to the next (unless `scope.volatile_ok` says why). Also the blast
+//! radius: what in the catalog reads or references the target.
 
 use backfill_shared::brief::{Bound, BoundKind, Brief, Problem};
 use backfill_shared::sql::{TableName, column_list, quote_ident};
@@ -338,7 +339,122 @@ async fn check_source(
     let Some(first) = plan.first() else {
         return Ok(None);
     };
+    if scope.volatile_ok.is_none()
+        && let Some(plan) = explain(pool, &scope.source, first.lo, first.hi).await
+    {
+        let calls = unrepeatable_calls(pool, &plan).await?;
+        if !calls.is_empty() {
+            problems.push(problem(
+                "scope.source",
+                format!(
+                    "calls {}, whose result differs from one run to the next, so a retried or re-run batch would not write what it wrote; \
+                     compute from the data instead, or, if that is the intent, say why in scope.volatile_ok = \"...\"",
+                    calls.join(", ")
+                ),
+            ));
+            return Ok(None);
+        }
+    }
     Ok(estimate_rows(pool, &scope.source, first.lo, first.hi).await)
+}
+
+/// The functions a planned source calls whose result differs between two runs
+/// of a batch: every volatile function (`pg_proc.provolatile = 'v'`:
+/// `random()`, `clock_timestamp()`, `nextval()`, most user functions) and the
+/// ones that read the clock (`now()`, `CURRENT_DATE`, …). Read from the plan,
+/// so functions inside the views the source reads count too.
+async fn unrepeatable_calls(pool: &PgPool, plan: &serde_json::Value) -> Result<Vec<String>> {
+    const CLOCK: [&str; 9] = [
+        "now",
+        "current_date",
+        "current_time",
+        "current_timestamp",
+        "localtime",
+        "localtimestamp",
+        "transaction_timestamp",
+        "statement_timestamp",
+        "timeofday",
+    ];
+    let mut calls = Vec::new();
+    let mut clock = Vec::new();
+    for (name, called) in identifiers_in_plan(plan) {
+        if CLOCK.contains(&name.as_str()) {
+            clock.push(name);
+        } else if called {
+            calls.push(name);
+        }
+    }
+    calls.sort();
+    calls.dedup();
+    let mut found: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT proname::text || '()' FROM pg_proc WHERE proname = ANY($1) AND provolatile = 'v' ORDER BY 1",
+    )
+    .bind(&calls)
+    .fetch_all(pool)
+    .await?;
+    clock.sort();
+    clock.dedup();
+    found.extend(clock.into_iter().map(|c| {
+        if c.starts_with("current_") || c.starts_with("local") {
+            c.to_uppercase()
+        } else {
+            format!("{c}()")
+        }
+    }));
+    Ok(found)
+}
+
+/// Every identifier in the expressions of a plan (`Output`, `Filter`, …),
+/// lowercased and without its schema, and whether a `(` follows it (a call);
+/// quoted literals are skipped.
+fn identifiers_in_plan(plan: &serde_json::Value) -> Vec<(String, bool)> {
+    fn strings<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s),
+            serde_json::Value::Array(items) => items.iter().for_each(|i| strings(i, out)),
+            serde_json::Value::Object(map) => map.values().for_each(|i| strings(i, out)),
+            _ => {}
+        }
+    }
+    let mut texts = Vec::new();
+    strings(plan, &mut texts);
+    let mut found = Vec::new();
+    for text in texts {
+        let chars: Vec<char> = text.chars().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            if c == '\'' {
+                // A literal: skip to its closing quote ('' is an escaped quote).
+                i += 1;
+                while i < chars.len() && !(chars[i] == '\'' && chars.get(i + 1) != Some(&'\'')) {
+                    i += if chars[i] == '\'' { 2 } else { 1 };
+                }
+                i += 1;
+            } else if c.is_alphabetic() || c == '_' {
+                let start = i;
+                while i < chars.len()
+                    && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '$')
+                {
+                    i += 1;
+                }
+                let name: String = chars[start..i].iter().collect::<String>().to_lowercase();
+                if chars.get(i) == Some(&'.') {
+                    // A schema or table qualifier: the name follows.
+                    i += 1;
+                    continue;
+                }
+                let mut j = i;
+                while chars.get(j).is_some_and(|c| c.is_whitespace()) {
+                    j += 1;
+                }
+                found.push((name, chars.get(j) == Some(&'(')));
+            } else {
+                i += 1;
+            }
+        }
+    }
+    found
 }
 
 /// The source's plan for one batch (`EXPLAIN (VERBOSE, FORMAT JSON)`; no rows are read).

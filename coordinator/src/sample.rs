@@ -144,7 +144,7 @@ fn source_failed(e: sqlx::Error, on: &str) -> CliError {
 const SAMPLED_BATCHES: usize = 5;
 
 /// One batch `plan` ran the source on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SampledBatch {
     pub range: BatchRange,
     /// Rows the source yielded.
@@ -152,11 +152,13 @@ pub struct SampledBatch {
     pub unmatched: Unmatched,
     /// The source into a scratch table and the unmatched-rows measure.
     pub seconds: f64,
+    /// The source run a second time on the same batch, in the same transaction.
+    pub rerun: Rerun,
 }
 
 /// The source run on up to five batches spread over the plan (first, last and
-/// between), each measured for unmatched rows as a batch would be, and timed;
-/// nothing is written.
+/// between), each measured for unmatched rows as a batch would be, timed, and
+/// run a second time to see that it yields the same rows; nothing is written.
 pub async fn sampled_batches(
     pool: &PgPool,
     brief: &Brief,
@@ -174,19 +176,67 @@ pub async fn sampled_batches(
         let Some(batch) = batches.get(pick) else {
             continue;
         };
+        let on = format!("batch [{}, {})", batch.lo, batch.hi);
         let started = Instant::now();
         let (rows, unmatched) = scratch_batch(&mut tx, brief, batch.lo, batch.hi, i == 0)
             .await
-            .map_err(|e| source_failed(e, &format!("batch [{}, {})", batch.lo, batch.hi)))?;
+            .map_err(|e| source_failed(e, &on))?;
+        let seconds = started.elapsed().as_secs_f64();
+        let rerun = rerun(&mut tx, brief, batch.lo, batch.hi)
+            .await
+            .map_err(|e| source_failed(e, &on))?;
         out.push(SampledBatch {
             range: *batch,
             rows,
             unmatched,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds,
+            rerun,
         });
     }
     tx.rollback().await?;
     Ok(out)
+}
+
+/// The source run again on a batch whose first run is in `bf_sample`: the rows
+/// either run yielded and the other did not (compared as text, so every type
+/// compares), with one of each as an example.
+async fn rerun(
+    tx: &mut sqlx::PgConnection,
+    brief: &Brief,
+    lo: Bound,
+    hi: Bound,
+) -> sqlx::Result<Rerun> {
+    let written = brief.scope.written_columns();
+    let all = column_list(&written, None);
+    let (differing, first, second): (i64, Option<String>, Option<String>) =
+        sqlx::query_as(AssertSqlSafe(format!(
+            "WITH again AS MATERIALIZED (SELECT ROW({all})::text AS r FROM ({source}\n) AS s),
+                  first AS MATERIALIZED (SELECT ROW({all})::text AS r FROM bf_sample),
+                  only_first AS (SELECT r FROM first EXCEPT ALL SELECT r FROM again),
+                  only_again AS (SELECT r FROM again EXCEPT ALL SELECT r FROM first)
+             SELECT (SELECT count(*) FROM only_first) + (SELECT count(*) FROM only_again),
+                    (SELECT min(r) FROM only_first), (SELECT min(r) FROM only_again)",
+            source = brief.scope.source.trim_end().trim_end_matches(';')
+        )))
+        .bind(lo)
+        .bind(hi)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(Rerun {
+        differing,
+        first,
+        second,
+    })
+}
+
+/// What the source yielded when run a second time on a sampled batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Rerun {
+    /// Rows one run yielded and the other did not; 0 when the source repeats itself.
+    pub differing: i64,
+    /// A row only the first run yielded, and one only the second did.
+    pub first: Option<String>,
+    pub second: Option<String>,
 }
 
 /// How many changed records to show.

@@ -89,12 +89,19 @@ impl TestEnv {
     }
 
     /// The demo's brief with every batch sleeping `secs` in the warehouse, so
-    /// batches are in flight long enough to interfere with.
+    /// batches are in flight long enough to interfere with (`pg_sleep` is
+    /// volatile: the brief says why that is harmless).
     pub async fn slow_brief(&self, batches: i64, max_in_flight: u32, secs: f64) -> String {
-        self.brief(batches, max_in_flight).await.replace(
-            " GROUP BY o.o_orderkey",
-            &format!(" AND (SELECT pg_sleep({secs})) IS NOT NULL GROUP BY o.o_orderkey"),
-        )
+        self.brief(batches, max_in_flight)
+            .await
+            .replace(
+                " GROUP BY o.o_orderkey",
+                &format!(" AND (SELECT pg_sleep({secs})) IS NOT NULL GROUP BY o.o_orderkey"),
+            )
+            .replace(
+                "\n[write]",
+                "volatile_ok = \"pg_sleep only slows each batch down\"\n\n[write]",
+            )
     }
 
     /// Records a run of `text` (all batches pending) without driving it.

@@ -119,6 +119,11 @@ pub struct Scope {
     /// columns the source yields). The backfill owns only the rows that match it.
     #[serde(default)]
     pub filter: Option<String>,
+    /// `scope.volatile_ok`: why the source may call a volatile or
+    /// clock-reading function (`random()`, `clock_timestamp()`, `now()`),
+    /// which the preflight otherwise refuses.
+    #[serde(default)]
+    pub volatile_ok: Option<String>,
 }
 
 impl Scope {

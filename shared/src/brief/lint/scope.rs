@@ -1,6 +1,6 @@
 //! The lint of `[scope]`: the target, the key and columns, `batch_by` (bounds
 //! of one type, a step that fits them, a plan that fits `MAX_BATCHES`), the
-//! source and `where`.
+//! source, `where` and `volatile_ok`.
 
 use super::super::reader::{Reader, is_column_name};
 use super::super::{BatchBy, Bound, BoundKind, Interval, Scope, Step};
@@ -73,7 +73,14 @@ pub(super) fn read_scope(r: &mut Reader<'_>) -> Option<Scope> {
         Ok(w) => Some(w),
         Err(()) => None,
     };
+    let volatile_ok = r
+        .opt_text(
+            "volatile_ok",
+            "why the source may call a volatile or clock-reading function, e.g. \"loaded_at stamps the load time\"",
+        )
+        .ok();
     Some(Scope {
+        volatile_ok: volatile_ok?,
         filter: filter?,
         target: target?,
         key: key?,
