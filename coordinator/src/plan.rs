@@ -30,6 +30,8 @@ pub struct Plan {
     pub max_in_flight: u32,
     /// The source run on sampled batches: target rows it would leave unmatched.
     pub unmatched: UnmatchedEstimate,
+    /// Where the source yields nothing although the target holds rows.
+    pub coverage: Coverage,
     /// The source run twice on the sampled batches: whether it repeats itself.
     pub repeatable: Repeatable,
     /// The target's partitions and the batches that write to each; `None` for
@@ -146,6 +148,7 @@ impl UnmatchedEstimate {
         let over: Vec<String> = sampled
             .iter()
             .filter(|b| b.unmatched.rows > 0 && b.unmatched.pct() > limit)
+            .filter(|b| !(b.rows == 0 && brief.scope.accepts_empty_source(b.range.lo, b.range.hi)))
             .map(|b| {
                 format!(
                     "  [{}, {}): {}",
@@ -183,6 +186,131 @@ impl UnmatchedEstimate {
             estimated_scope_rows: share(range_rows),
             fate,
             limit_pct: limit,
+        })
+    }
+}
+
+/// Batches whose source coverage `plan` measures, at most: every batch of a
+/// plan this size or smaller, an even spread of a larger one.
+pub const COVERAGE_BATCHES: usize = 2_000;
+/// How long `plan` spends on coverage at most (coarse to fine, so what it
+/// measured in that time spans the scope).
+pub const COVERAGE_TIME: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Where the source yields nothing although the target holds rows — history
+/// purged from the source (a retention policy, a dropped partition) that
+/// `on_missing = "delete"` or partition-overwrite would erase for good.
+/// Measured per batch as every batch measures it: whether the source yields
+/// a row, and whether the target's range holds one (`Scope::range_has_rows`).
+#[derive(Debug, Serialize)]
+pub struct Coverage {
+    pub measured_batches: usize,
+    /// Ranges of consecutive measured batches, `[lo, hi)`, where the source
+    /// yields nothing and the target holds rows.
+    pub gaps: Vec<(String, String)>,
+    /// Those of them inside `scope.accept_empty_source`.
+    pub accepted: usize,
+}
+
+impl Coverage {
+    /// Measures the batches and refuses, naming the ranges, a brief that would
+    /// remove rows where the source yields nothing, unless it accepts them.
+    async fn measure(pool: &PgPool, brief: &Brief, batches: &[BatchRange]) -> Result<Self> {
+        let scope = &brief.scope;
+        let n = batches.len();
+        let spread: Vec<&BatchRange> = if n <= COVERAGE_BATCHES {
+            batches.iter().collect()
+        } else {
+            (0..COVERAGE_BATCHES)
+                .filter_map(|i| batches.get(i * (n - 1) / (COVERAGE_BATCHES - 1)))
+                .collect()
+        };
+        // Coarse to fine (first, last, middle, quarters, …), so a plan cut
+        // short by the time cap has still looked across the whole scope.
+        let mut order: Vec<usize> = Vec::with_capacity(spread.len());
+        let mut seen = vec![false; spread.len()];
+        let mut stride = spread.len().next_power_of_two();
+        while stride > 0 {
+            for i in (0..spread.len())
+                .step_by(stride)
+                .chain(spread.len().checked_sub(1))
+            {
+                if !seen[i] {
+                    seen[i] = true;
+                    order.push(i);
+                }
+            }
+            stride /= 2;
+        }
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM ({source}\n) AS s), {range_has_rows}",
+            source = scope.source.trim_end().trim_end_matches(';'),
+            range_has_rows = scope.range_has_rows(&scope.target.quoted())
+        );
+        let mut conn = pool.acquire().await?;
+        let started = std::time::Instant::now();
+        let mut empty: Vec<&BatchRange> = Vec::new();
+        let mut measured = 0;
+        for i in order {
+            if measured > 0 && started.elapsed() > COVERAGE_TIME {
+                break;
+            }
+            let batch = spread[i];
+            let (yields, holds): (bool, bool) = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(batch.lo)
+                .bind(batch.hi)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| {
+                    crate::sample::source_failed(e, &format!("batch [{}, {})", batch.lo, batch.hi))
+                })?;
+            measured += 1;
+            if !yields && holds {
+                empty.push(batch);
+            }
+        }
+        empty.sort_by_key(|b| b.no);
+        let mut gaps: Vec<(BatchRange, bool)> = Vec::new();
+        for batch in empty {
+            let accepted = scope.accepts_empty_source(batch.lo, batch.hi);
+            match gaps.last_mut() {
+                Some((last, last_accepted))
+                    if last.hi == batch.lo && *last_accepted == accepted =>
+                {
+                    last.hi = batch.hi;
+                }
+                _ => gaps.push((*batch, accepted)),
+            }
+        }
+        let refused: Vec<String> = gaps
+            .iter()
+            .filter(|(_, accepted)| !accepted)
+            .map(|(r, _)| format!("{}..{}", r.lo, r.hi))
+            .collect();
+        if !refused.is_empty() && Unmatched::fate(brief) == "removed" {
+            return Err(CliError::BadInput(format!(
+                "the source yields nothing where {} holds rows, in {} range(s): {}. This brief would remove those rows for good \
+                 (strategy {}, on_missing = {}). If the source's history there was purged and removing them is intended, \
+                 accept them: scope.accept_empty_source = [{}]; otherwise restore the source or narrow the scope",
+                scope.target,
+                refused.len(),
+                refused.join(", "),
+                brief.write.strategy,
+                brief.write.on_missing,
+                refused
+                    .iter()
+                    .map(|r| format!("{r:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(Self {
+            measured_batches: measured,
+            accepted: gaps.iter().filter(|(_, accepted)| *accepted).count(),
+            gaps: gaps
+                .into_iter()
+                .map(|(r, _)| (r.lo.to_string(), r.hi.to_string()))
+                .collect(),
         })
     }
 }
@@ -238,6 +366,7 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         ));
     };
     let sampled = crate::sample::sampled_batches(pool, brief, &batches).await?;
+    let coverage = Coverage::measure(pool, brief, &batches).await?;
     let repeatable = Repeatable::from_samples(brief, &sampled)?;
     let unmatched = UnmatchedEstimate::from_samples(brief, batches.len(), &sampled)?;
     let estimate = Estimate::from_samples(brief, batches.len(), &sampled, DEFAULT_WORKERS);
@@ -272,6 +401,7 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         target_rows: preflight.target_rows,
         max_in_flight: brief.limits.max_in_flight,
         unmatched,
+        coverage,
         repeatable,
         partitions,
         partition_note,
@@ -425,6 +555,29 @@ impl Plan {
             u.estimated_scope_rows,
             u.fate,
             u.limit_pct
+        );
+        let c = &self.coverage;
+        let _ = writeln!(
+            s,
+            "  coverage: {}",
+            if c.gaps.is_empty() {
+                format!(
+                    "the source yields rows wherever the target holds them ({} of {} batches measured)",
+                    c.measured_batches, self.batches
+                )
+            } else {
+                format!(
+                    "the source yields NOTHING where the target holds rows in {} ({} accepted by scope.accept_empty_source; {} of {} batches measured)",
+                    c.gaps
+                        .iter()
+                        .map(|(lo, hi)| format!("[{lo}, {hi})"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    c.accepted,
+                    c.measured_batches,
+                    self.batches
+                )
+            }
         );
         let r = &self.repeatable;
         let _ = writeln!(

@@ -131,7 +131,7 @@ async fn scratch_batch(
 }
 
 /// A source that fails on real data is bad input; a lost connection is not.
-fn source_failed(e: sqlx::Error, on: &str) -> CliError {
+pub(crate) fn source_failed(e: sqlx::Error, on: &str) -> CliError {
     match e {
         sqlx::Error::Database(db) => {
             CliError::BadInput(format!("scope.source fails on {on}: {}", db.message()))

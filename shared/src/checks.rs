@@ -46,6 +46,15 @@ pub struct BatchChecks {
     pub orphans: Vec<(String, i64)>,
     #[serde(default)]
     pub unmatched: Unmatched,
+    /// The source yielded nothing for the batch's range although the target
+    /// held rows there (history purged from the source?): every one of them is
+    /// unmatched.
+    #[serde(default)]
+    pub empty_source: bool,
+    /// ... and the range lies in `scope.accept_empty_source`, so losing them
+    /// is what the brief means: the unmatched-rows limit does not apply.
+    #[serde(default)]
+    pub empty_source_accepted: bool,
     /// Set when partition-overwrite rewrote the batch's partition whole and
     /// exchanged it, instead of deleting and inserting rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,11 +235,18 @@ pub fn evaluate(
         );
     }
     let limit = brief.validation.max_unmatched_pct;
-    if checks.unmatched.rows > 0 && checks.unmatched.pct() > limit {
+    if checks.unmatched.rows > 0 && checks.unmatched.pct() > limit && !checks.empty_source_accepted
+    {
+        let purged = if checks.empty_source {
+            "; the source yields nothing for this range although the target holds rows there — \
+             history purged from the source? If the run should remove them, list the range in scope.accept_empty_source"
+        } else {
+            ""
+        };
         breach(
             "max_unmatched_pct".into(),
             format!(
-                "batch {batch_no}: {} (max_unmatched_pct = {limit}); if the brief means it, raise the limit or resume with --accept",
+                "batch {batch_no}: {} (max_unmatched_pct = {limit}){purged}; if the brief means it, raise the limit or resume with --accept",
                 checks.unmatched.describe(brief)
             ),
         );

@@ -83,13 +83,25 @@ async fn every_strategy_on_a_partitioned_target_is_exact_and_keeps_the_partition
             env.build_partitioned_ship_revenue(partitioning).await;
             // History to correct: revenue off on the first of each month, rows
             // missing on the second.
-            sqlx::raw_sql(
-                "UPDATE tpch.ship_revenue SET revenue = revenue + 1 WHERE extract(day FROM l_shipdate) = 1;
-                 DELETE FROM tpch.ship_revenue WHERE extract(day FROM l_shipdate) = 2 AND l_shipmode = 'MAIL';",
+            let changed = |sql: &'static str| {
+                let pool = env.pool.clone();
+                async move {
+                    let n = sqlx::query(sql)
+                        .execute(&pool)
+                        .await
+                        .unwrap()
+                        .rows_affected();
+                    i64::try_from(n).unwrap()
+                }
+            };
+            let updated = changed(
+                "UPDATE tpch.ship_revenue SET revenue = revenue + 1 WHERE extract(day FROM l_shipdate) = 1",
             )
-            .execute(&env.pool)
-            .await
-            .unwrap();
+            .await;
+            let deleted = changed(
+                "DELETE FROM tpch.ship_revenue WHERE extract(day FROM l_shipdate) = 2 AND l_shipmode = 'MAIL'",
+            )
+            .await;
             env.copy_ship_revenue().await;
             let built = env.ship_revenue_structure().await;
             assert_eq!(built.1.len(), 4, "{what}: {built:?}");
@@ -124,6 +136,17 @@ async fn every_strategy_on_a_partitioned_target_is_exact_and_keeps_the_partition
                 built,
                 "{what}: after the run"
             );
+            // merge counts the rows it inserted apart from those it updated.
+            if strategy == "merge" {
+                let (inserted, rewritten): (i64, i64) = sqlx::query_as(
+                    "SELECT sum(rows_inserted)::bigint, sum(rows_updated)::bigint FROM backfill.batches WHERE run_id = $1",
+                )
+                .bind(run_id)
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+                assert_eq!((inserted, rewritten), (deleted, updated), "{what}");
+            }
 
             validate::validate(&env.pool, run_id).await.unwrap();
             approve::approve(&env.pool, run_id, Some("bob"))

@@ -10,7 +10,7 @@ mod bounds;
 mod lint;
 mod reader;
 
-pub use bounds::{BatchBy, BatchRange, Bound, BoundKind, Interval, MAX_BATCHES, Step};
+pub use bounds::{BatchBy, BatchRange, Bound, BoundKind, Interval, MAX_BATCHES, Step, within};
 pub use lint::Problem;
 
 use crate::sql::TableName;
@@ -124,9 +124,32 @@ pub struct Scope {
     /// which the preflight otherwise refuses.
     #[serde(default)]
     pub volatile_ok: Option<String>,
+    /// `scope.accept_empty_source`: ranges `[lo, hi)` of `batch_by` where the
+    /// source may yield nothing although the target holds rows (history purged
+    /// from the source), so the run removes them there.
+    #[serde(default)]
+    pub accept_empty_source: Vec<(Bound, Bound)>,
 }
 
 impl Scope {
+    /// Whether `[lo, hi)` lies inside a range of `accept_empty_source`.
+    #[must_use]
+    pub fn accepts_empty_source(&self, lo: Bound, hi: Bound) -> bool {
+        bounds::within(&self.accept_empty_source, lo, hi)
+    }
+
+    /// Whether `table` holds rows of `[$1, $2)` that this backfill owns: with
+    /// the source's row count, the measure of source coverage — a range where
+    /// the source yields nothing and this is true loses every row it holds —
+    /// taken by each batch and by `plan` alike.
+    #[must_use]
+    pub fn range_has_rows(&self, table: &str) -> String {
+        format!(
+            "EXISTS (SELECT 1 FROM {table} t WHERE {})",
+            self.owned_range("t")
+        )
+    }
+
     /// The rows of `[$1, $2)` this backfill owns, as a condition on `alias`
     /// (the only table of its query level, since `scope.where` is unqualified).
     #[must_use]

@@ -168,6 +168,9 @@ pub(super) async fn write(
         at_lower_bound,
         range_rows: replaced,
     };
+    checks.empty_source = inserted == 0 && replaced > 0;
+    checks.empty_source_accepted =
+        checks.empty_source && written.accepts_empty_source(work.lo, work.hi);
     let rows = RowCounts {
         source: inserted,
         inserted,

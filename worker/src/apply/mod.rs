@@ -120,6 +120,9 @@ pub async fn prepare(
     // empty days are common). With rows in the range, every one of them is
     // unmatched, and the guard must see them.
     let idle = source == 0 && !range_has_rows;
+    checks.empty_source = source == 0 && range_has_rows;
+    checks.empty_source_accepted =
+        checks.empty_source && plan.accepts_empty_source(work.lo, work.hi);
     if !idle {
         check_drift(&mut tx, plan).await?;
         check_grain(&mut tx, plan, work, grain).await?;

@@ -5,7 +5,7 @@
 //! returns), and the metrics of a batch's range before and after.
 //! Identifiers are quoted; bounds and batch numbers are bound parameters.
 
-use backfill_shared::brief::{Brief, OnMissing, Strategy};
+use backfill_shared::brief::{Bound, Brief, OnMissing, Strategy};
 use backfill_shared::checks::Unmatched;
 use backfill_shared::control::drift::Fingerprints;
 use backfill_shared::sql::{TableName, column_list, key_join, quote_ident};
@@ -80,6 +80,8 @@ pub struct WritePlan {
     pub(super) reference_columns: Vec<String>,
     /// The drift guard: column definitions the run started with.
     pub(super) fingerprints: Fingerprints,
+    /// `scope.accept_empty_source`: ranges where the source may yield nothing.
+    accept_empty_source: Vec<(Bound, Bound)>,
     /// partition-overwrite on a partitioned target: how a batch that covers
     /// one partition exactly builds it whole and exchanges it.
     pub(super) exchange: Option<ExchangePlan>,
@@ -308,7 +310,6 @@ impl WritePlan {
                 });
             }
         }
-        let range_of = |table: &str| format!("{table} t WHERE {in_range}");
         let metric_sql = |table: &str| {
             brief
                 .validation
@@ -333,6 +334,7 @@ impl WritePlan {
             metrics: brief.validation.metrics.clone(),
         });
         Self {
+            accept_empty_source: scope.accept_empty_source.clone(),
             exchange,
             metrics_before: metric_sql(&scope.target.quoted()),
             metrics_after: metric_sql(&target),
@@ -355,9 +357,9 @@ impl WritePlan {
                         count(*) FILTER (WHERE {null_key}),
                         count(*) FILTER (WHERE {by} IS NULL OR NOT ({by} >= $1 AND {by} < $2)),
                         {unowned},
-                        CASE WHEN count(*) = 0 THEN EXISTS (SELECT 1 FROM {range}) ELSE true END
+                        CASE WHEN count(*) = 0 THEN {range_has_rows} ELSE true END
                    FROM s",
-                range = range_of(&target),
+                range_has_rows = scope.range_has_rows(&target),
                 unowned_flag = scope
                     .filter
                     .as_deref()
@@ -377,6 +379,11 @@ impl WritePlan {
 }
 
 impl WritePlan {
+    /// Whether the brief accepts that the source yields nothing in `[lo, hi)`.
+    pub(super) fn accepts_empty_source(&self, lo: Bound, hi: Bound) -> bool {
+        backfill_shared::brief::within(&self.accept_empty_source, lo, hi)
+    }
+
     /// Guards every batch against changes to these column definitions.
     #[must_use]
     pub fn guarding(mut self, fingerprints: Fingerprints) -> Self {

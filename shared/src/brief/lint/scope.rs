@@ -1,6 +1,6 @@
 //! The lint of `[scope]`: the target, the key and columns, `batch_by` (bounds
 //! of one type, a step that fits them, a plan that fits `MAX_BATCHES`), the
-//! source, `where` and `volatile_ok`.
+//! source, `where`, `volatile_ok` and `accept_empty_source`.
 
 use super::super::reader::{Reader, is_column_name};
 use super::super::{BatchBy, Bound, BoundKind, Interval, Scope, Step};
@@ -79,7 +79,24 @@ pub(super) fn read_scope(r: &mut Reader<'_>) -> Option<Scope> {
             "why the source may call a volatile or clock-reading function, e.g. \"loaded_at stamps the load time\"",
         )
         .ok();
+    let accept_empty_source = r
+        .list("accept_empty_source", false, false)
+        .and_then(|ranges| {
+            let by = batch_by.as_ref()?;
+            let mut parsed = Vec::with_capacity(ranges.len());
+            for text in &ranges {
+                match accepted_range(text, by) {
+                    Ok(range) => parsed.push(range),
+                    Err(message) => {
+                        r.problem("accept_empty_source", message);
+                        return None;
+                    }
+                }
+            }
+            Some(parsed)
+        });
     Some(Scope {
+        accept_empty_source: accept_empty_source.unwrap_or_default(),
         volatile_ok: volatile_ok?,
         filter: filter?,
         target: target?,
@@ -235,4 +252,33 @@ fn bound(r: &mut Reader<'_>, field: &str, v: Option<&Value>) -> Option<Bound> {
         );
     }
     parsed
+}
+
+/// One `"lo..hi"` of `scope.accept_empty_source`: bounds of the `batch_by`
+/// column's type, `lo < hi` (`hi` exclusive), inside the scope.
+fn accepted_range(text: &str, by: &BatchBy) -> Result<(Bound, Bound), String> {
+    let shape = || {
+        format!(
+            "{text:?} is not a range; write \"lo..hi\" with {} bounds (hi exclusive), e.g. \"{}..{}\"",
+            by.kind().as_str(),
+            by.start,
+            by.end
+        )
+    };
+    let (lo, hi) = text.split_once("..").ok_or_else(shape)?;
+    let (Some(lo), Some(hi)) = (Bound::parse(by.kind(), lo), Bound::parse(by.kind(), hi)) else {
+        return Err(shape());
+    };
+    if lo >= hi {
+        return Err(format!(
+            "{text:?}: the start must be before the end (the end is exclusive)"
+        ));
+    }
+    if lo < by.start || hi > by.end {
+        return Err(format!(
+            "{text:?} lies outside the scope [{}, {})",
+            by.start, by.end
+        ));
+    }
+    Ok((lo, hi))
 }
