@@ -21,6 +21,20 @@ fn purged_brief(on_missing: &str) -> String {
         .replace("FROM tpch.lineitem", "FROM tpch.lineitem_kept")
 }
 
+/// A test world with `tpch.ship_revenue` and `tpch.lineitem_kept`: the line
+/// items with 1993 purged.
+async fn purged_env() -> TestEnv {
+    let env = TestEnv::new(0.01).await;
+    env.build_ship_revenue().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE tpch.lineitem_kept AS SELECT * FROM tpch.lineitem WHERE NOT ({PURGED})"
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    env
+}
+
 fn accepting(text: &str) -> String {
     text.replace(
         "\n[write]",
@@ -30,14 +44,7 @@ fn accepting(text: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_purged_source_range_is_refused_then_accepted_and_removed_exactly() {
-    let env = TestEnv::new(0.01).await;
-    env.build_ship_revenue().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE tpch.lineitem_kept AS SELECT * FROM tpch.lineitem WHERE NOT ({PURGED})"
-    )))
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    let env = purged_env().await;
 
     let text = purged_brief("delete");
     let refused = plan::plan(&env.pool, &Brief::parse(&text).unwrap())
@@ -103,14 +110,7 @@ async fn a_purged_source_range_is_refused_then_accepted_and_removed_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_into_a_purged_range_halts_and_names_the_acceptance() {
-    let env = TestEnv::new(0.01).await;
-    env.build_ship_revenue().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE tpch.lineitem_kept AS SELECT * FROM tpch.lineitem WHERE NOT ({PURGED})"
-    )))
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    let env = purged_env().await;
     // Recorded without the plan's refusal, as an old coordinator would.
     let (run_id, ..) = env.record_run(&purged_brief("delete")).await;
     let Finish::Halted(reason) = env.run_to_end(run_id, 1).await else {

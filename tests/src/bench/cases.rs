@@ -98,6 +98,11 @@ pub(super) async fn baseline(
 /// Returns how long driving took; the run is retired afterwards so the next one
 /// may take the target.
 pub(super) async fn backfill(env: &TestEnv, text: &str) -> Duration {
+    backfill_run(env, text).await.0
+}
+
+/// [`backfill`], also returning the run.
+pub(super) async fn backfill_run(env: &TestEnv, text: &str) -> (Duration, Uuid) {
     let (run_id, ..) = env.record_run(text).await;
     let started = Instant::now();
     let finish = run::drive(
@@ -114,7 +119,7 @@ pub(super) async fn backfill(env: &TestEnv, text: &str) -> Duration {
     let took = started.elapsed();
     assert_eq!(finish, Finish::Applied, "the benchmark run did not apply");
     retire(&env.pool, run_id, RunState::Applied).await;
-    took
+    (took, run_id)
 }
 
 /// A benchmark run (in state `from`) lets go of its target.

@@ -13,10 +13,8 @@
 //!   delete and insert rows (before-images on).
 
 use super::Line;
-use super::cases::{exec, median, retire, stop, worker};
+use super::cases::{backfill_run, exec, median, stop, worker};
 use crate::{SCHEMA, TestEnv};
-use backfill_coordinator::run::{self, DriveOptions, Finish};
-use backfill_shared::control::runs::RunState;
 use sqlx::{AssertSqlSafe, PgPool};
 use std::time::{Duration, Instant};
 
@@ -157,32 +155,14 @@ async fn by_hand(pool: &PgPool) -> Duration {
     took
 }
 
-/// A Backfill run of `text`, then its rollback copies dropped.
+/// A Backfill run of `text`, then its rollback copies dropped. Returns how
+/// long driving took and how many partitions its batches exchanged.
 async fn backfill(env: &TestEnv, text: &str) -> (Duration, usize) {
-    let (run_id, ..) = env.record_run(text).await;
-    let started = Instant::now();
-    let finish = run::drive(
-        &env.config,
-        &env.pool,
-        run_id,
-        DriveOptions {
-            progress: false,
-            ..DriveOptions::default()
-        },
-    )
-    .await
-    .expect("drive the partition benchmark run");
-    let took = started.elapsed();
-    assert_eq!(
-        finish,
-        Finish::Applied,
-        "the partition benchmark run did not apply"
-    );
+    let (took, run_id) = backfill_run(env, text).await;
     let exchanged = backfill_shared::control::batches::exchanges(&env.pool, run_id)
         .await
         .expect("read the exchanges")
         .len();
-    retire(&env.pool, run_id, RunState::Applied).await;
     backfill_coordinator::lifecycle::cleanup::cleanup(&env.pool, run_id, "bench", true)
         .await
         .expect("drop the run's rollback copies");
