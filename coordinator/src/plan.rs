@@ -30,6 +30,9 @@ pub struct Plan {
     pub max_in_flight: u32,
     /// The source run on sampled batches: target rows it would leave unmatched.
     pub unmatched: UnmatchedEstimate,
+    /// Which rule each range follows, with its batches: `[[scope.periods]]`
+    /// in order, then `scope.source`. Empty without periods.
+    pub rules: Vec<RuleUse>,
     /// Where the source yields nothing although the target holds rows.
     pub coverage: Coverage,
     /// The source run twice on the sampled batches: whether it repeats itself.
@@ -190,6 +193,43 @@ impl UnmatchedEstimate {
     }
 }
 
+/// One rule of a brief with periods and the batches that follow it.
+#[derive(Debug, Serialize)]
+pub struct RuleUse {
+    pub from: String,
+    pub until: String,
+    /// The period's reason, or "the current rules".
+    pub rule: String,
+    pub batches: usize,
+}
+
+/// The rules of a brief with `[[scope.periods]]`, each with its range and the
+/// batches that follow it.
+fn rules(brief: &Brief, batches: &[BatchRange]) -> Vec<RuleUse> {
+    let scope = &brief.scope;
+    if scope.periods.is_empty() {
+        return Vec::new();
+    }
+    let mut from = scope.batch_by.start;
+    let mut out = Vec::new();
+    for (i, until) in scope
+        .periods
+        .iter()
+        .map(|p| p.until)
+        .chain([scope.batch_by.end])
+        .enumerate()
+    {
+        out.push(RuleUse {
+            from: from.to_string(),
+            until: until.to_string(),
+            rule: scope.rule_name(from).to_owned(),
+            batches: batches.iter().filter(|b| scope.rule_for(b.lo) == i).count(),
+        });
+        from = until;
+    }
+    out
+}
+
 /// Batches whose source coverage `plan` measures, at most: every batch of a
 /// plan this size or smaller, an even spread of a larger one.
 pub const COVERAGE_BATCHES: usize = 2_000;
@@ -242,11 +282,14 @@ impl Coverage {
             }
             stride /= 2;
         }
-        let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM ({source}\n) AS s), {range_has_rows}",
-            source = scope.source.trim_end().trim_end_matches(';'),
-            range_has_rows = scope.range_has_rows(&scope.target.quoted())
-        );
+        let range_has_rows = scope.range_has_rows(&scope.target.quoted());
+        let sql: Vec<String> = scope
+            .rules()
+            .into_iter()
+            .map(|source| {
+                format!("SELECT EXISTS (SELECT 1 FROM ({source}\n) AS s), {range_has_rows}")
+            })
+            .collect();
         let mut conn = pool.acquire().await?;
         let started = std::time::Instant::now();
         let mut empty: Vec<&BatchRange> = Vec::new();
@@ -256,7 +299,8 @@ impl Coverage {
                 break;
             }
             let batch = spread[i];
-            let (yields, holds): (bool, bool) = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            let rule = sql[scope.rule_for(batch.lo)].as_str();
+            let (yields, holds): (bool, bool) = sqlx::query_as(sqlx::AssertSqlSafe(rule))
                 .bind(batch.lo)
                 .bind(batch.hi)
                 .fetch_one(&mut *conn)
@@ -401,6 +445,7 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         target_rows: preflight.target_rows,
         max_in_flight: brief.limits.max_in_flight,
         unmatched,
+        rules: rules(brief, &batches),
         coverage,
         repeatable,
         partitions,
@@ -556,6 +601,13 @@ impl Plan {
             u.fate,
             u.limit_pct
         );
+        for r in &self.rules {
+            let _ = writeln!(
+                s,
+                "  rule:     [{}, {}) {} batch(es): {}",
+                r.from, r.until, r.batches, r.rule
+            );
+        }
         let c = &self.coverage;
         let _ = writeln!(
             s,

@@ -295,20 +295,51 @@ async fn check_source(
     problems: &mut Vec<Problem>,
 ) -> Result<Option<i64>> {
     let scope = &brief.scope;
+    let plan = scope.batch_by.plan().unwrap_or_default();
+    // Each rule (each period's source, then `scope.source`), checked on the
+    // first batch that follows it.
+    let before = problems.len();
+    for (rule, source) in scope.rules().into_iter().enumerate() {
+        let field = if rule < scope.periods.len() {
+            format!("scope.periods[{rule}].source")
+        } else {
+            "scope.source".to_owned()
+        };
+        let first = plan.iter().find(|b| scope.rule_for(b.lo) == rule);
+        check_rule(pool, brief, &field, source, first, problems).await?;
+    }
+    if problems.len() > before {
+        return Ok(None);
+    }
+    let Some(first) = plan.first() else {
+        return Ok(None);
+    };
+    Ok(estimate_rows(pool, scope.source_for(first.lo), first.lo, first.hi).await)
+}
+
+/// One rule's source: it prepares with the bounds' types, takes two
+/// parameters, yields every written column, and — planned for `first`, the
+/// first batch it runs — calls nothing whose result differs between runs.
+async fn check_rule(
+    pool: &PgPool,
+    brief: &Brief,
+    field: &str,
+    source: &str,
+    first: Option<&backfill_shared::brief::BatchRange>,
+    problems: &mut Vec<Problem>,
+) -> Result<()> {
+    let scope = &brief.scope;
     let kind = scope.batch_by.kind();
     let types = [bound_type(kind), bound_type(kind)];
     let mut conn = pool.acquire().await?;
     let prepared = (&mut *conn)
-        .prepare_with(AssertSqlSafe(scope.source.clone()).into_sql_str(), &types)
+        .prepare_with(AssertSqlSafe(source.to_owned()).into_sql_str(), &types)
         .await;
     let statement = match prepared {
         Ok(s) => s,
         Err(sqlx::Error::Database(e)) => {
-            problems.push(problem(
-                "scope.source",
-                format!("does not prepare: {}", e.message()),
-            ));
-            return Ok(None);
+            problems.push(problem(field, format!("does not prepare: {}", e.message())));
+            return Ok(());
         }
         Err(e) => return Err(e.into()),
     };
@@ -317,9 +348,10 @@ async fn check_source(
         Some(sqlx::Either::Right(n)) => n,
         None => 0,
     };
+    let before = problems.len();
     if params != 2 {
         problems.push(problem(
-            "scope.source",
+            field,
             format!("takes {params} parameters; it must take exactly two: $1 (lower bound, inclusive) and $2 (upper bound, exclusive)"),
         ));
     }
@@ -327,35 +359,31 @@ async fn check_source(
     for c in scope.written_columns() {
         if !yielded.contains(&c.as_str()) {
             problems.push(problem(
-                "scope.source",
+                field,
                 format!("does not yield column {c:?}; its output must name the key, the batch_by column and every listed column (yields: {})", yielded.join(", ")),
             ));
         }
     }
-    if !problems.is_empty() {
-        return Ok(None);
+    if problems.len() > before {
+        return Ok(());
     }
-    let plan = scope.batch_by.plan().unwrap_or_default();
-    let Some(first) = plan.first() else {
-        return Ok(None);
-    };
     if scope.volatile_ok.is_none()
-        && let Some(plan) = explain(pool, &scope.source, first.lo, first.hi).await
+        && let Some(first) = first
+        && let Some(plan) = explain(pool, source, first.lo, first.hi).await
     {
         let calls = unrepeatable_calls(pool, &plan).await?;
         if !calls.is_empty() {
             problems.push(problem(
-                "scope.source",
+                field,
                 format!(
                     "calls {}, whose result differs from one run to the next, so a retried or re-run batch would not write what it wrote; \
                      compute from the data instead, or, if that is the intent, say why in scope.volatile_ok = \"...\"",
                     calls.join(", ")
                 ),
             ));
-            return Ok(None);
         }
     }
-    Ok(estimate_rows(pool, &scope.source, first.lo, first.hi).await)
+    Ok(())
 }
 
 /// The functions a planned source calls whose result differs between two runs

@@ -18,6 +18,8 @@ use std::time::Instant;
 #[derive(Debug, Serialize)]
 pub struct Sample {
     pub slice: (String, String),
+    /// The rule the slice follows: its period's reason, or "the current rules".
+    pub rule: String,
     pub rows_old: i64,
     pub rows_new: i64,
     pub rows_changed: i64,
@@ -106,7 +108,7 @@ async fn scratch_batch(
         .await?;
     let rows = sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO bf_sample ({all}) SELECT {all} FROM ({}\n) AS s",
-        scope.source.trim_end().trim_end_matches(';')
+        scope.source_for(lo)
     )))
     .bind(lo)
     .bind(hi)
@@ -216,7 +218,7 @@ async fn rerun(
                   only_again AS (SELECT r FROM again EXCEPT ALL SELECT r FROM first)
              SELECT (SELECT count(*) FROM only_first) + (SELECT count(*) FROM only_again),
                     (SELECT min(r) FROM only_first), (SELECT min(r) FROM only_again)",
-            source = brief.scope.source.trim_end().trim_end_matches(';')
+            source = brief.scope.source_for(lo)
         )))
         .bind(lo)
         .bind(hi)
@@ -244,6 +246,13 @@ const TOP: i64 = 5;
 
 pub async fn sample(pool: &PgPool, brief: &Brief, lo: Bound, hi: Bound) -> Result<Sample> {
     let scope = &brief.scope;
+    // A slice follows one rule, as a batch does.
+    if let Some(p) = scope.periods.iter().find(|p| lo < p.until && p.until < hi) {
+        return Err(CliError::BadInput(format!(
+            "the slice [{lo}, {hi}) straddles the end of the period \"{}\" at {}; sample each side of it",
+            p.reason, p.until
+        )));
+    }
     let target = scope.target.quoted();
     let written = scope.written_columns();
     let all = column_list(&written, None);
@@ -388,6 +397,7 @@ pub async fn sample(pool: &PgPool, brief: &Brief, lo: Bound, hi: Bound) -> Resul
     let in_flight = f64::from(brief.limits.max_in_flight.max(1));
     Ok(Sample {
         slice: (lo.to_string(), hi.to_string()),
+        rule: scope.rule_name(lo).to_owned(),
         rows_old,
         rows_new,
         rows_changed,
@@ -411,6 +421,7 @@ impl Sample {
             "Sample of [{}, {}): nothing was written.",
             self.slice.0, self.slice.1
         );
+        let _ = writeln!(s, "  rule:    {}", self.rule);
         let _ = writeln!(
             s,
             "  rows:    {} now, {} after the backfill ({:+}); {} would change",

@@ -51,6 +51,14 @@ impl Report {
             "| Period | {} from {} to {} (exclusive) |",
             self.batch_by, self.period.0, self.period.1
         );
+        if self.rules.len() > 1 {
+            let rules = self
+                .rules
+                .iter()
+                .map(|(from, until, rule)| format!("[{from}, {until}): {rule}"))
+                .collect::<Vec<_>>();
+            let _ = writeln!(s, "| Rules by period | {} |", rules.join("; "));
+        }
         let _ = writeln!(s, "| Tables | {} ({}) |", self.target, self.strategy);
         let _ = writeln!(s, "| Stakeholders | {} |", self.stakeholders.join(", "));
         let found = self

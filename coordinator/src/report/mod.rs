@@ -32,6 +32,9 @@ pub struct Report {
     pub state: String,
     pub target: String,
     pub period: (String, String),
+    /// Which rule rewrote which range of `batch_by` (`[[scope.periods]]`, then
+    /// the current rules): `(from, until, rule)`; one row without periods.
+    pub rules: Vec<(String, String, String)>,
     pub batch_by: String,
     pub strategy: String,
     pub stakeholders: Vec<String>,
@@ -109,6 +112,7 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
         risk: brief.meta.risk.to_string(),
         state: run.state.to_string(),
         target: brief.scope.target.to_string(),
+        rules: rules(brief),
         period: (
             brief.scope.batch_by.start.to_string(),
             brief.scope.batch_by.end.to_string(),
@@ -140,4 +144,21 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
             .flatten(),
         temporary_objects,
     })
+}
+
+/// `[from, until)` and the rule of each period, then the current rules' range.
+fn rules(brief: &backfill_shared::brief::Brief) -> Vec<(String, String, String)> {
+    let by = &brief.scope.batch_by;
+    let mut from = by.start;
+    let mut out = Vec::new();
+    for p in &brief.scope.periods {
+        out.push((from.to_string(), p.until.to_string(), p.reason.clone()));
+        from = p.until;
+    }
+    out.push((
+        from.to_string(),
+        by.end.to_string(),
+        "the current rules (scope.source)".to_owned(),
+    ));
+    out
 }

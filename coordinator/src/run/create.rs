@@ -54,16 +54,24 @@ pub async fn create(
         "end": brief.scope.batch_by.end.to_string(),
         "max_in_flight": brief.limits.max_in_flight,
         "side_table": side_table.as_ref().map(ToString::to_string),
+        // Which rule rewrites which period, for the run log and the report.
+        "periods": brief.scope.periods.iter().map(|p| serde_json::json!({ "until": p.until.to_string(), "reason": p.reason })).collect::<Vec<_>>(),
     });
     // The drift guard: what the target and every table the source reads look like now.
     let mut guarded = vec![target.to_string()];
-    if let Some(first) = batches.first()
-        && let Some(plan) =
-            crate::preflight::explain(pool, &brief.scope.source, first.lo, first.hi).await
-    {
-        for table in drift::tables_in_plan(&plan) {
-            if !guarded.contains(&table) {
-                guarded.push(table);
+    let scope = &brief.scope;
+    for rule in 0..scope.rules().len() {
+        // Each rule's tables, from the plan of the first batch that follows it.
+        let Some(first) = batches.iter().find(|b| scope.rule_for(b.lo) == rule) else {
+            continue;
+        };
+        if let Some(plan) =
+            crate::preflight::explain(pool, scope.source_for(first.lo), first.lo, first.hi).await
+        {
+            for table in drift::tables_in_plan(&plan) {
+                if !guarded.contains(&table) {
+                    guarded.push(table);
+                }
             }
         }
     }

@@ -236,6 +236,9 @@ pub struct BatchBy {
     pub start: Bound,
     pub end: Bound,
     pub step: Step,
+    /// Bounds no batch may straddle (where `[[scope.periods]]` end), ascending.
+    #[serde(default)]
+    pub cuts: Vec<Bound>,
 }
 
 /// One planned batch: its number (from 0) and its half-open range.
@@ -272,19 +275,30 @@ impl BatchBy {
             ));
         }
         let mut batches = Vec::new();
-        let mut lo = self.start;
-        while lo < self.end {
+        let push = |batches: &mut Vec<BatchRange>, lo: Bound, hi: Bound| {
             if batches.len() >= MAX_BATCHES {
                 return Err(format!(
                     "more than {MAX_BATCHES} batches; use a larger step"
                 ));
             }
+            let no = u32::try_from(batches.len()).map_err(|_| "too many batches".to_owned())?;
+            batches.push(BatchRange { no, lo, hi });
+            Ok(())
+        };
+        let mut lo = self.start;
+        while lo < self.end {
             let hi = lo.advance(&self.step).map_or(self.end, |h| h.min(self.end));
             if hi <= lo {
                 return Err(format!("the step does not advance from {lo}"));
             }
-            let no = u32::try_from(batches.len()).map_err(|_| "too many batches".to_owned())?;
-            batches.push(BatchRange { no, lo, hi });
+            // A batch that would straddle a cut ends there; the next one
+            // starts there and keeps to the step's grid.
+            let mut from = lo;
+            for &cut in self.cuts.iter().filter(|c| **c > lo && **c < hi) {
+                push(&mut batches, from, cut)?;
+                from = cut;
+            }
+            push(&mut batches, from, hi)?;
             lo = hi;
         }
         Ok(batches)
@@ -300,12 +314,35 @@ mod tests {
     }
 
     #[test]
+    fn no_batch_straddles_a_cut_and_the_grid_holds() {
+        let b = BatchBy {
+            column: "k".into(),
+            start: Bound::Integer(1),
+            end: Bound::Integer(31),
+            step: Step::Integer(10),
+            cuts: vec![Bound::Integer(15)],
+        };
+        let bounds: Vec<_> = b.plan().unwrap().iter().map(|r| (r.lo, r.hi)).collect();
+        let i = Bound::Integer;
+        assert_eq!(
+            bounds,
+            vec![
+                (i(1), i(11)),
+                (i(11), i(15)),
+                (i(15), i(21)),
+                (i(21), i(31))
+            ]
+        );
+    }
+
+    #[test]
     fn integer_plan_covers_range_without_gaps() {
         let b = BatchBy {
             column: "k".into(),
             start: Bound::Integer(1),
             end: Bound::Integer(26),
             step: Step::Integer(10),
+            cuts: Vec::new(),
         };
         let plan = b.plan().unwrap();
         let bounds: Vec<_> = plan.iter().map(|r| (r.lo, r.hi)).collect();
@@ -327,6 +364,7 @@ mod tests {
             start: date("1992-01-31"),
             end: date("1992-04-15"),
             step: Step::Interval(Interval::parse("1 month").unwrap()),
+            cuts: Vec::new(),
         };
         let plan = b.plan().unwrap();
         assert_eq!(plan.len(), 3);
@@ -354,6 +392,7 @@ mod tests {
             start: date("1992-01-01"),
             end: date("1992-02-01"),
             step: Step::Interval(Interval::parse("6 hours").unwrap()),
+            cuts: Vec::new(),
         };
         assert!(b.plan().unwrap_err().contains("does not advance"));
     }

@@ -129,9 +129,61 @@ pub struct Scope {
     /// from the source), so the run removes them there.
     #[serde(default)]
     pub accept_empty_source: Vec<(Bound, Bound)>,
+    /// `[[scope.periods]]`, in order: where other rules held, the source of
+    /// that time. A batch follows the first period whose `until` lies above
+    /// its lower bound, else `source`; batches never straddle a period's end.
+    #[serde(default)]
+    pub periods: Vec<Period>,
+}
+
+/// One period of `[[scope.periods]]`: the rule for the `batch_by` values from
+/// the previous period's `until` (or the scope's start) up to `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Period {
+    pub until: Bound,
+    /// Why the rule differs ("VAT was 19 % until 2025-03-01").
+    pub reason: String,
+    pub source: String,
 }
 
 impl Scope {
+    /// Which rule a batch starting at `lo` follows: the index of its period,
+    /// or `periods.len()` for `source`. Index [`Scope::rules`] with it.
+    #[must_use]
+    pub fn rule_for(&self, lo: Bound) -> usize {
+        self.periods
+            .iter()
+            .position(|p| lo < p.until)
+            .unwrap_or(self.periods.len())
+    }
+
+    /// Every rule's source, the periods' first and `source` last, each
+    /// without a trailing `;`.
+    #[must_use]
+    pub fn rules(&self) -> Vec<&str> {
+        self.periods
+            .iter()
+            .map(|p| p.source.as_str())
+            .chain([self.source.as_str()])
+            .map(|s| s.trim_end().trim_end_matches(';'))
+            .collect()
+    }
+
+    /// The source a batch starting at `lo` runs.
+    #[must_use]
+    pub fn source_for(&self, lo: Bound) -> &str {
+        self.rules()[self.rule_for(lo)]
+    }
+
+    /// The rule a batch starting at `lo` follows, in words: the period's
+    /// reason, or "the current rules".
+    #[must_use]
+    pub fn rule_name(&self, lo: Bound) -> &str {
+        self.periods
+            .get(self.rule_for(lo))
+            .map_or("the current rules", |p| p.reason.as_str())
+    }
+
     /// Whether `[lo, hi)` lies inside a range of `accept_empty_source`.
     #[must_use]
     pub fn accepts_empty_source(&self, lo: Bound, hi: Bound) -> bool {

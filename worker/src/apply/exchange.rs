@@ -124,7 +124,7 @@ pub(super) async fn write(
     let inserted = sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {new} ({all}) SELECT {all} FROM ({source}\n) AS s",
         all = plan.all,
-        source = plan.source,
+        source = plan.sources[written.rule_for(work.lo)],
     )))
     .bind(work.lo)
     .bind(work.hi)

@@ -98,12 +98,14 @@ pub async fn prepare(
         i64,
         i64,
         bool,
-    ) = sqlx::query_as(AssertSqlSafe(plan.fill_working_set.as_str()))
-        .bind(work.lo)
-        .bind(work.hi)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(sql("the brief's source query failed"))?;
+    ) = sqlx::query_as(AssertSqlSafe(
+        plan.fill_working_set[plan.rule_for(work.lo)].as_str(),
+    ))
+    .bind(work.lo)
+    .bind(work.hi)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(sql("the brief's source query failed"))?;
     let grain = Grain {
         repeated,
         null_keys,

@@ -60,11 +60,12 @@ pub(super) struct Step {
 #[derive(Debug)]
 pub struct WritePlan {
     pub(super) create_working_set: String,
-    /// Fills the working set and, over the rows it inserts, returns (rows,
+    /// Per rule (each period's source, then `scope.source`): fills the
+    /// working set and, over the rows it inserts, returns (rows,
     /// surplus rows of repeated keys, NULL keys, rows outside the range, rows
     /// `scope.where` does not match, and — looked at only when the source
     /// yielded nothing — whether the written table has rows in the range).
-    pub(super) fill_working_set: String,
+    pub(super) fill_working_set: Vec<String>,
     /// The keys the working set holds more than once, counted (only run when
     /// the fill found repeats).
     pub(super) count_duplicates: String,
@@ -82,20 +83,23 @@ pub struct WritePlan {
     pub(super) fingerprints: Fingerprints,
     /// `scope.accept_empty_source`: ranges where the source may yield nothing.
     accept_empty_source: Vec<(Bound, Bound)>,
+    /// Where each of `[[scope.periods]]` ends: which rule (the index into
+    /// `fill_working_set` and the exchange's sources) a batch follows.
+    periods: Vec<Bound>,
     /// partition-overwrite on a partitioned target: how a batch that covers
     /// one partition exactly builds it whole and exchanges it.
     pub(super) exchange: Option<ExchangePlan>,
 }
 
 /// What a batch needs to rewrite one partition whole: build a table like it
-/// from the working set, measure it, and exchange it under the fence.
+/// straight from the source, measure it, and exchange it under the fence.
 #[derive(Debug)]
 pub(super) struct ExchangePlan {
     pub(super) target: TableName,
     /// The columns written, quoted, in order.
     pub(super) all: String,
-    /// The brief's source (`$1`, `$2`: the batch's range).
-    pub(super) source: String,
+    /// The source of each rule (`$1`, `$2`: the batch's range).
+    pub(super) sources: Vec<String>,
     /// The `batch_by` column, quoted.
     pub(super) by: String,
     /// The rows of the range the backfill owns, as `t`.
@@ -138,7 +142,6 @@ impl WritePlan {
             .collect::<Vec<_>>()
             .join(" OR ");
         let by = quote_ident(&scope.batch_by.column);
-        let source = scope.source.trim_end().trim_end_matches(';').to_owned();
         let image = image_table.map(TableName::quoted);
         // The batch's working set: a temporary table per run and connection,
         // created once and emptied at every commit, so a batch pays no DDL and
@@ -324,7 +327,7 @@ impl WritePlan {
         .then(|| ExchangePlan {
             target: write_to.clone(),
             all: all.clone(),
-            source: source.clone(),
+            sources: scope.rules().into_iter().map(str::to_owned).collect(),
             by: by.clone(),
             in_range: in_range.clone(),
             insert_figures: written_figures(&|c| format!("ins.{}", quote_ident(c))),
@@ -350,26 +353,33 @@ impl WritePlan {
                 (_, OnMissing::Delete) => RangeRows::MatchedAndDeleted,
                 (_, OnMissing::Keep) => RangeRows::Measured,
             },
-            fill_working_set: format!(
-                "WITH s AS (INSERT INTO {ws} ({all}) SELECT {all} FROM ({source}\n) AS s RETURNING *{unowned_flag})
-                 SELECT count(*),
-                        count(*) FILTER (WHERE NOT ({null_key})) - count(DISTINCT ({key_group})) FILTER (WHERE NOT ({null_key})),
-                        count(*) FILTER (WHERE {null_key}),
-                        count(*) FILTER (WHERE {by} IS NULL OR NOT ({by} >= $1 AND {by} < $2)),
-                        {unowned},
-                        CASE WHEN count(*) = 0 THEN {range_has_rows} ELSE true END
-                   FROM s",
-                range_has_rows = scope.range_has_rows(&target),
-                unowned_flag = scope
-                    .filter
-                    .as_deref()
-                    .map_or_else(String::new, |w| format!(", ({w}) IS NOT TRUE AS bf_unowned")),
-                unowned = if scope.filter.is_some() {
-                    "count(*) FILTER (WHERE bf_unowned)"
-                } else {
-                    "0::bigint"
-                },
-            ),
+            fill_working_set: scope
+                .rules()
+                .into_iter()
+                .map(|source| {
+                    format!(
+                        "WITH s AS (INSERT INTO {ws} ({all}) SELECT {all} FROM ({source}\n) AS s RETURNING *{unowned_flag})
+                         SELECT count(*),
+                                count(*) FILTER (WHERE NOT ({null_key})) - count(DISTINCT ({key_group})) FILTER (WHERE NOT ({null_key})),
+                                count(*) FILTER (WHERE {null_key}),
+                                count(*) FILTER (WHERE {by} IS NULL OR NOT ({by} >= $1 AND {by} < $2)),
+                                {unowned},
+                                CASE WHEN count(*) = 0 THEN {range_has_rows} ELSE true END
+                           FROM s",
+                        range_has_rows = scope.range_has_rows(&target),
+                        unowned_flag = scope
+                            .filter
+                            .as_deref()
+                            .map_or_else(String::new, |w| format!(", ({w}) IS NOT TRUE AS bf_unowned")),
+                        unowned = if scope.filter.is_some() {
+                            "count(*) FILTER (WHERE bf_unowned)"
+                        } else {
+                            "0::bigint"
+                        },
+                    )
+                })
+                .collect(),
+            periods: scope.periods.iter().map(|p| p.until).collect(),
             count_duplicates: format!(
                 "SELECT count(*) FROM (SELECT 1 FROM {ws} GROUP BY {key_group} HAVING count(*) > 1) d"
             ),
@@ -380,6 +390,14 @@ impl WritePlan {
 
 impl WritePlan {
     /// Whether the brief accepts that the source yields nothing in `[lo, hi)`.
+    /// The rule a batch starting at `lo` follows (see `Scope::rule_for`).
+    pub(super) fn rule_for(&self, lo: Bound) -> usize {
+        self.periods
+            .iter()
+            .position(|until| lo < *until)
+            .unwrap_or(self.periods.len())
+    }
+
     pub(super) fn accepts_empty_source(&self, lo: Bound, hi: Bound) -> bool {
         backfill_shared::brief::within(&self.accept_empty_source, lo, hi)
     }

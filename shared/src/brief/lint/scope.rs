@@ -1,9 +1,10 @@
 //! The lint of `[scope]`: the target, the key and columns, `batch_by` (bounds
 //! of one type, a step that fits them, a plan that fits `MAX_BATCHES`), the
-//! source, `where`, `volatile_ok` and `accept_empty_source`.
+//! source, `where`, `volatile_ok`, `accept_empty_source` and the periods.
 
+use super::super::reader::read_tables;
 use super::super::reader::{Reader, is_column_name};
-use super::super::{BatchBy, Bound, BoundKind, Interval, Scope, Step};
+use super::super::{BatchBy, Bound, BoundKind, Interval, Period, Scope, Step};
 use crate::sql::TableName;
 use toml::Value;
 
@@ -79,6 +80,7 @@ pub(super) fn read_scope(r: &mut Reader<'_>) -> Option<Scope> {
             "why the source may call a volatile or clock-reading function, e.g. \"loaded_at stamps the load time\"",
         )
         .ok();
+    let periods = read_periods(r, batch_by.as_ref());
     let accept_empty_source = r
         .list("accept_empty_source", false, false)
         .and_then(|ranges| {
@@ -95,14 +97,22 @@ pub(super) fn read_scope(r: &mut Reader<'_>) -> Option<Scope> {
             }
             Some(parsed)
         });
+    let periods = periods?;
+    let mut batch_by = batch_by?;
+    batch_by.cuts = periods.iter().map(|p: &Period| p.until).collect();
+    if let Err(e) = batch_by.plan() {
+        r.problem("periods", e);
+        return None;
+    }
     Some(Scope {
+        periods,
         accept_empty_source: accept_empty_source.unwrap_or_default(),
         volatile_ok: volatile_ok?,
         filter: filter?,
         target: target?,
         key: key?,
         columns: columns?,
-        batch_by: batch_by?,
+        batch_by,
         expected_rows: expected_rows?,
         source: source?,
     })
@@ -206,6 +216,7 @@ fn read_batch_by(r: &mut Reader<'_>) -> Option<BatchBy> {
         start,
         end,
         step,
+        cuts: Vec::new(),
     };
     if let Err(e) = batch_by.plan() {
         r.problem("batch_by.step", e);
@@ -281,4 +292,79 @@ fn accepted_range(text: &str, by: &BatchBy) -> Result<(Bound, Bound), String> {
         ));
     }
     Ok((lo, hi))
+}
+
+/// `[[scope.periods]]`: each with `until` (a bound of the `batch_by` type
+/// inside the scope, above the previous period's), a `reason` and a `source`
+/// that takes `$1` and `$2` like `scope.source`.
+fn read_periods(r: &mut Reader<'_>, by: Option<&BatchBy>) -> Option<Vec<Period>> {
+    let periods = read_tables(r, "periods", |r, t, i| {
+        let field = |k: &str| format!("periods[{i}].{k}");
+        for k in t.keys() {
+            if !["until", "reason", "source"].contains(&k.as_str()) {
+                r.problem(
+                    &field(k),
+                    "unknown field; the fields are until, reason, source",
+                );
+            }
+        }
+        let mut text = |k: &str, what: &str| match t.get(k) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            _ => {
+                r.problem(&field(k), format!("must be a non-blank string: {what}"));
+                None
+            }
+        };
+        let reason = text("reason", "why the rules of that time differ");
+        let source = text(
+            "source",
+            "the SELECT of the rules of that time, with $1 and $2",
+        );
+        let until = by.and_then(|by| match t.get("until") {
+            Some(Value::Integer(v)) => Bound::parse(by.kind(), &v.to_string()),
+            Some(Value::String(v)) => Bound::parse(by.kind(), v),
+            Some(Value::Datetime(v)) => Bound::parse(by.kind(), &v.to_string()),
+            _ => None,
+        });
+        if until.is_none() && by.is_some() {
+            r.problem(
+                &field("until"),
+                format!(
+                    "must be a {} bound: the period covers batch_by values below it",
+                    by.map_or("", |b| b.kind().as_str())
+                ),
+            );
+        }
+        let source = source.filter(|s| {
+            let ok = s.contains("$1") && s.contains("$2");
+            if !ok {
+                r.problem(
+                    &field("source"),
+                    "must use $1 (batch lower bound, inclusive) and $2 (upper bound, exclusive), like scope.source",
+                );
+            }
+            ok
+        });
+        Some(Period {
+            until: until?,
+            reason: reason?,
+            source: source?,
+        })
+    })?;
+    let by = by?;
+    let mut from = by.start;
+    for (i, p) in periods.iter().enumerate() {
+        if p.until <= from || p.until >= by.end {
+            r.problem(
+                &format!("periods[{i}].until"),
+                format!(
+                    "{} must lie above {from} and below the scope's end {}: periods are in order, do not overlap, and lie inside the scope",
+                    p.until, by.end
+                ),
+            );
+            return None;
+        }
+        from = p.until;
+    }
+    Some(periods)
 }
