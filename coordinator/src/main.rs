@@ -45,6 +45,9 @@ enum Command {
         /// Workers the time estimate assumes.
         #[arg(long, default_value_t = plan::DEFAULT_WORKERS)]
         workers: u16,
+        /// Why an estimate past limits.budget is acceptable.
+        #[arg(long, value_name = "WHY")]
+        over_budget: Option<String>,
     },
     /// Run the source on a slice into a scratch table and compare it with the target:
     /// rows, metrics per group, the records that change most, edge cases, runtime.
@@ -62,6 +65,9 @@ enum Command {
         /// Print the run id and leave a background coordinator to drive the run.
         #[arg(long)]
         detach: bool,
+        /// Why an estimate past limits.budget is acceptable (recorded in the run log).
+        #[arg(long, value_name = "WHY")]
+        over_budget: Option<String>,
     },
     /// Drive a recorded run to its end (after `run --detach`, or after the coordinator died).
     Follow { run: Uuid },
@@ -209,6 +215,7 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
             brief,
             json,
             workers,
+            over_budget,
         } => {
             let (_, brief) = read_brief(&brief)?;
             let pool = services::postgres(&config, 2).await?; // the plan touches no control plane
@@ -223,7 +230,7 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
             } else {
                 print!("{}", plan.render());
             }
-            Ok(())
+            within_budget(&plan, over_budget.as_deref()).map(|_| ())
         }
         Command::Sample { brief, slice, json } => {
             let (_, brief) = read_brief(&brief)?;
@@ -241,10 +248,12 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
         Command::Run {
             brief: path,
             detach,
+            over_budget,
         } => {
             let (text, brief) = read_brief(&path)?;
             let pool = control_plane(&config, 4).await?;
             let (plan, batches, _) = plan::plan(&pool, &brief).await?;
+            let over = within_budget(&plan, over_budget.as_deref())?;
             // Fail before recording anything if the broker is unreachable.
             services::rabbit(&config, "backfill (probe)")
                 .await?
@@ -252,6 +261,17 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
                 .await
                 .ok();
             let run_id = run::create(&pool, &text, &brief, &batches, &operator()).await?;
+            if let (false, Some(why)) = (over.is_empty(), over_budget.as_deref()) {
+                backfill_shared::control::log::append(
+                    &pool,
+                    run_id,
+                    &operator(),
+                    "over_budget_accepted",
+                    None,
+                    serde_json::json!({ "reason": why, "over": over }),
+                )
+                .await?;
+            }
             println!("{run_id}");
             let _ = std::io::stdout().flush();
             if detach {
@@ -608,4 +628,18 @@ fn spawn_follower(run_id: Uuid) -> Result<()> {
         log_path.display()
     );
     Ok(())
+}
+
+/// Refuses (exit 2) a plan whose estimate passes `limits.budget`, unless the
+/// operator says why; returns what it passes.
+fn within_budget(plan: &plan::Plan, over_budget: Option<&str>) -> Result<Vec<String>> {
+    let over = plan.over_budget();
+    match over_budget.map(str::trim) {
+        _ if over.is_empty() => Ok(over),
+        Some(why) if !why.is_empty() => Ok(over),
+        _ => Err(CliError::BadInput(format!(
+            "the estimate passes limits.budget: {}. Raise the budget, narrow the scope, or pass --over-budget \"why\" (recorded in the run log)",
+            over.join("; ")
+        ))),
+    }
 }

@@ -30,6 +30,8 @@ pub struct Plan {
     pub max_in_flight: u32,
     /// The source run on sampled batches: target rows it would leave unmatched.
     pub unmatched: UnmatchedEstimate,
+    /// `limits.budget`: the caps the estimate is held against ([`Plan::over_budget`]).
+    pub budget: backfill_shared::brief::Budget,
     /// Which rule each range follows, with its batches: `[[scope.periods]]`
     /// in order, then `scope.source`. Empty without periods.
     pub rules: Vec<RuleUse>,
@@ -446,6 +448,7 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         max_in_flight: brief.limits.max_in_flight,
         unmatched,
         rules: rules(brief, &batches),
+        budget: brief.limits.budget,
         coverage,
         repeatable,
         partitions,
@@ -534,6 +537,39 @@ fn partition_note(brief: &Brief, layout: &Layout) -> String {
 }
 
 impl Plan {
+    /// The caps of `limits.budget` the estimate passes, each in words; empty
+    /// when it fits. The warehouse time is the batches' estimated apply time.
+    #[must_use]
+    pub fn over_budget(&self) -> Vec<String> {
+        let e = &self.estimate;
+        let mut over = Vec::new();
+        if let Some(cap) = self.budget.rows
+            && e.rows_total as f64 > cap as f64
+        {
+            over.push(format!(
+                "~{} rows to write, past budget.rows = {cap}",
+                e.rows_total
+            ));
+        }
+        let batch_seconds = (e.seconds_per_batch - ORCHESTRATION_SECONDS) * self.batches as f64;
+        if let Some(cap) = self.budget.batch_seconds
+            && batch_seconds > cap as f64
+        {
+            over.push(format!(
+                "~{batch_seconds:.0} s of warehouse time, past budget.batch_seconds = {cap}"
+            ));
+        }
+        if let Some(cap) = self.budget.duration_seconds
+            && e.wall_seconds > cap as f64
+        {
+            over.push(format!(
+                "~{:.0} s with {} worker(s), past budget.duration = {cap} s",
+                e.wall_seconds, e.workers
+            ));
+        }
+        over
+    }
+
     /// The wall time for `workers` workers instead of [`DEFAULT_WORKERS`].
     #[must_use]
     pub fn with_workers(mut self, workers: u16) -> Self {
@@ -601,6 +637,18 @@ impl Plan {
             u.fate,
             u.limit_pct
         );
+        if !self.budget.is_empty() {
+            let over = self.over_budget();
+            let _ = writeln!(
+                s,
+                "  budget:   {}",
+                if over.is_empty() {
+                    "the estimate fits limits.budget".to_owned()
+                } else {
+                    format!("OVER: {}", over.join("; "))
+                }
+            );
+        }
         for r in &self.rules {
             let _ = writeln!(
                 s,

@@ -1,5 +1,5 @@
 //! `backfill status RUN [--json]`: batches by state, rows, failures with their
-//! errors, and an ETA.
+//! errors, an ETA, and the budget used.
 
 use crate::error::Result;
 use backfill_shared::control::batches::{self, Counts, Failure};
@@ -38,6 +38,20 @@ pub struct Status {
     pub operator: String,
     /// Said by the driving coordinator while batches wait and no worker consumes them.
     pub no_workers: Option<String>,
+    /// `limits.budget` and what the run has used of it; `None` without a budget.
+    pub budget: Option<BudgetStatus>,
+}
+
+/// A run's budget: its caps and what it has used.
+#[derive(Debug, Serialize)]
+pub struct BudgetStatus {
+    pub caps: backfill_shared::brief::Budget,
+    pub rows_written: i64,
+    /// Warehouse seconds: the applied batches' apply durations, summed.
+    pub batch_seconds: f64,
+    pub elapsed_seconds: f64,
+    /// Elapsed plus the remainder at the pace so far, once there is a pace.
+    pub projected_seconds: Option<f64>,
 }
 
 pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
@@ -60,7 +74,26 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
     } else {
         None
     };
+    let caps = run.brief.limits.budget;
+    let budget = (!caps.is_empty()).then(|| {
+        let used = backfill_shared::checks::BudgetUse {
+            rows_written: counts.rows.inserted + counts.rows.updated + counts.rows.deleted,
+            batch_seconds: counts.applied_ms as f64 / 1000.0,
+            elapsed_seconds: (run.finished_at.unwrap_or_else(chrono::Utc::now) - run.created_at)
+                .as_seconds_f64(),
+            applied: usize::try_from(counts.applied).unwrap_or(0),
+            total: usize::try_from(counts.total()).unwrap_or(0),
+        };
+        BudgetStatus {
+            caps,
+            rows_written: used.rows_written,
+            batch_seconds: used.batch_seconds,
+            elapsed_seconds: used.elapsed_seconds,
+            projected_seconds: used.projected_seconds(),
+        }
+    });
     Ok(Status {
+        budget,
         no_workers,
         run_id,
         name: run.brief.meta.name.clone(),
@@ -137,6 +170,25 @@ impl Status {
                 let _ = writeln!(s, "  eta:      ~{eta} s");
             }
             (None, None) => {}
+        }
+        if let Some(b) = &self.budget {
+            let mut parts = Vec::new();
+            if let Some(cap) = b.caps.rows {
+                parts.push(format!("rows {} of {cap}", b.rows_written));
+            }
+            if let Some(cap) = b.caps.batch_seconds {
+                parts.push(format!("warehouse {:.0} s of {cap} s", b.batch_seconds));
+            }
+            if let Some(cap) = b.caps.duration_seconds {
+                parts.push(match b.projected_seconds {
+                    Some(p) => format!(
+                        "time {:.0} s elapsed, ~{p:.0} s projected, of {cap} s",
+                        b.elapsed_seconds
+                    ),
+                    None => format!("time {:.0} s elapsed of {cap} s", b.elapsed_seconds),
+                });
+            }
+            let _ = writeln!(s, "  budget:   {}", parts.join("; "));
         }
         if !self.breaches.is_empty() {
             let _ = writeln!(s, "  limits breached:");

@@ -181,6 +181,94 @@ pub struct Breach {
     pub message: String,
 }
 
+/// What a run has used of its budget so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BudgetUse {
+    pub rows_written: i64,
+    /// The applied batches' apply durations, summed.
+    pub batch_seconds: f64,
+    /// Since the run was recorded.
+    pub elapsed_seconds: f64,
+    pub applied: usize,
+    pub total: usize,
+}
+
+impl BudgetUse {
+    /// The elapsed time plus the remaining batches at the pace so far; `None`
+    /// until a twentieth of the batches (at least three) give a pace.
+    #[must_use]
+    pub fn projected_seconds(&self) -> Option<f64> {
+        if self.applied < (self.total / 20).max(3).min(self.total) || self.applied == 0 {
+            return None;
+        }
+        let pace = self.elapsed_seconds / self.applied as f64;
+        Some(self.elapsed_seconds + pace * (self.total - self.applied) as f64)
+    }
+}
+
+/// Holds what the run has used against `limits.budget`, skipping caps already
+/// accepted (`backfill resume --accept`): rows written, warehouse seconds, and
+/// the elapsed time plus the projected remainder.
+#[must_use]
+pub fn evaluate_budget(
+    brief: &Brief,
+    batch_no: u32,
+    used: &BudgetUse,
+    accepted: &[String],
+) -> Vec<Breach> {
+    let budget = brief.limits.budget;
+    let mut breaches = Vec::new();
+    let mut breach = |limit: &str, message: String| {
+        if !accepted.iter().any(|a| a == limit) {
+            breaches.push(Breach {
+                limit: limit.to_owned(),
+                batch_no,
+                message: format!(
+                    "batch {batch_no}: {message}; the run is held at its budget — if it may go on, resume with --accept \"why\""
+                ),
+            });
+        }
+    };
+    if let Some(cap) = budget.rows
+        && used.rows_written as f64 > cap as f64
+    {
+        breach(
+            "budget:rows",
+            format!(
+                "{} rows written, past limits.budget.rows = {cap}",
+                used.rows_written
+            ),
+        );
+    }
+    if let Some(cap) = budget.batch_seconds
+        && used.batch_seconds > cap as f64
+    {
+        breach(
+            "budget:batch_seconds",
+            format!(
+                "{:.0} s of warehouse time spent by the batches, past limits.budget.batch_seconds = {cap}",
+                used.batch_seconds
+            ),
+        );
+    }
+    if let Some(cap) = budget.duration_seconds
+        && let Some(projected) = used.projected_seconds()
+        && projected > cap as f64
+    {
+        breach(
+            "budget:duration",
+            format!(
+                "{:.0} s elapsed and {:.0} s more at this pace ({} of {} batches applied) pass limits.budget.duration = {cap} s",
+                used.elapsed_seconds,
+                projected - used.elapsed_seconds,
+                used.applied,
+                used.total
+            ),
+        );
+    }
+    breaches
+}
+
 /// How far cumulative rows may run past `expected_rows` before the run halts.
 pub const EXPECTED_ROWS_TOLERANCE_PCT: f64 = 10.0;
 
@@ -415,5 +503,41 @@ retain_days = 1
     fn change_from_zero_is_infinite() {
         assert_eq!(group(0.0, 5.0).change_pct(), Some(f64::INFINITY));
         assert_eq!(group(0.0, 0.0).change_pct(), None);
+    }
+
+    #[test]
+    fn a_budget_holds_rows_warehouse_time_and_the_projected_duration() {
+        let mut b = brief();
+        b.limits.budget = crate::brief::Budget {
+            duration_seconds: Some(100),
+            rows: Some(1000),
+            batch_seconds: Some(60),
+        };
+        let used = |rows, batch_seconds, elapsed_seconds, applied| BudgetUse {
+            rows_written: rows,
+            batch_seconds,
+            elapsed_seconds,
+            applied,
+            total: 100,
+        };
+        assert!(evaluate_budget(&b, 1, &used(1000, 60.0, 50.0, 50), &[]).is_empty());
+        let limits = |u: &BudgetUse, accepted: &[String]| {
+            evaluate_budget(&b, 1, u, accepted)
+                .into_iter()
+                .map(|x| x.limit)
+                .collect::<Vec<_>>()
+        };
+        // 60 s for 50 batches: 120 s projected for 100.
+        assert_eq!(
+            limits(&used(1001, 61.0, 60.0, 50), &[]),
+            ["budget:rows", "budget:batch_seconds", "budget:duration"]
+        );
+        // Too few batches to project from.
+        assert!(limits(&used(0, 0.0, 90.0, 2), &[]).is_empty());
+        // An accepted cap no longer holds the run.
+        assert_eq!(
+            limits(&used(2000, 0.0, 1.0, 50), &["budget:rows".into()]),
+            Vec::<String>::new()
+        );
     }
 }

@@ -73,6 +73,8 @@ pub(super) struct Tally {
     pub(super) count: usize,
     pub(super) rows_written: i64,
     rows_source: i64,
+    /// The applied batches' apply durations, summed: the warehouse time spent.
+    batch_ms: i64,
 }
 
 impl Tally {
@@ -82,6 +84,7 @@ impl Tally {
             count: 0,
             rows_written: 0,
             rows_source: 0,
+            batch_ms: 0,
         }
     }
 
@@ -100,6 +103,7 @@ impl Tally {
                 self.count += 1;
                 self.rows_written += batch.rows.inserted + batch.rows.updated + batch.rows.deleted;
                 self.rows_source += batch.rows.source;
+                self.batch_ms += batch.duration_ms;
                 true
             }
             _ => false,
@@ -122,13 +126,28 @@ pub(super) async fn take(
     }
     bar.set_position(tally.count as u64);
     bar.set_message(format!("{} rows written", tally.rows_written));
-    let breaches = checks::evaluate(
+    let mut breaches = checks::evaluate(
         &run.brief,
         batch.batch_no,
         &batch.checks,
         tally.rows_source,
         accepted,
     );
+    if !run.brief.limits.budget.is_empty() {
+        let used = checks::BudgetUse {
+            rows_written: tally.rows_written,
+            batch_seconds: tally.batch_ms as f64 / 1000.0,
+            elapsed_seconds: (chrono::Utc::now() - run.created_at).as_seconds_f64(),
+            applied: tally.count,
+            total: tally.applied.len(),
+        };
+        breaches.extend(checks::evaluate_budget(
+            &run.brief,
+            batch.batch_no,
+            &used,
+            accepted,
+        ));
+    }
     if breaches.is_empty() {
         return Ok(None);
     }

@@ -333,6 +333,48 @@ pub struct Limits {
     pub pause_when: Option<String>,
     /// Hours (UTC) in which batches may start; may wrap midnight ("22:00-06:00").
     pub window: Option<Window>,
+    /// `limits.budget`: hard caps on the run.
+    #[serde(default)]
+    pub budget: Budget,
+}
+
+/// `limits.budget = { duration = "6h", rows = 20000000, batch_seconds = 7200 }`
+/// (any subset): the plan's estimate must fit it, and the run halts when it
+/// would pass a cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    /// Wall time from the first batch to the last, in seconds: the elapsed
+    /// time plus the projected remainder.
+    pub duration_seconds: Option<u64>,
+    /// Rows written (inserted, updated and deleted).
+    pub rows: Option<u64>,
+    /// Warehouse time: the sum of the batches' apply durations, in seconds.
+    pub batch_seconds: Option<u64>,
+}
+
+impl Budget {
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.duration_seconds.is_none() && self.rows.is_none() && self.batch_seconds.is_none()
+    }
+
+    /// Parses a duration: `"6h"`, `"90m"`, `"45s"`, `"2d"`, or `"6 hours"`.
+    #[must_use]
+    pub fn parse_duration(text: &str) -> Option<u64> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit())?;
+        let (n, unit) = text.split_at(split);
+        let n: u64 = n.parse().ok()?;
+        let unit = unit.trim().trim_end_matches('s');
+        let scale = match unit {
+            "" | "sec" | "second" => 1,
+            "m" | "min" | "minute" => 60,
+            "h" | "hour" => 3_600,
+            "d" | "day" => 86_400,
+            _ => return None,
+        };
+        (n > 0).then(|| n.checked_mul(scale)).flatten()
+    }
 }
 
 /// A daily time window in UTC, `[start, end)`, wrapping midnight when end < start.

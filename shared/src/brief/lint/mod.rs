@@ -3,8 +3,8 @@
 
 use super::reader::{Reader, open_section, read_tables};
 use super::{
-    Brief, Dependencies, Limits, Meta, Metric, OnMissing, Reference, Risk, Rollback, Strategy,
-    Validation, Window, Write,
+    Brief, Budget, Dependencies, Limits, Meta, Metric, OnMissing, Reference, Risk, Rollback,
+    Strategy, Validation, Window, Write,
 };
 use crate::sql::TableName;
 use scope::read_scope;
@@ -470,11 +470,72 @@ fn read_limits(r: &mut Reader<'_>) -> Option<Limits> {
         Ok(None) => Some(None),
         Err(()) => None,
     };
+    let budget = read_budget(r);
     Some(Limits {
         max_in_flight: max_in_flight?,
         pause_when: pause_when?,
         window: window?,
+        budget: budget?,
     })
+}
+
+/// `limits.budget = { duration = "6h", rows = N, batch_seconds = N }`, any subset.
+fn read_budget(r: &mut Reader<'_>) -> Option<Budget> {
+    const SHAPE: &str =
+        "{ duration = \"6h\", rows = 20000000, batch_seconds = 7200 } (any of them)";
+    let Some(v) = r.get("budget") else {
+        return Some(Budget::default());
+    };
+    let Value::Table(t) = v else {
+        r.problem("budget", format!("must be a table: {SHAPE}"));
+        return None;
+    };
+    let mut budget = Budget::default();
+    let mut ok = true;
+    for (k, v) in t {
+        match (k.as_str(), v) {
+            ("duration", Value::String(d)) => match Budget::parse_duration(d) {
+                Some(s) => budget.duration_seconds = Some(s),
+                None => {
+                    r.problem(
+                        "budget.duration",
+                        format!("{d:?} is not a duration; write \"6h\", \"90m\" or \"2d\""),
+                    );
+                    ok = false;
+                }
+            },
+            ("rows" | "batch_seconds", Value::Integer(n)) if *n > 0 => {
+                let n = u64::try_from(*n).unwrap_or(u64::MAX);
+                if k == "rows" {
+                    budget.rows = Some(n);
+                } else {
+                    budget.batch_seconds = Some(n);
+                }
+            }
+            ("duration" | "rows" | "batch_seconds", _) => {
+                r.problem(
+                    &format!("budget.{k}"),
+                    "must be a positive whole number (rows, seconds), or for duration a string such as \"6h\"",
+                );
+                ok = false;
+            }
+            _ => {
+                r.problem(
+                    &format!("budget.{k}"),
+                    "unknown field; the fields are duration, rows, batch_seconds",
+                );
+                ok = false;
+            }
+        }
+    }
+    if ok && budget.is_empty() {
+        r.problem(
+            "budget",
+            format!("is empty; give at least one cap: {SHAPE}"),
+        );
+        ok = false;
+    }
+    ok.then_some(budget)
 }
 
 fn read_rollback(r: &mut Reader<'_>) -> Option<Rollback> {

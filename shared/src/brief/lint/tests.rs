@@ -259,3 +259,34 @@ fn max_unmatched_pct_is_a_percent() {
         );
     }
 }
+
+#[test]
+fn a_budget_takes_any_of_its_caps_and_refuses_the_rest() {
+    let with = |budget: &str| {
+        GOOD.replace(
+            "max_in_flight = 2",
+            &format!("max_in_flight = 2\nbudget = {budget}"),
+        )
+    };
+    let brief = Brief::parse(&with("{ duration = \"6h\", rows = 20000000 }")).unwrap();
+    assert_eq!(brief.limits.budget.duration_seconds, Some(6 * 3600));
+    assert_eq!(brief.limits.budget.rows, Some(20_000_000));
+    assert_eq!(brief.limits.budget.batch_seconds, None);
+    assert_eq!(
+        crate::brief::Budget::parse_duration("90 minutes"),
+        Some(5400)
+    );
+    assert_eq!(crate::brief::Budget::parse_duration("2d"), Some(172_800));
+    for (bad, field) in [
+        ("{ duration = \"soon\" }", "limits.budget.duration"),
+        ("{ rows = -1 }", "limits.budget.rows"),
+        ("{ dollars = 5 }", "limits.budget.dollars"),
+        ("{ }", "limits.budget"),
+    ] {
+        assert!(
+            fields(&with(bad)).contains(&field.to_owned()),
+            "{bad}: {:?}",
+            fields(&with(bad))
+        );
+    }
+}
