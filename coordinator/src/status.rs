@@ -33,6 +33,9 @@ pub struct Status {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Seconds until every batch is applied, at the pace so far.
     pub eta_seconds: Option<i64>,
+    /// The same as a range: the remaining batches at the mean duration of a
+    /// batch less and plus its spread, at the concurrency so far.
+    pub eta_range_seconds: Option<(i64, i64)>,
     pub brief_hash: String,
     pub code_version: String,
     pub operator: String,
@@ -65,6 +68,21 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
             let elapsed = (chrono::Utc::now() - run.created_at).num_seconds().max(1);
             elapsed * remaining / counts.applied
         });
+    let eta_range_seconds = eta_seconds.and_then(|_| {
+        let elapsed_ms = (chrono::Utc::now() - run.created_at)
+            .num_milliseconds()
+            .max(1) as f64;
+        // Batches applied side by side, on average, so far.
+        let concurrency = counts.applied_ms as f64 / elapsed_ms;
+        let mean = counts.applied_ms as f64 / counts.applied as f64;
+        let spread = counts.applied_ms_spread as f64;
+        (concurrency > 0.0 && mean > 0.0).then(|| {
+            let at = |per_batch: f64| {
+                (remaining as f64 * per_batch.max(0.0) / concurrency / 1000.0).round() as i64
+            };
+            (at(mean - spread), at(mean + spread))
+        })
+    });
     // The coordinator's latest word on workers, while the run still needs them.
     let no_workers = if run.state == runs::RunState::Running {
         log::latest_of(pool, run_id, &["no_workers", "workers_back"])
@@ -112,6 +130,7 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
         created_at: run.created_at,
         finished_at: run.finished_at,
         eta_seconds,
+        eta_range_seconds,
         brief_hash: run.brief_hash,
         code_version: run.code_version,
         operator: run.operator,
@@ -167,7 +186,10 @@ impl Status {
                 let _ = writeln!(s, "  finished: {}", f.format("%Y-%m-%d %H:%M:%S UTC"));
             }
             (None, Some(eta)) => {
-                let _ = writeln!(s, "  eta:      ~{eta} s");
+                let range = self.eta_range_seconds.map_or_else(String::new, |(lo, hi)| {
+                    format!(" (batch durations vary: {lo}–{hi} s)")
+                });
+                let _ = writeln!(s, "  eta:      ~{eta} s{range}");
             }
             (None, None) => {}
         }

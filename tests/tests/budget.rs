@@ -1,7 +1,7 @@
 //! `limits.budget`: `plan` and `run` refuse an estimate past the budget unless
 //! `--over-budget "why"` (logged); a run that passes its cap of rows or of
 //! warehouse seconds halts at it, naming it, and an accepted override lets it
-//! go on to the end.
+//! go on to the end; `status` shows the budget used and the ETA as a range.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -48,6 +48,14 @@ async fn a_run_halts_at_each_cap_of_its_budget_and_goes_on_when_accepted() {
     assert!(budget.rows_written > 1000, "{budget:?}");
     assert!(
         status.render().contains("budget:   rows "),
+        "{}",
+        status.render()
+    );
+    // The ETA comes as a range from the spread of the batches' durations.
+    let (low, high) = status.eta_range_seconds.expect("an ETA range");
+    assert!(low <= high, "{low}..{high}");
+    assert!(
+        status.render().contains("batch durations vary"),
         "{}",
         status.render()
     );

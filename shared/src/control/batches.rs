@@ -322,6 +322,9 @@ pub struct Counts {
     pub rows: RowCounts,
     /// Sum of applied batches' durations, for the ETA.
     pub applied_ms: i64,
+    /// The spread (standard deviation) of applied batches' durations, for
+    /// the ETA's range.
+    pub applied_ms_spread: i64,
 }
 
 impl Counts {
@@ -337,7 +340,7 @@ impl Counts {
 }
 
 pub async fn counts(pool: &PgPool, run_id: Uuid) -> Result<Counts> {
-    let row: (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+    let row: (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE state = 'pending'),
                 count(*) FILTER (WHERE state = 'queued'),
                 count(*) FILTER (WHERE state = 'running'),
@@ -347,7 +350,8 @@ pub async fn counts(pool: &PgPool, run_id: Uuid) -> Result<Counts> {
                 coalesce(sum(rows_inserted), 0)::bigint,
                 coalesce(sum(rows_updated), 0)::bigint,
                 coalesce(sum(rows_deleted), 0)::bigint,
-                coalesce(sum(duration_ms), 0)::bigint
+                coalesce(sum(duration_ms), 0)::bigint,
+                coalesce(stddev_samp(duration_ms) FILTER (WHERE state = 'applied'), 0)::bigint
            FROM backfill.batches WHERE run_id = $1",
     )
     .bind(run_id)
@@ -366,6 +370,7 @@ pub async fn counts(pool: &PgPool, run_id: Uuid) -> Result<Counts> {
             deleted: row.8,
         },
         applied_ms: row.9,
+        applied_ms_spread: row.10,
     })
 }
 
