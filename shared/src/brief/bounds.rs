@@ -132,12 +132,6 @@ impl fmt::Display for Bound {
     }
 }
 
-/// Whether `[lo, hi)` lies inside one of `ranges` (each `[lo, hi)`).
-#[must_use]
-pub fn within(ranges: &[(Bound, Bound)], lo: Bound, hi: Bound) -> bool {
-    ranges.iter().any(|(a, b)| *a <= lo && hi <= *b)
-}
-
 /// A calendar interval: months, days and microseconds add separately, as in PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interval {

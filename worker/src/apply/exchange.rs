@@ -124,7 +124,7 @@ pub(super) async fn write(
     let inserted = sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {new} ({all}) SELECT {all} FROM ({source}\n) AS s",
         all = plan.all,
-        source = plan.sources[written.rule_for(work.lo)],
+        source = plan.sources[written.scope.rule_for(work.lo)],
     )))
     .bind(work.lo)
     .bind(work.hi)
@@ -170,7 +170,7 @@ pub(super) async fn write(
     };
     checks.empty_source = inserted == 0 && replaced > 0;
     checks.empty_source_accepted =
-        checks.empty_source && written.accepts_empty_source(work.lo, work.hi);
+        checks.empty_source && written.scope.accepts_empty_source(work.lo, work.hi);
     let rows = RowCounts {
         source: inserted,
         inserted,

@@ -99,7 +99,7 @@ pub async fn prepare(
         i64,
         bool,
     ) = sqlx::query_as(AssertSqlSafe(
-        plan.fill_working_set[plan.rule_for(work.lo)].as_str(),
+        plan.fill_working_set[plan.scope.rule_for(work.lo)].as_str(),
     ))
     .bind(work.lo)
     .bind(work.hi)
@@ -124,7 +124,7 @@ pub async fn prepare(
     let idle = source == 0 && !range_has_rows;
     checks.empty_source = source == 0 && range_has_rows;
     checks.empty_source_accepted =
-        checks.empty_source && plan.accepts_empty_source(work.lo, work.hi);
+        checks.empty_source && plan.scope.accepts_empty_source(work.lo, work.hi);
     if !idle {
         check_drift(&mut tx, plan).await?;
         check_grain(&mut tx, plan, work, grain).await?;

@@ -5,7 +5,7 @@
 //! returns), and the metrics of a batch's range before and after.
 //! Identifiers are quoted; bounds and batch numbers are bound parameters.
 
-use backfill_shared::brief::{Bound, Brief, OnMissing, Strategy};
+use backfill_shared::brief::{Brief, OnMissing, Scope, Strategy};
 use backfill_shared::checks::Unmatched;
 use backfill_shared::control::drift::Fingerprints;
 use backfill_shared::sql::{TableName, column_list, key_join, quote_ident};
@@ -81,11 +81,10 @@ pub struct WritePlan {
     pub(super) reference_columns: Vec<String>,
     /// The drift guard: column definitions the run started with.
     pub(super) fingerprints: Fingerprints,
-    /// `scope.accept_empty_source`: ranges where the source may yield nothing.
-    accept_empty_source: Vec<(Bound, Bound)>,
-    /// Where each of `[[scope.periods]]` ends: which rule (the index into
-    /// `fill_working_set` and the exchange's sources) a batch follows.
-    periods: Vec<Bound>,
+    /// The brief's scope: which rule (the index into `fill_working_set` and
+    /// the exchange's sources) a batch follows, and where it accepts an empty
+    /// source.
+    pub(super) scope: Scope,
     /// partition-overwrite on a partitioned target: how a batch that covers
     /// one partition exactly builds it whole and exchanges it.
     pub(super) exchange: Option<ExchangePlan>,
@@ -337,7 +336,6 @@ impl WritePlan {
             metrics: brief.validation.metrics.clone(),
         });
         Self {
-            accept_empty_source: scope.accept_empty_source.clone(),
             exchange,
             metrics_before: metric_sql(&scope.target.quoted()),
             metrics_after: metric_sql(&target),
@@ -379,7 +377,7 @@ impl WritePlan {
                     )
                 })
                 .collect(),
-            periods: scope.periods.iter().map(|p| p.until).collect(),
+            scope: scope.clone(),
             count_duplicates: format!(
                 "SELECT count(*) FROM (SELECT 1 FROM {ws} GROUP BY {key_group} HAVING count(*) > 1) d"
             ),
@@ -389,19 +387,6 @@ impl WritePlan {
 }
 
 impl WritePlan {
-    /// Whether the brief accepts that the source yields nothing in `[lo, hi)`.
-    /// The rule a batch starting at `lo` follows (see `Scope::rule_for`).
-    pub(super) fn rule_for(&self, lo: Bound) -> usize {
-        self.periods
-            .iter()
-            .position(|until| lo < *until)
-            .unwrap_or(self.periods.len())
-    }
-
-    pub(super) fn accepts_empty_source(&self, lo: Bound, hi: Bound) -> bool {
-        backfill_shared::brief::within(&self.accept_empty_source, lo, hi)
-    }
-
     /// Guards every batch against changes to these column definitions.
     #[must_use]
     pub fn guarding(mut self, fingerprints: Fingerprints) -> Self {
