@@ -200,7 +200,7 @@ impl UnmatchedEstimate {
 pub struct RuleUse {
     pub from: String,
     pub until: String,
-    /// The period's reason, or "the current rules".
+    /// The period's reason, or "the current rules (scope.source)".
     pub rule: String,
     pub batches: usize,
 }
@@ -212,24 +212,17 @@ fn rules(brief: &Brief, batches: &[BatchRange]) -> Vec<RuleUse> {
     if scope.periods.is_empty() {
         return Vec::new();
     }
-    let mut from = scope.batch_by.start;
-    let mut out = Vec::new();
-    for (i, until) in scope
-        .periods
-        .iter()
-        .map(|p| p.until)
-        .chain([scope.batch_by.end])
+    scope
+        .rule_ranges()
+        .into_iter()
         .enumerate()
-    {
-        out.push(RuleUse {
+        .map(|(i, (from, until, rule))| RuleUse {
             from: from.to_string(),
             until: until.to_string(),
-            rule: scope.rule_name(from).to_owned(),
+            rule: rule.to_owned(),
             batches: batches.iter().filter(|b| scope.rule_for(b.lo) == i).count(),
-        });
-        from = until;
-    }
-    out
+        })
+        .collect()
 }
 
 /// Batches whose source coverage `plan` measures, at most: every batch of a

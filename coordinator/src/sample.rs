@@ -18,7 +18,7 @@ use std::time::Instant;
 #[derive(Debug, Serialize)]
 pub struct Sample {
     pub slice: (String, String),
-    /// The rule the slice follows: its period's reason, or "the current rules".
+    /// The rule the slice follows: its period's reason, or "the current rules (scope.source)".
     pub rule: String,
     pub rows_old: i64,
     pub rows_new: i64,

@@ -112,7 +112,12 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
         risk: brief.meta.risk.to_string(),
         state: run.state.to_string(),
         target: brief.scope.target.to_string(),
-        rules: rules(brief),
+        rules: brief
+            .scope
+            .rule_ranges()
+            .into_iter()
+            .map(|(from, until, rule)| (from.to_string(), until.to_string(), rule.to_owned()))
+            .collect(),
         period: (
             brief.scope.batch_by.start.to_string(),
             brief.scope.batch_by.end.to_string(),
@@ -144,21 +149,4 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
             .flatten(),
         temporary_objects,
     })
-}
-
-/// `[from, until)` and the rule of each period, then the current rules' range.
-fn rules(brief: &backfill_shared::brief::Brief) -> Vec<(String, String, String)> {
-    let by = &brief.scope.batch_by;
-    let mut from = by.start;
-    let mut out = Vec::new();
-    for p in &brief.scope.periods {
-        out.push((from.to_string(), p.until.to_string(), p.reason.clone()));
-        from = p.until;
-    }
-    out.push((
-        from.to_string(),
-        by.end.to_string(),
-        "the current rules (scope.source)".to_owned(),
-    ));
-    out
 }

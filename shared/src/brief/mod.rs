@@ -10,7 +10,7 @@ mod bounds;
 mod lint;
 mod reader;
 
-pub use bounds::{BatchBy, BatchRange, Bound, BoundKind, Interval, MAX_BATCHES, Step, within};
+pub use bounds::{BatchBy, BatchRange, Bound, BoundKind, Interval, MAX_BATCHES, Step};
 pub use lint::Problem;
 
 use crate::sql::TableName;
@@ -136,6 +136,9 @@ pub struct Scope {
     pub periods: Vec<Period>,
 }
 
+/// The name of `scope.source`'s rule beside the periods'.
+const CURRENT_RULES: &str = "the current rules (scope.source)";
+
 /// One period of `[[scope.periods]]`: the rule for the `batch_by` values from
 /// the previous period's `until` (or the scope's start) up to `until`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,18 +179,34 @@ impl Scope {
     }
 
     /// The rule a batch starting at `lo` follows, in words: the period's
-    /// reason, or "the current rules".
+    /// reason, or "the current rules (scope.source)".
     #[must_use]
     pub fn rule_name(&self, lo: Bound) -> &str {
         self.periods
             .get(self.rule_for(lo))
-            .map_or("the current rules", |p| p.reason.as_str())
+            .map_or(CURRENT_RULES, |p| p.reason.as_str())
+    }
+
+    /// Each rule's range of `batch_by`, `[from, until)`, and its name, in
+    /// order: the periods', then the current rules' up to the scope's end.
+    #[must_use]
+    pub fn rule_ranges(&self) -> Vec<(Bound, Bound, &str)> {
+        let mut from = self.batch_by.start;
+        let mut out = Vec::with_capacity(self.periods.len() + 1);
+        for p in &self.periods {
+            out.push((from, p.until, p.reason.as_str()));
+            from = p.until;
+        }
+        out.push((from, self.batch_by.end, CURRENT_RULES));
+        out
     }
 
     /// Whether `[lo, hi)` lies inside a range of `accept_empty_source`.
     #[must_use]
     pub fn accepts_empty_source(&self, lo: Bound, hi: Bound) -> bool {
-        bounds::within(&self.accept_empty_source, lo, hi)
+        self.accept_empty_source
+            .iter()
+            .any(|(a, b)| *a <= lo && hi <= *b)
     }
 
     /// Whether `table` holds rows of `[$1, $2)` that this backfill owns: with
