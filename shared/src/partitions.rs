@@ -335,20 +335,20 @@ impl Layout {
         let by_batch_column = [batch_column.to_owned(), quote_ident(batch_column)]
             .iter()
             .any(|c| partition_key == format!("RANGE ({c})"));
-        let ranges: Vec<(RangeEnd, RangeEnd)> = partitions
+        // Each partition's range on the batch column, when it has one.
+        let ends: Vec<Option<(RangeEnd, RangeEnd)>> = partitions
             .iter()
-            .filter_map(|p| {
+            .map(|p| {
                 by_batch_column
                     .then(|| range_ends(&p.bound, kind))
                     .flatten()
             })
             .collect();
+        let ranges: Vec<(RangeEnd, RangeEnd)> = ends.iter().flatten().copied().collect();
         let partitions = partitions
             .iter()
-            .map(|p| {
-                let ends = by_batch_column
-                    .then(|| range_ends(&p.bound, kind))
-                    .flatten();
+            .zip(ends)
+            .map(|(p, ends)| {
                 let (batches, aligned) = match ends {
                     Some((lo, hi)) => {
                         let touching: Vec<&BatchRange> =
