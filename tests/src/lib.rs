@@ -92,16 +92,14 @@ impl TestEnv {
     /// batches are in flight long enough to interfere with (`pg_sleep` is
     /// volatile: the brief says why that is harmless).
     pub async fn slow_brief(&self, batches: i64, max_in_flight: u32, secs: f64) -> String {
-        self.brief(batches, max_in_flight)
-            .await
-            .replace(
-                " GROUP BY o.o_orderkey",
-                &format!(" AND (SELECT pg_sleep({secs})) IS NOT NULL GROUP BY o.o_orderkey"),
-            )
-            .replace(
-                "\n[write]",
-                "volatile_ok = \"pg_sleep only slows each batch down\"\n\n[write]",
-            )
+        let slow = self.brief(batches, max_in_flight).await.replace(
+            " GROUP BY o.o_orderkey",
+            &format!(" AND (SELECT pg_sleep({secs})) IS NOT NULL GROUP BY o.o_orderkey"),
+        );
+        in_scope(
+            &slow,
+            "volatile_ok = \"pg_sleep only slows each batch down\"",
+        )
     }
 
     /// Records a run of `text` (all batches pending) without driving it.
@@ -294,6 +292,25 @@ impl TestEnv {
         )))
         .execute(&self.admin)
         .await;
+    }
+}
+
+/// `text` (a brief whose `[write]` follows `[scope]`) with `lines` added at
+/// the end of `[scope]`: a field, or a `[[scope.periods]]` table.
+#[must_use]
+pub fn in_scope(text: &str, lines: &str) -> String {
+    text.replace("\n[write]", &format!("{lines}\n\n[write]"))
+}
+
+impl TestEnv {
+    /// Plans `text` and returns why the plan was refused; panics if it was not.
+    pub async fn plan_refused(&self, text: &str) -> String {
+        let brief = Brief::parse(text).expect("the brief lints");
+        backfill_coordinator::plan::plan(&self.pool, &brief)
+            .await
+            .map(|_| ())
+            .expect_err("the plan must be refused")
+            .to_string()
     }
 }
 

@@ -73,7 +73,7 @@ impl TestEnv {
 /// Adds `scope.where` to a brief.
 #[must_use]
 pub fn owning(text: &str, filter: &str) -> String {
-    text.replace("\n[write]", &format!("where = \"{filter}\"\n\n[write]"))
+    crate::in_scope(text, &format!("where = \"{filter}\""))
 }
 
 /// A brief rewriting `tpch.ship_revenue` in monthly batches over 1992–1998, one

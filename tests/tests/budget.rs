@@ -8,7 +8,7 @@
 use backfill_coordinator::run::Finish;
 use backfill_coordinator::{plan, resume};
 use backfill_shared::brief::Brief;
-use backfill_tests::{TestEnv, bin, ship_revenue};
+use backfill_tests::{TestEnv, bin, in_scope, ship_revenue};
 use tokio::process::Command;
 
 /// The ship-revenue brief with `budget` as `limits.budget`.
@@ -80,15 +80,13 @@ async fn a_run_halts_at_each_cap_of_its_budget_and_goes_on_when_accepted() {
     // Warehouse seconds: a cap below what the batches spend.
     let env = TestEnv::new(0.01).await;
     env.build_ship_revenue().await;
-    let text = with_budget("{ batch_seconds = 1 }")
-        .replace(
+    let text = in_scope(
+        &with_budget("{ batch_seconds = 1 }").replace(
             "GROUP BY 1, 2",
             "GROUP BY 1, 2 HAVING (SELECT pg_sleep(0.1)) IS NOT NULL",
-        )
-        .replace(
-            "\n[write]",
-            "volatile_ok = \"pg_sleep only slows each batch down\"\n\n[write]",
-        );
+        ),
+        "volatile_ok = \"pg_sleep only slows each batch down\"",
+    );
     let (run_id, ..) = env.record_run(&text).await;
     let Finish::Halted(reason) = env.run_to_end(run_id, 1).await else {
         panic!("the run must halt at its warehouse-time budget")

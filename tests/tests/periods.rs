@@ -8,7 +8,7 @@
 use backfill_coordinator::run::Finish;
 use backfill_coordinator::{plan, report, sample};
 use backfill_shared::brief::{Bound, BoundKind, Brief};
-use backfill_tests::{TestEnv, ship_revenue};
+use backfill_tests::{TestEnv, in_scope, ship_revenue};
 
 const UNTIL: &str = "1995-06-15";
 const OLD_RULE: &str = "Discounts were not netted from revenue until 1995-06-15";
@@ -22,10 +22,10 @@ const OLD_SOURCE: &str = "SELECT l_shipdate, l_shipmode,
  GROUP BY 1, 2";
 
 fn brief() -> String {
-    ship_revenue::brief("merge", "delete", "").replace(
-        "\n[write]",
+    in_scope(
+        &ship_revenue::brief("merge", "delete", ""),
         &format!(
-            "\n[[scope.periods]]\nuntil = \"{UNTIL}\"\nreason = \"{OLD_RULE}\"\nsource = \"\"\"\n{OLD_SOURCE}\n\"\"\"\n\n[write]"
+            "\n[[scope.periods]]\nuntil = \"{UNTIL}\"\nreason = \"{OLD_RULE}\"\nsource = \"\"\"\n{OLD_SOURCE}\n\"\"\""
         ),
     )
 }

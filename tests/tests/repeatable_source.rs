@@ -8,25 +8,13 @@
 
 use backfill_coordinator::plan;
 use backfill_shared::brief::Brief;
-use backfill_tests::{TestEnv, ship_revenue};
+use backfill_tests::{TestEnv, in_scope, ship_revenue};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `text` with `scope.volatile_ok` set.
 fn accepting(text: &str) -> String {
-    text.replace(
-        "\n[write]",
-        "volatile_ok = \"the value is multiplied by zero\"\n\n[write]",
-    )
-}
-
-async fn plan_error(env: &TestEnv, text: &str) -> String {
-    let brief = Brief::parse(text).expect("the brief lints");
-    plan::plan(&env.pool, &brief)
-        .await
-        .map(|_| ())
-        .expect_err("the plan must be refused")
-        .to_string()
+    in_scope(text, "volatile_ok = \"the value is multiplied by zero\"")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -43,7 +31,7 @@ async fn a_source_calling_a_volatile_or_clock_function_is_refused_unless_acknowl
             "count(*)::integer AS lines",
             &format!("(count(*) + 0 * {call})::integer AS lines"),
         );
-        let refused = plan_error(&env, &text).await;
+        let refused = env.plan_refused(&text).await;
         assert!(
             refused.contains(named) && refused.contains("scope.volatile_ok"),
             "{call}: {refused}"
@@ -99,7 +87,7 @@ async fn a_source_whose_rows_change_between_two_runs_is_refused_with_the_batch()
         "sum(l_extendedprice * (1 - l_discount))::numeric(18,2) AS revenue",
         "(sum(l_extendedprice * (1 - l_discount)) * (SELECT rate FROM tpch.rates))::numeric(18,2) AS revenue",
     );
-    let refused = plan_error(&env, &text).await;
+    let refused = env.plan_refused(&text).await;
     stop.store(true, Ordering::Relaxed);
     updater.await.unwrap();
     assert!(
