@@ -48,9 +48,10 @@ GRANT INSERT, UPDATE ON backfill.runs, backfill.batches TO backfill_operator;
 GRANT INSERT, DELETE ON backfill.maintenance TO backfill_operator;
 GRANT INSERT ON backfill.run_log, backfill.validations, backfill.validation_runs TO backfill_operator;
 
--- Reviewers validate and approve; the database lets only the named reviewer's
--- role approve or accept (the triggers of migration 0008).
-GRANT UPDATE (state, approved_by, approved_at, approved_validation, updated_at) ON backfill.runs TO backfill_reviewer;
+-- Reviewers validate, approve and promote canaries; the database lets only the
+-- named reviewer's role approve, accept or promote (the triggers of migrations
+-- 0008 and 0010).
+GRANT UPDATE (state, approved_by, approved_at, approved_validation, promoted_by, promoted_at, updated_at) ON backfill.runs TO backfill_reviewer;
 GRANT INSERT ON backfill.run_log, backfill.validations, backfill.validation_runs,
     backfill.check_acceptances TO backfill_reviewer;
 

@@ -1,6 +1,7 @@
 //! The Backfill coordinator (`backfill` CLI), as a library the tests drive. It
 //! reaches workers only through `backfill_shared`, the broker and the control plane.
 //!
+//! - [`canary`]: `limits.canary` (which batches go first) and `backfill promote`.
 //! - [`catalog`]: what reads a table (views, materialized views).
 //! - [`preflight`]: checks of a brief against the warehouse catalog, blast radius.
 //! - [`plan`]: `backfill plan`.
@@ -10,13 +11,16 @@
 //! - [`sample`]: `backfill sample`, a test run on a slice that writes nothing.
 //! - [`status`]: `backfill status`.
 //! - [`validate`]: `backfill validate`, the run-level checklist.
+//! - [`list`]: `backfill list`, and the run a `RUN` argument (an id prefix) names.
 //! - [`lifecycle`]: approve, cutover, rollback, cleanup, maintenance marker.
 //! - [`demo`] and [`tpch`]: the end-to-end demo on generated TPC-H data.
 
+pub mod canary;
 pub mod catalog;
 pub mod demo;
 pub mod error;
 pub mod lifecycle;
+pub mod list;
 pub mod people;
 pub mod plan;
 pub mod preflight;

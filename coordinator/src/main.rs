@@ -3,7 +3,7 @@
 
 use backfill_coordinator::run::{DriveOptions, Finish};
 use backfill_coordinator::{
-    CliError, Result, demo, lifecycle, operator, plan, read_brief, run, status,
+    CliError, Result, demo, lifecycle, list, operator, plan, read_brief, run, status,
 };
 use backfill_shared::config::Config;
 use backfill_shared::control;
@@ -69,32 +69,52 @@ enum Command {
         #[arg(long, value_name = "WHY")]
         over_budget: Option<String>,
     },
+    /// Runs, newest first: state, progress, rows written, and what holds each.
+    List {
+        /// Only runs in this state (running, halted, canary, applied, cut_over, ...).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only runs on this table (schema.table).
+        #[arg(long)]
+        target: Option<String>,
+        /// Only runs this person owns.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Only runs started since: a date (2026-11-01), a UTC time, or an age (2d, 6h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Most runs shown.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Drive a recorded run to its end (after `run --detach`, or after the coordinator died).
-    Follow { run: Uuid },
+    Follow { run: String },
     /// Pause a running run: no new batch starts; in-flight ones finish.
-    Pause { run: Uuid },
+    Pause { run: String },
     /// Cancel a run: nothing more starts; applied batches stay (and can be rolled back).
-    Cancel { run: Uuid },
+    Cancel { run: String },
     /// Resume a paused or halted run and drive it, or re-attach to a running one whose
     /// coordinator died; a breached limit must be accepted with a reason.
     Resume {
-        run: Uuid,
+        run: String,
         /// Why the breach is acceptable (recorded with your name).
         #[arg(long)]
         accept: Option<String>,
     },
     /// Put failed batches back to pending (after fixing their cause) and drive the run.
-    Retry { run: Uuid },
-    /// Batches by state, rows, failures and ETA of a run.
+    Retry { run: String },
+    /// Batches by state, rows, failures and ETA of a run (the latest without RUN).
     Status {
-        run: Uuid,
+        run: Option<String>,
         #[arg(long)]
         json: bool,
     },
     /// Run the run-level checklist (freshness, completeness, uniqueness, references,
     /// metric reconciliation, size); exit 1 if any check fails.
     Validate {
-        run: Uuid,
+        run: String,
         #[arg(long)]
         json: bool,
         /// Accept a failed check of the latest validation instead (not as the owner).
@@ -106,14 +126,22 @@ enum Command {
     },
     /// The change note for stakeholders: what changed, why, validation, metric deltas.
     Report {
-        run: Uuid,
+        run: String,
         /// md or html (self-contained, with an inline SVG chart).
         #[arg(long, default_value = "md")]
         format: String,
     },
+    /// Let a run waiting at its canary (limits.canary) go on, as its reviewer.
+    Promote {
+        run: String,
+        /// Who you mean to promote as: checked against the database login, which
+        /// must be the role of the reviewer the brief names (never its owner).
+        #[arg(long)]
+        reviewer: Option<String>,
+    },
     /// Record the reviewer's approval of an applied run.
     Approve {
-        run: Uuid,
+        run: String,
         /// Who you mean to approve as: checked against the database login, which
         /// must be the role of the reviewer the brief names (never its owner).
         #[arg(long)]
@@ -127,14 +155,14 @@ enum Command {
     /// Expose an approved run: swap in the built table (staging-swap, parallel-version),
     /// then run the brief's refresh statements and refresh dependent materialized views.
     Cutover {
-        run: Uuid,
+        run: String,
         /// Longest wait for the target's lock during the swap, in milliseconds.
         #[arg(long, default_value_t = 5000)]
         lock_timeout_ms: u64,
     },
     /// Put the target back exactly as it was before the run.
     Rollback {
-        run: Uuid,
+        run: String,
         /// Roll back even though a later run changed the same target.
         #[arg(long)]
         force: bool,
@@ -146,7 +174,7 @@ enum Command {
     },
     /// Drop a finished run's before-images and old copies once retain_days has passed.
     Cleanup {
-        run: Uuid,
+        run: String,
         /// Do not wait for retain_days.
         #[arg(long)]
         now: bool,
@@ -280,12 +308,38 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
             eprint!("{}", plan.render());
             drive_to_end(&config, &pool, run_id, metrics_addr).await
         }
+        Command::List {
+            state,
+            target,
+            owner,
+            since,
+            limit,
+            json,
+        } => {
+            let pool = control_plane(&config, 2).await?;
+            let filter = list::filter(
+                state.as_deref(),
+                target.as_deref(),
+                owner.as_deref(),
+                since.as_deref(),
+                limit,
+            )?;
+            let rows = list::list(&pool, &filter).await?;
+            if json {
+                print_json(&serde_json::json!({ "runs": rows }))
+            } else {
+                print!("{}", list::render(&rows));
+                Ok(())
+            }
+        }
         Command::Follow { run } => {
             let pool = control_plane(&config, 4).await?;
+            let run = list::resolve(&pool, &run).await?;
             drive_to_end(&config, &pool, run, metrics_addr).await
         }
         Command::Pause { run } => {
             let pool = control_plane(&config, 2).await?;
+            let run = list::resolve(&pool, &run).await?;
             backfill_coordinator::resume::pause(&pool, run, &operator()).await?;
             tell_workers(&config, &pool, run).await;
             eprintln!(
@@ -295,6 +349,7 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
         }
         Command::Cancel { run } => {
             let pool = control_plane(&config, 2).await?;
+            let run = list::resolve(&pool, &run).await?;
             backfill_coordinator::resume::cancel(&pool, run, &operator()).await?;
             tell_workers(&config, &pool, run).await;
             if let Err(e) = run::drop_events_queue(&config, &pool, run).await {
@@ -305,18 +360,21 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
         }
         Command::Resume { run, accept } => {
             let pool = control_plane(&config, 4).await?;
+            let run = list::resolve(&pool, &run).await?;
             backfill_coordinator::resume::resume(&pool, run, &operator(), accept.as_deref())
                 .await?;
             drive_to_end(&config, &pool, run, metrics_addr).await
         }
         Command::Retry { run } => {
             let pool = control_plane(&config, 4).await?;
+            let run = list::resolve(&pool, &run).await?;
             let n = backfill_coordinator::resume::retry(&pool, run, &operator()).await?;
             eprintln!("{n} failed batch(es) pending again");
             drive_to_end(&config, &pool, run, metrics_addr).await
         }
         Command::Status { run, json } => {
             let pool = control_plane(&config, 2).await?;
+            let run = list::resolve_or_latest(&pool, run.as_deref()).await?;
             let status = status::status(&pool, run).await?;
             if json {
                 println!(
@@ -336,6 +394,7 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
             ..
         } => {
             let pool = control_plane(&config, 2).await?;
+            let run = list::resolve(&pool, &run).await?;
             let actor = backfill_coordinator::validate::accept(
                 &pool,
                 run,
@@ -350,6 +409,7 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
         }
         Command::Validate { run, json, .. } => {
             let pool = control_plane(&config, 2).await?;
+            let run = list::resolve(&pool, &run).await?;
             let checks = backfill_coordinator::validate::validate(&pool, run).await?;
             if json {
                 print_json(&checks)?;
@@ -372,6 +432,7 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
         }
         Command::Report { run, format } => {
             let pool = control_plane(&config, 2).await?;
+            let run = list::resolve(&pool, &run).await?;
             let report = backfill_coordinator::report::gather(&pool, run).await?;
             match format.as_str() {
                 "md" => print!("{}", report.markdown()),
@@ -386,8 +447,25 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
         }
         Command::Approve { run, reviewer } => {
             let pool = control_plane(&config, 2).await?;
+            let run = list::resolve(&pool, &run).await?;
             let by = lifecycle::approve::approve(&pool, run, reviewer.as_deref()).await?;
             eprintln!("run {run} approved by {by}; `backfill cutover {run}` exposes it");
+            Ok(())
+        }
+        Command::Promote { run, reviewer } => {
+            let pool = control_plane(&config, 2).await?;
+            let run = list::resolve(&pool, &run).await?;
+            let by = backfill_coordinator::canary::promote(&pool, run, reviewer.as_deref()).await?;
+            tell_workers(&config, &pool, run).await;
+            if backfill_coordinator::run::is_driven(&pool, run).await? {
+                eprintln!(
+                    "run {run}'s canary promoted by {by}; its coordinator publishes the rest"
+                );
+            } else {
+                eprintln!(
+                    "run {run}'s canary promoted by {by}; no coordinator drives it now: `backfill follow {run}` (the operator) applies the rest"
+                );
+            }
             Ok(())
         }
         Command::People { action } => {
@@ -399,6 +477,7 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
             lock_timeout_ms,
         } => {
             let pool = control_plane(&config, 2).await?;
+            let run = list::resolve(&pool, &run).await?;
             let report = lifecycle::cutover::cutover(
                 &pool,
                 run,
@@ -415,6 +494,7 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
             lock_timeout_ms,
         } => {
             let pool = control_plane(&config, 2).await?;
+            let run = list::resolve(&pool, &run).await?;
             let report = lifecycle::rollback::rollback(
                 &pool,
                 run,
@@ -430,6 +510,7 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
         }
         Command::Cleanup { run, now } => {
             let pool = control_plane(&config, 2).await?;
+            let run = list::resolve(&pool, &run).await?;
             let dropped = lifecycle::cleanup::cleanup(&pool, run, &operator(), now).await?;
             print_json(&serde_json::json!({ "dropped": dropped }))
         }

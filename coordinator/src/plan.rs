@@ -32,6 +32,10 @@ pub struct Plan {
     pub unmatched: UnmatchedEstimate,
     /// `limits.budget`: the caps the estimate is held against ([`Plan::over_budget`]).
     pub budget: backfill_shared::brief::Budget,
+    /// `limits.canary`: the batches applied first, `[lo, hi)` each; empty without one.
+    pub canary: Vec<(u32, String, String)>,
+    /// Whether the canary promotes itself when it breaches no limit.
+    pub canary_auto: bool,
     /// Which rule each range follows, with its batches: `[[scope.periods]]`
     /// in order, then `scope.source`. Empty without periods.
     pub rules: Vec<RuleUse>,
@@ -425,6 +429,12 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         .cloned()
         .collect();
     let partitions = layout(pool, brief, &batches).await?;
+    let canary = crate::canary::pick(pool, brief, &batches)
+        .await?
+        .into_iter()
+        .filter_map(|no| batches.get(no as usize))
+        .map(|b| (b.no, b.lo.to_string(), b.hi.to_string()))
+        .collect();
     let partition_note = partitions.as_ref().map(|l| partition_note(brief, l));
     let plan = Plan {
         name: brief.meta.name.clone(),
@@ -442,6 +452,8 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         unmatched,
         rules: rules(brief, &batches),
         budget: brief.limits.budget,
+        canary,
+        canary_auto: brief.limits.canary.as_ref().is_some_and(|c| c.auto),
         coverage,
         repeatable,
         partitions,
@@ -639,6 +651,22 @@ impl Plan {
                     "the estimate fits limits.budget".to_owned()
                 } else {
                     format!("OVER: {}", over.join("; "))
+                }
+            );
+        }
+        if !self.canary.is_empty() {
+            let _ = writeln!(
+                s,
+                "  canary:   batches {} first, then {}",
+                self.canary
+                    .iter()
+                    .map(|(no, lo, hi)| format!("{no} [{lo}, {hi})"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if self.canary_auto {
+                    "the rest at once if no limit is breached (canary.auto)"
+                } else {
+                    "the run waits for the reviewer's `backfill promote`"
                 }
             );
         }

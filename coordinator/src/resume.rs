@@ -56,6 +56,11 @@ pub async fn resume(pool: &PgPool, run_id: Uuid, actor: &str, accept: Option<&st
         // Its coordinator may have died: the caller re-attaches (a live one keeps
         // the driver lock, and the caller is told so).
         RunState::Running => return Ok(()),
+        RunState::Canary => {
+            return Err(CliError::BadInput(format!(
+                "run {run_id} waits at its canary; the reviewer lets it go on: `backfill promote {run_id}`"
+            )));
+        }
         other => {
             return Err(CliError::BadInput(format!(
                 "run {run_id} is {other}; only a halted run resumes"
@@ -165,6 +170,7 @@ pub async fn cancel(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<()> {
         RunState::Running,
         RunState::Paused,
         RunState::Halted,
+        RunState::Canary,
         RunState::Applied,
         RunState::Approved,
     ];

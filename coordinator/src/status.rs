@@ -43,6 +43,8 @@ pub struct Status {
     pub no_workers: Option<String>,
     /// `limits.budget` and what the run has used of it; `None` without a budget.
     pub budget: Option<BudgetStatus>,
+    /// `limits.canary`: its batches and what they showed; `None` without one.
+    pub canary: Option<crate::canary::Figures>,
 }
 
 /// A run's budget: its caps and what it has used.
@@ -63,15 +65,15 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
     let failures = batches::failures(pool, run_id).await?;
     let remaining = counts.total() - counts.applied;
     let throttled_since = run.throttled_since;
+    // Time the run worked: a wait at its canary is not its pace.
+    let worked = run.working_time(chrono::Utc::now());
     let eta_seconds =
         (run.finished_at.is_none() && counts.applied > 0 && remaining > 0).then(|| {
-            let elapsed = (chrono::Utc::now() - run.created_at).num_seconds().max(1);
+            let elapsed = worked.num_seconds().max(1);
             elapsed * remaining / counts.applied
         });
     let eta_range_seconds = eta_seconds.and_then(|_| {
-        let elapsed_ms = (chrono::Utc::now() - run.created_at)
-            .num_milliseconds()
-            .max(1) as f64;
+        let elapsed_ms = worked.num_milliseconds().max(1) as f64;
         // Batches applied side by side, on average, so far.
         let concurrency = counts.applied_ms as f64 / elapsed_ms;
         let mean = counts.applied_ms as f64 / counts.applied as f64;
@@ -97,7 +99,8 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
         let used = backfill_shared::checks::BudgetUse {
             rows_written: counts.rows.inserted + counts.rows.updated + counts.rows.deleted,
             batch_seconds: counts.applied_ms as f64 / 1000.0,
-            elapsed_seconds: (run.finished_at.unwrap_or_else(chrono::Utc::now) - run.created_at)
+            elapsed_seconds: run
+                .working_time(run.finished_at.unwrap_or_else(chrono::Utc::now))
                 .as_seconds_f64(),
             applied: usize::try_from(counts.applied).unwrap_or(0),
             total: usize::try_from(counts.total()).unwrap_or(0),
@@ -110,7 +113,9 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
             projected_seconds: used.projected_seconds(),
         }
     });
+    let canary = crate::canary::figures(pool, &run).await?;
     Ok(Status {
+        canary,
         budget,
         no_workers,
         run_id,
@@ -211,6 +216,9 @@ impl Status {
                 });
             }
             let _ = writeln!(s, "  budget:   {}", parts.join("; "));
+        }
+        if let Some(canary) = &self.canary {
+            s.push_str(&canary.render());
         }
         if !self.breaches.is_empty() {
             let _ = writeln!(s, "  limits breached:");

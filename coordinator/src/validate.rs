@@ -43,12 +43,7 @@ const EXPECTED_ROWS_TOLERANCE: f64 = 0.10;
 pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
     let run = runs::load(pool, run_id).await?;
     let brief = &run.brief;
-    let table = run
-        .side_table
-        .as_deref()
-        .filter(|_| run.old_table.is_none())
-        .and_then(backfill_shared::sql::TableName::parse)
-        .unwrap_or_else(|| brief.scope.target.clone());
+    let table = exposed_table(&run);
     let t = table.quoted();
     let scope = brief.scope.owned_range("");
     let (start, end) = (brief.scope.batch_by.start, brief.scope.batch_by.end);
@@ -488,9 +483,19 @@ async fn reconciliation(
     })
 }
 
+/// The table the run's rows are in now: the one it builds (staging-swap,
+/// parallel-version, before cutover), else the target.
+pub(crate) fn exposed_table(run: &Run) -> backfill_shared::sql::TableName {
+    run.side_table
+        .as_deref()
+        .filter(|_| run.old_table.is_none())
+        .and_then(backfill_shared::sql::TableName::parse)
+        .unwrap_or_else(|| run.brief.scope.target.clone())
+}
+
 /// The brief's edge-case records before the run (from the before-images, where
 /// the run changed them) and now. Informational: a reviewer reads them.
-async fn edge_cases(pool: &PgPool, run: &Run, t: &str) -> Result<Check> {
+pub(crate) async fn edge_cases(pool: &PgPool, run: &Run, t: &str) -> Result<Check> {
     let key = run
         .brief
         .scope

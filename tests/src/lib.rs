@@ -14,8 +14,10 @@ use backfill_shared::config::Config;
 use backfill_shared::control;
 use backfill_shared::topology::Topology;
 use lapin::options::QueueDeleteOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
 use std::path::PathBuf;
+use std::str::FromStr as _;
 use uuid::Uuid;
 
 /// The TPC-H schema every test database holds.
@@ -292,6 +294,98 @@ impl TestEnv {
         )))
         .execute(&self.admin)
         .await;
+    }
+}
+
+/// Database logins of a test's people, one per name, each in a group role of
+/// `deploy/roles.sql` (applied first), mapped to that name in `backfill.people`
+/// when asked. Roles are the cluster's: [`Logins::drop`] them after the test.
+#[derive(Debug)]
+pub struct Logins {
+    prefix: String,
+    pools: Vec<(String, PgPool)>,
+}
+
+impl TestEnv {
+    /// `people`: (name, group role, whether `backfill.people` maps the name to it).
+    pub async fn logins(&self, people: &[(&str, &str, bool)]) -> Logins {
+        sqlx::raw_sql(AssertSqlSafe(include_str!("../../deploy/roles.sql")))
+            .execute(&self.pool)
+            .await
+            .expect("deploy/roles.sql applies");
+        let prefix = format!("bf_{}", &self.database["bf_test_".len()..]);
+        let mut pools = Vec::new();
+        for (who, group, mapped) in people {
+            let role = format!("{prefix}_{who}");
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE ROLE {role} LOGIN IN ROLE {group}"
+            )))
+            .execute(&self.pool)
+            .await
+            .expect("create a login");
+            if *mapped {
+                control::people::put(
+                    &self.pool,
+                    &control::people::Person {
+                        name: (*who).into(),
+                        role: role.clone(),
+                        email: Some(format!("{who}@example.com")),
+                    },
+                )
+                .await
+                .expect("map a person");
+            }
+            let options = PgConnectOptions::from_str(&self.config.database_url)
+                .expect("database URL")
+                .username(&role);
+            let pool = PgPoolOptions::new()
+                .max_connections(2)
+                .connect_with(options)
+                .await
+                .unwrap_or_else(|e| panic!("connect as {role}: {e}"));
+            pools.push(((*who).to_owned(), pool));
+        }
+        Logins { prefix, pools }
+    }
+}
+
+impl Logins {
+    /// The database role `who` logs in as.
+    #[must_use]
+    pub fn role(&self, who: &str) -> String {
+        format!("{}_{who}", self.prefix)
+    }
+
+    /// A pool connected as `who`.
+    #[must_use]
+    pub fn pool(&self, who: &str) -> &PgPool {
+        &self
+            .pools
+            .iter()
+            .find(|(w, _)| w == who)
+            .unwrap_or_else(|| panic!("no login for {who}"))
+            .1
+    }
+
+    /// Closes the pools and drops the roles: after [`TestEnv::cleanup`], which
+    /// drops the database their privileges are in.
+    pub async fn drop(self) {
+        let admin = backfill_shared::services::postgres(
+            &Config::from_env().expect("BACKFILL_* variables"),
+            1,
+        )
+        .await
+        .expect("connect as the administrator");
+        for (who, pool) in self.pools {
+            pool.close().await;
+            sqlx::query(AssertSqlSafe(format!(
+                "DROP ROLE IF EXISTS {}_{who}",
+                self.prefix
+            )))
+            .execute(&admin)
+            .await
+            .expect("drop a login");
+        }
     }
 }
 

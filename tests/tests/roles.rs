@@ -10,24 +10,10 @@ use backfill_coordinator::lifecycle::{approve, cutover};
 use backfill_coordinator::resume;
 use backfill_coordinator::run::Finish;
 use backfill_coordinator::validate;
-use backfill_shared::control::people::{self, Person};
 use backfill_shared::control::runs::{self, RunState};
 use backfill_tests::{TestEnv, ship_revenue};
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use std::str::FromStr as _;
 use std::time::Duration;
-
-async fn pool_as(env: &TestEnv, role: &str) -> PgPool {
-    let options = PgConnectOptions::from_str(&env.config.database_url)
-        .unwrap()
-        .username(role);
-    PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(options)
-        .await
-        .unwrap_or_else(|e| panic!("connect as {role}: {e}"))
-}
 
 /// A direct approval past the CLI, as `pool`'s role.
 async fn approve_by_sql(pool: &PgPool, run_id: uuid::Uuid) -> sqlx::Error {
@@ -59,57 +45,29 @@ async fn each_role_does_what_it_should_and_nothing_else() {
     let (running, ..) = env.record_run(&env.brief(4, 1).await).await;
 
     // The documented roles, and one login per person.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(include_str!("../../deploy/roles.sql")))
-        .execute(&env.pool)
-        .await
-        .expect("deploy/roles.sql applies");
-    let id = env.database["bf_test_".len()..].to_owned();
-    let login = |who: &str| format!("bf_{id}_{who}");
-    for (who, group) in [
-        ("alice", "backfill_operator"),
-        ("bob", "backfill_reviewer"),
-        ("vera", "backfill_viewer"),
-        ("walt", "backfill_worker"),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE ROLE {} LOGIN IN ROLE {group}",
-            login(who)
-        )))
-        .execute(&env.pool)
-        .await
-        .unwrap();
-    }
-    for who in ["alice", "bob"] {
-        people::put(
-            &env.pool,
-            &Person {
-                name: who.into(),
-                role: login(who),
-                email: Some(format!("{who}@example.com")),
-            },
-        )
-        .await
-        .unwrap();
-    }
-    let [alice, bob, vera, walt] = [
-        pool_as(&env, &login("alice")).await,
-        pool_as(&env, &login("bob")).await,
-        pool_as(&env, &login("vera")).await,
-        pool_as(&env, &login("walt")).await,
-    ];
+    let logins = env
+        .logins(&[
+            ("alice", "backfill_operator", true),
+            ("bob", "backfill_reviewer", true),
+            ("vera", "backfill_viewer", false),
+            ("walt", "backfill_worker", false),
+        ])
+        .await;
+    let login = |who: &str| logins.role(who);
+    let [alice, bob, vera, walt] = ["alice", "bob", "vera", "walt"].map(|w| logins.pool(w));
 
     // The owner cannot approve: not naming the reviewer, not past the CLI.
-    let err = approve::approve(&alice, run_id, Some("bob"))
+    let err = approve::approve(alice, run_id, Some("bob"))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("this session is alice"), "{err}");
-    let err = approve::approve(&alice, run_id, None).await.unwrap_err();
+    let err = approve::approve(alice, run_id, None).await.unwrap_err();
     assert!(err.to_string().contains("owns run"), "{err}");
-    let err = approve_by_sql(&alice, run_id).await;
+    let err = approve_by_sql(alice, run_id).await;
     assert!(denied(&err), "{err}");
     assert!(err.to_string().contains("only bob"), "{err}");
     // Nor may the owner accept a failed check, through the CLI or past it.
-    let err = validate::accept(&alice, run_id, "uniqueness", "looks fine")
+    let err = validate::accept(alice, run_id, "uniqueness", "looks fine")
         .await
         .unwrap_err();
     assert!(err.to_string().contains("owns run"), "{err}");
@@ -118,35 +76,35 @@ async fn each_role_does_what_it_should_and_nothing_else() {
          SELECT max(id), 'uniqueness', 'alice', 'x' FROM backfill.validation_runs WHERE run_id = $1",
     )
     .bind(run_id)
-    .execute(&alice)
+    .execute(alice)
     .await
     .unwrap_err();
     assert!(denied(&err), "{err}");
 
     // A worker cannot approve.
-    let err = approve::approve(&walt, run_id, None).await.unwrap_err();
+    let err = approve::approve(walt, run_id, None).await.unwrap_err();
     assert!(
         err.to_string().contains("nobody in backfill.people"),
         "{err}"
     );
-    assert!(denied(&approve_by_sql(&walt, run_id).await));
+    assert!(denied(&approve_by_sql(walt, run_id).await));
 
     // A viewer reads, and cannot pause, approve or cut over.
-    assert_eq!(runs::state(&vera, run_id).await.unwrap(), RunState::Applied);
-    let err = resume::pause(&vera, running, "vera").await.unwrap_err();
+    assert_eq!(runs::state(vera, run_id).await.unwrap(), RunState::Applied);
+    let err = resume::pause(vera, running, "vera").await.unwrap_err();
     assert_eq!(err.exit_code(), 2, "{err}");
     assert!(err.to_string().contains("permission denied"), "{err}");
-    assert!(approve::approve(&vera, run_id, None).await.is_err());
-    assert!(denied(&approve_by_sql(&vera, run_id).await));
+    assert!(approve::approve(vera, run_id, None).await.is_err());
+    assert!(denied(&approve_by_sql(vera, run_id).await));
 
     // The operator pauses; the reviewer approves.
-    resume::pause(&alice, running, "alice").await.unwrap();
-    assert_eq!(approve::approve(&bob, run_id, None).await.unwrap(), "bob");
+    resume::pause(alice, running, "alice").await.unwrap();
+    assert_eq!(approve::approve(bob, run_id, None).await.unwrap(), "bob");
     assert_eq!(
         runs::state(&env.pool, run_id).await.unwrap(),
         RunState::Approved
     );
-    let err = cutover::cutover(&vera, run_id, "vera", Duration::from_secs(5))
+    let err = cutover::cutover(vera, run_id, "vera", Duration::from_secs(5))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("permission denied"), "{err}");
@@ -188,19 +146,6 @@ async fn each_role_does_what_it_should_and_nothing_else() {
         "{entries:?}"
     );
 
-    for pool in [alice, bob, vera, walt] {
-        pool.close().await;
-    }
     env.cleanup().await;
-    let base = backfill_shared::config::Config::from_env().unwrap();
-    let admin = backfill_shared::services::postgres(&base, 1).await.unwrap();
-    for who in ["alice", "bob", "vera", "walt"] {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP ROLE IF EXISTS {}",
-            login(who)
-        )))
-        .execute(&admin)
-        .await
-        .unwrap();
-    }
+    logins.drop().await;
 }

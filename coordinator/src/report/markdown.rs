@@ -27,6 +27,39 @@ pub(crate) fn fmt_num(v: f64) -> String {
     format!("{}{grouped}.{frac}", if v < 0.0 { "-" } else { "" })
 }
 
+/// The canary in one table cell: its batches, what they wrote and how fast,
+/// its metric deltas, and who let the rest go on.
+fn canary_row(c: &crate::canary::Figures) -> String {
+    let batches = c
+        .batches
+        .iter()
+        .map(|b| format!("{} [{}, {})", b.batch_no, b.lo, b.hi))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let pace = c
+        .seconds_per_batch
+        .map_or_else(String::new, |p| format!(", {p:.2} s per batch"));
+    let deltas = c
+        .metrics
+        .iter()
+        .map(|m| format!("{} {}: {}", m.metric, group_label(&m.group), fmt_pct(m)))
+        .collect::<Vec<_>>();
+    let deltas = if deltas.is_empty() {
+        String::new()
+    } else {
+        format!("; metrics {}", deltas.join(", "))
+    };
+    let promoted = match &c.promoted {
+        Some((by, at)) => format!("promoted by {by} at {}", at.format("%Y-%m-%d %H:%M UTC")),
+        None if c.waiting_since.is_some() => "waiting for the reviewer to promote".into(),
+        None => "not yet applied".into(),
+    };
+    format!(
+        "batches {batches} went first: {} rows written{pace}{deltas}; {promoted}",
+        c.rows_written
+    )
+}
+
 fn fmt_pct(d: &GroupDelta) -> String {
     d.delta_pct()
         .map_or_else(|| "new".into(), |p| format!("{p:+.2}%"))
@@ -58,6 +91,9 @@ impl Report {
                 .map(|(from, until, rule)| format!("[{from}, {until}): {rule}"))
                 .collect::<Vec<_>>();
             let _ = writeln!(s, "| Rules by period | {} |", rules.join("; "));
+        }
+        if let Some(c) = &self.canary {
+            let _ = writeln!(s, "| Canary | {} |", canary_row(c));
         }
         let _ = writeln!(s, "| Tables | {} ({}) |", self.target, self.strategy);
         let _ = writeln!(s, "| Stakeholders | {} |", self.stakeholders.join(", "));

@@ -59,6 +59,8 @@ pub struct Report {
     pub accepted_breaches: Vec<(String, String, String)>,
     pub temporary_objects: Vec<String>,
     pub retained_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// `limits.canary`: the batches that went first and what they showed.
+    pub canary: Option<crate::canary::Figures>,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -104,6 +106,7 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
     }
     let finished = run.cut_over_at.or(run.rolled_back_at).or(run.finished_at);
     Ok(Report {
+        canary: crate::canary::figures(pool, &run).await?,
         run_id,
         name: brief.meta.name.clone(),
         reason: brief.meta.reason.clone(),

@@ -76,6 +76,7 @@ pub async fn create(
         }
     }
     let fingerprints = drift::fingerprints(pool, &guarded).await?;
+    let canary = crate::canary::pick(pool, brief, batches).await?;
     runs::create(
         pool,
         &NewRun {
@@ -89,6 +90,7 @@ pub async fn create(
             fingerprints: &fingerprints,
             marker: live.then(|| maintenance::Marker::of(brief, run_id)),
             params,
+            canary: &canary,
         },
     )
     .await

@@ -75,6 +75,8 @@ pub(super) struct Tally {
     rows_source: i64,
     /// The applied batches' apply durations, summed: the warehouse time spent.
     batch_ms: i64,
+    /// How long the run waited for its canary's promotion: not working time.
+    pub(super) canary_wait: chrono::Duration,
 }
 
 impl Tally {
@@ -85,6 +87,7 @@ impl Tally {
             rows_written: 0,
             rows_source: 0,
             batch_ms: 0,
+            canary_wait: chrono::Duration::zero(),
         }
     }
 
@@ -137,7 +140,8 @@ pub(super) async fn take(
         let used = checks::BudgetUse {
             rows_written: tally.rows_written,
             batch_seconds: tally.batch_ms as f64 / 1000.0,
-            elapsed_seconds: (chrono::Utc::now() - run.created_at).as_seconds_f64(),
+            elapsed_seconds: ((chrono::Utc::now() - run.created_at) - tally.canary_wait)
+                .as_seconds_f64(),
             applied: tally.count,
             total: tally.applied.len(),
         };

@@ -85,6 +85,11 @@ pub async fn drop_events_queue(config: &Config, pool: &PgPool, run_id: Uuid) -> 
     Ok(())
 }
 
+/// Whether a coordinator drives the run now (holds its driver lock).
+pub async fn is_driven(pool: &PgPool, run_id: Uuid) -> Result<bool> {
+    DriverLock::is_held(pool, run_id).await
+}
+
 /// Options of [`drive`].
 #[derive(Debug, Clone)]
 pub struct DriveOptions {
@@ -219,6 +224,18 @@ fn reconnect_policy() -> ExponentialBuilder {
         .with_jitter()
 }
 
+/// What the drive does once the canary's batches are applied.
+enum CanaryStep {
+    /// Hold the rest: the run waits at its canary for the reviewer.
+    Wait,
+    /// Stop driving: the run was stopped meanwhile.
+    Stop(Finish),
+    /// Promoted: publish the rest.
+    Promoted,
+    /// Paused meanwhile: look again later.
+    NotNow,
+}
+
 /// What one attachment of the coordinator to a run needs.
 struct Attachment<'a> {
     config: &'a Config,
@@ -277,6 +294,15 @@ impl Attachment<'_> {
             batches::numbers_in_state(pool, run_id, BatchState::Pending)
                 .await?
                 .into();
+        // Before its promotion, a run with a canary publishes only the canary's
+        // batches; the time it waited for the promotion is not the run's pace.
+        let fresh = runs::load(pool, run_id).await?;
+        tally.canary_wait = fresh.canary_wait(chrono::Utc::now());
+        let mut canary = fresh.in_canary().then(|| run.canary_batches.clone());
+        if let Some(canary) = &canary {
+            let canary: HashSet<u32> = canary.iter().copied().collect();
+            pending.retain(|no| canary.contains(no));
+        }
         let batch_out = BatchPublisher {
             run_span,
             channel: &publish,
@@ -314,7 +340,7 @@ impl Attachment<'_> {
         );
         // Paused by the operator or throttled by the load guard: publish nothing new.
         // Polled before the first batch goes out, and at every reconcile after.
-        let mut held = runs::state(pool, run_id).await? == RunState::Paused
+        let mut held = matches!(fresh.state, RunState::Paused | RunState::Canary)
             || guard.poll(pool, run_id).await?;
         self.tell_workers().await;
         if let Some(metrics) = &self.options.metrics {
@@ -341,6 +367,31 @@ impl Attachment<'_> {
         let finish = loop {
             if tally.count == total {
                 break Finish::Applied;
+            }
+            if !held
+                && let Some(batches) = &canary
+                && batches.iter().all(|no| tally.has(*no))
+            {
+                match self.canary_applied().await? {
+                    CanaryStep::Stop(finish) => break finish,
+                    CanaryStep::Wait => {
+                        held = true;
+                        bar.set_message(format!(
+                            "{} rows written · CANARY: waiting for `backfill promote`",
+                            tally.rows_written
+                        ));
+                    }
+                    CanaryStep::Promoted => {
+                        canary = None;
+                        tally.canary_wait = runs::load(pool, run_id)
+                            .await?
+                            .canary_wait(chrono::Utc::now());
+                        pending = batches::numbers_in_state(pool, run_id, BatchState::Pending)
+                            .await?
+                            .into();
+                    }
+                    CanaryStep::NotNow => {}
+                }
             }
             // Fill the window: mark queued first (the ledger leads), then publish with confirms.
             let room = window.saturating_sub(in_flight.len());
@@ -375,9 +426,11 @@ impl Attachment<'_> {
                     }
                 }
                 _ = reconcile.tick() => {
-                    let paused = match runs::state(pool, run_id).await? {
+                    let state = runs::state(pool, run_id).await?;
+                    let paused = match state {
                         RunState::Running => false,
-                        RunState::Paused => true,
+                        // Waiting at the canary holds new batches as a pause does.
+                        RunState::Paused | RunState::Canary => true,
                         RunState::Halted => break Finish::Halted(runs::load(pool, run_id).await?.halt_reason.unwrap_or_default()),
                         other => break Finish::Stopped(other),
                     };
@@ -385,7 +438,12 @@ impl Attachment<'_> {
                     held = paused || throttled;
                     self.tell_workers().await;
                     if held {
-                        bar.set_message(format!("{} rows written · {}", tally.rows_written, if paused { "PAUSED" } else { "THROTTLED" }));
+                        let why = match state {
+                            RunState::Canary => "CANARY: waiting for `backfill promote`",
+                            _ if paused => "PAUSED",
+                            _ => "THROTTLED",
+                        };
+                        bar.set_message(format!("{} rows written · {why}", tally.rows_written));
                     } else {
                         self.sweep(&mut sweep, &mut consumers, &publish, &topology, &batch_out).await?;
                     }
@@ -452,6 +510,41 @@ impl Attachment<'_> {
         }
         let _ = conn.close(200, "coordinator done".into()).await;
         Ok(finish)
+    }
+
+    /// Every batch of the canary is applied: the run waits in state `canary`
+    /// until the reviewer promotes it, or goes on at once when `canary.auto`
+    /// and no limit was ever breached.
+    async fn canary_applied(&self) -> Result<CanaryStep> {
+        let (pool, run_id) = (self.pool, self.run.run_id);
+        if !runs::enter_canary(pool, run_id, "coordinator").await? {
+            // Waiting already, promoted meanwhile, or its state changed.
+            let run = runs::load(pool, run_id).await?;
+            return Ok(match run.state {
+                RunState::Canary => CanaryStep::Wait,
+                RunState::Paused => CanaryStep::NotNow,
+                RunState::Running if !run.in_canary() => CanaryStep::Promoted,
+                RunState::Halted => {
+                    CanaryStep::Stop(Finish::Halted(run.halt_reason.unwrap_or_default()))
+                }
+                other => CanaryStep::Stop(Finish::Stopped(other)),
+            });
+        }
+        let auto = self
+            .run
+            .brief
+            .limits
+            .canary
+            .as_ref()
+            .is_some_and(|c| c.auto);
+        if auto && log::breaches(pool, run_id).await?.is_empty() {
+            runs::promote(pool, run_id, "canary.auto", true).await?;
+            info!(run.id = %run_id, "canary applied within every limit; promoted by canary.auto");
+            return Ok(CanaryStep::Promoted);
+        }
+        self.tell_workers().await;
+        info!(run.id = %run_id, reviewer = %self.run.brief.meta.reviewer, "canary applied; waiting for the reviewer's `backfill promote {run_id}`");
+        Ok(CanaryStep::Wait)
     }
 
     /// Writes the run's gate (state and throttle) to Redis for workers. Not fatal:

@@ -355,6 +355,52 @@ pub struct Limits {
     /// `limits.budget`: hard caps on the run.
     #[serde(default)]
     pub budget: Budget,
+    /// `limits.canary`: batches applied first, after which the run waits for
+    /// the reviewer (or promotes itself) before the rest.
+    #[serde(default)]
+    pub canary: Option<Canary>,
+}
+
+/// `limits.canary = { batches = 3, pick = "spread", auto = false }`: the run
+/// applies these batches first, then waits in state `canary` with their
+/// figures until the reviewer promotes it (`backfill promote`), or promotes
+/// itself when `auto` and no limit was breached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    /// How many batches: for `spread` exactly, for `edge_cases` at least (the
+    /// batches holding edge cases, then spread ones up to this many).
+    pub batches: u32,
+    pub pick: CanaryPick,
+    /// Promote by itself when the canary breached no limit.
+    pub auto: bool,
+}
+
+/// Which batches a canary applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryPick {
+    /// Evenly spread across the scope.
+    Spread,
+    /// The batches holding `validation.edge_cases`.
+    EdgeCases,
+    /// The batches that overlap these ranges `[lo, hi)` of `batch_by`.
+    Ranges(Vec<(Bound, Bound)>),
+}
+
+impl CanaryPick {
+    /// The pick as the brief writes it.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Spread => "spread".into(),
+            Self::EdgeCases => "edge_cases".into(),
+            Self::Ranges(ranges) => ranges
+                .iter()
+                .map(|(lo, hi)| format!("{lo}..{hi}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
 }
 
 /// `limits.budget = { duration = "6h", rows = 20000000, batch_seconds = 7200 }`

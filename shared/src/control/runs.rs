@@ -19,6 +19,8 @@ pub enum RunState {
     Paused,
     /// Stopped by a failed batch or a breached limit; the target is partly written.
     Halted,
+    /// The canary's batches are applied; the rest wait for `backfill promote`.
+    Canary,
     /// Every batch is applied; waiting for the reviewer.
     Applied,
     /// The reviewer accepted the validation; cutover may go ahead.
@@ -33,10 +35,11 @@ pub enum RunState {
 }
 
 impl RunState {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::Running,
         Self::Paused,
         Self::Halted,
+        Self::Canary,
         Self::Applied,
         Self::Approved,
         Self::CutOver,
@@ -46,10 +49,11 @@ impl RunState {
     ];
 
     /// States in which a run holds its target (see `runs_one_active_per_target`).
-    pub const ACTIVE: [Self; 5] = [
+    pub const ACTIVE: [Self; 6] = [
         Self::Running,
         Self::Paused,
         Self::Halted,
+        Self::Canary,
         Self::Applied,
         Self::Approved,
     ];
@@ -60,6 +64,7 @@ impl RunState {
             Self::Running => "running",
             Self::Paused => "paused",
             Self::Halted => "halted",
+            Self::Canary => "canary",
             Self::Applied => "applied",
             Self::Approved => "approved",
             Self::CutOver => "cut_over",
@@ -115,6 +120,13 @@ pub struct Run {
     pub params: serde_json::Value,
     /// Since when the load guard holds new batches, if it does.
     pub throttled_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// `limits.canary`: the batches applied first (empty without a canary).
+    pub canary_batches: Vec<u32>,
+    /// When the canary's batches were all applied and the run began to wait.
+    pub canary_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Who let the rest of the run go on after the canary, and when.
+    pub promoted_by: Option<String>,
+    pub promoted_at: Option<chrono::DateTime<chrono::Utc>>,
     pub operator: String,
     pub code_version: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
@@ -138,6 +150,8 @@ pub struct NewRun<'a> {
     /// The maintenance marker a live target carries while the run writes.
     pub marker: Option<super::maintenance::Marker>,
     pub params: serde_json::Value,
+    /// The canary's batches (`limits.canary`), empty without one.
+    pub canary: &'a [u32],
 }
 
 /// Records the run and every one of its batches in one transaction. Refuses, with
@@ -151,10 +165,11 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO backfill.runs (run_id, name, target, brief, brief_hash, code_version, operator,
-            owner, reviewer, strategy, bound_kind, batch_count, params, image_table, side_table, fingerprints, state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 'running')
+            owner, reviewer, strategy, bound_kind, batch_count, params, image_table, side_table, fingerprints,
+            canary_batches, canary_auto, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'running')
          ON CONFLICT (target)
-            WHERE state IN ('running', 'paused', 'halted', 'applied', 'approved')
+            WHERE state IN ('running', 'paused', 'halted', 'canary', 'applied', 'approved')
          DO NOTHING",
     )
     .bind(run_id)
@@ -173,6 +188,11 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
     .bind(new.image_table.map(ToString::to_string))
     .bind(new.side_table.map(ToString::to_string))
     .bind(sqlx::types::Json(new.fingerprints))
+    .bind(
+        (!new.canary.is_empty())
+            .then(|| new.canary.iter().map(|&b| i32::try_from(b).unwrap_or(i32::MAX)).collect::<Vec<i32>>()),
+    )
+    .bind(brief.limits.canary.as_ref().is_some_and(|c| c.auto))
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -257,6 +277,10 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
         fingerprints: sqlx::types::Json<super::drift::Fingerprints>,
         params: serde_json::Value,
         throttled_since: Option<chrono::DateTime<chrono::Utc>>,
+        canary_batches: Option<Vec<i32>>,
+        canary_at: Option<chrono::DateTime<chrono::Utc>>,
+        promoted_by: Option<String>,
+        promoted_at: Option<chrono::DateTime<chrono::Utc>>,
         operator: String,
         code_version: String,
         created_at: chrono::DateTime<chrono::Utc>,
@@ -265,7 +289,8 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
     let row: Option<Row> = sqlx::query_as(
         "SELECT brief, brief_hash, state, batch_count, bound_kind, image_table, side_table, old_table,
                 halt_reason, approved_by, approved_at, approved_validation, cut_over_at, rolled_back_at, cleaned_at,
-                fingerprints, params, throttled_since, operator, code_version, created_at, finished_at
+                fingerprints, params, throttled_since, canary_batches, canary_at, promoted_by, promoted_at,
+                operator, code_version, created_at, finished_at
          FROM backfill.runs WHERE run_id = $1",
     )
     .bind(run_id)
@@ -299,6 +324,15 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
         fingerprints: row.fingerprints.0,
         params: row.params,
         throttled_since: row.throttled_since,
+        canary_batches: row
+            .canary_batches
+            .unwrap_or_default()
+            .into_iter()
+            .map(|b| u32::try_from(b).map_err(|_| corrupt("canary_batches")))
+            .collect::<Result<_>>()?,
+        canary_at: row.canary_at,
+        promoted_by: row.promoted_by,
+        promoted_at: row.promoted_at,
         operator: row.operator,
         code_version: row.code_version,
         created_at: row.created_at,
@@ -388,6 +422,88 @@ pub async fn approve(pool: &PgPool, run_id: Uuid, reviewer: &str, validation: i6
             "run_approved",
             None,
             serde_json::json!({ "reviewer": reviewer, "validation": validation }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(done)
+}
+
+impl Run {
+    /// Whether the run still holds its non-canary batches back: it has a
+    /// canary and nobody (nor `canary.auto`) promoted it yet.
+    #[must_use]
+    pub fn in_canary(&self) -> bool {
+        !self.canary_batches.is_empty() && self.promoted_at.is_none()
+    }
+
+    /// The time the run spent waiting for its canary to be promoted, up to
+    /// `now`: not time the backfill worked, so the budget and the ETA leave it out.
+    #[must_use]
+    pub fn canary_wait(&self, now: chrono::DateTime<chrono::Utc>) -> chrono::Duration {
+        self.canary_at.map_or_else(chrono::Duration::zero, |at| {
+            (self.promoted_at.unwrap_or(now) - at).max(chrono::Duration::zero())
+        })
+    }
+
+    /// The time since the run started that it worked: the canary's wait left out.
+    #[must_use]
+    pub fn working_time(&self, until: chrono::DateTime<chrono::Utc>) -> chrono::Duration {
+        (until - self.created_at) - self.canary_wait(until)
+    }
+}
+
+/// The canary's batches are all applied: a running run waits in state
+/// `canary`. `false` if it was not running (halted, paused, cancelled meanwhile).
+pub async fn enter_canary(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    let done = sqlx::query(
+        "UPDATE backfill.runs SET state = 'canary', canary_at = now(), updated_at = now()
+          WHERE run_id = $1 AND state = 'running' AND promoted_at IS NULL",
+    )
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if done {
+        super::log::append(
+            &mut *tx,
+            run_id,
+            actor,
+            "run_canary",
+            None,
+            serde_json::json!({ "reason": "the canary's batches are applied; the rest wait for `backfill promote`" }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Lets a run waiting at its canary go on: back to `running`, promoted by
+/// `by` (the reviewer; the database refuses anyone else unless `auto`, when
+/// the brief's `canary.auto` promoted it). `false` if it was not waiting.
+pub async fn promote(pool: &PgPool, run_id: Uuid, by: &str, auto: bool) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    let done = sqlx::query(
+        "UPDATE backfill.runs SET state = 'running', promoted_by = $2, promoted_at = now(), updated_at = now()
+          WHERE run_id = $1 AND state = 'canary' AND promoted_at IS NULL",
+    )
+    .bind(run_id)
+    .bind(by)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if done {
+        super::log::append(
+            &mut *tx,
+            run_id,
+            by,
+            "canary_promoted",
+            None,
+            serde_json::json!({ "by": by, "auto": auto }),
         )
         .await?;
     }
@@ -531,4 +647,110 @@ pub async fn uncleaned_on(pool: &PgPool, target: &str) -> Result<Vec<Uuid>> {
     .bind(target)
     .fetch_all(pool)
     .await?)
+}
+
+/// Which runs `backfill list` shows.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub state: Option<RunState>,
+    /// `schema.table`, as runs record it.
+    pub target: Option<String>,
+    /// An owner's name, in any case.
+    pub owner: Option<String>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub limit: i64,
+}
+
+/// A run as `backfill list` shows it, with its ledger summed and its latest
+/// validation.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Listed {
+    pub run_id: Uuid,
+    pub name: String,
+    pub target: String,
+    pub state: String,
+    pub owner: String,
+    pub reviewer: String,
+    pub brief: String,
+    pub batch_count: i32,
+    pub applied: i64,
+    pub failed: i64,
+    pub rows_written: i64,
+    pub halt_reason: Option<String>,
+    pub throttled_since: Option<chrono::DateTime<chrono::Utc>>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub cut_over_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub rolled_back_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub cleaned_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Whether the run recorded a before-image, side or old table.
+    pub keeps_copies: bool,
+    /// The latest validation: whether it passed, and its failed checks nobody accepted.
+    pub validated: Option<bool>,
+    pub open_checks: Vec<String>,
+}
+
+/// Runs newest first, as `filter` narrows them.
+pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Listed>> {
+    Ok(sqlx::query_as(
+        "SELECT r.run_id, r.name, r.target, r.state, r.owner, r.reviewer, r.brief, r.batch_count,
+                c.applied, c.failed, c.rows_written, r.halt_reason, r.throttled_since, r.created_at,
+                r.finished_at, r.cut_over_at, r.rolled_back_at, r.cleaned_at,
+                num_nonnulls(r.image_table, r.side_table, r.old_table) > 0 AS keeps_copies,
+                v.passed AS validated,
+                coalesce(ARRAY(SELECT f FROM unnest(v.failed) f
+                                WHERE NOT EXISTS (SELECT 1 FROM backfill.check_acceptances a
+                                                   WHERE a.validation_run = v.id AND a.check_name = f)),
+                         '{}') AS open_checks
+           FROM backfill.runs r
+           CROSS JOIN LATERAL (
+                SELECT count(*) FILTER (WHERE b.state = 'applied') AS applied,
+                       count(*) FILTER (WHERE b.state = 'failed') AS failed,
+                       coalesce(sum(b.rows_inserted + b.rows_updated + b.rows_deleted)
+                                FILTER (WHERE b.state = 'applied'), 0)::bigint AS rows_written
+                  FROM backfill.batches b WHERE b.run_id = r.run_id) c
+           LEFT JOIN LATERAL (
+                SELECT id, passed, failed FROM backfill.validation_runs
+                 WHERE run_id = r.run_id ORDER BY id DESC LIMIT 1) v ON true
+          WHERE ($1::text IS NULL OR r.state = $1)
+            AND ($2::text IS NULL OR r.target = $2)
+            AND ($3::text IS NULL OR lower(r.owner) = lower($3))
+            AND ($4::timestamptz IS NULL OR r.created_at >= $4)
+          ORDER BY r.created_at DESC
+          LIMIT $5",
+    )
+    .bind(filter.state.map(RunState::as_str))
+    .bind(filter.target.as_deref())
+    .bind(filter.owner.as_deref())
+    .bind(filter.since)
+    .bind(filter.limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The runs whose id starts with `prefix` (lower-case hex, dashes as in the
+/// id), at most `limit` of them, newest first.
+pub async fn with_prefix(
+    pool: &PgPool,
+    prefix: &str,
+    limit: i64,
+) -> Result<Vec<(Uuid, String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT run_id, name, state FROM backfill.runs
+          WHERE replace(run_id::text, '-', '') LIKE $1 || '%'
+          ORDER BY created_at DESC LIMIT $2",
+    )
+    .bind(prefix)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The newest run, if any.
+pub async fn latest(pool: &PgPool) -> Result<Option<Uuid>> {
+    Ok(
+        sqlx::query_scalar("SELECT run_id FROM backfill.runs ORDER BY created_at DESC LIMIT 1")
+            .fetch_optional(pool)
+            .await?,
+    )
 }

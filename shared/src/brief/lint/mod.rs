@@ -3,8 +3,8 @@
 
 use super::reader::{Reader, open_section, read_tables};
 use super::{
-    Brief, Budget, Dependencies, Limits, Meta, Metric, OnMissing, Reference, Risk, Rollback,
-    Strategy, Validation, Window, Write,
+    BatchBy, Brief, Budget, Canary, CanaryPick, Dependencies, Limits, Meta, Metric, OnMissing,
+    Reference, Risk, Rollback, Strategy, Validation, Window, Write,
 };
 use crate::sql::TableName;
 use scope::read_scope;
@@ -86,7 +86,10 @@ pub(super) fn lint(text: &str) -> Result<Brief, Vec<Problem>> {
         &mut fields,
         read_validation,
     );
-    let limits = section(&doc, "limits", &mut problems, &mut fields, read_limits);
+    let batch_by = scope.as_ref().map(|s| &s.batch_by);
+    let limits = section(&doc, "limits", &mut problems, &mut fields, |r| {
+        read_limits(r, batch_by)
+    });
     let rollback = section(&doc, "rollback", &mut problems, &mut fields, read_rollback);
     problems.extend(fields);
     if let (Some(scope), Some(validation)) = (&scope, &validation) {
@@ -105,6 +108,18 @@ pub(super) fn lint(text: &str) -> Result<Brief, Vec<Problem>> {
         }
     }
 
+    if let (Some(limits), Some(validation)) = (&limits, &validation)
+        && limits
+            .canary
+            .as_ref()
+            .is_some_and(|c| c.pick == CanaryPick::EdgeCases)
+        && validation.edge_cases.is_empty()
+    {
+        problems.push(Problem {
+            field: "limits.canary.pick".into(),
+            message: "is \"edge_cases\" but validation.edge_cases is empty; list the records to watch there, or pick \"spread\"".into(),
+        });
+    }
     if let (Some(meta), Some(write), Some(rollback)) = (&meta, &write, &rollback) {
         problems.extend(way_back(meta, write, rollback));
     }
@@ -445,7 +460,7 @@ fn read_edge_cases(r: &mut Reader<'_>) -> Option<Vec<Vec<String>>> {
     Some(out)
 }
 
-fn read_limits(r: &mut Reader<'_>) -> Option<Limits> {
+fn read_limits(r: &mut Reader<'_>, by: Option<&BatchBy>) -> Option<Limits> {
     let max_in_flight = r
         .integer(
             "max_in_flight",
@@ -471,12 +486,101 @@ fn read_limits(r: &mut Reader<'_>) -> Option<Limits> {
         Err(()) => None,
     };
     let budget = read_budget(r);
+    let canary = read_canary(r, by);
     Some(Limits {
         max_in_flight: max_in_flight?,
         pause_when: pause_when?,
         window: window?,
         budget: budget?,
+        canary: canary?,
     })
+}
+
+/// Most batches a canary may hold.
+const MAX_CANARY_BATCHES: i64 = 100;
+
+/// `limits.canary = { batches = 3, pick = "spread" | "edge_cases" | ["lo..hi", ...], auto = false }`.
+fn read_canary(r: &mut Reader<'_>, by: Option<&BatchBy>) -> Option<Option<Canary>> {
+    const SHAPE: &str = "{ batches = 3, pick = \"spread\" } (pick: \"spread\", \"edge_cases\" or a list of \"lo..hi\" ranges; auto = true promotes by itself)";
+    let Some(v) = r.get("canary") else {
+        return Some(None);
+    };
+    let Value::Table(t) = v else {
+        r.problem("canary", format!("must be a table: {SHAPE}"));
+        return None;
+    };
+    let mut ok = true;
+    let mut canary = Canary {
+        batches: 3,
+        pick: CanaryPick::Spread,
+        auto: false,
+    };
+    let mut counted = false;
+    for (k, v) in t {
+        match (k.as_str(), v) {
+            ("batches", Value::Integer(n)) if (1..=MAX_CANARY_BATCHES).contains(n) => {
+                canary.batches = u32::try_from(*n).unwrap_or(3);
+                counted = true;
+            }
+            ("batches", _) => {
+                r.problem(
+                    "canary.batches",
+                    format!("must be a whole number from 1 to {MAX_CANARY_BATCHES}: how many batches go first"),
+                );
+                ok = false;
+            }
+            ("pick", Value::String(p)) if p == "spread" => canary.pick = CanaryPick::Spread,
+            ("pick", Value::String(p)) if p == "edge_cases" => canary.pick = CanaryPick::EdgeCases,
+            ("pick", Value::Array(items)) if !items.is_empty() => {
+                let mut ranges = Vec::with_capacity(items.len());
+                for item in items {
+                    let parsed = match (item, by) {
+                        (Value::String(text), Some(by)) => scope::accepted_range(text, by),
+                        (Value::String(_), None) => continue, // scope.batch_by has its own problem
+                        (other, _) => Err(format!("{other} is not a \"lo..hi\" range")),
+                    };
+                    match parsed {
+                        Ok(range) => ranges.push(range),
+                        Err(message) => {
+                            r.problem("canary.pick", message);
+                            ok = false;
+                        }
+                    }
+                }
+                canary.pick = CanaryPick::Ranges(ranges);
+            }
+            ("pick", _) => {
+                r.problem(
+                    "canary.pick",
+                    "must be \"spread\", \"edge_cases\" or a non-empty list of \"lo..hi\" ranges of batch_by",
+                );
+                ok = false;
+            }
+            ("auto", Value::Boolean(b)) => canary.auto = *b,
+            ("auto", _) => {
+                r.problem(
+                    "canary.auto",
+                    "must be true (promote by itself when no limit was breached) or false (wait for the reviewer)",
+                );
+                ok = false;
+            }
+            _ => {
+                r.problem(
+                    &format!("canary.{k}"),
+                    "unknown field; the fields are batches, pick, auto",
+                );
+                ok = false;
+            }
+        }
+    }
+    if counted && matches!(canary.pick, CanaryPick::Ranges(_)) {
+        r.problem(
+            "canary.batches",
+            "is given with explicit ranges in pick; the ranges decide the batches: drop one of them",
+        );
+        ok = false;
+    }
+    ok.then_some(Some(canary))
 }
 
 /// `limits.budget = { duration = "6h", rows = N, batch_seconds = N }`, any subset.

@@ -265,9 +265,9 @@ fn bound(r: &mut Reader<'_>, field: &str, v: Option<&Value>) -> Option<Bound> {
     parsed
 }
 
-/// One `"lo..hi"` of `scope.accept_empty_source`: bounds of the `batch_by`
-/// column's type, `lo < hi` (`hi` exclusive), inside the scope.
-fn accepted_range(text: &str, by: &BatchBy) -> Result<(Bound, Bound), String> {
+/// One `"lo..hi"` of `scope.accept_empty_source` or `limits.canary.pick`:
+/// bounds of the `batch_by` column's type, `lo < hi` (`hi` exclusive), inside the scope.
+pub(super) fn accepted_range(text: &str, by: &BatchBy) -> Result<(Bound, Bound), String> {
     let shape = || {
         format!(
             "{text:?} is not a range; write \"lo..hi\" with {} bounds (hi exclusive), e.g. \"{}..{}\"",

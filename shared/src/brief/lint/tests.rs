@@ -290,3 +290,46 @@ fn a_budget_takes_any_of_its_caps_and_refuses_the_rest() {
         );
     }
 }
+
+#[test]
+fn a_canary_takes_a_count_and_a_pick_and_refuses_the_rest() {
+    let with = |canary: &str| {
+        GOOD.replace(
+            "max_in_flight = 2",
+            &format!("max_in_flight = 2\ncanary = {canary}"),
+        )
+    };
+    let brief = Brief::parse(&with("{ batches = 5, auto = true }")).unwrap();
+    let canary = brief.limits.canary.unwrap();
+    assert_eq!(
+        (canary.batches, canary.pick, canary.auto),
+        (5, crate::brief::CanaryPick::Spread, true)
+    );
+    assert_eq!(
+        Brief::parse(&with("{}"))
+            .unwrap()
+            .limits
+            .canary
+            .unwrap()
+            .batches,
+        3
+    );
+    for (bad, field) in [
+        ("{ batches = 0 }", "limits.canary.batches"),
+        ("{ batches = 1000 }", "limits.canary.batches"),
+        ("{ pick = \"random\" }", "limits.canary.pick"),
+        ("{ pick = [] }", "limits.canary.pick"),
+        ("{ pick = [\"x..y\"] }", "limits.canary.pick"),
+        ("{ auto = \"yes\" }", "limits.canary.auto"),
+        ("{ when = 1 }", "limits.canary.when"),
+        ("3", "limits.canary"),
+        // Without edge cases to hold, edge_cases picks nothing.
+        ("{ pick = \"edge_cases\" }", "limits.canary.pick"),
+    ] {
+        assert!(
+            fields(&with(bad)).contains(&field.to_owned()),
+            "{bad}: {:?}",
+            fields(&with(bad))
+        );
+    }
+}

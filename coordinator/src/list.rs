@@ -1,0 +1,283 @@
+//! `backfill list`: runs, newest first, each with what holds it now; and
+//! finding the run a `RUN` argument means — a unique prefix of its id, as git
+//! takes commits, or the latest run where a command allows none.
+
+use crate::{CliError, Result};
+use backfill_shared::brief::{Brief, Budget};
+use backfill_shared::control::runs::{self, ListFilter, Listed, RunState};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Fewest characters of an id that name a run.
+const MIN_PREFIX: usize = 4;
+
+/// The run `text` names: a whole id, or a unique prefix of one (dashes optional).
+pub async fn resolve(pool: &PgPool, text: &str) -> Result<Uuid> {
+    let trimmed = text.trim();
+    if let Ok(id) = Uuid::parse_str(trimmed) {
+        return Ok(id);
+    }
+    let prefix: String = trimmed.chars().filter(|c| *c != '-').collect();
+    let prefix = prefix.to_ascii_lowercase();
+    if prefix.len() < MIN_PREFIX || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(CliError::BadInput(format!(
+            "{text:?} is not a run id: give the id, or at least its first {MIN_PREFIX} hex digits (`backfill list` shows them)"
+        )));
+    }
+    let found = runs::with_prefix(pool, &prefix, 6).await?;
+    match found.as_slice() {
+        [(id, ..)] => Ok(*id),
+        [] => Err(CliError::BadInput(format!(
+            "no run's id starts with {text}; `backfill list` shows the runs"
+        ))),
+        many => Err(CliError::BadInput(format!(
+            "{text} is ambiguous: it begins the ids of {}{}; give more of the id",
+            many.iter()
+                .take(5)
+                .map(|(id, name, state)| format!("{id} ({name}, {state})"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if many.len() > 5 { " and more" } else { "" }
+        ))),
+    }
+}
+
+/// The run `text` names, or the latest run when there is no `text`.
+pub async fn resolve_or_latest(pool: &PgPool, text: Option<&str>) -> Result<Uuid> {
+    match text {
+        Some(text) => resolve(pool, text).await,
+        None => runs::latest(pool).await?.ok_or_else(|| {
+            CliError::BadInput("no run is recorded yet: `backfill run BRIEF` starts one".into())
+        }),
+    }
+}
+
+/// `--since`: a date (`2026-11-01`), a UTC timestamp, or an age (`2d`, `6h`).
+pub fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+    let text = text.trim();
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(date.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    if let Ok(at) = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S") {
+        return Ok(at.and_utc());
+    }
+    Budget::parse_duration(text)
+        .and_then(|secs| i64::try_from(secs).ok())
+        .map(|secs| chrono::Utc::now() - chrono::Duration::seconds(secs))
+        .ok_or_else(|| {
+            CliError::BadInput(format!(
+                "--since {text:?}: give a date (2026-11-01), a UTC time (2026-11-01 08:00:00) or an age (2d, 6h)"
+            ))
+        })
+}
+
+/// `--state`: one of the run states.
+pub fn parse_state(text: &str) -> Result<RunState> {
+    RunState::parse(text.trim()).ok_or_else(|| {
+        CliError::BadInput(format!(
+            "--state {text:?}: the states are running, paused, halted, canary, applied, approved, cut_over, rolling_back, rolled_back, cancelled"
+        ))
+    })
+}
+
+/// The filter of `backfill list`'s options, each checked.
+pub fn filter(
+    state: Option<&str>,
+    target: Option<&str>,
+    owner: Option<&str>,
+    since: Option<&str>,
+    limit: i64,
+) -> Result<ListFilter> {
+    let target = target
+        .map(|t| {
+            backfill_shared::sql::TableName::parse(t)
+                .map(|t| t.to_string())
+                .ok_or_else(|| CliError::BadInput(format!("--target {t:?}: write schema.table")))
+        })
+        .transpose()?;
+    Ok(ListFilter {
+        state: state.map(parse_state).transpose()?,
+        target,
+        owner: owner.map(str::to_owned),
+        since: since.map(parse_since).transpose()?,
+        limit: limit.max(1),
+    })
+}
+
+/// One run as `backfill list` prints it.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub run_id: Uuid,
+    pub name: String,
+    pub target: String,
+    pub state: String,
+    pub owner: String,
+    pub reviewer: String,
+    pub batches: i64,
+    pub applied: i64,
+    pub rows_written: i64,
+    pub started: chrono::DateTime<chrono::Utc>,
+    pub finished: Option<chrono::DateTime<chrono::Utc>>,
+    /// What the run waits for, or why it stopped, in words.
+    pub holds: String,
+}
+
+/// The runs `filter` selects, newest first.
+pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Row>> {
+    Ok(runs::list(pool, filter)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let holds = holds(&r);
+            Row {
+                holds,
+                run_id: r.run_id,
+                name: r.name,
+                target: r.target,
+                state: r.state,
+                owner: r.owner,
+                reviewer: r.reviewer,
+                batches: i64::from(r.batch_count),
+                applied: r.applied,
+                rows_written: r.rows_written,
+                started: r.created_at,
+                finished: r.cut_over_at.or(r.rolled_back_at).or(r.finished_at),
+            }
+        })
+        .collect())
+}
+
+/// What holds a run, or what is left of it, with the command that moves it on.
+fn holds(r: &Listed) -> String {
+    let id = r.run_id.simple().to_string();
+    let short = &id[..8];
+    let state = RunState::parse(&r.state);
+    match state {
+        Some(RunState::Running) if r.failed > 0 => {
+            format!("{} batch(es) failed: `backfill status {short}`", r.failed)
+        }
+        Some(RunState::Running) => r.throttled_since.map_or_else(
+            || "applying batches".into(),
+            |since| {
+                format!(
+                    "throttled by pause_when since {}",
+                    since.format("%H:%M UTC")
+                )
+            },
+        ),
+        Some(RunState::Paused) => format!("paused: `backfill resume {short}`"),
+        Some(RunState::Halted) => format!(
+            "halted: {}",
+            r.halt_reason.as_deref().unwrap_or("no reason recorded")
+        ),
+        Some(RunState::Canary) => format!(
+            "waiting at its canary for {} to `backfill promote {short}`",
+            r.reviewer
+        ),
+        Some(RunState::Applied) => match r.validated {
+            None => format!("awaiting validation: `backfill validate {short}`"),
+            Some(false) if !r.open_checks.is_empty() => format!(
+                "validation failed ({}): fix it, or {} accepts it",
+                r.open_checks.join(", "),
+                r.reviewer
+            ),
+            Some(_) => format!("awaiting approval by {}", r.reviewer),
+        },
+        Some(RunState::Approved) => format!("awaiting cutover: `backfill cutover {short}`"),
+        Some(RunState::RollingBack) => {
+            format!("rolling back; `backfill rollback {short}` finishes it")
+        }
+        Some(RunState::CutOver | RunState::RolledBack | RunState::Cancelled) => {
+            let done = match state {
+                Some(RunState::CutOver) => "cut over",
+                Some(RunState::RolledBack) => "rolled back",
+                _ => "cancelled",
+            };
+            if !r.keeps_copies || r.cleaned_at.is_some() {
+                return format!("{done}; nothing kept");
+            }
+            let finished = r
+                .cut_over_at
+                .or(r.rolled_back_at)
+                .or(r.finished_at)
+                .unwrap_or(r.created_at);
+            match Brief::parse(&r.brief) {
+                Ok(brief) => {
+                    let until =
+                        finished + chrono::Duration::days(i64::from(brief.rollback.retain_days));
+                    if until > chrono::Utc::now() {
+                        format!(
+                            "{done}; rollback copies kept until {}",
+                            until.format("%Y-%m-%d")
+                        )
+                    } else {
+                        format!(
+                            "{done}; rollback copies kept past {}: `backfill cleanup {short}`",
+                            until.format("%Y-%m-%d")
+                        )
+                    }
+                }
+                Err(_) => format!("{done}; rollback copies kept"),
+            }
+        }
+        None => format!("state {:?} is unknown to this version", r.state),
+    }
+}
+
+/// The runs as a table for a person.
+#[must_use]
+pub fn render(rows: &[Row]) -> String {
+    if rows.is_empty() {
+        return "no runs match\n".into();
+    }
+    let header = [
+        "RUN", "NAME", "TARGET", "STATE", "OWNER", "REVIEWER", "BATCHES", "ROWS", "STARTED",
+        "HOLDS",
+    ]
+    .map(str::to_owned);
+    let lines: Vec<[String; 10]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.run_id.simple().to_string()[..8].to_owned(),
+                r.name.clone(),
+                r.target.clone(),
+                r.state.clone(),
+                r.owner.clone(),
+                r.reviewer.clone(),
+                format!("{}/{}", r.applied, r.batches),
+                r.rows_written.to_string(),
+                r.started.format("%Y-%m-%d %H:%M").to_string(),
+                r.holds.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for line in &lines {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for line in std::iter::once(&header).chain(&lines) {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (cell, w))| {
+                if i + 1 == line.len() {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

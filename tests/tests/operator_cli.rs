@@ -1,0 +1,261 @@
+//! The operator's CLI: `backfill list` shows runs in every state with what
+//! holds each, its filters narrow it, `--json` parses and the default is a
+//! table; a `RUN` argument may be a unique prefix of the id (an ambiguous one
+//! is refused, naming the candidates); `status` without a run shows the latest.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use backfill_coordinator::lifecycle::{approve, cutover, rollback};
+use backfill_coordinator::run::Finish;
+use backfill_coordinator::{list, resume, validate};
+use backfill_shared::control::runs::{self, RunState};
+use backfill_tests::{TestEnv, bin, ship_revenue};
+use std::time::Duration;
+use tokio::process::Command;
+use uuid::Uuid;
+
+/// Runs `backfill` with `args` against the test's world: (exit code, stdout, stderr).
+async fn backfill(env: &TestEnv, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(bin("backfill"))
+        .args(args)
+        .envs(env.env())
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A run of the ship-revenue brief on a copy of the table, `tpch.<table>`,
+/// recorded and not driven.
+async fn recorded_on(env: &TestEnv, table: &str) -> Uuid {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE tpch.{table} (LIKE tpch.ship_revenue INCLUDING ALL);
+         INSERT INTO tpch.{table} SELECT * FROM tpch.ship_revenue;"
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let text = ship_revenue::brief("merge", "delete", "").replace(
+        "target = \"tpch.ship_revenue\"",
+        &format!("target = \"tpch.{table}\""),
+    );
+    env.record_run(&text).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_shows_every_state_with_what_holds_it_and_ids_resolve_by_prefix() {
+    let env = TestEnv::new(0.01).await;
+    env.build_ship_revenue().await;
+    sqlx::query("UPDATE tpch.ship_revenue SET revenue = revenue + 1")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    // One run taken through its whole life: applied, validated, approved, cut over.
+    let (cut_over, ..) = env
+        .record_run(&ship_revenue::brief("merge", "delete", ""))
+        .await;
+    assert_eq!(env.run_to_end(cut_over, 2).await, Finish::Applied);
+    validate::validate(&env.pool, cut_over).await.unwrap();
+    approve::approve(&env.pool, cut_over, None).await.unwrap();
+    cutover::cutover(&env.pool, cut_over, "alice", Duration::from_secs(5))
+        .await
+        .unwrap();
+    // The others, each on a table of its own, stopped where the operator finds them.
+    let running = recorded_on(&env, "sr_running").await;
+    let paused = recorded_on(&env, "sr_paused").await;
+    resume::pause(&env.pool, paused, "alice").await.unwrap();
+    let halted = recorded_on(&env, "sr_halted").await;
+    let reason = "limit breached: ship revenue 1995 changed by 12 %";
+    runs::transition(
+        &env.pool,
+        halted,
+        &[RunState::Running],
+        RunState::Halted,
+        "coordinator",
+        Some(reason),
+    )
+    .await
+    .unwrap();
+    let canary = recorded_on(&env, "sr_canary").await;
+    assert!(
+        runs::enter_canary(&env.pool, canary, "coordinator")
+            .await
+            .unwrap()
+    );
+    let applied = recorded_on(&env, "sr_applied").await;
+    runs::transition(
+        &env.pool,
+        applied,
+        &[RunState::Running],
+        RunState::Applied,
+        "coordinator",
+        None,
+    )
+    .await
+    .unwrap();
+    let cancelled = recorded_on(&env, "sr_cancelled").await;
+    resume::cancel(&env.pool, cancelled, "alice").await.unwrap();
+    let rolled_back = recorded_on(&env, "sr_rolled_back").await;
+    resume::cancel(&env.pool, rolled_back, "alice")
+        .await
+        .unwrap();
+    rollback::rollback(
+        &env.pool,
+        rolled_back,
+        "alice",
+        rollback::RollbackOptions::default(),
+    )
+    .await
+    .unwrap();
+
+    let everything = list::filter(None, None, None, None, 50).unwrap();
+    let rows = list::list(&env.pool, &everything).await.unwrap();
+    assert_eq!(rows.len(), 8);
+    // Newest first.
+    assert_eq!(rows[0].run_id, rolled_back);
+    assert_eq!(rows[7].run_id, cut_over);
+    let holds = |id: Uuid| {
+        rows.iter()
+            .find(|r| r.run_id == id)
+            .map(|r| (r.state.clone(), r.holds.clone()))
+            .unwrap()
+    };
+    let short = |id: Uuid| id.simple().to_string()[..8].to_owned();
+    let expected = [
+        (running, "running", "applying batches".to_owned()),
+        (
+            paused,
+            "paused",
+            format!("paused: `backfill resume {}`", short(paused)),
+        ),
+        (halted, "halted", format!("halted: {reason}")),
+        (
+            canary,
+            "canary",
+            format!(
+                "waiting at its canary for bob to `backfill promote {}`",
+                short(canary)
+            ),
+        ),
+        (
+            applied,
+            "applied",
+            format!(
+                "awaiting validation: `backfill validate {}`",
+                short(applied)
+            ),
+        ),
+        (
+            cancelled,
+            "cancelled",
+            "cancelled; rollback copies kept until ".to_owned(),
+        ),
+        (
+            rolled_back,
+            "rolled_back",
+            "rolled back; rollback copies kept until ".to_owned(),
+        ),
+        (
+            cut_over,
+            "cut_over",
+            "cut over; rollback copies kept until ".to_owned(),
+        ),
+    ];
+    for (id, state, hold) in &expected {
+        let (got_state, got_hold) = holds(*id);
+        assert_eq!(got_state, *state);
+        assert!(got_hold.starts_with(hold.as_str()), "{state}: {got_hold:?}");
+    }
+    let done = rows.iter().find(|r| r.run_id == cut_over).unwrap();
+    assert_eq!((done.applied, done.batches), (84, 84));
+    assert!(done.rows_written > 0 && done.finished.is_some(), "{done:?}");
+
+    // Filters.
+    let count =
+        |state: Option<&str>, target: Option<&str>, owner: Option<&str>, since: Option<&str>| {
+            let filter = list::filter(state, target, owner, since, 50).unwrap();
+            let pool = env.pool.clone();
+            async move { list::list(&pool, &filter).await.unwrap().len() }
+        };
+    assert_eq!(count(Some("halted"), None, None, None).await, 1);
+    assert_eq!(count(None, Some("tpch.sr_paused"), None, None).await, 1);
+    assert_eq!(count(None, None, Some("ALICE"), None).await, 8);
+    assert_eq!(count(None, None, Some("carol"), None).await, 0);
+    assert_eq!(count(None, None, None, Some("1d")).await, 8);
+    assert_eq!(count(None, None, None, Some("2099-01-01")).await, 0);
+    assert!(list::filter(Some("sleeping"), None, None, None, 50).is_err());
+    assert!(list::filter(None, None, None, Some("last tuesday"), 50).is_err());
+
+    // The CLI: a table for a person, one JSON object for scripts.
+    let (code, table, stderr) = backfill(&env, &["list"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(table.starts_with("RUN "), "{table}");
+    assert!(serde_json::from_str::<serde_json::Value>(&table).is_err());
+    assert!(table.contains(&format!("halted: {reason}")), "{table}");
+    let (code, json, stderr) = backfill(&env, &["list", "--state", "canary", "--json"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["runs"].as_array().map(Vec::len), Some(1), "{json}");
+    assert_eq!(json["runs"][0]["run_id"], canary.to_string());
+    let (code, _, stderr) = backfill(&env, &["list", "--state", "sleeping"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+
+    // Ids by prefix; an ambiguous prefix names its candidates. A second run
+    // whose id shares six digits with the cut-over one makes one.
+    let hex = cut_over.simple().to_string();
+    let twin = Uuid::parse_str(&format!(
+        "{}{}",
+        &hex[..6],
+        &Uuid::new_v4().simple().to_string()[6..]
+    ))
+    .unwrap();
+    let mut tx = env.pool.begin().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TEMP TABLE twin ON COMMIT DROP AS SELECT * FROM backfill.runs WHERE run_id = '{cut_over}';
+         UPDATE twin SET run_id = '{twin}', target = 'tpch.twin', state = 'cancelled';
+         INSERT INTO backfill.runs SELECT * FROM twin;"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        list::resolve(&env.pool, &hex[..10]).await.unwrap(),
+        cut_over
+    );
+    assert_eq!(
+        list::resolve(&env.pool, &cut_over.to_string()[..13])
+            .await
+            .unwrap(),
+        cut_over
+    );
+    let err = list::resolve(&env.pool, &hex[..6])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ambiguous")
+            && err.contains(&cut_over.to_string())
+            && err.contains(&twin.to_string()),
+        "{err}"
+    );
+    assert!(list::resolve(&env.pool, "abc").await.is_err());
+    let (code, status, stderr) = backfill(&env, &["status", &hex[..10], "--json"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["run_id"], cut_over.to_string());
+    let (code, _, stderr) = backfill(&env, &["status", &hex[..6]]).await;
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("ambiguous"), "{stderr}");
+    // Without a run, status shows the latest.
+    let (code, status, stderr) = backfill(&env, &["status", "--json"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["run_id"], rolled_back.to_string());
+    env.cleanup().await;
+}
