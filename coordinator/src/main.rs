@@ -31,6 +31,9 @@ struct Cli {
     /// Prometheus text on /metrics at this address, e.g. 0.0.0.0:9465.
     #[arg(long, global = true)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Print one JSON object on stdout for scripts instead of text for a person.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,8 +43,6 @@ enum Command {
     /// Lint a brief against the warehouse and show batches, estimated rows and blast radius.
     Plan {
         brief: PathBuf,
-        #[arg(long)]
-        json: bool,
         /// Workers the time estimate assumes.
         #[arg(long, default_value_t = plan::DEFAULT_WORKERS)]
         workers: u16,
@@ -56,8 +57,6 @@ enum Command {
         /// START..END in the type of batch_by (END exclusive).
         #[arg(long)]
         slice: String,
-        #[arg(long)]
-        json: bool,
     },
     /// Record a run and apply it; prints the run id first.
     Run {
@@ -86,8 +85,6 @@ enum Command {
         /// Most runs shown.
         #[arg(long, default_value_t = 50)]
         limit: i64,
-        #[arg(long)]
-        json: bool,
     },
     /// Drive a recorded run to its end (after `run --detach`, or after the coordinator died).
     Follow { run: String },
@@ -106,17 +103,11 @@ enum Command {
     /// Put failed batches back to pending (after fixing their cause) and drive the run.
     Retry { run: String },
     /// Batches by state, rows, failures and ETA of a run (the latest without RUN).
-    Status {
-        run: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    Status { run: Option<String> },
     /// Run the run-level checklist (freshness, completeness, uniqueness, references,
     /// metric reconciliation, size); exit 1 if any check fails.
     Validate {
         run: String,
-        #[arg(long)]
-        json: bool,
         /// Accept a failed check of the latest validation instead (not as the owner).
         #[arg(long, value_name = "CHECK", requires = "reason")]
         accept: Option<String>,
@@ -199,10 +190,7 @@ enum Command {
 #[derive(Debug, clap::Subcommand)]
 enum PeopleAction {
     /// Everyone, with their role and email (the default).
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Map a name briefs use to the database role that person logs in as.
     Add {
         name: String,
@@ -225,7 +213,8 @@ async fn main() -> ExitCode {
         &telemetry::quiet_default("warn,backfill_coordinator=info"),
         "backfill",
     );
-    let code = match execute(cli.command, cli.metrics_addr).await {
+    let out = Out { json: cli.json };
+    let code = match execute(cli.command, cli.metrics_addr, out).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -236,12 +225,16 @@ async fn main() -> ExitCode {
     code
 }
 
-async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -> Result<()> {
+async fn execute(
+    command: Command,
+    metrics_addr: Option<std::net::SocketAddr>,
+    out: Out,
+) -> Result<()> {
+    let json = out.json;
     let config = Config::from_env().map_err(|e| CliError::BadInput(e.to_string()))?;
     match command {
         Command::Plan {
             brief,
-            json,
             workers,
             over_budget,
         } => {
@@ -249,29 +242,16 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
             let pool = services::postgres(&config, 2).await?; // the plan touches no control plane
             let (plan, _, _) = plan::plan(&pool, &brief).await?;
             let plan = plan.with_workers(workers);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&plan)
-                        .map_err(|e| CliError::Internal(e.to_string()))?
-                );
-            } else {
-                print!("{}", plan.render());
-            }
+            out.result(&plan, || plan.render())?;
             within_budget(&plan, over_budget.as_deref()).map(|_| ())
         }
-        Command::Sample { brief, slice, json } => {
+        Command::Sample { brief, slice } => {
             let (_, brief) = read_brief(&brief)?;
             let (lo, hi) = backfill_coordinator::sample::parse_slice(&brief, &slice)?;
             let pool = services::postgres(&config, 2).await?;
             backfill_coordinator::preflight::check(&pool, &brief).await?;
             let sample = backfill_coordinator::sample::sample(&pool, &brief, lo, hi).await?;
-            if json {
-                print_json(&sample)
-            } else {
-                print!("{}", sample.render());
-                Ok(())
-            }
+            out.result(&sample, || sample.render())
         }
         Command::Run {
             brief: path,
@@ -300,13 +280,16 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
                 )
                 .await?;
             }
-            println!("{run_id}");
-            let _ = std::io::stdout().flush();
+            if !json {
+                // The run id first, for scripts that read one line.
+                println!("{run_id}");
+                let _ = std::io::stdout().flush();
+            }
             if detach {
-                return spawn_follower(run_id);
+                return spawn_follower(run_id, out);
             }
             eprint!("{}", plan.render());
-            drive_to_end(&config, &pool, run_id, metrics_addr).await
+            drive_to_end(&config, &pool, run_id, metrics_addr, out).await
         }
         Command::List {
             state,
@@ -314,7 +297,6 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
             owner,
             since,
             limit,
-            json,
         } => {
             let pool = control_plane(&config, 2).await?;
             let filter = list::filter(
@@ -325,27 +307,24 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
                 limit,
             )?;
             let rows = list::list(&pool, &filter).await?;
-            if json {
-                print_json(&serde_json::json!({ "runs": rows }))
-            } else {
-                print!("{}", list::render(&rows));
-                Ok(())
-            }
+            out.result(&serde_json::json!({ "runs": rows }), || list::render(&rows))
         }
         Command::Follow { run } => {
             let pool = control_plane(&config, 4).await?;
             let run = list::resolve(&pool, &run).await?;
-            drive_to_end(&config, &pool, run, metrics_addr).await
+            drive_to_end(&config, &pool, run, metrics_addr, out).await
         }
         Command::Pause { run } => {
             let pool = control_plane(&config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
             backfill_coordinator::resume::pause(&pool, run, &operator()).await?;
             tell_workers(&config, &pool, run).await;
-            eprintln!(
-                "run {run} paused; in-flight batches finish; `backfill resume {run}` goes on"
-            );
-            Ok(())
+            out.done(
+                &serde_json::json!({ "run_id": run, "state": "paused" }),
+                &format!(
+                    "run {run} paused; in-flight batches finish; `backfill resume {run}` goes on"
+                ),
+            )
         }
         Command::Cancel { run } => {
             let pool = control_plane(&config, 2).await?;
@@ -355,37 +334,32 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
             if let Err(e) = run::drop_events_queue(&config, &pool, run).await {
                 eprintln!("warning: the run's events queue stays behind: {e}");
             }
-            eprintln!("run {run} cancelled; `backfill rollback {run}` undoes its applied batches");
-            Ok(())
+            out.done(
+                &serde_json::json!({ "run_id": run, "state": "cancelled" }),
+                &format!(
+                    "run {run} cancelled; `backfill rollback {run}` undoes its applied batches"
+                ),
+            )
         }
         Command::Resume { run, accept } => {
             let pool = control_plane(&config, 4).await?;
             let run = list::resolve(&pool, &run).await?;
             backfill_coordinator::resume::resume(&pool, run, &operator(), accept.as_deref())
                 .await?;
-            drive_to_end(&config, &pool, run, metrics_addr).await
+            drive_to_end(&config, &pool, run, metrics_addr, out).await
         }
         Command::Retry { run } => {
             let pool = control_plane(&config, 4).await?;
             let run = list::resolve(&pool, &run).await?;
             let n = backfill_coordinator::resume::retry(&pool, run, &operator()).await?;
             eprintln!("{n} failed batch(es) pending again");
-            drive_to_end(&config, &pool, run, metrics_addr).await
+            drive_to_end(&config, &pool, run, metrics_addr, out).await
         }
-        Command::Status { run, json } => {
+        Command::Status { run } => {
             let pool = control_plane(&config, 2).await?;
             let run = list::resolve_or_latest(&pool, run.as_deref()).await?;
             let status = status::status(&pool, run).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&status)
-                        .map_err(|e| CliError::Internal(e.to_string()))?
-                );
-            } else {
-                print!("{}", status.render());
-            }
-            Ok(())
+            out.result(&status, || status.render())
         }
         Command::Validate {
             run,
@@ -402,20 +376,22 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
                 reason.as_deref().unwrap_or_default(),
             )
             .await?;
-            eprintln!(
-                "{actor} accepted the failed check {check:?} of run {run}'s latest validation"
-            );
-            Ok(())
+            out.done(
+                &serde_json::json!({ "run_id": run, "check": check, "accepted_by": actor }),
+                &format!(
+                    "{actor} accepted the failed check {check:?} of run {run}'s latest validation"
+                ),
+            )
         }
-        Command::Validate { run, json, .. } => {
+        Command::Validate { run, .. } => {
             let pool = control_plane(&config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
             let checks = backfill_coordinator::validate::validate(&pool, run).await?;
-            if json {
-                print_json(&checks)?;
-            } else {
-                print!("{}", backfill_coordinator::validate::render(&checks));
-            }
+            let passed = checks.iter().all(|c| c.passed);
+            out.result(
+                &serde_json::json!({ "run_id": run, "passed": passed, "checks": checks }),
+                || backfill_coordinator::validate::render(&checks),
+            )?;
             let failed: Vec<&str> = checks
                 .iter()
                 .filter(|c| !c.passed)
@@ -434,6 +410,9 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
             let pool = control_plane(&config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
             let report = backfill_coordinator::report::gather(&pool, run).await?;
+            if json {
+                return print_json(&report);
+            }
             match format.as_str() {
                 "md" => print!("{}", report.markdown()),
                 "html" => print!("{}", report.html()),
@@ -449,28 +428,30 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
             let pool = control_plane(&config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
             let by = lifecycle::approve::approve(&pool, run, reviewer.as_deref()).await?;
-            eprintln!("run {run} approved by {by}; `backfill cutover {run}` exposes it");
-            Ok(())
+            out.done(
+                &serde_json::json!({ "run_id": run, "state": "approved", "approved_by": by }),
+                &format!("run {run} approved by {by}; `backfill cutover {run}` exposes it"),
+            )
         }
         Command::Promote { run, reviewer } => {
             let pool = control_plane(&config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
             let by = backfill_coordinator::canary::promote(&pool, run, reviewer.as_deref()).await?;
             tell_workers(&config, &pool, run).await;
-            if backfill_coordinator::run::is_driven(&pool, run).await? {
-                eprintln!(
-                    "run {run}'s canary promoted by {by}; its coordinator publishes the rest"
-                );
-            } else {
-                eprintln!(
-                    "run {run}'s canary promoted by {by}; no coordinator drives it now: `backfill follow {run}` (the operator) applies the rest"
-                );
-            }
-            Ok(())
+            let driven = backfill_coordinator::run::is_driven(&pool, run).await?;
+            out.done(&serde_json::json!({ "run_id": run, "state": "running", "promoted_by": by, "driven": driven }),
+                &if driven {
+                    format!("run {run}'s canary promoted by {by}; its coordinator publishes the rest")
+                } else {
+                    format!(
+                        "run {run}'s canary promoted by {by}; no coordinator drives it now: `backfill follow {run}` (the operator) applies the rest"
+                    )
+                },
+            )
         }
         Command::People { action } => {
             let pool = control_plane(&config, 2).await?;
-            people(&pool, action.unwrap_or(PeopleAction::List { json: false })).await
+            people(&pool, action.unwrap_or(PeopleAction::List), out).await
         }
         Command::Cutover {
             run,
@@ -485,7 +466,7 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
                 Duration::from_millis(lock_timeout_ms),
             )
             .await?;
-            print_json(&report)
+            out.result(&report, || report.render())
         }
         Command::Rollback {
             run,
@@ -506,13 +487,22 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
                 },
             )
             .await?;
-            print_json(&report)
+            out.result(&report, || report.render())
         }
         Command::Cleanup { run, now } => {
             let pool = control_plane(&config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
             let dropped = lifecycle::cleanup::cleanup(&pool, run, &operator(), now).await?;
-            print_json(&serde_json::json!({ "dropped": dropped }))
+            out.result(
+                &serde_json::json!({ "run_id": run, "dropped": dropped }),
+                || {
+                    if dropped.is_empty() {
+                        format!("run {run} kept nothing left to drop\n")
+                    } else {
+                        format!("dropped: {}\n", dropped.join(", "))
+                    }
+                },
+            )
         }
         Command::Demo {
             scale,
@@ -525,6 +515,7 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
                 workers,
                 batches,
                 snapshot: !no_snapshot,
+                json,
             };
             demo::demo(&config, options).await
         }
@@ -532,24 +523,33 @@ async fn execute(command: Command, metrics_addr: Option<std::net::SocketAddr>) -
 }
 
 /// A pool to the warehouse with the control plane created or upgraded.
-async fn people(pool: &sqlx::PgPool, action: PeopleAction) -> Result<()> {
+async fn people(pool: &sqlx::PgPool, action: PeopleAction, out: Out) -> Result<()> {
     use backfill_coordinator::people as cmd;
     use backfill_shared::control::people;
     match action {
-        PeopleAction::List { json: true } => print_json(&people::list(pool).await?),
-        PeopleAction::List { json: false } => {
-            print!("{}", cmd::render(&people::list(pool).await?));
-            Ok(())
+        PeopleAction::List => {
+            let everyone = people::list(pool).await?;
+            out.result(&serde_json::json!({ "people": everyone }), || {
+                cmd::render(&everyone)
+            })
         }
         PeopleAction::Add { name, role, email } => {
             let person = cmd::add(pool, &name, &role, email.as_deref()).await?;
-            eprintln!("{} is database role {}", person.name, person.role);
-            Ok(())
+            out.done(
+                &person,
+                &format!("{} is database role {}", person.name, person.role),
+            )
         }
-        PeopleAction::Remove { name } => cmd::remove(pool, &name).await,
+        PeopleAction::Remove { name } => {
+            cmd::remove(pool, &name).await?;
+            out.done(
+                &serde_json::json!({ "removed": name }),
+                &format!("{name} removed from backfill.people"),
+            )
+        }
         PeopleAction::Whoami => {
-            println!("{}", cmd::describe(&people::whoami(pool).await?));
-            Ok(())
+            let session = people::whoami(pool).await?;
+            out.result(&session, || format!("{}\n", cmd::describe(&session)))
         }
     }
 }
@@ -567,6 +567,7 @@ async fn drive_to_end(
     pool: &sqlx::PgPool,
     run_id: Uuid,
     metrics_addr: Option<std::net::SocketAddr>,
+    out: Out,
 ) -> Result<()> {
     let options = drive_options(metrics_addr, pool).await?;
     let signals = Signals::watch(&options.interrupt)?;
@@ -581,7 +582,7 @@ async fn drive_to_end(
             code,
         });
     }
-    finish(pool, run_id, finished).await
+    finish(pool, run_id, finished, out).await
 }
 
 /// SIGTERM and SIGINT while a run is driven: the first stops the drive (the
@@ -660,6 +661,35 @@ async fn tell_workers(config: &Config, pool: &sqlx::PgPool, run: Uuid) {
     }
 }
 
+/// How a command prints its result: text for a person (the default), or one
+/// JSON object on stdout for scripts (`--json`).
+#[derive(Debug, Clone, Copy)]
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    /// A result: `value` as JSON, or `text()` for a person, on stdout.
+    fn result(self, value: &impl serde::Serialize, text: impl FnOnce() -> String) -> Result<()> {
+        if self.json {
+            print_json(value)
+        } else {
+            print!("{}", text());
+            Ok(())
+        }
+    }
+
+    /// A confirmation: `value` as JSON on stdout, or `text` for a person on stderr.
+    fn done(self, value: &impl serde::Serialize, text: &str) -> Result<()> {
+        if self.json {
+            print_json(value)
+        } else {
+            eprintln!("{text}");
+            Ok(())
+        }
+    }
+}
+
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let text =
         serde_json::to_string_pretty(value).map_err(|e| CliError::Internal(e.to_string()))?;
@@ -667,9 +697,19 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-async fn finish(pool: &sqlx::PgPool, run_id: Uuid, finish: Finish) -> Result<()> {
+async fn finish(pool: &sqlx::PgPool, run_id: Uuid, finish: Finish, out: Out) -> Result<()> {
     let status = status::status(pool, run_id).await?;
-    eprint!("{}", status.render());
+    if out.json {
+        let ended = match &finish {
+            Finish::Applied => "applied".to_owned(),
+            Finish::Halted(_) => "halted".to_owned(),
+            Finish::Stopped(state) => state.to_string(),
+            Finish::Interrupted => "interrupted".to_owned(),
+        };
+        print_json(&serde_json::json!({ "run_id": run_id, "finish": ended, "status": status }))?;
+    } else {
+        eprint!("{}", status.render());
+    }
     match finish {
         Finish::Applied => Ok(()),
         Finish::Halted(reason) => Err(CliError::Halted(format!(
@@ -684,7 +724,7 @@ async fn finish(pool: &sqlx::PgPool, run_id: Uuid, finish: Finish) -> Result<()>
 
 /// Starts `backfill follow RUN` in the background, detached from this terminal,
 /// logging to a file beside the system's temporary files.
-fn spawn_follower(run_id: Uuid) -> Result<()> {
+fn spawn_follower(run_id: Uuid, out: Out) -> Result<()> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::Internal(format!("cannot find this program: {e}")))?;
     let log_path = std::env::temp_dir().join(format!("backfill-{run_id}.log"));
@@ -704,11 +744,13 @@ fn spawn_follower(run_id: Uuid) -> Result<()> {
     command
         .spawn()
         .map_err(|e| CliError::Internal(format!("cannot start the background coordinator: {e}")))?;
-    eprintln!(
-        "driving in the background; log: {}; `backfill status {run_id}` follows it",
-        log_path.display()
-    );
-    Ok(())
+    out.done(
+        &serde_json::json!({ "run_id": run_id, "detached": true, "log": log_path }),
+        &format!(
+            "driving in the background; log: {}; `backfill status {run_id}` follows it",
+            log_path.display()
+        ),
+    )
 }
 
 /// Refuses (exit 2) a plan whose estimate passes `limits.budget`, unless the

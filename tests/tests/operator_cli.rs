@@ -259,3 +259,194 @@ async fn list_shows_every_state_with_what_holds_it_and_ids_resolve_by_prefix() {
     assert_eq!(status["run_id"], rolled_back.to_string());
     env.cleanup().await;
 }
+
+/// One JSON object, parsed; panics with the text otherwise.
+fn object(stdout: &str) -> serde_json::Value {
+    let value: serde_json::Value = serde_json::from_str(stdout)
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {stdout}"));
+    assert!(value.is_object(), "{stdout}");
+    value
+}
+
+/// Text for a person: not JSON.
+fn text(stdout: &str) {
+    assert!(
+        serde_json::from_str::<serde_json::Value>(stdout).is_err(),
+        "default output must be for a person: {stdout}"
+    );
+}
+
+/// A yearly-batched brief on a copy of `tpch.ship_revenue` (`tpch.<table>`),
+/// written to a file; `limits` adds lines to `[limits]`.
+async fn brief_file(env: &TestEnv, table: &str, limits: &str) -> String {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE tpch.{table} (LIKE tpch.ship_revenue INCLUDING ALL);
+         INSERT INTO tpch.{table} SELECT l_shipdate, l_shipmode, revenue + 1, lines FROM tpch.ship_revenue;"
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let text = ship_revenue::brief("merge", "delete", "")
+        .replace(
+            "target = \"tpch.ship_revenue\"",
+            &format!("target = \"tpch.{table}\""),
+        )
+        .replace("step = \"1 month\"", "step = \"1 year\"")
+        .replace("max_in_flight = 1", &format!("max_in_flight = 1\n{limits}"));
+    let dir = std::env::temp_dir().join(format!("bf-cli-{}", env.config.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{table}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_command_prints_for_a_person_and_one_json_object_with_json() {
+    let env = TestEnv::new(0.01).await;
+    env.build_ship_revenue().await;
+    let workers = env.workers(2).await;
+    let ok = |(code, stdout, stderr): (Option<i32>, String, String)| {
+        assert_eq!(code, Some(0), "{stderr}");
+        stdout
+    };
+
+    // The brief's commands.
+    let a = brief_file(&env, "sr_a", "").await;
+    object(&ok(backfill(&env, &["plan", &a, "--json"]).await));
+    text(&ok(backfill(&env, &["plan", &a]).await));
+    let slice = ["--slice", "1995-01-01..1996-01-01"];
+    object(&ok(backfill(
+        &env,
+        &["sample", &a, slice[0], slice[1], "--json"],
+    )
+    .await));
+    text(&ok(
+        backfill(&env, &["sample", &a, slice[0], slice[1]]).await
+    ));
+
+    // A run's life with --json: run, status, list, validate, report, approve,
+    // cutover, rollback, cleanup.
+    let ran = object(&ok(backfill(&env, &["run", &a, "--json"]).await));
+    assert_eq!(ran["finish"], "applied", "{ran}");
+    let a_id = ran["run_id"].as_str().unwrap().to_owned();
+    for args in [
+        vec!["status", &a_id],
+        vec!["list"],
+        vec!["validate", &a_id],
+        vec!["report", &a_id],
+        vec!["people"],
+        vec!["people", "whoami"],
+    ] {
+        let mut json = args.clone();
+        json.push("--json");
+        object(&ok(backfill(&env, &json).await));
+        text(&ok(backfill(&env, &args).await));
+    }
+    let approved = object(&ok(backfill(&env, &["approve", &a_id, "--json"]).await));
+    assert_eq!(approved["approved_by"], "bob");
+    let cut = object(&ok(backfill(&env, &["cutover", &a_id, "--json"]).await));
+    assert!(cut.get("refreshed_materialized_views").is_some(), "{cut}");
+    let back = object(&ok(backfill(&env, &["rollback", &a_id, "--json"]).await));
+    assert!(back.get("rows_restored").is_some(), "{back}");
+    let cleaned = object(&ok(
+        backfill(&env, &["cleanup", &a_id, "--now", "--json"]).await
+    ));
+    assert!(cleaned["dropped"].is_array(), "{cleaned}");
+
+    // The same life for a person.
+    let b = brief_file(&env, "sr_b", "").await;
+    let (code, stdout, stderr) = backfill(&env, &["run", &b]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let b_id = stdout.lines().next().unwrap().to_owned();
+    Uuid::parse_str(&b_id).expect("the run id is the first line");
+    ok(backfill(&env, &["validate", &b_id]).await);
+    for args in [
+        vec!["approve", &b_id],
+        vec!["cutover", &b_id],
+        vec!["rollback", &b_id],
+        vec!["cleanup", &b_id, "--now"],
+    ] {
+        let stdout = ok(backfill(&env, &args).await);
+        text(&stdout);
+        assert!(!stdout.contains('{'), "{args:?}: {stdout}");
+    }
+
+    // Steering: pause, resume, cancel, retry, follow.
+    let c = brief_file(&env, "sr_c", "").await;
+    let (c_id, ..) = env.record_run(&std::fs::read_to_string(&c).unwrap()).await;
+    let c_id = c_id.to_string();
+    let paused = object(&ok(backfill(&env, &["pause", &c_id, "--json"]).await));
+    assert_eq!(paused["state"], "paused");
+    let resumed = object(&ok(backfill(&env, &["resume", &c_id, "--json"]).await));
+    assert_eq!(resumed["finish"], "applied", "{resumed}");
+    let d = brief_file(&env, "sr_d", "").await;
+    let (d_id, ..) = env.record_run(&std::fs::read_to_string(&d).unwrap()).await;
+    let d_id = d_id.to_string();
+    text(&ok(backfill(&env, &["pause", &d_id]).await));
+    let cancelled = object(&ok(backfill(&env, &["cancel", &d_id, "--json"]).await));
+    assert_eq!(cancelled["state"], "cancelled");
+    let e = brief_file(&env, "sr_e", "").await;
+    let (e_id, ..) = env.record_run(&std::fs::read_to_string(&e).unwrap()).await;
+    let retried = object(&ok(
+        backfill(&env, &["retry", &e_id.to_string(), "--json"]).await
+    ));
+    assert_eq!(retried["finish"], "applied", "{retried}");
+    let f = brief_file(&env, "sr_f", "").await;
+    let (f_id, ..) = env.record_run(&std::fs::read_to_string(&f).unwrap()).await;
+    let followed = object(&ok(backfill(
+        &env,
+        &["follow", &f_id.to_string(), "--json"],
+    )
+    .await));
+    assert_eq!(followed["finish"], "applied", "{followed}");
+    text(&ok(backfill(&env, &["cancel", &f_id.to_string()]).await));
+
+    // A canary, promoted by the reviewer with --json.
+    let g = brief_file(&env, "sr_g", "canary = { batches = 1 }").await;
+    let (g_id, ..) = env.record_run(&std::fs::read_to_string(&g).unwrap()).await;
+    let drive = env.drive_in_background(g_id);
+    for _ in 0..300 {
+        if runs::state(&env.pool, g_id).await.unwrap() == RunState::Canary {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let promoted = object(&ok(backfill(
+        &env,
+        &["promote", &g_id.to_string(), "--json"],
+    )
+    .await));
+    assert_eq!(
+        (
+            promoted["promoted_by"].as_str(),
+            promoted["driven"].as_bool()
+        ),
+        (Some("bob"), Some(true))
+    );
+    assert_eq!(
+        backfill_tests::finish_within(drive, 60).await,
+        Finish::Applied
+    );
+
+    // People: add and remove, both ways.
+    let added = object(&ok(backfill(
+        &env,
+        &["people", "add", "carol", "--role", "pg_monitor", "--json"],
+    )
+    .await));
+    assert_eq!(added["role"], "pg_monitor");
+    let removed = object(&ok(backfill(
+        &env,
+        &["people", "remove", "carol", "--json"],
+    )
+    .await));
+    assert_eq!(removed["removed"], "carol");
+    text(&ok(backfill(
+        &env,
+        &["people", "add", "carol", "--role", "pg_monitor"],
+    )
+    .await));
+    text(&ok(backfill(&env, &["people", "remove", "carol"]).await));
+    workers.stop().await;
+    env.cleanup().await;
+}

@@ -251,6 +251,8 @@ pub struct DemoOptions {
     pub batches: i64,
     /// Keep before-images (the brief's `snapshot`).
     pub snapshot: bool,
+    /// Tell the story on stderr and print one JSON summary on stdout.
+    pub json: bool,
 }
 
 pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
@@ -259,7 +261,15 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
         workers,
         batches,
         snapshot,
+        json,
     } = options;
+    // The story for a person goes to stdout, or with --json to stderr (stdout
+    // then holds one summary object).
+    macro_rules! say {
+        ($($t:tt)*) => {
+            if json { eprintln!($($t)*) } else { println!($($t)*) }
+        };
+    }
     if !(1..=100_000).contains(&batches) {
         return Err(CliError::BadInput(
             "--batches must be between 1 and 100000".into(),
@@ -326,16 +336,16 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
     let brief_path = std::env::temp_dir().join("backfill-demo-brief.toml");
     std::fs::write(&brief_path, &text)
         .map_err(|e| CliError::Internal(format!("cannot write {}: {e}", brief_path.display())))?;
-    println!("The brief ({}):\n\n{text}", brief_path.display());
+    say!("The brief ({}):\n\n{text}", brief_path.display());
     let brief = Brief::parse(&text)
         .map_err(|e| CliError::Internal(format!("the demo brief does not lint: {e}")))?;
     let (plan, batches, _) = plan::plan(&pool, &brief).await?;
-    println!("{}", plan.render());
+    say!("{}", plan.render());
 
     let mut workers = WorkerProcesses::start(&worker_program, config, workers)?;
     let t = Instant::now();
     let run_id = run::create(&pool, &text, &brief, &batches, "demo").await?;
-    println!("Run {run_id}");
+    say!("Run {run_id}");
     let interrupt = CancellationToken::new();
     let options = DriveOptions {
         interrupt: interrupt.clone(),
@@ -358,25 +368,28 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
     let finish = finish?;
     let run_secs = t.elapsed().as_secs_f64();
     let status = status::status(&pool, run_id).await?;
-    print!("{}", status.render());
+    say!("{}", status.render().trim_end());
     if let Finish::Halted(reason) = finish {
         return Err(CliError::Halted(format!("the demo run halted: {reason}")));
     }
 
     let after = yearly_net_revenue(&pool, SCHEMA).await?;
-    println!("\nWhat changed (net revenue by order year):");
-    println!(
+    say!("\nWhat changed (net revenue by order year):");
+    say!(
         "  {:>6} {:>20} {:>20} {:>9}",
-        "year", "before", "after", "change"
+        "year",
+        "before",
+        "after",
+        "change"
     );
     for ((year, b), (_, a)) in before.iter().zip(&after) {
-        println!(
+        say!(
             "  {year:>6} {b:>20.2} {a:>20.2} {:>8.2}%",
             (a - b) / b * 100.0
         );
     }
     let remaining = differences_from_recomputation(&pool, SCHEMA).await?;
-    println!(
+    say!(
         "\n{} rows rewritten in {} batches in {run_secs:.1} s; the target now differs from an independent recomputation in {remaining} rows.",
         status.batches.rows.updated + status.batches.rows.inserted + status.batches.rows.deleted,
         status.batch_count,
@@ -390,7 +403,7 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
         .bind(&target)
         .fetch_one(&pool)
         .await?;
-        println!(
+        say!(
             "Before-images: {image} ({:.1} MiB; the target is {:.1} MiB).",
             image_bytes as f64 / 1_048_576.0,
             target_bytes as f64 / 1_048_576.0
@@ -400,7 +413,7 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
     // Validation, as the runbook has it, before the reviewer approves; cutover
     // then exposes what was validated and refreshes what reads the table.
     let checks = crate::validate::validate(&pool, run_id).await?;
-    print!("\n{}", crate::validate::render(&checks));
+    say!("\n{}", crate::validate::render(&checks).trim_end());
     if let Some(failed) = checks.iter().find(|c| !c.passed) {
         return Err(CliError::Halted(format!(
             "validation failed: {}: {}",
@@ -416,17 +429,34 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
         std::time::Duration::from_secs(5),
     )
     .await?;
-    println!(
+    say!(
         "Approved by {}; cut over: refreshed {}.",
         brief.meta.reviewer,
         report.refreshed_materialized_views.join(", ")
     );
-    println!("`backfill rollback {run_id}` puts the old figures back.");
-    println!("Demo finished in {:.1} s.", started.elapsed().as_secs_f64());
+    say!("`backfill rollback {run_id}` puts the old figures back.");
+    say!("Demo finished in {:.1} s.", started.elapsed().as_secs_f64());
     if remaining != 0 {
         return Err(CliError::Halted(format!(
             "{remaining} rows differ from the recomputation"
         )));
+    }
+    if json {
+        let summary = serde_json::json!({
+            "run_id": run_id,
+            "target": target,
+            "state": "cut_over",
+            "batches": status.batch_count,
+            "rows_written": status.batches.rows.updated + status.batches.rows.inserted + status.batches.rows.deleted,
+            "run_seconds": run_secs,
+            "differences_remaining": remaining,
+            "refreshed": report.refreshed_materialized_views,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary)
+                .map_err(|e| CliError::Internal(e.to_string()))?
+        );
     }
     Ok(())
 }

@@ -28,6 +28,50 @@ pub struct CutoverReport {
     pub refreshed_materialized_views: Vec<String>,
 }
 
+impl CutoverReport {
+    /// What cutover did, for a person.
+    #[must_use]
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        match (&self.swapped, &self.old_table) {
+            (Some(swapped), old) => {
+                let _ = writeln!(
+                    s,
+                    "swapped the built table in{}",
+                    old.as_deref().map_or_else(String::new, |o| format!(
+                        "; the previous table is kept as {o}"
+                    ))
+                );
+                for (what, names) in [
+                    ("views", &swapped.views),
+                    ("materialized views", &swapped.materialized_views),
+                    ("foreign keys", &swapped.foreign_keys),
+                    ("sequences", &swapped.sequences),
+                ] {
+                    if !names.is_empty() {
+                        let _ = writeln!(s, "  moved {what}: {}", names.join(", "));
+                    }
+                }
+            }
+            (None, _) => {
+                let _ = writeln!(s, "the run wrote the target in place: nothing to swap");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "ran {} refresh statement(s); refreshed materialized views: {}",
+            self.refresh_statements,
+            if self.refreshed_materialized_views.is_empty() {
+                "none".to_owned()
+            } else {
+                self.refreshed_materialized_views.join(", ")
+            }
+        );
+        s
+    }
+}
+
 pub async fn cutover(
     pool: &PgPool,
     run_id: Uuid,

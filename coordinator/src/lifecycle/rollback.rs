@@ -42,6 +42,45 @@ pub struct RollbackReport {
     pub refreshed_materialized_views: Vec<String>,
 }
 
+impl RollbackReport {
+    /// What rollback did, for a person.
+    #[must_use]
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        if self.swapped_back {
+            let _ = writeln!(s, "swapped the previous table back in");
+        } else {
+            let _ = writeln!(
+                s,
+                "restored {} batch(es): {} row(s) put back, {} row(s) the run added deleted{}",
+                self.batches_restored,
+                self.rows_restored,
+                self.rows_deleted,
+                if self.newer_rows_overwritten > 0 {
+                    format!(
+                        "; {} row(s) written since the run overwritten (--overwrite-newer)",
+                        self.newer_rows_overwritten
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if let Some(dropped) = &self.dropped {
+            let _ = writeln!(s, "dropped {dropped}");
+        }
+        if !self.refreshed_materialized_views.is_empty() {
+            let _ = writeln!(
+                s,
+                "refreshed materialized views: {}",
+                self.refreshed_materialized_views.join(", ")
+            );
+        }
+        s
+    }
+}
+
 /// A row written since the run: neither as the run left it nor as it was before.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct Conflict {
