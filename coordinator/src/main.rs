@@ -40,6 +40,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Draft a brief for a table from the catalog: key, columns, batches, dependents;
+    /// what only a person can write is left blank for the lint to name.
+    New {
+        /// The table to backfill: schema.table.
+        #[arg(long)]
+        target: String,
+        /// The column to cut batches along (default: an indexed date or
+        /// timestamp column, else the key).
+        #[arg(long)]
+        batch_by: Option<String>,
+        /// Write the brief to this file instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Overwrite the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Lint a brief against the warehouse and show batches, estimated rows and blast radius.
     Plan {
         brief: PathBuf,
@@ -170,6 +187,13 @@ enum Command {
         #[arg(long)]
         now: bool,
     },
+    /// Print a shell completion script, e.g. `backfill completions bash > ~/.local/share/bash-completion/completions/backfill`.
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (backfill.1 and one per command, backfill-run.1, ...) into a directory.
+    Man {
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+    },
     /// Generate TPC-H data, break a derived table, and backfill the fix end to end.
     Demo {
         /// TPC-H scale factor.
@@ -231,8 +255,47 @@ async fn execute(
     out: Out,
 ) -> Result<()> {
     let json = out.json;
+    match command {
+        Command::Completions { shell } => return completions(shell, out),
+        Command::Man { out_dir } => return man_pages(&out_dir, out),
+        _ => {}
+    }
     let config = Config::from_env().map_err(|e| CliError::BadInput(e.to_string()))?;
     match command {
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
+        Command::New {
+            target,
+            batch_by,
+            output,
+            force,
+        } => {
+            let pool = services::postgres(&config, 2).await?;
+            let draft =
+                backfill_coordinator::draft::draft(&pool, &target, batch_by.as_deref()).await?;
+            let Some(path) = output else {
+                return out.result(&draft, || draft.text.clone());
+            };
+            if path.exists() && !force {
+                return Err(CliError::BadInput(format!(
+                    "{} exists; choose another file, or pass --force to overwrite it",
+                    path.display()
+                )));
+            }
+            std::fs::write(&path, &draft.text)
+                .map_err(|e| CliError::BadInput(format!("cannot write {}: {e}", path.display())))?;
+            out.done(
+                &draft,
+                &format!(
+                    "wrote {}: {} batches of {} by {}; fill in {}, then `backfill plan {}`",
+                    path.display(),
+                    draft.batches,
+                    draft.target,
+                    draft.batch_by,
+                    draft.to_fill.join(", "),
+                    path.display()
+                ),
+            )
+        }
         Command::Plan {
             brief,
             workers,
@@ -522,7 +585,44 @@ async fn execute(
     }
 }
 
-/// A pool to the warehouse with the control plane created or upgraded.
+/// The completion script for `shell`, from the same definitions as the CLI.
+fn completions(shell: clap_complete::Shell, out: Out) -> Result<()> {
+    use clap::CommandFactory as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "backfill", &mut script);
+    let script = String::from_utf8_lossy(&script).into_owned();
+    out.result(
+        &serde_json::json!({ "shell": shell.to_string(), "script": script }),
+        || script.clone(),
+    )
+}
+
+/// Writes `backfill.1` and a page per command into `dir`.
+fn man_pages(dir: &std::path::Path, out: Out) -> Result<()> {
+    use clap::CommandFactory as _;
+    std::fs::create_dir_all(dir)
+        .and_then(|()| clap_mangen::generate_to(Cli::command(), dir))
+        .map_err(|e| {
+            CliError::BadInput(format!("cannot write man pages to {}: {e}", dir.display()))
+        })?;
+    let mut pages: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| CliError::BadInput(format!("cannot read {}: {e}", dir.display())))?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("backfill") && name.ends_with(".1"))
+        .collect();
+    pages.sort();
+    out.result(&serde_json::json!({ "dir": dir, "pages": pages }), || {
+        format!(
+            "wrote {} man pages to {}: `man -l {}/backfill.1`, or copy them to a man1 directory\n",
+            pages.len(),
+            dir.display(),
+            dir.display()
+        )
+    })
+}
+
+/// `backfill people ...`.
 async fn people(pool: &sqlx::PgPool, action: PeopleAction, out: Out) -> Result<()> {
     use backfill_coordinator::people as cmd;
     use backfill_shared::control::people;
@@ -554,6 +654,7 @@ async fn people(pool: &sqlx::PgPool, action: PeopleAction, out: Out) -> Result<(
     }
 }
 
+/// A pool to the warehouse with the control plane created or upgraded.
 async fn control_plane(config: &Config, connections: u32) -> Result<sqlx::PgPool> {
     let pool = services::postgres(config, connections).await?;
     control::migrate(&pool).await?;

@@ -184,24 +184,32 @@ pub async fn check(pool: &PgPool, brief: &Brief) -> Result<Preflight> {
             backfill_shared::brief::BriefError { problems },
         ));
     }
+    Ok(Preflight {
+        columns,
+        target_rows: planner_rows(pool, oid).await?,
+        dependents: dependents(pool, oid, target, &brief.dependencies.downstream).await?,
+    })
+}
+
+/// The planner's row count of a table; `None` for one never analysed.
+pub(crate) async fn planner_rows(
+    pool: &PgPool,
+    oid: sqlx::postgres::types::Oid,
+) -> Result<Option<i64>> {
     // A partitioned table's own figure is set only when the parent itself was
     // analysed; its partitions' figures add up to it otherwise.
-    let target_rows: f32 = sqlx::query_scalar(
+    let rows: f32 = sqlx::query_scalar(
         "SELECT CASE WHEN c.relkind = 'p' AND c.reltuples < 0 THEN
                   (SELECT CASE WHEN bool_or(l.reltuples >= 0) THEN sum(greatest(l.reltuples, 0)) ELSE -1 END
                      FROM pg_partition_tree(c.oid) t JOIN pg_class l ON l.oid = t.relid WHERE t.isleaf)
                 ELSE c.reltuples END::real
            FROM pg_class c WHERE c.oid = $1",
     )
-        .bind(oid)
-        .fetch_one(pool)
-        .await?;
-    Ok(Preflight {
-        columns,
-        // PostgreSQL says -1 for a table never analysed (nor vacuumed).
-        target_rows: (target_rows >= 0.0).then_some(target_rows as i64),
-        dependents: dependents(pool, oid, brief).await?,
-    })
+    .bind(oid)
+    .fetch_one(pool)
+    .await?;
+    // PostgreSQL says -1 for a table never analysed (nor vacuumed).
+    Ok((rows >= 0.0).then_some(rows as i64))
 }
 
 /// Each metric must evaluate on the target; each reference must name a column of
@@ -521,17 +529,28 @@ pub async fn blast_radius(pool: &PgPool, brief: &Brief) -> Result<Vec<Dependent>
         .fetch_one(pool)
         .await?;
     match oid {
-        Some(oid) => dependents(pool, oid, brief).await,
+        Some(oid) => {
+            dependents(
+                pool,
+                oid,
+                &brief.scope.target,
+                &brief.dependencies.downstream,
+            )
+            .await
+        }
         None => Ok(Vec::new()),
     }
 }
 
-async fn dependents(
+/// What the catalog finds depending on `target` (table `oid`): readers and
+/// foreign keys, each marked when `declared` (a brief's downstream) names it.
+pub(crate) async fn dependents(
     pool: &PgPool,
     oid: sqlx::postgres::types::Oid,
-    brief: &Brief,
+    target: &TableName,
+    declared: &[String],
 ) -> Result<Vec<Dependent>> {
-    let readers = crate::catalog::readers(pool, &brief.scope.target).await?;
+    let readers = crate::catalog::readers(pool, target).await?;
     let foreign_keys: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT n.nspname::text, c.relname::text, 'foreign key ' || con.conname
            FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -552,12 +571,7 @@ async fn dependents(
             (r.name.schema, r.name.table, kind.to_owned(), r.nearest)
         })
         .chain(foreign_keys.into_iter().map(|(s, t, k)| (s, t, k, 1)));
-    let declared: Vec<Option<TableName>> = brief
-        .dependencies
-        .downstream
-        .iter()
-        .map(|d| TableName::parse(d))
-        .collect();
+    let declared: Vec<Option<TableName>> = declared.iter().map(|d| TableName::parse(d)).collect();
     Ok(rows
         .map(|(schema, table, kind, depth)| {
             let name = TableName { schema, table };

@@ -157,6 +157,16 @@ fn the_dockerfile_copies_what_exists_and_builds_real_binaries() {
             .unwrap();
         assert!(stages.contains(&stage), "{line}: no stage {stage}");
     }
+    // Man pages and completions come from the binary's own clap definitions.
+    for generated in [
+        "backfill man --out-dir",
+        "backfill completions bash",
+        "backfill completions zsh",
+        "backfill completions fish",
+        "/usr/local/share/man/man1/",
+    ] {
+        assert!(text.contains(generated), "the image installs {generated}");
+    }
     for package in ["backfill-worker", "backfill-coordinator"] {
         assert!(
             text.contains(&format!("-p {package}")),

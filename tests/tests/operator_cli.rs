@@ -450,3 +450,164 @@ async fn every_command_prints_for_a_person_and_one_json_object_with_json() {
     workers.stop().await;
     env.cleanup().await;
 }
+
+/// The fields a brief's lint names.
+fn problem_fields(text: &str) -> Vec<String> {
+    match backfill_shared::brief::Brief::parse(text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems.into_iter().map(|p| p.field).collect(),
+    }
+}
+
+/// A drafted brief with the person's fields filled and a source that reads
+/// the table itself.
+fn filled(text: &str, table: &str, by: &str) -> String {
+    text.replacen(
+        "reason = \"\"",
+        "reason = \"Recompute from the source tables.\"",
+        1,
+    )
+    .replacen("owner = \"\"", "owner = \"alice\"", 1)
+    .replacen("reviewer = \"\"", "reviewer = \"bob\"", 1)
+    .replacen(
+        "source = \"\"\"\n\"\"\"",
+        &format!("source = \"\"\"\nSELECT * FROM {table} WHERE {by} >= $1 AND {by} < $2\n\"\"\""),
+        1,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_new_drafts_a_brief_only_a_person_must_finish() {
+    let env = TestEnv::new(0.01).await;
+    let dir = std::env::temp_dir().join(format!("bf-new-{}", env.config.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let person_only = [
+        "brief.owner",
+        "brief.reason",
+        "brief.reviewer",
+        "scope.source",
+    ];
+    for (table, batch_by, expected_by, expected_key) in [
+        // One key column, no other index: batches along the key.
+        ("tpch.orders", None, "o_orderkey", vec!["o_orderkey"]),
+        // A composite key, cut along a date column asked for.
+        (
+            "tpch.lineitem",
+            Some("l_shipdate"),
+            "l_shipdate",
+            vec!["l_orderkey", "l_linenumber"],
+        ),
+    ] {
+        let path = dir.join(format!("{table}.toml"));
+        let path = path.to_string_lossy().into_owned();
+        let mut args = vec!["new", "--target", table, "-o", &path];
+        if let Some(by) = batch_by {
+            args.extend(["--batch-by", by]);
+        }
+        let (code, stdout, stderr) = backfill(&env, &args).await;
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+        assert!(stderr.contains("then `backfill plan"), "{stderr}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut fields = problem_fields(&text);
+        fields.sort();
+        assert_eq!(fields, person_only, "{table}:\n{text}");
+        let brief =
+            backfill_shared::brief::Brief::parse(&filled(&text, table, expected_by)).unwrap();
+        assert_eq!(brief.scope.key, expected_key, "{text}");
+        assert_eq!(brief.scope.batch_by.column, expected_by, "{text}");
+        let batches = brief.scope.batch_by.plan().unwrap().len();
+        assert!((10..=100).contains(&batches), "{batches} batches:\n{text}");
+        backfill_coordinator::plan::plan(&env.pool, &brief)
+            .await
+            .unwrap_or_else(|e| panic!("{table}: the filled draft must plan: {e}\n{text}"));
+        // An existing file is kept unless --force.
+        let (code, _, stderr) = backfill(&env, &args).await;
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("--force"), "{stderr}");
+    }
+    // An indexed date column is preferred to the key; the dependents the
+    // catalog finds become downstream; --json carries the text.
+    sqlx::query("CREATE INDEX ON tpch.order_revenue (o_orderdate)")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let (code, stdout, stderr) =
+        backfill(&env, &["new", "--target", "tpch.order_revenue", "--json"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let draft = object(&stdout);
+    assert_eq!(draft["batch_by"], "o_orderdate", "{draft}");
+    assert_eq!(draft["downstream"][0], "tpch.monthly_revenue", "{draft}");
+    let text = draft["text"].as_str().unwrap();
+    assert!(text.contains("step = \""), "{text}");
+    let brief =
+        backfill_shared::brief::Brief::parse(&filled(text, "tpch.order_revenue", "o_orderdate"))
+            .unwrap();
+    assert_eq!(brief.dependencies.downstream, ["tpch.monthly_revenue"]);
+    backfill_coordinator::plan::plan(&env.pool, &brief)
+        .await
+        .unwrap();
+    // Without --json or -o, the brief itself.
+    let (_, stdout, _) = backfill(&env, &["new", "--target", "tpch.orders"]).await;
+    assert!(stdout.starts_with("# A brief drafted"), "{stdout}");
+    // What cannot be drafted says why.
+    sqlx::query("CREATE TABLE tpch.keyless AS SELECT o_orderdate, o_totalprice FROM tpch.orders")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let (code, _, stderr) = backfill(&env, &["new", "--target", "tpch.keyless"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no primary key"), "{stderr}");
+    let (code, _, stderr) = backfill(&env, &["new", "--target", "tpch.nothing"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("there is no table tpch.nothing"),
+        "{stderr}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_and_man_pages_come_from_the_clis_definitions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(bin("backfill"))
+            .args(["completions", shell])
+            .output()
+            .await
+            .unwrap();
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}");
+        for word in ["promote", "list", "new", "over-budget"] {
+            assert!(script.contains(word), "{shell} completes {word}");
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("bf-man-{}", Uuid::new_v4().simple()));
+    let out = Command::new(bin("backfill"))
+        .args(["man", "--out-dir", &dir.to_string_lossy(), "--json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = object(&String::from_utf8_lossy(&out.stdout));
+    let pages: Vec<&str> = written["pages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    for page in [
+        "backfill.1",
+        "backfill-new.1",
+        "backfill-promote.1",
+        "backfill-people-add.1",
+    ] {
+        assert!(pages.contains(&page), "{page} in {pages:?}");
+    }
+    let new = std::fs::read_to_string(dir.join("backfill-new.1")).unwrap();
+    assert!(new.contains(".TH") && new.contains("batch\\-by"), "{new}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
