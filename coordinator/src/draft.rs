@@ -352,6 +352,22 @@ fn nice(n: f64) -> i64 {
     best as i64
 }
 
+/// A column name as SQL text: bare when PostgreSQL would read it as written.
+fn ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_owned()
+    } else {
+        quote_ident(name)
+    }
+}
+
 /// A TOML string of a list of names.
 fn names(list: &[String]) -> String {
     format!(
@@ -386,10 +402,7 @@ fn render(
         .find(|c| c.name == by)
         .is_some_and(|c| !BoundKind::Integer.matches_sql_type(&c.sql_type))
     {
-        format!(
-            "\nby = {:?}",
-            format!("date_trunc('year', {})", quote_ident(by))
-        )
+        format!("\nby = {:?}", format!("date_trunc('year', {})", ident(by)))
     } else {
         String::new()
     };
@@ -475,9 +488,9 @@ retain_days = 14
         yielded_list = yielded.join(", "),
         yielded_sql = yielded
             .iter()
-            .map(|c| quote_ident(c))
+            .map(|c| ident(c))
             .collect::<Vec<_>>()
             .join(", "),
-        by_q = quote_ident(by),
+        by_q = ident(by),
     )
 }
