@@ -13,12 +13,14 @@
 //! - [`validate`]: `backfill validate`, the run-level checklist.
 //! - [`list`]: `backfill list`, and the run a `RUN` argument (an id prefix) names.
 //! - [`lifecycle`]: approve, cutover, rollback, cleanup, maintenance marker.
+//! - [`diff`]: `backfill diff`, what a run (or one table against another) changed.
 //! - [`draft`]: `backfill new`, a first brief drafted from the catalog.
 //! - [`demo`] and [`tpch`]: the end-to-end demo on generated TPC-H data.
 
 pub mod canary;
 pub mod catalog;
 pub mod demo;
+pub mod diff;
 pub mod draft;
 pub mod error;
 pub mod lifecycle;

@@ -132,6 +132,32 @@ enum Command {
         #[arg(long, requires = "accept")]
         reason: Option<String>,
     },
+    /// What changed, row by row and column by column: a run against what was there
+    /// before (the latest run without RUN), or one table against another.
+    Diff {
+        run: Option<String>,
+        /// Compare two tables instead of a run: OLD NEW.
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"], conflicts_with = "run", requires = "key")]
+        tables: Option<Vec<String>>,
+        /// With --tables: the column(s) that identify a row in both.
+        #[arg(long, value_delimiter = ',')]
+        key: Vec<String>,
+        /// With --tables: the column the comparison is cut into ranges along (default: the key's first).
+        #[arg(long, requires = "tables")]
+        by: Option<String>,
+        /// Compare only these columns.
+        #[arg(long, value_delimiter = ',')]
+        columns: Vec<String>,
+        /// Only rows this predicate keeps, on both sides.
+        #[arg(long = "where", value_name = "SQL")]
+        filter: Option<String>,
+        /// Changed rows shown before and after, the largest changes first.
+        #[arg(long, default_value_t = 10)]
+        sample: usize,
+        /// Ranges compared at once, each on a connection of its own.
+        #[arg(long, default_value_t = 4)]
+        connections: u32,
+    },
     /// The change note for stakeholders: what changed, why, validation, metric deltas.
     Report {
         run: String,
@@ -468,6 +494,44 @@ async fn execute(
                     failed.join(", ")
                 )))
             }
+        }
+        Command::Diff {
+            run,
+            tables,
+            key,
+            by,
+            columns,
+            filter,
+            sample,
+            connections,
+        } => {
+            let connections = connections.clamp(1, 32);
+            let pool = control_plane(&config, connections + 1).await?;
+            let options = backfill_coordinator::diff::Options {
+                columns,
+                filter,
+                sample,
+                connections: connections as usize,
+                progress: !json,
+            };
+            let diff = match tables.as_deref() {
+                Some([old, new]) => {
+                    backfill_coordinator::diff::tables(
+                        &pool,
+                        old,
+                        new,
+                        &key,
+                        by.as_deref(),
+                        &options,
+                    )
+                    .await?
+                }
+                _ => {
+                    let run = list::resolve_or_latest(&pool, run.as_deref()).await?;
+                    backfill_coordinator::diff::run(&pool, run, &options).await?
+                }
+            };
+            out.result(&diff, || diff.render())
         }
         Command::Report { run, format } => {
             let pool = control_plane(&config, 2).await?;

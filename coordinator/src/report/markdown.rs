@@ -96,6 +96,27 @@ impl Report {
             let _ = writeln!(s, "| Canary | {} |", canary_row(c));
         }
         let _ = writeln!(s, "| Tables | {} ({}) |", self.target, self.strategy);
+        if let Some(d) = &self.diff {
+            let columns = d
+                .columns
+                .iter()
+                .filter(|(_, c)| c.changed > 0)
+                .map(|(name, c)| format!("{name} in {}", c.changed))
+                .collect::<Vec<_>>();
+            let _ = writeln!(
+                s,
+                "| Rows | {} changed{}, {} removed, {} added, {} unchanged |",
+                d.rows_changed,
+                if columns.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", columns.join(", "))
+                },
+                d.rows_only_before,
+                d.rows_only_after,
+                d.rows_unchanged
+            );
+        }
         let _ = writeln!(s, "| Stakeholders | {} |", self.stakeholders.join(", "));
         let found = self
             .downstream_found

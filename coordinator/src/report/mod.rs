@@ -61,6 +61,9 @@ pub struct Report {
     pub retained_until: Option<chrono::DateTime<chrono::Utc>>,
     /// `limits.canary`: the batches that went first and what they showed.
     pub canary: Option<crate::canary::Figures>,
+    /// What the run changed, row by row (`backfill diff`); `None` when nothing
+    /// is left to compare with (no before-images, copies cleaned up).
+    pub diff: Option<crate::diff::Diff>,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -105,7 +108,21 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
         }
     }
     let finished = run.cut_over_at.or(run.rolled_back_at).or(run.finished_at);
+    let diff = crate::diff::run(
+        pool,
+        run_id,
+        &crate::diff::Options {
+            columns: Vec::new(),
+            filter: None,
+            sample: 0,
+            connections: 1,
+            progress: false,
+        },
+    )
+    .await
+    .ok();
     Ok(Report {
+        diff,
         canary: crate::canary::figures(pool, &run).await?,
         run_id,
         name: brief.meta.name.clone(),

@@ -1,0 +1,1115 @@
+//! `backfill diff`: what changed, row by row and column by column, computed in
+//! the warehouse range by range (ranges in parallel over a few connections).
+//!
+//! - A run that wrote its target in place (merge, partition-overwrite) is
+//!   diffed from its before-images: only the rows it touched are read, each
+//!   compared with the row now; a batch that exchanged a partition whole is
+//!   diffed against the partition it kept.
+//! - A run that built a table (staging-swap, parallel-version) compares the
+//!   built table with the live one (before cutover) or the old one (after).
+//! - Two tables (`--tables OLD NEW --key ...`) are cut into ranges of a column;
+//!   each range is checksummed on both sides first, and only ranges whose
+//!   checksums differ are joined row by row.
+
+use crate::{CliError, Result};
+use backfill_shared::brief::{BatchRange, Strategy};
+use backfill_shared::control::batches;
+use backfill_shared::control::runs::{self, Run};
+use backfill_shared::sql::{TableName, column_list, key_join, quote_ident};
+use futures_util::StreamExt as _;
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, PgPool, Row as _};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// What to compare and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Compare only these columns (default: every column the backfill writes,
+    /// or every common column of two tables).
+    pub columns: Vec<String>,
+    /// A predicate on the columns, applied to both sides.
+    pub filter: Option<String>,
+    /// Changed rows to show side by side.
+    pub sample: usize,
+    /// Ranges compared at once (each on its own connection).
+    pub connections: usize,
+    pub progress: bool,
+}
+
+/// The difference between what was there and what is there.
+#[derive(Debug, Default, Serialize)]
+pub struct Diff {
+    /// How the two sides were read, in words.
+    pub method: String,
+    pub rows_only_before: i64,
+    pub rows_only_after: i64,
+    pub rows_changed: i64,
+    pub rows_unchanged: i64,
+    pub columns: BTreeMap<String, ColumnDiff>,
+    pub ranges: Vec<RangeDiff>,
+    pub sample: Vec<ChangedRow>,
+    /// What could not be compared, and why.
+    pub notes: Vec<String>,
+}
+
+/// One column's changes among the rows on both sides.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ColumnDiff {
+    pub changed: i64,
+    /// Of the rows on both sides.
+    pub pct: f64,
+    pub became_null: i64,
+    pub stopped_null: i64,
+    /// Numeric columns: the sum of the changes, the largest absolute change,
+    /// and the largest change relative to the value before.
+    pub sum_change: Option<f64>,
+    pub max_abs_change: Option<f64>,
+    pub max_rel_change: Option<f64>,
+}
+
+/// One range's counts.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RangeDiff {
+    pub lo: String,
+    pub hi: String,
+    /// The run's batch, when the range is one.
+    pub batch_no: Option<u32>,
+    pub only_before: i64,
+    pub only_after: i64,
+    pub changed: i64,
+    pub unchanged: i64,
+}
+
+/// A changed row, before and after, as JSON objects of its columns.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangedRow {
+    /// `changed most`, or `edge case`.
+    pub why: &'static str,
+    pub key: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+    /// The sum of its numeric columns' absolute changes.
+    pub change: f64,
+}
+
+/// The key and compared columns, with which are numeric.
+#[derive(Debug, Clone)]
+struct Spec {
+    key: Vec<String>,
+    columns: Vec<(String, bool)>,
+}
+
+/// One comparison's figures: totals, per column.
+#[derive(Debug, Default)]
+struct Figures {
+    only_before: i64,
+    only_after: i64,
+    changed: i64,
+    unchanged: i64,
+    columns: Vec<ColumnDiff>,
+}
+
+impl Spec {
+    fn names(&self) -> Vec<String> {
+        self.columns.iter().map(|(c, _)| c.clone()).collect()
+    }
+
+    /// `k..., c...` of a side, for its SELECT list.
+    fn select_list(&self, alias: &str) -> String {
+        let mut all = self.key.clone();
+        all.extend(self.names());
+        column_list(&all, Some(alias))
+    }
+
+    fn both(&self) -> &'static str {
+        "o.bf_here AND n.bf_here"
+    }
+
+    fn distinct(&self) -> String {
+        if self.columns.is_empty() {
+            return "false".into();
+        }
+        let names = self.names();
+        format!(
+            "({}) IS DISTINCT FROM ({})",
+            column_list(&names, Some("o")),
+            column_list(&names, Some("n"))
+        )
+    }
+
+    /// The aggregates of a comparison of `old` and `new` (subqueries whose
+    /// rows carry `bf_here`), grouped by `group` if given.
+    fn aggregate_sql(&self, old: &str, new: &str, group: Option<&str>) -> String {
+        let both = self.both();
+        let distinct = self.distinct();
+        let mut items = vec![
+            format!("count(*) FILTER (WHERE n.bf_here IS NULL)"),
+            format!("count(*) FILTER (WHERE o.bf_here IS NULL)"),
+            format!("count(*) FILTER (WHERE {both} AND {distinct})"),
+            format!("count(*) FILTER (WHERE {both} AND NOT {distinct})"),
+        ];
+        for (c, numeric) in &self.columns {
+            let c = quote_ident(c);
+            items.push(format!(
+                "count(*) FILTER (WHERE {both} AND o.{c} IS DISTINCT FROM n.{c})"
+            ));
+            items.push(format!(
+                "count(*) FILTER (WHERE {both} AND o.{c} IS NOT NULL AND n.{c} IS NULL)"
+            ));
+            items.push(format!(
+                "count(*) FILTER (WHERE {both} AND o.{c} IS NULL AND n.{c} IS NOT NULL)"
+            ));
+            if *numeric {
+                let d = format!("(n.{c}::float8 - o.{c}::float8)");
+                items.push(format!("sum({d}) FILTER (WHERE {both})"));
+                items.push(format!("max(abs({d})) FILTER (WHERE {both})"));
+                items.push(format!(
+                    "max(abs({d}) / nullif(abs(o.{c}::float8), 0)) FILTER (WHERE {both})"
+                ));
+            }
+        }
+        let (group_item, group_by) = group.map_or_else(
+            || (String::new(), String::new()),
+            |g| (format!("{g}, "), " GROUP BY 1".to_owned()),
+        );
+        format!(
+            "SELECT {group_item}{} FROM ({old}) o FULL JOIN ({new}) n ON {}{group_by}",
+            items.join(", "),
+            key_join(&self.key, "o", "n")
+        )
+    }
+
+    /// Reads the aggregates of [`Spec::aggregate_sql`] from `row`, from column `at`.
+    fn figures(&self, row: &sqlx::postgres::PgRow, at: usize) -> Result<Figures> {
+        let at = std::cell::Cell::new(at);
+        let next = || at.replace(at.get() + 1);
+        let int = || row.try_get::<i64, _>(next());
+        let float = || row.try_get::<Option<f64>, _>(next());
+        let mut f = Figures {
+            only_before: int()?,
+            only_after: int()?,
+            changed: int()?,
+            unchanged: int()?,
+            columns: Vec::new(),
+        };
+        for (_, numeric) in &self.columns {
+            let mut c = ColumnDiff {
+                changed: int()?,
+                became_null: int()?,
+                stopped_null: int()?,
+                ..ColumnDiff::default()
+            };
+            if *numeric {
+                c.sum_change = float()?;
+                c.max_abs_change = float()?;
+                c.max_rel_change = float()?;
+            }
+            f.columns.push(c);
+        }
+        Ok(f)
+    }
+
+    /// The changed rows of a comparison, largest change first, at most `n`.
+    fn sample_sql(&self, old: &str, new: &str, n: usize) -> String {
+        let key_text = self
+            .key
+            .iter()
+            .map(|k| format!("coalesce(o.{0}, n.{0})::text", quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(" || ', ' || ");
+        let score = self
+            .columns
+            .iter()
+            .filter(|(_, numeric)| *numeric)
+            .map(|(c, _)| {
+                let c = quote_ident(c);
+                format!("coalesce(abs(n.{c}::float8 - o.{c}::float8), 0)")
+            })
+            .collect::<Vec<_>>();
+        let score = if score.is_empty() {
+            "0::float8".to_owned()
+        } else {
+            score.join(" + ")
+        };
+        format!(
+            "SELECT {key_text}, CASE WHEN o.bf_here THEN row_to_json(o)::text END,
+                    CASE WHEN n.bf_here THEN row_to_json(n)::text END, ({score})::float8
+               FROM ({old}) o FULL JOIN ({new}) n ON {}
+              WHERE o.bf_here IS NULL OR n.bf_here IS NULL OR {}
+              ORDER BY 4 DESC, 1 LIMIT {n}",
+            key_join(&self.key, "o", "n"),
+            self.distinct()
+        )
+    }
+}
+
+fn sum_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    }
+}
+
+fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A comparison of one range: its figures, and its largest changes.
+#[derive(Debug)]
+struct RangeResult {
+    range: RangeDiff,
+    figures: Figures,
+    sample: Vec<ChangedRow>,
+}
+
+impl Diff {
+    fn new(spec: &Spec, method: String) -> Self {
+        Self {
+            method,
+            columns: spec
+                .columns
+                .iter()
+                .map(|(c, _)| (c.clone(), ColumnDiff::default()))
+                .collect(),
+            ..Self::default()
+        }
+    }
+
+    fn add(&mut self, spec: &Spec, result: RangeResult) {
+        let f = &result.figures;
+        self.rows_only_before += f.only_before;
+        self.rows_only_after += f.only_after;
+        self.rows_changed += f.changed;
+        self.rows_unchanged += f.unchanged;
+        for ((name, _), c) in spec.columns.iter().zip(&f.columns) {
+            let into = self.columns.entry(name.clone()).or_default();
+            into.changed += c.changed;
+            into.became_null += c.became_null;
+            into.stopped_null += c.stopped_null;
+            into.sum_change = sum_opt(into.sum_change, c.sum_change);
+            into.max_abs_change = max_opt(into.max_abs_change, c.max_abs_change);
+            into.max_rel_change = max_opt(into.max_rel_change, c.max_rel_change);
+        }
+        self.ranges.push(result.range);
+        self.sample.extend(result.sample);
+    }
+
+    /// Percentages, ranges in order, and the `n` largest changes.
+    fn finish(&mut self, n: usize) {
+        let both = (self.rows_changed + self.rows_unchanged).max(1) as f64;
+        for c in self.columns.values_mut() {
+            c.pct = c.changed as f64 / both * 100.0;
+        }
+        self.ranges.sort_by(|a, b| {
+            (a.batch_no, &a.lo)
+                .partial_cmp(&(b.batch_no, &b.lo))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        self.sample.sort_by(|a, b| {
+            b.change
+                .total_cmp(&a.change)
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        self.sample.truncate(n);
+    }
+}
+
+/// A row's JSON without the diff's own markers (`bf_*`).
+fn row_json(text: Option<String>) -> Option<serde_json::Value> {
+    let mut value: serde_json::Value = serde_json::from_str(&text?).ok()?;
+    if let Some(object) = value.as_object_mut() {
+        object.retain(|k, _| !k.starts_with("bf_"));
+    }
+    Some(value)
+}
+
+/// Compares `old` and `new` (subqueries over one range, with `binds` as their
+/// parameters): figures and the largest changes.
+async fn compare(
+    pool: &PgPool,
+    spec: &Spec,
+    old: &str,
+    new: &str,
+    binds: &Binds,
+    sample: usize,
+) -> Result<(Figures, Vec<ChangedRow>)> {
+    let sql = spec.aggregate_sql(old, new, None);
+    let row = binds
+        .apply(sqlx::query(AssertSqlSafe(sql)))
+        .fetch_one(pool)
+        .await?;
+    let figures = spec.figures(&row, 0)?;
+    let rows = if sample > 0 && figures.only_before + figures.only_after + figures.changed > 0 {
+        compare_sample(pool, spec, old, new, binds, sample).await?
+    } else {
+        Vec::new()
+    };
+    Ok((figures, rows))
+}
+
+/// The parameters of one range's subqueries.
+#[derive(Debug, Clone)]
+enum Binds {
+    /// No parameter.
+    Nothing,
+    /// `$1`: one bound, as text cast in the SQL.
+    One(String),
+    /// `$1`, `$2`: the range's bounds, as text cast in the SQL.
+    Range(String, String),
+    /// `$1`: the batches whose before-images are compared.
+    Batches(Vec<i32>),
+}
+
+impl Binds {
+    fn apply<'q>(
+        &self,
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        match self {
+            Self::Nothing => q,
+            Self::One(v) => q.bind(v.clone()),
+            Self::Range(lo, hi) => q.bind(lo.clone()).bind(hi.clone()),
+            Self::Batches(nos) => q.bind(nos.clone()),
+        }
+    }
+
+    fn apply_as<'q, O>(
+        &self,
+        q: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        match self {
+            Self::Nothing => q,
+            Self::One(v) => q.bind(v.clone()),
+            Self::Range(lo, hi) => q.bind(lo.clone()).bind(hi.clone()),
+            Self::Batches(nos) => q.bind(nos.clone()),
+        }
+    }
+}
+
+/// The columns of `table` with whether each is numeric, in table order.
+async fn table_columns(pool: &PgPool, table: &TableName) -> Result<Vec<(String, String)>> {
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
+           FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+          ORDER BY a.attnum",
+    )
+    .bind(table.quoted())
+    .fetch_all(pool)
+    .await?;
+    if columns.is_empty() {
+        return Err(CliError::BadInput(format!("there is no table {table}")));
+    }
+    Ok(columns)
+}
+
+fn is_numeric(sql_type: &str) -> bool {
+    ["smallint", "integer", "bigint", "real", "double precision"].contains(&sql_type)
+        || sql_type.starts_with("numeric")
+}
+
+/// The spec for `key` and the columns to compare: `wanted`, else `default`.
+fn spec(
+    key: &[String],
+    wanted: &[String],
+    default: &[String],
+    types: &[(String, String)],
+) -> Result<Spec> {
+    let chosen = if wanted.is_empty() { default } else { wanted };
+    let mut columns = Vec::new();
+    for c in chosen.iter().filter(|c| !key.contains(c)) {
+        let Some((_, t)) = types.iter().find(|(n, _)| n == c) else {
+            return Err(CliError::BadInput(format!(
+                "--columns: there is no column {c:?} (the columns are {})",
+                types
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        columns.push((c.clone(), is_numeric(t)));
+    }
+    Ok(Spec {
+        key: key.to_vec(),
+        columns,
+    })
+}
+
+/// ` AND (<filter>)`, or nothing.
+fn and(filter: Option<&str>) -> String {
+    filter.map_or_else(String::new, |w| format!(" AND ({w})"))
+}
+
+/// Compares `old` and `new` over `ranges` of `by` (typed `by_type`): each
+/// range checksummed on both sides first, joined only where they differ.
+#[allow(clippy::too_many_arguments)]
+async fn diff_ranges(
+    pool: &PgPool,
+    spec: &Spec,
+    old: &TableName,
+    new: &TableName,
+    by: &str,
+    by_type: &str,
+    ranges: Vec<(Option<u32>, Option<String>, Option<String>)>,
+    filter: &str,
+    options: &Options,
+    diff: &mut Diff,
+) -> Result<()> {
+    let by = quote_ident(by);
+    // A range's condition on `by`, and its parameters.
+    let cut = |lo: &Option<String>, hi: &Option<String>| match (lo, hi) {
+        (Some(lo), Some(hi)) => (
+            format!("t.{by} >= $1::{by_type} AND t.{by} < $2::{by_type}"),
+            Binds::Range(lo.clone(), hi.clone()),
+        ),
+        (Some(lo), None) => (format!("t.{by} >= $1::{by_type}"), Binds::One(lo.clone())),
+        (None, Some(hi)) => (format!("t.{by} < $1::{by_type}"), Binds::One(hi.clone())),
+        (None, None) => (format!("t.{by} IS NOT NULL"), Binds::Nothing),
+    };
+    let side = |table: &TableName, cond: &str| {
+        format!(
+            "SELECT true AS bf_here, {} FROM {} t WHERE {cond}{filter}",
+            spec.select_list("t"),
+            table.quoted(),
+        )
+    };
+    let checksum = |sql: &str| {
+        format!(
+            "SELECT count(*), coalesce(sum(hashtextextended(s::text, 0)::numeric), 0)::text FROM ({sql}) s"
+        )
+    };
+    let bar = progress(options, ranges.len());
+    let results = futures_util::stream::iter(ranges.into_iter().map(|(batch_no, lo, hi)| {
+        let (cond, binds) = cut(&lo, &hi);
+        let (old_sql, new_sql) = (side(old, &cond), side(new, &cond));
+        let bar = bar.clone();
+        let (checksum_old, checksum_new) = (checksum(&old_sql), checksum(&new_sql));
+        async move {
+            let sums = |sql: String| {
+                let binds = binds.clone();
+                async move {
+                    binds
+                        .apply_as::<(i64, String)>(sqlx::query_as(AssertSqlSafe(sql)))
+                        .fetch_one(pool)
+                        .await
+                }
+            };
+            let (a, b) = tokio::try_join!(sums(checksum_old), sums(checksum_new))?;
+            let range = RangeDiff {
+                lo: lo.unwrap_or_else(|| "-∞".into()),
+                hi: hi.unwrap_or_else(|| "∞".into()),
+                batch_no,
+                ..RangeDiff::default()
+            };
+            let result = if a == b {
+                RangeResult {
+                    range: RangeDiff {
+                        unchanged: a.0,
+                        ..range
+                    },
+                    figures: Figures {
+                        unchanged: a.0,
+                        columns: vec![ColumnDiff::default(); spec.columns.len()],
+                        ..Figures::default()
+                    },
+                    sample: Vec::new(),
+                }
+            } else {
+                let (figures, sample) =
+                    compare(pool, spec, &old_sql, &new_sql, &binds, options.sample).await?;
+                RangeResult {
+                    range: RangeDiff {
+                        only_before: figures.only_before,
+                        only_after: figures.only_after,
+                        changed: figures.changed,
+                        unchanged: figures.unchanged,
+                        ..range
+                    },
+                    figures,
+                    sample,
+                }
+            };
+            bar.inc(1);
+            Ok::<_, CliError>(result)
+        }
+    }))
+    .buffer_unordered(options.connections.max(1))
+    .collect::<Vec<_>>()
+    .await;
+    bar.finish_and_clear();
+    for result in results {
+        diff.add(spec, result?);
+    }
+    Ok(())
+}
+
+fn progress(options: &Options, len: usize) -> indicatif::ProgressBar {
+    if !options.progress || len < 2 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("diff {bar:30} {pos}/{len} ranges ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// `backfill diff --tables OLD NEW --key k1,k2 [--by COLUMN]`: `ranges` ranges
+/// of `by` (default the key's first column), cut at its quantiles in `old`.
+pub async fn tables(
+    pool: &PgPool,
+    old: &str,
+    new: &str,
+    key: &[String],
+    by: Option<&str>,
+    options: &Options,
+) -> Result<Diff> {
+    let parse = |t: &str| {
+        TableName::parse(t)
+            .ok_or_else(|| CliError::BadInput(format!("--tables: {t:?} is not schema.table")))
+    };
+    let (old, new) = (parse(old)?, parse(new)?);
+    if key.is_empty() {
+        return Err(CliError::BadInput(
+            "--tables needs --key: the column(s) that identify a row in both tables".into(),
+        ));
+    }
+    let (old_cols, new_cols) = (
+        table_columns(pool, &old).await?,
+        table_columns(pool, &new).await?,
+    );
+    for k in key {
+        if !old_cols.iter().any(|(c, _)| c == k) || !new_cols.iter().any(|(c, _)| c == k) {
+            return Err(CliError::BadInput(format!(
+                "--key {k}: both {old} and {new} must have it"
+            )));
+        }
+    }
+    let common: Vec<String> = old_cols
+        .iter()
+        .filter(|(c, t)| new_cols.iter().any(|(n, u)| n == c && u == t))
+        .map(|(c, _)| c.clone())
+        .collect();
+    let spec = spec(key, &options.columns, &common, &old_cols)?;
+    let by = by.unwrap_or(&key[0]);
+    let by_type = old_cols
+        .iter()
+        .find(|(c, _)| c == by)
+        .map(|(_, t)| t.clone())
+        .ok_or_else(|| CliError::BadInput(format!("--by {by}: {old} has no such column")))?;
+    // Cut points: quantiles of `by` in a sample of the old table.
+    let pieces = 64;
+    let cuts: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT DISTINCT q::text FROM (
+             SELECT unnest(percentile_disc(ARRAY(SELECT g / {pieces}.0 FROM generate_series(1, {pieces} - 1) g))
+                    WITHIN GROUP (ORDER BY {c})) AS q
+               FROM {t} WHERE {c} IS NOT NULL) s
+          WHERE q IS NOT NULL ORDER BY 1",
+        c = quote_ident(by),
+        t = old.quoted()
+    )))
+    .fetch_all(pool)
+    .await?;
+    // Sorted as the column's type sorts, not as text.
+    let cuts: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT x::text FROM unnest($1::text[]) u(x) ORDER BY x::{by_type}"
+    )))
+    .bind(&cuts)
+    .fetch_all(pool)
+    .await?;
+    let mut ranges = Vec::with_capacity(cuts.len() + 2);
+    let mut lo: Option<String> = None;
+    for cut in cuts {
+        ranges.push((None, lo.clone(), Some(cut.clone())));
+        lo = Some(cut);
+    }
+    ranges.push((None, lo, None));
+    let mut diff = Diff::new(
+        &spec,
+        format!(
+            "{old} against {new} on ({}), in {} ranges of {by}, each checksummed on both sides first",
+            key.join(", "),
+            ranges.len()
+        ),
+    );
+    let filter = and(options.filter.as_deref());
+    diff_ranges(
+        pool, &spec, &old, &new, by, &by_type, ranges, &filter, options, &mut diff,
+    )
+    .await?;
+    // Rows whose `by` is NULL fall in no range: compare them apart.
+    let nulls = format!(" AND t.{} IS NULL", quote_ident(by));
+    let null_side = |table: &TableName| {
+        format!(
+            "SELECT true AS bf_here, {} FROM {} t WHERE true{nulls}{filter}",
+            spec.select_list("t"),
+            table.quoted()
+        )
+    };
+    let (figures, sample) = compare(
+        pool,
+        &spec,
+        &null_side(&old),
+        &null_side(&new),
+        &Binds::Nothing,
+        options.sample,
+    )
+    .await?;
+    if figures.only_before + figures.only_after + figures.changed + figures.unchanged > 0 {
+        diff.add(
+            &spec,
+            RangeResult {
+                range: RangeDiff {
+                    lo: format!("{by} IS NULL"),
+                    hi: String::new(),
+                    only_before: figures.only_before,
+                    only_after: figures.only_after,
+                    changed: figures.changed,
+                    unchanged: figures.unchanged,
+                    ..RangeDiff::default()
+                },
+                figures,
+                sample,
+            },
+        );
+    }
+    diff.finish(options.sample);
+    Ok(diff)
+}
+
+/// Batches compared in one statement of the before-image diff.
+const BATCHES_PER_QUERY: usize = 64;
+
+/// `backfill diff RUN`: what the run changed against what was there before,
+/// over its applied batches (so it works while the run goes).
+pub async fn run(pool: &PgPool, run_id: Uuid, options: &Options) -> Result<Diff> {
+    let run = runs::load(pool, run_id).await?;
+    let scope = &run.brief.scope;
+    let plan = scope.batch_by.plan().map_err(CliError::BadInput)?;
+    let applied = batches::numbers_in_state(pool, run_id, batches::BatchState::Applied).await?;
+    let types = table_columns(pool, &scope.target).await?;
+    let written: Vec<String> = scope
+        .written_columns()
+        .into_iter()
+        .filter(|c| !scope.key.contains(c))
+        .collect();
+    let spec = spec(&scope.key, &options.columns, &written, &types)?;
+    let filter = format!("{}{}", scope.owned(), and(options.filter.as_deref()));
+    let by = scope.batch_by.column.as_str();
+    let by_type = scope.batch_by.kind().sql_type();
+    let range_of = |no: u32| {
+        plan.get(no as usize)
+            .map(|b: &BatchRange| (Some(no), Some(b.lo.to_string()), Some(b.hi.to_string())))
+    };
+    let target = &scope.target;
+    match run.brief.write.strategy {
+        Strategy::StagingSwap | Strategy::ParallelVersion => {
+            let side = run.side_table.as_deref().and_then(TableName::parse);
+            let old = run.old_table.as_deref().and_then(TableName::parse);
+            let (before, after, when) = match (old, side) {
+                (Some(old), _) => (
+                    old,
+                    target.clone(),
+                    "after cutover: the retired table against the target",
+                ),
+                (None, Some(side)) => (
+                    target.clone(),
+                    side,
+                    "before cutover: the live target against the table the run builds",
+                ),
+                (None, None) => {
+                    return Err(CliError::Internal(format!(
+                        "run {run_id} records neither the table it builds nor the one it retired"
+                    )));
+                }
+            };
+            let mut diff = Diff::new(
+                &spec,
+                format!(
+                    "{when} ({before} against {after}), over {} applied batch(es), each checksummed first",
+                    applied.len()
+                ),
+            );
+            let ranges = applied.iter().filter_map(|no| range_of(*no)).collect();
+            diff_ranges(
+                pool, &spec, &before, &after, by, by_type, ranges, &filter, options, &mut diff,
+            )
+            .await?;
+            diff.finish(options.sample);
+            diff.sample
+                .extend(edge_cases(pool, &run, &spec, &before, &after, None).await?);
+            Ok(diff)
+        }
+        Strategy::Merge | Strategy::PartitionOverwrite => {
+            let exchanged = batches::exchanges(pool, run_id).await?;
+            let rows: Vec<u32> = applied
+                .iter()
+                .copied()
+                .filter(|no| !exchanged.contains_key(&i32::try_from(*no).unwrap_or(-1)))
+                .collect();
+            let mut diff = Diff::new(
+                &spec,
+                format!(
+                    "from the before-images of {} applied batch(es): each row the run touched, as it was and as it is now{}",
+                    rows.len(),
+                    if exchanged.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; {} exchanged partition(s) against the partitions they replaced",
+                            exchanged.len()
+                        )
+                    }
+                ),
+            );
+            for (no, x) in &exchanged {
+                let Some(range) = u32::try_from(*no).ok().and_then(range_of) else {
+                    continue;
+                };
+                match x.kept_as.as_deref().and_then(TableName::parse) {
+                    Some(kept) => {
+                        diff_ranges(pool, &spec, &kept, target, by, by_type, vec![range], &filter, options, &mut diff).await?;
+                    }
+                    None => diff.notes.push(format!(
+                        "batch {no} exchanged partition {} and kept no copy of the old one (snapshot = false): not compared",
+                        x.partition
+                    )),
+                }
+            }
+            let image = run.image_table.as_deref().and_then(TableName::parse);
+            if !rows.is_empty() {
+                let image = image.as_ref().ok_or_else(|| {
+                    CliError::BadInput(format!(
+                        "run {run_id} kept no before-images (snapshot = false), so nothing records what its batches replaced; \
+                         compare two tables instead: `backfill diff --tables OLD NEW --key ...`"
+                    ))
+                })?;
+                from_images(
+                    pool, &spec, &run, image, &rows, &plan, &filter, options, &mut diff,
+                )
+                .await?;
+            }
+            diff.finish(options.sample);
+            diff.sample
+                .extend(edge_cases(pool, &run, &spec, target, target, image.as_ref()).await?);
+            Ok(diff)
+        }
+    }
+}
+
+/// The before-image diff of `batch_nos`: the rows each batch touched, as the
+/// images keep them and as the target holds them now; the rows it did not
+/// touch count as unchanged.
+#[allow(clippy::too_many_arguments)]
+async fn from_images(
+    pool: &PgPool,
+    spec: &Spec,
+    run: &Run,
+    image: &TableName,
+    batch_nos: &[u32],
+    plan: &[BatchRange],
+    filter: &str,
+    options: &Options,
+    diff: &mut Diff,
+) -> Result<()> {
+    let scope = &run.brief.scope;
+    let target = scope.target.quoted();
+    let img = image.quoted();
+    let keys_i = column_list(&scope.key, Some("i"));
+    let old = format!(
+        "SELECT DISTINCT ON ({keys_i}) true AS bf_here, i.bf_batch_no, {}
+           FROM {img} i WHERE i.bf_batch_no = ANY($1) AND i.bf_op IN ('D', 'U'){filter}
+          ORDER BY {keys_i}, i.bf_batch_no",
+        spec.select_list("i")
+    );
+    // The filter names the target's columns: applied outside the join, where
+    // only they are in scope.
+    let new = format!(
+        "SELECT true AS bf_here, x.bf_batch_no, {} FROM (
+             SELECT b.bf_batch_no, t.*
+               FROM {target} t
+               JOIN (SELECT DISTINCT ON ({keys_i}) i.bf_batch_no, {keys_i} FROM {img} i
+                      WHERE i.bf_batch_no = ANY($1) ORDER BY {keys_i}, i.bf_batch_no) b ON {}) x
+          WHERE true{filter}",
+        spec.select_list("x"),
+        key_join(&scope.key, "t", "b")
+    );
+    let grouped = spec.aggregate_sql(&old, &new, Some("coalesce(o.bf_batch_no, n.bf_batch_no)"));
+    let by = quote_ident(&scope.batch_by.column);
+    let by_type = scope.batch_by.kind().sql_type();
+    let in_range = format!(
+        "SELECT b.bf_no, count(t.*) FROM unnest($1::int[], $2::text[], $3::text[]) b(bf_no, bf_lo, bf_hi)
+           LEFT JOIN {target} t ON t.{by} >= b.bf_lo::{by_type} AND t.{by} < b.bf_hi::{by_type}{filter}
+          GROUP BY b.bf_no"
+    );
+    let chunks: Vec<Vec<i32>> = batch_nos
+        .chunks(BATCHES_PER_QUERY)
+        .map(|c| {
+            c.iter()
+                .map(|n| i32::try_from(*n).unwrap_or(i32::MAX))
+                .collect()
+        })
+        .collect();
+    let bar = progress(options, chunks.len());
+    let results = futures_util::stream::iter(chunks.into_iter().map(|nos| {
+        let (grouped, old, new, in_range, bar) = (&grouped, &old, &new, &in_range, bar.clone());
+        async move {
+            let rows = sqlx::query(AssertSqlSafe(grouped.clone()))
+                .bind(&nos)
+                .fetch_all(pool)
+                .await?;
+            let mut per_batch = BTreeMap::new();
+            for row in &rows {
+                let no: i32 = row.try_get(0)?;
+                per_batch.insert(no, spec.figures(row, 1)?);
+            }
+            let (los, his): (Vec<String>, Vec<String>) = nos
+                .iter()
+                .filter_map(|no| plan.get(usize::try_from(*no).ok()?))
+                .map(|b| (b.lo.to_string(), b.hi.to_string()))
+                .unzip();
+            let counts: Vec<(i32, i64)> = sqlx::query_as(AssertSqlSafe(in_range.clone()))
+                .bind(&nos)
+                .bind(&los)
+                .bind(&his)
+                .fetch_all(pool)
+                .await?;
+            let sample = if options.sample > 0 {
+                compare_sample(
+                    pool,
+                    spec,
+                    old,
+                    new,
+                    &Binds::Batches(nos.clone()),
+                    options.sample,
+                )
+                .await?
+            } else {
+                Vec::new()
+            };
+            bar.inc(1);
+            Ok::<_, CliError>((per_batch, counts, sample))
+        }
+    }))
+    .buffer_unordered(options.connections.max(1))
+    .collect::<Vec<_>>()
+    .await;
+    bar.finish_and_clear();
+    for result in results {
+        let (mut per_batch, counts, sample) = result?;
+        for (no, rows_now) in counts {
+            let mut figures = per_batch.remove(&no).unwrap_or_else(|| Figures {
+                columns: vec![ColumnDiff::default(); spec.columns.len()],
+                ..Figures::default()
+            });
+            // Rows in the range now that the batch did not touch are as they were.
+            let touched_now = figures.changed + figures.unchanged + figures.only_after;
+            figures.unchanged += (rows_now - touched_now).max(0);
+            let range = plan.get(usize::try_from(no).unwrap_or(usize::MAX));
+            diff.add(
+                spec,
+                RangeResult {
+                    range: RangeDiff {
+                        lo: range.map(|b| b.lo.to_string()).unwrap_or_default(),
+                        hi: range.map(|b| b.hi.to_string()).unwrap_or_default(),
+                        batch_no: u32::try_from(no).ok(),
+                        only_before: figures.only_before,
+                        only_after: figures.only_after,
+                        changed: figures.changed,
+                        unchanged: figures.unchanged,
+                    },
+                    figures,
+                    sample: Vec::new(),
+                },
+            );
+        }
+        diff.sample.extend(sample);
+    }
+    Ok(())
+}
+
+/// The largest changes of a comparison.
+async fn compare_sample(
+    pool: &PgPool,
+    spec: &Spec,
+    old: &str,
+    new: &str,
+    binds: &Binds,
+    n: usize,
+) -> Result<Vec<ChangedRow>> {
+    let found: Vec<(String, Option<String>, Option<String>, f64)> = binds
+        .apply_as(sqlx::query_as(AssertSqlSafe(spec.sample_sql(old, new, n))))
+        .fetch_all(pool)
+        .await?;
+    Ok(found
+        .into_iter()
+        .map(|(key, before, after, change)| ChangedRow {
+            why: "changed most",
+            key,
+            before: row_json(before),
+            after: row_json(after),
+            change,
+        })
+        .collect())
+}
+
+/// The brief's edge cases, before and after: from `before` (or the image of
+/// the row, when the run kept one) and from `after`.
+async fn edge_cases(
+    pool: &PgPool,
+    run: &Run,
+    spec: &Spec,
+    before: &TableName,
+    after: &TableName,
+    image: Option<&TableName>,
+) -> Result<Vec<ChangedRow>> {
+    let key_text = spec
+        .key
+        .iter()
+        .map(|k| format!("t.{}::text", quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(" || ', ' || ");
+    let one = |table: &TableName, extra: &str| {
+        format!(
+            "SELECT row_to_json(x)::text FROM (SELECT {} FROM {} t WHERE {key_text} = $1{extra} LIMIT 1) x",
+            spec.select_list("t"),
+            table.quoted()
+        )
+    };
+    let mut rows = Vec::new();
+    for case in &run.brief.validation.edge_cases {
+        let wanted = case.join(", ");
+        let fetch = |sql: String| {
+            let wanted = wanted.clone();
+            async move {
+                sqlx::query_scalar::<_, String>(AssertSqlSafe(sql))
+                    .bind(wanted)
+                    .fetch_optional(pool)
+                    .await
+            }
+        };
+        let after_row = fetch(one(after, "")).await?;
+        let before_row = match image {
+            Some(img) => {
+                let imaged: Option<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+                    "SELECT t.bf_op::text, (SELECT row_to_json(x)::text FROM (SELECT {}) x)
+                       FROM {} t WHERE {key_text} = $1 ORDER BY t.bf_op = 'I', t.bf_batch_no LIMIT 1",
+                    spec.select_list("t"),
+                    img.quoted()
+                )))
+                .bind(&wanted)
+                .fetch_optional(pool)
+                .await?;
+                match imaged {
+                    Some((op, _)) if op == "I" => None,
+                    Some((_, row)) => Some(row),
+                    None => after_row.clone(),
+                }
+            }
+            None => fetch(one(before, "")).await?,
+        };
+        rows.push(ChangedRow {
+            why: "edge case",
+            key: wanted,
+            before: row_json(before_row),
+            after: row_json(after_row),
+            change: 0.0,
+        });
+    }
+    Ok(rows)
+}
+
+impl Diff {
+    /// The diff for a person.
+    #[must_use]
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(s, "Diff: {}", self.method);
+        let _ = writeln!(
+            s,
+            "  rows:    {} changed, {} only before (removed), {} only after (added), {} unchanged",
+            self.rows_changed, self.rows_only_before, self.rows_only_after, self.rows_unchanged
+        );
+        if !self.columns.is_empty() {
+            let _ = writeln!(s, "  columns:");
+            for (name, c) in &self.columns {
+                let mut line = format!("    {name:<24} {:>10} changed ({:.2} %)", c.changed, c.pct);
+                if c.became_null + c.stopped_null > 0 {
+                    let _ = write!(
+                        line,
+                        ", {} became NULL, {} no longer NULL",
+                        c.became_null, c.stopped_null
+                    );
+                }
+                if let (true, Some(sum), Some(max)) =
+                    (c.changed > 0, c.sum_change, c.max_abs_change)
+                {
+                    let _ = write!(line, ", sum of changes {sum:+.2}, largest {max:.2}");
+                    if let Some(rel) = c.max_rel_change {
+                        let _ = write!(line, " ({:.2} % of the value before)", rel * 100.0);
+                    }
+                }
+                let _ = writeln!(s, "{line}");
+            }
+        }
+        let differing: Vec<&RangeDiff> = self
+            .ranges
+            .iter()
+            .filter(|r| r.changed + r.only_before + r.only_after > 0)
+            .collect();
+        let _ = writeln!(
+            s,
+            "  ranges:  {} of {} hold changes",
+            differing.len(),
+            self.ranges.len()
+        );
+        for r in differing.iter().take(20) {
+            let _ = writeln!(
+                s,
+                "    {}[{}, {}): {} changed, {} removed, {} added, {} unchanged",
+                r.batch_no
+                    .map_or_else(String::new, |b| format!("batch {b} ")),
+                r.lo,
+                r.hi,
+                r.changed,
+                r.only_before,
+                r.only_after,
+                r.unchanged
+            );
+        }
+        if differing.len() > 20 {
+            let _ = writeln!(
+                s,
+                "    ... and {} more (--json lists them all)",
+                differing.len() - 20
+            );
+        }
+        if !self.sample.is_empty() {
+            let _ = writeln!(s, "  rows, before -> after:");
+            let show = |v: &Option<serde_json::Value>| {
+                v.as_ref()
+                    .map_or_else(|| "(none)".to_owned(), ToString::to_string)
+            };
+            for row in &self.sample {
+                let _ = writeln!(
+                    s,
+                    "    ({}) [{}]\n      {}\n   -> {}",
+                    row.key,
+                    row.why,
+                    show(&row.before),
+                    show(&row.after)
+                );
+            }
+        }
+        for note in &self.notes {
+            let _ = writeln!(s, "  note:    {note}");
+        }
+        s
+    }
+}
