@@ -327,65 +327,23 @@ fn row_json(text: Option<String>) -> Option<serde_json::Value> {
     Some(value)
 }
 
-/// Compares `old` and `new` (subqueries over one range, with `binds` as their
-/// parameters): figures and the largest changes.
-async fn compare(
-    pool: &PgPool,
-    spec: &Spec,
-    old: &str,
-    new: &str,
-    binds: &Binds,
-    sample: usize,
-) -> Result<(Figures, Vec<ChangedRow>)> {
-    let sql = spec.aggregate_sql(old, new, None);
-    let row = binds
-        .apply(sqlx::query(AssertSqlSafe(sql)))
-        .fetch_one(pool)
-        .await?;
-    let figures = spec.figures(&row, 0)?;
-    let rows = if sample > 0 && figures.only_before + figures.only_after + figures.changed > 0 {
-        compare_sample(pool, spec, old, new, binds, sample).await?
-    } else {
-        Vec::new()
-    };
-    Ok((figures, rows))
-}
-
-/// The parameters of one range's subqueries.
+/// The parameters of a comparison's subqueries.
 #[derive(Debug, Clone)]
 enum Binds {
-    /// No parameter.
-    Nothing,
-    /// `$1`: one bound, as text cast in the SQL.
-    One(String),
-    /// `$1`, `$2`: the range's bounds, as text cast in the SQL.
-    Range(String, String),
     /// `$1`: the batches whose before-images are compared.
     Batches(Vec<i32>),
+    /// `$1`: the cut points of the ranges; `$2`: the ranges compared.
+    Buckets(Vec<String>, Vec<i32>),
 }
 
 impl Binds {
-    fn apply<'q>(
-        &self,
-        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        match self {
-            Self::Nothing => q,
-            Self::One(v) => q.bind(v.clone()),
-            Self::Range(lo, hi) => q.bind(lo.clone()).bind(hi.clone()),
-            Self::Batches(nos) => q.bind(nos.clone()),
-        }
-    }
-
     fn apply_as<'q, O>(
         &self,
         q: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
         match self {
-            Self::Nothing => q,
-            Self::One(v) => q.bind(v.clone()),
-            Self::Range(lo, hi) => q.bind(lo.clone()).bind(hi.clone()),
             Self::Batches(nos) => q.bind(nos.clone()),
+            Self::Buckets(cuts, wanted) => q.bind(cuts.clone()).bind(wanted.clone()),
         }
     }
 }
@@ -444,8 +402,45 @@ fn and(filter: Option<&str>) -> String {
     filter.map_or_else(String::new, |w| format!(" AND ({w})"))
 }
 
-/// Compares `old` and `new` over `ranges` of `by` (typed `by_type`): each
-/// range checksummed on both sides first, joined only where they differ.
+/// The ranges a table comparison is cut into: the sorted cut points of `by`
+/// (`width_bucket` numbers the ranges between them: bucket `i` is
+/// `[cuts[i-1], cuts[i])`, 0 below the first, `cuts.len()` from the last) and
+/// the buckets to report, each with its batch if it is one.
+#[derive(Debug)]
+struct Buckets {
+    cuts: Vec<String>,
+    wanted: Vec<(i32, Option<u32>)>,
+}
+
+impl Buckets {
+    fn label(&self, bucket: i32, batch_no: Option<u32>) -> RangeDiff {
+        let at = |i: i32| {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| self.cuts.get(i))
+                .cloned()
+        };
+        let (lo, hi) = if bucket < 0 {
+            ("NULL".to_owned(), "NULL".to_owned())
+        } else {
+            (
+                at(bucket - 1).unwrap_or_else(|| "-∞".into()),
+                at(bucket).unwrap_or_else(|| "∞".into()),
+            )
+        };
+        RangeDiff {
+            lo,
+            hi,
+            batch_no,
+            ..RangeDiff::default()
+        }
+    }
+}
+
+/// Compares `old` and `new` range by range along `by` (typed `by_type`), in
+/// two passes: one aggregate scan of each side checksums every range (row
+/// count and the sum of each row's 64-bit hash); then only the ranges whose
+/// checksums differ are joined row by row, in one statement.
 #[allow(clippy::too_many_arguments)]
 async fn diff_ranges(
     pool: &PgPool,
@@ -454,96 +449,114 @@ async fn diff_ranges(
     new: &TableName,
     by: &str,
     by_type: &str,
-    ranges: Vec<(Option<u32>, Option<String>, Option<String>)>,
+    buckets: &Buckets,
     filter: &str,
     options: &Options,
     diff: &mut Diff,
 ) -> Result<()> {
     let by = quote_ident(by);
-    // A range's condition on `by`, and its parameters.
-    let cut = |lo: &Option<String>, hi: &Option<String>| match (lo, hi) {
-        (Some(lo), Some(hi)) => (
-            format!("t.{by} >= $1::{by_type} AND t.{by} < $2::{by_type}"),
-            Binds::Range(lo.clone(), hi.clone()),
-        ),
-        (Some(lo), None) => (format!("t.{by} >= $1::{by_type}"), Binds::One(lo.clone())),
-        (None, Some(hi)) => (format!("t.{by} < $1::{by_type}"), Binds::One(hi.clone())),
-        (None, None) => (format!("t.{by} IS NOT NULL"), Binds::Nothing),
-    };
-    let side = |table: &TableName, cond: &str| {
+    // The cut points are cast once per statement (an init plan), not per row.
+    let bucket = format!("coalesce(width_bucket(t.{by}, (SELECT $1::{by_type}[])), -1)");
+    let side = |table: &TableName, only: &str| {
         format!(
-            "SELECT true AS bf_here, {} FROM {} t WHERE {cond}{filter}",
+            "SELECT true AS bf_here, {bucket} AS bf_bucket, {} FROM {} t WHERE true{only}{filter}",
             spec.select_list("t"),
             table.quoted(),
         )
     };
-    let checksum = |sql: &str| {
+    let checksums = |table: &TableName| {
         format!(
-            "SELECT count(*), coalesce(sum(hashtextextended(s::text, 0)::numeric), 0)::text FROM ({sql}) s"
+            "SELECT s.bf_bucket, count(*), coalesce(sum(hashtextextended(ROW({})::text, 0)::numeric), 0)::text
+               FROM ({}) s GROUP BY 1",
+            spec.select_list("s"),
+            side(table, "")
         )
     };
-    let bar = progress(options, ranges.len());
-    let results = futures_util::stream::iter(ranges.into_iter().map(|(batch_no, lo, hi)| {
-        let (cond, binds) = cut(&lo, &hi);
-        let (old_sql, new_sql) = (side(old, &cond), side(new, &cond));
+    let bar = progress(options, 3);
+    let sums = |sql: String| {
         let bar = bar.clone();
-        let (checksum_old, checksum_new) = (checksum(&old_sql), checksum(&new_sql));
         async move {
-            let sums = |sql: String| {
-                let binds = binds.clone();
-                async move {
-                    binds
-                        .apply_as::<(i64, String)>(sqlx::query_as(AssertSqlSafe(sql)))
-                        .fetch_one(pool)
-                        .await
-                }
-            };
-            let (a, b) = tokio::try_join!(sums(checksum_old), sums(checksum_new))?;
-            let range = RangeDiff {
-                lo: lo.unwrap_or_else(|| "-∞".into()),
-                hi: hi.unwrap_or_else(|| "∞".into()),
-                batch_no,
-                ..RangeDiff::default()
-            };
-            let result = if a == b {
-                RangeResult {
-                    range: RangeDiff {
-                        unchanged: a.0,
-                        ..range
-                    },
-                    figures: Figures {
-                        unchanged: a.0,
-                        columns: vec![ColumnDiff::default(); spec.columns.len()],
-                        ..Figures::default()
-                    },
-                    sample: Vec::new(),
-                }
-            } else {
-                let (figures, sample) =
-                    compare(pool, spec, &old_sql, &new_sql, &binds, options.sample).await?;
-                RangeResult {
-                    range: RangeDiff {
-                        only_before: figures.only_before,
-                        only_after: figures.only_after,
-                        changed: figures.changed,
-                        unchanged: figures.unchanged,
-                        ..range
-                    },
-                    figures,
-                    sample,
-                }
-            };
+            let rows: Vec<(i32, i64, String)> = sqlx::query_as(AssertSqlSafe(sql))
+                .bind(&buckets.cuts)
+                .fetch_all(pool)
+                .await?;
             bar.inc(1);
-            Ok::<_, CliError>(result)
+            Ok::<_, CliError>(
+                rows.into_iter()
+                    .map(|(b, n, h)| (b, (n, h)))
+                    .collect::<BTreeMap<_, _>>(),
+            )
         }
-    }))
-    .buffer_unordered(options.connections.max(1))
-    .collect::<Vec<_>>()
-    .await;
-    bar.finish_and_clear();
-    for result in results {
-        diff.add(spec, result?);
+    };
+    let (before, after) = tokio::try_join!(sums(checksums(old)), sums(checksums(new)))?;
+    let empty = (0, String::new());
+    let differing: Vec<i32> = buckets
+        .wanted
+        .iter()
+        .map(|(b, _)| *b)
+        .filter(|b| before.get(b).unwrap_or(&empty) != after.get(b).unwrap_or(&empty))
+        .collect();
+    let mut joined = BTreeMap::new();
+    let mut sample = Vec::new();
+    if !differing.is_empty() {
+        // A hashed semi-join: `= ANY` would scan the array for every row.
+        let only = format!(" AND {bucket} IN (SELECT unnest($2::int[]))");
+        let (old_sql, new_sql) = (side(old, &only), side(new, &only));
+        let grouped = spec.aggregate_sql(
+            &old_sql,
+            &new_sql,
+            Some("coalesce(o.bf_bucket, n.bf_bucket)"),
+        );
+        let rows = sqlx::query(AssertSqlSafe(grouped))
+            .bind(&buckets.cuts)
+            .bind(&differing)
+            .fetch_all(pool)
+            .await?;
+        for row in &rows {
+            joined.insert(row.try_get::<i32, _>(0)?, spec.figures(row, 1)?);
+        }
+        if options.sample > 0 {
+            sample = compare_sample(
+                pool,
+                spec,
+                &old_sql,
+                &new_sql,
+                &Binds::Buckets(buckets.cuts.clone(), differing.clone()),
+                options.sample,
+            )
+            .await?;
+        }
     }
+    bar.inc(1);
+    bar.finish_and_clear();
+    for (b, batch_no) in &buckets.wanted {
+        let figures = joined.remove(b).unwrap_or_else(|| Figures {
+            unchanged: before.get(b).map_or(0, |(n, _)| *n),
+            columns: vec![ColumnDiff::default(); spec.columns.len()],
+            ..Figures::default()
+        });
+        if figures.only_before + figures.only_after + figures.changed + figures.unchanged == 0
+            && *b < 0
+        {
+            continue; // no NULLs in `by`: no such range
+        }
+        let range = RangeDiff {
+            only_before: figures.only_before,
+            only_after: figures.only_after,
+            changed: figures.changed,
+            unchanged: figures.unchanged,
+            ..buckets.label(*b, *batch_no)
+        };
+        diff.add(
+            spec,
+            RangeResult {
+                range,
+                figures,
+                sample: Vec::new(),
+            },
+        );
+    }
+    diff.sample.extend(sample);
     Ok(())
 }
 
@@ -602,85 +615,54 @@ pub async fn tables(
         .find(|(c, _)| c == by)
         .map(|(_, t)| t.clone())
         .ok_or_else(|| CliError::BadInput(format!("--by {by}: {old} has no such column")))?;
-    // Cut points: quantiles of `by` in a sample of the old table.
-    let pieces = 64;
+    // Cut points: quantiles of `by` in a sample of about 100,000 rows of the old table.
+    let rows: f32 = sqlx::query_scalar(
+        "SELECT greatest(reltuples, 0)::real FROM pg_class WHERE oid = to_regclass($1)",
+    )
+    .bind(old.quoted())
+    .fetch_one(pool)
+    .await?;
+    let percent = if rows > 200_000.0 {
+        (100_000.0 / f64::from(rows) * 100.0).max(0.01)
+    } else {
+        100.0
+    };
     let cuts: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT DISTINCT q::text FROM (
-             SELECT unnest(percentile_disc(ARRAY(SELECT g / {pieces}.0 FROM generate_series(1, {pieces} - 1) g))
+        "SELECT q::text FROM (
+             SELECT DISTINCT unnest(percentile_disc(ARRAY(SELECT g / {PIECES}.0 FROM generate_series(1, {PIECES} - 1) g))
                     WITHIN GROUP (ORDER BY {c})) AS q
-               FROM {t} WHERE {c} IS NOT NULL) s
-          WHERE q IS NOT NULL ORDER BY 1",
+               FROM {t} TABLESAMPLE SYSTEM ({percent}) WHERE {c} IS NOT NULL) s
+          WHERE q IS NOT NULL ORDER BY q",
         c = quote_ident(by),
         t = old.quoted()
     )))
     .fetch_all(pool)
     .await?;
-    // Sorted as the column's type sorts, not as text.
-    let cuts: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT x::text FROM unnest($1::text[]) u(x) ORDER BY x::{by_type}"
-    )))
-    .bind(&cuts)
-    .fetch_all(pool)
-    .await?;
-    let mut ranges = Vec::with_capacity(cuts.len() + 2);
-    let mut lo: Option<String> = None;
-    for cut in cuts {
-        ranges.push((None, lo.clone(), Some(cut.clone())));
-        lo = Some(cut);
-    }
-    ranges.push((None, lo, None));
+    let buckets = Buckets {
+        wanted: (-1..=i32::try_from(cuts.len()).unwrap_or(i32::MAX))
+            .map(|b| (b, None))
+            .collect(),
+        cuts,
+    };
     let mut diff = Diff::new(
         &spec,
         format!(
             "{old} against {new} on ({}), in {} ranges of {by}, each checksummed on both sides first",
             key.join(", "),
-            ranges.len()
+            buckets.cuts.len() + 1
         ),
     );
     let filter = and(options.filter.as_deref());
     diff_ranges(
-        pool, &spec, &old, &new, by, &by_type, ranges, &filter, options, &mut diff,
+        pool, &spec, &old, &new, by, &by_type, &buckets, &filter, options, &mut diff,
     )
     .await?;
-    // Rows whose `by` is NULL fall in no range: compare them apart.
-    let nulls = format!(" AND t.{} IS NULL", quote_ident(by));
-    let null_side = |table: &TableName| {
-        format!(
-            "SELECT true AS bf_here, {} FROM {} t WHERE true{nulls}{filter}",
-            spec.select_list("t"),
-            table.quoted()
-        )
-    };
-    let (figures, sample) = compare(
-        pool,
-        &spec,
-        &null_side(&old),
-        &null_side(&new),
-        &Binds::Nothing,
-        options.sample,
-    )
-    .await?;
-    if figures.only_before + figures.only_after + figures.changed + figures.unchanged > 0 {
-        diff.add(
-            &spec,
-            RangeResult {
-                range: RangeDiff {
-                    lo: format!("{by} IS NULL"),
-                    hi: String::new(),
-                    only_before: figures.only_before,
-                    only_after: figures.only_after,
-                    changed: figures.changed,
-                    unchanged: figures.unchanged,
-                    ..RangeDiff::default()
-                },
-                figures,
-                sample,
-            },
-        );
-    }
     diff.finish(options.sample);
     Ok(diff)
 }
+
+/// Ranges a table comparison is cut into (at most: cut points are distinct).
+const PIECES: usize = 1024;
 
 /// Batches compared in one statement of the before-image diff.
 const BATCHES_PER_QUERY: usize = 64;
@@ -735,9 +717,20 @@ pub async fn run(pool: &PgPool, run_id: Uuid, options: &Options) -> Result<Diff>
                     applied.len()
                 ),
             );
-            let ranges = applied.iter().filter_map(|no| range_of(*no)).collect();
+            let buckets = Buckets {
+                cuts: plan
+                    .iter()
+                    .map(|b| b.lo.to_string())
+                    .chain(plan.last().map(|b| b.hi.to_string()))
+                    .collect(),
+                // Batch n is [lo_n, lo_n+1): bucket n + 1.
+                wanted: applied
+                    .iter()
+                    .map(|no| (i32::try_from(*no).unwrap_or(i32::MAX - 1) + 1, Some(*no)))
+                    .collect(),
+            };
             diff_ranges(
-                pool, &spec, &before, &after, by, by_type, ranges, &filter, options, &mut diff,
+                pool, &spec, &before, &after, by, by_type, &buckets, &filter, options, &mut diff,
             )
             .await?;
             diff.finish(options.sample);
@@ -768,12 +761,18 @@ pub async fn run(pool: &PgPool, run_id: Uuid, options: &Options) -> Result<Diff>
                 ),
             );
             for (no, x) in &exchanged {
-                let Some(range) = u32::try_from(*no).ok().and_then(range_of) else {
+                let Some((batch_no, Some(lo), Some(hi))) =
+                    u32::try_from(*no).ok().and_then(range_of)
+                else {
                     continue;
+                };
+                let range = Buckets {
+                    cuts: vec![lo, hi],
+                    wanted: vec![(1, batch_no)],
                 };
                 match x.kept_as.as_deref().and_then(TableName::parse) {
                     Some(kept) => {
-                        diff_ranges(pool, &spec, &kept, target, by, by_type, vec![range], &filter, options, &mut diff).await?;
+                        diff_ranges(pool, &spec, &kept, target, by, by_type, &range, &filter, options, &mut diff).await?;
                     }
                     None => diff.notes.push(format!(
                         "batch {no} exchanged partition {} and kept no copy of the old one (snapshot = false): not compared",
