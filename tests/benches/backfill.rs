@@ -1,5 +1,5 @@
 //! `cargo bench -p backfill-tests --bench backfill [-- --scale F --batches N
-//! --workers N --empty-batches N --plan-batches N --repeat N --cases all|main|partitions]`: Backfill against hand-written
+//! --workers N --empty-batches N --plan-batches N --repeat N --cases all|main|partitions|diff]`: Backfill against hand-written
 //! SQL, printed as a table with ratios (see `backfill_tests::bench`). Build the
 //! binaries first: `cargo build --release --bins`.
 
@@ -43,9 +43,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     "all" => Cases::All,
                     "main" => Cases::Main,
                     "partitions" => Cases::Partitions,
+                    "diff" => Cases::Diff,
                     other => {
                         return Err(format!(
-                            "--cases: {other:?}; use all, main (a to h) or partitions (i)"
+                            "--cases: {other:?}; use all, main (a to h), partitions (i) or diff (j)"
                         ));
                     }
                 };

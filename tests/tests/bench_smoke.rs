@@ -37,6 +37,8 @@ async fn the_benchmark_runs_every_case() {
         "(i) baseline",
         "(i) Backfill partition-overwrite, one batch per partition",
         "(i) Backfill partition-overwrite, half-year batches",
+        "(j) diff of the run",
+        "(j) diff of two line-item tables",
     ] {
         let line = report
             .lines

@@ -16,7 +16,9 @@
 //!   table each (c) wrote, as a share of (c);
 //! - (i) partition-overwrite of two years of a partitioned fact table: by
 //!   partition exchange and row by row, against the hand-written exchange
-//!   (`partitions.rs`).
+//!   (`partitions.rs`);
+//! - (j) `backfill diff` of a run and of two tables, against one `count(*)`
+//!   over the same table (`diff.rs`).
 //!
 //! (a) to (d), and (i), run `repeat` times, interleaved, and each figure is the
 //! median. Each Backfill figure is printed with its ratio to its baseline ((a),
@@ -30,6 +32,7 @@ use std::time::Instant;
 use tokio::process::Child;
 
 mod cases;
+mod diff;
 mod partitions;
 
 use cases::{
@@ -66,6 +69,8 @@ pub enum Cases {
     Main,
     /// (i).
     Partitions,
+    /// (j).
+    Diff,
 }
 
 impl Default for Options {
@@ -158,13 +163,20 @@ pub async fn run(options: &Options) -> Report {
     .expect("count orders");
     let mut lines = Vec::new();
     let mut batches = 0;
-    if options.cases != Cases::Partitions {
+    if matches!(options.cases, Cases::All | Cases::Main) {
         let (main, planned) = main_cases(&env, options, orders).await;
         lines.extend(main);
         batches = planned;
     }
-    if options.cases != Cases::Main {
+    if matches!(options.cases, Cases::All | Cases::Partitions) {
         lines.extend(partitions::measure(&env, options.workers, options.repeat.max(1)).await);
+    }
+    if matches!(options.cases, Cases::All | Cases::Diff) {
+        let text = env
+            .brief(options.batches, u32::from(options.workers) * 2)
+            .await;
+        let text = backfill_coordinator::demo::with_max_change_pct(&text, 100);
+        lines.extend(diff::measure(&env, &text, options.workers, options.repeat.max(1)).await);
     }
     let report = Report {
         options: options.clone(),
