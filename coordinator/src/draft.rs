@@ -56,15 +56,7 @@ const TO_FILL: [&str; 4] = [
 pub async fn draft(pool: &PgPool, target: &str, batch_by: Option<&str>) -> Result<Draft> {
     let table = TableName::parse(target)
         .ok_or_else(|| CliError::BadInput(format!("--target {target:?}: write schema.table")))?;
-    let oid: Option<sqlx::postgres::types::Oid> = sqlx::query_scalar(
-        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-    )
-    .bind(&table.schema)
-    .bind(&table.table)
-    .fetch_optional(pool)
-    .await?;
-    let Some(oid) = oid else {
+    let Some(oid) = preflight::table_oid(pool, &table).await? else {
         return Err(CliError::BadInput(format!(
             "there is no table {table}; `backfill new` drafts a brief for a table that exists (check the schema and the name)"
         )));

@@ -58,15 +58,7 @@ pub async fn check(pool: &PgPool, brief: &Brief) -> Result<Preflight> {
     let scope = &brief.scope;
     let target = &scope.target;
     let mut problems = Vec::new();
-    let oid: Option<sqlx::postgres::types::Oid> = sqlx::query_scalar(
-        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-    )
-    .bind(&target.schema)
-    .bind(&target.table)
-    .fetch_optional(pool)
-    .await?;
-    let Some(oid) = oid else {
+    let Some(oid) = table_oid(pool, target).await? else {
         return Err(PreflightError::Problems(
             backfill_shared::brief::BriefError {
                 problems: vec![problem(
@@ -189,6 +181,21 @@ pub async fn check(pool: &PgPool, brief: &Brief) -> Result<Preflight> {
         target_rows: planner_rows(pool, oid).await?,
         dependents: dependents(pool, oid, target, &brief.dependencies.downstream).await?,
     })
+}
+
+/// The oid of `table` if it is a table (plain or partitioned).
+pub(crate) async fn table_oid(
+    pool: &PgPool,
+    table: &TableName,
+) -> Result<Option<sqlx::postgres::types::Oid>> {
+    Ok(sqlx::query_scalar(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+    )
+    .bind(&table.schema)
+    .bind(&table.table)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// The planner's row count of a table; `None` for one never analysed.

@@ -375,6 +375,19 @@ async fn the_readmes_demo_example_runs() {
             && stdout.contains("Approved by bob; cut over"),
         "{stdout}"
     );
+    // With --json the story goes to stderr and stdout holds one summary.
+    let out = backfill(
+        &env,
+        &["demo", "--scale", "0.01", "--batches", "10", "--json"],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(summary["differences_remaining"], 0, "{summary}");
+    assert_eq!(summary["state"], "cut_over", "{summary}");
+    assert!(stderr.contains("Approved by bob; cut over"), "{stderr}");
     env.cleanup().await;
 }
 

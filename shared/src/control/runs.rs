@@ -363,8 +363,7 @@ pub async fn transition(
     reason: Option<&str>,
 ) -> Result<bool> {
     let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-    let mut tx = pool.begin().await?;
-    let done = sqlx::query(
+    let update = sqlx::query(
         "UPDATE backfill.runs SET state = $2, updated_at = now(),
              halt_reason = CASE WHEN $2 = 'halted' THEN $4 ELSE halt_reason END,
              finished_at = CASE WHEN $2 IN ('applied', 'cancelled') THEN now() ELSE finished_at END,
@@ -375,21 +374,32 @@ pub async fn transition(
     .bind(run_id)
     .bind(to.as_str())
     .bind(&from)
-    .bind(reason)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
+    .bind(reason);
+    update_logged(
+        pool,
+        update,
+        run_id,
+        actor,
+        &format!("run_{}", to.as_str()),
+        serde_json::json!({ "reason": reason }),
+    )
+    .await
+}
+
+/// Runs `update` (of one run) and, when it changed the run, logs `event`
+/// with `detail` in the same transaction. Whether it changed the run.
+async fn update_logged(
+    pool: &PgPool,
+    update: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    run_id: Uuid,
+    actor: &str,
+    event: &str,
+    detail: serde_json::Value,
+) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    let done = update.execute(&mut *tx).await?.rows_affected() == 1;
     if done {
-        super::log::append(
-            &mut *tx,
-            run_id,
-            actor,
-            &format!("run_{}", to.as_str()),
-            None,
-            serde_json::json!({ "reason": reason }),
-        )
-        .await?;
+        super::log::append(&mut *tx, run_id, actor, event, None, detail).await?;
     }
     tx.commit().await?;
     Ok(done)
@@ -399,9 +409,8 @@ pub async fn transition(
 /// run. `false` if the run is not (or no longer) in state `applied`, nor an
 /// approved run validated again since.
 pub async fn approve(pool: &PgPool, run_id: Uuid, reviewer: &str, validation: i64) -> Result<bool> {
-    let mut tx = pool.begin().await?;
     // An applied run, or an approved one validated again since its approval.
-    let done = sqlx::query(
+    let update = sqlx::query(
         "UPDATE backfill.runs SET state = 'approved', approved_by = $2, approved_at = now(),
                 approved_validation = $3, updated_at = now()
           WHERE run_id = $1
@@ -409,24 +418,16 @@ pub async fn approve(pool: &PgPool, run_id: Uuid, reviewer: &str, validation: i6
     )
     .bind(run_id)
     .bind(reviewer)
-    .bind(validation)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if done {
-        super::log::append(
-            &mut *tx,
-            run_id,
-            reviewer,
-            "run_approved",
-            None,
-            serde_json::json!({ "reviewer": reviewer, "validation": validation }),
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(done)
+    .bind(validation);
+    update_logged(
+        pool,
+        update,
+        run_id,
+        reviewer,
+        "run_approved",
+        serde_json::json!({ "reviewer": reviewer, "validation": validation }),
+    )
+    .await
 }
 
 impl Run {
@@ -456,59 +457,41 @@ impl Run {
 /// The canary's batches are all applied: a running run waits in state
 /// `canary`. `false` if it was not running (halted, paused, cancelled meanwhile).
 pub async fn enter_canary(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<bool> {
-    let mut tx = pool.begin().await?;
-    let done = sqlx::query(
+    let update = sqlx::query(
         "UPDATE backfill.runs SET state = 'canary', canary_at = now(), updated_at = now()
           WHERE run_id = $1 AND state = 'running' AND promoted_at IS NULL",
     )
-    .bind(run_id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if done {
-        super::log::append(
-            &mut *tx,
-            run_id,
-            actor,
-            "run_canary",
-            None,
-            serde_json::json!({ "reason": "the canary's batches are applied; the rest wait for `backfill promote`" }),
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(done)
+    .bind(run_id);
+    update_logged(
+        pool,
+        update,
+        run_id,
+        actor,
+        "run_canary",
+        serde_json::json!({ "reason": "the canary's batches are applied; the rest wait for `backfill promote`" }),
+    )
+    .await
 }
 
 /// Lets a run waiting at its canary go on: back to `running`, promoted by
 /// `by` (the reviewer; the database refuses anyone else unless `auto`, when
 /// the brief's `canary.auto` promoted it). `false` if it was not waiting.
 pub async fn promote(pool: &PgPool, run_id: Uuid, by: &str, auto: bool) -> Result<bool> {
-    let mut tx = pool.begin().await?;
-    let done = sqlx::query(
+    let update = sqlx::query(
         "UPDATE backfill.runs SET state = 'running', promoted_by = $2, promoted_at = now(), updated_at = now()
           WHERE run_id = $1 AND state = 'canary' AND promoted_at IS NULL",
     )
     .bind(run_id)
-    .bind(by)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if done {
-        super::log::append(
-            &mut *tx,
-            run_id,
-            by,
-            "canary_promoted",
-            None,
-            serde_json::json!({ "by": by, "auto": auto }),
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(done)
+    .bind(by);
+    update_logged(
+        pool,
+        update,
+        run_id,
+        by,
+        "canary_promoted",
+        serde_json::json!({ "by": by, "auto": auto }),
+    )
+    .await
 }
 
 /// Records the previous target's name after a swap (or clears it after a swap back).
