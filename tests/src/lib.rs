@@ -193,6 +193,23 @@ impl TestEnv {
             .expect("recompute")
     }
 
+    /// Runs the `backfill` CLI with `args` against this test's world: its exit
+    /// code, stdout and stderr.
+    pub async fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = tokio::process::Command::new(bin("backfill"))
+            .args(args)
+            .envs(self.env())
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .expect("run backfill");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Environment variables that point a child process at this test's world.
     #[must_use]
     pub fn env(&self) -> Vec<(&'static str, String)> {

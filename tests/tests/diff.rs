@@ -231,16 +231,20 @@ async fn a_staging_swap_runs_diff_and_table_pairs_equal_direct_sql() {
     assert!(d.method.contains("before cutover"), "{}", d.method);
 
     // Two equal tables differ in nothing: every range matches by checksum.
-    let same = diff::tables(
-        &env.pool,
-        "tpch.ship_revenue",
-        "tpch.ship_revenue_pre",
-        &["l_shipdate".into(), "l_shipmode".into()],
-        None,
-        &options(3),
-    )
-    .await
-    .unwrap();
+    // The target against its pre-run copy, as two tables.
+    let key = ["l_shipdate".to_owned(), "l_shipmode".to_owned()];
+    let options = options(3);
+    let pair = || {
+        diff::tables(
+            &env.pool,
+            "tpch.ship_revenue",
+            "tpch.ship_revenue_pre",
+            &key,
+            None,
+            &options,
+        )
+    };
+    let same = pair().await.unwrap();
     assert_eq!(
         (
             same.rows_changed,
@@ -255,16 +259,7 @@ async fn a_staging_swap_runs_diff_and_table_pairs_equal_direct_sql() {
         .execute(&env.pool)
         .await
         .unwrap();
-    let one = diff::tables(
-        &env.pool,
-        "tpch.ship_revenue",
-        "tpch.ship_revenue_pre",
-        &["l_shipdate".into(), "l_shipmode".into()],
-        None,
-        &options(3),
-    )
-    .await
-    .unwrap();
+    let one = pair().await.unwrap();
     assert_eq!(
         (one.rows_changed, one.columns["lines"].changed),
         (1, 1),
@@ -274,27 +269,17 @@ async fn a_staging_swap_runs_diff_and_table_pairs_equal_direct_sql() {
     assert_eq!(one.columns["revenue"].changed, 0);
     assert_eq!(one.sample.len(), 1);
     assert_eq!(one.sample[0].key, "1997-05-05, TRUCK");
-    let (code, stdout, stderr) = {
-        let out = tokio::process::Command::new(backfill_tests::bin("backfill"))
-            .args([
-                "diff",
-                "--tables",
-                "tpch.ship_revenue",
-                "tpch.ship_revenue_pre",
-                "--key",
-                "l_shipdate,l_shipmode",
-                "--json",
-            ])
-            .envs(env.env())
-            .output()
-            .await
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let (code, stdout, stderr) = env
+        .cli(&[
+            "diff",
+            "--tables",
+            "tpch.ship_revenue",
+            "tpch.ship_revenue_pre",
+            "--key",
+            "l_shipdate,l_shipmode",
+            "--json",
+        ])
+        .await;
     assert_eq!(code, Some(0), "{stderr}");
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     for field in [

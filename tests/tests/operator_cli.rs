@@ -14,22 +14,6 @@ use std::time::Duration;
 use tokio::process::Command;
 use uuid::Uuid;
 
-/// Runs `backfill` with `args` against the test's world: (exit code, stdout, stderr).
-async fn backfill(env: &TestEnv, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(bin("backfill"))
-        .args(args)
-        .envs(env.env())
-        .env("RUST_LOG", "warn")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// A run of the ship-revenue brief on a copy of the table, `tpch.<table>`,
 /// recorded and not driven.
 async fn recorded_on(env: &TestEnv, table: &str) -> Uuid {
@@ -192,17 +176,17 @@ async fn list_shows_every_state_with_what_holds_it_and_ids_resolve_by_prefix() {
     assert!(list::filter(None, None, None, Some("last tuesday"), 50).is_err());
 
     // The CLI: a table for a person, one JSON object for scripts.
-    let (code, table, stderr) = backfill(&env, &["list"]).await;
+    let (code, table, stderr) = env.cli(&["list"]).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(table.starts_with("RUN "), "{table}");
     assert!(serde_json::from_str::<serde_json::Value>(&table).is_err());
     assert!(table.contains(&format!("halted: {reason}")), "{table}");
-    let (code, json, stderr) = backfill(&env, &["list", "--state", "canary", "--json"]).await;
+    let (code, json, stderr) = env.cli(&["list", "--state", "canary", "--json"]).await;
     assert_eq!(code, Some(0), "{stderr}");
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["runs"].as_array().map(Vec::len), Some(1), "{json}");
     assert_eq!(json["runs"][0]["run_id"], canary.to_string());
-    let (code, _, stderr) = backfill(&env, &["list", "--state", "sleeping"]).await;
+    let (code, _, stderr) = env.cli(&["list", "--state", "sleeping"]).await;
     assert_eq!(code, Some(2), "{stderr}");
 
     // Ids by prefix; an ambiguous prefix names its candidates. A second run
@@ -245,15 +229,15 @@ async fn list_shows_every_state_with_what_holds_it_and_ids_resolve_by_prefix() {
         "{err}"
     );
     assert!(list::resolve(&env.pool, "abc").await.is_err());
-    let (code, status, stderr) = backfill(&env, &["status", &hex[..10], "--json"]).await;
+    let (code, status, stderr) = env.cli(&["status", &hex[..10], "--json"]).await;
     assert_eq!(code, Some(0), "{stderr}");
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["run_id"], cut_over.to_string());
-    let (code, _, stderr) = backfill(&env, &["status", &hex[..6]]).await;
+    let (code, _, stderr) = env.cli(&["status", &hex[..6]]).await;
     assert_eq!(code, Some(2));
     assert!(stderr.contains("ambiguous"), "{stderr}");
     // Without a run, status shows the latest.
-    let (code, status, stderr) = backfill(&env, &["status", "--json"]).await;
+    let (code, status, stderr) = env.cli(&["status", "--json"]).await;
     assert_eq!(code, Some(0), "{stderr}");
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["run_id"], rolled_back.to_string());
@@ -312,21 +296,17 @@ async fn every_command_prints_for_a_person_and_one_json_object_with_json() {
 
     // The brief's commands.
     let a = brief_file(&env, "sr_a", "").await;
-    object(&ok(backfill(&env, &["plan", &a, "--json"]).await));
-    text(&ok(backfill(&env, &["plan", &a]).await));
+    object(&ok(env.cli(&["plan", &a, "--json"]).await));
+    text(&ok(env.cli(&["plan", &a]).await));
     let slice = ["--slice", "1995-01-01..1996-01-01"];
-    object(&ok(backfill(
-        &env,
-        &["sample", &a, slice[0], slice[1], "--json"],
-    )
-    .await));
-    text(&ok(
-        backfill(&env, &["sample", &a, slice[0], slice[1]]).await
-    ));
+    object(&ok(env
+        .cli(&["sample", &a, slice[0], slice[1], "--json"])
+        .await));
+    text(&ok(env.cli(&["sample", &a, slice[0], slice[1]]).await));
 
     // A run's life with --json: run, status, list, validate, report, approve,
     // cutover, rollback, cleanup.
-    let ran = object(&ok(backfill(&env, &["run", &a, "--json"]).await));
+    let ran = object(&ok(env.cli(&["run", &a, "--json"]).await));
     assert_eq!(ran["finish"], "applied", "{ran}");
     let a_id = ran["run_id"].as_str().unwrap().to_owned();
     for args in [
@@ -339,34 +319,32 @@ async fn every_command_prints_for_a_person_and_one_json_object_with_json() {
     ] {
         let mut json = args.clone();
         json.push("--json");
-        object(&ok(backfill(&env, &json).await));
-        text(&ok(backfill(&env, &args).await));
+        object(&ok(env.cli(&json).await));
+        text(&ok(env.cli(&args).await));
     }
-    let approved = object(&ok(backfill(&env, &["approve", &a_id, "--json"]).await));
+    let approved = object(&ok(env.cli(&["approve", &a_id, "--json"]).await));
     assert_eq!(approved["approved_by"], "bob");
-    let cut = object(&ok(backfill(&env, &["cutover", &a_id, "--json"]).await));
+    let cut = object(&ok(env.cli(&["cutover", &a_id, "--json"]).await));
     assert!(cut.get("refreshed_materialized_views").is_some(), "{cut}");
-    let back = object(&ok(backfill(&env, &["rollback", &a_id, "--json"]).await));
+    let back = object(&ok(env.cli(&["rollback", &a_id, "--json"]).await));
     assert!(back.get("rows_restored").is_some(), "{back}");
-    let cleaned = object(&ok(
-        backfill(&env, &["cleanup", &a_id, "--now", "--json"]).await
-    ));
+    let cleaned = object(&ok(env.cli(&["cleanup", &a_id, "--now", "--json"]).await));
     assert!(cleaned["dropped"].is_array(), "{cleaned}");
 
     // The same life for a person.
     let b = brief_file(&env, "sr_b", "").await;
-    let (code, stdout, stderr) = backfill(&env, &["run", &b]).await;
+    let (code, stdout, stderr) = env.cli(&["run", &b]).await;
     assert_eq!(code, Some(0), "{stderr}");
     let b_id = stdout.lines().next().unwrap().to_owned();
     Uuid::parse_str(&b_id).expect("the run id is the first line");
-    ok(backfill(&env, &["validate", &b_id]).await);
+    ok(env.cli(&["validate", &b_id]).await);
     for args in [
         vec!["approve", &b_id],
         vec!["cutover", &b_id],
         vec!["rollback", &b_id],
         vec!["cleanup", &b_id, "--now"],
     ] {
-        let stdout = ok(backfill(&env, &args).await);
+        let stdout = ok(env.cli(&args).await);
         text(&stdout);
         assert!(!stdout.contains('{'), "{args:?}: {stdout}");
     }
@@ -375,31 +353,25 @@ async fn every_command_prints_for_a_person_and_one_json_object_with_json() {
     let c = brief_file(&env, "sr_c", "").await;
     let (c_id, ..) = env.record_run(&std::fs::read_to_string(&c).unwrap()).await;
     let c_id = c_id.to_string();
-    let paused = object(&ok(backfill(&env, &["pause", &c_id, "--json"]).await));
+    let paused = object(&ok(env.cli(&["pause", &c_id, "--json"]).await));
     assert_eq!(paused["state"], "paused");
-    let resumed = object(&ok(backfill(&env, &["resume", &c_id, "--json"]).await));
+    let resumed = object(&ok(env.cli(&["resume", &c_id, "--json"]).await));
     assert_eq!(resumed["finish"], "applied", "{resumed}");
     let d = brief_file(&env, "sr_d", "").await;
     let (d_id, ..) = env.record_run(&std::fs::read_to_string(&d).unwrap()).await;
     let d_id = d_id.to_string();
-    text(&ok(backfill(&env, &["pause", &d_id]).await));
-    let cancelled = object(&ok(backfill(&env, &["cancel", &d_id, "--json"]).await));
+    text(&ok(env.cli(&["pause", &d_id]).await));
+    let cancelled = object(&ok(env.cli(&["cancel", &d_id, "--json"]).await));
     assert_eq!(cancelled["state"], "cancelled");
     let e = brief_file(&env, "sr_e", "").await;
     let (e_id, ..) = env.record_run(&std::fs::read_to_string(&e).unwrap()).await;
-    let retried = object(&ok(
-        backfill(&env, &["retry", &e_id.to_string(), "--json"]).await
-    ));
+    let retried = object(&ok(env.cli(&["retry", &e_id.to_string(), "--json"]).await));
     assert_eq!(retried["finish"], "applied", "{retried}");
     let f = brief_file(&env, "sr_f", "").await;
     let (f_id, ..) = env.record_run(&std::fs::read_to_string(&f).unwrap()).await;
-    let followed = object(&ok(backfill(
-        &env,
-        &["follow", &f_id.to_string(), "--json"],
-    )
-    .await));
+    let followed = object(&ok(env.cli(&["follow", &f_id.to_string(), "--json"]).await));
     assert_eq!(followed["finish"], "applied", "{followed}");
-    text(&ok(backfill(&env, &["cancel", &f_id.to_string()]).await));
+    text(&ok(env.cli(&["cancel", &f_id.to_string()]).await));
 
     // A canary, promoted by the reviewer with --json.
     let g = brief_file(&env, "sr_g", "canary = { batches = 1 }").await;
@@ -411,11 +383,9 @@ async fn every_command_prints_for_a_person_and_one_json_object_with_json() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let promoted = object(&ok(backfill(
-        &env,
-        &["promote", &g_id.to_string(), "--json"],
-    )
-    .await));
+    let promoted = object(&ok(env
+        .cli(&["promote", &g_id.to_string(), "--json"])
+        .await));
     assert_eq!(
         (
             promoted["promoted_by"].as_str(),
@@ -429,24 +399,16 @@ async fn every_command_prints_for_a_person_and_one_json_object_with_json() {
     );
 
     // People: add and remove, both ways.
-    let added = object(&ok(backfill(
-        &env,
-        &["people", "add", "carol", "--role", "pg_monitor", "--json"],
-    )
-    .await));
+    let added = object(&ok(env
+        .cli(&["people", "add", "carol", "--role", "pg_monitor", "--json"])
+        .await));
     assert_eq!(added["role"], "pg_monitor");
-    let removed = object(&ok(backfill(
-        &env,
-        &["people", "remove", "carol", "--json"],
-    )
-    .await));
+    let removed = object(&ok(env.cli(&["people", "remove", "carol", "--json"]).await));
     assert_eq!(removed["removed"], "carol");
-    text(&ok(backfill(
-        &env,
-        &["people", "add", "carol", "--role", "pg_monitor"],
-    )
-    .await));
-    text(&ok(backfill(&env, &["people", "remove", "carol"]).await));
+    text(&ok(env
+        .cli(&["people", "add", "carol", "--role", "pg_monitor"])
+        .await));
+    text(&ok(env.cli(&["people", "remove", "carol"]).await));
     workers.stop().await;
     env.cleanup().await;
 }
@@ -504,7 +466,7 @@ async fn backfill_new_drafts_a_brief_only_a_person_must_finish() {
         if let Some(by) = batch_by {
             args.extend(["--batch-by", by]);
         }
-        let (code, stdout, stderr) = backfill(&env, &args).await;
+        let (code, stdout, stderr) = env.cli(&args).await;
         assert_eq!(code, Some(0), "{stderr}");
         assert!(stdout.is_empty(), "{stdout}");
         assert!(stderr.contains("then `backfill plan"), "{stderr}");
@@ -522,7 +484,7 @@ async fn backfill_new_drafts_a_brief_only_a_person_must_finish() {
             .await
             .unwrap_or_else(|e| panic!("{table}: the filled draft must plan: {e}\n{text}"));
         // An existing file is kept unless --force.
-        let (code, _, stderr) = backfill(&env, &args).await;
+        let (code, _, stderr) = env.cli(&args).await;
         assert_eq!(code, Some(2), "{stderr}");
         assert!(stderr.contains("--force"), "{stderr}");
     }
@@ -532,8 +494,9 @@ async fn backfill_new_drafts_a_brief_only_a_person_must_finish() {
         .execute(&env.pool)
         .await
         .unwrap();
-    let (code, stdout, stderr) =
-        backfill(&env, &["new", "--target", "tpch.order_revenue", "--json"]).await;
+    let (code, stdout, stderr) = env
+        .cli(&["new", "--target", "tpch.order_revenue", "--json"])
+        .await;
     assert_eq!(code, Some(0), "{stderr}");
     let draft = object(&stdout);
     assert_eq!(draft["batch_by"], "o_orderdate", "{draft}");
@@ -548,17 +511,17 @@ async fn backfill_new_drafts_a_brief_only_a_person_must_finish() {
         .await
         .unwrap();
     // Without --json or -o, the brief itself.
-    let (_, stdout, _) = backfill(&env, &["new", "--target", "tpch.orders"]).await;
+    let (_, stdout, _) = env.cli(&["new", "--target", "tpch.orders"]).await;
     assert!(stdout.starts_with("# A brief drafted"), "{stdout}");
     // What cannot be drafted says why.
     sqlx::query("CREATE TABLE tpch.keyless AS SELECT o_orderdate, o_totalprice FROM tpch.orders")
         .execute(&env.pool)
         .await
         .unwrap();
-    let (code, _, stderr) = backfill(&env, &["new", "--target", "tpch.keyless"]).await;
+    let (code, _, stderr) = env.cli(&["new", "--target", "tpch.keyless"]).await;
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("no primary key"), "{stderr}");
-    let (code, _, stderr) = backfill(&env, &["new", "--target", "tpch.nothing"]).await;
+    let (code, _, stderr) = env.cli(&["new", "--target", "tpch.nothing"]).await;
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("there is no table tpch.nothing"),
