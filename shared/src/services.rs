@@ -80,26 +80,46 @@ pub async fn postgres_as(
         })
 }
 
+/// Makes rustls use ring for HTTPS clients (an https:// collector or
+/// lineage endpoint), as the broker's TLS does; once per process is enough.
+pub fn tls_with_ring() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// How long a broker may take to answer a new connection's handshake. A node
+/// that accepts TCP but never answers (booting, stopping, or blocked) would
+/// otherwise hold the caller forever.
+const RABBIT_HANDSHAKE: Duration = Duration::from_secs(20);
+const RABBIT_SILENT: &str = "It took the connection but did not answer: check `rabbitmqctl status` (a node that is starting, stopping or out of disk or memory does this) and its log";
+
 /// An AMQP connection.
 pub async fn rabbit(config: &Config, name: &str) -> Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(&config.amqp_url, properties)
-        .await
-        .map_err(|e| {
-            let reason = scrub(&e.to_string(), &config.amqp_url);
-            let lower = reason.to_lowercase();
-            let fix =
-                if lower.contains("access") || lower.contains("auth") || lower.contains("login") {
-                    RABBIT_AUTH
-                } else {
-                    RABBIT_START
-                };
-            ServiceError::Rabbit {
-                url: redact_url(&config.amqp_url),
-                reason,
-                fix,
-            }
-        })
+    let connect = Connection::connect(&config.amqp_url, properties);
+    let Ok(connected) = tokio::time::timeout(RABBIT_HANDSHAKE, connect).await else {
+        return Err(ServiceError::Rabbit {
+            url: redact_url(&config.amqp_url),
+            reason: format!(
+                "no answer to the handshake within {} s",
+                RABBIT_HANDSHAKE.as_secs()
+            ),
+            fix: RABBIT_SILENT,
+        });
+    };
+    connected.map_err(|e| {
+        let reason = scrub(&e.to_string(), &config.amqp_url);
+        let lower = reason.to_lowercase();
+        let fix = if lower.contains("access") || lower.contains("auth") || lower.contains("login") {
+            RABBIT_AUTH
+        } else {
+            RABBIT_START
+        };
+        ServiceError::Rabbit {
+            url: redact_url(&config.amqp_url),
+            reason,
+            fix,
+        }
+    })
 }
 
 /// A Redis connection manager (it reconnects by itself after a connection is lost).

@@ -162,8 +162,7 @@ fn exporter_configured() -> bool {
 }
 
 fn otlp_provider(service: &'static str) -> Result<SdkTracerProvider, String> {
-    // TLS to an https:// collector uses rustls with ring, as the broker does.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::services::tls_with_ring();
     let protocol = match env_set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         .or_else(|| env_set("OTEL_EXPORTER_OTLP_PROTOCOL"))
         .map(|p| p.trim().to_ascii_lowercase())

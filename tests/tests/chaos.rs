@@ -99,10 +99,13 @@ fn coordinator(env: &[(&'static str, String)], logs: &std::path::Path, args: &[&
         .expect("start backfill")
 }
 
-fn run_command(program: &str, args: &[&str]) {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
+/// Runs a command that restarts RabbitMQ, for at most `limit`.
+async fn run_command(program: &str, args: &[&str], limit: Duration) {
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(limit, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{program} {args:?} did not finish within {limit:?}"))
         .unwrap_or_else(|e| panic!("cannot run {program} (needed to restart RabbitMQ): {e}"));
     assert!(
         out.status.success(),
@@ -113,10 +116,12 @@ fn run_command(program: &str, args: &[&str]) {
 
 /// Stops the RabbitMQ node and starts it again; returns once it takes connections.
 async fn restart_rabbitmq(env: &TestEnv) {
-    run_command("rabbitmqctl", &["shutdown"]);
-    run_command("rabbitmq-server", &["-detached"]);
+    run_command("rabbitmqctl", &["shutdown"], Duration::from_secs(120)).await;
+    run_command("rabbitmq-server", &["-detached"], Duration::from_secs(60)).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
+        // The probe's handshake is bounded: a node still booting may take the
+        // connection without answering.
         if let Ok(conn) = backfill_shared::services::rabbit(&env.config, "chaos probe").await {
             let _ = conn.close(200, "probe".into()).await;
             return;
@@ -168,6 +173,18 @@ async fn worker_mid_batch(env: &TestEnv, run_id: Uuid, pids: &[u32]) -> u32 {
     }
 }
 
+/// The last lines of every log in `dir`, each under its file name.
+fn log_tails(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        out.push_str(&format!("\n--- {}\n{tail}", entry.path().display()));
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backfill_survives_chaos() {
     let env = TestEnv::new(0.02).await;
@@ -192,91 +209,114 @@ async fn a_backfill_survives_chaos() {
         fleet.start();
     }
 
-    let mut first = coordinator(&child_env, &logs, &["run", brief_path.to_str().unwrap()]);
-    let run_id: Uuid = {
-        use tokio::io::AsyncBufReadExt as _;
-        let stdout = first.stdout.take().unwrap();
-        let mut line = String::new();
-        tokio::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .await
-            .unwrap();
-        line.trim().parse().unwrap_or_else(|_| {
-            panic!(
-                "`backfill run` printed no run id; its log: {}",
-                std::fs::read_to_string(logs.join("coordinator-run.log")).unwrap_or_default()
-            )
-        })
-    };
-    let total = batches::counts(&env.pool, run_id).await.unwrap().total();
+    // Every wait inside has its own deadline; this one turns a hang anywhere
+    // else into a failure that says where it stuck, with the processes' logs.
+    let stage = std::cell::Cell::new("start");
+    let scenario = async {
+        stage.set("the first coordinator printing its run id");
+        let mut first = coordinator(&child_env, &logs, &["run", brief_path.to_str().unwrap()]);
+        let run_id: Uuid = {
+            use tokio::io::AsyncBufReadExt as _;
+            let stdout = first.stdout.take().unwrap();
+            let mut line = String::new();
+            tokio::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .await
+                .unwrap();
+            line.trim().parse().unwrap_or_else(|_| {
+                panic!(
+                    "`backfill run` printed no run id; its log: {}",
+                    std::fs::read_to_string(logs.join("coordinator-run.log")).unwrap_or_default()
+                )
+            })
+        };
+        let total = batches::counts(&env.pool, run_id).await.unwrap().total();
 
-    // 1. Random worker kills while the run warms up.
-    let mut progress = await_applied(&env, run_id, 5).await;
-    for _ in 0..2 {
+        stage.set("worker kills while the run warms up");
+        // 1. Random worker kills while the run warms up.
+        let mut progress = await_applied(&env, run_id, 5).await;
+        for _ in 0..2 {
+            fleet.kill_random_and_replace().await;
+            progress = await_applied(&env, run_id, progress + 3).await;
+        }
+        stage.set("the RabbitMQ restart");
+        // 2. The broker goes away and comes back: everyone reconnects.
+        restart_rabbitmq(&env).await;
+        progress = await_applied(&env, run_id, progress + 3).await;
         fleet.kill_random_and_replace().await;
         progress = await_applied(&env, run_id, progress + 3).await;
-    }
-    // 2. The broker goes away and comes back: everyone reconnects.
-    restart_rabbitmq(&env).await;
-    progress = await_applied(&env, run_id, progress + 3).await;
-    fleet.kill_random_and_replace().await;
-    progress = await_applied(&env, run_id, progress + 3).await;
-    // 3. Redis forgets every lease, idempotency key and cached run state of
-    //    this deployment (its namespace; other tests share the server).
-    let mut redis = backfill_shared::services::redis(&env.config).await.unwrap();
-    let pattern = format!("{}:*", env.config.namespace);
-    let (mut cursor, mut keys) = (0_u64, Vec::<String>::new());
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
+        stage.set("the Redis flush");
+        // 3. Redis forgets every lease, idempotency key and cached run state of
+        //    this deployment (its namespace; other tests share the server).
+        let mut redis = backfill_shared::services::redis(&env.config).await.unwrap();
+        let pattern = format!("{}:*", env.config.namespace);
+        let (mut cursor, mut keys) = (0_u64, Vec::<String>::new());
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            keys.extend(found);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        assert!(!keys.is_empty(), "no keys of {pattern} to forget");
+        let _: () = redis::cmd("UNLINK")
+            .arg(&keys)
             .query_async(&mut redis)
             .await
             .unwrap();
-        keys.extend(found);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    assert!(!keys.is_empty(), "no keys of {pattern} to forget");
-    let _: () = redis::cmd("UNLINK")
-        .arg(&keys)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    progress = await_applied(&env, run_id, progress + 3).await;
-    // 4. The coordinator dies; another process resumes the run.
-    first.start_kill().unwrap();
-    first.wait().await.unwrap();
-    let mut second = coordinator(&child_env, &logs, &["resume", &run_id.to_string()]);
-    progress = await_applied(&env, run_id, progress + 3).await;
-    // 5. A worker freezes mid-batch for longer than its lease lives, then thaws.
-    let frozen = worker_mid_batch(&env, run_id, &fleet.pids()).await;
-    signal(frozen, "STOP");
-    tokio::time::sleep(Duration::from_secs(LEASE_TTL + 6)).await;
-    signal(frozen, "CONT");
-    progress = await_applied(&env, run_id, progress + 3).await;
-    // 6. One more kill for good measure.
-    fleet.kill_random_and_replace().await;
-    let applied_when_chaos_ended = batches::counts(&env.pool, run_id).await.unwrap().applied;
-    assert!(
-        applied_when_chaos_ended < total,
-        "the run ended before the chaos did ({progress} of {total} applied); make the batches slower"
-    );
+        progress = await_applied(&env, run_id, progress + 3).await;
+        stage.set("the coordinator kill and resume");
+        // 4. The coordinator dies; another process resumes the run.
+        first.start_kill().unwrap();
+        first.wait().await.unwrap();
+        let mut second = coordinator(&child_env, &logs, &["resume", &run_id.to_string()]);
+        progress = await_applied(&env, run_id, progress + 3).await;
+        stage.set("the frozen worker");
+        // 5. A worker freezes mid-batch for longer than its lease lives, then thaws.
+        let frozen = worker_mid_batch(&env, run_id, &fleet.pids()).await;
+        signal(frozen, "STOP");
+        tokio::time::sleep(Duration::from_secs(LEASE_TTL + 6)).await;
+        signal(frozen, "CONT");
+        progress = await_applied(&env, run_id, progress + 3).await;
+        stage.set("the last worker kill");
+        // 6. One more kill for good measure.
+        fleet.kill_random_and_replace().await;
+        let applied_when_chaos_ended = batches::counts(&env.pool, run_id).await.unwrap().applied;
+        assert!(
+            applied_when_chaos_ended < total,
+            "the run ended before the chaos did ({progress} of {total} applied); make the batches slower"
+        );
 
-    let status = tokio::time::timeout(Duration::from_secs(300), second.wait())
-        .await
-        .expect("the resumed coordinator did not finish the run within 300 s")
-        .unwrap();
-    assert!(
-        status.success(),
-        "`backfill resume` failed ({status}); its log: {}",
-        std::fs::read_to_string(logs.join("coordinator-resume.log")).unwrap_or_default()
-    );
+        stage.set("the resumed coordinator finishing the run");
+        let status = tokio::time::timeout(Duration::from_secs(300), second.wait())
+            .await
+            .expect("the resumed coordinator did not finish the run within 300 s")
+            .unwrap();
+        assert!(
+            status.success(),
+            "`backfill resume` failed ({status}); its log: {}",
+            std::fs::read_to_string(logs.join("coordinator-resume.log")).unwrap_or_default()
+        );
+        (run_id, total, frozen)
+    };
+    let Ok((run_id, total, frozen)) =
+        tokio::time::timeout(Duration::from_secs(900), scenario).await
+    else {
+        panic!(
+            "the chaos test stuck at {} for 15 minutes; the logs: {}",
+            stage.get(),
+            log_tails(&logs)
+        );
+    };
 
     env.assert_exactly_applied(run_id).await;
     let (rows, distinct_keys): (i64, i64) =

@@ -222,6 +222,34 @@ async fn an_unreachable_service_is_named_with_exit_3() {
         0,
         "a run was recorded although the broker is down"
     );
+    // A broker that takes the connection and never answers is named too, in
+    // bounded time, and nothing is recorded.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let out = Command::new(bin("backfill"))
+        .args(["run", &path])
+        .envs(env.env())
+        .env(
+            "BACKFILL_AMQP_URL",
+            format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        )
+        .output()
+        .await
+        .unwrap();
+    held.abort();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("no answer to the handshake") && stderr.contains("rabbitmqctl status"),
+        "{stderr}"
+    );
+    assert_eq!(runs_recorded(&env).await, 0);
     // A refused login: one line that says what to do, nothing else.
     let out = Command::new(bin("backfill-worker"))
         .envs(env.env())
