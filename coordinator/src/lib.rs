@@ -15,6 +15,7 @@
 //! - [`lifecycle`]: approve, cutover, rollback, cleanup, maintenance marker.
 //! - [`diff`]: `backfill diff`, what a run (or one table against another) changed.
 //! - [`draft`]: `backfill new`, a first brief drafted from the catalog.
+//! - [`notify`]: OpenLineage run events and webhooks at each step of a run's life.
 //! - [`demo`] and [`tpch`]: the end-to-end demo on generated TPC-H data.
 
 pub mod canary;
@@ -25,6 +26,7 @@ pub mod draft;
 pub mod error;
 pub mod lifecycle;
 pub mod list;
+pub mod notify;
 pub mod people;
 pub mod plan;
 pub mod preflight;

@@ -3,7 +3,7 @@
 
 use backfill_coordinator::run::{DriveOptions, Finish};
 use backfill_coordinator::{
-    CliError, Result, demo, lifecycle, list, operator, plan, read_brief, run, status,
+    CliError, Result, demo, lifecycle, list, notify, operator, plan, read_brief, run, status,
 };
 use backfill_shared::config::Config;
 use backfill_shared::control;
@@ -280,13 +280,30 @@ async fn execute(
     metrics_addr: Option<std::net::SocketAddr>,
     out: Out,
 ) -> Result<()> {
-    let json = out.json;
     match command {
         Command::Completions { shell } => return completions(shell, out),
         Command::Man { out_dir } => return man_pages(&out_dir, out),
         _ => {}
     }
-    let config = Config::from_env().map_err(|e| CliError::BadInput(e.to_string()))?;
+    let vars: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let config = Config::from_vars(&vars).map_err(|e| CliError::BadInput(e.to_string()))?;
+    let settings =
+        notify::Settings::from_vars(&vars).map_err(|e| CliError::BadInput(e.to_string()))?;
+    let notifier = notify::install(settings, &config.database_url);
+    let done = command_with(command, &config, metrics_addr, out).await;
+    if let Some(notifier) = notifier {
+        notifier.shutdown().await;
+    }
+    done
+}
+
+async fn command_with(
+    command: Command,
+    config: &Config,
+    metrics_addr: Option<std::net::SocketAddr>,
+    out: Out,
+) -> Result<()> {
+    let json = out.json;
     match command {
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
         Command::New {
@@ -295,7 +312,7 @@ async fn execute(
             output,
             force,
         } => {
-            let pool = services::postgres(&config, 2).await?;
+            let pool = services::postgres(config, 2).await?;
             let draft =
                 backfill_coordinator::draft::draft(&pool, &target, batch_by.as_deref()).await?;
             let Some(path) = output else {
@@ -328,7 +345,7 @@ async fn execute(
             over_budget,
         } => {
             let (_, brief) = read_brief(&brief)?;
-            let pool = services::postgres(&config, 2).await?; // the plan touches no control plane
+            let pool = services::postgres(config, 2).await?; // the plan touches no control plane
             let (plan, _, _) = plan::plan(&pool, &brief).await?;
             let plan = plan.with_workers(workers);
             out.result(&plan, || plan.render())?;
@@ -337,7 +354,7 @@ async fn execute(
         Command::Sample { brief, slice } => {
             let (_, brief) = read_brief(&brief)?;
             let (lo, hi) = backfill_coordinator::sample::parse_slice(&brief, &slice)?;
-            let pool = services::postgres(&config, 2).await?;
+            let pool = services::postgres(config, 2).await?;
             backfill_coordinator::preflight::check(&pool, &brief).await?;
             let sample = backfill_coordinator::sample::sample(&pool, &brief, lo, hi).await?;
             out.result(&sample, || sample.render())
@@ -348,11 +365,11 @@ async fn execute(
             over_budget,
         } => {
             let (text, brief) = read_brief(&path)?;
-            let pool = control_plane(&config, 4).await?;
+            let pool = control_plane(config, 4).await?;
             let (plan, batches, _) = plan::plan(&pool, &brief).await?;
             let over = within_budget(&plan, over_budget.as_deref())?;
             // Fail before recording anything if the broker is unreachable.
-            services::rabbit(&config, "backfill (probe)")
+            services::rabbit(config, "backfill (probe)")
                 .await?
                 .close(200, "probe".into())
                 .await
@@ -378,7 +395,7 @@ async fn execute(
                 return spawn_follower(run_id, out);
             }
             eprint!("{}", plan.render());
-            drive_to_end(&config, &pool, run_id, metrics_addr, out).await
+            drive_to_end(config, &pool, run_id, metrics_addr, out).await
         }
         Command::List {
             state,
@@ -387,7 +404,7 @@ async fn execute(
             since,
             limit,
         } => {
-            let pool = control_plane(&config, 2).await?;
+            let pool = control_plane(config, 2).await?;
             let filter = list::filter(
                 state.as_deref(),
                 target.as_deref(),
@@ -399,15 +416,15 @@ async fn execute(
             out.result(&serde_json::json!({ "runs": rows }), || list::render(&rows))
         }
         Command::Follow { run } => {
-            let pool = control_plane(&config, 4).await?;
+            let pool = control_plane(config, 4).await?;
             let run = list::resolve(&pool, &run).await?;
-            drive_to_end(&config, &pool, run, metrics_addr, out).await
+            drive_to_end(config, &pool, run, metrics_addr, out).await
         }
         Command::Pause { run } => {
-            let pool = control_plane(&config, 2).await?;
+            let pool = control_plane(config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
             backfill_coordinator::resume::pause(&pool, run, &operator()).await?;
-            tell_workers(&config, &pool, run).await;
+            tell_workers(config, &pool, run).await;
             out.done(
                 &serde_json::json!({ "run_id": run, "state": "paused" }),
                 &format!(
@@ -416,11 +433,11 @@ async fn execute(
             )
         }
         Command::Cancel { run } => {
-            let pool = control_plane(&config, 2).await?;
+            let pool = control_plane(config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
             backfill_coordinator::resume::cancel(&pool, run, &operator()).await?;
-            tell_workers(&config, &pool, run).await;
-            if let Err(e) = run::drop_events_queue(&config, &pool, run).await {
+            tell_workers(config, &pool, run).await;
+            if let Err(e) = run::drop_events_queue(config, &pool, run).await {
                 eprintln!("warning: the run's events queue stays behind: {e}");
             }
             out.done(
@@ -431,21 +448,21 @@ async fn execute(
             )
         }
         Command::Resume { run, accept } => {
-            let pool = control_plane(&config, 4).await?;
+            let pool = control_plane(config, 4).await?;
             let run = list::resolve(&pool, &run).await?;
             backfill_coordinator::resume::resume(&pool, run, &operator(), accept.as_deref())
                 .await?;
-            drive_to_end(&config, &pool, run, metrics_addr, out).await
+            drive_to_end(config, &pool, run, metrics_addr, out).await
         }
         Command::Retry { run } => {
-            let pool = control_plane(&config, 4).await?;
+            let pool = control_plane(config, 4).await?;
             let run = list::resolve(&pool, &run).await?;
             let n = backfill_coordinator::resume::retry(&pool, run, &operator()).await?;
             eprintln!("{n} failed batch(es) pending again");
-            drive_to_end(&config, &pool, run, metrics_addr, out).await
+            drive_to_end(config, &pool, run, metrics_addr, out).await
         }
         Command::Status { run } => {
-            let pool = control_plane(&config, 2).await?;
+            let pool = control_plane(config, 2).await?;
             let run = list::resolve_or_latest(&pool, run.as_deref()).await?;
             let status = status::status(&pool, run).await?;
             out.result(&status, || status.render())
@@ -456,7 +473,7 @@ async fn execute(
             reason,
             ..
         } => {
-            let pool = control_plane(&config, 2).await?;
+            let pool = control_plane(config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
             let actor = backfill_coordinator::validate::accept(
                 &pool,
@@ -473,7 +490,7 @@ async fn execute(
             )
         }
         Command::Validate { run, .. } => {
-            let pool = control_plane(&config, 2).await?;
+            let pool = control_plane(config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
             let checks = backfill_coordinator::validate::validate(&pool, run).await?;
             let passed = checks.iter().all(|c| c.passed);
@@ -506,7 +523,7 @@ async fn execute(
             connections,
         } => {
             let connections = connections.clamp(1, 32);
-            let pool = control_plane(&config, connections + 1).await?;
+            let pool = control_plane(config, connections + 1).await?;
             let options = backfill_coordinator::diff::Options {
                 columns,
                 filter,
@@ -534,7 +551,7 @@ async fn execute(
             out.result(&diff, || diff.render())
         }
         Command::Report { run, format } => {
-            let pool = control_plane(&config, 2).await?;
+            let pool = control_plane(config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
             let report = backfill_coordinator::report::gather(&pool, run).await?;
             if json {
@@ -552,7 +569,7 @@ async fn execute(
             Ok(())
         }
         Command::Approve { run, reviewer } => {
-            let pool = control_plane(&config, 2).await?;
+            let pool = control_plane(config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
             let by = lifecycle::approve::approve(&pool, run, reviewer.as_deref()).await?;
             out.done(
@@ -561,10 +578,10 @@ async fn execute(
             )
         }
         Command::Promote { run, reviewer } => {
-            let pool = control_plane(&config, 2).await?;
+            let pool = control_plane(config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
             let by = backfill_coordinator::canary::promote(&pool, run, reviewer.as_deref()).await?;
-            tell_workers(&config, &pool, run).await;
+            tell_workers(config, &pool, run).await;
             let driven = backfill_coordinator::run::is_driven(&pool, run).await?;
             out.done(&serde_json::json!({ "run_id": run, "state": "running", "promoted_by": by, "driven": driven }),
                 &if driven {
@@ -577,14 +594,14 @@ async fn execute(
             )
         }
         Command::People { action } => {
-            let pool = control_plane(&config, 2).await?;
+            let pool = control_plane(config, 2).await?;
             people(&pool, action.unwrap_or(PeopleAction::List), out).await
         }
         Command::Cutover {
             run,
             lock_timeout_ms,
         } => {
-            let pool = control_plane(&config, 2).await?;
+            let pool = control_plane(config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
             let report = lifecycle::cutover::cutover(
                 &pool,
@@ -601,7 +618,7 @@ async fn execute(
             overwrite_newer,
             lock_timeout_ms,
         } => {
-            let pool = control_plane(&config, 2).await?;
+            let pool = control_plane(config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
             let report = lifecycle::rollback::rollback(
                 &pool,
@@ -617,7 +634,7 @@ async fn execute(
             out.result(&report, || report.render())
         }
         Command::Cleanup { run, now } => {
-            let pool = control_plane(&config, 2).await?;
+            let pool = control_plane(config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
             let dropped = lifecycle::cleanup::cleanup(&pool, run, &operator(), now).await?;
             out.result(
@@ -644,7 +661,7 @@ async fn execute(
                 snapshot: !no_snapshot,
                 json,
             };
-            demo::demo(&config, options).await
+            demo::demo(config, options).await
         }
     }
 }

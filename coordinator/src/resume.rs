@@ -175,6 +175,7 @@ pub async fn cancel(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<()> {
         RunState::Approved,
     ];
     if runs::transition(pool, run_id, &from, RunState::Cancelled, actor, None).await? {
+        crate::notify::emit(pool, run_id, crate::notify::Happened::Cancelled).await;
         return Ok(());
     }
     let state = runs::state(pool, run_id).await?;

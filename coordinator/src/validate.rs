@@ -173,6 +173,8 @@ pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
         &serde_json::to_value(&fingerprint).unwrap_or_default(),
     )
     .await?;
+    let passed = checks.iter().all(|c| c.passed);
+    crate::notify::emit(pool, run_id, crate::notify::Happened::Validated { passed }).await;
     Ok(checks)
 }
 

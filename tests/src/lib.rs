@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod bench;
+pub mod receiver;
 pub mod ship_revenue;
 
 use backfill_coordinator::demo;

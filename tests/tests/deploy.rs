@@ -52,6 +52,21 @@ fn the_compose_file_parses_and_builds_from_the_dockerfile() {
         .join(worker["build"]["context"].as_str().unwrap())
         .join(worker["build"]["dockerfile"].as_str().unwrap());
     assert!(dockerfile.exists(), "{}", dockerfile.display());
+    // The optional lineage profile: Marquez' API on the port the README's
+    // OPENLINEAGE_URL names, with a database of its own.
+    let marquez = &services["marquez"];
+    assert_eq!(marquez["profiles"][0].as_str(), Some("lineage"));
+    assert!(
+        marquez["ports"][0].as_str().unwrap().ends_with(":5000"),
+        "Marquez' API port"
+    );
+    let db = marquez["environment"]["POSTGRES_HOST"].as_str().unwrap();
+    assert_eq!(services[db]["profiles"][0].as_str(), Some("lineage"));
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    assert!(
+        readme.contains("--profile lineage")
+            && readme.contains("OPENLINEAGE_URL=http://127.0.0.1:5000")
+    );
     let env = &worker["environment"];
     assert!(
         env["OTEL_EXPORTER_OTLP_ENDPOINT"]

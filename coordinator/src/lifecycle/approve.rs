@@ -112,5 +112,12 @@ pub async fn approve(pool: &PgPool, run_id: Uuid, claimed: Option<&str>) -> Resu
             "run {run_id} changed state while approving; check `backfill status {run_id}`"
         )));
     }
-    Ok(session.name().to_owned())
+    let by = session.name().to_owned();
+    crate::notify::emit(
+        pool,
+        run_id,
+        crate::notify::Happened::Approved { by: by.clone() },
+    )
+    .await;
+    Ok(by)
 }

@@ -74,5 +74,6 @@ pub async fn cleanup(pool: &PgPool, run_id: Uuid, actor: &str, now: bool) -> Res
     )
     .await?;
     runs::mark_cleaned(pool, run_id).await?;
+    crate::notify::emit(pool, run_id, crate::notify::Happened::CleanedUp).await;
     Ok(dropped)
 }

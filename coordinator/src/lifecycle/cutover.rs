@@ -10,6 +10,7 @@
 
 use super::fingerprint::{self, Fingerprint};
 use super::{old_table, swap, writes_live_target};
+use crate::notify::{self, Happened, Step};
 use crate::{CliError, Result};
 use backfill_shared::control::runs::{self, Run, RunState};
 use backfill_shared::control::validations;
@@ -122,9 +123,16 @@ pub async fn cutover(
             serde_json::json!({ "step": name, "error": error.to_string() }),
         )
         .await;
-        CliError::Internal(format!(
+        let error = CliError::Internal(format!(
             "cutover of run {run_id} stopped at {name}: {error}"
-        ))
+        ));
+        notify::emit(
+            pool,
+            run_id,
+            Happened::Cutover(Step::Failed(error.to_string())),
+        )
+        .await;
+        error
     };
     // A refusal is logged on the pool: the swap's transaction rolls back.
     let refused = async |error: CliError| -> CliError {
@@ -135,6 +143,12 @@ pub async fn cutover(
             "cutover_refused",
             None,
             serde_json::json!({ "error": error.to_string() }),
+        )
+        .await;
+        notify::emit(
+            pool,
+            run_id,
+            Happened::Cutover(Step::Failed(error.to_string())),
         )
         .await;
         error
@@ -148,6 +162,7 @@ pub async fn cutover(
         serde_json::json!({}),
     )
     .await?;
+    notify::emit(pool, run_id, Happened::Cutover(Step::Started)).await;
 
     if let (Some(side), None) = (&run.side_table, &run.old_table) {
         let side = TableName::parse(side).ok_or_else(|| {
@@ -238,6 +253,7 @@ pub async fn cutover(
         None,
     )
     .await?;
+    notify::emit(pool, run_id, Happened::Cutover(Step::Done)).await;
     Ok(report)
 }
 

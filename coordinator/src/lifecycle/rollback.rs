@@ -19,6 +19,7 @@
 //! batches not yet restored.
 
 use super::{swap, writes_live_target};
+use crate::notify::{self, Happened, Step};
 use crate::{CliError, Result};
 use backfill_shared::checks::Exchanged;
 use backfill_shared::control::batches::BatchState;
@@ -168,13 +169,29 @@ pub async fn rollback(
     if from != RunState::RollingBack {
         runs::transition(pool, run_id, &[from], RunState::RollingBack, actor, None).await?;
     }
-    let mut report = if writes_live_target(&run.brief) {
-        restore_before_images(pool, &run, actor, overwrite_newer, lock_timeout).await?
-    } else {
-        restore_side_table(pool, &run, lock_timeout).await?
+    notify::emit(pool, run_id, Happened::Rollback(Step::Started)).await;
+    let restored = async {
+        let mut report = if writes_live_target(&run.brief) {
+            restore_before_images(pool, &run, actor, overwrite_newer, lock_timeout).await?
+        } else {
+            restore_side_table(pool, &run, lock_timeout).await?
+        };
+        report.refreshed_materialized_views =
+            swap::refresh_materialized_views(pool, &run.brief.scope.target).await?;
+        Ok::<_, CliError>(report)
     };
-    report.refreshed_materialized_views =
-        swap::refresh_materialized_views(pool, &run.brief.scope.target).await?;
+    let report = match restored.await {
+        Ok(report) => report,
+        Err(e) => {
+            notify::emit(
+                pool,
+                run_id,
+                Happened::Rollback(Step::Failed(e.to_string())),
+            )
+            .await;
+            return Err(e);
+        }
+    };
     runs::transition(
         pool,
         run_id,
@@ -193,6 +210,7 @@ pub async fn rollback(
         serde_json::to_value(&report).unwrap_or_default(),
     )
     .await?;
+    notify::emit(pool, run_id, Happened::Rollback(Step::Done)).await;
     Ok(report)
 }
 

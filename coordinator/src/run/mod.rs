@@ -12,6 +12,7 @@
 
 use crate::error::{CliError, Result};
 use crate::lifecycle;
+use crate::notify;
 
 mod create;
 mod events;
@@ -166,7 +167,26 @@ pub async fn drive(
             KeyValue::new("run.strategy", format!("{:?}", run.brief.write.strategy)),
         ],
     );
+    let attached_before = log::latest_of(pool, run_id, &["coordinator_attached"])
+        .await?
+        .is_some();
+    let taken_up = if attached_before {
+        notify::Happened::Resumed
+    } else {
+        notify::Happened::Started
+    };
+    notify::emit(pool, run_id, taken_up).await;
     let finish = attachment.drive(&root.context()).await;
+    let ended = match &finish {
+        Ok(Finish::Applied) => Some(notify::Happened::Applied),
+        Ok(Finish::Halted(reason)) => Some(notify::Happened::Halted(reason.clone())),
+        // Cancelled (the command that cancels says so), or let go of.
+        Ok(Finish::Stopped(_) | Finish::Interrupted) => None,
+        Err(e) => Some(notify::Happened::Failed(e.to_string())),
+    };
+    if let Some(ended) = ended {
+        notify::emit(pool, run_id, ended).await;
+    }
     root.end(match &finish {
         Ok(Finish::Applied | Finish::Stopped(_)) => None,
         Ok(Finish::Interrupted) => {

@@ -1,0 +1,577 @@
+//! Telling the data stack what a run does: OpenLineage run events for the
+//! lineage backend ([`lineage`]) and CloudEvents or Slack messages for
+//! webhooks ([`webhook`]), at each step of a run's life ([`Happened`]).
+//!
+//! Delivery never blocks nor fails a backfill. [`emit`] builds the payloads and
+//! puts each on its endpoint's bounded queue; one task per endpoint posts them
+//! in order, retrying with backoff; a payload the queue has no room for, or
+//! that every try failed to deliver, is dropped with a warning and a
+//! `notification_dropped` entry in the run log. At exit
+//! [`Notifier::shutdown`] gives what is queued a few seconds, then drops the
+//! rest the same way.
+//!
+//! Like the tracing subscriber, the notifier is one per process, installed by
+//! `main` from the environment ([`Settings::from_vars`]); a process that
+//! installs none (the tests that drive runs in process) sends nothing.
+
+pub mod lineage;
+pub mod webhook;
+
+use backfill_shared::control::{batches, log, runs};
+use backon::{ExponentialBuilder, Retryable as _};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+use uuid::Uuid;
+
+/// How many payloads may wait for delivery before new ones are dropped.
+const QUEUE: usize = 1024;
+/// How long one delivery try may take.
+const TRY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a process about to exit waits for what is still queued.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SettingsError {
+    #[error("{var}={value:?} is not an http:// or https:// URL; fix it or unset it")]
+    Url { var: &'static str, value: String },
+    #[error(
+        "BACKFILL_WEBHOOK_FORMAT={0:?} is not a format: use cloudevents (the default) or slack"
+    )]
+    Format(String),
+}
+
+/// Where the events go, read once from the environment.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// The OpenLineage endpoint, unless unset or `OPENLINEAGE_DISABLED`.
+    pub lineage: Option<LineageSettings>,
+    /// `BACKFILL_WEBHOOK_URL`, comma-separated.
+    pub webhooks: Vec<String>,
+    pub format: webhook::Format,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct LineageSettings {
+    /// `OPENLINEAGE_URL` joined with `OPENLINEAGE_ENDPOINT` (default `api/v1/lineage`).
+    pub endpoint: String,
+    /// `OPENLINEAGE_API_KEY`, sent as a bearer token; never printed.
+    pub api_key: Option<String>,
+    /// `OPENLINEAGE_NAMESPACE` (default `backfill`): the jobs' namespace.
+    pub namespace: String,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lineage = self.lineage.as_ref().map(|l| {
+            format!(
+                "{} (namespace {}, api key {})",
+                backfill_shared::config::redact_url(&l.endpoint),
+                l.namespace,
+                if l.api_key.is_some() { "***" } else { "none" }
+            )
+        });
+        let webhooks: Vec<String> = self
+            .webhooks
+            .iter()
+            .map(|w| backfill_shared::config::redact_url(w))
+            .collect();
+        f.debug_struct("Settings")
+            .field("lineage", &lineage)
+            .field("webhooks", &webhooks)
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for LineageSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineageSettings")
+            .field(
+                "endpoint",
+                &backfill_shared::config::redact_url(&self.endpoint),
+            )
+            .field("namespace", &self.namespace)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl Settings {
+    /// Reads the OpenLineage clients' variables (`OPENLINEAGE_URL`,
+    /// `OPENLINEAGE_ENDPOINT`, `OPENLINEAGE_API_KEY`, `OPENLINEAGE_NAMESPACE`,
+    /// `OPENLINEAGE_DISABLED`) and `BACKFILL_WEBHOOK_URL`,
+    /// `BACKFILL_WEBHOOK_FORMAT` from a map of variables.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, SettingsError> {
+        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let http = |var: &'static str, value: &str| {
+            if value.starts_with("http://") || value.starts_with("https://") {
+                Ok(value.to_owned())
+            } else {
+                Err(SettingsError::Url {
+                    var,
+                    value: backfill_shared::config::redact_url(value),
+                })
+            }
+        };
+        let disabled = get("OPENLINEAGE_DISABLED")
+            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
+        let lineage = match get("OPENLINEAGE_URL") {
+            Some(url) if !disabled => {
+                let base = http("OPENLINEAGE_URL", url)?;
+                let endpoint = get("OPENLINEAGE_ENDPOINT").unwrap_or("api/v1/lineage");
+                Some(LineageSettings {
+                    endpoint: format!(
+                        "{}/{}",
+                        base.trim_end_matches('/'),
+                        endpoint.trim_start_matches('/')
+                    ),
+                    api_key: get("OPENLINEAGE_API_KEY").map(str::to_owned),
+                    namespace: get("OPENLINEAGE_NAMESPACE")
+                        .unwrap_or("backfill")
+                        .to_owned(),
+                })
+            }
+            _ => None,
+        };
+        let webhooks = get("BACKFILL_WEBHOOK_URL")
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|w| !w.is_empty())
+                    .map(|w| http("BACKFILL_WEBHOOK_URL", w))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let format = match get("BACKFILL_WEBHOOK_FORMAT") {
+            None => webhook::Format::CloudEvents,
+            Some(name) => webhook::Format::from_name(&name.to_ascii_lowercase())
+                .ok_or_else(|| SettingsError::Format(name.to_owned()))?,
+        };
+        Ok(Self {
+            lineage,
+            webhooks,
+            format,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lineage.is_none() && self.webhooks.is_empty()
+    }
+}
+
+/// A step of a run's life that the data stack hears of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Happened {
+    /// A coordinator began driving the run for the first time.
+    Started,
+    /// A coordinator took the run up again (after `resume`, or a restart).
+    Resumed,
+    /// A batch failed or a limit was breached: the reason names which.
+    Halted(String),
+    /// The coordinator driving the run stopped on an error; the run goes on
+    /// when driven again.
+    Failed(String),
+    /// Every batch is applied.
+    Applied,
+    Cancelled,
+    Validated {
+        passed: bool,
+    },
+    Approved {
+        by: String,
+    },
+    Cutover(Step),
+    Rollback(Step),
+    CleanedUp,
+}
+
+/// Where a cutover or a rollback is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Started,
+    Done,
+    Failed(String),
+}
+
+impl Happened {
+    /// The name webhooks carry (`dev.backfill.run.<name>`) and the run log uses.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Resumed => "resumed",
+            Self::Halted(_) => "halted",
+            Self::Failed(_) => "failed",
+            Self::Applied => "applied",
+            Self::Cancelled => "cancelled",
+            Self::Validated { .. } => "validated",
+            Self::Approved { .. } => "approved",
+            Self::Cutover(Step::Started) => "cutover.started",
+            Self::Cutover(Step::Done) => "cut_over",
+            Self::Cutover(Step::Failed(_)) => "cutover.failed",
+            Self::Rollback(Step::Started) => "rollback.started",
+            Self::Rollback(Step::Done) => "rolled_back",
+            Self::Rollback(Step::Failed(_)) => "rollback.failed",
+            Self::CleanedUp => "cleaned_up",
+        }
+    }
+
+    /// What went wrong, for the events that say.
+    #[must_use]
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Self::Halted(why)
+            | Self::Failed(why)
+            | Self::Cutover(Step::Failed(why))
+            | Self::Rollback(Step::Failed(why)) => Some(why),
+            _ => None,
+        }
+    }
+}
+
+/// What the payloads are built from: the recorded run and its ledger now.
+#[derive(Debug)]
+pub struct Facts<'a> {
+    pub run: &'a runs::Run,
+    pub counts: &'a batches::Counts,
+    pub happened: &'a Happened,
+    pub time: chrono::DateTime<chrono::Utc>,
+}
+
+/// One payload on its way to one endpoint.
+#[derive(Debug)]
+struct Delivery {
+    run_id: Uuid,
+    /// `openlineage` or `webhook`, for the drop's log entry.
+    sink: &'static str,
+    what: &'static str,
+    url: String,
+    bearer: Option<String>,
+    content_type: &'static str,
+    body: Vec<u8>,
+    pool: PgPool,
+}
+
+/// The process's notifier: what `main` keeps to shut it down.
+#[derive(Debug)]
+pub struct Notifier {
+    tasks: tokio::task::JoinSet<()>,
+    pending: Arc<AtomicUsize>,
+    stop: CancellationToken,
+}
+
+/// One endpoint's queue: its payloads go out in order, one at a time, so a
+/// `START` never arrives after its `COMPLETE`, and a dead endpoint delays
+/// only its own.
+#[derive(Debug)]
+struct Endpoint {
+    url: String,
+    queue: mpsc::Sender<Delivery>,
+}
+
+#[derive(Debug)]
+struct Installed {
+    settings: Settings,
+    warehouse: lineage::Warehouse,
+    endpoints: Vec<Endpoint>,
+    pending: Arc<AtomicUsize>,
+}
+
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+/// Starts a delivery task per endpoint and makes [`emit`] send to
+/// `settings`' endpoints; `database_url` names the warehouse's datasets.
+/// `None` when nothing is configured (or a notifier is installed already).
+#[must_use]
+pub fn install(settings: Settings, database_url: &str) -> Option<Notifier> {
+    if settings.is_empty() {
+        return None;
+    }
+    let warehouse = lineage::Warehouse::from_url(database_url).unwrap_or(lineage::Warehouse {
+        namespace: "postgres://localhost:5432".into(),
+        database: "postgres".into(),
+    });
+    backfill_shared::services::tls_with_ring();
+    let client = match reqwest::Client::builder().timeout(TRY_TIMEOUT).build() {
+        Ok(client) => client,
+        Err(e) => {
+            warn!(error = %e, "cannot build the HTTP client: no OpenLineage events nor webhooks will be sent");
+            return None;
+        }
+    };
+    let pending = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let urls = settings
+        .lineage
+        .iter()
+        .map(|l| l.endpoint.clone())
+        .chain(settings.webhooks.iter().cloned());
+    let endpoints = urls
+        .map(|url| {
+            let (queue, received) = mpsc::channel(QUEUE);
+            tasks.spawn(deliver_in_order(
+                client.clone(),
+                received,
+                Arc::clone(&pending),
+                stop.clone(),
+            ));
+            Endpoint { url, queue }
+        })
+        .collect();
+    INSTALLED
+        .set(Installed {
+            settings,
+            warehouse,
+            endpoints,
+            pending: Arc::clone(&pending),
+        })
+        .ok()?;
+    Some(Notifier {
+        tasks,
+        pending,
+        stop,
+    })
+}
+
+impl Notifier {
+    /// Gives what is still queued a few seconds; what is left then is
+    /// dropped, each logged as such.
+    pub async fn shutdown(mut self) {
+        let settled = async |pending: &AtomicUsize| {
+            let deadline = tokio::time::Instant::now() + EXIT_GRACE;
+            while pending.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        settled(&self.pending).await;
+        self.stop.cancel();
+        // Each task logs what it still holds as dropped: quick.
+        settled(&self.pending).await;
+        self.tasks.abort_all();
+    }
+}
+
+/// Tells the configured endpoints that `happened` to the run. Never fails and
+/// never waits on an endpoint: a problem is a warning and a run-log entry.
+pub async fn emit(pool: &PgPool, run_id: Uuid, happened: Happened) {
+    let Some(installed) = INSTALLED.get() else {
+        return;
+    };
+    let facts = async {
+        let run = runs::load(pool, run_id).await?;
+        let counts = batches::counts(pool, run_id).await?;
+        Ok::<_, backfill_shared::control::ControlError>((run, counts))
+    };
+    let (run, counts) = match facts.await {
+        Ok(facts) => facts,
+        Err(e) => {
+            warn!(run.id = %run_id, error = %e, event = happened.name(), "cannot read the run to notify of it");
+            return;
+        }
+    };
+    let facts = Facts {
+        run: &run,
+        counts: &counts,
+        happened: &happened,
+        time: chrono::Utc::now(),
+    };
+    let settings = &installed.settings;
+    let mut out = Vec::new();
+    if let Some(lineage) = &settings.lineage
+        && let Some(event) = lineage::event(&facts, &lineage.namespace, &installed.warehouse)
+    {
+        out.push(Delivery {
+            run_id,
+            sink: "openlineage",
+            what: happened.name(),
+            url: lineage.endpoint.clone(),
+            bearer: lineage.api_key.clone(),
+            content_type: "application/json",
+            body: event.to_string().into_bytes(),
+            pool: pool.clone(),
+        });
+    }
+    if !settings.webhooks.is_empty() {
+        let (content_type, body) = webhook::payload(&facts, settings.format);
+        let body = body.to_string().into_bytes();
+        for url in &settings.webhooks {
+            out.push(Delivery {
+                run_id,
+                sink: "webhook",
+                what: happened.name(),
+                url: url.clone(),
+                bearer: None,
+                content_type,
+                body: body.clone(),
+                pool: pool.clone(),
+            });
+        }
+    }
+    for delivery in out {
+        let Some(endpoint) = installed.endpoints.iter().find(|e| e.url == delivery.url) else {
+            continue;
+        };
+        installed.pending.fetch_add(1, Ordering::AcqRel);
+        if let Err(mpsc::error::TrySendError::Full(d) | mpsc::error::TrySendError::Closed(d)) =
+            endpoint.queue.try_send(delivery)
+        {
+            installed.pending.fetch_sub(1, Ordering::AcqRel);
+            dropped(&d, "its endpoint's queue is full").await;
+        }
+    }
+}
+
+/// Posts one endpoint's payloads in order, each retried with backoff; once
+/// `stop` is cancelled, drops what is left, logging each.
+async fn deliver_in_order(
+    client: reqwest::Client,
+    mut received: mpsc::Receiver<Delivery>,
+    pending: Arc<AtomicUsize>,
+    stop: CancellationToken,
+) {
+    while let Some(delivery) = received.recv().await {
+        let post = || async {
+            let mut request = client
+                .post(&delivery.url)
+                .header(reqwest::header::CONTENT_TYPE, delivery.content_type)
+                .body(delivery.body.clone());
+            if let Some(token) = &delivery.bearer {
+                request = request.bearer_auth(token);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| e.without_url().to_string())?;
+            let status = response.status();
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("the endpoint answered {status}"))
+            }
+        };
+        let tries = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(3);
+        let outcome = tokio::select! {
+            biased;
+            () = stop.cancelled() => Err("the process exited before it was delivered".to_owned()),
+            posted = post.retry(tries) => posted,
+        };
+        if let Err(why) = outcome {
+            dropped(&delivery, &why).await;
+        }
+        pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A payload that will not arrive: a warning, and the run log says so.
+async fn dropped(delivery: &Delivery, why: &str) {
+    let url = backfill_shared::config::redact_url(&delivery.url);
+    warn!(run.id = %delivery.run_id, sink = delivery.sink, event = delivery.what, url = %url, error = why, "notification dropped");
+    let entry = serde_json::json!({
+        "sink": delivery.sink, "event": delivery.what, "url": url, "error": why,
+    });
+    if let Err(e) = log::append(
+        &delivery.pool,
+        delivery.run_id,
+        "coordinator",
+        "notification_dropped",
+        None,
+        entry,
+    )
+    .await
+    {
+        warn!(run.id = %delivery.run_id, error = %e, "cannot record the dropped notification in the run log");
+    }
+}
+
+/// Where the run's history sits: its first and last bound when `batch_by` is
+/// a date or a timestamp (OpenLineage's `nominalTime`).
+fn nominal_time(run: &runs::Run) -> Option<(String, String)> {
+    use backfill_shared::brief::Bound;
+    let at = |b: &Bound| match b {
+        Bound::Integer(_) => None,
+        Bound::Date(d) => Some(format!("{d}T00:00:00Z")),
+        Bound::Timestamp(t) => Some(format!("{}Z", t.format("%Y-%m-%dT%H:%M:%S"))),
+    };
+    let by = &run.brief.scope.batch_by;
+    Some((at(&by.start)?, at(&by.end)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn nothing_is_configured_by_default() {
+        assert!(Settings::from_vars(&vars(&[])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_openlineage_variables_are_read_as_its_clients_read_them() {
+        let s = Settings::from_vars(&vars(&[
+            ("OPENLINEAGE_URL", "http://marquez:5000/"),
+            ("OPENLINEAGE_API_KEY", "sekrit"),
+        ]))
+        .unwrap();
+        let lineage = s.lineage.clone().unwrap();
+        assert_eq!(lineage.endpoint, "http://marquez:5000/api/v1/lineage");
+        assert_eq!(lineage.namespace, "backfill");
+        assert!(!format!("{s:?}").contains("sekrit"));
+        let s = Settings::from_vars(&vars(&[
+            ("OPENLINEAGE_URL", "https://lineage.example"),
+            ("OPENLINEAGE_ENDPOINT", "/v2/events"),
+            ("OPENLINEAGE_NAMESPACE", "warehouse"),
+        ]))
+        .unwrap();
+        let lineage = s.lineage.unwrap();
+        assert_eq!(lineage.endpoint, "https://lineage.example/v2/events");
+        assert_eq!(lineage.namespace, "warehouse");
+        let off = Settings::from_vars(&vars(&[
+            ("OPENLINEAGE_URL", "http://marquez:5000"),
+            ("OPENLINEAGE_DISABLED", "true"),
+        ]))
+        .unwrap();
+        assert!(off.is_empty());
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_variable() {
+        let e = Settings::from_vars(&vars(&[("OPENLINEAGE_URL", "marquez:5000")])).unwrap_err();
+        assert!(e.to_string().contains("OPENLINEAGE_URL"), "{e}");
+        let e = Settings::from_vars(&vars(&[(
+            "BACKFILL_WEBHOOK_URL",
+            "http://a.example/hook, ftp://b.example",
+        )]))
+        .unwrap_err();
+        assert!(e.to_string().contains("BACKFILL_WEBHOOK_URL"), "{e}");
+        let e = Settings::from_vars(&vars(&[("BACKFILL_WEBHOOK_FORMAT", "teams")])).unwrap_err();
+        assert_eq!(e, SettingsError::Format("teams".into()));
+        let two = Settings::from_vars(&vars(&[
+            (
+                "BACKFILL_WEBHOOK_URL",
+                "http://a.example/hook, https://b.example/x",
+            ),
+            ("BACKFILL_WEBHOOK_FORMAT", "Slack"),
+        ]))
+        .unwrap();
+        assert_eq!(two.webhooks.len(), 2);
+        assert_eq!(two.format, webhook::Format::Slack);
+    }
+}

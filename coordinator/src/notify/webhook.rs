@@ -1,0 +1,160 @@
+//! Webhook payloads: a CloudEvents 1.0 JSON event (`type`
+//! `dev.backfill.run.<what>`, `subject` the run id, `data` the facts), or with
+//! `BACKFILL_WEBHOOK_FORMAT=slack` a Slack incoming-webhook message (a line of
+//! text, and blocks with what, why, period, target, owner, the figures and the
+//! command to see more).
+
+use super::{Facts, Happened};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// What a webhook receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    CloudEvents,
+    Slack,
+}
+
+impl Format {
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "cloudevents" => Some(Self::CloudEvents),
+            "slack" => Some(Self::Slack),
+            _ => None,
+        }
+    }
+}
+
+/// The facts every payload carries: what happened to which run, and where it stands.
+#[must_use]
+pub fn data(facts: &Facts<'_>) -> Value {
+    let run = facts.run;
+    let brief = &run.brief;
+    let rows = &facts.counts.rows;
+    let mut data = json!({
+        "run_id": run.run_id,
+        "event": facts.happened.name(),
+        "name": brief.meta.name,
+        "reason": brief.meta.reason,
+        "owner": brief.meta.owner,
+        "reviewer": brief.meta.reviewer,
+        "risk": brief.meta.risk.as_str(),
+        "target": brief.scope.target.to_string(),
+        "strategy": brief.write.strategy.as_str(),
+        "scope": { "column": brief.scope.batch_by.column,
+                   "start": brief.scope.batch_by.start.to_string(),
+                   "end": brief.scope.batch_by.end.to_string() },
+        "state": run.state.as_str(),
+        "batches": { "total": run.batch_count, "applied": facts.counts.applied,
+                     "failed": facts.counts.failed },
+        "rows": { "inserted": rows.inserted, "updated": rows.updated, "deleted": rows.deleted },
+        "stakeholders": brief.dependencies.stakeholders,
+        "see": format!("backfill status {}", run.run_id),
+    });
+    let map = data.as_object_mut();
+    if let Some(map) = map {
+        match facts.happened {
+            Happened::Validated { passed } => {
+                map.insert("passed".into(), (*passed).into());
+            }
+            Happened::Approved { by } => {
+                map.insert("approved_by".into(), by.clone().into());
+            }
+            _ => {}
+        }
+        if let Some(error) = facts.happened.error() {
+            map.insert("error".into(), error.into());
+        }
+    }
+    data
+}
+
+/// The content type and body of the payload for `facts` in `format`.
+#[must_use]
+pub fn payload(facts: &Facts<'_>, format: Format) -> (&'static str, Value) {
+    match format {
+        Format::CloudEvents => (
+            "application/cloudevents+json",
+            json!({
+                "specversion": "1.0",
+                "id": Uuid::new_v4(),
+                "source": format!("backfill/{}", facts.run.brief.scope.target),
+                "type": format!("dev.backfill.run.{}", facts.happened.name()),
+                "subject": facts.run.run_id,
+                "time": facts.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "datacontenttype": "application/json",
+                "data": data(facts),
+            }),
+        ),
+        Format::Slack => ("application/json", slack(facts)),
+    }
+}
+
+fn headline(facts: &Facts<'_>) -> String {
+    let name = &facts.run.brief.meta.name;
+    let target = facts.run.brief.scope.target.to_string();
+    let what = match facts.happened {
+        Happened::Started => "started".to_owned(),
+        Happened::Resumed => "resumed".to_owned(),
+        Happened::Halted(_) => "HALTED".to_owned(),
+        Happened::Failed(_) => "lost its coordinator".to_owned(),
+        Happened::Applied => "applied every batch".to_owned(),
+        Happened::Cancelled => "was cancelled".to_owned(),
+        Happened::Validated { passed: true } => "passed validation".to_owned(),
+        Happened::Validated { passed: false } => "FAILED validation".to_owned(),
+        Happened::Approved { by } => format!("was approved by {by}"),
+        Happened::Cutover(super::Step::Started) => "is cutting over".to_owned(),
+        Happened::Cutover(super::Step::Done) => "is cut over: readers see the new data".to_owned(),
+        Happened::Cutover(super::Step::Failed(_)) => "FAILED to cut over".to_owned(),
+        Happened::Rollback(super::Step::Started) => "is rolling back".to_owned(),
+        Happened::Rollback(super::Step::Done) => {
+            "is rolled back: the target is as it was".to_owned()
+        }
+        Happened::Rollback(super::Step::Failed(_)) => "FAILED to roll back".to_owned(),
+        Happened::CleanedUp => "was cleaned up".to_owned(),
+    };
+    format!("Backfill {name} of {target} {what}")
+}
+
+fn slack(facts: &Facts<'_>) -> Value {
+    let run = facts.run;
+    let brief = &run.brief;
+    let by = &brief.scope.batch_by;
+    let rows = &facts.counts.rows;
+    let text = headline(facts);
+    let mut lines = vec![
+        format!("*Why:* {}", brief.meta.reason),
+        format!(
+            "*Period:* {} from {} to {} · *Target:* `{}` ({})",
+            by.column,
+            by.start,
+            by.end,
+            brief.scope.target,
+            brief.write.strategy.as_str()
+        ),
+        format!(
+            "*Owner:* {} · *Reviewer:* {} · *Risk:* {}",
+            brief.meta.owner,
+            brief.meta.reviewer,
+            brief.meta.risk.as_str()
+        ),
+        format!(
+            "*Batches:* {} of {} applied · *Rows:* {} inserted, {} updated, {} deleted",
+            facts.counts.applied, run.batch_count, rows.inserted, rows.updated, rows.deleted
+        ),
+    ];
+    if let Some(error) = facts.happened.error() {
+        lines.push(format!("*What stopped it:* {error}"));
+    }
+    json!({
+        "text": text,
+        "blocks": [
+            { "type": "section", "text": { "type": "mrkdwn", "text": format!("*{text}*") } },
+            { "type": "section", "text": { "type": "mrkdwn", "text": lines.join("\n") } },
+            { "type": "context", "elements": [
+                { "type": "mrkdwn", "text": format!("`backfill status {}`", run.run_id) } ] },
+        ],
+    })
+}

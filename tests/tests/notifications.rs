@@ -1,0 +1,387 @@
+//! OpenLineage run events and webhooks, checked field by field at a receiver
+//! on loopback: a run that completes, is validated, approved, cut over and
+//! rolled back (cutover and rollback as runs of their own under the backfill
+//! run); a run that halts on a limit, then is cancelled. And a `backfill run`
+//! whose endpoints are down still ends applied, each lost event in its log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use backfill_coordinator::lifecycle::{approve, cutover, rollback};
+use backfill_coordinator::notify::{self, Settings};
+use backfill_coordinator::run::Finish;
+use backfill_coordinator::{resume, validate};
+use backfill_tests::receiver::{Received, Receiver};
+use backfill_tests::{TestEnv, bin, ship_revenue};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The OpenLineage events and the webhook events of one run, in order.
+fn split(taken: &[Received], run_id: Uuid) -> (Vec<Value>, Vec<Value>) {
+    let id = run_id.to_string();
+    let lineage = taken
+        .iter()
+        .filter(|r| r.path == "/api/v1/lineage")
+        .map(|r| r.body.clone())
+        .filter(|b| {
+            b["run"]["runId"] == id.as_str()
+                || b["run"]["facets"]["parent"]["run"]["runId"] == id.as_str()
+        })
+        .collect();
+    let hooks = taken
+        .iter()
+        .filter(|r| r.path == "/hook")
+        .map(|r| r.body.clone())
+        .filter(|b| b["subject"] == id.as_str())
+        .collect();
+    (lineage, hooks)
+}
+
+fn types(hooks: &[Value]) -> Vec<String> {
+    hooks
+        .iter()
+        .map(|h| {
+            h["type"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("dev.backfill.run.")
+                .to_owned()
+        })
+        .collect()
+}
+
+fn lineage_steps(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["job"]["name"].as_str().unwrap().to_owned(),
+                e["eventType"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_step_of_a_runs_life_reaches_openlineage_and_the_webhooks() {
+    let env = TestEnv::new(0.01).await;
+    let receiver = Receiver::start().await;
+    let vars: HashMap<String, String> = [
+        ("OPENLINEAGE_URL", receiver.url.clone()),
+        ("OPENLINEAGE_API_KEY", "sekrit".to_owned()),
+        ("OPENLINEAGE_NAMESPACE", "analytics".to_owned()),
+        ("BACKFILL_WEBHOOK_URL", format!("{}/hook", receiver.url)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let notifier = notify::install(
+        Settings::from_vars(&vars).unwrap(),
+        &env.config.database_url,
+    )
+    .expect("the first notifier of this process");
+
+    // A run through its whole life.
+    env.build_ship_revenue().await;
+    sqlx::query("UPDATE tpch.ship_revenue SET revenue = revenue + 1")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let (run_id, ..) = env
+        .record_run(&ship_revenue::brief("merge", "delete", ""))
+        .await;
+    assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
+    validate::validate(&env.pool, run_id).await.unwrap();
+    approve::approve(&env.pool, run_id, None).await.unwrap();
+    cutover::cutover(&env.pool, run_id, "alice", Duration::from_secs(5))
+        .await
+        .unwrap();
+    rollback::rollback(
+        &env.pool,
+        run_id,
+        "alice",
+        rollback::RollbackOptions::default(),
+    )
+    .await
+    .unwrap();
+    let taken = receiver
+        .until("every event of the run", |t| {
+            types(&split(t, run_id).1).contains(&"rolled_back".to_owned())
+                && split(t, run_id).0.len() >= 6
+        })
+        .await;
+    let (lineage, hooks) = split(&taken, run_id);
+    assert_eq!(
+        types(&hooks),
+        [
+            "started",
+            "applied",
+            "validated",
+            "approved",
+            "cutover.started",
+            "cut_over",
+            "rollback.started",
+            "rolled_back"
+        ]
+    );
+    assert_eq!(
+        lineage_steps(&lineage),
+        [
+            ("ship-revenue", "START"),
+            ("ship-revenue", "COMPLETE"),
+            ("ship-revenue.cutover", "START"),
+            ("ship-revenue.cutover", "COMPLETE"),
+            ("ship-revenue.rollback", "START"),
+            ("ship-revenue.rollback", "COMPLETE"),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    for r in taken.iter().filter(|r| r.path == "/api/v1/lineage") {
+        assert_eq!(r.authorization.as_deref(), Some("Bearer sekrit"));
+        assert_eq!(r.content_type, "application/json");
+    }
+    for r in taken.iter().filter(|r| r.path == "/hook") {
+        assert_eq!(r.authorization, None, "the lineage key went to a webhook");
+        assert_eq!(r.content_type, "application/cloudevents+json");
+    }
+
+    // The backfill run's events, field by field.
+    let start = &lineage[0];
+    assert_eq!(start["run"]["runId"], run_id.to_string());
+    assert_eq!(
+        start["schemaURL"],
+        "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"
+    );
+    assert_eq!(start["job"]["namespace"], "analytics");
+    let job = &start["job"]["facets"];
+    assert!(
+        job["sql"]["query"]
+            .as_str()
+            .unwrap()
+            .contains("tpch.lineitem"),
+        "{job}"
+    );
+    assert_eq!(
+        job["documentation"]["description"],
+        "Recompute daily ship revenue."
+    );
+    assert_eq!(
+        job["ownership"]["owners"],
+        serde_json::json!([{ "name": "alice", "type": "owner" }, { "name": "bob", "type": "reviewer" }])
+    );
+    for facet in ["sql", "documentation", "ownership", "jobType"] {
+        assert!(
+            job[facet]["_producer"].is_string() && job[facet]["_schemaURL"].is_string(),
+            "{facet}"
+        );
+    }
+    let facets = &start["run"]["facets"];
+    assert_eq!(
+        facets["nominalTime"]["nominalStartTime"],
+        "1992-01-01T00:00:00Z"
+    );
+    assert_eq!(
+        facets["nominalTime"]["nominalEndTime"],
+        "1999-01-01T00:00:00Z"
+    );
+    let custom = &facets["backfill"];
+    assert_eq!(custom["strategy"], "merge");
+    assert_eq!(custom["risk"], "metric-changing");
+    assert_eq!(custom["batches"], 84);
+    assert!(
+        custom["briefHash"].as_str().unwrap().len() >= 16,
+        "{custom}"
+    );
+    assert!(custom["_producer"].is_string() && custom["_schemaURL"].is_string());
+    let db = env.database.as_str();
+    assert_eq!(
+        start["outputs"],
+        serde_json::json!([{ "namespace": "postgres://127.0.0.1:5432", "name": format!("{db}.tpch.ship_revenue") }])
+    );
+    let inputs: Vec<&str> = start["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        inputs.contains(&format!("{db}.tpch.lineitem").as_str()),
+        "{inputs:?}"
+    );
+    let complete = &lineage[1];
+    assert_eq!(complete["run"]["facets"]["backfill"]["batchesApplied"], 84);
+    assert!(complete["run"]["facets"].get("errorMessage").is_none());
+    for child in &lineage[2..] {
+        let parent = &child["run"]["facets"]["parent"];
+        assert_eq!(parent["run"]["runId"], run_id.to_string());
+        assert_eq!(parent["job"]["name"], "ship-revenue");
+        assert_ne!(child["run"]["runId"], run_id.to_string());
+        assert_eq!(child["inputs"], serde_json::json!([]));
+    }
+    assert_eq!(lineage[2]["run"]["runId"], lineage[3]["run"]["runId"]);
+    assert_ne!(lineage[2]["run"]["runId"], lineage[4]["run"]["runId"]);
+
+    // The webhooks' CloudEvents.
+    for hook in &hooks {
+        assert_eq!(hook["specversion"], "1.0");
+        assert_eq!(hook["datacontenttype"], "application/json");
+        assert!(hook["id"].is_string() && hook["time"].is_string() && hook["source"].is_string());
+        let data = &hook["data"];
+        assert_eq!(data["run_id"], run_id.to_string());
+        assert_eq!(data["target"], "tpch.ship_revenue");
+        assert_eq!(data["owner"], "alice");
+        assert_eq!(data["stakeholders"], serde_json::json!(["finance"]));
+        assert_eq!(data["see"], format!("backfill status {run_id}"));
+    }
+    let data = |name: &str| {
+        hooks
+            .iter()
+            .find(|h| h["type"] == format!("dev.backfill.run.{name}"))
+            .map(|h| h["data"].clone())
+            .unwrap()
+    };
+    assert_eq!(data("applied")["batches"]["applied"], 84);
+    assert_eq!(data("applied")["state"], "applied");
+    assert_eq!(data("validated")["passed"], true);
+    assert!(data("approved")["approved_by"].is_string());
+    assert_eq!(data("cut_over")["state"], "cut_over");
+    assert_eq!(data("rolled_back")["state"], "rolled_back");
+
+    // A run that halts on a limit, then is cancelled.
+    let text = backfill_coordinator::demo::with_max_change_pct(&env.brief(10, 1).await, 10);
+    let (halted, ..) = env.record_run(&text).await;
+    let Finish::Halted(reason) = env.run_to_end(halted, 1).await else {
+        panic!("the run did not halt on its limit");
+    };
+    resume::cancel(&env.pool, halted, "alice").await.unwrap();
+    let taken = receiver
+        .until("the halt and the cancel", |t| {
+            split(t, halted).0.len() >= 3
+                && types(&split(t, halted).1).contains(&"cancelled".to_owned())
+        })
+        .await;
+    let (lineage, hooks) = split(&taken, halted);
+    assert_eq!(types(&hooks), ["started", "halted", "cancelled"]);
+    let steps: Vec<String> = lineage_steps(&lineage)
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(steps, ["START", "FAIL", "ABORT"]);
+    let error = &lineage[1]["run"]["facets"]["errorMessage"];
+    assert_eq!(error["message"], reason.as_str());
+    assert!(!reason.is_empty());
+    assert!(
+        error["_schemaURL"]
+            .as_str()
+            .unwrap()
+            .contains("ErrorMessageRunFacet")
+    );
+    assert_eq!(
+        lineage[1]["run"]["facets"]["backfill"]["haltReason"],
+        reason.as_str()
+    );
+    assert_eq!(hooks[1]["data"]["error"], reason.as_str());
+    assert_eq!(hooks[2]["data"]["state"], "cancelled");
+
+    notifier.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn endpoints_that_are_down_neither_stop_nor_fail_a_run() {
+    let env = TestEnv::new(0.01).await;
+    let receiver = Receiver::start().await;
+    // A port nobody listens on: every try is refused.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let dir = std::env::temp_dir().join(format!("bf-notify-{}", env.config.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("brief.toml");
+    std::fs::write(&path, env.brief(6, 2).await).unwrap();
+    let mut worker = env.spawn_worker(&[]);
+    let out = tokio::process::Command::new(bin("backfill"))
+        .args(["--json", "run", path.to_str().unwrap()])
+        .envs(env.env())
+        .env("OPENLINEAGE_URL", format!("http://127.0.0.1:{closed}"))
+        .env(
+            "BACKFILL_WEBHOOK_URL",
+            format!("http://127.0.0.1:{closed}/hook,{}/hook", receiver.url),
+        )
+        .env("BACKFILL_WEBHOOK_FORMAT", "slack")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run_id: Uuid = done["run_id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(done["finish"], "applied");
+    // The reachable webhook got Slack messages.
+    let taken = receiver.until("the Slack messages", |t| t.len() >= 2).await;
+    assert_eq!(taken[0].content_type, "application/json");
+    assert!(
+        taken[0].body["text"].as_str().unwrap().contains("started"),
+        "{:?}",
+        taken[0].body
+    );
+    let applied = &taken[1].body;
+    assert!(
+        applied["text"]
+            .as_str()
+            .unwrap()
+            .contains("applied every batch"),
+        "{applied}"
+    );
+    let blocks = applied["blocks"].to_string();
+    assert!(
+        blocks.contains("alice") || blocks.contains("Owner"),
+        "{blocks}"
+    );
+    assert!(
+        blocks.contains(&format!("backfill status {run_id}")),
+        "{blocks}"
+    );
+    // The others were dropped, each named in the run log.
+    let dropped: Vec<(String, String)> = sqlx::query_as(
+        "SELECT detail->>'sink', detail->>'event' FROM backfill.run_log
+          WHERE run_id = $1 AND event = 'notification_dropped' ORDER BY id",
+    )
+    .bind(run_id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    for expected in [
+        ("openlineage", "started"),
+        ("openlineage", "applied"),
+        ("webhook", "started"),
+        ("webhook", "applied"),
+    ] {
+        assert!(
+            dropped.contains(&(expected.0.to_owned(), expected.1.to_owned())),
+            "{expected:?} not logged as dropped: {dropped:?}"
+        );
+    }
+    let state: String = sqlx::query_scalar("SELECT state FROM backfill.runs WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "applied");
+    // A bad setting is refused before anything runs.
+    let out = tokio::process::Command::new(bin("backfill"))
+        .args(["status", &run_id.to_string()])
+        .envs(env.env())
+        .env("OPENLINEAGE_URL", "marquez:5000")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("OPENLINEAGE_URL"));
+    worker.start_kill().unwrap();
+    let _ = worker.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}
