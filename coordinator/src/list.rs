@@ -78,8 +78,10 @@ pub fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>> {
 /// `--state`: one of the run states.
 pub fn parse_state(text: &str) -> Result<RunState> {
     RunState::parse(text.trim()).ok_or_else(|| {
+        let names: Vec<&str> = RunState::ALL.iter().map(|s| s.as_str()).collect();
         CliError::BadInput(format!(
-            "--state {text:?}: the states are running, paused, halted, canary, applied, approved, cut_over, rolling_back, rolled_back, cancelled"
+            "--state {text:?}: the states are {}",
+            names.join(", ")
         ))
     })
 }
@@ -191,9 +193,10 @@ fn holds(r: &Listed) -> String {
         Some(RunState::RollingBack) => {
             format!("rolling back; `backfill rollback {short}` finishes it")
         }
-        Some(RunState::CutOver | RunState::RolledBack | RunState::Cancelled) => {
+        Some(RunState::CutOver | RunState::RolledBack | RunState::Cancelled | RunState::Done) => {
             let done = match state {
                 Some(RunState::CutOver) => "cut over",
+                Some(RunState::Done) => "done",
                 Some(RunState::RolledBack) => "rolled back",
                 _ => "cancelled",
             };

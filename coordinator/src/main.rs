@@ -164,6 +164,10 @@ enum Command {
         /// md or html (self-contained, with an inline SVG chart).
         #[arg(long, default_value = "md")]
         format: String,
+        /// Also send the change note to every BACKFILL_WEBHOOK_URL now, and
+        /// record where it was delivered (what `backfill done` looks for).
+        #[arg(long)]
+        send: bool,
     },
     /// Let a run waiting at its canary (limits.canary) go on, as its reviewer.
     Promote {
@@ -212,6 +216,19 @@ enum Command {
         /// Do not wait for retain_days.
         #[arg(long)]
         now: bool,
+    },
+    /// Check the run against the definition of done (scope applied, validation
+    /// passed or accepted, cut over and refreshed, stakeholders told, rollback
+    /// retained, lesson captured); when nothing is missing the run is `done`.
+    /// Exits 1 naming what is missing.
+    Done {
+        run: String,
+        /// What the next backfill should do differently (recorded in the run log and the report).
+        #[arg(long)]
+        lesson: Option<String>,
+        /// How the stakeholders were told, when not by `backfill report --send`.
+        #[arg(long)]
+        told: Option<String>,
     },
     /// Print a shell completion script, e.g. `backfill completions bash > ~/.local/share/bash-completion/completions/backfill`.
     Completions { shell: clap_complete::Shell },
@@ -550,10 +567,16 @@ async fn command_with(
             };
             out.result(&diff, || diff.render())
         }
-        Command::Report { run, format } => {
+        Command::Report { run, format, send } => {
             let pool = control_plane(config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
-            let report = backfill_coordinator::report::gather(&pool, run).await?;
+            let mut report = backfill_coordinator::report::gather(&pool, run).await?;
+            if send {
+                let to =
+                    notify::send_change_note(&pool, run, &operator(), &report.markdown()).await?;
+                eprintln!("change note delivered to {}", to.join(", "));
+                report = backfill_coordinator::report::gather(&pool, run).await?;
+            }
             if json {
                 return print_json(&report);
             }
@@ -647,6 +670,30 @@ async fn command_with(
                     }
                 },
             )
+        }
+        Command::Done { run, lesson, told } => {
+            let pool = control_plane(config, 2).await?;
+            let run = list::resolve(&pool, &run).await?;
+            let supplied = lifecycle::done::Supplied {
+                lesson: lesson.as_deref(),
+                told: told.as_deref(),
+            };
+            let verdict = lifecycle::done::done(&pool, run, &operator(), supplied).await?;
+            out.result(&verdict, || verdict.render())?;
+            if verdict.done {
+                Ok(())
+            } else {
+                let missing: Vec<&str> = verdict
+                    .items
+                    .iter()
+                    .filter(|i| !i.ok)
+                    .map(|i| i.name)
+                    .collect();
+                Err(CliError::Halted(format!(
+                    "run {run} is not done: missing {}",
+                    missing.join(", ")
+                )))
+            }
         }
         Command::Demo {
             scale,

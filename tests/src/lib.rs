@@ -197,10 +197,20 @@ impl TestEnv {
     /// Runs the `backfill` CLI with `args` against this test's world: its exit
     /// code, stdout and stderr.
     pub async fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        self.cli_with(args, &[]).await
+    }
+
+    /// The same, with `vars` set too.
+    pub async fn cli_with(
+        &self,
+        args: &[&str],
+        vars: &[(&str, &str)],
+    ) -> (Option<i32>, String, String) {
         let out = tokio::process::Command::new(bin("backfill"))
             .args(args)
             .envs(self.env())
             .env("RUST_LOG", "warn")
+            .envs(vars.iter().copied())
             .output()
             .await
             .expect("run backfill");

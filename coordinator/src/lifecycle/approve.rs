@@ -91,13 +91,7 @@ pub async fn approve(pool: &PgPool, run_id: Uuid, claimed: Option<&str>) -> Resu
             "run {run_id} has not been validated; run `backfill validate {run_id}`, then approve"
         )));
     };
-    let accepted = validations::acceptances(pool, latest.id).await?;
-    let open: Vec<&str> = latest
-        .failed
-        .iter()
-        .filter(|c| !accepted.iter().any(|a| &a.check_name == *c))
-        .map(String::as_str)
-        .collect();
+    let open = open_failures(pool, &latest).await?;
     if !open.is_empty() {
         return Err(CliError::BadInput(format!(
             "the latest validation of run {run_id} ({}) failed: {}. Fix the cause and run `backfill validate {run_id}` again, \
@@ -120,4 +114,18 @@ pub async fn approve(pool: &PgPool, run_id: Uuid, claimed: Option<&str>) -> Resu
     )
     .await;
     Ok(by)
+}
+
+/// The failed checks of a validation run that nobody has accepted.
+pub(crate) async fn open_failures(
+    pool: &PgPool,
+    validation: &validations::ValidationRun,
+) -> Result<Vec<String>> {
+    let accepted = validations::acceptances(pool, validation.id).await?;
+    Ok(validation
+        .failed
+        .iter()
+        .filter(|c| !accepted.iter().any(|a| &a.check_name == *c))
+        .cloned()
+        .collect())
 }

@@ -15,7 +15,7 @@ use uuid::Uuid;
 pub async fn cleanup(pool: &PgPool, run_id: Uuid, actor: &str, now: bool) -> Result<Vec<String>> {
     let run = runs::load(pool, run_id).await?;
     let finished = match run.state {
-        RunState::CutOver => run.cut_over_at,
+        RunState::CutOver | RunState::Done => run.cut_over_at,
         RunState::RolledBack => run.rolled_back_at,
         RunState::Cancelled => run.finished_at,
         other => {
@@ -59,7 +59,8 @@ pub async fn cleanup(pool: &PgPool, run_id: Uuid, actor: &str, now: bool) -> Res
             .bind(table.quoted())
             .fetch_one(pool)
             .await?;
-        if exists && !(run.state == RunState::CutOver && Some(name) == run.side_table.as_ref()) {
+        let exposed = matches!(run.state, RunState::CutOver | RunState::Done);
+        if exists && !(exposed && Some(name) == run.side_table.as_ref()) {
             drop_table(pool, &table).await?;
             dropped.push(table.to_string());
         }

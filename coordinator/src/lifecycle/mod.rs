@@ -8,6 +8,7 @@
 pub mod approve;
 pub mod cleanup;
 pub mod cutover;
+pub mod done;
 pub mod fingerprint;
 pub mod rollback;
 pub mod swap;

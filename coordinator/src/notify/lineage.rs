@@ -93,7 +93,11 @@ pub fn event(facts: &Facts<'_>, namespace: &str, warehouse: &Warehouse) -> Optio
         Happened::Cancelled => (None, "ABORT"),
         Happened::Cutover(step) => (Some("cutover"), step_type(step)),
         Happened::Rollback(step) => (Some("rollback"), step_type(step)),
-        Happened::Validated { .. } | Happened::Approved { .. } | Happened::CleanedUp => {
+        Happened::Validated { .. }
+        | Happened::Approved { .. }
+        | Happened::CleanedUp
+        | Happened::Done
+        | Happened::ChangeNote(_) => {
             return None;
         }
     };

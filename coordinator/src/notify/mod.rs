@@ -190,6 +190,10 @@ pub enum Happened {
     Cutover(Step),
     Rollback(Step),
     CleanedUp,
+    /// `backfill done`: every item of the definition of done is recorded.
+    Done,
+    /// `backfill report --send`: the change note, in Markdown.
+    ChangeNote(String),
 }
 
 /// Where a cutover or a rollback is.
@@ -220,6 +224,8 @@ impl Happened {
             Self::Rollback(Step::Done) => "rolled_back",
             Self::Rollback(Step::Failed(_)) => "rollback.failed",
             Self::CleanedUp => "cleaned_up",
+            Self::Done => "done",
+            Self::ChangeNote(_) => "change_note",
         }
     }
 
@@ -279,6 +285,7 @@ struct Endpoint {
 #[derive(Debug)]
 struct Installed {
     settings: Settings,
+    client: reqwest::Client,
     warehouse: lineage::Warehouse,
     endpoints: Vec<Endpoint>,
     pending: Arc<AtomicUsize>,
@@ -329,6 +336,7 @@ pub fn install(settings: Settings, database_url: &str) -> Option<Notifier> {
     INSTALLED
         .set(Installed {
             settings,
+            client,
             warehouse,
             endpoints,
             pending: Arc::clone(&pending),
@@ -438,39 +446,109 @@ async fn deliver_in_order(
     stop: CancellationToken,
 ) {
     while let Some(delivery) = received.recv().await {
-        let post = || async {
-            let mut request = client
-                .post(&delivery.url)
-                .header(reqwest::header::CONTENT_TYPE, delivery.content_type)
-                .body(delivery.body.clone());
-            if let Some(token) = &delivery.bearer {
-                request = request.bearer_auth(token);
-            }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| e.without_url().to_string())?;
-            let status = response.status();
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(format!("the endpoint answered {status}"))
-            }
-        };
-        let tries = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(2))
-            .with_max_times(3);
         let outcome = tokio::select! {
             biased;
             () = stop.cancelled() => Err("the process exited before it was delivered".to_owned()),
-            posted = post.retry(tries) => posted,
+            posted = post_with_retries(&client, &delivery) => posted,
         };
         if let Err(why) = outcome {
             dropped(&delivery, &why).await;
         }
         pending.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Posts one payload, with three retries after the first try (backoff from
+/// 0.2 s): `Err` says why the last try failed.
+async fn post_with_retries(client: &reqwest::Client, delivery: &Delivery) -> Result<(), String> {
+    let post = || async {
+        let mut request = client
+            .post(&delivery.url)
+            .header(reqwest::header::CONTENT_TYPE, delivery.content_type)
+            .body(delivery.body.clone());
+        if let Some(token) = &delivery.bearer {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("the endpoint answered {status}"))
+        }
+    };
+    let tries = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(3);
+    post.retry(tries).await
+}
+
+/// Sends the run's change note (the report's Markdown) to every webhook now,
+/// waiting for each, and records in the run log where it was delivered.
+/// Refused when no webhook is configured or none took it.
+pub async fn send_change_note(
+    pool: &PgPool,
+    run_id: Uuid,
+    actor: &str,
+    markdown: &str,
+) -> crate::Result<Vec<String>> {
+    let Some(installed) = INSTALLED.get().filter(|i| !i.settings.webhooks.is_empty()) else {
+        return Err(crate::CliError::BadInput(
+            "no webhook to send the change note to: set BACKFILL_WEBHOOK_URL, or tell the stakeholders another way and record it with `backfill done RUN --told \"how\"`".into(),
+        ));
+    };
+    let run = runs::load(pool, run_id).await?;
+    let counts = batches::counts(pool, run_id).await?;
+    let facts = Facts {
+        run: &run,
+        counts: &counts,
+        happened: &Happened::ChangeNote(markdown.to_owned()),
+        time: chrono::Utc::now(),
+    };
+    let (content_type, body) = webhook::payload(&facts, installed.settings.format);
+    let body = body.to_string().into_bytes();
+    let mut delivered = Vec::new();
+    let mut failed = Vec::new();
+    for url in &installed.settings.webhooks {
+        let delivery = Delivery {
+            run_id,
+            sink: "webhook",
+            what: facts.happened.name(),
+            url: url.clone(),
+            bearer: None,
+            content_type,
+            body: body.clone(),
+            pool: pool.clone(),
+        };
+        let shown = backfill_shared::config::redact_url(url);
+        match post_with_retries(&installed.client, &delivery).await {
+            Ok(()) => delivered.push(shown),
+            Err(why) => {
+                dropped(&delivery, &why).await;
+                failed.push(format!("{shown}: {why}"));
+            }
+        }
+    }
+    if delivered.is_empty() {
+        return Err(crate::CliError::Halted(format!(
+            "the change note reached no webhook ({}); nothing was recorded",
+            failed.join("; ")
+        )));
+    }
+    log::append(
+        pool,
+        run_id,
+        actor,
+        "change_note_delivered",
+        None,
+        serde_json::json!({ "endpoints": &delivered, "failed": &failed }),
+    )
+    .await?;
+    Ok(delivered)
 }
 
 /// A payload that will not arrive: a warning, and the run log says so.

@@ -62,6 +62,9 @@ pub fn data(facts: &Facts<'_>) -> Value {
             Happened::Approved { by } => {
                 map.insert("approved_by".into(), by.clone().into());
             }
+            Happened::ChangeNote(markdown) => {
+                map.insert("change_note".into(), markdown.clone().into());
+            }
             _ => {}
         }
         if let Some(error) = facts.happened.error() {
@@ -114,6 +117,8 @@ fn headline(facts: &Facts<'_>) -> String {
         }
         Happened::Rollback(super::Step::Failed(_)) => "FAILED to roll back".to_owned(),
         Happened::CleanedUp => "was cleaned up".to_owned(),
+        Happened::Done => "is done".to_owned(),
+        Happened::ChangeNote(_) => "changed history: the change note".to_owned(),
     };
     format!("Backfill {name} of {target} {what}")
 }
@@ -147,6 +152,9 @@ fn slack(facts: &Facts<'_>) -> Value {
     ];
     if let Some(error) = facts.happened.error() {
         lines.push(format!("*What stopped it:* {error}"));
+    }
+    if let Happened::ChangeNote(markdown) = facts.happened {
+        lines.push(markdown.clone());
     }
     json!({
         "text": text,

@@ -118,6 +118,12 @@ impl Report {
             );
         }
         let _ = writeln!(s, "| Stakeholders | {} |", self.stakeholders.join(", "));
+        if !self.told.is_empty() {
+            let _ = writeln!(s, "| Told | {} |", self.told.join("; "));
+        }
+        if let Some(lesson) = &self.lesson {
+            let _ = writeln!(s, "| Lesson | {lesson} |");
+        }
         let found = self
             .downstream_found
             .iter()

@@ -64,6 +64,11 @@ pub struct Report {
     /// What the run changed, row by row (`backfill diff`); `None` when nothing
     /// is left to compare with (no before-images, copies cleaned up).
     pub diff: Option<crate::diff::Diff>,
+    /// How the stakeholders were told (`backfill done --told`, or the change
+    /// note sent by `backfill report --send`), each with who and when.
+    pub told: Vec<String>,
+    /// The lesson `backfill done --lesson` captured (the latest).
+    pub lesson: Option<String>,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -121,7 +126,28 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
     )
     .await
     .ok();
+    let entries = log::entries(pool, run_id).await?;
+    let told = entries
+        .iter()
+        .filter_map(|e| {
+            let how = match e.event.as_str() {
+                "stakeholders_told" => e.detail["how"].as_str()?.to_owned(),
+                "change_note_delivered" => {
+                    format!("change note sent to {}", e.detail["endpoints"])
+                }
+                _ => return None,
+            };
+            Some(format!("{how} ({}, {})", e.actor, e.at.format("%Y-%m-%d")))
+        })
+        .collect();
+    let lesson = entries
+        .iter()
+        .rev()
+        .find(|e| e.event == "lesson_recorded")
+        .and_then(|e| e.detail["lesson"].as_str().map(str::to_owned));
     Ok(Report {
+        told,
+        lesson,
         diff,
         canary: crate::canary::figures(pool, &run).await?,
         run_id,

@@ -32,10 +32,13 @@ pub enum RunState {
     /// The target is back to its state before the run.
     RolledBack,
     Cancelled,
+    /// Cut over, and every item of the definition of done recorded
+    /// (`backfill done`): the run is over.
+    Done,
 }
 
 impl RunState {
-    const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Running,
         Self::Paused,
         Self::Halted,
@@ -46,6 +49,7 @@ impl RunState {
         Self::RollingBack,
         Self::RolledBack,
         Self::Cancelled,
+        Self::Done,
     ];
 
     /// States in which a run holds its target (see `runs_one_active_per_target`).
@@ -71,6 +75,7 @@ impl RunState {
             Self::RollingBack => "rolling_back",
             Self::RolledBack => "rolled_back",
             Self::Cancelled => "cancelled",
+            Self::Done => "done",
         }
     }
 
@@ -114,6 +119,8 @@ pub struct Run {
     pub cut_over_at: Option<chrono::DateTime<chrono::Utc>>,
     pub rolled_back_at: Option<chrono::DateTime<chrono::Utc>>,
     pub cleaned_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When `backfill done` found every item of the definition of done.
+    pub done_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The drift guard's fingerprints, taken when the run started.
     pub fingerprints: super::drift::Fingerprints,
     /// The parameters recorded with the run (strategy, bounds, sizes before).
@@ -274,6 +281,7 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
         cut_over_at: Option<chrono::DateTime<chrono::Utc>>,
         rolled_back_at: Option<chrono::DateTime<chrono::Utc>>,
         cleaned_at: Option<chrono::DateTime<chrono::Utc>>,
+        done_at: Option<chrono::DateTime<chrono::Utc>>,
         fingerprints: sqlx::types::Json<super::drift::Fingerprints>,
         params: serde_json::Value,
         throttled_since: Option<chrono::DateTime<chrono::Utc>>,
@@ -289,7 +297,7 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
     let row: Option<Row> = sqlx::query_as(
         "SELECT brief, brief_hash, state, batch_count, bound_kind, image_table, side_table, old_table,
                 halt_reason, approved_by, approved_at, approved_validation, cut_over_at, rolled_back_at, cleaned_at,
-                fingerprints, params, throttled_since, canary_batches, canary_at, promoted_by, promoted_at,
+                done_at, fingerprints, params, throttled_since, canary_batches, canary_at, promoted_by, promoted_at,
                 operator, code_version, created_at, finished_at
          FROM backfill.runs WHERE run_id = $1",
     )
@@ -321,6 +329,7 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
         cut_over_at: row.cut_over_at,
         rolled_back_at: row.rolled_back_at,
         cleaned_at: row.cleaned_at,
+        done_at: row.done_at,
         fingerprints: row.fingerprints.0,
         params: row.params,
         throttled_since: row.throttled_since,
@@ -494,6 +503,24 @@ pub async fn promote(pool: &PgPool, run_id: Uuid, by: &str, auto: bool) -> Resul
     .await
 }
 
+/// A cut-over run is done: `false` if it was not (or no longer) cut over.
+pub async fn mark_done(pool: &PgPool, run_id: Uuid, actor: &str, lesson: &str) -> Result<bool> {
+    let update = sqlx::query(
+        "UPDATE backfill.runs SET state = 'done', done_at = now(), updated_at = now()
+          WHERE run_id = $1 AND state = 'cut_over'",
+    )
+    .bind(run_id);
+    update_logged(
+        pool,
+        update,
+        run_id,
+        actor,
+        "run_done",
+        serde_json::json!({ "lesson": lesson }),
+    )
+    .await
+}
+
 /// Records the previous target's name after a swap (or clears it after a swap back).
 pub async fn set_old_table<'e, E: sqlx::PgExecutor<'e>>(
     executor: E,
@@ -625,7 +652,7 @@ pub async fn on_target(pool: &PgPool, target: &str, states: &[RunState]) -> Resu
 pub async fn uncleaned_on(pool: &PgPool, target: &str) -> Result<Vec<Uuid>> {
     Ok(sqlx::query_scalar(
         "SELECT run_id FROM backfill.runs WHERE target = $1 AND cleaned_at IS NULL
-            AND state IN ('cut_over', 'rolled_back', 'cancelled') ORDER BY created_at",
+            AND state IN ('cut_over', 'done', 'rolled_back', 'cancelled') ORDER BY created_at",
     )
     .bind(target)
     .fetch_all(pool)
