@@ -47,6 +47,7 @@ GRANT CREATE ON SCHEMA backfill TO backfill_operator;
 GRANT INSERT, UPDATE ON backfill.runs, backfill.batches TO backfill_operator;
 GRANT INSERT, DELETE ON backfill.maintenance TO backfill_operator;
 GRANT INSERT ON backfill.run_log, backfill.validations, backfill.validation_runs TO backfill_operator;
+GRANT INSERT, UPDATE (delivered) ON backfill.announcements TO backfill_operator;
 
 -- Reviewers validate, approve and promote canaries; the database lets only the
 -- named reviewer's role approve, accept or promote (the triggers of migrations

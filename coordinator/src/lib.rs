@@ -1,6 +1,7 @@
 //! The Backfill coordinator (`backfill` CLI), as a library the tests drive. It
 //! reaches workers only through `backfill_shared`, the broker and the control plane.
 //!
+//! - [`announce`]: `backfill announce`, the note before a run, and whether a run needs one.
 //! - [`canary`]: `limits.canary` (which batches go first) and `backfill promote`.
 //! - [`catalog`]: what reads a table (views, materialized views).
 //! - [`preflight`]: checks of a brief against the warehouse catalog, blast radius.
@@ -18,6 +19,7 @@
 //! - [`notify`]: OpenLineage run events and webhooks at each step of a run's life.
 //! - [`demo`] and [`tpch`]: the end-to-end demo on generated TPC-H data.
 
+pub mod announce;
 pub mod canary;
 pub mod catalog;
 pub mod demo;

@@ -3,7 +3,8 @@
 
 use backfill_coordinator::run::{DriveOptions, Finish};
 use backfill_coordinator::{
-    CliError, Result, demo, lifecycle, list, notify, operator, plan, read_brief, run, status,
+    CliError, Result, announce, demo, lifecycle, list, notify, operator, plan, read_brief, run,
+    status,
 };
 use backfill_shared::config::Config;
 use backfill_shared::control;
@@ -84,6 +85,20 @@ enum Command {
         /// Why an estimate past limits.budget is acceptable (recorded in the run log).
         #[arg(long, value_name = "WHY")]
         over_budget: Option<String>,
+        /// Why a metric-changing or production-critical brief runs without
+        /// `backfill announce` (recorded in the run log).
+        #[arg(long, value_name = "WHY")]
+        unannounced: Option<String>,
+    },
+    /// Tell people before a run: what changes and why, the period and tables,
+    /// what may move and who should know, the window, the expected size and
+    /// time. Printed, sent to BACKFILL_WEBHOOK_URL and recorded; `run` of a
+    /// metric-changing or production-critical brief requires it.
+    Announce {
+        brief: PathBuf,
+        /// When the run will happen: START..END, each a date or a UTC time.
+        #[arg(long)]
+        window: String,
     },
     /// Runs, newest first: state, progress, rows written, and what holds each.
     List {
@@ -376,13 +391,54 @@ async fn command_with(
             let sample = backfill_coordinator::sample::sample(&pool, &brief, lo, hi).await?;
             out.result(&sample, || sample.render())
         }
+        Command::Announce {
+            brief: path,
+            window,
+        } => {
+            let (text, brief) = read_brief(&path)?;
+            let window = announce::parse_window(&window)?;
+            let pool = control_plane(config, 2).await?;
+            let (plan, _, _) = plan::plan(&pool, &brief).await?;
+            let done = announce::announce(&pool, &text, &brief, &plan, window, &operator()).await?;
+            out.result(&done, || {
+                let a = &done.announcement;
+                let mut text = a.note.clone();
+                text.push_str(&format!(
+                    "\nannounced (#{}); sent to {}\n",
+                    a.id,
+                    if a.delivered.is_empty() {
+                        "no webhook".to_owned()
+                    } else {
+                        a.delivered.join(", ")
+                    }
+                ));
+                for failed in &done.failed {
+                    text.push_str(&format!("NOT delivered: {failed}\n"));
+                }
+                text
+            })
+        }
         Command::Run {
             brief: path,
             detach,
             over_budget,
+            unannounced,
         } => {
             let (text, brief) = read_brief(&path)?;
             let pool = control_plane(config, 4).await?;
+            let announced = backfill_shared::control::announcements::latest_for(
+                &pool,
+                &backfill_shared::brief::Brief::hash(&text),
+            )
+            .await?;
+            if announce::required(&brief) && announced.is_none() && unannounced.is_none() {
+                return Err(CliError::BadInput(format!(
+                    "{} is risk = {}: tell people first with `backfill announce {} --window \"START..END\"`, or run with --unannounced \"why\"",
+                    path.display(),
+                    brief.meta.risk.as_str(),
+                    path.display()
+                )));
+            }
             let (plan, batches, _) = plan::plan(&pool, &brief).await?;
             let over = within_budget(&plan, over_budget.as_deref())?;
             // Fail before recording anything if the broker is unreachable.
@@ -392,6 +448,20 @@ async fn command_with(
                 .await
                 .ok();
             let run_id = run::create(&pool, &text, &brief, &batches, &operator()).await?;
+            let (event, detail) = match (&announced, unannounced.as_deref()) {
+                (Some(a), _) => (
+                    "announced",
+                    serde_json::json!({ "announcement": a.id, "at": a.at, "by": a.announced_by,
+                                        "window": [a.window_start, a.window_end], "delivered": a.delivered }),
+                ),
+                (None, Some(why)) => ("unannounced", serde_json::json!({ "reason": why })),
+                (None, None) => (
+                    "unannounced",
+                    serde_json::json!({ "reason": "not required" }),
+                ),
+            };
+            backfill_shared::control::log::append(&pool, run_id, &operator(), event, None, detail)
+                .await?;
             if let (false, Some(why)) = (over.is_empty(), over_budget.as_deref()) {
                 backfill_shared::control::log::append(
                     &pool,

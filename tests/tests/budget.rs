@@ -135,7 +135,14 @@ async fn an_estimate_past_the_budget_is_refused_unless_the_operator_says_why() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--over-budget"), "{stderr}");
-    let run = backfill(vec!["run".into(), path.clone(), "--detach".into()]).await;
+    let run = backfill(vec![
+        "run".into(),
+        path.clone(),
+        "--detach".into(),
+        "--unannounced".into(),
+        "a test of the budget".into(),
+    ])
+    .await;
     assert_eq!(
         run.status.code(),
         Some(2),

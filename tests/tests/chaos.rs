@@ -214,7 +214,16 @@ async fn a_backfill_survives_chaos() {
     let stage = std::cell::Cell::new("start");
     let scenario = async {
         stage.set("the first coordinator printing its run id");
-        let mut first = coordinator(&child_env, &logs, &["run", brief_path.to_str().unwrap()]);
+        let mut first = coordinator(
+            &child_env,
+            &logs,
+            &[
+                "run",
+                brief_path.to_str().unwrap(),
+                "--unannounced",
+                "a chaos test",
+            ],
+        );
         let run_id: Uuid = {
             use tokio::io::AsyncBufReadExt as _;
             let stdout = first.stdout.take().unwrap();

@@ -152,7 +152,7 @@ async fn a_failing_source_halts_the_run_and_status_shows_the_error() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = write_brief(&dir, "failing", &text);
     let mut worker = env.spawn_worker(&[]);
-    let out = backfill(&env, &["run", &path]).await;
+    let out = backfill(&env, &["run", &path, "--unannounced", "a CLI test"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
@@ -187,7 +187,7 @@ async fn a_failing_source_halts_the_run_and_status_shows_the_error() {
     );
 
     // One active run per target: a second is refused with the first's id.
-    let out = backfill(&env, &["run", &path]).await;
+    let out = backfill(&env, &["run", &path, "--unannounced", "a CLI test"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&run_id));
     worker.start_kill().unwrap();
@@ -204,7 +204,7 @@ async fn an_unreachable_service_is_named_with_exit_3() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = write_brief(&dir, "ok", &brief);
     let out = Command::new(bin("backfill"))
-        .args(["run", &path])
+        .args(["run", &path, "--unannounced", "a CLI test"])
         .envs(env.env())
         .env("BACKFILL_AMQP_URL", "amqp://guest:sekrit@127.0.0.1:1/%2f")
         .output()
@@ -233,7 +233,7 @@ async fn an_unreachable_service_is_named_with_exit_3() {
         }
     });
     let out = Command::new(bin("backfill"))
-        .args(["run", &path])
+        .args(["run", &path, "--unannounced", "a CLI test"])
         .envs(env.env())
         .env(
             "BACKFILL_AMQP_URL",
@@ -282,7 +282,11 @@ async fn run_detach_prints_only_the_run_id_and_the_run_completes() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = write_brief(&dir, "detach", &env.brief(8, 4).await);
     let mut worker = env.spawn_worker(&[]);
-    let out = backfill(&env, &["run", &path, "--detach"]).await;
+    let out = backfill(
+        &env,
+        &["run", &path, "--detach", "--unannounced", "a CLI test"],
+    )
+    .await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -455,7 +459,7 @@ async fn sigterm_stops_driving_and_follow_drives_the_run_on() {
     let path = write_brief(&dir, "slow", &env.slow_brief(8, 1, 0.5).await);
     let workers = env.workers(1).await;
     let mut coordinator = Command::new(bin("backfill"))
-        .args(["run", &path])
+        .args(["run", &path, "--unannounced", "a CLI test"])
         .envs(env.env())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())

@@ -303,7 +303,13 @@ async fn endpoints_that_are_down_neither_stop_nor_fail_a_run() {
     std::fs::write(&path, env.brief(6, 2).await).unwrap();
     let mut worker = env.spawn_worker(&[]);
     let out = tokio::process::Command::new(bin("backfill"))
-        .args(["--json", "run", path.to_str().unwrap()])
+        .args([
+            "--json",
+            "run",
+            path.to_str().unwrap(),
+            "--unannounced",
+            "a test",
+        ])
         .envs(env.env())
         .env("OPENLINEAGE_URL", format!("http://127.0.0.1:{closed}"))
         .env(

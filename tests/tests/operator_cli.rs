@@ -306,6 +306,19 @@ async fn every_command_prints_for_a_person_and_one_json_object_with_json() {
 
     // A run's life with --json: run, status, list, validate, report, approve,
     // cutover, rollback, cleanup.
+    let announced = object(&ok(env
+        .cli(&[
+            "announce",
+            &a,
+            "--window",
+            "2026-12-01 22:00..2026-12-02 06:00",
+            "--json",
+        ])
+        .await));
+    assert!(
+        announced["note"].as_str().unwrap().contains("**Why:**"),
+        "{announced}"
+    );
     let ran = object(&ok(env.cli(&["run", &a, "--json"]).await));
     assert_eq!(ran["finish"], "applied", "{ran}");
     let a_id = ran["run_id"].as_str().unwrap().to_owned();
@@ -333,7 +346,9 @@ async fn every_command_prints_for_a_person_and_one_json_object_with_json() {
 
     // The same life for a person.
     let b = brief_file(&env, "sr_b", "").await;
-    let (code, stdout, stderr) = env.cli(&["run", &b]).await;
+    let (code, stdout, stderr) = env
+        .cli(&["run", &b, "--unannounced", "told at stand-up"])
+        .await;
     assert_eq!(code, Some(0), "{stderr}");
     let b_id = stdout.lines().next().unwrap().to_owned();
     Uuid::parse_str(&b_id).expect("the run id is the first line");

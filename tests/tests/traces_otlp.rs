@@ -140,7 +140,7 @@ async fn a_run_exports_its_span_tree_over_otlp() {
         .spawn()
         .unwrap();
     let run = tokio::process::Command::new(bin("backfill"))
-        .args(["run", brief.to_str().unwrap()])
+        .args(["run", brief.to_str().unwrap(), "--unannounced", "a test"])
         .envs(env.env())
         .envs(otel)
         // Traces do not depend on the log level.

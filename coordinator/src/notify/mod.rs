@@ -487,37 +487,26 @@ async fn post_with_retries(client: &reqwest::Client, delivery: &Delivery) -> Res
     post.retry(tries).await
 }
 
-/// Sends the run's change note (the report's Markdown) to every webhook now,
-/// waiting for each, and records in the run log where it was delivered.
-/// Refused when no webhook is configured or none took it.
-pub async fn send_change_note(
+/// Posts one payload to every webhook now, waiting for each (the commands
+/// that tell people something and must know it arrived). The addresses that
+/// took it, and for the others why not; `None` when no webhook is configured.
+async fn post_to_webhooks(
     pool: &PgPool,
-    run_id: Uuid,
-    actor: &str,
-    markdown: &str,
-) -> crate::Result<Vec<String>> {
-    let Some(installed) = INSTALLED.get().filter(|i| !i.settings.webhooks.is_empty()) else {
-        return Err(crate::CliError::BadInput(
-            "no webhook to send the change note to: set BACKFILL_WEBHOOK_URL, or tell the stakeholders another way and record it with `backfill done RUN --told \"how\"`".into(),
-        ));
-    };
-    let run = runs::load(pool, run_id).await?;
-    let counts = batches::counts(pool, run_id).await?;
-    let facts = Facts {
-        run: &run,
-        counts: &counts,
-        happened: &Happened::ChangeNote(markdown.to_owned()),
-        time: chrono::Utc::now(),
-    };
-    let (content_type, body) = webhook::payload(&facts, installed.settings.format);
+    run_id: Option<Uuid>,
+    what: &'static str,
+    payload: impl Fn(webhook::Format) -> (&'static str, serde_json::Value),
+) -> Option<(Vec<String>, Vec<String>)> {
+    let installed = INSTALLED
+        .get()
+        .filter(|i| !i.settings.webhooks.is_empty())?;
+    let (content_type, body) = payload(installed.settings.format);
     let body = body.to_string().into_bytes();
-    let mut delivered = Vec::new();
-    let mut failed = Vec::new();
+    let (mut delivered, mut failed) = (Vec::new(), Vec::new());
     for url in &installed.settings.webhooks {
         let delivery = Delivery {
-            run_id,
+            run_id: run_id.unwrap_or_default(),
             sink: "webhook",
-            what: facts.happened.name(),
+            what,
             url: url.clone(),
             bearer: None,
             content_type,
@@ -528,11 +517,43 @@ pub async fn send_change_note(
         match post_with_retries(&installed.client, &delivery).await {
             Ok(()) => delivered.push(shown),
             Err(why) => {
-                dropped(&delivery, &why).await;
+                if run_id.is_some() {
+                    dropped(&delivery, &why).await;
+                }
                 failed.push(format!("{shown}: {why}"));
             }
         }
     }
+    Some((delivered, failed))
+}
+
+/// Sends the run's change note (the report's Markdown) to every webhook now,
+/// waiting for each, and records in the run log where it was delivered.
+/// Refused when no webhook is configured or none took it.
+pub async fn send_change_note(
+    pool: &PgPool,
+    run_id: Uuid,
+    actor: &str,
+    markdown: &str,
+) -> crate::Result<Vec<String>> {
+    let run = runs::load(pool, run_id).await?;
+    let counts = batches::counts(pool, run_id).await?;
+    let happened = Happened::ChangeNote(markdown.to_owned());
+    let facts = Facts {
+        run: &run,
+        counts: &counts,
+        happened: &happened,
+        time: chrono::Utc::now(),
+    };
+    let sent = post_to_webhooks(pool, Some(run_id), happened.name(), |format| {
+        webhook::payload(&facts, format)
+    })
+    .await;
+    let Some((delivered, failed)) = sent else {
+        return Err(crate::CliError::BadInput(
+            "no webhook to send the change note to: set BACKFILL_WEBHOOK_URL, or tell the stakeholders another way and record it with `backfill done RUN --told \"how\"`".into(),
+        ));
+    };
     if delivered.is_empty() {
         return Err(crate::CliError::Halted(format!(
             "the change note reached no webhook ({}); nothing was recorded",
@@ -549,6 +570,20 @@ pub async fn send_change_note(
     )
     .await?;
     Ok(delivered)
+}
+
+/// Sends an announcement to every webhook now: the addresses that took it,
+/// and for the others why not (both empty when no webhook is configured).
+pub async fn send_announcement(
+    pool: &PgPool,
+    announcement: &backfill_shared::control::announcements::Announcement,
+    brief: &backfill_shared::brief::Brief,
+) -> (Vec<String>, Vec<String>) {
+    post_to_webhooks(pool, None, "announced", |format| {
+        webhook::announcement(announcement, brief, format)
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// A payload that will not arrive: a warning, and the run log says so.

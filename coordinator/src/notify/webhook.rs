@@ -166,3 +166,56 @@ fn slack(facts: &Facts<'_>) -> Value {
         ],
     })
 }
+
+/// The payload of an announcement (`backfill announce`): no run exists yet,
+/// so the subject is the brief's hash, which the run will carry.
+#[must_use]
+pub fn announcement(
+    a: &backfill_shared::control::announcements::Announcement,
+    brief: &backfill_shared::brief::Brief,
+    format: Format,
+) -> (&'static str, Value) {
+    let window = format!(
+        "{} to {}",
+        a.window_start.format("%Y-%m-%d %H:%M UTC"),
+        a.window_end.format("%Y-%m-%d %H:%M UTC")
+    );
+    match format {
+        Format::CloudEvents => (
+            "application/cloudevents+json",
+            json!({
+                "specversion": "1.0",
+                "id": Uuid::new_v4(),
+                "source": format!("backfill/{}", a.target),
+                "type": "dev.backfill.run.announced",
+                "subject": a.brief_hash,
+                "time": a.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "datacontenttype": "application/json",
+                "data": {
+                    "announcement": a.id,
+                    "brief_hash": a.brief_hash,
+                    "name": a.name,
+                    "reason": brief.meta.reason,
+                    "owner": brief.meta.owner,
+                    "reviewer": brief.meta.reviewer,
+                    "risk": brief.meta.risk.as_str(),
+                    "target": a.target,
+                    "window": { "start": a.window_start, "end": a.window_end },
+                    "stakeholders": brief.dependencies.stakeholders,
+                    "note": a.note,
+                },
+            }),
+        ),
+        Format::Slack => (
+            "application/json",
+            json!({
+                "text": format!("Backfill {} of {} is announced for {window}", a.name, a.target),
+                "blocks": [
+                    { "type": "section", "text": { "type": "mrkdwn",
+                        "text": format!("*Backfill {} of {} is announced for {window}*", a.name, a.target) } },
+                    { "type": "section", "text": { "type": "mrkdwn", "text": a.note } },
+                ],
+            }),
+        ),
+    }
+}

@@ -118,6 +118,9 @@ impl Report {
             );
         }
         let _ = writeln!(s, "| Stakeholders | {} |", self.stakeholders.join(", "));
+        if let Some(announced) = &self.announced {
+            let _ = writeln!(s, "| Announced | {announced} |");
+        }
         if !self.told.is_empty() {
             let _ = writeln!(s, "| Told | {} |", self.told.join("; "));
         }

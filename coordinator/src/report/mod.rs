@@ -69,6 +69,9 @@ pub struct Report {
     pub told: Vec<String>,
     /// The lesson `backfill done --lesson` captured (the latest).
     pub lesson: Option<String>,
+    /// The announcement the run went ahead on (`backfill announce`): when,
+    /// by whom, the window and where it was sent; or why it ran unannounced.
+    pub announced: Option<String>,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -145,7 +148,34 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
         .rev()
         .find(|e| e.event == "lesson_recorded")
         .and_then(|e| e.detail["lesson"].as_str().map(str::to_owned));
+    let announced = entries.iter().find_map(|e| match e.event.as_str() {
+        "announced" => {
+            let delivered = e.detail["delivered"]
+                .as_array()
+                .map(|d| {
+                    d.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| "no webhook".to_owned());
+            Some(format!(
+                "by {} at {} for {} to {}; sent to {delivered}",
+                e.detail["by"].as_str().unwrap_or("?"),
+                e.detail["at"].as_str().unwrap_or("?"),
+                e.detail["window"][0].as_str().unwrap_or("?"),
+                e.detail["window"][1].as_str().unwrap_or("?"),
+            ))
+        }
+        "unannounced" => Some(format!(
+            "not announced: {}",
+            e.detail["reason"].as_str().unwrap_or("no reason recorded")
+        )),
+        _ => None,
+    });
     Ok(Report {
+        announced,
         told,
         lesson,
         diff,

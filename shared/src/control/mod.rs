@@ -4,6 +4,7 @@
 //! (bounds, state, attempts, fencing token, row counts, timings, last error) and the
 //! append-only [`log`].
 
+pub mod announcements;
 pub mod batches;
 pub mod drift;
 pub mod log;

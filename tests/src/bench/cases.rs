@@ -219,6 +219,7 @@ pub(super) async fn large_run(env: &TestEnv, text: &str, repeat: usize) -> Large
     let mut child = Command::new(bin("backfill"))
         .arg("run")
         .arg(&path)
+        .args(["--unannounced", "the benchmark"])
         .envs(env.env())
         .env("RUST_LOG", "error")
         .stdin(Stdio::null())
