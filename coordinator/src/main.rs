@@ -426,6 +426,8 @@ async fn command_with(
         } => {
             let (text, brief) = read_brief(&path)?;
             let pool = control_plane(config, 4).await?;
+            let (plan, batches, _) = plan::plan(&pool, &brief).await?;
+            // A brief the preflight refuses is told so first; then, whether people were told.
             let announced = backfill_shared::control::announcements::latest_for(
                 &pool,
                 &backfill_shared::brief::Brief::hash(&text),
@@ -439,7 +441,6 @@ async fn command_with(
                     path.display()
                 )));
             }
-            let (plan, batches, _) = plan::plan(&pool, &brief).await?;
             let over = within_budget(&plan, over_budget.as_deref())?;
             // Fail before recording anything if the broker is unreachable.
             services::rabbit(config, "backfill (probe)")

@@ -13,6 +13,17 @@ const SOURCE: &str = "SELECT l_shipdate, l_shipmode,
  GROUP BY 1, 2";
 
 impl TestEnv {
+    /// Builds `tpch.ship_revenue` with every revenue one off, and records
+    /// (without driving) the merge run that fixes it: its id.
+    pub async fn record_ship_revenue_fix(&self) -> uuid::Uuid {
+        self.build_ship_revenue().await;
+        sqlx::query("UPDATE tpch.ship_revenue SET revenue = revenue + 1")
+            .execute(&self.pool)
+            .await
+            .expect("put the revenue one off");
+        self.record_run(&brief("merge", "delete", "")).await.0
+    }
+
     /// Builds `tpch.ship_revenue` and a copy of it (`tpch.ship_revenue_pre`).
     pub async fn build_ship_revenue(&self) {
         let source = SOURCE.replace("l_shipdate >= $1 AND l_shipdate < $2{filter}", "true");

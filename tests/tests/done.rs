@@ -28,14 +28,7 @@ fn missing(verdict: &Verdict) -> Vec<&'static str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_is_done_only_when_every_item_is_recorded() {
     let env = TestEnv::new(0.01).await;
-    env.build_ship_revenue().await;
-    sqlx::query("UPDATE tpch.ship_revenue SET revenue = revenue + 1")
-        .execute(&env.pool)
-        .await
-        .unwrap();
-    let (run_id, ..) = env
-        .record_run(&ship_revenue::brief("merge", "delete", ""))
-        .await;
+    let run_id = env.record_ship_revenue_fix().await;
     let check = async |supplied: Supplied<'_>| {
         done::done(&env.pool, run_id, "alice", supplied)
             .await

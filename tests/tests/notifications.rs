@@ -11,7 +11,7 @@ use backfill_coordinator::notify::{self, Settings};
 use backfill_coordinator::run::Finish;
 use backfill_coordinator::{resume, validate};
 use backfill_tests::receiver::{Received, Receiver};
-use backfill_tests::{TestEnv, bin, ship_revenue};
+use backfill_tests::{TestEnv, bin};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -83,14 +83,7 @@ async fn every_step_of_a_runs_life_reaches_openlineage_and_the_webhooks() {
     .expect("the first notifier of this process");
 
     // A run through its whole life.
-    env.build_ship_revenue().await;
-    sqlx::query("UPDATE tpch.ship_revenue SET revenue = revenue + 1")
-        .execute(&env.pool)
-        .await
-        .unwrap();
-    let (run_id, ..) = env
-        .record_run(&ship_revenue::brief("merge", "delete", ""))
-        .await;
+    let run_id = env.record_ship_revenue_fix().await;
     assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
     validate::validate(&env.pool, run_id).await.unwrap();
     approve::approve(&env.pool, run_id, None).await.unwrap();

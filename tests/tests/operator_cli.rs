@@ -34,15 +34,8 @@ async fn recorded_on(env: &TestEnv, table: &str) -> Uuid {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn list_shows_every_state_with_what_holds_it_and_ids_resolve_by_prefix() {
     let env = TestEnv::new(0.01).await;
-    env.build_ship_revenue().await;
-    sqlx::query("UPDATE tpch.ship_revenue SET revenue = revenue + 1")
-        .execute(&env.pool)
-        .await
-        .unwrap();
     // One run taken through its whole life: applied, validated, approved, cut over.
-    let (cut_over, ..) = env
-        .record_run(&ship_revenue::brief("merge", "delete", ""))
-        .await;
+    let cut_over = env.record_ship_revenue_fix().await;
     assert_eq!(env.run_to_end(cut_over, 2).await, Finish::Applied);
     validate::validate(&env.pool, cut_over).await.unwrap();
     approve::approve(&env.pool, cut_over, None).await.unwrap();

@@ -113,19 +113,9 @@ pub async fn cutover(
             serde_json::json!({ "step": name, "detail": detail }),
         )
     };
-    let fail = async |name: &str, error: &CliError| -> CliError {
-        let _ = log::append(
-            pool,
-            run_id,
-            actor,
-            "cutover_failed",
-            None,
-            serde_json::json!({ "step": name, "error": error.to_string() }),
-        )
-        .await;
-        let error = CliError::Internal(format!(
-            "cutover of run {run_id} stopped at {name}: {error}"
-        ));
+    // Logged on the pool (a failed step's transaction rolls back), and told.
+    let stopped = async |event: &str, detail: serde_json::Value, error: CliError| -> CliError {
+        let _ = log::append(pool, run_id, actor, event, None, detail).await;
         notify::emit(
             pool,
             run_id,
@@ -134,24 +124,16 @@ pub async fn cutover(
         .await;
         error
     };
-    // A refusal is logged on the pool: the swap's transaction rolls back.
+    let fail = async |name: &str, error: &CliError| -> CliError {
+        let detail = serde_json::json!({ "step": name, "error": error.to_string() });
+        let error = CliError::Internal(format!(
+            "cutover of run {run_id} stopped at {name}: {error}"
+        ));
+        stopped("cutover_failed", detail, error).await
+    };
     let refused = async |error: CliError| -> CliError {
-        let _ = log::append(
-            pool,
-            run_id,
-            actor,
-            "cutover_refused",
-            None,
-            serde_json::json!({ "error": error.to_string() }),
-        )
-        .await;
-        notify::emit(
-            pool,
-            run_id,
-            Happened::Cutover(Step::Failed(error.to_string())),
-        )
-        .await;
-        error
+        let detail = serde_json::json!({ "error": error.to_string() });
+        stopped("cutover_refused", detail, error).await
     };
     log::append(
         pool,

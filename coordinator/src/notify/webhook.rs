@@ -74,22 +74,39 @@ pub fn data(facts: &Facts<'_>) -> Value {
     data
 }
 
+/// A CloudEvents 1.0 event in structured JSON: `type` `dev.backfill.run.<what>`.
+fn cloud_event(
+    what: &str,
+    subject: &str,
+    target: &str,
+    time: chrono::DateTime<chrono::Utc>,
+    data: &Value,
+) -> (&'static str, Value) {
+    (
+        "application/cloudevents+json",
+        json!({
+            "specversion": "1.0",
+            "id": Uuid::new_v4(),
+            "source": format!("backfill/{target}"),
+            "type": format!("dev.backfill.run.{what}"),
+            "subject": subject,
+            "time": time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "datacontenttype": "application/json",
+            "data": data,
+        }),
+    )
+}
+
 /// The content type and body of the payload for `facts` in `format`.
 #[must_use]
 pub fn payload(facts: &Facts<'_>, format: Format) -> (&'static str, Value) {
     match format {
-        Format::CloudEvents => (
-            "application/cloudevents+json",
-            json!({
-                "specversion": "1.0",
-                "id": Uuid::new_v4(),
-                "source": format!("backfill/{}", facts.run.brief.scope.target),
-                "type": format!("dev.backfill.run.{}", facts.happened.name()),
-                "subject": facts.run.run_id,
-                "time": facts.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                "datacontenttype": "application/json",
-                "data": data(facts),
-            }),
+        Format::CloudEvents => cloud_event(
+            facts.happened.name(),
+            &facts.run.run_id.to_string(),
+            &facts.run.brief.scope.target.to_string(),
+            facts.time,
+            &data(facts),
         ),
         Format::Slack => ("application/json", slack(facts)),
     }
@@ -181,17 +198,12 @@ pub fn announcement(
         a.window_end.format("%Y-%m-%d %H:%M UTC")
     );
     match format {
-        Format::CloudEvents => (
-            "application/cloudevents+json",
-            json!({
-                "specversion": "1.0",
-                "id": Uuid::new_v4(),
-                "source": format!("backfill/{}", a.target),
-                "type": "dev.backfill.run.announced",
-                "subject": a.brief_hash,
-                "time": a.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                "datacontenttype": "application/json",
-                "data": {
+        Format::CloudEvents => cloud_event(
+            "announced",
+            &a.brief_hash,
+            &a.target,
+            a.at,
+            &json!({
                     "announcement": a.id,
                     "brief_hash": a.brief_hash,
                     "name": a.name,
@@ -203,7 +215,6 @@ pub fn announcement(
                     "window": { "start": a.window_start, "end": a.window_end },
                     "stakeholders": brief.dependencies.stakeholders,
                     "note": a.note,
-                },
             }),
         ),
         Format::Slack => (
