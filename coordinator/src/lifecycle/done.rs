@@ -68,6 +68,28 @@ pub struct Supplied<'a> {
 /// Run-log events that say the stakeholders were told.
 const TOLD: [&str; 2] = ["stakeholders_told", "change_note_delivered"];
 
+/// How the stakeholders were told, by whom and when, if `entry` says so
+/// (what `done` and the report show).
+#[must_use]
+pub fn told(entry: &log::Entry) -> Option<String> {
+    let how = match entry.event.as_str() {
+        "stakeholders_told" => entry.detail["how"].as_str()?.to_owned(),
+        "change_note_delivered" => {
+            let to: Vec<&str> = entry.detail["endpoints"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|e| e.as_str()).collect())
+                .unwrap_or_default();
+            format!("change note sent to {}", to.join(", "))
+        }
+        _ => return None,
+    };
+    Some(format!(
+        "{how} ({}, {})",
+        entry.actor,
+        entry.at.format("%Y-%m-%d")
+    ))
+}
+
 pub async fn done(
     pool: &PgPool,
     run_id: Uuid,
@@ -75,7 +97,7 @@ pub async fn done(
     supplied: Supplied<'_>,
 ) -> Result<Verdict> {
     let lesson = said("lesson", supplied.lesson)?;
-    let told = said("told", supplied.told)?;
+    let told_now = said("told", supplied.told)?;
     let run = runs::load(pool, run_id).await?;
     if matches!(
         run.state,
@@ -86,7 +108,7 @@ pub async fn done(
             run.state
         )));
     }
-    if let Some(how) = told {
+    if let Some(how) = told_now {
         log::append(
             pool,
             run_id,
@@ -174,22 +196,18 @@ pub async fn done(
             ),
         },
     });
-    let told_entry = log::latest_of(pool, run_id, &TOLD).await?;
+    let told_how = log::latest_of(pool, run_id, &TOLD)
+        .await?
+        .as_ref()
+        .and_then(told);
     items.push(Item {
         name: "stakeholders told",
-        ok: told_entry.is_some(),
-        detail: told_entry.map_or_else(
-            || format!(
+        ok: told_how.is_some(),
+        detail: told_how.unwrap_or_else(|| {
+            format!(
                 "no change note delivered: `backfill report {run_id} --send` to the webhooks, or `--told \"how\"`"
-            ),
-            |entry| {
-                let how = entry.detail["how"].as_str().map_or_else(
-                    || format!("change note delivered to {}", entry.detail["endpoints"]),
-                    str::to_owned,
-                );
-                format!("{how} ({}, {})", entry.actor, entry.at.format("%Y-%m-%d"))
-            },
-        ),
+            )
+        }),
     });
     let retained = run.brief.rollback.retain_days;
     let ends = run

@@ -132,16 +132,7 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
     let entries = log::entries(pool, run_id).await?;
     let told = entries
         .iter()
-        .filter_map(|e| {
-            let how = match e.event.as_str() {
-                "stakeholders_told" => e.detail["how"].as_str()?.to_owned(),
-                "change_note_delivered" => {
-                    format!("change note sent to {}", e.detail["endpoints"])
-                }
-                _ => return None,
-            };
-            Some(format!("{how} ({}, {})", e.actor, e.at.format("%Y-%m-%d")))
-        })
+        .filter_map(crate::lifecycle::done::told)
         .collect();
     let lesson = entries
         .iter()
