@@ -68,21 +68,13 @@ pub struct LineageSettings {
 
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let lineage = self.lineage.as_ref().map(|l| {
-            format!(
-                "{} (namespace {}, api key {})",
-                backfill_shared::config::redact_url(&l.endpoint),
-                l.namespace,
-                if l.api_key.is_some() { "***" } else { "none" }
-            )
-        });
         let webhooks: Vec<String> = self
             .webhooks
             .iter()
             .map(|w| backfill_shared::config::redact_url(w))
             .collect();
         f.debug_struct("Settings")
-            .field("lineage", &lineage)
+            .field("lineage", &self.lineage)
             .field("webhooks", &webhooks)
             .field("format", &self.format)
             .finish()
@@ -365,6 +357,24 @@ impl Notifier {
         settled(&self.pending).await;
         self.tasks.abort_all();
     }
+}
+
+/// A coordinator begins to drive the run: [`Happened::Started`] the first
+/// time, [`Happened::Resumed`] after. Asks the run log which only when
+/// something listens (a resumed run's log can be long).
+pub async fn taken_up(pool: &PgPool, run_id: Uuid) {
+    if INSTALLED.get().is_none() {
+        return;
+    }
+    let happened = match log::latest_of(pool, run_id, &["coordinator_attached"]).await {
+        Ok(Some(_)) => Happened::Resumed,
+        Ok(None) => Happened::Started,
+        Err(e) => {
+            warn!(run.id = %run_id, error = %e, "cannot read the run log to notify of the run's start");
+            return;
+        }
+    };
+    emit(pool, run_id, happened).await;
 }
 
 /// Tells the configured endpoints that `happened` to the run. Never fails and

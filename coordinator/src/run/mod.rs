@@ -167,15 +167,7 @@ pub async fn drive(
             KeyValue::new("run.strategy", format!("{:?}", run.brief.write.strategy)),
         ],
     );
-    let attached_before = log::latest_of(pool, run_id, &["coordinator_attached"])
-        .await?
-        .is_some();
-    let taken_up = if attached_before {
-        notify::Happened::Resumed
-    } else {
-        notify::Happened::Started
-    };
-    notify::emit(pool, run_id, taken_up).await;
+    notify::taken_up(pool, run_id).await;
     let finish = attachment.drive(&root.context()).await;
     let ended = match &finish {
         Ok(Finish::Applied) => Some(notify::Happened::Applied),
