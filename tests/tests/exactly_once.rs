@@ -86,7 +86,13 @@ async fn a_superseded_fencing_token_cannot_commit() {
     let image = image
         .as_deref()
         .and_then(backfill_shared::sql::TableName::parse);
-    let merge = WritePlan::new(&brief, &brief.scope.target, false, image.as_ref());
+    let types = backfill_worker::apply::column_types(
+        &mut env.pool.acquire().await.unwrap(),
+        &brief.scope.target,
+    )
+    .await
+    .unwrap();
+    let merge = WritePlan::new(&brief, &brief.scope.target, false, &types, image.as_ref());
     let batch = plan[0];
     let bounds = (batch.lo.to_string(), batch.hi.to_string());
     let claim = |who: &'static str| {

@@ -1,7 +1,7 @@
 //! The runs this worker has seen, loaded once from the control plane: the brief's
 //! hash (to refuse forged or stale messages) and the statements built from it.
 
-use crate::apply::WritePlan;
+use crate::apply::{WritePlan, column_types};
 use backfill_shared::brief::BoundKind;
 use backfill_shared::control::{ControlError, Result, runs};
 use backfill_shared::partitions;
@@ -42,14 +42,17 @@ impl Runs {
         let side = table(&run.side_table, "side table")?;
         let image = table(&run.image_table, "image table")?;
         let write_to = side.as_ref().unwrap_or(&run.brief.scope.target);
-        let partitioned = {
+        let (partitioned, types) = {
             let mut conn = pool.acquire().await?;
-            partitions::partition_key(&mut conn, write_to)
-                .await?
-                .is_some()
+            (
+                partitions::partition_key(&mut conn, write_to)
+                    .await?
+                    .is_some(),
+                column_types(&mut conn, write_to).await?,
+            )
         };
         let context = Arc::new(RunContext {
-            plan: WritePlan::new(&run.brief, write_to, partitioned, image.as_ref())
+            plan: WritePlan::new(&run.brief, write_to, partitioned, &types, image.as_ref())
                 .guarding(run.fingerprints.clone()),
             brief_hash: run.brief_hash,
             bound_kind: run.bound_kind,

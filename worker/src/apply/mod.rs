@@ -1,27 +1,30 @@
-//! The warehouse transaction of one batch:
+//! The warehouse transaction of one batch.
 //!
-//! 1. run the brief's source for `[lo, hi)` into the run's working set (a
-//!    temporary table per connection, emptied at commit), measuring the grain
-//!    on the rows as they go in: repeated or NULL keys, rows outside the batch
-//!    range (or not matching `scope.where`, when given);
-//! 2. if the source yielded nothing and the range holds no rows, skip to 5;
-//! 3. check the drift guard and the grain;
-//! 4. measure the metrics before, write by strategy, saving before-images of
-//!    every row changed (when the target is live and `snapshot = true`) and
-//!    counting NULLs and orphaned references among the rows written, count the
-//!    range's rows the source did not reproduce (unmatched), measure the
-//!    metrics after:
-//!    - `merge` (and the tables staging-swap and parallel-version build): one
-//!      upsert of new and changed rows (`IS DISTINCT FROM`) that also saves the
-//!      before-images of the rows it updates, with a hash of what it wrote;
-//!      then delete (and count) the rows of the range the source no longer
-//!      yields (`on_missing = "delete"`), or count them (`"keep"`);
-//!    - `partition-overwrite`: delete the range, counting the rows the source
-//!      does not yield again, and insert the source rows — or, when the range
-//!      is exactly one partition of the target, build that partition whole and
-//!      exchange it (`exchange.rs`);
-//! 5. lock the batch's ledger row and check the fencing token (a stale worker
+//! `merge` (and the tables staging-swap and parallel-version build) is one
+//! statement, then the checks on what it measured:
+//!
+//! 1. read the brief's source for `[lo, hi)` once, beside the row each source
+//!    row replaces (in the statement's snapshot: the row before the write);
+//!    measure the grain on it: repeated or NULL keys, rows outside the batch
+//!    range (or not matching `scope.where`, when given); measure the metrics
+//!    before; upsert only the new and changed rows (`IS DISTINCT FROM`), saving
+//!    the before-images of the rows replaced with a hash of what was written;
+//!    delete (and count) the rows of the range the source no longer yields
+//!    (`on_missing = "delete"`), or count them (`"keep"`); count NULLs among
+//!    the rows written and orphaned references among the new or changed ones;
+//! 2. if the source yielded nothing and the range holds no rows, skip to 4;
+//! 3. check the drift guard and the grain (a failure rolls back the write with
+//!    everything else), measure the metrics after;
+//! 4. lock the batch's ledger row and check the fencing token (a stale worker
 //!    rolls back), mark the batch applied with its figures, append to the run log.
+//!
+//! `partition-overwrite` runs the source into the run's working set (a
+//! temporary table per connection, emptied at commit) measuring the grain,
+//! checks drift and grain, measures the metrics before, deletes the range
+//! (counting the rows the source does not yield again) and inserts the source
+//! rows, measures the metrics after, then 4. When the range is exactly one
+//! partition of the target, the batch builds that partition whole and
+//! exchanges it instead (`exchange.rs`).
 //!
 //! Every statement on the range is narrowed to the rows the backfill owns
 //! (`scope.where`).
@@ -31,8 +34,8 @@
 mod exchange;
 mod statements;
 
-pub use statements::WritePlan;
 use statements::{Binds, Counts, RangeRows};
+pub use statements::{ColumnTypes, WritePlan, column_types};
 
 use crate::error::{BatchError, Result};
 use backfill_shared::brief::{Bound, Metric};
@@ -87,50 +90,171 @@ pub async fn prepare(
         let (rows, checks) = exchange::write(&mut tx, plan, x, &partition, work).await?;
         return commit_figures(tx, work, rows, checks, worker).await;
     }
+    let (rows, checks) = match plan.merge.get(plan.scope.rule_for(work.lo)) {
+        Some(step) => merge(&mut tx, pool, plan, step, work).await?,
+        None => through_working_set(&mut tx, plan, work).await?,
+    };
+    commit_figures(tx, work, rows, checks, worker).await
+}
+
+/// What the source's rows say, as the first columns of a batch's first
+/// statement: rows, then the [`Grain`], then whether the range holds rows.
+fn source_figures(row: &sqlx::postgres::PgRow, what: &'static str) -> Result<(i64, Grain, bool)> {
+    use sqlx::Row as _;
+    let sql = |e| BatchError::from_sql(what, e);
+    let count = |i: usize| row.try_get::<i64, _>(i).map_err(sql);
+    Ok((
+        count(0)?,
+        Grain {
+            repeated: count(1)?,
+            null_keys: count(2)?,
+            outside: count(3)?,
+            unowned: count(4)?,
+        },
+        row.try_get::<bool, _>(5).map_err(sql)?,
+    ))
+}
+
+/// Whether a batch has anything to do: a source that yields nothing for a
+/// range without rows changes and leaves nothing, so the checks and writes
+/// are skipped (sparse key ranges and empty days are common). With rows in
+/// the range, every one of them is unmatched, and the guard must see them.
+fn idle(
+    plan: &WritePlan,
+    work: BatchWork,
+    source: i64,
+    range_has_rows: bool,
+    checks: &mut BatchChecks,
+) -> bool {
+    checks.empty_source = source == 0 && range_has_rows;
+    checks.empty_source_accepted =
+        checks.empty_source && plan.scope.accepts_empty_source(work.lo, work.hi);
+    source == 0 && !range_has_rows
+}
+
+/// merge: the batch's one statement (`WritePlan::merge`), then the drift
+/// guard and the grain on what it measured (a failure rolls the write back
+/// with everything else), and the metrics after.
+async fn merge(
+    tx: &mut sqlx::PgConnection,
+    pool: &PgPool,
+    plan: &WritePlan,
+    step: &statements::Step,
+    work: BatchWork,
+) -> Result<(RowCounts, BatchChecks)> {
+    let row = match bind(step, work)?.fetch_one(&mut *tx).await {
+        Ok(row) => row,
+        Err(e) => return Err(merge_failure(pool, plan, work, e).await),
+    };
+    let (source, grain, range_has_rows) = source_figures(&row, step.what)?;
+    let mut rows = RowCounts {
+        source,
+        ..RowCounts::default()
+    };
+    let mut checks = BatchChecks::default();
+    if idle(plan, work, source, range_has_rows, &mut checks) {
+        return Ok((rows, checks));
+    }
+    check_drift(tx, plan).await?;
+    check_grain(tx, plan, work, grain).await?;
+    // The statement's row: the source's figures, then what it wrote, then
+    // what it removed or counted, then the metrics before.
+    let (written, removed, metrics) = (6, 10, 13);
+    take_counts(
+        &row,
+        written,
+        Counts::Written,
+        step.what,
+        plan,
+        &mut rows,
+        &mut checks,
+    )?;
+    take_counts(
+        &row,
+        removed,
+        step.counts,
+        step.what,
+        plan,
+        &mut rows,
+        &mut checks,
+    )?;
+    settle_range_rows(plan, &rows, &mut checks);
+    use sqlx::Row as _;
+    for (i, (metric, query)) in plan.metrics_after.iter().enumerate() {
+        let at = metrics + 2 * i;
+        let sql = |e| BatchError::from_sql(step.what, e);
+        let groups: Option<Vec<Option<String>>> = row.try_get(at).map_err(sql)?;
+        let values: Option<Vec<Option<f64>>> = row.try_get(at + 1).map_err(sql)?;
+        let before: Groups = groups
+            .unwrap_or_default()
+            .into_iter()
+            .map(Metric::group_name)
+            .zip(values.unwrap_or_default())
+            .collect();
+        let after = metric_groups(tx, query, work).await?;
+        compare_metrics(&mut checks, metric, &before, &after);
+    }
+    Ok((rows, checks))
+}
+
+/// A failed merge statement, named as well as it can be: a key the source
+/// yields twice (the upsert meets its own row), a table changed under the
+/// run (the drift guard, asked on another connection), or the statement's
+/// own error.
+async fn merge_failure(
+    pool: &PgPool,
+    plan: &WritePlan,
+    work: BatchWork,
+    e: sqlx::Error,
+) -> BatchError {
+    let Ok(mut conn) = pool.acquire().await else {
+        return BatchError::from_sql("the brief's source or the batch's write failed", e);
+    };
+    if let sqlx::Error::Database(db) = &e
+        && db.code().as_deref() == Some("21000")
+        && db.message().contains("a second time")
+    {
+        return duplicate_grain(&mut conn, plan, work).await;
+    }
+    if let Err(drift) = check_drift(&mut conn, plan).await {
+        return drift;
+    }
+    BatchError::from_sql("the brief's source or the batch's write failed", e)
+}
+
+/// partition-overwrite row by row: the source into the run's working set,
+/// then the strategy's statements.
+async fn through_working_set(
+    tx: &mut sqlx::PgConnection,
+    plan: &WritePlan,
+    work: BatchWork,
+) -> Result<(RowCounts, BatchChecks)> {
+    let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, e);
     sqlx::raw_sql(AssertSqlSafe(plan.create_working_set.as_str()))
         .execute(&mut *tx)
         .await
         .map_err(sql("create working set"))?;
-    let (source, repeated, null_keys, outside, unowned, range_has_rows): (
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-        bool,
-    ) = sqlx::query_as(AssertSqlSafe(
+    let what = "the brief's source query failed";
+    let row = sqlx::query(AssertSqlSafe(
         plan.fill_working_set[plan.scope.rule_for(work.lo)].as_str(),
     ))
     .bind(work.lo)
     .bind(work.hi)
     .fetch_one(&mut *tx)
     .await
-    .map_err(sql("the brief's source query failed"))?;
-    let grain = Grain {
-        repeated,
-        null_keys,
-        outside,
-        unowned,
-    };
+    .map_err(sql(what))?;
+    let (source, grain, range_has_rows) = source_figures(&row, what)?;
     let mut rows = RowCounts {
         source,
         ..RowCounts::default()
     };
     let mut checks = BatchChecks::default();
-    // A batch whose source yields nothing for a range without rows changes and
-    // leaves nothing: skip the checks and the writes (sparse key ranges and
-    // empty days are common). With rows in the range, every one of them is
-    // unmatched, and the guard must see them.
-    let idle = source == 0 && !range_has_rows;
-    checks.empty_source = source == 0 && range_has_rows;
-    checks.empty_source_accepted =
-        checks.empty_source && plan.scope.accepts_empty_source(work.lo, work.hi);
-    if !idle {
-        check_drift(&mut tx, plan).await?;
-        check_grain(&mut tx, plan, work, grain).await?;
-        write(&mut tx, plan, work, &mut rows, &mut checks).await?;
+    if !idle(plan, work, source, range_has_rows, &mut checks) {
+        check_drift(tx, plan).await?;
+        check_grain(tx, plan, work, grain).await?;
+        write(tx, plan, work, &mut rows, &mut checks).await?;
     }
-    commit_figures(tx, work, rows, checks, worker).await
+    Ok((rows, checks))
 }
 
 /// The batch's last statement: its figures recorded and the batch marked
@@ -202,35 +326,47 @@ async fn check_drift(tx: &mut sqlx::PgConnection, plan: &WritePlan) -> Result<()
     Ok(())
 }
 
+/// A source that yields keys more than once, with how many (the source run
+/// again, on `conn`).
+async fn duplicate_grain(
+    conn: &mut sqlx::PgConnection,
+    plan: &WritePlan,
+    work: BatchWork,
+) -> BatchError {
+    let keys = match sqlx::query_scalar::<_, i64>(AssertSqlSafe(
+        plan.count_duplicates[plan.scope.rule_for(work.lo)].as_str(),
+    ))
+    .bind(work.lo)
+    .bind(work.hi)
+    .fetch_one(conn)
+    .await
+    {
+        Ok(n) => format!("{n} key(s)"),
+        Err(_) => "keys".to_owned(),
+    };
+    BatchError::Permanent(format!(
+        "duplicate grain: the source yielded {keys} more than once in [{}, {}); \
+         the target allows one row per key — fix the source (a join that fans out?)",
+        work.lo, work.hi
+    ))
+}
+
 /// The grain of a batch whose source yielded rows (or whose range must lose
-/// rows), before it writes.
+/// rows), before its writes commit.
 async fn check_grain(
-    tx: &mut sqlx::PgConnection,
+    conn: &mut sqlx::PgConnection,
     plan: &WritePlan,
     work: BatchWork,
     grain: Grain,
 ) -> Result<()> {
-    let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, e);
     let Grain {
         repeated,
         null_keys,
         outside,
         unowned,
     } = grain;
-    let duplicates = if repeated > 0 {
-        sqlx::query_scalar(AssertSqlSafe(plan.count_duplicates.as_str()))
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(sql("counting repeated keys"))?
-    } else {
-        0i64
-    };
-    if duplicates > 0 {
-        return Err(BatchError::Permanent(format!(
-            "duplicate grain: the source yielded {duplicates} key(s) more than once in [{}, {}); \
-             the target allows one row per key — fix the source (a join that fans out?)",
-            work.lo, work.hi
-        )));
+    if repeated > 0 {
+        return Err(duplicate_grain(conn, plan, work).await);
     }
     if null_keys > 0 {
         return Err(BatchError::Permanent(format!(
@@ -252,7 +388,6 @@ async fn check_grain(
             work.lo, work.hi
         )));
     }
-
     Ok(())
 }
 
@@ -266,52 +401,88 @@ async fn write(
     rows: &mut RowCounts,
     checks: &mut BatchChecks,
 ) -> Result<()> {
-    let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, e);
-    let batch = i32::try_from(work.batch_no)
-        .map_err(|_| BatchError::Permanent("batch number out of range".into()))?;
     let mut before = Vec::new();
     for (metric, query) in &plan.metrics_before {
         before.push((metric, metric_groups(tx, query, work).await?));
     }
 
     for step in &plan.steps {
-        let q = sqlx::query(AssertSqlSafe(step.sql.as_str()));
-        let q = match step.binds {
-            Binds::Batch => q.bind(batch),
-            Binds::Range => q.bind(work.lo).bind(work.hi),
-            Binds::RangeAndBatch => q.bind(work.lo).bind(work.hi).bind(batch),
-            Binds::None => q,
-        };
-        use sqlx::Row as _;
-        let row = q.fetch_one(&mut *tx).await.map_err(sql(step.what))?;
-        let count = |i: usize| row.try_get::<i64, _>(i).map_err(sql(step.what));
-        match step.counts {
-            Counts::Written => {
-                rows.inserted += count(0)?;
-                rows.updated += count(1)?;
-                let counts = |i: usize| row.try_get::<Vec<i64>, _>(i).map_err(sql(step.what));
-                checks.nulls = plan.null_columns.iter().cloned().zip(counts(2)?).collect();
-                checks.orphans = plan
-                    .reference_columns
-                    .iter()
-                    .cloned()
-                    .zip(counts(3)?)
-                    .collect();
-            }
-            Counts::DeletedAndUnmatched => {
-                rows.deleted += count(0)?;
-                checks.unmatched.rows += count(1)?;
-                checks.unmatched.at_lower_bound += count(2)?;
-            }
-            Counts::Unmatched => {
-                checks.unmatched = Unmatched {
-                    rows: count(0)?,
-                    at_lower_bound: count(1)?,
-                    range_rows: count(2)?,
-                };
-            }
+        let row = bind(step, work)?
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| BatchError::from_sql(step.what, e))?;
+        take_counts(&row, 0, step.counts, step.what, plan, rows, checks)?;
+    }
+    settle_range_rows(plan, rows, checks);
+    for ((metric, before), (_, query)) in before.into_iter().zip(&plan.metrics_after) {
+        let after = metric_groups(tx, query, work).await?;
+        compare_metrics(checks, metric, &before, &after);
+    }
+    Ok(())
+}
+
+/// A step's statement with its parameters bound.
+fn bind(
+    step: &statements::Step,
+    work: BatchWork,
+) -> Result<sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>> {
+    let batch = || {
+        i32::try_from(work.batch_no)
+            .map_err(|_| BatchError::Permanent("batch number out of range".into()))
+    };
+    let q = sqlx::query(AssertSqlSafe(step.sql.as_str()));
+    Ok(match step.binds {
+        Binds::Batch => q.bind(batch()?),
+        Binds::Range => q.bind(work.lo).bind(work.hi),
+        Binds::RangeAndBatch => q.bind(work.lo).bind(work.hi).bind(batch()?),
+        Binds::None => q,
+    })
+}
+
+/// The figures a statement returned, as `counts` lays them out from column `at`.
+fn take_counts(
+    row: &sqlx::postgres::PgRow,
+    at: usize,
+    counts: Counts,
+    what: &'static str,
+    plan: &WritePlan,
+    rows: &mut RowCounts,
+    checks: &mut BatchChecks,
+) -> Result<()> {
+    use sqlx::Row as _;
+    let sql = |e| BatchError::from_sql(what, e);
+    let count = |i: usize| row.try_get::<i64, _>(at + i).map_err(sql);
+    match counts {
+        Counts::Written => {
+            rows.inserted += count(0)?;
+            rows.updated += count(1)?;
+            let counts = |i: usize| row.try_get::<Vec<i64>, _>(at + i).map_err(sql);
+            checks.nulls = plan.null_columns.iter().cloned().zip(counts(2)?).collect();
+            checks.orphans = plan
+                .reference_columns
+                .iter()
+                .cloned()
+                .zip(counts(3)?)
+                .collect();
+        }
+        Counts::DeletedAndUnmatched => {
+            rows.deleted += count(0)?;
+            checks.unmatched.rows += count(1)?;
+            checks.unmatched.at_lower_bound += count(2)?;
+        }
+        Counts::Unmatched => {
+            checks.unmatched = Unmatched {
+                rows: count(0)?,
+                at_lower_bound: count(1)?,
+                range_rows: count(2)?,
+            };
         }
     }
+    Ok(())
+}
+
+/// How many target rows the batch's range held before the write.
+fn settle_range_rows(plan: &WritePlan, rows: &RowCounts, checks: &mut BatchChecks) {
     match plan.range_rows {
         RangeRows::Deleted => checks.unmatched.range_rows = rows.deleted,
         // Every source row either inserted a key or met the range's row of it.
@@ -320,11 +491,6 @@ async fn write(
         }
         RangeRows::Measured => {}
     }
-    for ((metric, before), (_, query)) in before.into_iter().zip(&plan.metrics_after) {
-        let after = metric_groups(tx, query, work).await?;
-        compare_metrics(checks, metric, &before, &after);
-    }
-    Ok(())
 }
 
 /// A metric's groups on the range before and after the write, side by side.

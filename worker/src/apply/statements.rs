@@ -1,8 +1,9 @@
-//! The statements of one run, built once from its brief and strategy: the
-//! working set (filled and checked for the grain in one pass), each strategy's
-//! writes (with before-images, the count of unmatched rows, and the NULLs and
-//! orphaned references among the rows written, measured on what the write
-//! returns), and the metrics of a batch's range before and after.
+//! The statements of one run, built once from its brief and strategy: merge's
+//! one statement per batch (the source read once beside the rows it replaces,
+//! the grain measured on it, only new and changed rows upserted, the removal,
+//! before-images, NULLs among the rows written and orphans among the new or
+//! changed references, the metrics before), partition-overwrite's working set
+//! and writes, and the metrics of a batch's range after.
 //! Identifiers are quoted; bounds and batch numbers are bound parameters.
 
 use backfill_shared::brief::{Brief, OnMissing, Scope, Strategy};
@@ -59,6 +60,15 @@ pub(super) struct Step {
 /// Identifiers are quoted; bounds and batch numbers are bound parameters.
 #[derive(Debug)]
 pub struct WritePlan {
+    /// merge (and the tables staging-swap and parallel-version build): per
+    /// rule, the batch's one statement. It reads the source once, beside the
+    /// rows it replaces, upserts the new and changed rows, removes or counts
+    /// the rows the source no longer yields, saves before-images, and returns
+    /// one row: the grain as the working set's fill does, then what
+    /// [`Counts::Written`] and the removal's [`Counts`] say, then per metric
+    /// its groups and values before the write (two arrays).
+    /// Empty for partition-overwrite, which fills a working set.
+    pub(super) merge: Vec<Step>,
     pub(super) create_working_set: String,
     /// Per rule (each period's source, then `scope.source`): fills the
     /// working set and, over the rows it inserts, returns (rows,
@@ -66,12 +76,13 @@ pub struct WritePlan {
     /// `scope.where` does not match, and — looked at only when the source
     /// yielded nothing — whether the written table has rows in the range).
     pub(super) fill_working_set: Vec<String>,
-    /// The keys the working set holds more than once, counted (only run when
-    /// the fill found repeats).
-    pub(super) count_duplicates: String,
+    /// Per rule: the keys the source yields more than once in `[$1, $2)`,
+    /// counted (run only once a batch has found repeats, to name them).
+    pub(super) count_duplicates: Vec<String>,
     pub(super) range_rows: RangeRows,
     pub(super) steps: Vec<Step>,
-    /// Per metric: its groups on the live target's range (what readers saw before).
+    /// Per metric: its groups on the live target's range (what readers saw
+    /// before). The merge statement measures them itself, in its snapshot.
     pub(super) metrics_before: Vec<(String, String)>,
     /// Per metric: its groups on the written table's range, after the write.
     pub(super) metrics_after: Vec<(String, String)>,
@@ -115,16 +126,36 @@ pub(super) struct ExchangePlan {
     pub(super) metrics: Vec<backfill_shared::brief::Metric>,
 }
 
+/// The type of each column of a table, by name, without its modifier
+/// (`numeric`, not `numeric(18,2)`).
+pub type ColumnTypes = std::collections::BTreeMap<String, String>;
+
+/// The types of `table`'s columns, from the catalog.
+pub async fn column_types(
+    conn: &mut sqlx::PgConnection,
+    table: &TableName,
+) -> Result<ColumnTypes, sqlx::Error> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute
+          WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+    )
+    .bind(table.quoted())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
 impl WritePlan {
     /// `write_to` is the table batches write to: the target itself (merge,
     /// partition-overwrite) or the table built beside it (staging-swap,
-    /// parallel-version), and whether it is partitioned. `image_table`
-    /// receives before-images, if any.
+    /// parallel-version), and whether it is partitioned; `types` its
+    /// columns' types. `image_table` receives before-images, if any.
     #[must_use]
     pub fn new(
         brief: &Brief,
         write_to: &TableName,
         partitioned: bool,
+        types: &ColumnTypes,
         image_table: Option<&TableName>,
     ) -> Self {
         let scope = &brief.scope;
@@ -164,14 +195,16 @@ impl WritePlan {
             None => column_list(&returned, Some("t")),
         };
         let d_match = key_join(&scope.key, "d", "s");
-        let counted_delete = |filter: &str, count: &str| {
+        let delete = |filter: &str| {
             let saved = image.as_ref().map_or_else(String::new, |img| {
-                format!(", bf_image AS (INSERT INTO {img} SELECT $3, 'D', d.* FROM d)")
+                format!(", bf_deleted AS (INSERT INTO {img} SELECT $3, 'D', d.* FROM d)")
             });
             format!(
-                "WITH d AS (DELETE FROM {target} t WHERE {in_range} {filter} RETURNING {returned}){saved}\n{count}"
+                "d AS (DELETE FROM {target} t WHERE {in_range} {filter} RETURNING {returned}){saved}"
             )
         };
+        let counted_delete =
+            |filter: &str, count: &str| format!("WITH {}\n{count}", delete(filter));
         // NULLs and orphaned references among the rows a statement wrote, read
         // from what it returns (`column` names a column of a returned row): the
         // rows a batch leaves untouched are not read again.
@@ -184,18 +217,26 @@ impl WritePlan {
                 Some((r.column.clone(), parent, parent_column))
             })
             .collect();
-        let written_figures = |column: &dyn Fn(&str) -> String| {
+        let null_figures = |column: &dyn Fn(&str) -> String| {
             let nulls = scope
                 .columns
                 .iter()
                 .map(|c| format!("count(*) FILTER (WHERE {} IS NULL)", column(c)))
                 .collect::<Vec<_>>()
                 .join(", ");
+            format!("ARRAY[{nulls}]::bigint[]")
+        };
+        // `only(column, i)` opens the condition on the i-th reference: merge
+        // probes only the rows it writes whose reference is new or changed.
+        let orphan_figures = |column: &dyn Fn(&str) -> String,
+                              only: &dyn Fn(&str, usize) -> String| {
             let orphans = references
                 .iter()
-                .map(|(c, parent, pc)| {
+                .enumerate()
+                .map(|(i, (c, parent, pc))| {
                     format!(
-                        "count(*) FILTER (WHERE {c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.{pc} = {c}))",
+                        "count(*) FILTER (WHERE {only}{c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.{pc} = {c}))",
+                        only = only(&column(c), i),
                         c = column(c),
                         parent = parent.quoted(),
                         pc = quote_ident(pc)
@@ -203,9 +244,49 @@ impl WritePlan {
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
-            format!("ARRAY[{nulls}]::bigint[], ARRAY[{orphans}]::bigint[]")
+            format!("ARRAY[{orphans}]::bigint[]")
         };
+        let written_figures = |column: &dyn Fn(&str) -> String| {
+            format!(
+                "{}, {}",
+                null_figures(column),
+                orphan_figures(column, &|_, _| String::new())
+            )
+        };
+        // What a batch's rows in the working set or the source (`s`) say of
+        // the grain: (rows, surplus rows of repeated keys, NULL keys, rows
+        // outside the range, rows `scope.where` does not match, and — looked
+        // at only when there are none — whether the written table has rows in
+        // the range).
+        let grain = format!(
+            "SELECT count(*),
+                    count(*) FILTER (WHERE NOT ({null_key})) - count(DISTINCT ({key_group})) FILTER (WHERE NOT ({null_key})),
+                    count(*) FILTER (WHERE {null_key}),
+                    count(*) FILTER (WHERE {by} IS NULL OR NOT ({by} >= $1 AND {by} < $2)),
+                    {unowned},
+                    CASE WHEN count(*) = 0 THEN {range_has_rows} ELSE true END
+               FROM s",
+            range_has_rows = scope.range_has_rows(&target),
+            unowned = if scope.filter.is_some() {
+                "count(*) FILTER (WHERE bf_unowned)"
+            } else {
+                "0::bigint"
+            },
+        );
+        let unowned_flag = scope.filter.as_deref().map_or_else(String::new, |w| {
+            format!(", ({w}) IS NOT TRUE AS bf_unowned")
+        });
+        let metric_sql = |table: &str| {
+            brief
+                .validation
+                .metrics
+                .iter()
+                .map(|m| (m.name.clone(), m.query(table, &in_range)))
+                .collect::<Vec<_>>()
+        };
+        let metrics_before = metric_sql(&scope.target.quoted());
         let mut steps = Vec::new();
+        let mut merge = Vec::new();
         match brief.write.strategy {
             Strategy::PartitionOverwrite => {
                 steps.push(Step {
@@ -241,11 +322,13 @@ impl WritePlan {
                     .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let changed_excluded = format!(
-                    "ROW({}) IS DISTINCT FROM ROW({})",
-                    column_list(&scope.columns, Some("t")),
-                    column_list(&scope.columns, Some("EXCLUDED"))
-                );
+                let changed = |new: &str, old: &str| {
+                    format!(
+                        "ROW({}) IS DISTINCT FROM ROW({})",
+                        column_list(&scope.columns, Some(new)),
+                        column_list(&scope.columns, Some(old))
+                    )
+                };
                 // One upsert. On a plain table `xmax = 0` tells the inserted
                 // rows from the updated ones. A partitioned table returns no
                 // system columns; there a key the statement's snapshot does
@@ -258,10 +341,46 @@ impl WritePlan {
                 } else {
                     "t.xmax = 0".to_owned()
                 };
+                // The rows of the source a batch may write: the grain, checked
+                // on `s`, fails the batch for any other.
+                let valid = format!(
+                    "NOT ({null_key}) AND {by} >= $1 AND {by} < $2{}",
+                    if scope.filter.is_some() {
+                        " AND NOT bf_unowned"
+                    } else {
+                        ""
+                    }
+                );
+                // Each source row beside the row it replaces (`o`, read in the
+                // statement's snapshot: the row before the write). When the
+                // key holds the batch column, a row of the key lies in the
+                // range, and saying so lets the join read only the range.
+                let range_of_old = if scope.key.contains(&scope.batch_by.column) {
+                    format!(" AND o.{by} >= $1 AND o.{by} < $2")
+                } else {
+                    String::new()
+                };
+                let old_references = references
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (c, ..))| format!(", o.{} AS bf_ref_{i}", quote_ident(c)))
+                    .collect::<String>();
+                let old_row = if image.is_some() { ", o AS bf_old" } else { "" };
+                let joined = format!(
+                    "j AS MATERIALIZED (SELECT s.*{old_row}{old_references},
+                                               (o.{first_key} IS NULL OR {changed}) AS bf_write
+                                          FROM s LEFT JOIN {target} o ON {old_match}{range_of_old})",
+                    first_key = quote_ident(&scope.key[0]),
+                    changed = changed("s", "o"),
+                    old_match = key_join(&scope.key, "o", "s"),
+                );
+                // Only new and changed rows reach the upsert: a row the source
+                // reproduces as it is costs no lock and no write.
                 let upsert = format!(
-                    "INSERT INTO {target} AS t ({all}) SELECT {in_s} FROM {ws} s
-                     ON CONFLICT ({key_group}) DO UPDATE SET {excluded} WHERE {changed_excluded}{owned}
-                     RETURNING t AS bf_row, ({inserted}) AS bf_new, {returned_key}",
+                    "up AS (INSERT INTO {target} AS t ({all}) SELECT {all} FROM j WHERE bf_write AND {valid}
+                             ON CONFLICT ({key_group}) DO UPDATE SET {excluded} WHERE {changed_excluded}{owned}
+                             RETURNING t AS bf_row, ({inserted}) AS bf_new, {returned_key})",
+                    changed_excluded = changed("t", "EXCLUDED"),
                     returned_key = column_list(&scope.key, Some("t")),
                     // A key the source yields whose row the backfill does not own
                     // stays as it is. Here both `t` and EXCLUDED are in scope, so
@@ -270,56 +389,90 @@ impl WritePlan {
                         format!(" AND EXISTS (SELECT 1 FROM (SELECT t.*) bf_owned WHERE ({w}))")
                     })
                 );
-                // Every part of one statement reads the same snapshot, so `o`
-                // is the row before the update: its before-image, kept with a
-                // hash of the row the update wrote, which rollback compares
-                // with the row it finds to spare later writes.
+                // Before-images: the inserted rows, and the row each update
+                // replaced (`o`) with a hash of the row it wrote, which
+                // rollback compares with the row it finds to spare later writes.
                 let saved = image.as_ref().map_or_else(String::new, |img| {
                     format!(
-                        ", bf_inserted AS (INSERT INTO {img} SELECT $1, 'I', (up.bf_row).* FROM up WHERE up.bf_new),
-                           bf_updated AS (INSERT INTO {img} SELECT $1, 'U', o.*, hashtextextended((up.bf_row)::text, 0)
-                                            FROM {target} o JOIN up ON {old_match} WHERE NOT up.bf_new)",
-                        old_match = key_join(&scope.key, "o", "up")
+                        ",
+                         bf_inserted AS (INSERT INTO {img} SELECT $3, 'I', (up.bf_row).* FROM up WHERE up.bf_new),
+                         bf_updated AS (INSERT INTO {img} SELECT $3, 'U', (j.bf_old).*, hashtextextended((up.bf_row)::text, 0)
+                                          FROM up JOIN j ON {old_match} WHERE NOT up.bf_new)",
+                        old_match = key_join(&scope.key, "j", "up")
                     )
                 });
-                steps.push(Step {
-                    sql: format!(
-                        "WITH up AS ({upsert}){saved}
-                         SELECT count(*) FILTER (WHERE bf_new), count(*) FILTER (WHERE NOT bf_new), {figures} FROM up",
-                        figures = written_figures(&|c| format!("(up.bf_row).{}", quote_ident(c)))
+                let (removal, removed) = match brief.write.on_missing {
+                    OnMissing::Delete => (
+                        format!(
+                            ",\n{}",
+                            delete(&format!(
+                                "AND NOT EXISTS (SELECT 1 FROM s WHERE {key_match})"
+                            ))
+                        ),
+                        format!(
+                            "SELECT count(*), count(*), count(*) FILTER (WHERE d.{by} = $1) FROM d"
+                        ),
                     ),
-                    binds: with_batch(Binds::None),
-                    counts: Counts::Written,
-                    what: "upsert of new and changed rows",
-                });
-                steps.push(match brief.write.on_missing {
-                    OnMissing::Delete => Step {
-                        sql: counted_delete(
-                            &format!("AND NOT EXISTS (SELECT 1 FROM {ws} s WHERE {key_match})"),
-                            &format!("SELECT count(*), count(*), count(*) FILTER (WHERE d.{by} = $1) FROM d"),
+                    // Kept, but counted: rows left stale are what the guard watches.
+                    OnMissing::Keep => (String::new(), Unmatched::measure_sql(scope, &target, "s")),
+                };
+                let measured_before = metrics_before
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, query))| {
+                        format!(", (SELECT array_agg(m.g), array_agg(m.v) FROM ({query}) m(g, v)) bf_metric_{i}")
+                    })
+                    .collect::<String>();
+                // The rows written, each beside its source row and the
+                // references of the row it replaced.
+                let written_rows = if references.is_empty() {
+                    "up".to_owned()
+                } else {
+                    format!("up LEFT JOIN j ON {}", key_join(&scope.key, "j", "up"))
+                };
+                let written_by = |c: &str| format!("(up.bf_row).{}", quote_ident(c));
+                let changed_reference =
+                    |c: &str, i: usize| format!("{c} IS DISTINCT FROM j.bf_ref_{i} AND ");
+                let removed_counts = match brief.write.on_missing {
+                    OnMissing::Delete => Counts::DeletedAndUnmatched,
+                    OnMissing::Keep => Counts::Unmatched,
+                };
+                // The source's rows as the written table's types (without
+                // their modifiers, so the insert still rounds or refuses a
+                // value as it would), so that they compare with its rows.
+                let typed = written
+                    .iter()
+                    .map(|c| {
+                        let name = quote_ident(c);
+                        match types.get(c) {
+                            Some(t) => format!("CAST(s.{name} AS {t}) AS {name}"),
+                            None => format!("s.{name}"),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                merge = scope
+                    .rules()
+                    .into_iter()
+                    .map(|source| Step {
+                        sql: format!(
+                            "WITH s AS MATERIALIZED (SELECT *{unowned_flag} FROM (SELECT {typed} FROM ({source}\n) AS s) s),
+                             {joined},
+                             {upsert}{saved}{removal}
+                             SELECT * FROM ({grain}) bf_grain,
+                                  (SELECT count(*) FILTER (WHERE bf_new), count(*) FILTER (WHERE NOT bf_new), {nulls}, {orphans}
+                                     FROM {written_rows}) bf_written,
+                                  ({removed}) bf_removed{measured_before}",
+                            nulls = null_figures(&written_by),
+                            orphans = orphan_figures(&written_by, &changed_reference),
                         ),
                         binds: with_batch(Binds::Range),
-                        counts: Counts::DeletedAndUnmatched,
-                        what: "delete of rows the source no longer yields",
-                    },
-                    // Kept, but counted: rows left stale are what the guard watches.
-                    OnMissing::Keep => Step {
-                        sql: Unmatched::measure_sql(scope, &target, &ws),
-                        binds: Binds::Range,
-                        counts: Counts::Unmatched,
-                        what: "counting rows the source no longer yields",
-                    },
-                });
+                        counts: removed_counts,
+                        what: "the batch's source, upsert and removal",
+                    })
+                    .collect();
             }
         }
-        let metric_sql = |table: &str| {
-            brief
-                .validation
-                .metrics
-                .iter()
-                .map(|m| (m.name.clone(), m.query(table, &in_range)))
-                .collect::<Vec<_>>()
-        };
         let exchange = (brief.write.strategy == Strategy::PartitionOverwrite
             && partitioned
             && scope.filter.is_none())
@@ -337,7 +490,7 @@ impl WritePlan {
         });
         Self {
             exchange,
-            metrics_before: metric_sql(&scope.target.quoted()),
+            metrics_before,
             metrics_after: metric_sql(&target),
             null_columns: scope.columns.clone(),
             reference_columns: references.into_iter().map(|(c, ..)| c).collect(),
@@ -351,36 +504,31 @@ impl WritePlan {
                 (_, OnMissing::Delete) => RangeRows::MatchedAndDeleted,
                 (_, OnMissing::Keep) => RangeRows::Measured,
             },
-            fill_working_set: scope
+            fill_working_set: if merge.is_empty() {
+                scope
+                    .rules()
+                    .into_iter()
+                    .map(|source| {
+                        format!(
+                            "WITH s AS (INSERT INTO {ws} ({all}) SELECT {all} FROM ({source}\n) AS s RETURNING *{unowned_flag})\n{grain}"
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            count_duplicates: scope
                 .rules()
                 .into_iter()
                 .map(|source| {
                     format!(
-                        "WITH s AS (INSERT INTO {ws} ({all}) SELECT {all} FROM ({source}\n) AS s RETURNING *{unowned_flag})
-                         SELECT count(*),
-                                count(*) FILTER (WHERE NOT ({null_key})) - count(DISTINCT ({key_group})) FILTER (WHERE NOT ({null_key})),
-                                count(*) FILTER (WHERE {null_key}),
-                                count(*) FILTER (WHERE {by} IS NULL OR NOT ({by} >= $1 AND {by} < $2)),
-                                {unowned},
-                                CASE WHEN count(*) = 0 THEN {range_has_rows} ELSE true END
-                           FROM s",
-                        range_has_rows = scope.range_has_rows(&target),
-                        unowned_flag = scope
-                            .filter
-                            .as_deref()
-                            .map_or_else(String::new, |w| format!(", ({w}) IS NOT TRUE AS bf_unowned")),
-                        unowned = if scope.filter.is_some() {
-                            "count(*) FILTER (WHERE bf_unowned)"
-                        } else {
-                            "0::bigint"
-                        },
+                        "SELECT count(*) FROM (SELECT 1 FROM ({source}\n) AS s WHERE NOT ({null_key})
+                                                GROUP BY {key_group} HAVING count(*) > 1) d"
                     )
                 })
                 .collect(),
             scope: scope.clone(),
-            count_duplicates: format!(
-                "SELECT count(*) FROM (SELECT 1 FROM {ws} GROUP BY {key_group} HAVING count(*) > 1) d"
-            ),
+            merge,
             steps,
         }
     }
