@@ -195,14 +195,16 @@ impl WritePlan {
             None => column_list(&returned, Some("t")),
         };
         let d_match = key_join(&scope.key, "d", "s");
-        let delete = |filter: &str| {
+        // A delete of the rows `rows` picks (after `DELETE FROM target t`),
+        // saving their before-images, returning them as `d`.
+        let delete_rows = |rows: &str| {
             let saved = image.as_ref().map_or_else(String::new, |img| {
                 format!(", bf_deleted AS (INSERT INTO {img} SELECT $3, 'D', d.* FROM d)")
             });
-            format!(
-                "d AS (DELETE FROM {target} t WHERE {in_range} {filter} RETURNING {returned}){saved}"
-            )
+            format!("d AS (DELETE FROM {target} t {rows} RETURNING {returned}){saved}")
         };
+        // The range's rows, narrowed by `filter`.
+        let delete = |filter: &str| delete_rows(&format!("WHERE {in_range} {filter}"));
         let counted_delete =
             |filter: &str, count: &str| format!("WITH {}\n{count}", delete(filter));
         // NULLs and orphaned references among the rows a statement wrote, read
@@ -341,6 +343,13 @@ impl WritePlan {
                 } else {
                     "t.xmax = 0".to_owned()
                 };
+                // In `j`, the source's columns are `bf_n_<i>`, in the order of
+                // `written`, beside the columns of the row each replaces.
+                let n = |c: &str| {
+                    let i = written.iter().position(|w| w == c).unwrap_or(0);
+                    format!("bf_n_{i}")
+                };
+                let n_list = |cs: &[String]| cs.iter().map(|c| n(c)).collect::<Vec<_>>().join(", ");
                 // The rows of the source a batch may write: the grain, checked
                 // on `s`, fails the batch for any other.
                 let valid = format!(
@@ -349,37 +358,66 @@ impl WritePlan {
                         " AND NOT bf_unowned"
                     } else {
                         ""
-                    }
+                    },
+                    null_key = scope
+                        .key
+                        .iter()
+                        .map(|k| format!("{} IS NULL", n(k)))
+                        .collect::<Vec<_>>()
+                        .join(" OR "),
+                    by = n(&scope.batch_by.column),
                 );
                 // Each source row beside the row it replaces (`o`, read in the
                 // statement's snapshot: the row before the write). When the
-                // key holds the batch column, a row of the key lies in the
-                // range, and saying so lets the join read only the range.
-                let range_of_old = if scope.key.contains(&scope.batch_by.column) {
-                    format!(" AND o.{by} >= $1 AND o.{by} < $2")
-                } else {
-                    String::new()
-                };
+                // key holds the batch column, the rows of the range are all
+                // the rows a source row may replace, and a full join with them
+                // also yields the rows the source no longer yields (to delete
+                // by key) and, under merge, the range as it was (the metrics
+                // before). Otherwise each source row looks up its key.
+                let whole_range = scope.key.contains(&scope.batch_by.column);
                 let old_references = references
                     .iter()
                     .enumerate()
                     .map(|(i, (c, ..))| format!(", o.{} AS bf_ref_{i}", quote_ident(c)))
                     .collect::<String>();
-                let old_row = if image.is_some() { ", o AS bf_old" } else { "" };
+                // The row replaced, whole, for its before-image: the
+                // table's row type either way.
+                let old_row = match (image.is_some(), whole_range) {
+                    (false, _) => "",
+                    (true, true) => ", t AS bf_old",
+                    (true, false) => ", o AS bf_old",
+                };
+                let first_key = quote_ident(&scope.key[0]);
                 let joined = format!(
-                    "j AS MATERIALIZED (SELECT s.*{old_row}{old_references},
-                                               (o.{first_key} IS NULL OR {changed}) AS bf_write
-                                          FROM s LEFT JOIN {target} o ON {old_match}{range_of_old})",
-                    first_key = quote_ident(&scope.key[0]),
+                    "j AS MATERIALIZED (SELECT {new}, s.bf_src{unowned}{old_references}{old_columns},
+                                               (coalesce(s.bf_src, false) AND (o.{first_key} IS NULL OR {changed})) AS bf_write
+                                          FROM s {join} ON {old_match})",
+                    new = written
+                        .iter()
+                        .map(|c| format!("s.{} AS {}", quote_ident(c), n(c)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    unowned = if scope.filter.is_some() {
+                        ", s.bf_unowned"
+                    } else {
+                        ""
+                    },
+                    old_columns = if whole_range { ", o.*" } else { old_row },
+                    join = if whole_range {
+                        format!("FULL JOIN (SELECT t.*{old_row} FROM {target} t WHERE {in_range}) o")
+                    } else {
+                        format!("LEFT JOIN {target} o")
+                    },
                     changed = changed("s", "o"),
                     old_match = key_join(&scope.key, "o", "s"),
                 );
                 // Only new and changed rows reach the upsert: a row the source
                 // reproduces as it is costs no lock and no write.
                 let upsert = format!(
-                    "up AS (INSERT INTO {target} AS t ({all}) SELECT {all} FROM j WHERE bf_write AND {valid}
+                    "up AS (INSERT INTO {target} AS t ({all}) SELECT {new} FROM j WHERE bf_write AND {valid}
                              ON CONFLICT ({key_group}) DO UPDATE SET {excluded} WHERE {changed_excluded}{owned}
                              RETURNING t AS bf_row, ({inserted}) AS bf_new, {returned_key})",
+                    new = n_list(&written),
                     changed_excluded = changed("t", "EXCLUDED"),
                     returned_key = column_list(&scope.key, Some("t")),
                     // A key the source yields whose row the backfill does not own
@@ -389,6 +427,13 @@ impl WritePlan {
                         format!(" AND EXISTS (SELECT 1 FROM (SELECT t.*) bf_owned WHERE ({w}))")
                     })
                 );
+                // A row written beside its row of `j`.
+                let written_match = scope
+                    .key
+                    .iter()
+                    .map(|k| format!("j.{} = up.{}", n(k), quote_ident(k)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
                 // Before-images: the inserted rows, and the row each update
                 // replaced (`o`) with a hash of the row it wrote, which
                 // rollback compares with the row it finds to spare later writes.
@@ -397,17 +442,23 @@ impl WritePlan {
                         ",
                          bf_inserted AS (INSERT INTO {img} SELECT $3, 'I', (up.bf_row).* FROM up WHERE up.bf_new),
                          bf_updated AS (INSERT INTO {img} SELECT $3, 'U', (j.bf_old).*, hashtextextended((up.bf_row)::text, 0)
-                                          FROM up JOIN j ON {old_match} WHERE NOT up.bf_new)",
-                        old_match = key_join(&scope.key, "j", "up")
+                                          FROM up JOIN j ON {written_match} WHERE NOT up.bf_new)"
                     )
                 });
                 let (removal, removed) = match brief.write.on_missing {
                     OnMissing::Delete => (
                         format!(
                             ",\n{}",
-                            delete(&format!(
-                                "AND NOT EXISTS (SELECT 1 FROM s WHERE {key_match})"
-                            ))
+                            if whole_range {
+                                delete_rows(&format!(
+                                    "USING j WHERE j.bf_src IS NULL AND {}",
+                                    key_join(&scope.key, "t", "j")
+                                ))
+                            } else {
+                                delete(&format!(
+                                    "AND NOT EXISTS (SELECT 1 FROM s WHERE {key_match})"
+                                ))
+                            }
                         ),
                         format!(
                             "SELECT count(*), count(*), count(*) FILTER (WHERE d.{by} = $1) FROM d"
@@ -416,10 +467,21 @@ impl WritePlan {
                     // Kept, but counted: rows left stale are what the guard watches.
                     OnMissing::Keep => (String::new(), Unmatched::measure_sql(scope, &target, "s")),
                 };
-                let measured_before = metrics_before
+                // Merge writes the live target, which `j` holds as it was
+                // when it joined the whole range.
+                let before_from_j = whole_range && brief.write.strategy == Strategy::Merge;
+                let measured_before = brief
+                    .validation
+                    .metrics
                     .iter()
+                    .zip(&metrics_before)
                     .enumerate()
-                    .map(|(i, (_, query))| {
+                    .map(|(i, (m, (_, query)))| {
+                        let query = if before_from_j {
+                            m.query("j", &format!("t.{first_key} IS NOT NULL"))
+                        } else {
+                            query.clone()
+                        };
                         format!(", (SELECT array_agg(m.g), array_agg(m.v) FROM ({query}) m(g, v)) bf_metric_{i}")
                     })
                     .collect::<String>();
@@ -428,7 +490,7 @@ impl WritePlan {
                 let written_rows = if references.is_empty() {
                     "up".to_owned()
                 } else {
-                    format!("up LEFT JOIN j ON {}", key_join(&scope.key, "j", "up"))
+                    format!("up LEFT JOIN j ON {written_match}")
                 };
                 let written_by = |c: &str| format!("(up.bf_row).{}", quote_ident(c));
                 let changed_reference =
@@ -456,7 +518,7 @@ impl WritePlan {
                     .into_iter()
                     .map(|source| Step {
                         sql: format!(
-                            "WITH s AS MATERIALIZED (SELECT *{unowned_flag} FROM (SELECT {typed} FROM ({source}\n) AS s) s),
+                            "WITH s AS MATERIALIZED (SELECT *{unowned_flag}, true AS bf_src FROM (SELECT {typed} FROM ({source}\n) AS s) s),
                              {joined},
                              {upsert}{saved}{removal}
                              SELECT * FROM ({grain}) bf_grain,
