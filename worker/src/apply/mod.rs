@@ -4,7 +4,9 @@
 //! statement, then the checks on what it measured:
 //!
 //! 1. read the brief's source for `[lo, hi)` once, beside the row each source
-//!    row replaces (in the statement's snapshot: the row before the write);
+//!    row replaces (in the statement's snapshot: the row before the write; for
+//!    key-range batches, a full join with the range's rows, which also names
+//!    the rows to delete and holds the range for the metrics before);
 //!    measure the grain on it: repeated or NULL keys, rows outside the batch
 //!    range (or not matching `scope.where`, when given); measure the metrics
 //!    before; upsert only the new and changed rows (`IS DISTINCT FROM`), saving
