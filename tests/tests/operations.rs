@@ -240,6 +240,27 @@ async fn outside_its_window_no_batch_starts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_table_changing_under_the_run_halts_it() {
+    // The source still runs; the guard, after it, refuses the batch.
+    drift_halts(
+        "ALTER TABLE tpch.lineitem ALTER COLUMN l_quantity TYPE numeric(12,2)",
+        "l_quantity numeric(12,2)",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_column_renamed_under_the_run_halts_it_as_drift() {
+    // The source fails on the missing column; the failure is named as the drift.
+    drift_halts(
+        "ALTER TABLE tpch.lineitem RENAME COLUMN l_discount TO l_rebate",
+        "l_rebate numeric(15,2)",
+    )
+    .await;
+}
+
+/// A deploy (`alter`) to a table the source reads, between batches, halts the
+/// run at the drift guard, which names the change (`named`).
+async fn drift_halts(alter: &str, named: &str) {
     let env = TestEnv::new(0.01).await;
     let (run_id, ..) = env.record_run(&env.slow_brief(10, 1, 0.3).await).await;
     let guarded: Vec<String> = sqlx::query_scalar(
@@ -258,7 +279,7 @@ async fn a_table_changing_under_the_run_halts_it() {
     let driver = env.drive_with(run_id, quick());
     wait_for(&env, run_id, "two batches are applied", |c| c.applied >= 2).await;
     // An incompatible deploy to a table the source reads.
-    sqlx::query("ALTER TABLE tpch.lineitem ALTER COLUMN l_quantity TYPE numeric(12,2)")
+    sqlx::query(sqlx::AssertSqlSafe(alter))
         .execute(&env.pool)
         .await
         .unwrap();
@@ -271,10 +292,7 @@ async fn a_table_changing_under_the_run_halts_it() {
         reason.contains("drift guard") && reason.contains("tpch.lineitem changed"),
         "{reason}"
     );
-    assert!(
-        reason.contains("l_quantity numeric(12,2)"),
-        "the change is named: {reason}"
-    );
+    assert!(reason.contains(named), "the change is named: {reason}");
     let c = counts(&env, run_id).await;
     assert!(c.applied < 10 && c.failed == 1, "{c:?}");
     env.cleanup().await;

@@ -201,25 +201,31 @@ async fn merge(
 
 /// A failed merge statement, named as well as it can be: a key the source
 /// yields twice (the upsert meets its own row), a table changed under the
-/// run (the drift guard, asked on another connection), or the statement's
-/// own error.
+/// run (a statement the catalog refused, when the drift guard, asked on
+/// another connection, finds a change), or the statement's own error — a lost
+/// connection is only that, and is retried.
 async fn merge_failure(
     pool: &PgPool,
     plan: &WritePlan,
     work: BatchWork,
     e: sqlx::Error,
 ) -> BatchError {
-    let Ok(mut conn) = pool.acquire().await else {
-        return BatchError::from_sql("the brief's source or the batch's write failed", e);
+    let code = match &e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
     };
-    if let sqlx::Error::Database(db) = &e
-        && db.code().as_deref() == Some("21000")
-        && db.message().contains("a second time")
+    let second_touch = code.as_deref() == Some("21000") && e.to_string().contains("a second time");
+    // Class 42: a column, table or type the statement names is not as it was.
+    let catalog = code.as_deref().is_some_and(|c| c.starts_with("42"));
+    if (second_touch || catalog)
+        && let Ok(mut conn) = pool.acquire().await
     {
-        return duplicate_grain(&mut conn, plan, work).await;
-    }
-    if let Err(drift) = check_drift(&mut conn, plan).await {
-        return drift;
+        if second_touch {
+            return duplicate_grain(&mut conn, plan, work).await;
+        }
+        if let Err(drift @ BatchError::Permanent(_)) = check_drift(&mut conn, plan).await {
+            return drift;
+        }
     }
     BatchError::from_sql("the brief's source or the batch's write failed", e)
 }
