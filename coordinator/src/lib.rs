@@ -4,6 +4,7 @@
 //! - [`announce`]: `backfill announce`, the note before a run, and whether a run needs one.
 //! - [`canary`]: `limits.canary` (which batches go first) and `backfill promote`.
 //! - [`catalog`]: what reads a table (views, materialized views).
+//! - [`console`]: `backfill serve`, the web console over the control plane.
 //! - [`preflight`]: checks of a brief against the warehouse catalog, blast radius.
 //! - [`plan`]: `backfill plan`.
 //! - [`run`]: recording a run and driving it (publish window, events, halt).
@@ -22,6 +23,7 @@
 pub mod announce;
 pub mod canary;
 pub mod catalog;
+pub mod console;
 pub mod demo;
 pub mod diff;
 pub mod draft;

@@ -126,6 +126,10 @@ pub struct Row {
     pub finished: Option<chrono::DateTime<chrono::Utc>>,
     /// What the run waits for, or why it stopped, in words.
     pub holds: String,
+    /// The brief's `meta.risk` (empty if the recorded brief no longer parses).
+    pub risk: String,
+    /// Limits an operator accepted breaches of.
+    pub accepted_breaches: i64,
 }
 
 /// The runs `filter` selects, newest first.
@@ -135,8 +139,13 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Row>> {
         .into_iter()
         .map(|r| {
             let holds = holds(&r);
+            let risk = Brief::parse(&r.brief)
+                .map(|b| b.meta.risk.as_str().to_owned())
+                .unwrap_or_default();
             Row {
                 holds,
+                risk,
+                accepted_breaches: r.accepted_breaches,
                 run_id: r.run_id,
                 name: r.name,
                 target: r.target,

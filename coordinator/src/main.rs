@@ -245,6 +245,13 @@ enum Command {
         #[arg(long)]
         told: Option<String>,
     },
+    /// Serve the console: a web page of every run, its batch grid, progress, log and
+    /// change note, and a JSON API (`/api/runs`, `/api/maintenance`) for BI tools.
+    Serve {
+        /// Where to listen; anything but loopback lets other machines read every run.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+    },
     /// Print a shell completion script, e.g. `backfill completions bash > ~/.local/share/bash-completion/completions/backfill`.
     Completions { shell: clap_complete::Shell },
     /// Write the man pages (backfill.1 and one per command, backfill-run.1, ...) into a directory.
@@ -548,6 +555,18 @@ async fn command_with(
             let n = backfill_coordinator::resume::retry(&pool, run, &operator()).await?;
             eprintln!("{n} failed batch(es) pending again");
             drive_to_end(config, &pool, run, metrics_addr, out).await
+        }
+        Command::Serve { addr } => {
+            let pool = control_plane(config, 8).await?;
+            if let Some(warning) = backfill_coordinator::console::exposure_warning(addr) {
+                eprintln!("warning: {warning}");
+            }
+            let bound = backfill_coordinator::console::serve(pool, addr).await?;
+            eprintln!("console on http://{bound}/ (Ctrl-C stops it)");
+            tokio::signal::ctrl_c()
+                .await
+                .map_err(|e| CliError::Internal(format!("cannot wait for Ctrl-C: {e}")))?;
+            Ok(())
         }
         Command::Status { run } => {
             let pool = control_plane(config, 2).await?;

@@ -91,6 +91,22 @@ impl TestEnv {
             .expect("brief")
     }
 
+    /// The demo's brief cut into `batches` batches of one order key each, for
+    /// large runs that are recorded rather than driven.
+    pub async fn key_per_batch_brief(&self, batches: u64) -> String {
+        let text = self.brief(1, 1).await;
+        let start = text
+            .find("batch_by = ")
+            .expect("the demo brief has batch_by");
+        let end = start + text[start..].find('\n').expect("batch_by ends its line");
+        format!(
+            "{}batch_by = {{ column = \"o_orderkey\", start = 1, end = {}, step = 1 }}{}",
+            &text[..start],
+            batches + 1,
+            &text[end..]
+        )
+    }
+
     /// The demo's brief with every batch sleeping `secs` in the warehouse, so
     /// batches are in flight long enough to interfere with (`pg_sleep` is
     /// volatile: the brief says why that is harmless).
@@ -532,6 +548,31 @@ fn replace_database(url: &str, database: &str) -> String {
         out.push_str(q);
     }
     out
+}
+
+/// `GET path` from the HTTP endpoint at `addr` (host:port): the status and the
+/// body, read to the end of a closed connection.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// A binary of this workspace, built beside the test executable.

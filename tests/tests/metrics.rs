@@ -4,30 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use backfill_coordinator::run::Finish;
-use backfill_tests::{TestEnv, finish_within};
+use backfill_tests::{TestEnv, finish_within, http_get as get};
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-async fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
 
 /// Every sample line as `name{labels}` → value; panics on a line that is not
 /// a comment, a sample or the end marker.

@@ -77,14 +77,7 @@ async fn a_target_never_analysed_is_not_said_to_be_empty() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_run_is_recorded_batch_for_batch() {
     let env = TestEnv::new(0.01).await;
-    let text = env.brief(1, 1).await;
-    let start = text.find("batch_by = ").unwrap();
-    let end = start + text[start..].find('\n').unwrap();
-    let text = format!(
-        "{}batch_by = {{ column = \"o_orderkey\", start = 1, end = 100001, step = 1 }}{}",
-        &text[..start],
-        &text[end..]
-    );
+    let text = env.key_per_batch_brief(100_000).await;
     let (run_id, _, plan) = env.record_run(&text).await;
     assert_eq!(plan.len(), 100_000);
     let (rows, distinct, pending): (i64, i64, i64) = sqlx::query_as(

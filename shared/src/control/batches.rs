@@ -29,6 +29,15 @@ pub enum BatchState {
 }
 
 impl BatchState {
+    pub const ALL: [Self; 6] = [
+        Self::Pending,
+        Self::Queued,
+        Self::Running,
+        Self::Applied,
+        Self::Failed,
+        Self::RolledBack,
+    ];
+
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -468,4 +477,63 @@ pub async fn exchanges(
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(|(no, x)| (no, x.0)).collect())
+}
+
+/// A cell of a run's batch grid: consecutive batches, counted by state, with
+/// the first's lower and the last's upper bound. One batch per cell when the
+/// run has no more batches than cells.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct Cell {
+    pub first: i32,
+    pub last: i32,
+    pub lo: String,
+    pub hi: String,
+    pub pending: i64,
+    pub queued: i64,
+    pub running: i64,
+    pub applied: i64,
+    pub failed: i64,
+    pub rolled_back: i64,
+    /// Rows inserted, updated and deleted by the cell's applied batches.
+    pub rows: i64,
+    pub duration_ms: i64,
+    pub attempts: i64,
+    /// The last error of the cell's first batch that has one.
+    pub error: Option<String>,
+}
+
+impl Cell {
+    #[must_use]
+    pub fn batches(&self) -> i64 {
+        self.pending + self.queued + self.running + self.applied + self.failed + self.rolled_back
+    }
+}
+
+/// A run's batches in at most `cells` cells of consecutive batches, in order,
+/// in one pass over the run's ledger rows.
+pub async fn grid(pool: &PgPool, run_id: Uuid, cells: u32) -> Result<Vec<Cell>> {
+    Ok(sqlx::query_as(
+        "WITH b AS (
+             SELECT *, (row_number() OVER (ORDER BY batch_no) - 1) * $2 / count(*) OVER () AS cell
+               FROM backfill.batches WHERE run_id = $1)
+         SELECT min(batch_no) AS first, max(batch_no) AS last,
+                (array_agg(lo ORDER BY batch_no))[1] AS lo,
+                (array_agg(hi ORDER BY batch_no DESC))[1] AS hi,
+                count(*) FILTER (WHERE state = 'pending') AS pending,
+                count(*) FILTER (WHERE state = 'queued') AS queued,
+                count(*) FILTER (WHERE state = 'running') AS running,
+                count(*) FILTER (WHERE state = 'applied') AS applied,
+                count(*) FILTER (WHERE state = 'failed') AS failed,
+                count(*) FILTER (WHERE state = 'rolled_back') AS rolled_back,
+                coalesce(sum(rows_inserted + rows_updated + rows_deleted)
+                         FILTER (WHERE state = 'applied'), 0)::bigint AS rows,
+                coalesce(sum(duration_ms), 0)::bigint AS duration_ms,
+                sum(attempts)::bigint AS attempts,
+                (array_agg(last_error ORDER BY batch_no) FILTER (WHERE last_error IS NOT NULL))[1] AS error
+           FROM b GROUP BY cell ORDER BY cell",
+    )
+    .bind(run_id)
+    .bind(i64::from(cells.max(1)))
+    .fetch_all(pool)
+    .await?)
 }

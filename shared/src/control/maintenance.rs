@@ -85,3 +85,26 @@ async fn set_comment(
     .await?;
     Ok(())
 }
+
+/// A table under maintenance now: the marker and its run.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct Current {
+    pub target: String,
+    pub run_id: Uuid,
+    pub name: String,
+    pub state: String,
+    pub owner: String,
+    pub reason: String,
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+/// Every table under maintenance now, longest first.
+pub async fn current(pool: &sqlx::PgPool) -> Result<Vec<Current>> {
+    Ok(sqlx::query_as(
+        "SELECT m.target, m.run_id, r.name, r.state, m.owner, m.reason, m.since
+           FROM backfill.maintenance m JOIN backfill.runs r USING (run_id)
+          ORDER BY m.since, m.target",
+    )
+    .fetch_all(pool)
+    .await?)
+}

@@ -698,6 +698,8 @@ pub struct Listed {
     /// The latest validation: whether it passed, and its failed checks nobody accepted.
     pub validated: Option<bool>,
     pub open_checks: Vec<String>,
+    /// How many distinct limits an operator accepted breaches of.
+    pub accepted_breaches: i64,
 }
 
 /// Runs newest first, as `filter` narrows them.
@@ -711,7 +713,10 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Listed>> {
                 coalesce(ARRAY(SELECT f FROM unnest(v.failed) f
                                 WHERE NOT EXISTS (SELECT 1 FROM backfill.check_acceptances a
                                                    WHERE a.validation_run = v.id AND a.check_name = f)),
-                         '{}') AS open_checks
+                         '{}') AS open_checks,
+                (SELECT count(DISTINCT l) FROM backfill.run_log g,
+                        jsonb_array_elements_text(g.detail->'limits') l
+                  WHERE g.run_id = r.run_id AND g.event = 'breach_accepted') AS accepted_breaches
            FROM backfill.runs r
            CROSS JOIN LATERAL (
                 SELECT count(*) FILTER (WHERE b.state = 'applied') AS applied,

@@ -1,0 +1,450 @@
+//! The console's pages, as `maud` templates: every interpolated value is
+//! HTML-escaped, so a brief's text shows as text whatever it holds.
+
+use super::{Filter, RunView};
+use crate::status::Status;
+use axum::http::StatusCode;
+use backfill_shared::control::batches::Cell;
+use backfill_shared::control::maintenance;
+use backfill_shared::control::runs::RunState;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+const CSS: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1b1f24}\
+header{background:#24292f;color:#fff;padding:.6rem 1.5rem}header a{color:#fff;text-decoration:none;font-weight:600}\
+main{padding:1rem 1.5rem;max-width:90rem}table{border-collapse:collapse;margin:.5rem 0}\
+td,th{border-bottom:1px solid #d0d7de;padding:.3rem .6rem;text-align:left;vertical-align:top}\
+th{background:#f6f8fa}.num{text-align:right;font-variant-numeric:tabular-nums}\
+.banner{background:#fff8c5;border:1px solid #d4a72c;padding:.5rem 1rem;margin:.5rem 0}\
+.maint td:first-child{border-left:4px solid #d4a72c}.badge{display:inline-block;padding:0 .4rem;border-radius:.8rem;font-size:.85em;background:#eaeef2}\
+.s-running,.s-canary{background:#ddf4ff}.s-halted,.s-failed{background:#ffebe9}.s-applied,.s-approved{background:#dafbe1}\
+.bar{display:inline-block;width:6rem;height:.6rem;background:#d0d7de;vertical-align:middle}.bar span{display:block;height:100%;background:#1a7f37}\
+pre{background:#f6f8fa;padding:.6rem;overflow-x:auto;white-space:pre-wrap;word-break:break-word}\
+.kw{color:#cf222e;font-weight:600}.str{color:#0a3069}.cm{color:#6e7781}\
+.grid{display:flex;flex-wrap:wrap;gap:2px;max-width:72rem}.grid i{width:10px;height:10px;display:block;background:#d0d7de}\
+.grid i.applied{background:#1a7f37}.grid i.running{background:#0969da}.grid i.queued{background:#80ccff}\
+.grid i.failed{background:#cf222e}.grid i.rolled_back{background:#8250df}\
+.legend i{display:inline-block;width:10px;height:10px;margin:0 .2rem 0 .8rem}.fail{color:#b42318;font-weight:600}\
+dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dt{color:#57606a}dd{margin:0}\
+form.filter{display:flex;gap:.6rem;align-items:end;flex-wrap:wrap}form.filter label{display:flex;flex-direction:column;font-size:.85em}";
+
+/// Re-fetches the live part of a run's page every few seconds while the run can
+/// still change; the page works without it.
+const LIVE_SCRIPT: &str = "(function(){var el=document.getElementById('live');if(!el)return;\
+setInterval(function(){fetch(location.pathname.replace(/\\/$/,'')+'/live',{cache:'no-store'})\
+.then(function(r){return r.ok?r.text():null}).then(function(t){if(t!==null)el.innerHTML=t})\
+.catch(function(){})},3000)})();";
+
+fn layout(title: &str, body: &Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Backfill" }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                header { a href="/" { "Backfill" } " · runs and the tables under maintenance" }
+                main { (body) }
+            }
+        }
+    }
+}
+
+pub(super) fn failure(status: StatusCode, message: &str) -> Markup {
+    layout(
+        status.canonical_reason().unwrap_or("Error"),
+        &html! {
+            h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
+            p { (message) }
+            p { a href="/" { "All runs" } }
+        },
+    )
+}
+
+fn short(id: uuid::Uuid) -> String {
+    id.simple().to_string()[..8].to_owned()
+}
+
+fn when(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+fn duration(seconds: i64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {:02}s", s / 60, s % 60),
+        s => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn progress(applied: i64, total: i64) -> Markup {
+    let pct = if total > 0 {
+        applied as f64 * 100.0 / total as f64
+    } else {
+        0.0
+    };
+    html! {
+        span.bar title=(format!("{pct:.1} %")) { span style=(format!("width:{pct:.1}%")) {} }
+        " " (applied) "/" (total)
+    }
+}
+
+fn maintenance_banner(under: &[maintenance::Current]) -> Markup {
+    html! {
+        @if !under.is_empty() {
+            div.banner {
+                strong { "Under maintenance: " }
+                @for (i, m) in under.iter().enumerate() {
+                    @if i > 0 { "; " }
+                    code { (m.target) } " by run "
+                    a href=(format!("/runs/{}", m.run_id)) { (m.name) }
+                    " (" (m.owner) ", since " (when(m.since)) "): " (m.reason)
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn runs(
+    rows: &[crate::list::Row],
+    under: &[maintenance::Current],
+    filter: &Filter,
+) -> Markup {
+    let states: Vec<&str> = RunState::ALL.iter().map(|s| s.as_str()).collect();
+    let chosen = filter.state.as_deref().unwrap_or("");
+    let body = html! {
+        h1 { "Runs" }
+        (maintenance_banner(under))
+        form.filter method="get" action="/" {
+            label { "State"
+                select name="state" {
+                    option value="" selected[chosen.is_empty()] { "any" }
+                    @for s in &states { option value=(s) selected[*s == chosen] { (s) } }
+                }
+            }
+            label { "Target" input name="target" placeholder="schema.table" value=(filter.target.as_deref().unwrap_or("")); }
+            label { "Owner" input name="owner" value=(filter.owner.as_deref().unwrap_or("")); }
+            button type="submit" { "Filter" }
+        }
+        @if rows.is_empty() {
+            p { "No run matches." }
+        } @else {
+            table {
+                thead { tr {
+                    th { "Run" } th { "Target" } th { "Owner" } th { "Reviewer" } th { "Risk" }
+                    th { "State" } th { "Progress" } th.num { "Rows written" } th { "Started" }
+                    th.num { "Accepted breaches" } th { "Now" }
+                } }
+                tbody {
+                    @for r in rows {
+                        @let maint = under.iter().any(|m| m.run_id == r.run_id);
+                        tr class=[maint.then_some("maint")] {
+                            td { a href=(format!("/runs/{}", r.run_id)) { (r.name) } br; code { (short(r.run_id)) } }
+                            td { code { (r.target) } @if maint { br; span.badge { "under maintenance" } } }
+                            td { (r.owner) } td { (r.reviewer) } td { (r.risk) }
+                            td { span class=(format!("badge s-{}", r.state)) { (r.state) } }
+                            td { (progress(r.applied, r.batches)) }
+                            td.num { (r.rows_written) }
+                            td { (when(r.started)) }
+                            td.num { (r.accepted_breaches) }
+                            td { (r.holds) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout("Runs", &body)
+}
+
+pub(super) fn run(view: &RunView) -> Markup {
+    let run = &view.run;
+    let brief = &run.brief;
+    let s = &view.status;
+    let changing = !matches!(
+        run.state,
+        RunState::CutOver | RunState::RolledBack | RunState::Cancelled | RunState::Done
+    );
+    let body = html! {
+        h1 { (brief.meta.name) " " span class=(format!("badge s-{}", run.state.as_str())) { (run.state.as_str()) } }
+        @if view.under_maintenance {
+            div.banner { strong { "Under maintenance: " } code { (brief.scope.target.to_string()) } " is being rewritten by this run." }
+        }
+        p { a href=(format!("/runs/{}/note", run.run_id)) { "Change note" } " · "
+            a href=(format!("/api/runs/{}", run.run_id)) { "JSON" } }
+        dl {
+            dt { "Run" } dd { code { (run.run_id) } }
+            dt { "Reason" } dd { (brief.meta.reason) }
+            dt { "Owner" } dd { (brief.meta.owner) }
+            dt { "Reviewer" } dd { (brief.meta.reviewer)
+                @if let (Some(by), Some(at)) = (&run.approved_by, run.approved_at) { " (approved by " (by) ", " (when(at)) ")" } }
+            dt { "Risk" } dd { (brief.meta.risk.as_str()) }
+            dt { "Target" } dd { code { (brief.scope.target.to_string()) } }
+            dt { "Scope" } dd { code { (brief.scope.batch_by.column) } " from " (brief.scope.batch_by.start.to_string())
+                " until " (brief.scope.batch_by.end.to_string()) ", " (run.batch_count) " batches" }
+            dt { "Strategy" } dd { (brief.write.strategy.as_str()) ", missing rows: " (brief.write.on_missing.as_str())
+                @if !brief.write.snapshot { " (no before-images)" } }
+            dt { "Rollback plan" } dd { (brief.rollback.plan) " (copies kept " (brief.rollback.retain_days) " days)" }
+            dt { "Started" } dd { (when(run.created_at)) " by " (run.operator) " (" (run.code_version) ")" }
+        }
+        div #live { (live(s, &view.grid)) }
+        h2 { "Validation" }
+        @if view.checks.is_empty() {
+            p { "Not validated yet." }
+        } @else {
+            table {
+                thead { tr { th { "Check" } th { "Result" } th { "Summary" } th { "When" } } }
+                tbody { @for (name, passed, summary, at) in &view.checks {
+                    tr { td { (name) } td { @if *passed { "passed" } @else { span.fail { "failed" } } } td { (summary) } td { (when(*at)) } }
+                } }
+            }
+        }
+        h2 { "Source" }
+        pre { code { (highlight(&brief.scope.source)) } }
+        details {
+            summary { "The brief as recorded (" code { (run.brief_hash.get(..12).unwrap_or(&run.brief_hash)) } ")" }
+            pre { (run.brief_text) }
+        }
+        h2 { "Run log" }
+        table {
+            thead { tr { th { "When" } th { "Who" } th { "What" } th.num { "Batch" } th { "Detail" } } }
+            tbody { @for e in &view.log {
+                tr { td { (when(e.at)) } td { (e.actor) } td { (e.event) }
+                     td.num { @if let Some(b) = e.batch_no { (b) } }
+                     td { @if !e.detail.is_null() { code { (e.detail.to_string()) } } } }
+            } }
+        }
+        @if changing { script { (PreEscaped(LIVE_SCRIPT)) } }
+    };
+    layout(&brief.meta.name, &body)
+}
+
+/// The part of a run's page that changes while it runs.
+pub(super) fn live(s: &Status, grid: &[Cell]) -> Markup {
+    let c = &s.batches;
+    let until = s.finished_at.unwrap_or_else(chrono::Utc::now);
+    let minutes = (until - s.created_at).num_seconds().max(1) as f64 / 60.0;
+    let per_batch = grid.first().map_or(1, Cell::batches);
+    html! {
+        h2 { "Progress" }
+        @if let Some(reason) = &s.halt_reason { p.fail { "Halted: " (reason) } }
+        @if let Some(advice) = &s.no_workers { p.fail { (advice) } }
+        @if let Some(since) = s.throttled_since { p { "Throttled by pause_when since " (when(since)) } }
+        dl {
+            dt { "Batches" } dd { (progress(c.applied, i64::from(s.batch_count)))
+                " — " (c.running) " running, " (c.queued) " queued, " (c.pending) " pending, " (c.failed) " failed" }
+            dt { "Rows" } dd { (c.rows.source) " from the source: " (c.rows.inserted) " inserted, "
+                (c.rows.updated) " updated, " (c.rows.deleted) " deleted" }
+            dt { "Throughput" } dd { (format!("{:.1}", c.applied as f64 / minutes)) " batches/min" }
+            dt { "ETA" } dd { @match (s.eta_seconds, s.eta_range_seconds) {
+                (Some(eta), Some((lo, hi))) => { (duration(eta)) " (" (duration(lo)) " to " (duration(hi)) ")" }
+                (Some(eta), None) => { (duration(eta)) }
+                _ => { "—" }
+            } }
+        }
+        h3 { "Batches" }
+        p.legend {
+            "One cell per " @if per_batch > 1 { (per_batch) " batches" } @else { "batch" } ":"
+            i style="background:#d0d7de" {} "pending" i style="background:#80ccff" {} "queued"
+            i style="background:#0969da" {} "running" i style="background:#1a7f37" {} "applied"
+            i style="background:#cf222e" {} "failed" i style="background:#8250df" {} "rolled back"
+        }
+        div.grid role="img" aria-label="batches by state" { @for cell in grid { (grid_cell(cell)) } }
+        @if !s.failures.is_empty() {
+            h3 { "Failures" }
+            table {
+                thead { tr { th.num { "Batch" } th { "Range" } th { "State" } th.num { "Attempts" } th { "Error" } } }
+                tbody { @for f in &s.failures {
+                    tr { td.num { (f.batch_no) } td { code { (f.lo) " .. " (f.hi) } } td { (f.state.as_str()) }
+                         td.num { (f.attempts) } td { (f.last_error) } }
+                } }
+            }
+        }
+        @if !s.breaches.is_empty() {
+            h3 { "Breaches" }
+            table {
+                thead { tr { th { "Limit" } th.num { "Batch" } th { "Figures" } th { "Accepted" } } }
+                tbody { @for b in &s.breaches {
+                    tr { td { (b.breach.limit) } td.num { (b.breach.batch_no) } td { (b.breach.message) }
+                         td { @if b.accepted { "yes" } @else { span.fail { "no" } } } }
+                } }
+            }
+        }
+    }
+}
+
+/// One cell: coloured by its most pressing state (failed, then in flight),
+/// else filled in proportion to its applied batches; its figures on hover.
+fn grid_cell(cell: &Cell) -> Markup {
+    let n = cell.batches().max(1);
+    let (class, style) = if cell.failed > 0 {
+        ("failed", None)
+    } else if cell.running > 0 {
+        ("running", None)
+    } else if cell.queued > 0 {
+        ("queued", None)
+    } else if cell.rolled_back == n {
+        ("rolled_back", None)
+    } else if cell.applied == n {
+        ("applied", None)
+    } else if cell.applied > 0 {
+        let pct = cell.applied * 100 / n;
+        (
+            "partial",
+            Some(format!(
+                "background:linear-gradient(to top,#1a7f37 {pct}%,#d0d7de {pct}%)"
+            )),
+        )
+    } else {
+        ("pending", None)
+    };
+    let batches = if cell.first == cell.last {
+        format!("batch {}", cell.first)
+    } else {
+        format!("batches {}–{}", cell.first, cell.last)
+    };
+    let mut title = format!(
+        "{batches}: {} .. {}\n{} applied, {} running, {} queued, {} pending, {} failed\n{} rows, {} ms, {} attempts",
+        cell.lo,
+        cell.hi,
+        cell.applied,
+        cell.running,
+        cell.queued,
+        cell.pending,
+        cell.failed,
+        cell.rows,
+        cell.duration_ms,
+        cell.attempts
+    );
+    if let Some(error) = &cell.error {
+        title.push('\n');
+        title.push_str(error);
+    }
+    html! { i class=(class) style=[style] title=(title) {} }
+}
+
+const KEYWORDS: &[&str] = &[
+    "select",
+    "from",
+    "where",
+    "join",
+    "left",
+    "right",
+    "full",
+    "inner",
+    "outer",
+    "on",
+    "and",
+    "or",
+    "not",
+    "group",
+    "by",
+    "order",
+    "having",
+    "as",
+    "case",
+    "when",
+    "then",
+    "else",
+    "end",
+    "with",
+    "union",
+    "all",
+    "distinct",
+    "in",
+    "is",
+    "null",
+    "between",
+    "like",
+    "limit",
+    "over",
+    "partition",
+    "exists",
+    "coalesce",
+    "sum",
+    "count",
+    "avg",
+    "min",
+    "max",
+    "cast",
+    "using",
+    "lateral",
+    "filter",
+    "interval",
+    "date",
+    "true",
+    "false",
+];
+
+/// The source SQL with keywords, strings and comments marked for colour, every
+/// piece escaped.
+fn highlight(sql: &str) -> Markup {
+    let mut parts: Vec<(Option<&str>, &str)> = Vec::new();
+    let mut rest = sql;
+    while !rest.is_empty() {
+        let (class, len) = if rest.starts_with("--") {
+            (Some("cm"), rest.find('\n').unwrap_or(rest.len()))
+        } else if rest.starts_with('\'') {
+            let close = rest
+                .char_indices()
+                .skip(1)
+                .find(|&(_, c)| c == '\'')
+                .map_or(rest.len(), |(i, _)| i + 1);
+            (Some("str"), close)
+        } else if rest.starts_with(|c: char| c.is_alphabetic() || c == '_') {
+            let len = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            let word = rest.get(..len).unwrap_or_default();
+            let kw = KEYWORDS.iter().any(|k| k.eq_ignore_ascii_case(word));
+            (kw.then_some("kw"), len)
+        } else {
+            let len = rest
+                .find(|c: char| c.is_alphabetic() || c == '_' || c == '\'' || c == '-')
+                .unwrap_or(rest.len())
+                .max(rest.chars().next().map_or(1, char::len_utf8));
+            (None, len)
+        };
+        let (piece, tail) = rest.split_at(len);
+        parts.push((class, piece));
+        rest = tail;
+    }
+    html! {
+        @for (class, piece) in parts {
+            @if let Some(class) = class { span class=(class) { (piece) } } @else { (piece) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::highlight;
+
+    #[test]
+    fn highlighting_escapes_and_keeps_every_character() {
+        let sql = "SELECT '<b>' AS x, a-1 -- </script>\nFROM t WHERE é = 'it''s'";
+        let html = highlight(sql).into_string();
+        assert!(
+            !html.contains("<b>") && !html.contains("</script>"),
+            "{html}"
+        );
+        let text = html
+            .replace(r#"<span class="kw">"#, "")
+            .replace(r#"<span class="str">"#, "")
+            .replace(r#"<span class="cm">"#, "")
+            .replace("</span>", "")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&#39;", "'")
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&");
+        assert_eq!(text, sql);
+        assert!(html.contains(r#"<span class="kw">SELECT</span>"#), "{html}");
+        assert!(
+            html.contains(r#"<span class="cm">-- &lt;/script&gt;</span>"#),
+            "{html}"
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! `backfill serve`: the console's JSON equals the ledger, its pages show the
+//! run and its batch grid, a brief's HTML shows as inert text, and a 100,000-batch
+//! run's grid stays a few thousand cells.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use backfill_coordinator::console;
+use backfill_coordinator::run::Finish;
+use backfill_shared::control::maintenance;
+use backfill_tests::{TestEnv, http_get};
+use serde_json::Value;
+
+/// Hostile text in every field of the demo brief a page shows.
+const HOSTILE: [(&str, &str); 5] = [
+    (
+        "reason = \"Refunds (l_returnflag = 'R') were never subtracted from net revenue.\"",
+        "reason = \"<script>alert('reason')</script> & refunds\"",
+    ),
+    ("owner = \"alice\"", "owner = \"<i>alice</i>\""),
+    (
+        "stakeholders = [\"finance\", \"growth\"]",
+        "stakeholders = [\"<u>finance</u>\"]",
+    ),
+    ("name = \"net revenue\"", "name = \"<svg onload=alert(1)>\""),
+    (
+        "plan = \"Before-images per batch in the run's image table restore every changed row.\"",
+        "plan = \"<img src=x onerror=alert(1)> restore the images\"",
+    ),
+];
+
+fn hostile(text: &str) -> String {
+    HOSTILE.iter().fold(text.to_owned(), |text, (from, to)| {
+        assert!(text.contains(from), "the demo brief no longer has {from}");
+        text.replace(from, to)
+    })
+}
+
+/// What no page may contain raw: markup from the brief.
+fn assert_inert(page: &str, what: &str) {
+    for raw in [
+        "<script>alert",
+        "<i>alice",
+        "<u>finance",
+        "<svg onload",
+        "<img src=x",
+    ] {
+        assert!(!page.contains(raw), "{what} renders {raw:?} as markup");
+    }
+}
+
+async fn json(addr: &str, path: &str) -> (u16, Value) {
+    let (status, body) = http_get(addr, path).await;
+    let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+    (status, value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_shows_a_run_as_the_ledger_has_it_and_its_brief_as_text() {
+    let env = TestEnv::new(0.01).await;
+    let text = hostile(&env.brief(6, 2).await).replacen(
+        "SELECT",
+        "-- </script><script>alert(1)</script>\nSELECT",
+        1,
+    );
+    let (run_id, brief, _) = env.record_run(&text).await;
+    let workers = env.workers(2).await;
+    assert_eq!(
+        env.drive_in_background(run_id).await.unwrap().unwrap(),
+        Finish::Applied
+    );
+    workers.stop().await;
+    let addr = console::serve(env.pool.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .to_string();
+
+    // /api/runs/{run}: the counts by state and the rows equal the ledger's, by
+    // whole id and by prefix.
+    let by_state: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, count(*) FROM backfill.batches WHERE run_id = $1 GROUP BY state",
+    )
+    .bind(run_id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let rows: (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT sum(rows_source)::bigint, sum(rows_inserted)::bigint, sum(rows_updated)::bigint,
+                    sum(rows_deleted)::bigint FROM backfill.batches WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let prefix = &run_id.simple().to_string()[..8];
+    for id in [run_id.to_string(), prefix.to_owned()] {
+        let (status, run) = json(&addr, &format!("/api/runs/{id}")).await;
+        assert_eq!(status, 200, "{run}");
+        assert_eq!(run["run_id"], run_id.to_string());
+        assert_eq!(run["state"], "applied");
+        let total: i64 = by_state.iter().map(|(_, n)| n).sum();
+        assert_eq!(run["batch_count"], total);
+        for state in ["pending", "queued", "running", "applied", "failed"] {
+            let n = by_state.iter().find(|(s, _)| s == state).map_or(0, |c| c.1);
+            assert_eq!(run["batches"][state], n, "{state}: {run}");
+        }
+        let r = &run["batches"]["rows"];
+        assert_eq!(
+            (r["source"].as_i64(), r["inserted"].as_i64()),
+            (Some(rows.0), Some(rows.1))
+        );
+        assert_eq!(
+            (r["updated"].as_i64(), r["deleted"].as_i64()),
+            (Some(rows.2), Some(rows.3))
+        );
+    }
+
+    // /api/runs: the run with its progress and rows written; a bad filter is a
+    // 400 that names the states; a filter that matches nothing is empty.
+    let (status, listed) = json(&addr, "/api/runs").await;
+    assert_eq!(status, 200);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1);
+    let written = rows.1 + rows.2 + rows.3;
+    assert_eq!(listed[0]["rows_written"], written);
+    assert_eq!(listed[0]["applied"], listed[0]["batches"]);
+    assert_eq!(listed[0]["risk"], "metric-changing");
+    let (status, err) = json(&addr, "/api/runs?state=bogus").await;
+    assert_eq!(status, 400);
+    assert!(err["error"].as_str().unwrap().contains("running"), "{err}");
+    let (_, none) = json(&addr, "/api/runs?state=cancelled").await;
+    assert_eq!(none, serde_json::json!([]));
+
+    // /api/maintenance: a target's marker, as backfill.maintenance has it (a
+    // merge run clears its own when applied: mark the target as a running one has it).
+    let mut conn = env.pool.acquire().await.unwrap();
+    maintenance::mark(&mut conn, &maintenance::Marker::of(&brief, run_id))
+        .await
+        .unwrap();
+    drop(conn);
+    let marked: Vec<(String, uuid::Uuid)> =
+        sqlx::query_as("SELECT target, run_id FROM backfill.maintenance ORDER BY target")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(marked.len(), 1);
+    let (status, under) = json(&addr, "/api/maintenance").await;
+    assert_eq!(status, 200);
+    let under = under.as_array().unwrap();
+    assert_eq!(under.len(), 1);
+    assert_eq!(under[0]["target"], marked[0].0);
+    assert_eq!(under[0]["run_id"], marked[0].1.to_string());
+    assert_eq!(under[0]["owner"], "<i>alice</i>");
+
+    // The runs page and the run page: the run, its grid one applied cell per
+    // batch, and the brief's markup as text.
+    let (status, page) = http_get(&addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains(&format!("/runs/{run_id}")), "{page}");
+    assert!(page.contains("under maintenance"));
+    assert_inert(&page, "the runs page");
+    let (status, page) = http_get(&addr, "/?state=halted&target=tpch.order_revenue").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("No run matches"), "{page}");
+    let (status, page) = http_get(&addr, &format!("/runs/{prefix}")).await;
+    assert_eq!(status, 200);
+    let batches = by_state.iter().map(|(_, n)| n).sum::<i64>();
+    assert_eq!(
+        page.matches("<i class=\"applied\"").count(),
+        usize::try_from(batches).unwrap(),
+        "{page}"
+    );
+    assert!(page.contains("&lt;script&gt;alert('reason')&lt;/script&gt; &amp; refunds"));
+    assert!(page.contains("-- &lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert_eq!(
+        page.matches("<script>").count(),
+        1,
+        "only the page's own refresh"
+    );
+    assert_inert(&page, "the run page");
+    let (status, live) = http_get(&addr, &format!("/runs/{run_id}/live")).await;
+    assert_eq!(status, 200);
+    assert!(live.contains("<div class=\"grid\""), "{live}");
+    assert!(!live.contains("<html"), "the live part is a fragment");
+
+    // The change note: the report's HTML, with its chart, inert too.
+    let (status, note) = http_get(&addr, &format!("/runs/{run_id}/note")).await;
+    assert_eq!(status, 200);
+    assert!(note.contains("<svg"), "{note}");
+    assert!(!note.contains("<script"), "the note runs no script");
+    assert_inert(&note, "the change note");
+
+    // Unknown runs and pages are 404s that say so; the probes and metrics answer.
+    let (status, page) = http_get(&addr, &format!("/runs/{}", uuid::Uuid::new_v4())).await;
+    assert_eq!(status, 404, "{page}");
+    let (status, err) = json(&addr, "/api/runs/ffffffff").await;
+    assert_eq!(status, 404);
+    assert!(err["error"].as_str().unwrap().contains("no run"), "{err}");
+    assert_eq!(http_get(&addr, "/nowhere").await.0, 404);
+    assert_eq!(http_get(&addr, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(http_get(&addr, "/ready").await.0, 200);
+    let (status, metrics) = http_get(&addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("backfill_console_runs"), "{metrics}");
+    env.cleanup().await;
+}
+
+/// A 100,000-batch run's grid is at most `GRID_CELLS` cells of 50 batches, in
+/// order, with the bounds of their first and last batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_runs_grid_shares_cells() {
+    let env = TestEnv::new(0.01).await;
+    let text = env.key_per_batch_brief(100_000).await;
+    let (run_id, ..) = env.record_run(&text).await;
+    sqlx::query(
+        "UPDATE backfill.batches SET state = 'applied' WHERE run_id = $1 AND batch_no < 30000",
+    )
+    .bind(run_id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let grid = backfill_shared::control::batches::grid(&env.pool, run_id, console::GRID_CELLS)
+        .await
+        .unwrap();
+    assert_eq!(grid.len(), 2_000);
+    assert!(grid.iter().all(|c| c.batches() == 50));
+    assert_eq!((grid[0].first, grid[0].last), (0, 49));
+    assert_eq!((grid[0].lo.as_str(), grid[0].hi.as_str()), ("1", "51"));
+    assert_eq!(grid[599].applied, 50);
+    assert_eq!(grid[600].pending, 50);
+    for pair in grid.windows(2) {
+        assert_eq!(pair[0].last + 1, pair[1].first);
+    }
+    let addr = console::serve(env.pool.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .to_string();
+    let (status, page) = http_get(&addr, &format!("/runs/{run_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(page.matches("<i class=\"applied\"").count(), 600);
+    assert_eq!(page.matches("<i class=\"pending\"").count(), 1_400);
+    assert!(page.contains("One cell per 50 batches"));
+    env.cleanup().await;
+}
+
+/// `backfill serve` prints where it listens and serves until stopped; on an
+/// address other machines reach, it warns first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_serve_listens_where_it_says_and_warns_when_exposed() {
+    use tokio::io::{AsyncBufReadExt as _, BufReader};
+    let env = TestEnv::new(0.01).await;
+    for (addr, warns) in [("127.0.0.1:0", false), ("0.0.0.0:0", true)] {
+        let mut child = tokio::process::Command::new(backfill_tests::bin("backfill"))
+            .args(["serve", "--addr", addr])
+            .envs(env.env())
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut warned = false;
+        let url = loop {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+                .await
+                .expect("backfill serve says where it listens")
+                .unwrap()
+                .expect("backfill serve exited early");
+            warned |= line.starts_with("warning: the console on");
+            if let Some(rest) = line.strip_prefix("console on http://") {
+                break rest.split('/').next().unwrap().to_owned();
+            }
+        };
+        assert_eq!(warned, warns, "{addr}");
+        let port = url.rsplit(':').next().unwrap();
+        let (status, page) = http_get(&format!("127.0.0.1:{port}"), "/").await;
+        assert_eq!(status, 200);
+        assert!(page.contains("No run matches"), "{page}");
+        child.kill().await.unwrap();
+    }
+    env.cleanup().await;
+}
