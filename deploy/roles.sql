@@ -7,6 +7,9 @@
 --   backfill_operator  runs, pauses, resumes, cancels, retries, validates, cuts over
 --   backfill_reviewer  validates, approves, accepts failed checks (as the reviewer a brief names)
 --   backfill_worker    applies batches: the ledger and the run log
+--   backfill_console   the login of `backfill serve`: acts for the person logged in to
+--                      the console (the database believes its backfill.acting_role,
+--                      migration 0013; nobody else's)
 --
 -- People log in as their own roles, members of these:
 --   CREATE ROLE alice LOGIN PASSWORD '...' IN ROLE backfill_operator;
@@ -34,6 +37,9 @@ BEGIN
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'backfill_worker') THEN
         CREATE ROLE backfill_worker NOLOGIN IN ROLE backfill_viewer;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'backfill_console') THEN
+        CREATE ROLE backfill_console NOLOGIN IN ROLE backfill_operator, backfill_reviewer;
     END IF;
 END
 $$;

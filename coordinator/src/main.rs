@@ -8,7 +8,6 @@ use backfill_coordinator::{
 };
 use backfill_shared::config::Config;
 use backfill_shared::control;
-use backfill_shared::run_gate::{self, Gates};
 use backfill_shared::services;
 use backfill_shared::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
@@ -251,6 +250,13 @@ enum Command {
         /// Where to listen; anything but loopback lets other machines read every run.
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: std::net::SocketAddr,
+        /// The header an authenticating proxy in front of the console sets to the
+        /// user's login (e.g. X-Forwarded-User); trusted only when given.
+        #[arg(long, value_name = "HEADER")]
+        auth_header: Option<String>,
+        /// Ask for a login to read too, not only to act.
+        #[arg(long)]
+        require_login: bool,
     },
     /// Print a shell completion script, e.g. `backfill completions bash > ~/.local/share/bash-completion/completions/backfill`.
     Completions { shell: clap_complete::Shell },
@@ -556,12 +562,39 @@ async fn command_with(
             eprintln!("{n} failed batch(es) pending again");
             drive_to_end(config, &pool, run, metrics_addr, out).await
         }
-        Command::Serve { addr } => {
+        Command::Serve {
+            addr,
+            auth_header,
+            require_login,
+        } => {
+            use backfill_coordinator::console::{self, Auth};
+            let header = auth_header
+                .map(|h| {
+                    axum::http::HeaderName::try_from(h.trim()).map_err(|_| {
+                        CliError::BadInput(format!(
+                            "--auth-header {h:?} is not a header name (e.g. X-Forwarded-User)"
+                        ))
+                    })
+                })
+                .transpose()?;
+            let tokens =
+                Auth::parse_tokens(&std::env::var("BACKFILL_CONSOLE_TOKENS").unwrap_or_default())
+                    .map_err(CliError::BadInput)?;
+            let auth = Auth {
+                header,
+                tokens,
+                require_login,
+            };
+            if auth.require_login && !auth.is_set() {
+                return Err(CliError::BadInput(
+                    "--require-login needs a way to log in: --auth-header behind an authenticating proxy, or BACKFILL_CONSOLE_TOKENS".into(),
+                ));
+            }
             let pool = control_plane(config, 8).await?;
-            if let Some(warning) = backfill_coordinator::console::exposure_warning(addr) {
+            if let Some(warning) = console::exposure_warning(addr, &auth) {
                 eprintln!("warning: {warning}");
             }
-            let bound = backfill_coordinator::console::serve(pool, addr).await?;
+            let bound = console::serve(pool, config.clone(), addr, auth).await?;
             eprintln!("console on http://{bound}/ (Ctrl-C stops it)");
             tokio::signal::ctrl_c()
                 .await
@@ -971,11 +1004,7 @@ async fn drive_options(
 /// Tells workers of a run's new state through Redis at once. Only warns when
 /// Redis is away: the state is recorded, and workers read it within seconds.
 async fn tell_workers(config: &Config, pool: &sqlx::PgPool, run: Uuid) {
-    let gates = services::redis(config)
-        .await
-        .ok()
-        .map(|conn| Gates::new(conn, &config.namespace));
-    if let Some(warning) = run_gate::publish_or_warn(gates.as_ref(), pool, run).await {
+    if let Some(warning) = run::tell_workers(config, pool, run).await {
         eprintln!("warning: {warning}");
     }
 }

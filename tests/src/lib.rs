@@ -553,14 +553,36 @@ fn replace_database(url: &str, database: &str) -> String {
 /// `GET path` from the HTTP endpoint at `addr` (host:port): the status and the
 /// body, read to the end of a closed connection.
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http(addr, "GET", path, &[], "").await
+}
+
+/// A request to the HTTP endpoint at `addr` with `headers` and a form `body`
+/// (sent as `application/x-www-form-urlencoded` when not empty): the status,
+/// and the body read to the end of a closed connection.
+pub async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    use std::fmt::Write as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        let _ = write!(request, "{name}: {value}\r\n");
+    }
+    if !body.is_empty() || method == "POST" {
+        let _ = write!(
+            request,
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let status = response

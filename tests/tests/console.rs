@@ -10,6 +10,19 @@ use backfill_shared::control::maintenance;
 use backfill_tests::{TestEnv, http_get};
 use serde_json::Value;
 
+/// The console on a free port of loopback, with `auth`.
+async fn serve(env: &TestEnv, auth: console::Auth) -> String {
+    console::serve(
+        env.pool.clone(),
+        env.config.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        auth,
+    )
+    .await
+    .unwrap()
+    .to_string()
+}
+
 /// Hostile text in every field of the demo brief a page shows.
 const HOSTILE: [(&str, &str); 5] = [
     (
@@ -69,10 +82,7 @@ async fn the_console_shows_a_run_as_the_ledger_has_it_and_its_brief_as_text() {
         Finish::Applied
     );
     workers.stop().await;
-    let addr = console::serve(env.pool.clone(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-        .to_string();
+    let addr = serve(&env, console::Auth::default()).await;
 
     // /api/runs/{run}: the counts by state and the rows equal the ledger's, by
     // whole id and by prefix.
@@ -230,10 +240,7 @@ async fn a_large_runs_grid_shares_cells() {
     for pair in grid.windows(2) {
         assert_eq!(pair[0].last + 1, pair[1].first);
     }
-    let addr = console::serve(env.pool.clone(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-        .to_string();
+    let addr = serve(&env, console::Auth::default()).await;
     let (status, page) = http_get(&addr, &format!("/runs/{run_id}")).await;
     assert_eq!(status, 200);
     assert_eq!(page.matches("<i class=\"applied\"").count(), 600);
@@ -277,5 +284,286 @@ async fn backfill_serve_listens_where_it_says_and_warns_when_exposed() {
         assert!(page.contains("No run matches"), "{page}");
         child.kill().await.unwrap();
     }
+    env.cleanup().await;
+}
+
+const TOKENS: &str = "alice:alice-token-0123456789,bob:bob-token-0123456789abc,\
+carol:carol-token-0123456789,mallory:mallory-token-0123456789";
+
+fn bearer(who: &str) -> String {
+    let token = TOKENS
+        .split(',')
+        .find_map(|p| p.strip_prefix(&format!("{who}:")))
+        .unwrap();
+    format!("Bearer {token}")
+}
+
+/// The CSRF token of the forms on a page.
+fn csrf(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    page[at..at + page[at..].find('"').unwrap()].to_owned()
+}
+
+struct Console<'a> {
+    addr: String,
+    env: &'a TestEnv,
+    run_id: uuid::Uuid,
+}
+
+impl Console<'_> {
+    /// The CSRF token `who`'s forms on the run's page carry.
+    async fn csrf_of(&self, who: &str) -> String {
+        let auth = bearer(who);
+        let (status, page) = backfill_tests::http(
+            &self.addr,
+            "GET",
+            &format!("/runs/{}", self.run_id),
+            &[("Authorization", &auth)],
+            "",
+        )
+        .await;
+        assert_eq!(status, 200);
+        csrf(&page)
+    }
+
+    /// `POST`s the action as `who` (no login when `None`) with `csrf`.
+    async fn act(
+        &self,
+        who: Option<&str>,
+        action: &str,
+        csrf: &str,
+        reason: &str,
+    ) -> (u16, String) {
+        let auth = who.map(bearer);
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        backfill_tests::http(
+            &self.addr,
+            "POST",
+            &format!("/runs/{}/actions/{action}", self.run_id),
+            &headers,
+            &format!("csrf={csrf}&reason={reason}"),
+        )
+        .await
+    }
+
+    async fn state(&self) -> String {
+        sqlx::query_scalar("SELECT state FROM backfill.runs WHERE run_id = $1")
+            .bind(self.run_id)
+            .fetch_one(&self.env.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn logged(&self, event: &str) -> Vec<(String, String)> {
+        sqlx::query_as(
+            "SELECT actor, session_role::text FROM backfill.run_log WHERE run_id = $1 AND event = $2 ORDER BY id",
+        )
+        .bind(self.run_id)
+        .bind(event)
+        .fetch_all(&self.env.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Refused with 403, the run still in `state`, nothing logged as `event`.
+    async fn refused(&self, (status, page): (u16, String), state: &str, event: &str, says: &str) {
+        assert_eq!(status, 403, "{page}");
+        assert!(page.contains(says), "{says:?} not in {page}");
+        assert_eq!(self.state().await, state);
+        assert!(self.logged(event).await.is_empty(), "{event} was logged");
+    }
+}
+
+/// Every action is taken for the person allowed it, as that person in the
+/// database and the run log, and refused with 403 (nothing changed, nothing
+/// logged) without a login, with a forged CSRF token, for a login nobody in
+/// `backfill.people`, for someone neither owner nor reviewer, and for the owner
+/// approving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn actions_are_taken_for_the_people_allowed_them_and_refused_for_others() {
+    let env = TestEnv::new(0.01).await;
+    for who in ["alice", "carol"] {
+        backfill_shared::control::people::put(
+            &env.pool,
+            &backfill_shared::control::people::Person {
+                name: who.into(),
+                role: format!("{who}_role"),
+                email: None,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let bob_role: String = sqlx::query_scalar("SELECT session_user::text")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let (run_id, ..) = env.record_run(&env.brief(6, 2).await).await;
+    let auth = console::Auth {
+        tokens: console::Auth::parse_tokens(TOKENS).unwrap(),
+        ..console::Auth::default()
+    };
+    let c = Console {
+        addr: serve(&env, auth).await,
+        env: &env,
+        run_id,
+    };
+    assert_eq!(c.state().await, "running");
+
+    // Pausing: anyone in backfill.people, with their own CSRF token.
+    let carol = c.csrf_of("carol").await;
+    let mallory = c.csrf_of("mallory").await;
+    c.refused(
+        c.act(None, "pause", &carol, "").await,
+        "running",
+        "run_paused",
+        "log in first",
+    )
+    .await;
+    c.refused(
+        c.act(Some("alice"), "pause", &carol, "").await,
+        "running",
+        "run_paused",
+        "CSRF",
+    )
+    .await;
+    c.refused(
+        c.act(Some("mallory"), "pause", &mallory, "").await,
+        "running",
+        "run_paused",
+        "nobody in backfill.people",
+    )
+    .await;
+    let (status, page) = c.act(Some("carol"), "pause", &carol, "").await;
+    assert_eq!(status, 303, "{page}");
+    assert_eq!(c.state().await, "paused");
+    assert_eq!(
+        c.logged("run_paused").await,
+        [("carol".into(), "carol_role".into())]
+    );
+
+    // Resuming is the owner's or the reviewer's; the console then drives the run.
+    c.refused(
+        c.act(Some("carol"), "resume", &carol, "").await,
+        "paused",
+        "run_running",
+        "only the run's owner (alice) or reviewer (bob)",
+    )
+    .await;
+    let alice = c.csrf_of("alice").await;
+    let (status, page) = c.act(Some("alice"), "resume", &alice, "").await;
+    assert_eq!(status, 303, "{page}");
+    let workers = env.workers(2).await;
+    let applied = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while c.state().await != "applied" {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    workers.stop().await;
+    assert!(
+        applied.is_ok(),
+        "the console's drive applies the run: {}",
+        c.state().await
+    );
+    backfill_coordinator::validate::validate(&env.pool, run_id)
+        .await
+        .unwrap();
+
+    // Approving is the reviewer's, never the owner's; the database sees bob's role.
+    c.refused(
+        c.act(Some("alice"), "approve", &alice, "").await,
+        "applied",
+        "run_approved",
+        "alice owns this run and cannot approve it",
+    )
+    .await;
+    let approved_by: Option<String> =
+        sqlx::query_scalar("SELECT approved_by FROM backfill.runs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(approved_by, None);
+    let bob = c.csrf_of("bob").await;
+    let (status, page) = c.act(Some("bob"), "approve", &bob, "").await;
+    assert_eq!(status, 303, "{page}");
+    assert_eq!(c.state().await, "approved");
+    let approvals: Vec<(String, String)> = sqlx::query_as(
+        "SELECT actor, session_role::text FROM backfill.run_log WHERE run_id = $1 AND event LIKE '%approved%'",
+    )
+    .bind(run_id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(approvals, [("bob".to_owned(), bob_role)]);
+
+    // A second approval is the state's to refuse: 409, with the reason.
+    let (status, page) = c.act(Some("bob"), "approve", &bob, "").await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("already approved"), "{page}");
+
+    // Cutover, by the owner; the run page then offers bob only a rollback.
+    let (status, page) = c.act(Some("alice"), "cutover", &alice, "").await;
+    assert_eq!(status, 303, "{page}");
+    assert_eq!(c.state().await, "cut_over");
+    let (_, page) = backfill_tests::http(
+        &c.addr,
+        "GET",
+        &format!("/runs/{run_id}"),
+        &[("Authorization", &bearer("bob"))],
+        "",
+    )
+    .await;
+    assert!(page.contains("signed in as bob"), "{page}");
+    assert!(page.contains("/actions/rollback"));
+    assert!(!page.contains("/actions/approve") && !page.contains("/actions/pause"));
+    env.cleanup().await;
+}
+
+/// The login page sets a cookie that logs the browser in; a wrong token is
+/// refused; `--require-login` keeps pages and the API from anyone without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_in_with_a_token_and_requiring_a_login() {
+    let env = TestEnv::new(0.01).await;
+    let addr = serve(
+        &env,
+        console::Auth {
+            tokens: console::Auth::parse_tokens(TOKENS).unwrap(),
+            require_login: true,
+            ..console::Auth::default()
+        },
+    )
+    .await;
+    assert_eq!(http_get(&addr, "/").await.0, 303);
+    let (status, body) = http_get(&addr, "/api/runs").await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(http_get(&addr, "/healthz").await.0, 200);
+    let (status, page) = http_get(&addr, "/login").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("name=\"token\""));
+    let (status, page) =
+        backfill_tests::http(&addr, "POST", "/login", &[], "token=not-a-token-0123456789").await;
+    assert_eq!(status, 403, "{page}");
+    let (status, _) =
+        backfill_tests::http(&addr, "POST", "/login", &[], "token=carol-token-0123456789").await;
+    assert_eq!(status, 303);
+    let cookie = "backfill_console_token=carol-token-0123456789";
+    let (status, page) = backfill_tests::http(&addr, "GET", "/", &[("Cookie", cookie)], "").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("signed in as carol"), "{page}");
+    let (status, _) = backfill_tests::http(
+        &addr,
+        "GET",
+        "/api/runs",
+        &[("Authorization", &bearer("bob"))],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
     env.cleanup().await;
 }

@@ -12,11 +12,10 @@ use backfill_coordinator::run::Finish;
 use backfill_coordinator::validate;
 use backfill_shared::control::runs::{self, RunState};
 use backfill_tests::{TestEnv, ship_revenue};
-use sqlx::PgPool;
 use std::time::Duration;
 
 /// A direct approval past the CLI, as `pool`'s role.
-async fn approve_by_sql(pool: &PgPool, run_id: uuid::Uuid) -> sqlx::Error {
+async fn approve_by_sql<'e>(pool: impl sqlx::PgExecutor<'e>, run_id: uuid::Uuid) -> sqlx::Error {
     sqlx::query(
         "UPDATE backfill.runs SET state = 'approved', approved_by = 'bob', approved_at = now(),
                 approved_validation = (SELECT max(id) FROM backfill.validation_runs WHERE run_id = $1)
@@ -51,10 +50,12 @@ async fn each_role_does_what_it_should_and_nothing_else() {
             ("bob", "backfill_reviewer", true),
             ("vera", "backfill_viewer", false),
             ("walt", "backfill_worker", false),
+            ("cora", "backfill_console", false),
         ])
         .await;
     let login = |who: &str| logins.role(who);
-    let [alice, bob, vera, walt] = ["alice", "bob", "vera", "walt"].map(|w| logins.pool(w));
+    let [alice, bob, vera, walt, cora] =
+        ["alice", "bob", "vera", "walt", "cora"].map(|w| logins.pool(w));
 
     // The owner cannot approve: not naming the reviewer, not past the CLI.
     let err = approve::approve(alice, run_id, Some("bob"))
@@ -88,6 +89,39 @@ async fn each_role_does_what_it_should_and_nothing_else() {
         "{err}"
     );
     assert!(denied(&approve_by_sql(walt, run_id).await));
+
+    // Only the console's login acts for someone else: the owner naming the
+    // reviewer's role in backfill.acting_role is still the owner; the console
+    // acting for the owner cannot approve either.
+    for (pool, acts_for, believed) in [
+        (alice, "bob", false),
+        (cora, "bob", true),
+        (cora, "alice", true),
+    ] {
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("SELECT set_config('backfill.acting_role', $1, false)")
+            .bind(login(acts_for))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let acting: String = sqlx::query_scalar("SELECT backfill.acting_role()::text")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let me: String = sqlx::query_scalar("SELECT session_user::text")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(acting, if believed { login(acts_for) } else { me });
+        if acts_for == "alice" || !believed {
+            let err = approve_by_sql(&mut *conn, run_id).await;
+            assert!(denied(&err), "{err}");
+        }
+        sqlx::query("RESET backfill.acting_role")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
 
     // A viewer reads, and cannot pause, approve or cut over.
     assert_eq!(runs::state(vera, run_id).await.unwrap(), RunState::Applied);

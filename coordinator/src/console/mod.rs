@@ -11,14 +11,21 @@
 //! - `/api/runs`, `/api/runs/{run}` (what `status --json` prints), `/api/maintenance`.
 //! - `/healthz`, `/ready`, `/metrics`, as the other binaries serve them.
 //!
+//! - `/login`, `/logout`; `POST /runs/{run}/actions/{action}`: pause, resume
+//!   (accepting a halted run's breaches with a reason), cancel, retry, approve,
+//!   promote, cutover, rollback, for people who may take them (`actions`).
+//!
 //! Every value from a brief or the ledger is HTML-escaped by the templates.
 
 use crate::{CliError, Result, list, report, status};
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, middleware};
+use backfill_shared::config::Config;
+use backfill_shared::control::people::{self, Person};
 use backfill_shared::control::{ControlError, batches, log, maintenance, runs, validations};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -30,7 +37,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
+mod actions;
+mod auth;
 mod pages;
+
+use actions::Action;
+pub use auth::Auth;
+use auth::Csrf;
 
 /// Most cells a run's batch grid shows; more batches share a cell.
 pub const GRID_CELLS: u32 = 2_000;
@@ -41,10 +54,14 @@ const GAUGE_PERIOD: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 struct App {
     pool: PgPool,
+    config: Config,
+    auth: Arc<Auth>,
+    csrf: Arc<Csrf>,
 }
 
-/// The console's routes over `pool`, with the metrics and probes.
-pub fn router(pool: PgPool) -> Router {
+/// The console's routes over `pool`, with the metrics and probes; `config`
+/// reaches the broker and Redis for the actions that need them.
+pub fn router(pool: PgPool, config: Config, auth: Auth) -> Router {
     let gauges = Gauges::default();
     let mut registry = Registry::default();
     gauges.register(&mut registry);
@@ -54,37 +71,63 @@ pub fn router(pool: PgPool) -> Router {
         let pool = ready_pool.clone();
         Box::pin(async move { sqlx::query("SELECT 1").execute(&pool).await.is_ok() })
     });
-    Router::new()
+    let app = App {
+        pool,
+        config,
+        auth: Arc::new(auth),
+        csrf: Arc::new(Csrf::new()),
+    };
+    let guarded = Router::new()
         .route("/", get(runs_page))
         .route("/runs/{run}", get(run_page))
         .route("/runs/{run}/live", get(live_part))
         .route("/runs/{run}/note", get(change_note))
+        .route("/runs/{run}/actions/{action}", post(act))
         .route("/api/runs", get(api_runs))
         .route("/api/runs/{run}", get(api_run))
         .route("/api/maintenance", get(api_maintenance))
-        .with_state(App { pool })
+        .route_layer(middleware::from_fn_with_state(app.clone(), gate));
+    Router::new()
+        .merge(guarded)
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .with_state(app)
         .merge(backfill_shared::metrics::router(Arc::new(registry), ready))
         .fallback(|| async { Failure::not_found("no such page: the runs are at /".into()) })
 }
 
 /// Binds `addr` and serves the console until the process ends; returns the
 /// bound address (useful with port 0).
-pub async fn serve(pool: PgPool, addr: SocketAddr) -> Result<SocketAddr> {
+pub async fn serve(
+    pool: PgPool,
+    config: Config,
+    addr: SocketAddr,
+    auth: Auth,
+) -> Result<SocketAddr> {
     let (listener, bound) = backfill_shared::metrics::bind(addr)
         .await
         .map_err(|e| CliError::BadInput(e.to_string()))?;
-    backfill_shared::metrics::spawn(listener, router(pool));
+    backfill_shared::metrics::spawn(listener, router(pool, config, auth));
     Ok(bound)
 }
 
 /// What `backfill serve` warns of before it serves on `addr`, if anything.
 #[must_use]
-pub fn exposure_warning(addr: SocketAddr) -> Option<String> {
-    (!addr.ip().is_loopback()).then(|| {
+pub fn exposure_warning(addr: SocketAddr, auth: &Auth) -> Option<String> {
+    if addr.ip().is_loopback() {
+        return None;
+    }
+    if !auth.is_set() {
+        return Some(format!(
+            "the console on {addr} is reachable from other machines with no way to log in: anyone \
+             who reaches it can read every run's brief and ledger, and nobody can act; set \
+             --auth-header behind an authenticating proxy, or BACKFILL_CONSOLE_TOKENS"
+        ));
+    }
+    (!auth.require_login).then(|| {
         format!(
-            "the console on {addr} is reachable from other machines, and anyone who reaches it \
-             can read every run's brief and ledger; bind 127.0.0.1 or put it behind an \
-             authenticating proxy"
+            "the console on {addr} is reachable from other machines and shows every run to anyone \
+             who reaches it; --require-login asks for a login to read too"
         )
     })
 }
@@ -187,6 +230,13 @@ impl Failure {
         }
     }
 
+    fn forbidden(message: String) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            message,
+        }
+    }
+
     /// The same failure as JSON, for the API.
     fn json(self) -> Response {
         (
@@ -267,11 +317,15 @@ impl Filter {
 
 async fn runs_page(
     State(app): State<App>,
+    headers: HeaderMap,
     Query(filter): Query<Filter>,
 ) -> Result<Html<String>, Failure> {
+    let viewer = app.viewer(&headers).await?;
     let rows = list::list(&app.pool, &filter.parse()?).await?;
     let under = maintenance::current(&app.pool).await?;
-    Ok(Html(pages::runs(&rows, &under, &filter).into_string()))
+    Ok(Html(
+        pages::runs(&viewer, &rows, &under, &filter).into_string(),
+    ))
 }
 
 async fn api_runs(
@@ -317,11 +371,13 @@ async fn run_view(pool: &PgPool, run_id: Uuid) -> Result<RunView, Failure> {
 
 async fn run_page(
     State(app): State<App>,
+    headers: HeaderMap,
     Path(run): Path<String>,
 ) -> Result<Html<String>, Failure> {
+    let viewer = app.viewer(&headers).await?;
     let run_id = resolve(&app.pool, &run).await?;
     let view = run_view(&app.pool, run_id).await?;
-    Ok(Html(pages::run(&view).into_string()))
+    Ok(Html(pages::run(&viewer, &view).into_string()))
 }
 
 async fn live_part(State(app): State<App>, Path(run): Path<String>) -> Result<Response, Failure> {
@@ -377,4 +433,194 @@ async fn api_maintenance(State(app): State<App>) -> Result<axum::Json<Vec<Mainte
         });
     }
     Ok(axum::Json(out))
+}
+
+/// Who is looking at a page: their login, the person it maps to, and the CSRF
+/// token their forms carry.
+#[derive(Debug, Default)]
+struct Viewer {
+    /// Whether the console has any way to log in.
+    can_log_in: bool,
+    login: Option<String>,
+    person: Option<Person>,
+    csrf: String,
+}
+
+impl App {
+    async fn viewer(&self, headers: &HeaderMap) -> Result<Viewer, Failure> {
+        let login = self.auth.login(headers);
+        let person = match &login {
+            Some(login) => people::by_login(&self.pool, login).await?,
+            None => None,
+        };
+        Ok(Viewer {
+            can_log_in: self.auth.is_set(),
+            csrf: login
+                .as_deref()
+                .map(|l| self.csrf.token(l))
+                .unwrap_or_default(),
+            login,
+            person,
+        })
+    }
+}
+
+/// With `--require-login`, pages and the API need a login: a page sends the
+/// browser to `/login`, the API answers 401.
+async fn gate(
+    State(app): State<App>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    if !app.auth.require_login || app.auth.login(request.headers()).is_some() {
+        return next.run(request).await;
+    }
+    if request.uri().path().starts_with("/api/") {
+        return Failure {
+            status: StatusCode::UNAUTHORIZED,
+            message: "log in first: send Authorization: Bearer TOKEN (BACKFILL_CONSOLE_TOKENS), \
+                      or come through the authenticating proxy"
+                .into(),
+        }
+        .json();
+    }
+    Redirect::to("/login").into_response()
+}
+
+async fn login_page(State(app): State<App>, headers: HeaderMap) -> Result<Html<String>, Failure> {
+    let viewer = app.viewer(&headers).await?;
+    Ok(Html(
+        pages::login(&viewer, !app.auth.tokens.is_empty(), None).into_string(),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(State(app): State<App>, Form(form): Form<LoginForm>) -> Response {
+    match app.auth.token_login(form.token.trim()) {
+        Some(_) => (
+            [(
+                header::SET_COOKIE,
+                format!(
+                    "{}={}; Path=/; HttpOnly; SameSite=Strict",
+                    auth::COOKIE,
+                    form.token.trim()
+                ),
+            )],
+            Redirect::to("/"),
+        )
+            .into_response(),
+        None => (
+            StatusCode::FORBIDDEN,
+            Html(
+                pages::login(
+                    &Viewer::default(),
+                    !app.auth.tokens.is_empty(),
+                    Some("That token is nobody's: ask for yours to be in BACKFILL_CONSOLE_TOKENS."),
+                )
+                .into_string(),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+/// Clears the login cookie; the form carries the login's CSRF token, so no
+/// other site can log a person out.
+async fn logout(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    if let Some(login) = app.auth.login(&headers)
+        && !app.csrf.verify(&login, &form.csrf)
+    {
+        return Failure::forbidden("the form's CSRF token is not this login's".into())
+            .into_response();
+    }
+    (
+        [(
+            header::SET_COOKIE,
+            format!(
+                "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+                auth::COOKIE
+            ),
+        )],
+        Redirect::to("/"),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct ActionForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /runs/{run}/actions/{action}`: refused with 403 (nothing changed) for
+/// no login, a CSRF token not the login's, someone not in `backfill.people` or
+/// not allowed the action; 409 with the reason when the run's state refuses it;
+/// otherwise done, and back to the run's page.
+async fn act(
+    State(app): State<App>,
+    Path((run, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, Failure> {
+    let Some(login) = app.auth.login(&headers) else {
+        return Err(Failure::forbidden(if app.auth.is_set() {
+            "log in first (/login) to act on a run".into()
+        } else {
+            "this console has no way to log in, so nobody can act from it; start it with \
+             --auth-header or BACKFILL_CONSOLE_TOKENS, or use the CLI"
+                .into()
+        }));
+    };
+    if !app.csrf.verify(&login, &form.csrf) {
+        return Err(Failure::forbidden(
+            "the form's CSRF token is not this login's (an old page, or a form from another site); \
+             reload the run's page and try again"
+                .into(),
+        ));
+    }
+    let action = Action::parse(&action)
+        .ok_or_else(|| Failure::not_found(format!("no action {action:?}")))?;
+    let run_id = resolve(&app.pool, &run).await?;
+    let person = people::by_login(&app.pool, &login).await?.ok_or_else(|| {
+        Failure::forbidden(format!(
+            "login {login} is nobody in backfill.people; an administrator maps it: \
+             `backfill people add NAME --role ROLE --email {login}`"
+        ))
+    })?;
+    let brief = runs::load(&app.pool, run_id).await?.brief;
+    if let Some(why) = action.refusal(&person, &brief) {
+        return Err(Failure::forbidden(why));
+    }
+    let reason = Some(form.reason.trim()).filter(|r| !r.is_empty());
+    let acting = actions::acting_for(&app.pool, &person.role)
+        .await
+        .map_err(Failure::forbidden)?;
+    let taken = actions::take(
+        action,
+        &acting,
+        (&app.pool, &app.config),
+        run_id,
+        &person,
+        reason,
+    )
+    .await;
+    acting.close().await;
+    match taken {
+        Ok(()) => Ok(Redirect::to(&format!("/runs/{run_id}")).into_response()),
+        Err(CliError::BadInput(message)) => Err(Failure {
+            status: StatusCode::CONFLICT,
+            message,
+        }),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -1,7 +1,8 @@
 //! The console's pages, as `maud` templates: every interpolated value is
 //! HTML-escaped, so a brief's text shows as text whatever it holds.
 
-use super::{Filter, RunView};
+use super::actions::Action;
+use super::{Filter, RunView, Viewer};
 use crate::status::Status;
 use axum::http::StatusCode;
 use backfill_shared::control::batches::Cell;
@@ -25,6 +26,8 @@ pre{background:#f6f8fa;padding:.6rem;overflow-x:auto;white-space:pre-wrap;word-b
 .grid i.failed{background:#cf222e}.grid i.rolled_back{background:#8250df}\
 .legend i{display:inline-block;width:10px;height:10px;margin:0 .2rem 0 .8rem}.fail{color:#b42318;font-weight:600}\
 dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dt{color:#57606a}dd{margin:0}\
+.who{float:right}.who form{display:inline}.who button{background:none;border:0;color:#fff;text-decoration:underline;cursor:pointer}\
+form.act{display:inline-block;margin:0 .6rem .6rem 0}form.act input[name=reason]{width:22rem}\
 form.filter{display:flex;gap:.6rem;align-items:end;flex-wrap:wrap}form.filter label{display:flex;flex-direction:column;font-size:.85em}";
 
 /// Re-fetches the live part of a run's page every few seconds while the run can
@@ -34,7 +37,7 @@ setInterval(function(){fetch(location.pathname.replace(/\\/$/,'')+'/live',{cache
 .then(function(r){return r.ok?r.text():null}).then(function(t){if(t!==null)el.innerHTML=t})\
 .catch(function(){})},3000)})();";
 
-fn layout(title: &str, body: &Markup) -> Markup {
+fn layout(title: &str, viewer: Option<&Viewer>, body: &Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -45,7 +48,10 @@ fn layout(title: &str, body: &Markup) -> Markup {
                 style { (PreEscaped(CSS)) }
             }
             body {
-                header { a href="/" { "Backfill" } " · runs and the tables under maintenance" }
+                header {
+                    a href="/" { "Backfill" } " · runs and the tables under maintenance"
+                    @if let Some(v) = viewer { span.who { (who(v)) } }
+                }
                 main { (body) }
             }
         }
@@ -55,6 +61,7 @@ fn layout(title: &str, body: &Markup) -> Markup {
 pub(super) fn failure(status: StatusCode, message: &str) -> Markup {
     layout(
         status.canonical_reason().unwrap_or("Error"),
+        None,
         &html! {
             h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
             p { (message) }
@@ -108,6 +115,7 @@ fn maintenance_banner(under: &[maintenance::Current]) -> Markup {
 }
 
 pub(super) fn runs(
+    viewer: &Viewer,
     rows: &[crate::list::Row],
     under: &[maintenance::Current],
     filter: &Filter,
@@ -156,10 +164,10 @@ pub(super) fn runs(
             }
         }
     };
-    layout("Runs", &body)
+    layout("Runs", Some(viewer), &body)
 }
 
-pub(super) fn run(view: &RunView) -> Markup {
+pub(super) fn run(viewer: &Viewer, view: &RunView) -> Markup {
     let run = &view.run;
     let brief = &run.brief;
     let s = &view.status;
@@ -190,6 +198,8 @@ pub(super) fn run(view: &RunView) -> Markup {
             dt { "Started" } dd { (when(run.created_at)) " by " (run.operator) " (" (run.code_version) ")" }
         }
         div #live { (live(s, &view.grid)) }
+        h2 { "Actions" }
+        (actions(viewer, view))
         h2 { "Validation" }
         @if view.checks.is_empty() {
             p { "Not validated yet." }
@@ -218,7 +228,74 @@ pub(super) fn run(view: &RunView) -> Markup {
         }
         @if changing { script { (PreEscaped(LIVE_SCRIPT)) } }
     };
-    layout(&brief.meta.name, &body)
+    layout(&brief.meta.name, Some(viewer), &body)
+}
+
+/// Who is signed in, with a way out; or a way in.
+fn who(v: &Viewer) -> Markup {
+    html! {
+        @if let Some(login) = &v.login {
+            "signed in as " (login)
+            @if let Some(p) = &v.person { @if p.name != *login { " (" (p.name) ")" } }
+            " "
+            form method="post" action="/logout" {
+                input type="hidden" name="csrf" value=(v.csrf);
+                button type="submit" { "log out" }
+            }
+        } @else if v.can_log_in {
+            a href="/login" { "log in" }
+        }
+    }
+}
+
+/// The actions the viewer may take on the run in its state, each a form that
+/// posts with their CSRF token.
+fn actions(viewer: &Viewer, view: &RunView) -> Markup {
+    let state = view.run.state;
+    let fitting: Vec<Action> = Action::ALL.into_iter().filter(|a| a.fits(state)).collect();
+    html! {
+        @if fitting.is_empty() {
+            p { "Nothing to do in state " (state.as_str()) "." }
+        } @else if let Some(person) = &viewer.person {
+            @let allowed: Vec<&Action> = fitting.iter().filter(|a| a.refusal(person, &view.run.brief).is_none()).collect();
+            @if allowed.is_empty() {
+                p { (person.name) " may not act on this run in state " (state.as_str()) "." }
+            }
+            @for action in allowed {
+                form.act method="post" action=(format!("/runs/{}/actions/{}", view.run.run_id, action.as_str())) {
+                    input type="hidden" name="csrf" value=(viewer.csrf);
+                    @if action.wants_reason(state) {
+                        input name="reason" required placeholder="why the breach is acceptable (recorded with your name)";
+                    }
+                    button type="submit" { (action.as_str()) }
+                }
+            }
+        } @else if let Some(login) = &viewer.login {
+            p { "Login " (login) " is nobody in backfill.people, so it cannot act." }
+        } @else if viewer.can_log_in {
+            p { a href="/login" { "Log in" } " to act on this run." }
+        } @else {
+            p { "This console has no login; act with the CLI." }
+        }
+    }
+}
+
+pub(super) fn login(viewer: &Viewer, tokens: bool, error: Option<&str>) -> Markup {
+    let body = html! {
+        h1 { "Log in" }
+        @if let Some(error) = error { p.fail { (error) } }
+        @if let Some(login) = &viewer.login {
+            p { "You are signed in as " (login) "." }
+        } @else if tokens {
+            form method="post" action="/login" {
+                label { "Your console token " input type="password" name="token" required autocomplete="current-password"; }
+                " " button type="submit" { "Log in" }
+            }
+        } @else {
+            p { "This console takes no tokens: it knows you from the authenticating proxy in front of it, or not at all." }
+        }
+    };
+    layout("Log in", Some(viewer), &body)
 }
 
 /// The part of a run's page that changes while it runs.

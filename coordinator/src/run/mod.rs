@@ -86,6 +86,16 @@ pub async fn drop_events_queue(config: &Config, pool: &PgPool, run_id: Uuid) -> 
     Ok(())
 }
 
+/// Tells workers of a run's new state through Redis at once. Returns a warning
+/// when Redis is away: the state is recorded, and workers read it within seconds.
+pub async fn tell_workers(config: &Config, pool: &PgPool, run_id: Uuid) -> Option<String> {
+    let gates = services::redis(config)
+        .await
+        .ok()
+        .map(|conn| Gates::new(conn, &config.namespace));
+    run_gate::publish_or_warn(gates.as_ref(), pool, run_id).await
+}
+
 /// Whether a coordinator drives the run now (holds its driver lock).
 pub async fn is_driven(pool: &PgPool, run_id: Uuid) -> Result<bool> {
     DriverLock::is_held(pool, run_id).await

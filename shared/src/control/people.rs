@@ -37,12 +37,14 @@ impl Session {
     }
 }
 
-/// The session user of a connection of `pool`, and who that is.
+/// The role a connection of `pool` acts as (its session user, or the person a
+/// console acts for: `backfill.acting_role()`, migration 0013), and who that is.
 pub async fn whoami(pool: &PgPool) -> Result<Session> {
     let (role, person): (String, Option<sqlx::types::Json<Person>>) = sqlx::query_as(
-        "SELECT session_user::text,
+        "SELECT a::text,
                 (SELECT to_jsonb(p) FROM (SELECT name, role::text AS role, email FROM backfill.people
-                                           WHERE role = session_user) p)",
+                                           WHERE role = a) p)
+           FROM backfill.acting_role() a",
     )
     .fetch_one(pool)
     .await?;
@@ -95,4 +97,16 @@ pub async fn role_exists(pool: &PgPool, role: &str) -> Result<bool> {
             .fetch_one(pool)
             .await?,
     )
+}
+
+/// The person a console login names: by name, database role or email, in any case.
+pub async fn by_login(pool: &PgPool, login: &str) -> Result<Option<Person>> {
+    Ok(sqlx::query_as(
+        "SELECT name, role::text AS role, email FROM backfill.people
+          WHERE lower(name) = lower($1) OR role::text = $1 OR lower(email) = lower($1)
+          ORDER BY lower(name) = lower($1) DESC, role::text = $1 DESC LIMIT 1",
+    )
+    .bind(login)
+    .fetch_optional(pool)
+    .await?)
 }
