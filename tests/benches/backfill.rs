@@ -1,5 +1,5 @@
 //! `cargo bench -p backfill-tests --bench backfill [-- --scale F --batches N
-//! --workers N --empty-batches N --plan-batches N --repeat N --cases all|main|partitions|diff]`: Backfill against hand-written
+//! --workers N --empty-batches N --plan-batches N --repeat N --cases all|main|partitions|diff|console]`: Backfill against hand-written
 //! SQL, printed as a table with ratios (see `backfill_tests::bench`). Build the
 //! binaries first: `cargo build --release --bins`.
 
@@ -44,9 +44,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     "main" => Cases::Main,
                     "partitions" => Cases::Partitions,
                     "diff" => Cases::Diff,
+                    "console" => Cases::Console,
                     other => {
                         return Err(format!(
-                            "--cases: {other:?}; use all, main (a to h), partitions (i) or diff (j)"
+                            "--cases: {other:?}; use all, main (a to h), partitions (i), diff (j) or console (k)"
                         ));
                     }
                 };

@@ -597,6 +597,22 @@ pub async fn http(
     (status, body)
 }
 
+/// How many pixels of a PNG screenshot are within a small distance of `rgb`.
+#[must_use]
+pub fn count_pixels(path: &std::path::Path, rgb: [u8; 3]) -> usize {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size().expect("a PNG's size")];
+    let info = reader.next_frame(&mut buf).expect("a PNG frame");
+    let channels = info.color_type.samples();
+    buf[..info.buffer_size()]
+        .chunks(channels)
+        .filter(|p| p.len() >= 3 && p.iter().zip(rgb).all(|(a, b)| a.abs_diff(b) < 12))
+        .count()
+}
+
 /// A binary of this workspace, built beside the test executable.
 #[must_use]
 pub fn bin(name: &str) -> PathBuf {

@@ -39,6 +39,7 @@ async fn the_benchmark_runs_every_case() {
         "(i) Backfill partition-overwrite, half-year batches",
         "(j) diff of the run",
         "(j) diff of two line-item tables",
+        "(k) console: the page of a 20000-batch run",
     ] {
         let line = report
             .lines

@@ -124,22 +124,8 @@ async fn the_report_matches_the_tables_and_renders_with_its_chart() {
         "no screenshot: {}",
         String::from_utf8_lossy(&chromium.stderr)
     );
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let channels = info.color_type.samples();
-    let pixels = &buf[..info.buffer_size()];
     // "after" bars are #0969da; count pixels of that colour.
-    let blue = pixels
-        .chunks(channels)
-        .filter(|p| {
-            p.len() >= 3
-                && p[0].abs_diff(0x09) < 12
-                && p[1].abs_diff(0x69) < 12
-                && p[2].abs_diff(0xda) < 12
-        })
-        .count();
+    let blue = backfill_tests::count_pixels(&png, [0x09, 0x69, 0xda]);
     assert!(
         blue > 500,
         "the chart's bars are not visible in the screenshot ({blue} blue pixels)"

@@ -48,6 +48,9 @@ use auth::Csrf;
 /// Most cells a run's batch grid shows; more batches share a cell.
 pub const GRID_CELLS: u32 = 2_000;
 
+/// Most run-log entries a run's page shows (newest first).
+const LOG_SHOWN: i64 = 300;
+
 /// How often the console's gauges are read from the control plane.
 const GAUGE_PERIOD: Duration = Duration::from_secs(10);
 
@@ -344,7 +347,8 @@ struct RunView {
     run: runs::Run,
     status: status::Status,
     grid: Vec<batches::Cell>,
-    log: Vec<log::Entry>,
+    /// The latest notable entries of the run log, and how many are left out.
+    log: (Vec<log::Entry>, i64),
     checks: Vec<(String, bool, String, chrono::DateTime<chrono::Utc>)>,
     under_maintenance: bool,
 }
@@ -353,7 +357,7 @@ async fn run_view(pool: &PgPool, run_id: Uuid) -> Result<RunView, Failure> {
     let run = runs::load(pool, run_id).await?;
     let status = status::status(pool, run_id).await?;
     let grid = batches::grid(pool, run_id, GRID_CELLS).await?;
-    let log = log::entries(pool, run_id).await?;
+    let log = log::notable(pool, run_id, LOG_SHOWN).await?;
     let checks = validations::latest_results(pool, run_id).await?;
     let under_maintenance = maintenance::current(pool)
         .await?

@@ -28,6 +28,7 @@ pre{background:#f6f8fa;padding:.6rem;overflow-x:auto;white-space:pre-wrap;word-b
 dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dt{color:#57606a}dd{margin:0}\
 .who{float:right}.who form{display:inline}.who button{background:none;border:0;color:#fff;text-decoration:underline;cursor:pointer}\
 form.act{display:inline-block;margin:0 .6rem .6rem 0}form.act input[name=reason]{width:22rem}\
+table.log{width:100%}.log td:first-child{white-space:nowrap}.log code{white-space:pre-wrap;word-break:break-all}\
 form.filter{display:flex;gap:.6rem;align-items:end;flex-wrap:wrap}form.filter label{display:flex;flex-direction:column;font-size:.85em}";
 
 /// Re-fetches the live part of a run's page every few seconds while the run can
@@ -218,9 +219,11 @@ pub(super) fn run(viewer: &Viewer, view: &RunView) -> Markup {
             pre { (run.brief_text) }
         }
         h2 { "Run log" }
-        table {
+        p { "Newest first; each applied batch's entry is in the grid above."
+            @if view.log.1 > 0 { " " (view.log.1) " more entries, applied batches among them, are in " code { "backfill.run_log" } "." } }
+        table.log {
             thead { tr { th { "When" } th { "Who" } th { "What" } th.num { "Batch" } th { "Detail" } } }
-            tbody { @for e in &view.log {
+            tbody { @for e in &view.log.0 {
                 tr { td { (when(e.at)) } td { (e.actor) } td { (e.event) }
                      td.num { @if let Some(b) = e.batch_no { (b) } }
                      td { @if !e.detail.is_null() { code { (e.detail.to_string()) } } } }

@@ -49,6 +49,25 @@ pub async fn entries(pool: &sqlx::PgPool, run_id: Uuid) -> Result<Vec<Entry>> {
     .await?)
 }
 
+/// The run's latest `limit` entries, newest first, without the one per applied
+/// batch (the ledger holds those), and how many entries that leaves out.
+pub async fn notable(pool: &sqlx::PgPool, run_id: Uuid, limit: i64) -> Result<(Vec<Entry>, i64)> {
+    let entries = sqlx::query_as(
+        "SELECT at, actor, event, batch_no, detail FROM backfill.run_log
+          WHERE run_id = $1 AND event <> 'batch_applied' ORDER BY id DESC LIMIT $2",
+    )
+    .bind(run_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM backfill.run_log WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_one(pool)
+        .await?;
+    let shown = i64::try_from(Vec::len(&entries)).unwrap_or(i64::MAX);
+    Ok((entries, total - shown))
+}
+
 /// The run's latest entry among `events`, if any.
 pub async fn latest_of(
     pool: &sqlx::PgPool,

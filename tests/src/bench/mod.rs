@@ -18,7 +18,8 @@
 //!   partition exchange and row by row, against the hand-written exchange
 //!   (`partitions.rs`);
 //! - (j) `backfill diff` of a run and of two tables, against one `count(*)`
-//!   over the same table (`diff.rs`).
+//!   over the same table (`diff.rs`);
+//! - (k) the console's page of a 100,000-batch run (`console.rs`).
 //!
 //! (a) to (d), and (i), run `repeat` times, interleaved, and each figure is the
 //! median. Each Backfill figure is printed with its ratio to its baseline ((a),
@@ -32,6 +33,7 @@ use std::time::Instant;
 use tokio::process::Child;
 
 mod cases;
+mod console;
 mod diff;
 mod partitions;
 
@@ -71,6 +73,8 @@ pub enum Cases {
     Partitions,
     /// (j).
     Diff,
+    /// (k).
+    Console,
 }
 
 impl Default for Options {
@@ -177,6 +181,9 @@ pub async fn run(options: &Options) -> Report {
             .await;
         let text = backfill_coordinator::demo::with_max_change_pct(&text, 100);
         lines.extend(diff::measure(&env, &text, options.workers, options.repeat.max(1)).await);
+    }
+    if matches!(options.cases, Cases::All | Cases::Console) {
+        lines.extend(console::measure(&env, options.plan_batches, options.repeat.max(1)).await);
     }
     let report = Report {
         options: options.clone(),

@@ -1,0 +1,35 @@
+// Opens the console in Debian's Chromium, headless: screenshots the runs page and
+// a live run's page, then waits on that same page (no reload) until more of its
+// batch grid's cells are applied, and screenshots it again.
+// Usage: node console.mjs BASE_URL RUN_ID OUT_DIR
+// Prints one JSON object: the applied cells at first and at last, whether the
+// page was ever reloaded, and the screenshots' paths.
+import { chromium } from "playwright-core";
+
+const [base, run, out] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu"],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 1000 } });
+  await page.goto(`${base}/`);
+  await page.screenshot({ path: `${out}/runs.png`, fullPage: true });
+  await page.goto(`${base}/runs/${run}`);
+  const applied = () => page.locator(".grid i.applied").count();
+  const first = await applied();
+  // Marks this document: a reload would lose the mark.
+  await page.evaluate(() => { window.__sameDocument = true; });
+  await page.screenshot({ path: `${out}/run-before.png`, fullPage: true });
+  await page.waitForFunction(
+    (n) => document.querySelectorAll(".grid i.applied").length > n + 1,
+    first,
+    { timeout: 90_000, polling: 250 },
+  );
+  const last = await applied();
+  const sameDocument = await page.evaluate(() => window.__sameDocument === true);
+  await page.screenshot({ path: `${out}/run-after.png`, fullPage: true });
+  console.log(JSON.stringify({ first, last, sameDocument }));
+} finally {
+  await browser.close();
+}
