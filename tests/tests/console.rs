@@ -192,6 +192,23 @@ async fn the_console_shows_a_run_as_the_ledger_has_it_and_its_brief_as_text() {
     assert!(live.contains("<div class=\"grid\""), "{live}");
     assert!(!live.contains("<html"), "the live part is a fragment");
 
+    // The metric's chart, an SVG image the run page shows; inert too.
+    assert!(
+        page.contains(&format!("src=\"/runs/{run_id}/charts/0\"")),
+        "{page}"
+    );
+    let (status, svg) = http_get(&addr, &format!("/runs/{run_id}/charts/0")).await;
+    assert_eq!(status, 200);
+    assert!(
+        svg.starts_with("<svg") && svg.contains("class=\"bar\""),
+        "{svg}"
+    );
+    assert!(svg.contains("&lt;svg onload=alert(1)&gt;"), "{svg}");
+    assert_eq!(
+        http_get(&addr, &format!("/runs/{run_id}/charts/1")).await.0,
+        404
+    );
+
     // The change note: the report's HTML, with its chart, inert too.
     let (status, note) = http_get(&addr, &format!("/runs/{run_id}/note")).await;
     assert_eq!(status, 200);

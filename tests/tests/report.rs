@@ -81,7 +81,12 @@ async fn the_report_matches_the_tables_and_renders_with_its_chart() {
     assert_eq!(r.batches.rows.source, rows.1, "rows from the source");
     assert_eq!(r.approved.as_ref().map(|a| a.0.as_str()), Some("bob"));
     assert_eq!(r.accepted_breaches.len(), 1);
-    assert_eq!(r.refreshed, ["[\"tpch.monthly_revenue\"]"]);
+    assert_eq!(r.refreshed, ["tpch.monthly_revenue"]);
+    assert!(
+        r.accepted_breaches[0].2.contains("net revenue"),
+        "the accepted limits by name: {:?}",
+        r.accepted_breaches
+    );
 
     let md = r.markdown();
     for needle in [
@@ -91,6 +96,11 @@ async fn the_report_matches_the_tables_and_renders_with_its_chart() {
         "monthly_revenue",
         "freshness",
         &r.brief_hash,
+        // Groups in the form their date_trunc suggests; keys are not a period.
+        "| net revenue | 1992 |",
+        "| Keys | o_orderkey from 1 to",
+        "- tpch.monthly_revenue",
+        "strategy: merge",
     ] {
         assert!(md.contains(needle), "the report lacks {needle:?}:\n{md}");
     }

@@ -85,6 +85,7 @@ pub fn router(pool: PgPool, config: Config, auth: Auth) -> Router {
         .route("/runs/{run}", get(run_page))
         .route("/runs/{run}/live", get(live_part))
         .route("/runs/{run}/note", get(change_note))
+        .route("/runs/{run}/charts/{n}", get(metric_chart))
         .route("/runs/{run}/actions/{action}", post(act))
         .route("/api/runs", get(api_runs))
         .route("/api/runs/{run}", get(api_run))
@@ -401,6 +402,29 @@ async fn change_note(
 ) -> Result<Html<String>, Failure> {
     let run_id = resolve(&app.pool, &run).await?;
     Ok(Html(report::gather(&app.pool, run_id).await?.html()))
+}
+
+/// The `n`-th metric's before/after chart, as an SVG image (the run page shows
+/// it; summing every applied batch's figures is left out of the page itself).
+async fn metric_chart(
+    State(app): State<App>,
+    Path((run, n)): Path<(String, usize)>,
+) -> Result<Response, Failure> {
+    let run_id = resolve(&app.pool, &run).await?;
+    let run = runs::load(&app.pool, run_id).await?;
+    let charts = report::metric_charts(&app.pool, &run).await?;
+    let (_, svg) = charts
+        .into_iter()
+        .nth(n)
+        .ok_or_else(|| Failure::not_found(format!("run {run_id} has no metric {n}")))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        svg,
+    )
+        .into_response())
 }
 
 async fn api_run(

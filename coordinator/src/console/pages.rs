@@ -28,7 +28,7 @@ pre{background:#f6f8fa;padding:.6rem;overflow-x:auto;white-space:pre-wrap;word-b
 dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dt{color:#57606a}dd{margin:0}\
 .who{float:right}.who form{display:inline}.who button{background:none;border:0;color:#fff;text-decoration:underline;cursor:pointer}\
 form.act{display:inline-block;margin:0 .6rem .6rem 0}form.act input[name=reason]{width:22rem}\
-table.log{width:100%}.log td:first-child{white-space:nowrap}.log code{white-space:pre-wrap;word-break:break-all}\
+img.chart{display:block;max-width:100%;margin:.5rem 0}table.log{width:100%}.log td:first-child{white-space:nowrap}.log code{white-space:pre-wrap;word-break:break-all}\
 form.filter{display:flex;gap:.6rem;align-items:end;flex-wrap:wrap}form.filter label{display:flex;flex-direction:column;font-size:.85em}";
 
 /// Re-fetches the live part of a run's page every few seconds while the run can
@@ -201,6 +201,14 @@ pub(super) fn run(viewer: &Viewer, view: &RunView) -> Markup {
         div #live { (live(s, &view.grid)) }
         h2 { "Actions" }
         (actions(viewer, view))
+        @if !brief.validation.metrics.is_empty() {
+            h2 { "Metrics, before and after" }
+            p { "Summed over the applied batches, per group; the run halts when a group moves past its limit." }
+            @for (i, m) in brief.validation.metrics.iter().enumerate() {
+                img.chart src=(format!("/runs/{}/charts/{i}", run.run_id)) loading="lazy"
+                    alt=(format!("{}: before and after by group", m.name));
+            }
+        }
         h2 { "Validation" }
         @if view.checks.is_empty() {
             p { "Not validated yet." }

@@ -1,9 +1,11 @@
-//! The report as one HTML page: the Markdown rendered, with a before/after bar
-//! chart per metric in inline SVG, readable without a server.
+//! The report as one HTML page: the Markdown rendered by `pulldown-cmark` (any
+//! HTML in it, from a brief's text, shown as text), with a before/after bar chart
+//! per metric in inline SVG, readable without a server.
 
 use super::Report;
-use super::markdown::{fmt_num, group_label};
+use super::markdown::fmt_num;
 use crate::validate::GroupDelta;
+use pulldown_cmark::{Event, Options, Parser};
 use std::fmt::Write as _;
 
 impl Report {
@@ -14,14 +16,13 @@ impl Report {
             .metric_names()
             .iter()
             .map(|m| {
-                chart(
-                    m,
-                    &self
-                        .metrics
-                        .iter()
-                        .filter(|d| &d.metric == m)
-                        .collect::<Vec<_>>(),
-                )
+                let groups: Vec<(String, &GroupDelta)> = self
+                    .metrics
+                    .iter()
+                    .filter(|d| &d.metric == m)
+                    .map(|d| (self.label(m, &d.group), d))
+                    .collect();
+                chart(m, &groups)
             })
             .collect();
         let marker = "<h2>What changed</h2>";
@@ -34,9 +35,9 @@ impl Report {
 }
 
 const CSS: &str = "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1b1f24}\
-table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #d0d7de;padding:.3rem .6rem}\
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #d0d7de;padding:.3rem .6rem;vertical-align:top}\
 th{background:#f6f8fa}code{background:#f6f8fa;padding:0 .2rem}.fail{color:#b42318;font-weight:bold}\
-svg{display:block;margin:1rem 0}";
+td,li,p{overflow-wrap:anywhere}svg{display:block;margin:1rem 0;max-width:100%;height:auto}";
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -45,30 +46,65 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A grouped bar chart (before, after) of one metric, as inline SVG.
-fn chart(metric: &str, groups: &[&GroupDelta]) -> String {
+/// A figure in a few characters: 1.2M, 350k, 12.5.
+fn compact(v: f64) -> String {
+    let a = v.abs();
+    let (scaled, suffix) = if a >= 1e9 {
+        (v / 1e9, "B")
+    } else if a >= 1e6 {
+        (v / 1e6, "M")
+    } else if a >= 1e3 {
+        (v / 1e3, "k")
+    } else {
+        (v, "")
+    };
+    let digits = if scaled.abs() >= 100.0 || scaled.fract() == 0.0 {
+        0
+    } else {
+        1
+    };
+    format!("{scaled:.digits$}{suffix}")
+}
+
+/// A grouped bar chart (before, after) of one metric, as inline SVG: a value
+/// axis on the left, each group's change above its bars, its label below.
+pub(super) fn chart(metric: &str, groups: &[(String, &GroupDelta)]) -> String {
     let max = groups
         .iter()
-        .flat_map(|g| [g.before.abs(), g.after.abs()])
+        .flat_map(|(_, g)| [g.before.abs(), g.after.abs()])
         .fold(0.0_f64, f64::max)
         .max(1e-9);
-    let (bar, gap, height, top, left) = (18.0, 14.0, 220.0, 30.0, 70.0);
+    let (bar, gap, height, top, left) = (18.0, 14.0, 220.0, 44.0, 70.0);
     let width = left + groups.len() as f64 * (2.0 * bar + gap) + 20.0;
+    let width = width.max(260.0);
+    let base = top + height;
     let mut s = format!(
         "<svg role=\"img\" aria-label=\"{m}: before and after by group\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{h:.0}\" viewBox=\"0 0 {width:.0} {h:.0}\">\
          <text x=\"{left}\" y=\"18\" font-size=\"14\" font-weight=\"bold\">{m}</text>\
          <rect x=\"{lx:.0}\" y=\"8\" width=\"10\" height=\"10\" fill=\"#8c959f\"/><text x=\"{lx2:.0}\" y=\"17\" font-size=\"11\">before</text>\
-         <rect x=\"{lx3:.0}\" y=\"8\" width=\"10\" height=\"10\" fill=\"#0969da\"/><text x=\"{lx4:.0}\" y=\"17\" font-size=\"11\">after</text>\
-         <line x1=\"{left}\" y1=\"{base}\" x2=\"{width:.0}\" y2=\"{base}\" stroke=\"#57606a\"/>",
+         <rect x=\"{lx3:.0}\" y=\"8\" width=\"10\" height=\"10\" fill=\"#0969da\"/><text x=\"{lx4:.0}\" y=\"17\" font-size=\"11\">after</text>",
         m = escape(metric),
-        h = height + top + 60.0,
-        base = top + height,
+        h = base + 60.0,
         lx = width - 140.0,
         lx2 = width - 126.0,
         lx3 = width - 80.0,
         lx4 = width - 66.0,
     );
-    for (i, g) in groups.iter().enumerate() {
+    // The value axis: 0, a quarter, half, three quarters and the largest value.
+    for i in 0..=4 {
+        let v = max * f64::from(i) / 4.0;
+        let y = base - height * f64::from(i) / 4.0;
+        let _ = write!(
+            s,
+            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{width:.0}\" y2=\"{y:.1}\" stroke=\"{}\"/>\
+             <text class=\"tick\" x=\"{:.0}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\">{}</text>",
+            if i == 0 { "#57606a" } else { "#eaeef2" },
+            left - 6.0,
+            y + 3.0,
+            compact(v)
+        );
+    }
+    for (i, (label, g)) in groups.iter().enumerate() {
         let x = left + i as f64 * (2.0 * bar + gap);
         for (j, (v, color)) in [(g.before, "#8c959f"), (g.after, "#0969da")]
             .into_iter()
@@ -79,107 +115,47 @@ fn chart(metric: &str, groups: &[&GroupDelta]) -> String {
                 s,
                 "<rect class=\"bar\" x=\"{:.1}\" y=\"{:.1}\" width=\"{bar}\" height=\"{h:.1}\" fill=\"{color}\"><title>{}: {}</title></rect>",
                 x + j as f64 * bar,
-                top + height - h,
-                escape(group_label(&g.group)),
+                base - h,
+                escape(label),
                 fmt_num(v)
             );
         }
-        let label: String = group_label(&g.group).chars().take(10).collect();
+        let change = g
+            .delta_pct()
+            .map_or_else(|| "new".to_owned(), |p| format!("{p:+.1}%"));
+        let top_of_pair = base - g.before.abs().max(g.after.abs()) / max * height;
+        let _ = write!(
+            s,
+            "<text class=\"change\" x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"middle\">{}</text>",
+            x + bar,
+            top_of_pair - 4.0,
+            escape(&change)
+        );
+        let short: String = label.chars().take(12).collect();
         let _ = write!(
             s,
             "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" transform=\"rotate(45 {:.1} {:.1})\">{}</text>",
             x,
-            top + height + 12.0,
+            base + 12.0,
             x,
-            top + height + 12.0,
-            escape(&label)
+            base + 12.0,
+            escape(&short)
         );
     }
     s.push_str("</svg>\n");
     s
 }
 
-/// Just enough Markdown for the report: headings, tables, lists, paragraphs.
+/// The Markdown as HTML (tables on). Raw HTML in the Markdown — it can only come
+/// from a brief's text — is shown as text, never run.
 fn markdown_to_html(md: &str) -> String {
-    let inline = |t: &str| {
-        let mut out = String::new();
-        let mut code = false;
-        let mut bold = false;
-        let esc = escape(t);
-        let mut rest = esc.as_str();
-        while !rest.is_empty() {
-            if let Some(r) = rest.strip_prefix("**") {
-                out.push_str(if bold { "</strong>" } else { "<strong>" });
-                bold = !bold;
-                rest = r;
-            } else if let Some(r) = rest.strip_prefix('`') {
-                out.push_str(if code { "</code>" } else { "<code>" });
-                code = !code;
-                rest = r;
-            } else {
-                let c = rest.chars().next().unwrap_or(' ');
-                out.push(c);
-                rest = &rest[c.len_utf8()..];
-            }
-        }
-        out.replace("<strong>FAIL</strong>", "<span class=\"fail\">FAIL</span>")
-    };
+    let events = Parser::new_ext(md, Options::ENABLE_TABLES).map(|event| match event {
+        Event::Html(raw) | Event::InlineHtml(raw) => Event::Text(raw),
+        other => other,
+    });
     let mut html = String::new();
-    let mut in_table = false;
-    let mut in_list = false;
-    for line in md.lines() {
-        let trimmed = line.trim();
-        if in_table && !trimmed.starts_with('|') {
-            html.push_str("</table>\n");
-            in_table = false;
-        }
-        if in_list && !trimmed.starts_with("- ") {
-            html.push_str("</ul>\n");
-            in_list = false;
-        }
-        if let Some(h) = trimmed.strip_prefix("## ") {
-            let _ = writeln!(html, "<h2>{}</h2>", inline(h));
-        } else if let Some(h) = trimmed.strip_prefix("# ") {
-            let _ = writeln!(html, "<h1>{}</h1>", inline(h));
-        } else if trimmed.starts_with('|') {
-            let cells: Vec<&str> = trimmed
-                .trim_matches('|')
-                .split('|')
-                .map(str::trim)
-                .collect();
-            if cells
-                .iter()
-                .all(|c| c.chars().all(|ch| ch == '-' || ch == ':') && !c.is_empty())
-            {
-                continue;
-            }
-            let tag = if in_table { "td" } else { "th" };
-            if !in_table {
-                html.push_str("<table>\n");
-                in_table = true;
-            }
-            html.push_str("<tr>");
-            for c in cells {
-                let _ = write!(html, "<{tag}>{}</{tag}>", inline(c));
-            }
-            html.push_str("</tr>\n");
-        } else if let Some(item) = trimmed.strip_prefix("- ") {
-            if !in_list {
-                html.push_str("<ul>\n");
-                in_list = true;
-            }
-            let _ = writeln!(html, "<li>{}</li>", inline(item));
-        } else if !trimmed.is_empty() {
-            let _ = writeln!(html, "<p>{}</p>", inline(trimmed));
-        }
-    }
-    if in_table {
-        html.push_str("</table>\n");
-    }
-    if in_list {
-        html.push_str("</ul>\n");
-    }
-    html
+    pulldown_cmark::html::push_html(&mut html, events);
+    html.replace("<strong>FAIL</strong>", "<span class=\"fail\">FAIL</span>")
 }
 
 #[cfg(test)]
@@ -187,25 +163,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn markdown_tables_become_html_tables() {
-        let html =
-            markdown_to_html("# T\n\n| a | b |\n| --- | --- |\n| 1 | **FAIL** |\n\n- x `y`\n");
-        assert!(html.contains("<h1>T</h1>"));
-        assert!(html.contains("<th>a</th><th>b</th>"));
-        assert!(html.contains("<td>1</td><td><span class=\"fail\">FAIL</span></td>"));
-        assert!(html.contains("<li>x <code>y</code></li>"));
+    fn markdown_tables_become_html_tables_and_html_stays_text() {
+        let html = markdown_to_html(
+            "# T\n\n| a | b |\n| --- | --- |\n| 1 | **FAIL** |\n| x \\| y | <b>z</b> |\n\n- x `y`\n\n<script>alert(1)</script>\n",
+        );
+        assert!(html.contains("<h1>T</h1>"), "{html}");
+        assert!(html.contains("<th>a</th>"), "{html}");
+        assert!(html.contains("<span class=\"fail\">FAIL</span>"), "{html}");
+        assert!(html.contains("<td>x | y</td>"), "{html}");
+        assert!(html.contains("&lt;b&gt;z&lt;/b&gt;"), "{html}");
+        assert!(html.contains("<li>x <code>y</code></li>"), "{html}");
+        assert!(
+            !html.contains("<script>") && !html.contains("<b>"),
+            "{html}"
+        );
     }
 
     #[test]
-    fn chart_has_a_bar_per_value() {
+    fn chart_has_bars_an_axis_and_the_changes() {
         let g = GroupDelta {
             metric: "m".into(),
             group: "1992".into(),
-            before: 10.0,
-            after: 5.0,
+            before: 1_000_000.0,
+            after: 500_000.0,
         };
-        let svg = chart("m<x>", &[&g, &g]);
+        let svg = chart("m<x>", &[("1992".into(), &g), ("1993".into(), &g)]);
         assert_eq!(svg.matches("class=\"bar\"").count(), 4);
+        assert_eq!(svg.matches("class=\"tick\"").count(), 5);
+        assert!(
+            svg.contains(">1M</text>") && svg.contains(">500k</text>"),
+            "{svg}"
+        );
+        assert_eq!(svg.matches(">-50.0%</text>").count(), 2, "{svg}");
         assert!(svg.contains("m&lt;x&gt;"));
+    }
+
+    #[test]
+    fn figures_are_compact() {
+        assert_eq!(compact(0.0), "0");
+        assert_eq!(compact(1_260_000.0), "1.3M");
+        assert_eq!(compact(350_000.0), "350k");
+        assert_eq!(compact(12.5), "12.5");
     }
 }

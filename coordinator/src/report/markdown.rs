@@ -13,6 +13,35 @@ pub(crate) fn group_label(group: &str) -> &str {
         .unwrap_or(group)
 }
 
+/// A group of a metric grouped by `date_trunc(unit, …)`, in the form the unit
+/// suggests: "1992" for a year, "1992 Q3" for a quarter, "1992-07" for a month,
+/// the date for a week or a day, the hour for an hour; otherwise as
+/// [`group_label`] has it.
+pub(crate) fn group_label_in(group: &str, unit: Option<&str>) -> String {
+    let date = |len: usize| {
+        group
+            .get(..len)
+            .filter(|_| group.as_bytes().get(4) == Some(&b'-'))
+    };
+    let labelled = match unit {
+        Some("year" | "years") => date(4).map(str::to_owned),
+        Some("quarter") => date(7).and_then(|ym| {
+            let month: u32 = ym.get(5..7)?.parse().ok()?;
+            Some(format!("{} Q{}", ym.get(..4)?, month.div_ceil(3)))
+        }),
+        Some("month") => date(7).map(str::to_owned),
+        Some("week" | "day") => date(10).map(str::to_owned),
+        Some("hour") => date(13).map(|h| format!("{h}:00")),
+        _ => None,
+    };
+    labelled.unwrap_or_else(|| group_label(group).to_owned())
+}
+
+/// Text that stays inside one Markdown table cell.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
 /// A figure with thousands separators and two decimals.
 pub(crate) fn fmt_num(v: f64) -> String {
     let s = format!("{:.2}", v.abs());
@@ -29,7 +58,7 @@ pub(crate) fn fmt_num(v: f64) -> String {
 
 /// The canary in one table cell: its batches, what they wrote and how fast,
 /// its metric deltas, and who let the rest go on.
-fn canary_row(c: &crate::canary::Figures) -> String {
+fn canary_row(c: &crate::canary::Figures, label: impl Fn(&str, &str) -> String) -> String {
     let batches = c
         .batches
         .iter()
@@ -42,7 +71,14 @@ fn canary_row(c: &crate::canary::Figures) -> String {
     let deltas = c
         .metrics
         .iter()
-        .map(|m| format!("{} {}: {}", m.metric, group_label(&m.group), fmt_pct(m)))
+        .map(|m| {
+            format!(
+                "{} {}: {}",
+                m.metric,
+                label(&m.metric, &m.group),
+                fmt_pct(m)
+            )
+        })
         .collect::<Vec<_>>();
     let deltas = if deltas.is_empty() {
         String::new()
@@ -66,6 +102,27 @@ fn fmt_pct(d: &GroupDelta) -> String {
 }
 
 impl Report {
+    /// A group of `metric` as people read it (see [`group_label_in`]).
+    pub(super) fn label(&self, metric: &str, group: &str) -> String {
+        group_label_in(group, self.group_units.get(metric).map(String::as_str))
+    }
+
+    /// The run's parameters as `key: value` pairs, values as compact JSON
+    /// (strings bare), so a reader's page wraps them.
+    fn params_text(&self) -> String {
+        match &self.params {
+            serde_json::Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(text) => format!("{k}: {text}"),
+                    other => format!("{k}: {other}"),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            other => other.to_string(),
+        }
+    }
+
     #[must_use]
     pub fn markdown(&self) -> String {
         let mut s = String::new();
@@ -76,13 +133,14 @@ impl Report {
         let _ = writeln!(
             s,
             "| Owner / reviewer | {} / {} |",
-            self.owner, self.reviewer
+            cell(&self.owner),
+            cell(&self.reviewer)
         );
         let _ = writeln!(s, "| Risk | {} |", self.risk);
         let _ = writeln!(
             s,
-            "| Period | {} from {} to {} (exclusive) |",
-            self.batch_by, self.period.0, self.period.1
+            "| {} | {} from {} to {} (exclusive) |",
+            self.period_label, self.batch_by, self.period.0, self.period.1
         );
         if self.rules.len() > 1 {
             let rules = self
@@ -90,10 +148,14 @@ impl Report {
                 .iter()
                 .map(|(from, until, rule)| format!("[{from}, {until}): {rule}"))
                 .collect::<Vec<_>>();
-            let _ = writeln!(s, "| Rules by period | {} |", rules.join("; "));
+            let _ = writeln!(s, "| Rules by period | {} |", cell(&rules.join("; ")));
         }
         if let Some(c) = &self.canary {
-            let _ = writeln!(s, "| Canary | {} |", canary_row(c));
+            let _ = writeln!(
+                s,
+                "| Canary | {} |",
+                cell(&canary_row(c, |m, g| self.label(m, g)))
+            );
         }
         let _ = writeln!(s, "| Tables | {} ({}) |", self.target, self.strategy);
         if let Some(d) = &self.diff {
@@ -117,15 +179,19 @@ impl Report {
                 d.rows_unchanged
             );
         }
-        let _ = writeln!(s, "| Stakeholders | {} |", self.stakeholders.join(", "));
+        let _ = writeln!(
+            s,
+            "| Stakeholders | {} |",
+            cell(&self.stakeholders.join(", "))
+        );
         if let Some(announced) = &self.announced {
-            let _ = writeln!(s, "| Announced | {announced} |");
+            let _ = writeln!(s, "| Announced | {} |", cell(announced));
         }
         if !self.told.is_empty() {
-            let _ = writeln!(s, "| Told | {} |", self.told.join("; "));
+            let _ = writeln!(s, "| Told | {} |", cell(&self.told.join("; ")));
         }
         if let Some(lesson) = &self.lesson {
-            let _ = writeln!(s, "| Lesson | {lesson} |");
+            let _ = writeln!(s, "| Lesson | {} |", cell(lesson));
         }
         let found = self
             .downstream_found
@@ -135,11 +201,11 @@ impl Report {
         let _ = writeln!(
             s,
             "| Downstream | declared: {}; in the catalog: {} |\n",
-            self.downstream_declared.join(", "),
+            cell(&self.downstream_declared.join(", ")),
             if found.is_empty() {
                 "none".into()
             } else {
-                found.join(", ")
+                cell(&found.join(", "))
             }
         );
 
@@ -156,9 +222,9 @@ impl Report {
                 let _ = writeln!(
                     s,
                     "| {} | {} | {} |",
-                    v.check_name,
+                    cell(&v.check_name),
                     if v.passed { "pass" } else { "**FAIL**" },
-                    v.summary
+                    cell(&v.summary)
                 );
             }
             let _ = writeln!(s);
@@ -176,8 +242,8 @@ impl Report {
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} |",
-                d.metric,
-                group_label(&d.group),
+                cell(&d.metric),
+                cell(&self.label(&d.metric, &d.group)),
                 fmt_num(d.before),
                 fmt_num(d.after),
                 fmt_pct(d)
@@ -208,7 +274,7 @@ impl Report {
         let _ = writeln!(s, "\n## Run log\n");
         let _ = writeln!(s, "- Code version: {}", self.code_version);
         let _ = writeln!(s, "- Brief hash: `{}`", self.brief_hash);
-        let _ = writeln!(s, "- Parameters: `{}`", self.params);
+        let _ = writeln!(s, "- Parameters: {}", self.params_text());
         let _ = writeln!(
             s,
             "- Run by {} from {} to {}",
@@ -276,5 +342,25 @@ mod tests {
             "1996-01-01 12:00:00+00"
         );
         assert_eq!(group_label("AIR"), "AIR");
+    }
+
+    #[test]
+    fn truncated_groups_read_in_their_unit() {
+        let g = "1996-07-01 00:00:00+00";
+        assert_eq!(group_label_in(g, Some("year")), "1996");
+        assert_eq!(group_label_in(g, Some("quarter")), "1996 Q3");
+        assert_eq!(group_label_in(g, Some("month")), "1996-07");
+        assert_eq!(group_label_in(g, Some("day")), "1996-07-01");
+        assert_eq!(
+            group_label_in("1996-07-01 13:00:00+00", Some("hour")),
+            "1996-07-01 13:00"
+        );
+        assert_eq!(group_label_in(g, None), "1996-07-01");
+        assert_eq!(group_label_in("AIR", Some("year")), "AIR");
+    }
+
+    #[test]
+    fn a_cell_stays_one_cell() {
+        assert_eq!(cell("a | b\nc"), "a \\| b c");
     }
 }

@@ -8,18 +8,61 @@
 use crate::Result;
 use crate::preflight::{self, Dependent};
 use crate::validate::{self, GroupDelta};
+use backfill_shared::brief::Brief;
 use backfill_shared::checks::Unmatched;
 use backfill_shared::control::batches::{self, Counts};
 use backfill_shared::control::runs::{self, Run};
 use backfill_shared::control::{log, validations};
 use serde::Serialize;
 use sqlx::PgPool;
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 mod html;
 mod markdown;
 
 pub(crate) use markdown::{fmt_num, group_label};
+
+/// Each metric's `date_trunc` unit, by metric name, where it has one.
+fn group_units(brief: &Brief) -> BTreeMap<String, String> {
+    brief
+        .validation
+        .metrics
+        .iter()
+        .filter_map(|m| Some((m.name.clone(), truncation_unit(m.by.as_deref()?)?)))
+        .collect()
+}
+
+/// One before/after chart (SVG) per metric of the brief, summed over the run's
+/// applied batches: what the report draws, for the console to show beside a run.
+pub async fn metric_charts(pool: &PgPool, run: &Run) -> Result<Vec<(String, String)>> {
+    let applied = validate::applied_batches(pool, run).await?;
+    let deltas = validate::summed_metrics(run, &applied);
+    let units = group_units(&run.brief);
+    Ok(run
+        .brief
+        .validation
+        .metrics
+        .iter()
+        .map(|m| {
+            let unit = units.get(&m.name).map(String::as_str);
+            let groups: Vec<(String, &GroupDelta)> = deltas
+                .iter()
+                .filter(|d| d.metric == m.name)
+                .map(|d| (markdown::group_label_in(&d.group, unit), d))
+                .collect();
+            (m.name.clone(), html::chart(&m.name, &groups))
+        })
+        .collect())
+}
+
+/// The unit of a `date_trunc('unit', …)` grouping, in lower case.
+fn truncation_unit(by: &str) -> Option<String> {
+    let lower = by.to_ascii_lowercase();
+    let rest = lower.trim_start().strip_prefix("date_trunc")?.trim_start();
+    let rest = rest.strip_prefix('(')?.trim_start().strip_prefix('\'')?;
+    Some(rest.get(..rest.find('\'')?)?.trim().to_owned())
+}
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -32,6 +75,11 @@ pub struct Report {
     pub state: String,
     pub target: String,
     pub period: (String, String),
+    /// "Period" when `batch_by` is a date or a time, else "Keys".
+    pub period_label: &'static str,
+    /// Each metric's `date_trunc` unit, when its groups are truncated times:
+    /// groups read as "1992", "1992 Q3", "1992-07", not as timestamps.
+    pub group_units: BTreeMap<String, String>,
     /// Which rule rewrote which range of `batch_by` (`[[scope.periods]]`, then
     /// the current rules): `(from, until, rule)`; one row without periods.
     pub rules: Vec<(String, String, String)>,
@@ -189,6 +237,11 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
             brief.scope.batch_by.start.to_string(),
             brief.scope.batch_by.end.to_string(),
         ),
+        period_label: match brief.scope.batch_by.kind() {
+            backfill_shared::brief::BoundKind::Integer => "Keys",
+            _ => "Period",
+        },
+        group_units: group_units(brief),
         batch_by: brief.scope.batch_by.column.clone(),
         strategy: brief.write.strategy.to_string(),
         stakeholders: brief.dependencies.stakeholders.clone(),
@@ -216,4 +269,19 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
             .flatten(),
         temporary_objects,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_unit_of_a_truncation() {
+        let unit = super::truncation_unit;
+        assert_eq!(
+            unit("date_trunc('year', o_orderdate)").as_deref(),
+            Some("year")
+        );
+        assert_eq!(unit(" DATE_TRUNC ( 'Month' , d)").as_deref(), Some("month"));
+        assert_eq!(unit("extract(year from d)"), None);
+        assert_eq!(unit("date_trunc(x)"), None);
+    }
 }

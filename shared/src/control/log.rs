@@ -106,13 +106,17 @@ pub async fn breaches(pool: &sqlx::PgPool, run_id: Uuid) -> Result<Vec<crate::ch
     Ok(logged.into_iter().map(|b| b.0).collect())
 }
 
-/// Each acceptance of breaches: who, why, and which limits (as JSON text).
+/// Each acceptance of breaches: who, why, and which limits (their names, comma-separated).
 pub async fn acceptances(
     pool: &sqlx::PgPool,
     run_id: Uuid,
 ) -> Result<Vec<(String, String, String)>> {
     Ok(sqlx::query_as(
-        "SELECT actor, detail->>'reason', detail->>'limits' FROM backfill.run_log
+        "SELECT actor, detail->>'reason',
+                coalesce((SELECT string_agg(l, ', ') FROM jsonb_array_elements_text(
+                              CASE WHEN jsonb_typeof(detail->'limits') = 'array' THEN detail->'limits' END) l),
+                         detail->>'limits')
+           FROM backfill.run_log
           WHERE run_id = $1 AND event = 'breach_accepted' ORDER BY id",
     )
     .bind(run_id)
@@ -134,7 +138,11 @@ pub async fn refreshes_done(pool: &sqlx::PgPool, run_id: Uuid) -> Result<Vec<i64
 /// What cutover refreshed, in order: statements, and materialized views.
 pub async fn refreshed(pool: &sqlx::PgPool, run_id: Uuid) -> Result<Vec<String>> {
     Ok(sqlx::query_scalar(
-        "SELECT coalesce(detail->'detail'->>'statement', detail->'detail'->>'views', detail->>'step')
+        "SELECT coalesce(detail->'detail'->>'statement',
+                         (SELECT string_agg(v, ', ') FROM jsonb_array_elements_text(
+                              CASE WHEN jsonb_typeof(detail->'detail'->'views') = 'array'
+                                   THEN detail->'detail'->'views' END) v),
+                         detail->'detail'->>'views', detail->>'step')
            FROM backfill.run_log WHERE run_id = $1 AND event = 'cutover_step' AND detail->>'step' <> 'swap' ORDER BY id",
     )
     .bind(run_id)
