@@ -130,6 +130,8 @@ pub struct Row {
     pub risk: String,
     /// Limits an operator accepted breaches of.
     pub accepted_breaches: i64,
+    /// Seconds until every batch is applied at the pace so far, while it runs.
+    pub eta_seconds: Option<i64>,
 }
 
 /// The runs `filter` selects, newest first.
@@ -142,9 +144,21 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Row>> {
             let risk = Brief::parse(&r.brief)
                 .map(|b| b.meta.risk.as_str().to_owned())
                 .unwrap_or_default();
+            let eta_seconds = (r.state == RunState::Running.as_str())
+                .then(|| {
+                    let worked = runs::working_time(
+                        r.created_at,
+                        r.canary_at,
+                        r.promoted_at,
+                        chrono::Utc::now(),
+                    );
+                    crate::status::eta(worked, r.applied, i64::from(r.batch_count) - r.applied)
+                })
+                .flatten();
             Row {
                 holds,
                 risk,
+                eta_seconds,
                 accepted_breaches: r.accepted_breaches,
                 run_id: r.run_id,
                 name: r.name,

@@ -59,6 +59,14 @@ pub struct BudgetStatus {
     pub projected_seconds: Option<f64>,
 }
 
+/// Seconds until the `remaining` batches are applied, at the pace of the
+/// `applied` ones over the time the run `worked`; `None` before there is a pace
+/// or after the last batch.
+#[must_use]
+pub fn eta(worked: chrono::Duration, applied: i64, remaining: i64) -> Option<i64> {
+    (applied > 0 && remaining > 0).then(|| worked.num_seconds().max(1) * remaining / applied)
+}
+
 pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
     let run = runs::load(pool, run_id).await?;
     let counts = batches::counts(pool, run_id).await?;
@@ -67,11 +75,11 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
     let throttled_since = run.throttled_since;
     // Time the run worked: a wait at its canary is not its pace.
     let worked = run.working_time(chrono::Utc::now());
-    let eta_seconds =
-        (run.finished_at.is_none() && counts.applied > 0 && remaining > 0).then(|| {
-            let elapsed = worked.num_seconds().max(1);
-            elapsed * remaining / counts.applied
-        });
+    let eta_seconds = run
+        .finished_at
+        .is_none()
+        .then(|| eta(worked, counts.applied, remaining))
+        .flatten();
     let eta_range_seconds = eta_seconds.and_then(|_| {
         let elapsed_ms = worked.num_milliseconds().max(1) as f64;
         // Batches applied side by side, on average, so far.
@@ -243,5 +251,17 @@ impl Status {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_eta_is_the_remaining_batches_at_the_pace_so_far() {
+        let worked = chrono::Duration::seconds(60);
+        assert_eq!(super::eta(worked, 20, 40), Some(120));
+        assert_eq!(super::eta(worked, 0, 40), None, "no pace yet");
+        assert_eq!(super::eta(worked, 60, 0), None, "nothing left");
+        assert_eq!(super::eta(chrono::Duration::zero(), 1, 1), Some(1));
     }
 }

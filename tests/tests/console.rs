@@ -134,6 +134,7 @@ async fn the_console_shows_a_run_as_the_ledger_has_it_and_its_brief_as_text() {
     assert_eq!(listed[0]["rows_written"], written);
     assert_eq!(listed[0]["applied"], listed[0]["batches"]);
     assert_eq!(listed[0]["risk"], "metric-changing");
+    assert_eq!(listed[0]["eta_seconds"], Value::Null, "no ETA once applied");
     let (status, err) = json(&addr, "/api/runs?state=bogus").await;
     assert_eq!(status, 400);
     assert!(err["error"].as_str().unwrap().contains("running"), "{err}");
@@ -187,6 +188,17 @@ async fn the_console_shows_a_run_as_the_ledger_has_it_and_its_brief_as_text() {
         "only the page's own refresh"
     );
     assert_inert(&page, "the run page");
+    // The way back: the run's before-image table, kept for retain_days.
+    let images: String =
+        sqlx::query_scalar("SELECT image_table FROM backfill.runs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(
+        page.contains(&format!("<code>{images}</code> — kept 14 days")),
+        "{page}"
+    );
     let (status, live) = http_get(&addr, &format!("/runs/{run_id}/live")).await;
     assert_eq!(status, 200);
     assert!(live.contains("<div class=\"grid\""), "{live}");

@@ -135,6 +135,36 @@ fn the_kubernetes_manifests_fit_the_worker() {
     assert!(!kind(&job, "ConfigMap")["data"]["brief.toml"].is_badvalue());
     assert!(!kind(&documents("deploy/k8s/secret.example.yaml"), "Secret")["stringData"]["BACKFILL_DATABASE_URL"].is_badvalue());
 
+    // The console: `backfill serve` on the port its probes and Service use,
+    // trusting the proxy's header and asking for a login to read.
+    let console = documents("deploy/k8s/console.yaml");
+    let deployment = kind(&console, "Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["command"][0].as_str(), Some("backfill"));
+    let args = container["args"].as_vec().unwrap();
+    assert!(args.iter().any(|a| a.as_str() == Some("serve")), "{args:?}");
+    assert!(args.iter().any(|a| a.as_str() == Some("--require-login")));
+    assert_eq!(flag(args, "--auth-header"), "X-Forwarded-User");
+    let port = flag(args, "--addr")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse::<i64>()
+        .unwrap();
+    assert_eq!(container["ports"][0]["containerPort"].as_i64(), Some(port));
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/ready")
+    );
+    assert_eq!(
+        container["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        kind(&console, "Service")["spec"]["selector"]["app.kubernetes.io/name"],
+        deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+    );
+
     let kustomization = documents("deploy/k8s/kustomization.yaml");
     for resource in kustomization[0]["resources"].as_vec().unwrap() {
         let file = root().join("deploy/k8s").join(resource.as_str().unwrap());
@@ -199,4 +229,75 @@ fn the_dockerfile_copies_what_exists_and_builds_real_binaries() {
             "{crate_dir} builds {binary}"
         );
     }
+}
+
+/// The metric names the Grafana dashboard and Prometheus use are ones the
+/// binaries export, and the compose file serves the console and scrapes it.
+#[test]
+fn the_dashboard_queries_metrics_the_binaries_export() {
+    let compose = documents("deploy/compose.yaml");
+    let services = &compose[0]["services"];
+    for name in ["console", "prometheus", "grafana"] {
+        assert_eq!(
+            services[name]["profiles"][0].as_str(),
+            Some("console"),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        services["console"]["entrypoint"][0].as_str(),
+        Some("backfill")
+    );
+    assert_eq!(services["console"]["command"][0].as_str(), Some("serve"));
+    let prometheus = documents("deploy/prometheus.yml");
+    let jobs: Vec<&str> = prometheus[0]["scrape_configs"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["job_name"].as_str())
+        .collect();
+    assert_eq!(jobs, ["backfill-worker", "backfill-console", "rabbitmq"]);
+
+    let text =
+        std::fs::read_to_string(root().join("deploy/grafana/dashboards/backfill.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // The names the code registers (prefix + name), as Prometheus exposes them.
+    let sources = [
+        "worker/src/lib.rs",
+        "coordinator/src/console/mod.rs",
+        "coordinator/src/run/metrics.rs",
+    ]
+    .map(|f| std::fs::read_to_string(root().join(f)).unwrap())
+    .join("\n");
+    let exported = |metric: &str| {
+        let base = metric
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_total")
+            .trim_end_matches("_seconds");
+        let name = base
+            .strip_prefix("backfill_worker_")
+            .or_else(|| base.strip_prefix("backfill_run_"))
+            .unwrap_or(base);
+        sources.contains(&format!("\"{name}\""))
+    };
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 7, "{} panels", panels.len());
+    let mut checked = 0;
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for metric in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("backfill_"))
+            {
+                assert!(
+                    exported(metric),
+                    "{}: {metric} is not exported",
+                    panel["title"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "{checked} metrics checked");
 }

@@ -352,6 +352,12 @@ struct RunView {
     log: (Vec<log::Entry>, i64),
     checks: Vec<(String, bool, String, chrono::DateTime<chrono::Utc>)>,
     under_maintenance: bool,
+    /// How the run was announced, or why not (`None`: neither is recorded).
+    announced: Option<String>,
+    /// How the stakeholders were told after it.
+    told: Vec<String>,
+    /// Its rollback copies that still exist.
+    copies: Vec<String>,
 }
 
 async fn run_view(pool: &PgPool, run_id: Uuid) -> Result<RunView, Failure> {
@@ -364,7 +370,21 @@ async fn run_view(pool: &PgPool, run_id: Uuid) -> Result<RunView, Failure> {
         .await?
         .iter()
         .any(|m| m.run_id == run_id);
+    let announced = log::latest_of(pool, run_id, &["announced", "unannounced"])
+        .await?
+        .as_ref()
+        .and_then(report::announcement);
+    let told = log
+        .0
+        .iter()
+        .rev()
+        .filter_map(crate::lifecycle::done::told)
+        .collect();
+    let copies = report::temporary_objects(pool, &run).await?;
     Ok(RunView {
+        announced,
+        told,
+        copies,
         run,
         status,
         grid,

@@ -144,7 +144,7 @@ pub(super) fn runs(
                 thead { tr {
                     th { "Run" } th { "Target" } th { "Owner" } th { "Reviewer" } th { "Risk" }
                     th { "State" } th { "Progress" } th.num { "Rows written" } th { "Started" }
-                    th.num { "Accepted breaches" } th { "Now" }
+                    th { "ETA" } th.num { "Accepted breaches" } th { "Now" }
                 } }
                 tbody {
                     @for r in rows {
@@ -157,6 +157,7 @@ pub(super) fn runs(
                             td { (progress(r.applied, r.batches)) }
                             td.num { (r.rows_written) }
                             td { (when(r.started)) }
+                            td { @if let Some(eta) = r.eta_seconds { (duration(eta)) } }
                             td.num { (r.accepted_breaches) }
                             td { (r.holds) }
                         }
@@ -207,6 +208,24 @@ pub(super) fn run(viewer: &Viewer, view: &RunView) -> Markup {
             @for (i, m) in brief.validation.metrics.iter().enumerate() {
                 img.chart src=(format!("/runs/{}/charts/{i}", run.run_id)) loading="lazy"
                     alt=(format!("{}: before and after by group", m.name));
+            }
+        }
+        h2 { "People told, and the way back" }
+        dl {
+            dt { "Announced" } dd { (view.announced.as_deref().unwrap_or("no announcement recorded")) }
+            dt { "Told after" } dd {
+                @if view.told.is_empty() { "not yet (" code { "backfill report --send" } " or " code { "backfill done --told" } ")" }
+                @for (i, t) in view.told.iter().enumerate() { @if i > 0 { br; } (t) }
+            }
+            dt { "Stakeholders" } dd { (brief.dependencies.stakeholders.join(", ")) }
+            dt { "Rollback copies" } dd {
+                @if let Some(at) = run.cleaned_at { "dropped at " (when(at)) }
+                @else if view.copies.is_empty() { "none" }
+                @else {
+                    @for (i, c) in view.copies.iter().enumerate() { @if i > 0 { ", " } code { (c) } }
+                    " — kept " (brief.rollback.retain_days) " days after the run finishes"
+                    @if let Some(until) = run.retained_until() { " (until " (until.format("%Y-%m-%d")) ")" }
+                }
             }
         }
         h2 { "Validation" }

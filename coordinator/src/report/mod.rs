@@ -23,6 +23,59 @@ mod markdown;
 
 pub(crate) use markdown::{fmt_num, group_label};
 
+/// How a run was announced, from its `announced` or `unannounced` log entry:
+/// when, by whom, the window and where it was sent; or why it ran unannounced.
+pub fn announcement(e: &log::Entry) -> Option<String> {
+    match e.event.as_str() {
+        "announced" => {
+            let delivered = e.detail["delivered"]
+                .as_array()
+                .map(|d| {
+                    d.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| "no webhook".to_owned());
+            Some(format!(
+                "by {} at {} for {} to {}; sent to {delivered}",
+                e.detail["by"].as_str().unwrap_or("?"),
+                e.detail["at"].as_str().unwrap_or("?"),
+                e.detail["window"][0].as_str().unwrap_or("?"),
+                e.detail["window"][1].as_str().unwrap_or("?"),
+            ))
+        }
+        "unannounced" => Some(format!(
+            "not announced: {}",
+            e.detail["reason"].as_str().unwrap_or("no reason recorded")
+        )),
+        _ => None,
+    }
+}
+
+/// The run's rollback copies that still exist (before-images, the old table,
+/// a side table not yet swapped in), by name.
+pub async fn temporary_objects(pool: &PgPool, run: &Run) -> Result<Vec<String>> {
+    let mut objects = Vec::new();
+    if run.cleaned_at.is_some() {
+        return Ok(objects);
+    }
+    for name in [&run.image_table, &run.old_table, &run.side_table]
+        .into_iter()
+        .flatten()
+    {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(name)
+            .fetch_one(pool)
+            .await?;
+        if exists && *name != run.brief.scope.target.to_string() {
+            objects.push(name.clone());
+        }
+    }
+    Ok(objects)
+}
+
 /// Each metric's `date_trunc` unit, by metric name, where it has one.
 fn group_units(brief: &Brief) -> BTreeMap<String, String> {
     brief
@@ -148,22 +201,8 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
     let retries = batches::retries(pool, run_id).await?;
     let params = run.params.clone();
     let applied = validate::applied_batches(pool, &run).await?;
-    let mut temporary_objects = Vec::new();
-    if run.cleaned_at.is_none() {
-        for name in [&run.image_table, &run.old_table, &run.side_table]
-            .into_iter()
-            .flatten()
-        {
-            let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-                .bind(name)
-                .fetch_one(pool)
-                .await?;
-            if exists && *name != brief.scope.target.to_string() {
-                temporary_objects.push(name.clone());
-            }
-        }
-    }
-    let finished = run.cut_over_at.or(run.rolled_back_at).or(run.finished_at);
+    let temporary_objects = temporary_objects(pool, &run).await?;
+    let finished = run.ended_at();
     let diff = crate::diff::run(
         pool,
         run_id,
@@ -187,32 +226,7 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
         .rev()
         .find(|e| e.event == "lesson_recorded")
         .and_then(|e| e.detail["lesson"].as_str().map(str::to_owned));
-    let announced = entries.iter().find_map(|e| match e.event.as_str() {
-        "announced" => {
-            let delivered = e.detail["delivered"]
-                .as_array()
-                .map(|d| {
-                    d.iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| "no webhook".to_owned());
-            Some(format!(
-                "by {} at {} for {} to {}; sent to {delivered}",
-                e.detail["by"].as_str().unwrap_or("?"),
-                e.detail["at"].as_str().unwrap_or("?"),
-                e.detail["window"][0].as_str().unwrap_or("?"),
-                e.detail["window"][1].as_str().unwrap_or("?"),
-            ))
-        }
-        "unannounced" => Some(format!(
-            "not announced: {}",
-            e.detail["reason"].as_str().unwrap_or("no reason recorded")
-        )),
-        _ => None,
-    });
+    let announced = entries.iter().find_map(announcement);
     Ok(Report {
         announced,
         told,
@@ -263,9 +277,7 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
         approved: run.approved_by.clone().zip(run.approved_at),
         accepted_breaches,
         retained_until: (!temporary_objects.is_empty())
-            .then(|| {
-                finished.map(|f| f + chrono::Duration::days(i64::from(brief.rollback.retain_days)))
-            })
+            .then(|| run.retained_until())
             .flatten(),
         temporary_objects,
     })

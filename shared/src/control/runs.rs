@@ -451,16 +451,49 @@ impl Run {
     /// `now`: not time the backfill worked, so the budget and the ETA leave it out.
     #[must_use]
     pub fn canary_wait(&self, now: chrono::DateTime<chrono::Utc>) -> chrono::Duration {
-        self.canary_at.map_or_else(chrono::Duration::zero, |at| {
-            (self.promoted_at.unwrap_or(now) - at).max(chrono::Duration::zero())
-        })
+        canary_wait(self.canary_at, self.promoted_at, now)
+    }
+
+    /// When the run came to its end: cut over, rolled back, or applied or cancelled.
+    #[must_use]
+    pub fn ended_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.cut_over_at
+            .or(self.rolled_back_at)
+            .or(self.finished_at)
+    }
+
+    /// Until when its rollback copies are kept: `retain_days` after its end.
+    #[must_use]
+    pub fn retained_until(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.ended_at()
+            .map(|at| at + chrono::Duration::days(i64::from(self.brief.rollback.retain_days)))
     }
 
     /// The time since the run started that it worked: the canary's wait left out.
     #[must_use]
     pub fn working_time(&self, until: chrono::DateTime<chrono::Utc>) -> chrono::Duration {
-        (until - self.created_at) - self.canary_wait(until)
+        working_time(self.created_at, self.canary_at, self.promoted_at, until)
     }
+}
+
+type Time = chrono::DateTime<chrono::Utc>;
+
+/// See [`Run::canary_wait`].
+fn canary_wait(canary_at: Option<Time>, promoted_at: Option<Time>, now: Time) -> chrono::Duration {
+    canary_at.map_or_else(chrono::Duration::zero, |at| {
+        (promoted_at.unwrap_or(now) - at).max(chrono::Duration::zero())
+    })
+}
+
+/// See [`Run::working_time`]; for a run known by its times only.
+#[must_use]
+pub fn working_time(
+    created_at: Time,
+    canary_at: Option<Time>,
+    promoted_at: Option<Time>,
+    until: Time,
+) -> chrono::Duration {
+    (until - created_at) - canary_wait(canary_at, promoted_at, until)
 }
 
 /// The canary's batches are all applied: a running run waits in state
@@ -700,6 +733,8 @@ pub struct Listed {
     pub open_checks: Vec<String>,
     /// How many distinct limits an operator accepted breaches of.
     pub accepted_breaches: i64,
+    pub canary_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub promoted_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Runs newest first, as `filter` narrows them.
@@ -716,7 +751,8 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Listed>> {
                          '{}') AS open_checks,
                 (SELECT count(DISTINCT l) FROM backfill.run_log g,
                         jsonb_array_elements_text(g.detail->'limits') l
-                  WHERE g.run_id = r.run_id AND g.event = 'breach_accepted') AS accepted_breaches
+                  WHERE g.run_id = r.run_id AND g.event = 'breach_accepted') AS accepted_breaches,
+                r.canary_at, r.promoted_at
            FROM backfill.runs r
            CROSS JOIN LATERAL (
                 SELECT count(*) FILTER (WHERE b.state = 'applied') AS applied,
