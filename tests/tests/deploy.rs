@@ -35,6 +35,21 @@ fn flag(args: &[Yaml], name: &str) -> String {
         .to_owned()
 }
 
+/// The container exposes the port of `addr` (host:port), with readiness on
+/// `/ready` and liveness on `/healthz` there.
+fn probes_on(container: &Yaml, addr: &str) {
+    let port: i64 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    assert_eq!(container["ports"][0]["containerPort"].as_i64(), Some(port));
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/ready")
+    );
+    assert_eq!(
+        container["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+}
+
 #[test]
 fn the_compose_file_parses_and_builds_from_the_dockerfile() {
     let compose = documents("deploy/compose.yaml");
@@ -95,17 +110,7 @@ fn the_kubernetes_manifests_fit_the_worker() {
         grace > drain,
         "the grace period ({grace} s) must outlast the drain ({drain} s)"
     );
-    let metrics = flag(args, "--metrics-addr");
-    let port: i64 = metrics.rsplit_once(':').unwrap().1.parse().unwrap();
-    assert_eq!(container["ports"][0]["containerPort"].as_i64(), Some(port));
-    assert_eq!(
-        container["readinessProbe"]["httpGet"]["path"].as_str(),
-        Some("/ready")
-    );
-    assert_eq!(
-        container["livenessProbe"]["httpGet"]["path"].as_str(),
-        Some("/healthz")
-    );
+    probes_on(container, &flag(args, "--metrics-addr"));
     assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
 
     let keda = documents("deploy/k8s/keda.yaml");
@@ -145,21 +150,7 @@ fn the_kubernetes_manifests_fit_the_worker() {
     assert!(args.iter().any(|a| a.as_str() == Some("serve")), "{args:?}");
     assert!(args.iter().any(|a| a.as_str() == Some("--require-login")));
     assert_eq!(flag(args, "--auth-header"), "X-Forwarded-User");
-    let port = flag(args, "--addr")
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse::<i64>()
-        .unwrap();
-    assert_eq!(container["ports"][0]["containerPort"].as_i64(), Some(port));
-    assert_eq!(
-        container["readinessProbe"]["httpGet"]["path"].as_str(),
-        Some("/ready")
-    );
-    assert_eq!(
-        container["livenessProbe"]["httpGet"]["path"].as_str(),
-        Some("/healthz")
-    );
+    probes_on(container, &flag(args, "--addr"));
     assert_eq!(
         kind(&console, "Service")["spec"]["selector"]["app.kubernetes.io/name"],
         deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
