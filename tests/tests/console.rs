@@ -431,6 +431,7 @@ async fn actions_are_taken_for_the_people_allowed_them_and_refused_for_others() 
         .fetch_one(&env.pool)
         .await
         .unwrap();
+    let wrong_before = env.differences().await;
     let (run_id, ..) = env.record_run(&env.brief(6, 2).await).await;
     let auth = console::Auth {
         tokens: console::Auth::parse_tokens(TOKENS).unwrap(),
@@ -551,6 +552,41 @@ async fn actions_are_taken_for_the_people_allowed_them_and_refused_for_others() 
     assert!(page.contains("signed in as bob"), "{page}");
     assert!(page.contains("/actions/rollback"));
     assert!(!page.contains("/actions/approve") && !page.contains("/actions/pause"));
+
+    // Rolling back is the owner's or the reviewer's: carol may not, bob may.
+    c.refused(
+        c.act(Some("carol"), "rollback", &carol, "").await,
+        "cut_over",
+        "run_rolled_back",
+        "only the run's owner (alice) or reviewer (bob)",
+    )
+    .await;
+    let (status, page) = c.act(Some("bob"), "rollback", &bob, "").await;
+    assert_eq!(status, 303, "{page}");
+    assert_eq!(c.state().await, "rolled_back");
+    assert!(wrong_before > 0);
+    assert_eq!(
+        env.differences().await,
+        wrong_before,
+        "the target is as it was"
+    );
+
+    // A second run on the target: retried (nothing failed: its drive goes on)
+    // and cancelled by its owner; every action logged with the person.
+    let (second, ..) = env.record_run(&env.slow_brief(20, 1, 0.3).await).await;
+    let c = Console {
+        run_id: second,
+        ..c
+    };
+    let (status, page) = c.act(Some("alice"), "retry", &alice, "").await;
+    assert_eq!(status, 303, "{page}");
+    let (status, page) = c.act(Some("alice"), "cancel", &alice, "").await;
+    assert_eq!(status, 303, "{page}");
+    assert_eq!(c.state().await, "cancelled");
+    assert_eq!(
+        c.logged("run_cancelled").await,
+        [("alice".into(), "alice_role".into())]
+    );
     env.cleanup().await;
 }
 
