@@ -279,15 +279,20 @@ async fn a_large_runs_grid_shares_cells() {
 }
 
 /// `backfill serve` prints where it listens and serves until stopped; on an
-/// address other machines reach, it warns first.
+/// address other machines reach with no way to log in, it warns first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_serve_listens_where_it_says_and_warns_when_exposed() {
     use tokio::io::{AsyncBufReadExt as _, BufReader};
     let env = TestEnv::new(0.01).await;
-    for (addr, warns) in [("127.0.0.1:0", false), ("0.0.0.0:0", true)] {
+    for (addr, tokens, warns) in [
+        ("127.0.0.1:0", "", false),
+        ("0.0.0.0:0", "", true),
+        ("0.0.0.0:0", TOKENS, false),
+    ] {
         let mut child = tokio::process::Command::new(backfill_tests::bin("backfill"))
             .args(["serve", "--addr", addr])
             .envs(env.env())
+            .env("BACKFILL_CONSOLE_TOKENS", tokens)
             .env("RUST_LOG", "warn")
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)

@@ -115,23 +115,16 @@ pub async fn serve(
     Ok(bound)
 }
 
-/// What `backfill serve` warns of before it serves on `addr`, if anything.
+/// What `backfill serve` warns of before it serves on `addr`, if anything: an
+/// address other machines reach, with no way to log in.
 #[must_use]
 pub fn exposure_warning(addr: SocketAddr, auth: &Auth) -> Option<String> {
-    if addr.ip().is_loopback() {
-        return None;
-    }
-    if !auth.is_set() {
-        return Some(format!(
+    (!addr.ip().is_loopback() && !auth.is_set()).then(|| {
+        format!(
             "the console on {addr} is reachable from other machines with no way to log in: anyone \
              who reaches it can read every run's brief and ledger, and nobody can act; set \
-             --auth-header behind an authenticating proxy, or BACKFILL_CONSOLE_TOKENS"
-        ));
-    }
-    (!auth.require_login).then(|| {
-        format!(
-            "the console on {addr} is reachable from other machines and shows every run to anyone \
-             who reaches it; --require-login asks for a login to read too"
+             --auth-header behind an authenticating proxy, or BACKFILL_CONSOLE_TOKENS \
+             (and --require-login to ask for a login to read too)"
         )
     })
 }

@@ -204,8 +204,11 @@ pub(super) fn run(viewer: &Viewer, view: &RunView) -> Markup {
         (actions(viewer, view))
         @if !brief.validation.metrics.is_empty() {
             h2 { "Metrics, before and after" }
-            p { "Summed over the applied batches, per group; the run halts when a group moves past its limit." }
+            p { "Summed over the applied batches, per group." }
             @for (i, m) in brief.validation.metrics.iter().enumerate() {
+                p { strong { (m.name) } code { " " (m.expr) } @if let Some(by) = &m.by { " by " code { (by) } } ": "
+                    @if let Some(limit) = m.max_change_pct { "the run halts when a group moves more than " (limit) " %" }
+                    @else { "no limit" } }
                 img.chart src=(format!("/runs/{}/charts/{i}", run.run_id)) loading="lazy"
                     alt=(format!("{}: before and after by group", m.name));
             }
