@@ -403,6 +403,12 @@ fi
 if [[ ${STATUS[rabbitmq]} != FAILED ]]; then
   v=$(rabbit_version)
   DETAIL[rabbitmq]="${ADDR[rabbitmq]}, ${RABBIT_VIA}${v:+, RabbitMQ $v}$(version_warning "$v" 3.10 RabbitMQ)"
+  # A node short of disk or memory answers but blocks every publisher, which
+  # looks like a hang to whoever publishes: refuse it here, naming the alarm.
+  if can_run_rabbit_cli && ! alarms=$(timeout 20 rabbitmq-diagnostics -q check_local_alarms 2>&1); then
+    STATUS[rabbitmq]=FAILED
+    DETAIL[rabbitmq]="${ADDR[rabbitmq]} answers but is under a resource alarm ($(echo "$alarms" | grep -i alarm | head -n 1 | tr -d '\n')), so it blocks every publisher: free disk space where it keeps its data (df -h /var/lib/rabbitmq; the limit is disk_free_limit) or memory, then run this again"
+  fi
 fi
 
 # 7. Report: one line per service.

@@ -16,6 +16,9 @@ pub enum ServiceFailure {
     /// The broker did not confirm a publish (a resource alarm, a queue limit).
     #[error("the broker refused (nacked) a message to {0}; it was not stored")]
     Nacked(String),
+    /// The broker did not confirm a publish in time: blocked by a resource alarm.
+    #[error("{0}")]
+    Unconfirmed(PublishError),
     #[error("redis: {0}")]
     Cache(#[source] redis::RedisError),
 }
@@ -27,7 +30,7 @@ impl ServiceFailure {
         match self {
             Self::Warehouse(e) => sql_is_transient(e),
             Self::Broker(e) => amqp_is_transient(e),
-            Self::Nacked(_) => true,
+            Self::Nacked(_) | Self::Unconfirmed(_) => true,
             Self::Cache(e) => redis_is_transient(e),
         }
     }
@@ -39,7 +42,7 @@ impl ServiceFailure {
         match self {
             Self::Warehouse(e) => sql_is_connection_loss(e),
             Self::Broker(e) => self.is_transient() && !e.is_amqp_soft_error(),
-            Self::Nacked(_) => false,
+            Self::Nacked(_) | Self::Unconfirmed(_) => false,
             Self::Cache(e) => e.is_connection_dropped() || e.is_io_error(),
         }
     }
@@ -68,6 +71,7 @@ impl From<PublishError> for ServiceFailure {
         match e {
             PublishError::Amqp(e) => Self::Broker(e),
             PublishError::Nacked(to) => Self::Nacked(to),
+            unconfirmed @ PublishError::Unconfirmed(_) => Self::Unconfirmed(unconfirmed),
         }
     }
 }

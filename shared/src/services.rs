@@ -106,7 +106,7 @@ pub async fn rabbit(config: &Config, name: &str) -> Result<Connection> {
             fix: RABBIT_SILENT,
         });
     };
-    connected.map_err(|e| {
+    let connection = connected.map_err(|e| {
         let reason = scrub(&e.to_string(), &config.amqp_url);
         let lower = reason.to_lowercase();
         let fix = if lower.contains("access") || lower.contains("auth") || lower.contains("login") {
@@ -119,7 +119,34 @@ pub async fn rabbit(config: &Config, name: &str) -> Result<Connection> {
             reason,
             fix,
         }
-    })
+    })?;
+    tokio::spawn(say_when_blocked(
+        connection.events_listener(),
+        name.to_owned(),
+    ));
+    Ok(connection)
+}
+
+/// Logs the broker blocking a connection's publishes (a resource alarm), with
+/// its reason and the fix, and its unblocking; ends with the connection.
+async fn say_when_blocked(
+    mut events: impl futures_util::Stream<Item = lapin::Event> + Unpin,
+    name: String,
+) {
+    use futures_util::StreamExt as _;
+    while let Some(event) = events.next().await {
+        match event {
+            lapin::Event::ConnectionBlocked(reason) => tracing::warn!(
+                connection = %name,
+                "RabbitMQ blocks this connection's publishes: {reason}. {}",
+                crate::topology::ALARM_FIX
+            ),
+            lapin::Event::ConnectionUnblocked => {
+                tracing::warn!(connection = %name, "RabbitMQ unblocked this connection's publishes");
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A Redis connection manager (it reconnects by itself after a connection is lost).

@@ -11,6 +11,7 @@
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// A message delivered more often than this is dead-lettered by the broker.
@@ -131,12 +132,34 @@ fn quorum(extra: &[(&str, AMQPValue)]) -> FieldTable {
     args
 }
 
+/// How long a publisher waits for the broker to confirm what it published. A
+/// broker short of disk or memory blocks its publishers without closing their
+/// connections; past this wait the publish is an error that says so, retried as
+/// a lost connection is.
+pub const CONFIRM_WAIT: Duration = Duration::from_secs(30);
+
+/// What to do about a broker that blocks publishers.
+pub const ALARM_FIX: &str = "`rabbitmq-diagnostics check_local_alarms` names the alarm; free the disk or memory (or raise the limit) and publishing resumes";
+
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("rabbitmq: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("the broker refused (nacked) a message to {0}; it was not stored")]
     Nacked(String),
+    #[error("the broker has not confirmed a message to {0} within {secs} s: RabbitMQ blocks publishers while it is short of disk or memory. {ALARM_FIX}", secs = CONFIRM_WAIT.as_secs())]
+    Unconfirmed(String),
+}
+
+/// `publishing` (publishes and the wait for their confirms) bounded by
+/// [`CONFIRM_WAIT`]: past it, [`PublishError::Unconfirmed`] naming `to`.
+pub async fn within_confirm_wait<T, E: From<PublishError>>(
+    to: &str,
+    publishing: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    tokio::time::timeout(CONFIRM_WAIT, publishing)
+        .await
+        .unwrap_or_else(|_| Err(PublishError::Unconfirmed(to.to_owned()).into()))
 }
 
 /// Persistent delivery, so a message survives a broker restart.
@@ -147,8 +170,8 @@ pub fn persistent() -> lapin::BasicProperties {
         .with_content_type("application/msgpack".into())
 }
 
-/// Publishes on a channel in confirm mode and waits for the broker's confirm. A
-/// nack is an error, never a delivery.
+/// Publishes on a channel in confirm mode and waits for the broker's confirm,
+/// at most [`CONFIRM_WAIT`]. A nack is an error, never a delivery.
 pub async fn publish_confirmed(
     channel: &Channel,
     exchange: &str,
@@ -156,19 +179,23 @@ pub async fn publish_confirmed(
     payload: &[u8],
     properties: lapin::BasicProperties,
 ) -> Result<(), PublishError> {
-    let confirm = channel
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            lapin::options::BasicPublishOptions::default(),
-            payload,
-            properties,
-        )
-        .await?
-        .await?;
-    if confirm.is_ack() {
-        Ok(())
-    } else {
-        Err(PublishError::Nacked(format!("{exchange}/{routing_key}")))
-    }
+    let to = format!("{exchange}/{routing_key}");
+    within_confirm_wait(&to, async {
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                lapin::options::BasicPublishOptions::default(),
+                payload,
+                properties,
+            )
+            .await?
+            .await?;
+        if confirm.is_ack() {
+            Ok(())
+        } else {
+            Err(PublishError::Nacked(to.clone()))
+        }
+    })
+    .await
 }

@@ -1,6 +1,7 @@
-// Opens the console in Debian's Chromium, headless: screenshots the runs page and
-// a live run's page, then waits on that same page (no reload) until more of its
-// batch grid's cells are applied, and screenshots it again.
+// Opens the console in Debian's Chromium, headless: screenshots a live run's
+// page, then waits on that same page (no reload) until more of its batch grid's
+// cells are applied, and screenshots it again; then the runs page, the run
+// now under way.
 // Usage: node console.mjs BASE_URL RUN_ID OUT_DIR
 // Prints one JSON object: the applied cells at first and at last, whether the
 // page was ever reloaded, and the screenshots' paths.
@@ -13,8 +14,6 @@ const browser = await chromium.launch({
 });
 try {
   const page = await browser.newPage({ viewport: { width: 1200, height: 1000 } });
-  await page.goto(`${base}/`);
-  await page.screenshot({ path: `${out}/runs.png`, fullPage: true });
   await page.goto(`${base}/runs/${run}`);
   const applied = () => page.locator(".grid i.applied").count();
   const first = await applied();
@@ -29,6 +28,8 @@ try {
   const last = await applied();
   const sameDocument = await page.evaluate(() => window.__sameDocument === true);
   await page.screenshot({ path: `${out}/run-after.png`, fullPage: true });
+  await page.goto(`${base}/`);
+  await page.screenshot({ path: `${out}/runs.png`, fullPage: true });
   console.log(JSON.stringify({ first, last, sameDocument }));
 } finally {
   await browser.close();

@@ -24,6 +24,20 @@ use uuid::Uuid;
 /// The TPC-H schema every test database holds.
 pub const SCHEMA: &str = "tpch";
 
+/// How long one `backfill` command of a test may take: one that hangs fails
+/// its test with what it printed, rather than holding the suite.
+const CLI_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// All a child's pipe gives until it closes, as text.
+async fn read_to_end(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut bytes = Vec::new();
+    if let Some(mut pipe) = pipe {
+        let _ = pipe.read_to_end(&mut bytes).await;
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// One test's world: its database, namespace and config.
 #[derive(Debug)]
 pub struct TestEnv {
@@ -222,19 +236,32 @@ impl TestEnv {
         args: &[&str],
         vars: &[(&str, &str)],
     ) -> (Option<i32>, String, String) {
-        let out = tokio::process::Command::new(bin("backfill"))
+        let mut child = tokio::process::Command::new(bin("backfill"))
             .args(args)
             .envs(self.env())
             .env("RUST_LOG", "warn")
             .envs(vars.iter().copied())
-            .output()
-            .await
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
             .expect("run backfill");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let stdout = tokio::spawn(read_to_end(child.stdout.take()));
+        let stderr = tokio::spawn(read_to_end(child.stderr.take()));
+        let ended = tokio::time::timeout(CLI_LIMIT, child.wait()).await;
+        if ended.is_err() {
+            let _ = child.kill().await;
+        }
+        let (stdout, stderr) = (stdout.await.unwrap(), stderr.await.unwrap());
+        let Ok(status) = ended else {
+            panic!(
+                "`backfill {}` did not end within {} s; it printed:\n{stdout}\n{stderr}",
+                args.join(" "),
+                CLI_LIMIT.as_secs()
+            );
+        };
+        (status.expect("wait for backfill").code(), stdout, stderr)
     }
 
     /// Environment variables that point a child process at this test's world.

@@ -26,7 +26,13 @@ pub(super) struct BatchPublisher<'a> {
 }
 
 impl BatchPublisher<'_> {
+    /// Publishes batches `nos` and waits for their confirms, at most
+    /// [`topology::CONFIRM_WAIT`] in all.
     pub(super) async fn publish(&self, nos: &[u32]) -> Result<()> {
+        topology::within_confirm_wait(self.queue, self.publish_unbounded(nos)).await
+    }
+
+    async fn publish_unbounded(&self, nos: &[u32]) -> Result<()> {
         // Pipelined: publish them all, then wait for every confirm.
         let mut confirms = Vec::with_capacity(nos.len());
         for &no in nos {
