@@ -4,6 +4,7 @@
 //! - [`announce`]: `backfill announce`, the note before a run, and whether a run needs one.
 //! - [`canary`]: `limits.canary` (which batches go first) and `backfill promote`.
 //! - [`catalog`]: what reads a table (views, materialized views).
+//! - [`dbt`]: what a dbt project's manifest has downstream of a table.
 //! - [`console`]: `backfill serve`, the web console over the control plane.
 //! - [`preflight`]: checks of a brief against the warehouse catalog, blast radius.
 //! - [`plan`]: `backfill plan`.
@@ -24,6 +25,7 @@ pub mod announce;
 pub mod canary;
 pub mod catalog;
 pub mod console;
+pub mod dbt;
 pub mod demo;
 pub mod diff;
 pub mod draft;

@@ -205,7 +205,7 @@ enum Command {
         action: Option<PeopleAction>,
     },
     /// Expose an approved run: swap in the built table (staging-swap, parallel-version),
-    /// then run the brief's refresh statements and refresh dependent materialized views.
+    /// then run the brief's refresh steps (statements, commands) and refresh dependent materialized views.
     Cutover {
         run: String,
         /// Longest wait for the target's lock during the swap, in milliseconds.

@@ -50,8 +50,12 @@ pub struct Plan {
     /// partitions it exchanges whole, and a `batch_by` that would align it.
     pub partition_note: Option<String>,
     pub dependents: Vec<Dependent>,
-    /// Declared in the brief but not found in the catalog (dashboards, exports...).
+    /// Declared in the brief but not found in the catalog or the dbt manifest
+    /// (dashboards, exports...).
     pub declared_outside_catalog: Vec<String>,
+    /// The brief's dbt manifest: what matched the target, its tests.
+    pub dbt: Option<crate::dbt::Radius>,
+    /// The brief's stakeholders and the owners of dbt exposures downstream.
     pub stakeholders: Vec<String>,
 }
 
@@ -423,8 +427,13 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         .downstream
         .iter()
         .filter(|d| {
+            // A relation by its name; a dbt exposure or metric by its name or
+            // as `exposure:NAME`.
+            let d = d.trim();
+            let bare = d.split_once(':').map_or(d, |(_, name)| name);
             let normalized = backfill_shared::sql::TableName::parse(d).map(|t| t.to_string());
-            !normalized.is_some_and(|n| found.contains(&n))
+            !(found.iter().any(|f| f == d || f == bare)
+                || normalized.is_some_and(|n| found.contains(&n)))
         })
         .cloned()
         .collect();
@@ -460,7 +469,11 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         partition_note,
         dependents: preflight.dependents.clone(),
         declared_outside_catalog,
-        stakeholders: brief.dependencies.stakeholders.clone(),
+        stakeholders: crate::dbt::stakeholders(
+            &brief.dependencies.stakeholders,
+            preflight.dbt.as_ref(),
+        ),
+        dbt: preflight.dbt.clone(),
     };
     Ok((plan, batches, preflight))
 }
@@ -750,14 +763,19 @@ impl Plan {
         if self.dependents.is_empty() {
             let _ = writeln!(
                 s,
-                "  nothing in the catalog reads or references {}",
+                "  nothing in the catalog{} reads or references {}",
+                if self.dbt.is_some() {
+                    " or the dbt manifest"
+                } else {
+                    ""
+                },
                 self.target
             );
         }
         for d in &self.dependents {
             let _ = writeln!(
                 s,
-                "  {:<40} {:<28} {}{}",
+                "  {:<40} {:<28} {}{}{}",
                 d.name,
                 d.kind,
                 if d.depth > 1 {
@@ -769,8 +787,15 @@ impl Plan {
                     "declared"
                 } else {
                     "NOT DECLARED in dependencies.downstream"
-                }
+                },
+                d.owner
+                    .as_ref()
+                    .map(|o| format!(", owner {o}"))
+                    .unwrap_or_default()
             );
+        }
+        if let Some(dbt) = &self.dbt {
+            let _ = writeln!(s, "  dbt ({}): {}", dbt.manifest, dbt.summary(&self.target));
         }
         for d in &self.declared_outside_catalog {
             let _ = writeln!(s, "  {d:<40} {:<28} declared (outside the catalog)", "");

@@ -3,7 +3,8 @@
 //! the bounds' type, and the source prepares with exactly two parameters and yields
 //! every column the batch writes, calling no function whose result differs from
 //! one run to the next (unless `scope.volatile_ok` says why). Also the blast
-//! radius: what in the catalog reads or references the target.
+//! radius: what in the catalog reads or references the target, and what the
+//! brief's dbt manifest has downstream of it.
 
 use backfill_shared::brief::{Bound, BoundKind, Brief, Problem};
 use backfill_shared::sql::{TableName, column_list, quote_ident};
@@ -21,19 +22,27 @@ pub struct Preflight {
     pub columns: Vec<(String, String)>,
     /// The planner's row count of the target; `None` if it was never analysed.
     pub target_rows: Option<i64>,
+    /// The catalog's dependents and the dbt manifest's, nearest first.
     pub dependents: Vec<Dependent>,
+    /// What the brief's dbt manifest says, when it names one.
+    pub dbt: Option<crate::dbt::Radius>,
 }
 
-/// Something in the catalog that reads or references the target.
+/// Something that reads or references the target: in the catalog, or in the
+/// brief's dbt manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Dependent {
     pub name: String,
-    /// `view`, `materialized view` or `foreign key`.
+    /// `view`, `materialized view`, `foreign key`, `dbt model, table`,
+    /// `dbt exposure, dashboard`, ...
     pub kind: String,
     /// 1 reads the target directly; 2 reads something that does; ...
     pub depth: i32,
     /// Named in the brief's `dependencies.downstream`.
     pub declared: bool,
+    /// A dbt exposure's owner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,15 +180,25 @@ pub async fn check(pool: &PgPool, brief: &Brief) -> Result<Preflight> {
     }
     check_validation(pool, brief, &mut problems).await?;
     check_source(pool, brief, &mut problems).await?;
+    let dbt = match dbt_radius(pool, brief).await? {
+        Some(Err(why)) => {
+            problems.push(problem("dependencies.dbt_manifest", why));
+            None
+        }
+        Some(Ok(radius)) => Some(radius),
+        None => None,
+    };
     if !problems.is_empty() {
         return Err(PreflightError::Problems(
             backfill_shared::brief::BriefError { problems },
         ));
     }
+    let catalog = dependents(pool, oid, target, &brief.dependencies.downstream).await?;
     Ok(Preflight {
         columns,
         target_rows: planner_rows(pool, oid).await?,
-        dependents: dependents(pool, oid, target, &brief.dependencies.downstream).await?,
+        dependents: with_dbt(catalog, dbt.as_ref()),
+        dbt,
     })
 }
 
@@ -528,14 +547,21 @@ pub async fn estimate_rows(pool: &PgPool, source: &str, lo: Bound, hi: Bound) ->
         .map(|r| r as i64)
 }
 
-/// The blast radius of a brief's target as the catalog shows it now (empty if the
-/// target is gone).
-pub async fn blast_radius(pool: &PgPool, brief: &Brief) -> Result<Vec<Dependent>> {
+/// The blast radius of a brief's target as the catalog and the brief's dbt
+/// manifest show it now (the catalog's part is empty if the target is gone),
+/// with why the manifest could not be read, if it could not.
+pub async fn blast_radius(
+    pool: &PgPool,
+    brief: &Brief,
+) -> Result<(
+    Vec<Dependent>,
+    Option<std::result::Result<crate::dbt::Radius, String>>,
+)> {
     let oid: Option<sqlx::postgres::types::Oid> = sqlx::query_scalar("SELECT to_regclass($1)::oid")
         .bind(brief.scope.target.quoted())
         .fetch_one(pool)
         .await?;
-    match oid {
+    let catalog = match oid {
         Some(oid) => {
             dependents(
                 pool,
@@ -543,10 +569,49 @@ pub async fn blast_radius(pool: &PgPool, brief: &Brief) -> Result<Vec<Dependent>
                 &brief.scope.target,
                 &brief.dependencies.downstream,
             )
-            .await
+            .await?
         }
-        None => Ok(Vec::new()),
+        None => Vec::new(),
+    };
+    let dbt = dbt_radius(pool, brief).await?;
+    let found = with_dbt(catalog, dbt.as_ref().and_then(|r| r.as_ref().ok()));
+    Ok((found, dbt))
+}
+
+/// What the brief's dbt manifest has downstream of the target, or why it
+/// cannot be read; `None` when the brief names no manifest.
+async fn dbt_radius(
+    pool: &PgPool,
+    brief: &Brief,
+) -> Result<Option<std::result::Result<crate::dbt::Radius, String>>> {
+    let Some(path) = &brief.dependencies.dbt_manifest else {
+        return Ok(None);
+    };
+    let database: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(pool)
+        .await?;
+    Ok(Some(crate::dbt::radius(
+        path,
+        &database,
+        &brief.scope.target,
+        &brief.dependencies.downstream,
+    )))
+}
+
+/// The catalog's dependents with the dbt manifest's: a dbt model the catalog
+/// also found (a view) is one entry, of both kinds.
+fn with_dbt(mut found: Vec<Dependent>, dbt: Option<&crate::dbt::Radius>) -> Vec<Dependent> {
+    for d in dbt.map(|r| r.dependents.as_slice()).unwrap_or_default() {
+        match found.iter_mut().find(|c| c.name == d.name) {
+            Some(same) => {
+                same.kind = format!("{}; {}", same.kind, d.kind);
+                same.declared |= d.declared;
+            }
+            None => found.push(d.clone()),
+        }
     }
+    found.sort_by_key(|d| d.depth);
+    found
 }
 
 /// What the catalog finds depending on `target` (table `oid`): readers and
@@ -587,6 +652,7 @@ pub(crate) async fn dependents(
                 name: name.to_string(),
                 kind,
                 depth,
+                owner: None,
             }
         })
         .collect())

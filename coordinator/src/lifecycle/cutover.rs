@@ -4,7 +4,9 @@
 //! the swap's transaction with the built table locked against writers). For
 //! staging-swap and parallel-version, swaps the built table into the target's place
 //! (the old table stays as the rollback copy); then runs the brief's `refresh`
-//! statements in order and refreshes the materialized views that read the target.
+//! steps in order (SQL statements, and commands such as `dbt build`, whose exit
+//! status and last lines are logged) and refreshes the materialized views that
+//! read the target.
 //! Each step is logged; a failure stops there and says where, and running cutover
 //! again resumes after the last step that succeeded.
 
@@ -12,6 +14,7 @@ use super::fingerprint::{self, Fingerprint};
 use super::{old_table, swap, writes_live_target};
 use crate::notify::{self, Happened, Step};
 use crate::{CliError, Result};
+use backfill_shared::brief::Refresh;
 use backfill_shared::control::runs::{self, Run, RunState};
 use backfill_shared::control::validations;
 use backfill_shared::control::{log, maintenance};
@@ -61,7 +64,7 @@ impl CutoverReport {
         }
         let _ = writeln!(
             s,
-            "ran {} refresh statement(s); refreshed materialized views: {}",
+            "ran {} refresh step(s); refreshed materialized views: {}",
             self.refresh_statements,
             if self.refreshed_materialized_views.is_empty() {
                 "none".to_owned()
@@ -189,26 +192,53 @@ pub async fn cutover(
     }
 
     let done = log::refreshes_done(pool, run_id).await?;
-    for (index, statement) in brief.dependencies.refresh.iter().enumerate() {
+    for (index, refresh) in brief.dependencies.refresh.iter().enumerate() {
         let index = i64::try_from(index).unwrap_or(i64::MAX);
         if done.contains(&index) {
             continue;
         }
-        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(statement.as_str()))
-            .execute(pool)
-            .await
-        {
-            return Err(fail(
-                &format!("refresh statement {} ({statement})", index + 1),
-                &CliError::from(e),
-            )
-            .await);
-        }
-        step(
-            "refresh",
-            serde_json::json!({ "index": index, "statement": statement }),
-        )
-        .await?;
+        let at = format!("refresh step {} ({refresh})", index + 1);
+        let detail = match refresh {
+            Refresh::Sql(statement) => {
+                if let Err(e) = sqlx::raw_sql(AssertSqlSafe(statement.as_str()))
+                    .execute(pool)
+                    .await
+                {
+                    return Err(fail(&at, &CliError::from(e)).await);
+                }
+                serde_json::json!({ "index": index, "statement": statement })
+            }
+            Refresh::Command { run, dir } => {
+                let ran = match run_command(run, dir.as_deref()).await {
+                    Ok(ran) => ran,
+                    Err(e) => return Err(fail(&at, &e).await),
+                };
+                let detail = serde_json::json!({
+                    "index": index,
+                    "statement": refresh.to_string(),
+                    "command": run,
+                    "dir": dir,
+                    "exit": ran.exit,
+                    "output": ran.tail,
+                });
+                if ran.exit != Some(0) {
+                    let _ =
+                        log::append(pool, run_id, actor, "refresh_command_failed", None, detail)
+                            .await;
+                    let error = CliError::BadInput(format!(
+                        "`{refresh}` {}; the last lines it printed:\n{}\nFix it, then `backfill cutover {run_id}` runs it again and goes on",
+                        ran.exit.map_or_else(
+                            || "was killed by a signal".to_owned(),
+                            |code| format!("exited with {code}")
+                        ),
+                        ran.tail
+                    ));
+                    return Err(fail(&at, &error).await);
+                }
+                detail
+            }
+        };
+        step("refresh", detail).await?;
         report.refresh_statements += 1;
     }
     match swap::refresh_materialized_views(pool, target).await {
@@ -237,6 +267,48 @@ pub async fn cutover(
     .await?;
     notify::emit(pool, run_id, Happened::Cutover(Step::Done)).await;
     Ok(report)
+}
+
+/// A refresh command that ran: its exit code (`None`: killed by a signal) and
+/// the last lines it printed.
+struct Ran {
+    exit: Option<i32>,
+    tail: String,
+}
+
+/// How many of its last lines a refresh command's output keeps in the log.
+const OUTPUT_TAIL_LINES: usize = 20;
+
+/// Runs `run` (a program and its arguments, no shell) in `dir`, its output
+/// captured; an error only when it cannot be started.
+async fn run_command(run: &[String], dir: Option<&str>) -> Result<Ran> {
+    let Some((program, args)) = run.split_first() else {
+        return Err(CliError::BadInput(
+            "a refresh command with nothing to run".into(),
+        ));
+    };
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let out = command.output().await.map_err(|e| {
+        CliError::BadInput(format!(
+            "cannot start `{program}`{}: {e}; install it or fix `run` in the brief's refresh",
+            dir.map(|d| format!(" in {d}")).unwrap_or_default()
+        ))
+    })?;
+    let printed =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = printed.lines().collect();
+    let tail = lines[lines.len().saturating_sub(OUTPUT_TAIL_LINES)..].join("\n");
+    Ok(Ran {
+        exit: out.status.code(),
+        tail,
+    })
 }
 
 /// The fingerprint of the validation the reviewer approved.

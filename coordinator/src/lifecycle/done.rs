@@ -184,11 +184,11 @@ pub async fn done(
         ok: cut_over && refreshed >= refreshes,
         detail: match (cut_over, run.cut_over_at) {
             (true, Some(at)) if refreshed >= refreshes => format!(
-                "cut over {}; {refreshes} refresh statement(s) ran",
+                "cut over {}; {refreshes} refresh step(s) ran",
                 at.format("%Y-%m-%d %H:%M UTC")
             ),
             (true, _) => format!(
-                "{refreshed} of {refreshes} refresh statements ran: `backfill cutover {run_id}` runs the rest"
+                "{refreshed} of {refreshes} refresh steps ran: `backfill cutover {run_id}` runs the rest"
             ),
             (false, _) => format!(
                 "the run is {}: readers do not see it until `backfill approve` and `backfill cutover {run_id}`",

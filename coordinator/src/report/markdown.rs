@@ -200,14 +200,29 @@ impl Report {
             .collect::<Vec<_>>();
         let _ = writeln!(
             s,
-            "| Downstream | declared: {}; in the catalog: {} |\n",
+            "| Downstream | declared: {}; in the catalog{}: {} |",
             cell(&self.downstream_declared.join(", ")),
+            if self.dbt.is_some() {
+                " and the dbt manifest"
+            } else {
+                ""
+            },
             if found.is_empty() {
                 "none".into()
             } else {
                 cell(&found.join(", "))
             }
         );
+        match &self.dbt {
+            Some(Ok(radius)) => {
+                let _ = writeln!(s, "| dbt | {} |", cell(&radius.summary(&self.target)));
+            }
+            Some(Err(why)) => {
+                let _ = writeln!(s, "| dbt | {} |", cell(why));
+            }
+            None => {}
+        }
+        let _ = writeln!(s);
 
         let _ = writeln!(s, "## Validation\n");
         if self.validation.is_empty() {

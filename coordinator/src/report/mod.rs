@@ -138,9 +138,14 @@ pub struct Report {
     pub rules: Vec<(String, String, String)>,
     pub batch_by: String,
     pub strategy: String,
+    /// The brief's stakeholders and the owners of dbt exposures downstream.
     pub stakeholders: Vec<String>,
     pub downstream_declared: Vec<String>,
+    /// What the catalog and the dbt manifest find downstream now.
     pub downstream_found: Vec<Dependent>,
+    /// The brief's dbt manifest as read now: what it says, or why it could
+    /// not be read.
+    pub dbt: Option<Result<crate::dbt::Radius, String>>,
     pub validation: Vec<ValidationRow>,
     pub metrics: Vec<GroupDelta>,
     pub refreshed: Vec<String>,
@@ -197,6 +202,7 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
         })
         .collect();
     let refreshed = log::refreshed(pool, run_id).await?;
+    let (downstream_found, dbt) = preflight::blast_radius(pool, brief).await?;
     let accepted_breaches = log::acceptances(pool, run_id).await?;
     let retries = batches::retries(pool, run_id).await?;
     let params = run.params.clone();
@@ -258,9 +264,13 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
         group_units: group_units(brief),
         batch_by: brief.scope.batch_by.column.clone(),
         strategy: brief.write.strategy.to_string(),
-        stakeholders: brief.dependencies.stakeholders.clone(),
+        stakeholders: crate::dbt::stakeholders(
+            &brief.dependencies.stakeholders,
+            dbt.as_ref().and_then(|r| r.as_ref().ok()),
+        ),
         downstream_declared: brief.dependencies.downstream.clone(),
-        downstream_found: preflight::blast_radius(pool, brief).await?,
+        downstream_found,
+        dbt,
         validation,
         metrics: validate::summed_metrics(&run, &applied),
         refreshed,

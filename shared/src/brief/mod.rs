@@ -270,8 +270,39 @@ pub struct Write {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Dependencies {
     pub downstream: Vec<String>,
-    pub refresh: Vec<String>,
+    /// What cutover runs after the target changed, in order.
+    pub refresh: Vec<Refresh>,
     pub stakeholders: Vec<String>,
+    /// A dbt project's `manifest.json`, whose graph joins the blast radius.
+    pub dbt_manifest: Option<String>,
+}
+
+/// One step of the downstream refresh at cutover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Refresh {
+    /// A SQL statement (or several), run on the warehouse.
+    Sql(String),
+    /// A program and its arguments (`["dbt", "build", "--select", "x+"]`),
+    /// run without a shell in `dir` (relative to where cutover runs).
+    Command {
+        run: Vec<String>,
+        dir: Option<String>,
+    },
+}
+
+impl std::fmt::Display for Refresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sql(sql) => f.write_str(sql),
+            Self::Command { run, dir } => {
+                if let Some(dir) = dir {
+                    write!(f, "(in {dir}) ")?;
+                }
+                f.write_str(&run.join(" "))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

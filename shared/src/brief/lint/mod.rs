@@ -4,7 +4,7 @@
 use super::reader::{Reader, open_section, read_tables};
 use super::{
     BatchBy, Brief, Budget, Canary, CanaryPick, Dependencies, Limits, Meta, Metric, OnMissing,
-    Reference, Risk, Rollback, Strategy, Validation, Window, Write,
+    Reference, Refresh, Risk, Rollback, Strategy, Validation, Window, Write,
 };
 use crate::sql::TableName;
 use scope::read_scope;
@@ -305,13 +305,88 @@ fn read_write(r: &mut Reader<'_>) -> Option<Write> {
 
 fn read_dependencies(r: &mut Reader<'_>) -> Option<Dependencies> {
     let downstream = r.list("downstream", true, false);
-    let refresh = r.list("refresh", false, false);
+    let refresh = read_refresh(r);
     let stakeholders = r.list("stakeholders", true, false);
+    let dbt_manifest = r.opt_text(
+        "dbt_manifest",
+        "the path of a dbt project's target/manifest.json",
+    );
     Some(Dependencies {
         downstream: downstream?,
         refresh: refresh?,
         stakeholders: stakeholders?,
+        dbt_manifest: dbt_manifest.ok()?,
     })
+}
+
+/// `refresh`: SQL statements, and commands as `{ run = ["dbt", "build"], dir = "analytics" }`.
+fn read_refresh(r: &mut Reader<'_>) -> Option<Vec<Refresh>> {
+    const SHAPE: &str = "a list whose items are SQL statements (\"REFRESH MATERIALIZED VIEW x\") or commands ({ run = [\"dbt\", \"build\", \"--select\", \"x+\"], dir = \"analytics\" })";
+    let Some(v) = r.get("refresh") else {
+        return Some(Vec::new());
+    };
+    let Value::Array(items) = v else {
+        r.problem("refresh", format!("must be {SHAPE}"));
+        return None;
+    };
+    let mut steps = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (n, item) in items.iter().enumerate() {
+        let at = n + 1;
+        match item {
+            Value::String(sql) if !sql.trim().is_empty() => {
+                steps.push(Refresh::Sql(sql.trim().to_owned()));
+            }
+            Value::Table(t) => {
+                let run = match t.get("run") {
+                    Some(Value::Array(args)) if !args.is_empty() => args
+                        .iter()
+                        .map(|a| match a {
+                            Value::String(s) if !s.is_empty() => Some(s.clone()),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<String>>>(),
+                    _ => None,
+                };
+                let dir = match t.get("dir") {
+                    None => Some(None),
+                    Some(Value::String(d)) if !d.trim().is_empty() => {
+                        Some(Some(d.trim().to_owned()))
+                    }
+                    Some(_) => None,
+                };
+                let unknown: Vec<&String> = t
+                    .keys()
+                    .filter(|k| !matches!(k.as_str(), "run" | "dir"))
+                    .collect();
+                match (run, dir) {
+                    (Some(run), Some(dir)) if unknown.is_empty() => {
+                        steps.push(Refresh::Command { run, dir });
+                    }
+                    (None, _) => {
+                        r.problem("refresh", format!("step {at}: `run` must be a non-empty list of non-empty strings, the program then its arguments (run without a shell), e.g. [\"dbt\", \"build\", \"--select\", \"x+\"]"));
+                        ok = false;
+                    }
+                    (_, None) => {
+                        r.problem("refresh", format!("step {at}: `dir` must be a directory's path, where the command runs"));
+                        ok = false;
+                    }
+                    _ => {
+                        r.problem("refresh", format!("step {at}: unknown key(s) {unknown:?}; a command takes `run` and `dir`"));
+                        ok = false;
+                    }
+                }
+            }
+            _ => {
+                r.problem(
+                    "refresh",
+                    format!("step {at} must be a SQL statement or a command: {SHAPE}"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(steps)
 }
 
 fn read_validation(r: &mut Reader<'_>) -> Option<Validation> {

@@ -333,3 +333,88 @@ fn a_canary_takes_a_count_and_a_pick_and_refuses_the_rest() {
         );
     }
 }
+
+#[test]
+fn refresh_takes_statements_and_commands_and_a_dbt_manifest_a_path() {
+    use super::super::Refresh;
+    let with = |deps: &str| GOOD.replace("[dependencies]\n", &format!("[dependencies]\n{deps}\n"));
+    let b = Brief::parse(&with(
+        r#"refresh = ["REFRESH MATERIALIZED VIEW m", { run = ["dbt", "build", "--select", "events+"], dir = "analytics" }, { run = ["true"] }]
+dbt_manifest = "analytics/target/manifest.json""#,
+    ))
+    .unwrap();
+    assert_eq!(
+        b.dependencies.refresh,
+        [
+            Refresh::Sql("REFRESH MATERIALIZED VIEW m".into()),
+            Refresh::Command {
+                run: vec![
+                    "dbt".into(),
+                    "build".into(),
+                    "--select".into(),
+                    "events+".into()
+                ],
+                dir: Some("analytics".into()),
+            },
+            Refresh::Command {
+                run: vec!["true".into()],
+                dir: None
+            },
+        ]
+    );
+    assert_eq!(
+        b.dependencies.refresh[1].to_string(),
+        "(in analytics) dbt build --select events+"
+    );
+    assert_eq!(
+        b.dependencies.dbt_manifest.as_deref(),
+        Some("analytics/target/manifest.json")
+    );
+    // A recorded brief reads back the same.
+    let json = serde_json::to_value(&b.dependencies).unwrap();
+    assert_eq!(
+        serde_json::from_value::<super::super::Dependencies>(json).unwrap(),
+        b.dependencies
+    );
+
+    let messages = |deps: &str| -> String {
+        Brief::parse(&with(deps))
+            .unwrap_err()
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.field, p.message))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for (deps, expected) in [
+        (
+            "refresh = \"dbt build\"",
+            "must be a list whose items are SQL statements",
+        ),
+        (
+            "refresh = [{ run = [] }]",
+            "step 1: `run` must be a non-empty list",
+        ),
+        (
+            "refresh = [\"x\", { run = \"dbt build\" }]",
+            "step 2: `run` must be a non-empty list",
+        ),
+        (
+            "refresh = [{ run = [\"dbt\"], dir = 3 }]",
+            "step 1: `dir` must be a directory",
+        ),
+        (
+            "refresh = [{ run = [\"dbt\"], shell = true }]",
+            "unknown key(s) [\"shell\"]",
+        ),
+        (
+            "refresh = [7]",
+            "step 1 must be a SQL statement or a command",
+        ),
+        ("dbt_manifest = \" \"", "dbt_manifest: is blank"),
+        ("dbt_manifest = [\"a\"]", "dbt_manifest: must be a string"),
+    ] {
+        let got = messages(deps);
+        assert!(got.contains(expected), "{deps}: {expected:?} not in {got}");
+    }
+}

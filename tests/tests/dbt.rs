@@ -1,0 +1,317 @@
+//! The dbt graph as blast radius, with a real dbt: `dbt parse` of the test
+//! project (`tests/dbt`: a source on the demo's target, a table model on it, a
+//! view model on that, tests on the source and the table, and a dashboard
+//! exposure on both models) writes the manifest the brief names.
+//! `plan`, `announce` and `report` list what it has downstream, the exposure's
+//! owner joins the stakeholders, and the tests to run after cutover are named
+//! with the command that runs them. Cutover runs `dbt build` on what lies
+//! downstream as a refresh step: a failing build stops cutover at that step
+//! with dbt's last lines, and cutover run again builds the models from the
+//! backfilled table. A manifest that cannot be read stops the plan, naming the
+//! path and how to write one.
+//!
+//! dbt comes from `bash deploy/install-test-tools.sh` (a virtualenv in
+//! `tests/dbt/.venv`, pinned by `tests/dbt/requirements.txt`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use backfill_coordinator::lifecycle::approve;
+use backfill_coordinator::validate;
+use backfill_tests::TestEnv;
+use backfill_tests::receiver::Receiver;
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+
+/// The test project, beside this file's crate.
+fn project() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("dbt")
+}
+
+/// Runs dbt `args` on the test project against `env`'s database, writing
+/// into `work`; returns what it printed. Fails naming the install script when
+/// dbt is not installed.
+async fn dbt(env: &TestEnv, work: &Path, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(dbt_program())
+        .args(args)
+        .args(dbt_paths(work))
+        .env("DBT_DBNAME", &env.database)
+        .env("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+        .env("DO_NOT_TRACK", "1")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run dbt");
+    let printed =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dbt {args:?} failed:\n{printed}");
+    printed
+}
+
+/// The installed dbt; fails naming the install script when it is missing.
+fn dbt_program() -> String {
+    let dbt = project().join(".venv/bin/dbt");
+    assert!(
+        dbt.exists(),
+        "{} is missing: run `bash deploy/install-test-tools.sh`",
+        dbt.display()
+    );
+    dbt.to_str().unwrap().to_owned()
+}
+
+/// Where dbt finds the project and its profile, and writes into `work`.
+fn dbt_paths(work: &Path) -> Vec<String> {
+    let project = project().to_str().unwrap().to_owned();
+    let work = work.to_str().unwrap();
+    vec![
+        "--project-dir".into(),
+        project.clone(),
+        "--profiles-dir".into(),
+        project,
+        "--target-path".into(),
+        format!("{work}/target"),
+        "--log-path".into(),
+        format!("{work}/logs"),
+    ]
+}
+
+/// Net revenue summed over the dbt table model, and over the target.
+async fn sums(env: &TestEnv) -> (f64, f64) {
+    sqlx::query_as(
+        "SELECT (SELECT sum(net_revenue) FROM analytics.monthly_net_revenue)::float8,
+                (SELECT sum(net_revenue) FROM tpch.order_revenue)::float8",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_announce_and_report_name_what_dbt_has_downstream() {
+    let env = TestEnv::new(0.01).await;
+    let work = std::env::temp_dir().join(format!("bf-dbt-{}", env.config.namespace));
+    std::fs::create_dir_all(&work).unwrap();
+    dbt(&env, &work, &["parse"]).await;
+    let manifest = work.join("target/manifest.json");
+    assert!(manifest.exists(), "dbt parse wrote no manifest");
+    // The models as they stand before the backfill: built from the buggy table.
+    dbt(&env, &work, &["run"]).await;
+    let (model, target) = sums(&env).await;
+    assert!((model - target).abs() < 0.01, "{model} vs {target}");
+
+    // Cutover builds everything downstream of the target, and tests it.
+    let mut build = vec![
+        dbt_program(),
+        "build".into(),
+        "--select".into(),
+        "source:tpch.order_revenue+".into(),
+    ];
+    build.extend(dbt_paths(&work));
+    let refresh = format!(
+        "refresh = [{{ run = {}, dir = \"{}\" }}]",
+        serde_json::to_string(&build).unwrap(),
+        work.display()
+    );
+    let brief = env.brief(6, 2).await.replace(
+        "[dependencies]\ndownstream = [\"tpch.monthly_revenue\"]",
+        &format!(
+            "[dependencies]\ndbt_manifest = \"{}\"\n{refresh}\ndownstream = [\"tpch.monthly_revenue\", \"analytics.monthly_net_revenue\", \"exposure:finance_board\"]",
+            manifest.display()
+        ),
+    );
+    assert!(
+        brief.contains("dbt_manifest"),
+        "the demo brief changed:\n{brief}"
+    );
+    let path = work.join("brief.toml");
+    std::fs::write(&path, &brief).unwrap();
+    let path = path.to_str().unwrap();
+
+    let (code, plan, stderr) = env.cli(&["plan", path]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let line = |name: &str| {
+        plan.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no line for {name} in:\n{plan}"))
+            .to_owned()
+    };
+    let monthly = line("analytics.monthly_net_revenue");
+    assert!(
+        monthly.contains("dbt model, table")
+            && monthly.contains("declared")
+            && !monthly.contains("hops"),
+        "{monthly}"
+    );
+    let best = line("analytics.best_months");
+    assert!(
+        best.contains("dbt model, view")
+            && best.contains("via 2 hops")
+            && best.contains("NOT DECLARED"),
+        "{best}"
+    );
+    let board = line("finance_board");
+    assert!(
+        board.contains("dbt exposure, dashboard")
+            && board.contains("declared")
+            && !board.contains("NOT DECLARED")
+            && board.contains("owner Fiona Finance <fiona@example.com>"),
+        "{board}"
+    );
+    // The catalog's own finding is still there, and nothing declared is
+    // left unfound.
+    assert!(line("tpch.monthly_revenue").contains("materialized view"));
+    assert!(!plan.contains("outside the catalog"), "{plan}");
+    assert!(
+        plan.contains(
+            "stakeholders: finance, growth, Fiona Finance <fiona@example.com> (exposure finance_board)"
+        ),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&format!(
+            "dbt ({}): tpch.order_revenue is source.shop.tpch.order_revenue; after cutover run its 4 test(s) downstream: `dbt test --select source:tpch.order_revenue+`",
+            manifest.display()
+        )),
+        "{plan}"
+    );
+    for test in [
+        "source_not_null_tpch_order_revenue_o_orderkey",
+        "source_unique_tpch_order_revenue_o_orderkey",
+        "not_null_monthly_net_revenue_month",
+        "unique_monthly_net_revenue_month",
+    ] {
+        assert!(plan.contains(test), "{test} not in:\n{plan}");
+    }
+
+    let (code, json, stderr) = env.cli(&["plan", path, "--json"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["dbt"]["tests"].as_array().unwrap().len(), 4, "{json}");
+    assert_eq!(json["dbt"]["selector"], "source:tpch.order_revenue+");
+    let exposure = json["dependents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "finance_board")
+        .unwrap();
+    assert_eq!(exposure["depth"], 2);
+    assert_eq!(exposure["owner"], "Fiona Finance <fiona@example.com>");
+
+    // The announcement names the exposure and tells its owner.
+    let (code, note, stderr) = env
+        .cli(&["announce", path, "--window", "2026-12-01..2026-12-02"])
+        .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        note.contains("finance_board (dbt exposure, dashboard)")
+            && note.contains("Fiona Finance <fiona@example.com> (exposure finance_board)"),
+        "{note}"
+    );
+
+    // The report of the run says the same, from the manifest as it is now.
+    // The run's OpenLineage events carry it in their `backfill` facet.
+    let lineage = Receiver::start().await;
+    let mut worker = env.spawn_worker(&[]);
+    let (code, stdout, stderr) = env
+        .cli_with(&["run", path], &[("OPENLINEAGE_URL", &lineage.url)])
+        .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let run_id: Uuid = stdout.lines().next().unwrap().parse().unwrap();
+    let events = lineage
+        .until("the run's COMPLETE event", |t| {
+            t.iter().any(|e| e.body["eventType"] == "COMPLETE")
+        })
+        .await;
+    let facet = &events[0].body["run"]["facets"]["backfill"];
+    assert_eq!(
+        facet["dbtSelector"], "source:tpch.order_revenue+",
+        "{facet}"
+    );
+    assert_eq!(facet["dbtTests"].as_array().unwrap().len(), 4, "{facet}");
+    assert!(
+        facet["dbtDownstream"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "finance_board"
+                && d["owner"] == "Fiona Finance <fiona@example.com>"),
+        "{facet}"
+    );
+    let (model, target) = sums(&env).await;
+    assert!(
+        (model - target).abs() > 1.0,
+        "the backfill changed the target but not the model yet: {model} vs {target}"
+    );
+
+    // Cutover: dbt without its database fails, and stops cutover there with
+    // what dbt said; with it, cutover goes on and the model is rebuilt.
+    validate::validate(&env.pool, run_id).await.unwrap();
+    approve::approve(&env.pool, run_id, None).await.unwrap();
+    let (code, _, stderr) = env.cli(&["cutover", &run_id.to_string()]).await;
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("stopped at refresh step 1 (")
+            && stderr.contains("dbt build --select source:tpch.order_revenue+")
+            && stderr.contains("exited with")
+            && stderr.contains("DBT_DBNAME")
+            && stderr.contains(&format!("backfill cutover {run_id}` runs it again")),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = env
+        .cli_with(
+            &["cutover", &run_id.to_string()],
+            &[("DBT_DBNAME", &env.database)],
+        )
+        .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("ran 1 refresh step(s)"), "{stdout}");
+    let (model, target) = sums(&env).await;
+    assert!((model - target).abs() < 0.01, "{model} vs {target}");
+    let logged: serde_json::Value = sqlx::query_scalar(
+        "SELECT detail->'detail' FROM backfill.run_log WHERE run_id = $1 AND event = 'cutover_step' AND detail->>'step' = 'refresh'",
+    )
+    .bind(run_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(logged["exit"], 0);
+    assert!(
+        logged["output"]
+            .as_str()
+            .unwrap()
+            .contains("Completed successfully"),
+        "{logged}"
+    );
+
+    let (code, report, stderr) = env.cli(&["report", &run_id.to_string()]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        report.contains("in the catalog and the dbt manifest:")
+            && report.contains("analytics.best_months (dbt model, view)")
+            && report.contains("Fiona Finance <fiona@example.com> (exposure finance_board)")
+            && report.contains("| dbt | tpch.order_revenue is source.shop.tpch.order_revenue;"),
+        "{report}"
+    );
+    // Gone since: the report says so instead of failing.
+    std::fs::remove_file(&manifest).unwrap();
+    let (code, report, stderr) = env.cli(&["report", &run_id.to_string()]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        report.contains(&format!("| dbt | cannot read {}", manifest.display())),
+        "{report}"
+    );
+    worker.start_kill().unwrap();
+    let _ = worker.wait().await;
+
+    // A plan with a manifest that cannot be read stops, naming it and the fix.
+    let (code, _, stderr) = env.cli(&["plan", path]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("dependencies.dbt_manifest")
+            && stderr.contains(&format!("cannot read {}", manifest.display()))
+            && stderr.contains("dbt parse"),
+        "{stderr}"
+    );
+
+    let _ = std::fs::remove_dir_all(&work);
+    env.cleanup().await;
+}
