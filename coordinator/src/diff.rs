@@ -15,7 +15,7 @@ use crate::{CliError, Result};
 use backfill_shared::brief::{BatchRange, Strategy};
 use backfill_shared::control::batches;
 use backfill_shared::control::runs::{self, Run};
-use backfill_shared::sql::{TableName, column_list, key_join, quote_ident};
+use backfill_shared::sql::{TableName, column_list, key_join, quote_ident, quote_literal};
 use futures_util::StreamExt as _;
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgPool, Row as _};
@@ -304,11 +304,9 @@ impl Diff {
         for c in self.columns.values_mut() {
             c.pct = c.changed as f64 / both * 100.0;
         }
-        self.ranges.sort_by(|a, b| {
-            (a.batch_no, &a.lo)
-                .partial_cmp(&(b.batch_no, &b.lo))
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
+        // By batch; ranges without one keep their order along `by` (a
+        // stable sort: their bounds are text, which would not sort as values).
+        self.ranges.sort_by_key(|r| r.batch_no);
         self.sample.sort_by(|a, b| {
             b.change
                 .total_cmp(&a.change)
@@ -332,8 +330,8 @@ fn row_json(text: Option<String>) -> Option<serde_json::Value> {
 enum Binds {
     /// `$1`: the batches whose before-images are compared.
     Batches(Vec<i32>),
-    /// `$1`: the cut points of the ranges; `$2`: the ranges compared.
-    Buckets(Vec<String>, Vec<i32>),
+    /// None: the sides name their rows themselves.
+    Nothing,
 }
 
 impl Binds {
@@ -343,7 +341,7 @@ impl Binds {
     ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
         match self {
             Self::Batches(nos) => q.bind(nos.clone()),
-            Self::Buckets(cuts, wanted) => q.bind(cuts.clone()).bind(wanted.clone()),
+            Self::Nothing => q,
         }
     }
 }
@@ -403,29 +401,68 @@ fn and(filter: Option<&str>) -> String {
 }
 
 /// The ranges a table comparison is cut into: the sorted cut points of `by`
-/// (`width_bucket` numbers the ranges between them: bucket `i` is
-/// `[cuts[i-1], cuts[i])`, 0 below the first, `cuts.len()` from the last) and
-/// the buckets to report, each with its batch if it is one.
+/// (`width_bucket` numbers the buckets between them: bucket `i` is
+/// `[cuts[i-1], cuts[i])`, 0 below the first, `cuts.len()` from the last, -1
+/// for NULL), and the ranges to report, each with its batch if it is one.
+/// A range is `per_range` consecutive buckets: checksums are compared per
+/// bucket, so a few changed rows send only their small buckets to the row by
+/// row comparison, while the report keeps a readable number of ranges.
 #[derive(Debug)]
 struct Buckets {
     cuts: Vec<String>,
+    per_range: i32,
     wanted: Vec<(i32, Option<u32>)>,
 }
 
 impl Buckets {
-    fn label(&self, bucket: i32, batch_no: Option<u32>) -> RangeDiff {
+    /// The range bucket `b` belongs to.
+    fn range_of(&self, bucket: i32) -> i32 {
+        if bucket < 0 {
+            -1
+        } else {
+            bucket / self.per_range
+        }
+    }
+
+    /// [`Buckets::range_of`] in SQL, of the bucket `expr`.
+    fn range_sql(&self, expr: &str) -> String {
+        if self.per_range == 1 {
+            return expr.to_owned();
+        }
+        format!(
+            "(CASE WHEN {expr} < 0 THEN -1 ELSE {expr} / {} END)",
+            self.per_range
+        )
+    }
+
+    /// The cut points as an array constant of `by_type`. A constant, not a
+    /// bound parameter: `width_bucket` would copy a parameter's array for
+    /// every row it buckets.
+    fn cuts_sql(&self, by_type: &str) -> String {
+        let elements: Vec<String> = self
+            .cuts
+            .iter()
+            .map(|c| format!("\"{}\"", c.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect();
+        format!(
+            "{}::{by_type}[]",
+            quote_literal(&format!("{{{}}}", elements.join(",")))
+        )
+    }
+
+    fn label(&self, range: i32, batch_no: Option<u32>) -> RangeDiff {
         let at = |i: i32| {
             usize::try_from(i)
                 .ok()
                 .and_then(|i| self.cuts.get(i))
                 .cloned()
         };
-        let (lo, hi) = if bucket < 0 {
+        let (lo, hi) = if range < 0 {
             ("NULL".to_owned(), "NULL".to_owned())
         } else {
             (
-                at(bucket - 1).unwrap_or_else(|| "-∞".into()),
-                at(bucket).unwrap_or_else(|| "∞".into()),
+                at(range * self.per_range - 1).unwrap_or_else(|| "-∞".into()),
+                at((range + 1) * self.per_range - 1).unwrap_or_else(|| "∞".into()),
             )
         };
         RangeDiff {
@@ -438,8 +475,8 @@ impl Buckets {
 }
 
 /// Compares `old` and `new` range by range along `by` (typed `by_type`), in
-/// two passes: one aggregate scan of each side checksums every range (row
-/// count and the sum of each row's 64-bit hash); then only the ranges whose
+/// two passes: one aggregate scan of each side checksums every bucket (row
+/// count and the sum of each row's 64-bit hash); then only the buckets whose
 /// checksums differ are joined row by row, in one statement.
 #[allow(clippy::too_many_arguments)]
 async fn diff_ranges(
@@ -455,8 +492,10 @@ async fn diff_ranges(
     diff: &mut Diff,
 ) -> Result<()> {
     let by = quote_ident(by);
-    // The cut points are cast once per statement (an init plan), not per row.
-    let bucket = format!("coalesce(width_bucket(t.{by}, (SELECT $1::{by_type}[])), -1)");
+    let bucket = format!(
+        "coalesce(width_bucket(t.{by}, {}), -1)",
+        buckets.cuts_sql(by_type)
+    );
     let side = |table: &TableName, only: &str| {
         format!(
             "SELECT true AS bf_here, {bucket} AS bf_bucket, {} FROM {} t WHERE true{only}{filter}",
@@ -464,11 +503,11 @@ async fn diff_ranges(
             table.quoted(),
         )
     };
+    let row_hash = row_hash(pool, spec, old, new).await?;
     let checksums = |table: &TableName| {
         format!(
-            "SELECT s.bf_bucket, count(*), coalesce(sum(hashtextextended(ROW({})::text, 0)::numeric), 0)::text
+            "SELECT s.bf_bucket, count(*), coalesce(sum({row_hash}), 0)::text
                FROM ({}) s GROUP BY 1",
-            spec.select_list("s"),
             side(table, "")
         )
     };
@@ -476,10 +515,16 @@ async fn diff_ranges(
     let sums = |sql: String| {
         let bar = bar.clone();
         async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query(AssertSqlSafe(format!(
+                "SET LOCAL work_mem = '{DIFF_WORK_MEM}'"
+            )))
+            .execute(&mut *tx)
+            .await?;
             let rows: Vec<(i32, i64, String)> = sqlx::query_as(AssertSqlSafe(sql))
-                .bind(&buckets.cuts)
-                .fetch_all(pool)
+                .fetch_all(&mut *tx)
                 .await?;
+            tx.commit().await?;
             bar.inc(1);
             Ok::<_, CliError>(
                 rows.into_iter()
@@ -489,54 +534,82 @@ async fn diff_ranges(
         }
     };
     let (before, after) = tokio::try_join!(sums(checksums(old)), sums(checksums(new)))?;
+    let wanted: BTreeMap<i32, Option<u32>> = buckets.wanted.iter().copied().collect();
     let empty = (0, String::new());
-    let differing: Vec<i32> = buckets
-        .wanted
-        .iter()
-        .map(|(b, _)| *b)
+    let differing: Vec<i32> = before
+        .keys()
+        .chain(after.keys())
+        .copied()
+        .collect::<std::collections::BTreeSet<i32>>()
+        .into_iter()
+        .filter(|b| wanted.contains_key(&buckets.range_of(*b)))
         .filter(|b| before.get(b).unwrap_or(&empty) != after.get(b).unwrap_or(&empty))
         .collect();
     let mut joined = BTreeMap::new();
     let mut sample = Vec::new();
     if !differing.is_empty() {
+        // The rows of the differing buckets, read once from each side into
+        // temporary tables, then compared and sampled there. Memory enough
+        // to join and group them without spilling to disk.
+        let mut tx = pool.begin().await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "SET LOCAL work_mem = '{DIFF_WORK_MEM}'"
+        )))
+        .execute(&mut *tx)
+        .await?;
         // A hashed semi-join: `= ANY` would scan the array for every row.
-        let only = format!(" AND {bucket} IN (SELECT unnest($2::int[]))");
-        let (old_sql, new_sql) = (side(old, &only), side(new, &only));
+        let only = format!(" AND {bucket} IN (SELECT unnest($1::int[]))");
+        for (table, kept) in [(old, "bf_diff_old"), (new, "bf_diff_new")] {
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE TEMPORARY TABLE {kept} ON COMMIT DROP AS {}",
+                side(table, &only)
+            )))
+            .bind(&differing)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let (old_sql, new_sql) = ("SELECT * FROM bf_diff_old", "SELECT * FROM bf_diff_new");
         let grouped = spec.aggregate_sql(
-            &old_sql,
-            &new_sql,
-            Some("coalesce(o.bf_bucket, n.bf_bucket)"),
+            old_sql,
+            new_sql,
+            Some(&buckets.range_sql("coalesce(o.bf_bucket, n.bf_bucket)")),
         );
         let rows = sqlx::query(AssertSqlSafe(grouped))
-            .bind(&buckets.cuts)
-            .bind(&differing)
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await?;
         for row in &rows {
             joined.insert(row.try_get::<i32, _>(0)?, spec.figures(row, 1)?);
         }
         if options.sample > 0 {
             sample = compare_sample(
-                pool,
+                &mut *tx,
                 spec,
-                &old_sql,
-                &new_sql,
-                &Binds::Buckets(buckets.cuts.clone(), differing.clone()),
+                old_sql,
+                new_sql,
+                &Binds::Nothing,
                 options.sample,
             )
             .await?;
         }
+        tx.commit().await?;
     }
     bar.inc(1);
     bar.finish_and_clear();
-    for (b, batch_no) in &buckets.wanted {
-        let figures = joined.remove(b).unwrap_or_else(|| Figures {
-            unchanged: before.get(b).map_or(0, |(n, _)| *n),
+    // Rows in buckets whose checksums agree are unchanged.
+    let mut agreeing: BTreeMap<i32, i64> = BTreeMap::new();
+    for (b, (n, _)) in &before {
+        if differing.binary_search(b).is_err() {
+            *agreeing.entry(buckets.range_of(*b)).or_default() += n;
+        }
+    }
+    for (range_no, batch_no) in &wanted {
+        let mut figures = joined.remove(range_no).unwrap_or_else(|| Figures {
             columns: vec![ColumnDiff::default(); spec.columns.len()],
             ..Figures::default()
         });
+        figures.unchanged += agreeing.get(range_no).copied().unwrap_or(0);
         if figures.only_before + figures.only_after + figures.changed + figures.unchanged == 0
-            && *b < 0
+            && *range_no < 0
         {
             continue; // no NULLs in `by`: no such range
         }
@@ -545,7 +618,7 @@ async fn diff_ranges(
             only_after: figures.only_after,
             changed: figures.changed,
             unchanged: figures.unchanged,
-            ..buckets.label(*b, *batch_no)
+            ..buckets.label(*range_no, *batch_no)
         };
         diff.add(
             spec,
@@ -558,6 +631,32 @@ async fn diff_ranges(
     }
     diff.sample.extend(sample);
     Ok(())
+}
+
+/// Each row's 64-bit hash, of the comparison's columns of `s`: from their
+/// values where every type can be hashed (`hash_record_extended`), else from
+/// the row's text, several times slower.
+async fn row_hash(pool: &PgPool, spec: &Spec, old: &TableName, new: &TableName) -> Result<String> {
+    let by_values = format!("hash_record_extended(ROW({}), 0)", spec.select_list("s"));
+    for table in [old, new] {
+        let probe = format!(
+            "SELECT {by_values} FROM (SELECT {} FROM {} t LIMIT 1) s",
+            spec.select_list("t"),
+            table.quoted()
+        );
+        match sqlx::query(AssertSqlSafe(probe)).fetch_optional(pool).await {
+            Ok(_) => {}
+            // No hash function for one of the types (json, point, ...).
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42883") => {
+                return Ok(format!(
+                    "hashtextextended(ROW({})::text, 0)",
+                    spec.select_list("s")
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(by_values)
 }
 
 fn progress(options: &Options, len: usize) -> indicatif::ProgressBar {
@@ -615,41 +714,51 @@ pub async fn tables(
         .find(|(c, _)| c == by)
         .map(|(_, t)| t.clone())
         .ok_or_else(|| CliError::BadInput(format!("--by {by}: {old} has no such column")))?;
-    // Cut points: quantiles of `by` in a sample of about 100,000 rows of the old table.
+    // Cut points: quantiles of `by` in a sample of the old table's rows, about
+    // ROWS_PER_BUCKET rows apart (at most MAX_BUCKETS buckets), reported in at
+    // most RANGES ranges. A sample of rows, not of pages: pages hold rows of
+    // nearby values in a table written in order, and their quantiles would
+    // bunch up, leaving a few buckets with most of the rows.
     let rows: f32 = sqlx::query_scalar(
         "SELECT greatest(reltuples, 0)::real FROM pg_class WHERE oid = to_regclass($1)",
     )
     .bind(old.quoted())
     .fetch_one(pool)
     .await?;
-    let percent = if rows > 200_000.0 {
-        (100_000.0 / f64::from(rows) * 100.0).max(0.01)
+    let rows = f64::from(rows);
+    let pieces = (rows / ROWS_PER_BUCKET).clamp(RANGES as f64, MAX_BUCKETS as f64) as usize;
+    let wanted_sample = 2.0 * pieces as f64;
+    let percent = if rows > 2.0 * wanted_sample {
+        (wanted_sample / rows * 100.0).max(0.01)
     } else {
         100.0
     };
     let cuts: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT q::text FROM (
-             SELECT DISTINCT unnest(percentile_disc(ARRAY(SELECT g / {PIECES}.0 FROM generate_series(1, {PIECES} - 1) g))
+             SELECT DISTINCT unnest(percentile_disc(ARRAY(SELECT g / {pieces}.0 FROM generate_series(1, {pieces} - 1) g))
                     WITHIN GROUP (ORDER BY {c})) AS q
-               FROM {t} TABLESAMPLE SYSTEM ({percent}) WHERE {c} IS NOT NULL) s
-          WHERE q IS NOT NULL ORDER BY q",
+               FROM {t} TABLESAMPLE BERNOULLI ({percent}) WHERE {c} IS NOT NULL) s
+          WHERE s.q IS NOT NULL ORDER BY s.q",
         c = quote_ident(by),
         t = old.quoted()
     )))
     .fetch_all(pool)
     .await?;
+    let buckets_count = cuts.len() + 1;
+    let per_range = i32::try_from(buckets_count.div_ceil(RANGES)).unwrap_or(i32::MAX);
+    let last_range = i32::try_from(cuts.len()).unwrap_or(i32::MAX) / per_range;
     let buckets = Buckets {
-        wanted: (-1..=i32::try_from(cuts.len()).unwrap_or(i32::MAX))
-            .map(|b| (b, None))
-            .collect(),
+        wanted: (-1..=last_range).map(|r| (r, None)).collect(),
+        per_range,
         cuts,
     };
     let mut diff = Diff::new(
         &spec,
         format!(
-            "{old} against {new} on ({}), in {} ranges of {by}, each checksummed on both sides first",
+            "{old} against {new} on ({}), in {} ranges of {by}, checksummed on both sides first in {} buckets",
             key.join(", "),
-            buckets.cuts.len() + 1
+            buckets.wanted.len() - 1,
+            buckets_count
         ),
     );
     let filter = and(options.filter.as_deref());
@@ -661,8 +770,19 @@ pub async fn tables(
     Ok(diff)
 }
 
-/// Ranges a table comparison is cut into (at most: cut points are distinct).
-const PIECES: usize = 1024;
+/// Ranges a table comparison reports (at most: cut points are distinct).
+const RANGES: usize = 1024;
+
+/// Rows per bucket a table comparison aims at: the rows of a bucket whose
+/// checksums differ are compared one by one.
+const ROWS_PER_BUCKET: f64 = 16.0;
+
+/// Buckets a table comparison is cut into, at most.
+const MAX_BUCKETS: usize = 262_144;
+
+/// `work_mem` of a table comparison's statements: enough to group a side by
+/// bucket, and to join and group the rows of differing buckets, in memory.
+const DIFF_WORK_MEM: &str = "256MB";
 
 /// Batches compared in one statement of the before-image diff.
 const BATCHES_PER_QUERY: usize = 64;
@@ -723,6 +843,7 @@ pub async fn run(pool: &PgPool, run_id: Uuid, options: &Options) -> Result<Diff>
                     .map(|b| b.lo.to_string())
                     .chain(plan.last().map(|b| b.hi.to_string()))
                     .collect(),
+                per_range: 1,
                 // Batch n is [lo_n, lo_n+1): bucket n + 1.
                 wanted: applied
                     .iter()
@@ -768,6 +889,7 @@ pub async fn run(pool: &PgPool, run_id: Uuid, options: &Options) -> Result<Diff>
                 };
                 let range = Buckets {
                     cuts: vec![lo, hi],
+                    per_range: 1,
                     wanted: vec![(1, batch_no)],
                 };
                 match x.kept_as.as_deref().and_then(TableName::parse) {
@@ -933,8 +1055,8 @@ async fn from_images(
 }
 
 /// The largest changes of a comparison.
-async fn compare_sample(
-    pool: &PgPool,
+async fn compare_sample<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
     spec: &Spec,
     old: &str,
     new: &str,
@@ -943,7 +1065,7 @@ async fn compare_sample(
 ) -> Result<Vec<ChangedRow>> {
     let found: Vec<(String, Option<String>, Option<String>, f64)> = binds
         .apply_as(sqlx::query_as(AssertSqlSafe(spec.sample_sql(old, new, n))))
-        .fetch_all(pool)
+        .fetch_all(executor)
         .await?;
     Ok(found
         .into_iter()
@@ -1110,5 +1232,45 @@ impl Diff {
             let _ = writeln!(s, "  note:    {note}");
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Buckets;
+
+    fn buckets(cuts: &[&str], per_range: i32) -> Buckets {
+        Buckets {
+            cuts: cuts.iter().map(|c| (*c).to_owned()).collect(),
+            per_range,
+            wanted: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn buckets_group_into_ranges_labelled_by_their_outer_cuts() {
+        // Buckets: 0 (-∞, 10), 1 [10, 20), 2 [20, 30), 3 [30, 40), 4 [40, ∞).
+        let b = buckets(&["10", "20", "30", "40"], 2);
+        let ranges: Vec<i32> = (-1..=4).map(|x| b.range_of(x)).collect();
+        assert_eq!(ranges, [-1, 0, 0, 1, 1, 2]);
+        let label = |r| {
+            let l = b.label(r, None);
+            (l.lo, l.hi)
+        };
+        assert_eq!(label(-1), ("NULL".into(), "NULL".into()));
+        assert_eq!(label(0), ("-∞".into(), "20".into()));
+        assert_eq!(label(1), ("20".into(), "40".into()));
+        assert_eq!(label(2), ("40".into(), "∞".into()));
+        assert_eq!(b.range_sql("x"), "(CASE WHEN x < 0 THEN -1 ELSE x / 2 END)");
+        assert_eq!(buckets(&["1"], 1).range_sql("x"), "x");
+    }
+
+    #[test]
+    fn cut_points_are_one_array_constant_whatever_they_hold() {
+        let b = buckets(&["a\"b", "c\\d", "it's", "x,y"], 1);
+        assert_eq!(
+            b.cuts_sql("text"),
+            r#"'{"a\"b","c\\d","it''s","x,y"}'::text[]"#
+        );
     }
 }

@@ -269,6 +269,41 @@ async fn a_staging_swap_runs_diff_and_table_pairs_equal_direct_sql() {
     assert_eq!(one.columns["revenue"].changed, 0);
     assert_eq!(one.sample.len(), 1);
     assert_eq!(one.sample[0].key, "1997-05-05, TRUCK");
+    // Cut along a numeric column, the ranges come in its order (not as
+    // text) and add up to the totals.
+    let by_revenue = diff::tables(
+        &env.pool,
+        "tpch.ship_revenue",
+        "tpch.ship_revenue_pre",
+        &key,
+        Some("revenue"),
+        &options,
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_revenue.rows_changed, 1, "{}", by_revenue.render());
+    let lows: Vec<f64> = by_revenue
+        .ranges
+        .iter()
+        .filter_map(|r| r.lo.parse().ok())
+        .collect();
+    assert!(
+        lows.len() > 100 && lows.windows(2).all(|w| w[0] < w[1]),
+        "not in order: {:?} ...",
+        &lows[..lows.len().min(20)]
+    );
+    let counted: i64 = by_revenue
+        .ranges
+        .iter()
+        .map(|r| r.changed + r.unchanged + r.only_before + r.only_after)
+        .sum();
+    assert_eq!(
+        counted,
+        by_revenue.rows_changed
+            + by_revenue.rows_unchanged
+            + by_revenue.rows_only_before
+            + by_revenue.rows_only_after
+    );
     let (code, stdout, stderr) = env
         .cli(&[
             "diff",
