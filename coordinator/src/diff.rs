@@ -476,8 +476,9 @@ impl Buckets {
 
 /// Compares `old` and `new` range by range along `by` (typed `by_type`), in
 /// two passes: one aggregate scan of each side checksums every bucket (row
-/// count and the sum of each row's 64-bit hash); then only the buckets whose
-/// checksums differ are joined row by row, in one statement.
+/// count and the sum of each row's 64-bit hash); then only the rows of the
+/// buckets whose checksums differ are copied into temporary tables, and
+/// joined row by row there.
 #[allow(clippy::too_many_arguments)]
 async fn diff_ranges(
     pool: &PgPool,
