@@ -291,6 +291,14 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
             && report.contains("| dbt | tpch.order_revenue is source.shop.tpch.order_revenue;"),
         "{report}"
     );
+    let (code, json, stderr) = env.cli(&["report", &run_id.to_string(), "--json"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        json["dbt"]["selector"], "source:tpch.order_revenue+",
+        "{json}"
+    );
+    assert!(json["dbt_error"].is_null(), "{json}");
     // Gone since: the report says so instead of failing.
     std::fs::remove_file(&manifest).unwrap();
     let (code, report, stderr) = env.cli(&["report", &run_id.to_string()]).await;
@@ -298,6 +306,13 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
     assert!(
         report.contains(&format!("| dbt | cannot read {}", manifest.display())),
         "{report}"
+    );
+    let (_, json, _) = env.cli(&["report", &run_id.to_string(), "--json"]).await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(json["dbt"].is_null(), "{json}");
+    assert!(
+        json["dbt_error"].as_str().unwrap().contains("cannot read"),
+        "{json}"
     );
     worker.start_kill().unwrap();
     let _ = worker.wait().await;

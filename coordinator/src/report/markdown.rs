@@ -202,7 +202,7 @@ impl Report {
             s,
             "| Downstream | declared: {}; in the catalog{}: {} |",
             cell(&self.downstream_declared.join(", ")),
-            if self.dbt.is_some() {
+            if self.dbt.is_some() || self.dbt_error.is_some() {
                 " and the dbt manifest"
             } else {
                 ""
@@ -213,14 +213,11 @@ impl Report {
                 cell(&found.join(", "))
             }
         );
-        match &self.dbt {
-            Some(Ok(radius)) => {
-                let _ = writeln!(s, "| dbt | {} |", cell(&radius.summary(&self.target)));
-            }
-            Some(Err(why)) => {
-                let _ = writeln!(s, "| dbt | {} |", cell(why));
-            }
-            None => {}
+        if let Some(radius) = &self.dbt {
+            let _ = writeln!(s, "| dbt | {} |", cell(&radius.summary(&self.target)));
+        }
+        if let Some(why) = &self.dbt_error {
+            let _ = writeln!(s, "| dbt | {} |", cell(why));
         }
         let _ = writeln!(s);
 

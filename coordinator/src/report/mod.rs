@@ -143,9 +143,10 @@ pub struct Report {
     pub downstream_declared: Vec<String>,
     /// What the catalog and the dbt manifest find downstream now.
     pub downstream_found: Vec<Dependent>,
-    /// The brief's dbt manifest as read now: what it says, or why it could
-    /// not be read.
-    pub dbt: Option<Result<crate::dbt::Radius, String>>,
+    /// What the brief's dbt manifest says, as read now.
+    pub dbt: Option<crate::dbt::Radius>,
+    /// Why the brief's dbt manifest could not be read now.
+    pub dbt_error: Option<String>,
     pub validation: Vec<ValidationRow>,
     pub metrics: Vec<GroupDelta>,
     pub refreshed: Vec<String>,
@@ -203,6 +204,11 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
         .collect();
     let refreshed = log::refreshed(pool, run_id).await?;
     let (downstream_found, dbt) = preflight::blast_radius(pool, brief).await?;
+    let (dbt, dbt_error) = match dbt {
+        Some(Ok(radius)) => (Some(radius), None),
+        Some(Err(why)) => (None, Some(why)),
+        None => (None, None),
+    };
     let accepted_breaches = log::acceptances(pool, run_id).await?;
     let retries = batches::retries(pool, run_id).await?;
     let params = run.params.clone();
@@ -264,13 +270,11 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
         group_units: group_units(brief),
         batch_by: brief.scope.batch_by.column.clone(),
         strategy: brief.write.strategy.to_string(),
-        stakeholders: crate::dbt::stakeholders(
-            &brief.dependencies.stakeholders,
-            dbt.as_ref().and_then(|r| r.as_ref().ok()),
-        ),
+        stakeholders: crate::dbt::stakeholders(&brief.dependencies.stakeholders, dbt.as_ref()),
         downstream_declared: brief.dependencies.downstream.clone(),
         downstream_found,
         dbt,
+        dbt_error,
         validation,
         metrics: validate::summed_metrics(&run, &applied),
         refreshed,
