@@ -232,12 +232,16 @@ impl Spec {
         } else {
             score.join(" + ")
         };
+        // The rows become JSON once the largest changes are picked, not
+        // every changed row before.
         format!(
-            "SELECT {key_text}, CASE WHEN o.bf_here THEN row_to_json(o)::text END,
-                    CASE WHEN n.bf_here THEN row_to_json(n)::text END, ({score})::float8
-               FROM ({old}) o FULL JOIN ({new}) n ON {}
-              WHERE o.bf_here IS NULL OR n.bf_here IS NULL OR {}
-              ORDER BY 4 DESC, 1 LIMIT {n}",
+            "SELECT x.k, CASE WHEN (x.o).bf_here THEN row_to_json(x.o)::text END,
+                    CASE WHEN (x.n).bf_here THEN row_to_json(x.n)::text END, x.score
+               FROM (SELECT {key_text} AS k, o, n, ({score})::float8 AS score
+                       FROM ({old}) o FULL JOIN ({new}) n ON {}
+                      WHERE o.bf_here IS NULL OR n.bf_here IS NULL OR {}
+                      ORDER BY 4 DESC, 1 LIMIT {n}) x
+              ORDER BY x.score DESC, x.k",
             key_join(&self.key, "o", "n"),
             self.distinct()
         )
@@ -323,27 +327,6 @@ fn row_json(text: Option<String>) -> Option<serde_json::Value> {
         object.retain(|k, _| !k.starts_with("bf_"));
     }
     Some(value)
-}
-
-/// The parameters of a comparison's subqueries.
-#[derive(Debug, Clone)]
-enum Binds {
-    /// `$1`: the batches whose before-images are compared.
-    Batches(Vec<i32>),
-    /// None: the sides name their rows themselves.
-    Nothing,
-}
-
-impl Binds {
-    fn apply_as<'q, O>(
-        &self,
-        q: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-        match self {
-            Self::Batches(nos) => q.bind(nos.clone()),
-            Self::Nothing => q,
-        }
-    }
 }
 
 /// The columns of `table` with whether each is numeric, in table order.
@@ -546,54 +529,21 @@ async fn diff_ranges(
         .filter(|b| wanted.contains_key(&buckets.range_of(*b)))
         .filter(|b| before.get(b).unwrap_or(&empty) != after.get(b).unwrap_or(&empty))
         .collect();
-    let mut joined = BTreeMap::new();
-    let mut sample = Vec::new();
-    if !differing.is_empty() {
-        // The rows of the differing buckets, read once from each side into
-        // temporary tables, then compared and sampled there. Memory enough
-        // to join and group them without spilling to disk.
-        let mut tx = pool.begin().await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "SET LOCAL work_mem = '{DIFF_WORK_MEM}'"
-        )))
-        .execute(&mut *tx)
-        .await?;
+    let (mut joined, sample) = if differing.is_empty() {
+        (BTreeMap::new(), Vec::new())
+    } else {
         // A hashed semi-join: `= ANY` would scan the array for every row.
         let only = format!(" AND {bucket} IN (SELECT unnest($1::int[]))");
-        for (table, kept) in [(old, "bf_diff_old"), (new, "bf_diff_new")] {
-            sqlx::query(AssertSqlSafe(format!(
-                "CREATE TEMPORARY TABLE {kept} ON COMMIT DROP AS {}",
-                side(table, &only)
-            )))
-            .bind(&differing)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let (old_sql, new_sql) = ("SELECT * FROM bf_diff_old", "SELECT * FROM bf_diff_new");
-        let grouped = spec.aggregate_sql(
-            old_sql,
-            new_sql,
-            Some(&buckets.range_sql("coalesce(o.bf_bucket, n.bf_bucket)")),
-        );
-        let rows = sqlx::query(AssertSqlSafe(grouped))
-            .fetch_all(&mut *tx)
-            .await?;
-        for row in &rows {
-            joined.insert(row.try_get::<i32, _>(0)?, spec.figures(row, 1)?);
-        }
-        if options.sample > 0 {
-            sample = compare_sample(
-                &mut *tx,
-                spec,
-                old_sql,
-                new_sql,
-                &Binds::Nothing,
-                options.sample,
-            )
-            .await?;
-        }
-        tx.commit().await?;
-    }
+        compare_rows(
+            pool,
+            spec,
+            (&side(old, &only), &side(new, &only)),
+            &differing,
+            &buckets.range_sql("coalesce(o.bf_bucket, n.bf_bucket)"),
+            options.sample,
+        )
+        .await?
+    };
     bar.inc(1);
     bar.finish_and_clear();
     // Rows in buckets whose checksums agree are unchanged.
@@ -632,6 +582,50 @@ async fn diff_ranges(
     }
     diff.sample.extend(sample);
     Ok(())
+}
+
+/// Compares the rows the two sides select (`$1` bound to `bind` in both),
+/// grouped by `group` (of the joined rows `o` and `n`), with the `sample`
+/// largest changes. Each side's rows are read once, into a temporary table
+/// the grouping and the sample then share, with memory enough to join and
+/// group them without spilling to disk.
+async fn compare_rows(
+    pool: &PgPool,
+    spec: &Spec,
+    (old, new): (&str, &str),
+    bind: &[i32],
+    group: &str,
+    sample: usize,
+) -> Result<(BTreeMap<i32, Figures>, Vec<ChangedRow>)> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "SET LOCAL work_mem = '{DIFF_WORK_MEM}'"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    for (rows, kept) in [(old, "bf_diff_old"), (new, "bf_diff_new")] {
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TEMPORARY TABLE {kept} ON COMMIT DROP AS {rows}"
+        )))
+        .bind(bind)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let (old, new) = ("SELECT * FROM bf_diff_old", "SELECT * FROM bf_diff_new");
+    let mut grouped = BTreeMap::new();
+    for row in &sqlx::query(AssertSqlSafe(spec.aggregate_sql(old, new, Some(group))))
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        grouped.insert(row.try_get::<i32, _>(0)?, spec.figures(row, 1)?);
+    }
+    let largest = if sample > 0 {
+        compare_sample(&mut *tx, spec, old, new, sample).await?
+    } else {
+        Vec::new()
+    };
+    tx.commit().await?;
+    Ok((grouped, largest))
 }
 
 /// Each row's 64-bit hash, of the comparison's columns of `s`: from their
@@ -961,7 +955,6 @@ async fn from_images(
         spec.select_list("x"),
         key_join(&scope.key, "t", "b")
     );
-    let grouped = spec.aggregate_sql(&old, &new, Some("coalesce(o.bf_batch_no, n.bf_batch_no)"));
     let by = quote_ident(&scope.batch_by.column);
     let by_type = scope.batch_by.kind().sql_type();
     let in_range = format!(
@@ -979,17 +972,17 @@ async fn from_images(
         .collect();
     let bar = progress(options, chunks.len());
     let results = futures_util::stream::iter(chunks.into_iter().map(|nos| {
-        let (grouped, old, new, in_range, bar) = (&grouped, &old, &new, &in_range, bar.clone());
+        let (old, new, in_range, bar) = (&old, &new, &in_range, bar.clone());
         async move {
-            let rows = sqlx::query(AssertSqlSafe(grouped.clone()))
-                .bind(&nos)
-                .fetch_all(pool)
-                .await?;
-            let mut per_batch = BTreeMap::new();
-            for row in &rows {
-                let no: i32 = row.try_get(0)?;
-                per_batch.insert(no, spec.figures(row, 1)?);
-            }
+            let (per_batch, sample) = compare_rows(
+                pool,
+                spec,
+                (old, new),
+                &nos,
+                "coalesce(o.bf_batch_no, n.bf_batch_no)",
+                options.sample,
+            )
+            .await?;
             let (los, his): (Vec<String>, Vec<String>) = nos
                 .iter()
                 .filter_map(|no| plan.get(usize::try_from(*no).ok()?))
@@ -1001,19 +994,6 @@ async fn from_images(
                 .bind(&his)
                 .fetch_all(pool)
                 .await?;
-            let sample = if options.sample > 0 {
-                compare_sample(
-                    pool,
-                    spec,
-                    old,
-                    new,
-                    &Binds::Batches(nos.clone()),
-                    options.sample,
-                )
-                .await?
-            } else {
-                Vec::new()
-            };
             bar.inc(1);
             Ok::<_, CliError>((per_batch, counts, sample))
         }
@@ -1061,13 +1041,12 @@ async fn compare_sample<'e>(
     spec: &Spec,
     old: &str,
     new: &str,
-    binds: &Binds,
     n: usize,
 ) -> Result<Vec<ChangedRow>> {
-    let found: Vec<(String, Option<String>, Option<String>, f64)> = binds
-        .apply_as(sqlx::query_as(AssertSqlSafe(spec.sample_sql(old, new, n))))
-        .fetch_all(executor)
-        .await?;
+    let found: Vec<(String, Option<String>, Option<String>, f64)> =
+        sqlx::query_as(AssertSqlSafe(spec.sample_sql(old, new, n)))
+            .fetch_all(executor)
+            .await?;
     Ok(found
         .into_iter()
         .map(|(key, before, after, change)| ChangedRow {
