@@ -179,6 +179,11 @@ struct Named {
     depends_on: DependsOn,
 }
 
+/// Whether `t` is the relation `schema`.`table` (as dbt writes names, in any case).
+fn names(t: &TableName, schema: &str, table: &str) -> bool {
+    t.schema.eq_ignore_ascii_case(schema) && t.table.eq_ignore_ascii_case(table)
+}
+
 impl Node {
     /// The relation this node is in the warehouse, if it is one.
     fn relation(&self) -> Option<(Option<&str>, &str, &str)> {
@@ -194,8 +199,7 @@ impl Node {
     fn is(&self, database: &str, target: &TableName) -> bool {
         self.relation().is_some_and(|(db, schema, table)| {
             db.is_none_or(|db| db.is_empty() || db.eq_ignore_ascii_case(database))
-                && schema.eq_ignore_ascii_case(&target.schema)
-                && table.eq_ignore_ascii_case(&target.table)
+                && names(target, schema, table)
         })
     }
 
@@ -273,10 +277,7 @@ impl Manifest {
                         let (name, is_declared) = match node.relation() {
                             Some((_, schema, table)) => (
                                 format!("{schema}.{table}"),
-                                declared.iter().any(|t| {
-                                    t.schema.eq_ignore_ascii_case(schema)
-                                        && t.table.eq_ignore_ascii_case(table)
-                                }),
+                                declared.iter().any(|t| names(t, schema, table)),
                             ),
                             None => (node.name.clone(), false),
                         };

@@ -499,12 +499,7 @@ async fn diff_ranges(
     let sums = |sql: String| {
         let bar = bar.clone();
         async move {
-            let mut tx = pool.begin().await?;
-            sqlx::query(AssertSqlSafe(format!(
-                "SET LOCAL work_mem = '{DIFF_WORK_MEM}'"
-            )))
-            .execute(&mut *tx)
-            .await?;
+            let mut tx = roomy_transaction(pool).await?;
             let rows: Vec<(i32, i64, String)> = sqlx::query_as(AssertSqlSafe(sql))
                 .fetch_all(&mut *tx)
                 .await?;
@@ -584,6 +579,17 @@ async fn diff_ranges(
     Ok(())
 }
 
+/// A transaction whose statements have [`DIFF_WORK_MEM`] to group and join in.
+async fn roomy_transaction(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "SET LOCAL work_mem = '{DIFF_WORK_MEM}'"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    Ok(tx)
+}
+
 /// Compares the rows the two sides select (`$1` bound to `bind` in both),
 /// grouped by `group` (of the joined rows `o` and `n`), with the `sample`
 /// largest changes. Each side's rows are read once, into a temporary table
@@ -597,12 +603,7 @@ async fn compare_rows(
     group: &str,
     sample: usize,
 ) -> Result<(BTreeMap<i32, Figures>, Vec<ChangedRow>)> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(AssertSqlSafe(format!(
-        "SET LOCAL work_mem = '{DIFF_WORK_MEM}'"
-    )))
-    .execute(&mut *tx)
-    .await?;
+    let mut tx = roomy_transaction(pool).await?;
     for (rows, kept) in [(old, "bf_diff_old"), (new, "bf_diff_new")] {
         sqlx::query(AssertSqlSafe(format!(
             "CREATE TEMPORARY TABLE {kept} ON COMMIT DROP AS {rows}"
