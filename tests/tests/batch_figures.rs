@@ -1,9 +1,13 @@
 //! The figures every batch measures inside its transaction — metric groups
 //! before and after, NULLs and orphaned references among the rows it wrote —
 //! equal direct SQL over the target before the run and the written table after
-//! it, under merge, partition-overwrite and staging-swap. The run breaches a
-//! `sum` limit, an `avg` limit (not additive) and a reference check at its first
-//! batch, halts, and goes on once the breaches are accepted.
+//! it, under merge, partition-overwrite and staging-swap, with batches by date
+//! (each source row looks up the row it replaces) and, for merge, by key (the
+//! statement joins the whole range and measures the metrics after from the
+//! rows it returned and the rows it left, deleting or keeping the rows the
+//! source no longer yields). The run breaches a `sum` limit, an `avg` limit
+//! (not additive) and a reference check at its first batch, halts, and goes on
+//! once the breaches are accepted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,13 +20,55 @@ use std::collections::BTreeMap;
 
 /// Orders with their customer and a total: every 89th total becomes NULL, every
 /// 97th customer one that does not exist, the rest of the totals grow by 10 %.
+/// Batched by key, the source no longer yields every 101st order.
 const SOURCE: &str = "SELECT o_orderkey, o_orderdate,
        CASE WHEN o_orderkey % 97 = 0 THEN o_custkey + 100000000 ELSE o_custkey END AS o_custkey,
        CASE WHEN o_orderkey % 89 = 0 THEN NULL ELSE (o_totalprice * 1.1)::numeric(18,2) END AS total
   FROM tpch.orders
- WHERE o_orderdate >= $1 AND o_orderdate < $2";
+ WHERE BATCH";
 
-fn brief(strategy: &str) -> String {
+/// How a run is batched: by date into years, or by key into ranges of
+/// 10,000 keys (TPC-H's order keys at scale 0.01 run to 60,000).
+#[derive(Debug, Clone, Copy)]
+struct Batching {
+    by: &'static str,
+    on_missing: &'static str,
+    batches: usize,
+}
+
+const BY_DATE: Batching = Batching {
+    by: "o_orderdate",
+    on_missing: "delete",
+    batches: 7,
+};
+
+/// `[$1, $2)` of the batch column, as a predicate on `a`.
+fn in_batch(by: &str) -> String {
+    if by == "o_orderkey" {
+        "a.o_orderkey >= $1::bigint AND a.o_orderkey < $2::bigint".into()
+    } else {
+        "a.o_orderdate >= $1::date AND a.o_orderdate < $2::date".into()
+    }
+}
+
+fn brief(strategy: &str, batching: Batching) -> String {
+    let (batch_by, key, source) = if batching.by == "o_orderkey" {
+        (
+            r#"{ column = "o_orderkey", start = 1, end = 60001, step = 10000 }"#,
+            "o_orderkey",
+            SOURCE.replace(
+                "BATCH",
+                "o_orderkey >= $1 AND o_orderkey < $2 AND o_orderkey % 101 <> 0",
+            ),
+        )
+    } else {
+        (
+            r#"{ column = "o_orderdate", start = "1992-01-01", end = "1999-01-01", step = "1 year" }"#,
+            "o_orderkey",
+            SOURCE.replace("BATCH", "o_orderdate >= $1 AND o_orderdate < $2"),
+        )
+    };
+    let on_missing = batching.on_missing;
     format!(
         r#"[brief]
 name = "order-facts"
@@ -33,16 +79,16 @@ risk = "metric-changing"
 
 [scope]
 target = "tpch.order_facts"
-key = ["o_orderkey"]
+key = ["{key}"]
 columns = ["o_orderdate", "o_custkey", "total"]
-batch_by = {{ column = "o_orderdate", start = "1992-01-01", end = "1999-01-01", step = "1 year" }}
+batch_by = {batch_by}
 source = """
-{SOURCE}
+{source}
 """
 
 [write]
 strategy = "{strategy}"
-on_missing = "delete"
+on_missing = "{on_missing}"
 snapshot = true
 
 [dependencies]
@@ -117,6 +163,7 @@ async fn written_figures(
     env: &TestEnv,
     written: &str,
     every_row_written: bool,
+    by: &str,
     lo: &str,
     hi: &str,
 ) -> (i64, i64) {
@@ -145,7 +192,8 @@ async fn written_figures(
         "SELECT count(*) FILTER (WHERE a.total IS NULL AND {row}),
                 count(*) FILTER (WHERE {customer} AND NOT EXISTS (SELECT 1 FROM tpch.customer c WHERE c.c_custkey = a.o_custkey))
            FROM {written} a
-          WHERE a.o_orderdate >= $1::date AND a.o_orderdate < $2::date"
+          WHERE {}",
+        in_batch(by)
     )))
     .bind(lo)
     .bind(hi)
@@ -159,12 +207,14 @@ async fn metric(
     env: &TestEnv,
     table: &str,
     expr: &str,
+    by: &str,
     lo: &str,
     hi: &str,
 ) -> BTreeMap<String, Option<f64>> {
     let rows: Vec<(String, Option<f64>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT date_trunc('year', o_orderdate)::text, ({expr})::float8 FROM {table}
-          WHERE o_orderdate >= $1::date AND o_orderdate < $2::date GROUP BY 1"
+        "SELECT date_trunc('year', o_orderdate)::text, ({expr})::float8 FROM {table} a
+          WHERE {} GROUP BY 1",
+        in_batch(by)
     )))
     .bind(lo)
     .bind(hi)
@@ -185,9 +235,21 @@ fn close(a: Option<f64>, b: Option<f64>) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_batch_measures_what_direct_sql_finds() {
     let env = TestEnv::new(0.01).await;
-    for strategy in ["merge", "partition-overwrite", "staging-swap"] {
+    let by_key = |on_missing| Batching {
+        by: "o_orderkey",
+        on_missing,
+        batches: 6,
+    };
+    for (strategy, batching) in [
+        ("merge", BY_DATE),
+        ("partition-overwrite", BY_DATE),
+        ("staging-swap", BY_DATE),
+        ("merge", by_key("delete")),
+        ("merge", by_key("keep")),
+    ] {
+        let by = batching.by;
         build(&env).await;
-        let text = brief(strategy);
+        let text = brief(strategy, batching);
         let (run_id, ..) = env.record_run(&text).await;
         let Finish::Halted(reason) = env.run_to_end(run_id, 1).await else {
             panic!("{strategy}: the run must halt on its first batch")
@@ -225,10 +287,11 @@ async fn each_batch_measures_what_direct_sql_finds() {
             .unwrap_or_else(|| "tpch.order_facts".into());
         let every_row_written = strategy != "merge";
         let batches = ledger(&env, run_id).await;
-        assert_eq!(batches.len(), 7, "{strategy}");
+        assert_eq!(batches.len(), batching.batches, "{strategy} {batching:?}");
         let (mut nulls_seen, mut orphans_seen) = (0, 0);
         for (lo, hi, checks) in &batches {
-            let (nulls, orphans) = written_figures(&env, &written, every_row_written, lo, hi).await;
+            let (nulls, orphans) =
+                written_figures(&env, &written, every_row_written, by, lo, hi).await;
             assert_eq!(
                 checks.nulls,
                 vec![
@@ -246,8 +309,8 @@ async fn each_batch_measures_what_direct_sql_finds() {
             nulls_seen += nulls;
             orphans_seen += orphans;
             for (name, expr) in [("total", "sum(total)"), ("average total", "avg(total)")] {
-                let before = metric(&env, "tpch.order_facts_pre", expr, lo, hi).await;
-                let after = metric(&env, &written, expr, lo, hi).await;
+                let before = metric(&env, "tpch.order_facts_pre", expr, by, lo, hi).await;
+                let after = metric(&env, &written, expr, by, lo, hi).await;
                 let measured: Vec<_> = checks.metrics.iter().filter(|g| g.metric == name).collect();
                 assert_eq!(
                     measured.len(),
@@ -282,7 +345,7 @@ async fn each_batch_measures_what_direct_sql_finds() {
         // pre-existing NULLs and orphans there are not the batches' doing.
         if strategy == "merge" {
             let (all_nulls, all_orphans) =
-                written_figures(&env, &written, true, "1992-01-01", "1999-01-01").await;
+                written_figures(&env, &written, true, BY_DATE.by, "1992-01-01", "1999-01-01").await;
             assert!(
                 nulls_seen < all_nulls && orphans_seen < all_orphans,
                 "merge counted untouched rows: {nulls_seen} of {all_nulls} NULLs, {orphans_seen} of {all_orphans} orphans"

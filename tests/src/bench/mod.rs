@@ -34,6 +34,7 @@ use tokio::process::Child;
 
 mod cases;
 mod console;
+mod cpu;
 mod diff;
 mod partitions;
 
@@ -275,7 +276,12 @@ async fn main_cases(env: &TestEnv, options: &Options, orders: i64) -> (Vec<Line>
             options.empty_batches
         );
         workers.extend((0..2).map(|_| worker(env, options.empty_concurrency)));
+        let before = cpu::Cpu::now();
         d.push(backfill(env, &empty_brief(&text, options.empty_batches, 512)).await);
+        eprintln!(
+            "bench: round {round}: (d) {}",
+            cpu::Cpu::now().per(&before, options.empty_batches as f64)
+        );
         stop(&mut workers).await;
     }
     let baseline = median(&a);

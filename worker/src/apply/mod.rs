@@ -15,8 +15,10 @@
 //!    (`on_missing = "delete"`), or count them (`"keep"`); count NULLs among
 //!    the rows written and orphaned references among the new or changed ones;
 //! 2. if the source yielded nothing and the range holds no rows, skip to 4;
+//!    when the join holds the whole range, measure the metrics after on the
+//!    rows the upsert returned and the rows of the range it left as they were;
 //! 3. check the drift guard and the grain (a failure rolls back the write with
-//!    everything else), measure the metrics after;
+//!    everything else), measure the metrics after (unless step 1 did);
 //! 4. lock the batch's ledger row and check the fencing token (a stale worker
 //!    rolls back), mark the batch applied with its figures, append to the run log.
 //!
@@ -181,22 +183,32 @@ async fn merge(
         &mut checks,
     )?;
     settle_range_rows(plan, &rows, &mut checks);
-    use sqlx::Row as _;
+    let measured = plan.metrics_after.len();
     for (i, (metric, query)) in plan.metrics_after.iter().enumerate() {
-        let at = metrics + 2 * i;
-        let sql = |e| BatchError::from_sql(step.what, e);
-        let groups: Option<Vec<Option<String>>> = row.try_get(at).map_err(sql)?;
-        let values: Option<Vec<Option<f64>>> = row.try_get(at + 1).map_err(sql)?;
-        let before: Groups = groups
-            .unwrap_or_default()
-            .into_iter()
-            .map(Metric::group_name)
-            .zip(values.unwrap_or_default())
-            .collect();
-        let after = metric_groups(tx, query, work).await?;
+        let before = groups_at(&row, metrics + 2 * i, step.what)?;
+        let after = if plan.after_in_merge {
+            groups_at(&row, metrics + 2 * (measured + i), step.what)?
+        } else {
+            metric_groups(tx, query, work).await?
+        };
         compare_metrics(&mut checks, metric, &before, &after);
     }
     Ok((rows, checks))
+}
+
+/// A metric's groups as a statement returns them: its groups, then their
+/// values, as two arrays from column `at`.
+fn groups_at(row: &sqlx::postgres::PgRow, at: usize, what: &'static str) -> Result<Groups> {
+    use sqlx::Row as _;
+    let sql = |e| BatchError::from_sql(what, e);
+    let groups: Option<Vec<Option<String>>> = row.try_get(at).map_err(sql)?;
+    let values: Option<Vec<Option<f64>>> = row.try_get(at + 1).map_err(sql)?;
+    Ok(groups
+        .unwrap_or_default()
+        .into_iter()
+        .map(Metric::group_name)
+        .zip(values.unwrap_or_default())
+        .collect())
 }
 
 /// A failed merge statement, named as well as it can be: a key the source

@@ -2,7 +2,8 @@
 //! one statement per batch (the source read once beside the rows it replaces,
 //! the grain measured on it, only new and changed rows upserted, the removal,
 //! before-images, NULLs among the rows written and orphans among the new or
-//! changed references, the metrics before), partition-overwrite's working set
+//! changed references, the metrics before and, when it joins the whole range,
+//! after), partition-overwrite's working set
 //! and writes, and the metrics of a batch's range after.
 //! Identifiers are quoted; bounds and batch numbers are bound parameters.
 
@@ -66,7 +67,8 @@ pub struct WritePlan {
     /// the rows the source no longer yields, saves before-images, and returns
     /// one row: the grain as the working set's fill does, then what
     /// [`Counts::Written`] and the removal's [`Counts`] say, then per metric
-    /// its groups and values before the write (two arrays).
+    /// its groups and values before the write (two arrays), and, when
+    /// [`WritePlan::after_in_merge`], the same after it.
     /// Empty for partition-overwrite, which fills a working set.
     pub(super) merge: Vec<Step>,
     pub(super) create_working_set: String,
@@ -86,6 +88,10 @@ pub struct WritePlan {
     pub(super) metrics_before: Vec<(String, String)>,
     /// Per metric: its groups on the written table's range, after the write.
     pub(super) metrics_after: Vec<(String, String)>,
+    /// The merge statement also measures the metrics after (two arrays per
+    /// metric after those of the metrics before): its join holds the whole
+    /// range and the rows it returns are the rest.
+    pub(super) after_in_merge: bool,
     /// The rewritten columns, in the order [`Counts::Written`] counts NULLs.
     pub(super) null_columns: Vec<String>,
     /// The referencing columns, in the order [`Counts::Written`] counts orphans.
@@ -289,6 +295,7 @@ impl WritePlan {
         let metrics_before = metric_sql(&scope.target.quoted());
         let mut steps = Vec::new();
         let mut merge = Vec::new();
+        let mut after_in_merge = false;
         match brief.write.strategy {
             Strategy::PartitionOverwrite => {
                 steps.push(Step {
@@ -485,6 +492,56 @@ impl WritePlan {
                         format!(", (SELECT array_agg(m.g), array_agg(m.v) FROM ({query}) m(g, v)) bf_metric_{i}")
                     })
                     .collect::<String>();
+                // The range after the write, when `j` holds all of it: the
+                // rows the upsert returned, and the rows of the range it left
+                // as they were (not rewritten, not removed). The metrics after
+                // are measured there, in the same statement, instead of
+                // reading the range again. With `scope.where`, a source row
+                // may meet a row the backfill does not own and leave it be,
+                // so the range is read again after the write.
+                let after_in_statement = whole_range
+                    && scope.filter.is_none()
+                    && !types.is_empty()
+                    && !brief.validation.metrics.is_empty();
+                after_in_merge = after_in_statement;
+                let (after_rows, measured_after) = if after_in_statement {
+                    let columns = |row: &str| {
+                        types
+                            .keys()
+                            .map(|c| format!("{row}.{}", quote_ident(c)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    let kept = match brief.write.on_missing {
+                        OnMissing::Delete => " AND j.bf_src",
+                        OnMissing::Keep => "",
+                    };
+                    let measured = brief
+                        .validation
+                        .metrics
+                        .iter()
+                        .enumerate()
+                        .map(|(i, m)| {
+                            format!(
+                                ", (SELECT array_agg(m.g), array_agg(m.v) FROM ({query}) m(g, v)) bf_after_{i}",
+                                query = m.query("bf_after", &in_range)
+                            )
+                        })
+                        .collect::<String>();
+                    (
+                        format!(
+                            ",
+                             bf_after AS (SELECT {from_up} FROM up
+                                          UNION ALL
+                                          SELECT {from_j} FROM j WHERE j.{first_key} IS NOT NULL AND NOT j.bf_write{kept})",
+                            from_up = columns("(up.bf_row)"),
+                            from_j = columns("j"),
+                        ),
+                        measured,
+                    )
+                } else {
+                    (String::new(), String::new())
+                };
                 // The rows written, each beside its source row and the
                 // references of the row it replaced.
                 let written_rows = if references.is_empty() {
@@ -520,11 +577,11 @@ impl WritePlan {
                         sql: format!(
                             "WITH s AS MATERIALIZED (SELECT *{unowned_flag}, true AS bf_src FROM (SELECT {typed} FROM ({source}\n) AS s) s),
                              {joined},
-                             {upsert}{saved}{removal}
+                             {upsert}{saved}{removal}{after_rows}
                              SELECT * FROM ({grain}) bf_grain,
                                   (SELECT count(*) FILTER (WHERE bf_new), count(*) FILTER (WHERE NOT bf_new), {nulls}, {orphans}
                                      FROM {written_rows}) bf_written,
-                                  ({removed}) bf_removed{measured_before}",
+                                  ({removed}) bf_removed{measured_before}{measured_after}",
                             nulls = null_figures(&written_by),
                             orphans = orphan_figures(&written_by, &changed_reference),
                         ),
@@ -554,6 +611,7 @@ impl WritePlan {
             exchange,
             metrics_before,
             metrics_after: metric_sql(&target),
+            after_in_merge,
             null_columns: scope.columns.clone(),
             reference_columns: references.into_iter().map(|(c, ..)| c).collect(),
             fingerprints: Fingerprints::new(),
