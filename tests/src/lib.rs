@@ -12,7 +12,7 @@ use backfill_coordinator::demo;
 use backfill_coordinator::run::{self, DriveOptions, Finish};
 use backfill_shared::brief::{BatchRange, Brief};
 use backfill_shared::config::Config;
-use backfill_shared::control;
+use backfill_shared::control::{self, batches};
 use backfill_shared::topology::Topology;
 use lapin::options::QueueDeleteOptions;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -339,15 +339,31 @@ impl TestEnv {
 
     /// Drops the database and the namespace's queues.
     pub async fn cleanup(self) {
+        let runs: Vec<Uuid> = sqlx::query_scalar("SELECT run_id FROM backfill.runs")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap_or_default();
+        // Whatever the test did, the totals the ledger keeps equal its rows.
+        for &run_id in &runs {
+            let kept = batches::counts(&self.pool, run_id).await.expect("totals");
+            let counted = batches::recount(&self.pool, run_id).await.expect("recount");
+            assert!(
+                kept.applied_ms_spread.abs_diff(counted.applied_ms_spread) <= 1
+                    && batches::Counts {
+                        applied_ms_spread: 0,
+                        ..kept
+                    } == batches::Counts {
+                        applied_ms_spread: 0,
+                        ..counted
+                    },
+                "run {run_id}: the ledger's totals {kept:?} are not its rows {counted:?}"
+            );
+        }
         if let Ok(conn) = backfill_shared::services::rabbit(&self.config, "test cleanup").await
             && let Ok(ch) = conn.create_channel().await
         {
             let t = Topology::new(&self.config.namespace);
             // Runs that did not complete keep their event queues.
-            let runs: Vec<Uuid> = sqlx::query_scalar("SELECT run_id FROM backfill.runs")
-                .fetch_all(&self.pool)
-                .await
-                .unwrap_or_default();
             let queues = [t.batches.clone(), t.dead.clone()]
                 .into_iter()
                 .chain(runs.into_iter().map(|r| t.run_events_queue(r)));

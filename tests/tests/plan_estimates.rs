@@ -72,8 +72,9 @@ async fn a_target_never_analysed_is_not_said_to_be_empty() {
     env.cleanup().await;
 }
 
-/// A run of 100,000 batches is recorded whole: every batch once, with the bounds
-/// the plan gives it, all pending (the benchmark records a million).
+/// A run of 100,000 batches is recorded whole (by COPY): every batch once, with
+/// the bounds the plan gives it, all pending, and its totals say so (the
+/// benchmark records a million).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_run_is_recorded_batch_for_batch() {
     let env = TestEnv::new(0.01).await;
@@ -89,6 +90,11 @@ async fn a_large_run_is_recorded_batch_for_batch() {
     .await
     .unwrap();
     assert_eq!((rows, distinct, pending), (100_000, 100_000, 100_000));
+    // The totals `status` reads say the same without reading the rows.
+    let counts = backfill_shared::control::batches::counts(&env.pool, run_id)
+        .await
+        .unwrap();
+    assert_eq!((counts.pending, counts.total()), (100_000, 100_000));
     let bounds: Vec<(i32, String, String)> = sqlx::query_as(
         "SELECT batch_no, lo, hi FROM backfill.batches WHERE run_id = $1 ORDER BY batch_no",
     )

@@ -175,8 +175,8 @@ impl Gauges {
             .map(|s| s.as_str())
             .collect();
         let batches: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT b.state, count(*) FROM backfill.batches b JOIN backfill.runs r USING (run_id)
-              WHERE r.state = ANY($1) GROUP BY b.state",
+            "SELECT t.state, sum(t.batches)::bigint FROM backfill.batch_totals t JOIN backfill.runs r USING (run_id)
+              WHERE r.state = ANY($1) GROUP BY t.state",
         )
         .bind(&active)
         .fetch_all(pool)

@@ -348,39 +348,80 @@ impl Counts {
     }
 }
 
+/// A run's batches by state, with the rows they wrote and the time they took,
+/// from the totals the ledger keeps as it changes (`backfill.batch_totals`): a
+/// few rows per run, however many batches it has.
 pub async fn counts(pool: &PgPool, run_id: Uuid) -> Result<Counts> {
-    let row: (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE state = 'pending'),
-                count(*) FILTER (WHERE state = 'queued'),
-                count(*) FILTER (WHERE state = 'running'),
-                count(*) FILTER (WHERE state = 'applied'),
-                count(*) FILTER (WHERE state = 'failed'),
-                coalesce(sum(rows_source), 0)::bigint,
-                coalesce(sum(rows_inserted), 0)::bigint,
-                coalesce(sum(rows_updated), 0)::bigint,
-                coalesce(sum(rows_deleted), 0)::bigint,
-                coalesce(sum(duration_ms), 0)::bigint,
-                coalesce(stddev_samp(duration_ms) FILTER (WHERE state = 'applied'), 0)::bigint
-           FROM backfill.batches WHERE run_id = $1",
+    let rows: Vec<TotalsRow> = sqlx::query_as(
+        "SELECT state, sum(batches)::bigint, sum(rows_source)::bigint, sum(rows_inserted)::bigint,
+                sum(rows_updated)::bigint, sum(rows_deleted)::bigint, sum(timed)::bigint,
+                sum(duration_ms)::bigint, sum(duration_ms_squared)
+           FROM backfill.batch_totals WHERE run_id = $1 GROUP BY state",
     )
     .bind(run_id)
-    .fetch_one(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(Counts {
-        pending: row.0,
-        queued: row.1,
-        running: row.2,
-        applied: row.3,
-        failed: row.4,
-        rows: RowCounts {
-            source: row.5,
-            inserted: row.6,
-            updated: row.7,
-            deleted: row.8,
-        },
-        applied_ms: row.9,
-        applied_ms_spread: row.10,
-    })
+    Ok(Counts::from_totals(&rows))
+}
+
+/// The same figures counted from the ledger's rows, one by one
+/// (`backfill.batch_totals_counted`): what the totals must always equal (a
+/// check, slow on a large run).
+pub async fn recount(pool: &PgPool, run_id: Uuid) -> Result<Counts> {
+    let rows: Vec<TotalsRow> = sqlx::query_as(
+        "SELECT state, batches, rows_source, rows_inserted, rows_updated, rows_deleted, timed,
+                duration_ms, duration_ms_squared
+           FROM backfill.batch_totals_counted WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Counts::from_totals(&rows))
+}
+
+/// One state's figures: (state, batches, rows from the source, inserted,
+/// updated, deleted, batches with a duration, the durations' sum and their
+/// sum of squares).
+type TotalsRow = (String, i64, i64, i64, i64, i64, i64, i64, f64);
+
+impl Counts {
+    /// The figures of each state, added up. Rows and time count whatever the
+    /// state; the spread is that of the applied batches' durations.
+    fn from_totals(rows: &[TotalsRow]) -> Self {
+        let mut counts = Self::default();
+        for (state, batches, source, inserted, updated, deleted, timed, ms, ms_squared) in rows {
+            match state.as_str() {
+                "pending" => counts.pending = *batches,
+                "queued" => counts.queued = *batches,
+                "running" => counts.running = *batches,
+                "applied" => {
+                    counts.applied = *batches;
+                    counts.applied_ms_spread = spread(*timed, *ms, *ms_squared);
+                }
+                "failed" => counts.failed = *batches,
+                _ => {}
+            }
+            counts.rows.source += source;
+            counts.rows.inserted += inserted;
+            counts.rows.updated += updated;
+            counts.rows.deleted += deleted;
+            counts.applied_ms += ms;
+        }
+        counts
+    }
+}
+
+/// The sample standard deviation of `n` values from their sum and sum of
+/// squares, rounded; 0 for fewer than two.
+fn spread(n: i64, sum: i64, squares: f64) -> i64 {
+    if n < 2 {
+        return 0;
+    }
+    let (n, sum) = (n as f64, sum as f64);
+    ((squares - sum * sum / n) / (n - 1.0))
+        .max(0.0)
+        .sqrt()
+        .round() as i64
 }
 
 /// A batch that failed, or whose last attempt failed.

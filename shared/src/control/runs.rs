@@ -227,22 +227,35 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
     if let Some(marker) = &new.marker {
         super::maintenance::mark(&mut tx, marker).await?;
     }
-    // Bulk insert in chunks: one statement per 50,000 batches.
-    for chunk in new.batches.chunks(50_000) {
-        let nos: Vec<i64> = chunk.iter().map(|b| i64::from(b.no)).collect();
-        let los: Vec<String> = chunk.iter().map(|b| b.lo.to_string()).collect();
-        let his: Vec<String> = chunk.iter().map(|b| b.hi.to_string()).collect();
-        sqlx::query(
-            "INSERT INTO backfill.batches (run_id, batch_no, lo, hi)
-             SELECT $1, no, lo, hi FROM unnest($2::bigint[], $3::text[], $4::text[]) AS b(no, lo, hi)",
-        )
-        .bind(run_id)
-        .bind(&nos)
-        .bind(&los)
-        .bind(&his)
-        .execute(&mut *tx)
+    // Every batch row, streamed with one COPY a megabyte at a time: the
+    // cheapest way into a table, and the coordinator never holds the whole
+    // text of a large run. Bounds (integers, dates, timestamps) print with no
+    // character COPY's text format would escape.
+    let mut copy = tx
+        .copy_in_raw("COPY backfill.batches (run_id, batch_no, lo, hi) FROM STDIN")
         .await?;
+    let mut chunk = String::with_capacity(COPY_CHUNK + 256);
+    for batch in new.batches {
+        use std::fmt::Write as _;
+        let _ = writeln!(chunk, "{run_id}\t{}\t{}\t{}", batch.no, batch.lo, batch.hi);
+        if chunk.len() >= COPY_CHUNK {
+            copy.send(chunk.as_bytes()).await?;
+            chunk.clear();
+        }
     }
+    if !chunk.is_empty() {
+        copy.send(chunk.as_bytes()).await?;
+    }
+    copy.finish().await?;
+    // Their total (updates keep it by trigger; see migration 0014).
+    sqlx::query(
+        "INSERT INTO backfill.batch_totals
+         VALUES ($1, 'pending', pg_backend_pid(), $2, 0, 0, 0, 0, 0, 0, 0, 0)",
+    )
+    .bind(run_id)
+    .bind(i64::try_from(new.batches.len()).unwrap_or(i64::MAX))
+    .execute(&mut *tx)
+    .await?;
     super::log::append(
         &mut *tx,
         run_id,
@@ -261,6 +274,9 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
     tx.commit().await?;
     Ok(run_id)
 }
+
+/// How much `COPY` text `create` sends at a time.
+const COPY_CHUNK: usize = 1 << 20;
 
 /// Loads a run and re-parses its brief.
 pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
@@ -755,11 +771,10 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Listed>> {
                 r.canary_at, r.promoted_at
            FROM backfill.runs r
            CROSS JOIN LATERAL (
-                SELECT count(*) FILTER (WHERE b.state = 'applied') AS applied,
-                       count(*) FILTER (WHERE b.state = 'failed') AS failed,
-                       coalesce(sum(b.rows_inserted + b.rows_updated + b.rows_deleted)
-                                FILTER (WHERE b.state = 'applied'), 0)::bigint AS rows_written
-                  FROM backfill.batches b WHERE b.run_id = r.run_id) c
+                SELECT coalesce(sum(t.batches) FILTER (WHERE t.state = 'applied'), 0)::bigint AS applied,
+                       coalesce(sum(t.batches) FILTER (WHERE t.state = 'failed'), 0)::bigint AS failed,
+                       coalesce(sum(t.rows_written) FILTER (WHERE t.state = 'applied'), 0)::bigint AS rows_written
+                  FROM backfill.batch_totals t WHERE t.run_id = r.run_id) c
            LEFT JOIN LATERAL (
                 SELECT id, passed, failed FROM backfill.validation_runs
                  WHERE run_id = r.run_id ORDER BY id DESC LIMIT 1) v ON true

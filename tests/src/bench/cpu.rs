@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 /// Clock ticks per second of `/proc`'s times (`getconf CLK_TCK`; 100 on Linux).
 const TICKS: f64 = 100.0;
 
-/// Processor seconds used so far: per service, and by the whole machine.
+/// Processor seconds used so far: per process of a service, and by the whole
+/// machine.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Cpu {
-    by_service: BTreeMap<&'static str, f64>,
+    by_process: BTreeMap<u32, (&'static str, f64)>,
     machine: f64,
 }
 
@@ -63,7 +64,7 @@ impl Cpu {
                 .flatten()
                 .filter_map(|f| f.parse::<f64>().ok())
                 .sum();
-            *cpu.by_service.entry(service).or_default() += ticks / TICKS;
+            cpu.by_process.insert(pid, (service, ticks / TICKS));
         }
         cpu.machine = std::fs::read_to_string("/proc/stat")
             .ok()
@@ -83,17 +84,25 @@ impl Cpu {
     }
 
     /// What was used from `before` to `self`, in milliseconds per one of
-    /// `per` (batches), by service, with the machine's total and what no service
-    /// named here accounts for (processes that ended, the kernel, the rest).
+    /// `per` (batches), by service, with the machine's total and what no
+    /// service named here accounts for (processes that ended in between —
+    /// their time is lost with them —, the kernel, the rest).
     pub(super) fn per(&self, before: &Self, per: f64) -> String {
         let ms = |secs: f64| secs * 1000.0 / per.max(1.0);
-        let mut named = 0.0;
-        let mut parts = Vec::new();
-        for (service, secs) in &self.by_service {
-            let used = secs - before.by_service.get(service).copied().unwrap_or_default();
-            named += used;
-            parts.push(format!("{service} {:.2}", ms(used)));
+        let mut by_service: BTreeMap<&str, f64> = BTreeMap::new();
+        for (pid, (service, secs)) in &self.by_process {
+            let earlier = before
+                .by_process
+                .get(pid)
+                .filter(|(s, _)| s == service)
+                .map_or(0.0, |(_, secs)| *secs);
+            *by_service.entry(service).or_default() += secs - earlier;
         }
+        let named: f64 = by_service.values().sum();
+        let mut parts: Vec<String> = by_service
+            .iter()
+            .map(|(service, secs)| format!("{service} {:.2}", ms(*secs)))
+            .collect();
         let machine = self.machine - before.machine;
         parts.push(format!("other {:.2}", ms((machine - named).max(0.0))));
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
