@@ -389,16 +389,19 @@ impl Counts {
     /// state; the spread is that of the applied batches' durations.
     fn from_totals(rows: &[TotalsRow]) -> Self {
         let mut counts = Self::default();
+        let mut applied_durations = (0, 0, 0.0);
         for (state, batches, source, inserted, updated, deleted, timed, ms, ms_squared) in rows {
             match state.as_str() {
-                "pending" => counts.pending = *batches,
-                "queued" => counts.queued = *batches,
-                "running" => counts.running = *batches,
+                "pending" => counts.pending += batches,
+                "queued" => counts.queued += batches,
+                "running" => counts.running += batches,
                 "applied" => {
-                    counts.applied = *batches;
-                    counts.applied_ms_spread = spread(*timed, *ms, *ms_squared);
+                    counts.applied += batches;
+                    applied_durations.0 += timed;
+                    applied_durations.1 += ms;
+                    applied_durations.2 += ms_squared;
                 }
-                "failed" => counts.failed = *batches,
+                "failed" => counts.failed += batches,
                 _ => {}
             }
             counts.rows.source += source;
@@ -407,6 +410,8 @@ impl Counts {
             counts.rows.deleted += deleted;
             counts.applied_ms += ms;
         }
+        let (n, sum, squares) = applied_durations;
+        counts.applied_ms_spread = spread(n, sum, squares);
         counts
     }
 }
@@ -577,4 +582,47 @@ pub async fn grid(pool: &PgPool, run_id: Uuid, cells: u32) -> Result<Vec<Cell>> 
     .bind(i64::from(cells.max(1)))
     .fetch_all(pool)
     .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spread_is_the_sample_standard_deviation() {
+        // 2, 4, 4, 4, 5, 5, 7, 9: mean 5, squared deviations 32, sample variance 32/7.
+        let values = [2_i64, 4, 4, 4, 5, 5, 7, 9];
+        let sum: i64 = values.iter().sum();
+        let squares: f64 = values.iter().map(|v| (v * v) as f64).sum();
+        assert_eq!(
+            spread(8, sum, squares),
+            (32.0_f64 / 7.0).sqrt().round() as i64
+        );
+        assert_eq!(spread(1, 5, 25.0), 0);
+        assert_eq!(spread(0, 0, 0.0), 0);
+        // Durations of a large run: a million batches near 250 ms keep their spread.
+        let n = 1_000_000_i64;
+        let (sum, squares) = (0..n).fold((0_i64, 0.0_f64), |(s, q), i| {
+            let v = 240 + i % 21;
+            (s + v, q + (v * v) as f64)
+        });
+        assert_eq!(spread(n, sum, squares), 6);
+    }
+
+    #[test]
+    fn totals_add_up_by_state() {
+        let row =
+            |state: &str, batches, ms| (state.to_owned(), batches, 10, 1, 2, 3, batches, ms, 0.0);
+        let counts = Counts::from_totals(&[
+            row("pending", 5, 0),
+            row("applied", 3, 30),
+            row("applied", -1, -10),
+            row("rolled_back", 2, 4),
+        ]);
+        assert_eq!((counts.pending, counts.applied, counts.total()), (5, 2, 7));
+        assert_eq!(
+            (counts.rows.source, counts.rows.deleted, counts.applied_ms),
+            (40, 12, 24)
+        );
+    }
 }

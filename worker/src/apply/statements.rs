@@ -477,6 +477,12 @@ impl WritePlan {
                 // Merge writes the live target, which `j` holds as it was
                 // when it joined the whole range.
                 let before_from_j = whole_range && brief.write.strategy == Strategy::Merge;
+                // A metric's groups and values as two arrays, in column `name`.
+                let measured = |query: &str, name: String| {
+                    format!(
+                        ", (SELECT array_agg(m.g), array_agg(m.v) FROM ({query}) m(g, v)) {name}"
+                    )
+                };
                 let measured_before = brief
                     .validation
                     .metrics
@@ -489,7 +495,7 @@ impl WritePlan {
                         } else {
                             query.clone()
                         };
-                        format!(", (SELECT array_agg(m.g), array_agg(m.v) FROM ({query}) m(g, v)) bf_metric_{i}")
+                        measured(&query, format!("bf_metric_{i}"))
                     })
                     .collect::<String>();
                 // The range after the write, when `j` holds all of it: the
@@ -499,12 +505,11 @@ impl WritePlan {
                 // reading the range again. With `scope.where`, a source row
                 // may meet a row the backfill does not own and leave it be,
                 // so the range is read again after the write.
-                let after_in_statement = whole_range
+                after_in_merge = whole_range
                     && scope.filter.is_none()
                     && !types.is_empty()
                     && !brief.validation.metrics.is_empty();
-                after_in_merge = after_in_statement;
-                let (after_rows, measured_after) = if after_in_statement {
+                let (after_rows, measured_after) = if after_in_merge {
                     let columns = |row: &str| {
                         types
                             .keys()
@@ -516,16 +521,13 @@ impl WritePlan {
                         OnMissing::Delete => " AND j.bf_src",
                         OnMissing::Keep => "",
                     };
-                    let measured = brief
+                    let after = brief
                         .validation
                         .metrics
                         .iter()
                         .enumerate()
                         .map(|(i, m)| {
-                            format!(
-                                ", (SELECT array_agg(m.g), array_agg(m.v) FROM ({query}) m(g, v)) bf_after_{i}",
-                                query = m.query("bf_after", &in_range)
-                            )
+                            measured(&m.query("bf_after", &in_range), format!("bf_after_{i}"))
                         })
                         .collect::<String>();
                     (
@@ -537,7 +539,7 @@ impl WritePlan {
                             from_up = columns("(up.bf_row)"),
                             from_j = columns("j"),
                         ),
-                        measured,
+                        after,
                     )
                 } else {
                     (String::new(), String::new())
