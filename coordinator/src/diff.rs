@@ -11,6 +11,7 @@
 //!   each range is checksummed on both sides first, and only ranges whose
 //!   checksums differ are joined row by row.
 
+use crate::lifecycle::fingerprint::RowHash;
 use crate::{CliError, Result};
 use backfill_shared::brief::{BatchRange, Strategy};
 use backfill_shared::control::batches;
@@ -630,29 +631,21 @@ async fn compare_rows(
 }
 
 /// Each row's 64-bit hash, of the comparison's columns of `s`: from their
-/// values where every type can be hashed (`hash_record_extended`), else from
-/// the row's text, several times slower.
+/// values where every type can be hashed, else from the row's text, several
+/// times slower ([`RowHash`]).
 async fn row_hash(pool: &PgPool, spec: &Spec, old: &TableName, new: &TableName) -> Result<String> {
-    let by_values = format!("hash_record_extended(ROW({}), 0)", spec.select_list("s"));
+    let row = format!("ROW({})", spec.select_list("s"));
     for table in [old, new] {
-        let probe = format!(
-            "SELECT {by_values} FROM (SELECT {} FROM {} t LIMIT 1) s",
+        let from = format!(
+            "(SELECT {} FROM {} t) s",
             spec.select_list("t"),
             table.quoted()
         );
-        match sqlx::query(AssertSqlSafe(probe)).fetch_optional(pool).await {
-            Ok(_) => {}
-            // No hash function for one of the types (json, point, ...).
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42883") => {
-                return Ok(format!(
-                    "hashtextextended(ROW({})::text, 0)",
-                    spec.select_list("s")
-                ));
-            }
-            Err(e) => return Err(e.into()),
+        if RowHash::probe(pool, &row, &from).await? == RowHash::Text {
+            return Ok(RowHash::Text.of(&row));
         }
     }
-    Ok(by_values)
+    Ok(RowHash::Record.of(&row))
 }
 
 fn progress(options: &Options, len: usize) -> indicatif::ProgressBar {

@@ -29,10 +29,30 @@ pub enum RowHash {
 }
 
 impl RowHash {
-    fn sql(self) -> &'static str {
+    /// The 64-bit hash of the row (or `ROW(...)`) expression `row`.
+    #[must_use]
+    pub fn of(self, row: &str) -> String {
         match self {
-            Self::Record => "hash_record_extended(t, 0)",
-            Self::Text => "hashtextextended(t::text, 0)",
+            Self::Record => format!("hash_record_extended({row}, 0)"),
+            Self::Text => format!("hashtextextended({row}::text, 0)"),
+        }
+    }
+
+    /// How rows `row` of `from` (a `FROM` clause; one row is enough) can be
+    /// hashed: by their columns' hash functions, unless a column's type has
+    /// none (`json`, `point`, ...: the probe fails with 42883), then by text.
+    pub async fn probe<'e>(
+        executor: impl sqlx::PgExecutor<'e>,
+        row: &str,
+        from: &str,
+    ) -> Result<Self> {
+        let probe = format!("SELECT {} FROM {from} LIMIT 1", Self::Record.of(row));
+        match sqlx::query(AssertSqlSafe(probe)).execute(executor).await {
+            Ok(_) => Ok(Self::Record),
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42883") => {
+                Ok(Self::Text)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -91,23 +111,7 @@ pub async fn measure(
     })?;
     let hash = match hash {
         Some(hash) => hash,
-        None => {
-            // A column type without an extended hash function fails here, on one row.
-            let probe = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {} FROM {} t LIMIT 1",
-                RowHash::Record.sql(),
-                table.quoted()
-            )))
-            .execute(&mut *conn)
-            .await;
-            match probe {
-                Ok(_) => RowHash::Record,
-                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42883") => {
-                    RowHash::Text
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        None => RowHash::probe(&mut *conn, "t", &format!("{} t", table.quoted())).await?,
     };
     // Where arithmetic cannot name a row's batch, `$3` holds the lower bounds.
     let arithmetic = batch_of_row(&scope.batch_by);
@@ -121,7 +125,7 @@ pub async fn measure(
     let sql = format!(
         "SELECT ({bucket})::bigint, count(*), bit_xor({hash}) FROM {table} t
           WHERE {owned} GROUP BY 1 ORDER BY 1",
-        hash = hash.sql(),
+        hash = hash.of("t"),
         table = table.quoted(),
         owned = scope.owned_range("t"),
     );

@@ -250,6 +250,8 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
     // Their total (updates keep it by trigger; see migration 0014).
     sqlx::query(
         "INSERT INTO backfill.batch_totals
+                (run_id, state, shard, batches, rows_source, rows_inserted, rows_updated,
+                 rows_deleted, rows_written, timed, duration_ms, duration_ms_squared)
          VALUES ($1, 'pending', pg_backend_pid(), $2, 0, 0, 0, 0, 0, 0, 0, 0)",
     )
     .bind(run_id)

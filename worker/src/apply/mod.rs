@@ -14,9 +14,9 @@
 //!    delete (and count) the rows of the range the source no longer yields
 //!    (`on_missing = "delete"`), or count them (`"keep"`); count NULLs among
 //!    the rows written and orphaned references among the new or changed ones;
-//! 2. if the source yielded nothing and the range holds no rows, skip to 4;
 //!    when the join holds the whole range, measure the metrics after on the
 //!    rows the upsert returned and the rows of the range it left as they were;
+//! 2. if the source yielded nothing and the range holds no rows, skip to 4;
 //! 3. check the drift guard and the grain (a failure rolls back the write with
 //!    everything else), measure the metrics after (unless step 1 did);
 //! 4. lock the batch's ledger row and check the fencing token (a stale worker
