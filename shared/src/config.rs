@@ -188,6 +188,42 @@ pub fn redact_url(url: &str) -> String {
     format!("{}{}{}", &url[..scheme_end + 3], redacted, &rest[at..])
 }
 
+/// An endpoint whose address is itself a secret (a Slack incoming webhook's
+/// path is its key; other receivers put tokens in the path or the query), as
+/// it may be printed, logged, stored and posted: the scheme, the host and the
+/// last four characters, `https://hooks.slack.com/…Xy9z`. Credentials in the
+/// authority are dropped.
+#[must_use]
+pub fn redact_endpoint(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let host = rest[..authority_end]
+        .rsplit_once('@')
+        .map_or(&rest[..authority_end], |(_, host)| host);
+    let tail = &rest[authority_end..];
+    let shown_host = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://{host}")
+    };
+    if tail.trim_start_matches('/').is_empty() {
+        return if shown_host.is_empty() {
+            "***".to_owned()
+        } else {
+            shown_host
+        };
+    }
+    let chars: Vec<char> = tail.chars().collect();
+    // Fewer than twelve characters of path show nothing of it: four of them
+    // would be a third of the secret.
+    let last: String = if chars.len() >= 12 {
+        chars[chars.len() - 4..].iter().collect()
+    } else {
+        String::new()
+    };
+    format!("{shown_host}/…{last}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +271,23 @@ mod tests {
             Config::from_vars(&vars(&[("BACKFILL_MESSAGE_KEY", "a-long-enough-secret")])).unwrap();
         assert!(c.signer().is_some());
         assert!(!format!("{c:?}").contains("a-long-enough-secret"));
+    }
+
+    #[test]
+    fn endpoints_show_scheme_host_and_last_four() {
+        let slack = "https://hooks.slack.com/services/T0AAAA/B0BBBB/SeCrEtSeCrEt1234";
+        assert_eq!(redact_endpoint(slack), "https://hooks.slack.com/…1234");
+        assert_eq!(
+            redact_endpoint("https://u:p@events.example:8443/in?token=abcdefghijkl"),
+            "https://events.example:8443/…ijkl"
+        );
+        assert_eq!(redact_endpoint("http://127.0.0.1:9/"), "http://127.0.0.1:9");
+        assert_eq!(redact_endpoint("http://h/short"), "http://h/…");
+        assert_eq!(redact_endpoint("no scheme/at/all/secretsecret"), "/…cret");
+        assert_eq!(
+            redact_endpoint("https://h/ÄÖÜ-ßßßß-ÄÖÜé"),
+            "https://h/…ÄÖÜé"
+        );
     }
 
     #[test]

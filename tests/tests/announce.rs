@@ -32,7 +32,8 @@ async fn log_detail(env: &TestEnv, run_id: Uuid, event: &str) -> Option<serde_js
 async fn a_metric_changing_run_is_announced_first_or_says_why_not() {
     let env = TestEnv::new(0.01).await;
     let receiver = Receiver::start().await;
-    let hook = format!("{}/hook", receiver.url);
+    // A Slack incoming webhook's path is its secret.
+    let hook = format!("{}/services/T0AAAA/B0BBBB/SeCrEtHoOk9876", receiver.url);
     let dir = std::env::temp_dir().join(format!("bf-announce-{}", env.config.namespace));
     std::fs::create_dir_all(&dir).unwrap();
     let text = env.brief(6, 2).await;
@@ -71,6 +72,7 @@ async fn a_metric_changing_run_is_announced_first_or_says_why_not() {
         )
         .await;
     assert_eq!(code, Some(0), "{stderr}");
+    let sent = format!("sent to {}/…9876", receiver.url);
     for part in [
         "**What is changing:** order-revenue-refunds rewrites tpch.order_revenue (merge, risk metric-changing).",
         "**Why:** Refunds",
@@ -79,10 +81,11 @@ async fn a_metric_changing_run_is_announced_first_or_says_why_not() {
         "in 6 batches",
         "**Who should know:**",
         "**Owner / reviewer:** alice / bob.",
-        "sent to http://127.0.0.1:",
+        sent.as_str(),
     ] {
         assert!(stdout.contains(part), "{part:?} not in:\n{stdout}");
     }
+    assert!(!format!("{stdout}{stderr}").contains("SeCrEt"), "{stdout}");
     let taken = receiver.until("the announcement", |t| !t.is_empty()).await;
     let event = &taken[0].body;
     assert_eq!(event["type"], "dev.backfill.run.announced");
@@ -96,6 +99,8 @@ async fn a_metric_changing_run_is_announced_first_or_says_why_not() {
             .await
             .unwrap();
     assert_eq!(delivered.as_array().unwrap().len(), 1, "{delivered}");
+    assert!(!delivered.to_string().contains("SeCrEt"), "{delivered}");
+    assert!(!event.to_string().contains("SeCrEt"), "{event}");
 
     // Announced: it runs, and its log says which announcement.
     let mut worker = env.spawn_worker(&[]);

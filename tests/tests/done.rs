@@ -80,20 +80,37 @@ async fn a_run_is_done_only_when_every_item_is_recorded() {
     assert!(verdict.render().contains("kept 14 days, until"));
 
     // The change note goes to the webhook; where it went is recorded.
+    // Its address is a secret, as a Slack incoming webhook's path is: it is
+    // shown, logged and posted only as scheme, host and last four characters.
     let receiver = Receiver::start().await;
+    let secret = "T0AAAA/B0BBBB/SeCrEtHoOk9876";
+    let hook = format!("{}/services/{secret}", receiver.url);
     let (code, stdout, stderr) = env
         .cli_with(
             &["report", &run_id.to_string(), "--send"],
-            &[("BACKFILL_WEBHOOK_URL", &format!("{}/hook", receiver.url))],
+            &[("BACKFILL_WEBHOOK_URL", &hook)],
         )
         .await;
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("change note delivered to"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("change note delivered to {}/…9876", receiver.url)),
+        "{stderr}"
+    );
     let taken = receiver.until("the change note", |t| !t.is_empty()).await;
+    assert_eq!(taken[0].path, format!("/services/{secret}"));
     assert_eq!(taken[0].body["type"], "dev.backfill.run.change_note");
     let note = taken[0].body["data"]["change_note"].as_str().unwrap();
     assert!(note.contains("# Backfill report: ship-revenue"), "{note}");
     assert!(stdout.contains("| Told | change note sent to"), "{stdout}");
+    for (what, text) in [
+        ("the output", format!("{stdout}{stderr}")),
+        ("the delivered body", taken[0].body.to_string()),
+    ] {
+        assert!(
+            !text.contains("SeCrEt"),
+            "the webhook's secret is in {what}"
+        );
+    }
 
     // From the CLI: exit 1, the missing item named; --json says the same.
     let (code, _, stderr) = env.cli(&["done", &run_id.to_string()]).await;
@@ -106,9 +123,27 @@ async fn a_run_is_done_only_when_every_item_is_recorded() {
     assert_eq!(json["items"].as_array().unwrap().len(), 6);
     let lesson = "Announce a week ahead: finance had a board deck on the old numbers.";
     let (code, stdout, stderr) = env
-        .cli(&["done", &run_id.to_string(), "--lesson", lesson])
+        .cli_with(
+            &["done", &run_id.to_string(), "--lesson", lesson],
+            &[("BACKFILL_WEBHOOK_URL", &hook)],
+        )
         .await;
     assert_eq!(code, Some(0), "{stderr}");
+    assert!(!format!("{stdout}{stderr}").contains("SeCrEt"), "{stdout}");
+    let logged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM backfill.run_log WHERE detail::text LIKE '%SeCrEt%'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(logged, 0, "the webhook's secret is in the run log");
+    assert!(
+        receiver
+            .taken()
+            .iter()
+            .all(|r| !r.body.to_string().contains("SeCrEt")),
+        "the webhook's secret was posted"
+    );
     assert!(
         stdout.contains(&format!("run {run_id} is done.")),
         "{stdout}"

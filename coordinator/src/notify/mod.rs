@@ -71,7 +71,7 @@ impl std::fmt::Debug for Settings {
         let webhooks: Vec<String> = self
             .webhooks
             .iter()
-            .map(|w| backfill_shared::config::redact_url(w))
+            .map(|w| backfill_shared::config::redact_endpoint(w))
             .collect();
         f.debug_struct("Settings")
             .field("lineage", &self.lineage)
@@ -86,7 +86,7 @@ impl std::fmt::Debug for LineageSettings {
         f.debug_struct("LineageSettings")
             .field(
                 "endpoint",
-                &backfill_shared::config::redact_url(&self.endpoint),
+                &backfill_shared::config::redact_endpoint(&self.endpoint),
             )
             .field("namespace", &self.namespace)
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
@@ -107,7 +107,7 @@ impl Settings {
             } else {
                 Err(SettingsError::Url {
                     var,
-                    value: backfill_shared::config::redact_url(value),
+                    value: backfill_shared::config::redact_endpoint(value),
                 })
             }
         };
@@ -523,7 +523,7 @@ async fn post_to_webhooks(
             body: body.clone(),
             pool: pool.clone(),
         };
-        let shown = backfill_shared::config::redact_url(url);
+        let shown = backfill_shared::config::redact_endpoint(url);
         match post_with_retries(&installed.client, &delivery).await {
             Ok(()) => delivered.push(shown),
             Err(why) => {
@@ -598,7 +598,7 @@ pub async fn send_announcement(
 
 /// A payload that will not arrive: a warning, and the run log says so.
 async fn dropped(delivery: &Delivery, why: &str) {
-    let url = backfill_shared::config::redact_url(&delivery.url);
+    let url = backfill_shared::config::redact_endpoint(&delivery.url);
     warn!(run.id = %delivery.run_id, sink = delivery.sink, event = delivery.what, url = %url, error = why, "notification dropped");
     let entry = serde_json::json!({
         "sink": delivery.sink, "event": delivery.what, "url": url, "error": why,
