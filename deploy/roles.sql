@@ -19,7 +19,12 @@
 -- Who approves is the database login: the database refuses an approval, or an
 -- accepted failed check, from any session but the reviewer's role, and never
 -- from the owner's (migration 0008); every run-log entry records the session
--- user. On the warehouse's own tables, grant as your site does: operators and
+-- user, whatever the insert says. The rules are definer functions with their
+-- search path pinned, a run is inserted only in its first state, its brief,
+-- owner and reviewer never change, and its state moves only along its life
+-- (migration 0015): no grant below lets a login step around them in SQL. The
+-- ledger's totals (backfill.batch_totals) are written only by those
+-- functions, so no role is granted to write them. On the warehouse's own tables, grant as your site does: operators and
 -- workers write the targets (operators own them, or are members of the role
 -- that does: the maintenance comment and a cutover's swap need ownership),
 -- and everyone reads what the sources read.
@@ -51,7 +56,7 @@ GRANT SELECT ON ALL TABLES IN SCHEMA backfill TO backfill_viewer;
 -- in schema backfill.
 GRANT CREATE ON SCHEMA backfill TO backfill_operator;
 GRANT INSERT, UPDATE ON backfill.runs, backfill.batches TO backfill_operator;
-GRANT INSERT, DELETE ON backfill.maintenance TO backfill_operator;
+GRANT INSERT, UPDATE, DELETE ON backfill.maintenance TO backfill_operator;
 GRANT INSERT ON backfill.run_log, backfill.validations, backfill.validation_runs TO backfill_operator;
 GRANT INSERT, UPDATE (delivered) ON backfill.announcements TO backfill_operator;
 

@@ -66,6 +66,7 @@ impl From<ControlError> for CliError {
                 Self::BadInput(e.to_string())
             }
             ControlError::Sql(e) => e.into(),
+            ControlError::Busy(why) => Self::Unavailable(why),
             other => Self::Internal(other.to_string()),
         }
     }

@@ -194,8 +194,12 @@ async fn list_shows_every_state_with_what_holds_it_and_ids_resolve_by_prefix() {
     let mut tx = env.pool.begin().await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE TEMP TABLE twin ON COMMIT DROP AS SELECT * FROM backfill.runs WHERE run_id = '{cut_over}';
-         UPDATE twin SET run_id = '{twin}', target = 'tpch.twin', state = 'cancelled';
-         INSERT INTO backfill.runs SELECT * FROM twin;"
+         UPDATE twin SET run_id = '{twin}', target = 'tpch.twin', state = 'running',
+                approved_by = NULL, approved_at = NULL, approved_validation = NULL,
+                cut_over_at = NULL, finished_at = NULL, old_table = NULL, cleaned_at = NULL,
+                done_at = NULL, promoted_by = NULL, promoted_at = NULL, canary_at = NULL;
+         INSERT INTO backfill.runs SELECT * FROM twin;
+         UPDATE backfill.runs SET state = 'cancelled' WHERE run_id = '{twin}';"
     )))
     .execute(&mut *tx)
     .await

@@ -183,3 +183,145 @@ async fn each_role_does_what_it_should_and_nothing_else() {
     env.cleanup().await;
     logins.drop().await;
 }
+
+/// Every run's row as JSON, and every run-log entry: what a refused forgery
+/// must leave as it was.
+async fn record(env: &TestEnv) -> (Vec<serde_json::Value>, i64) {
+    let runs = sqlx::query_scalar("SELECT to_jsonb(r) FROM backfill.runs r ORDER BY run_id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    let log = sqlx::query_scalar("SELECT count(*) FROM backfill.run_log")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    (runs, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forgeries_in_sql_are_refused_and_change_nothing() {
+    let env = TestEnv::new(0.01).await;
+    env.build_ship_revenue().await;
+    let (applied, ..) = env
+        .record_run(&ship_revenue::brief("merge", "delete", ""))
+        .await;
+    assert_eq!(env.run_to_end(applied, 1).await, Finish::Applied);
+    validate::validate(&env.pool, applied).await.unwrap();
+    let logins = env
+        .logins(&[
+            ("alice", "backfill_operator", true),
+            ("bob", "backfill_reviewer", true),
+            ("walt", "backfill_worker", false),
+        ])
+        .await;
+    let login = |who: &str| logins.role(who);
+    let [alice, bob, walt] = ["alice", "bob", "walt"].map(|w| logins.pool(w));
+    let before = record(&env).await;
+
+    // Rename the owner and the reviewer, then approve: refused at the rename.
+    let err = sqlx::query(
+        "UPDATE backfill.runs SET owner = 'carol', reviewer = 'alice' WHERE run_id = $1",
+    )
+    .bind(applied)
+    .execute(alice)
+    .await
+    .unwrap_err();
+    assert!(denied(&err), "{err}");
+    assert!(
+        err.to_string().contains("fixed when it is recorded"),
+        "{err}"
+    );
+
+    // A view shadowing pg_roles and a search path that finds it first, to
+    // pass as a superuser naming the reviewer: the rules read pg_catalog.
+    let mut conn = alice.acquire().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE VIEW backfill.pg_roles AS SELECT '{}'::name AS rolname, true AS rolsuper;
+         SET search_path = backfill, pg_catalog;
+         SET backfill.acting_role = '{}';",
+        login("alice"),
+        login("bob")
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let err = approve_by_sql(&mut *conn, applied).await;
+    assert!(denied(&err), "{err}");
+    // What that session logs is logged as alice, whoever it names.
+    sqlx::query(
+        "INSERT INTO backfill.run_log (run_id, actor, event, detail, session_role)
+         VALUES ($1, 'bob', 'forged', '{}', $2)",
+    )
+    .bind(applied)
+    .bind(login("bob"))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql("DROP VIEW backfill.pg_roles; RESET search_path; RESET backfill.acting_role")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+
+    // A copy of the run, inserted already approved or cut over.
+    for state in ["approved", "cut_over", "applied"] {
+        let err = sqlx::query(
+            "INSERT INTO backfill.runs SELECT (jsonb_populate_record(NULL::backfill.runs,
+                 to_jsonb(r) || jsonb_build_object('run_id', gen_random_uuid(), 'state', $2::text,
+                                                   'target', 'tpch.forged'))).*
+               FROM backfill.runs r WHERE run_id = $1",
+        )
+        .bind(applied)
+        .bind(state)
+        .execute(alice)
+        .await
+        .unwrap_err();
+        assert!(denied(&err), "{state}: {err}");
+    }
+
+    // Straight to cut over, as the reviewer or the operator.
+    for pool in [alice, bob] {
+        let err = sqlx::query("UPDATE backfill.runs SET state = 'cut_over' WHERE run_id = $1")
+            .bind(applied)
+            .execute(pool)
+            .await
+            .unwrap_err();
+        assert!(denied(&err), "{err}");
+    }
+
+    // Run-log rows name their session, whatever the insert says.
+    for (pool, who) in [(alice, "alice"), (walt, "walt")] {
+        sqlx::query(
+            "INSERT INTO backfill.run_log (run_id, actor, event, detail, session_role)
+             VALUES ($1, 'bob', 'forged', '{}', $2)",
+        )
+        .bind(applied)
+        .bind(login("bob"))
+        .execute(pool)
+        .await
+        .unwrap();
+        let named: String = sqlx::query_scalar(
+            "SELECT session_role::text FROM backfill.run_log WHERE event = 'forged' ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        assert_eq!(named, login(who));
+    }
+    let forged: Vec<String> = sqlx::query_scalar(
+        "SELECT session_role::text FROM backfill.run_log WHERE event = 'forged' ORDER BY id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(forged, [login("alice"), login("alice"), login("walt")]);
+
+    // Nothing but those three entries changed; the reviewer still approves.
+    let after = record(&env).await;
+    assert_eq!(after.0, before.0, "a refused forgery changed a run");
+    assert_eq!(after.1, before.1 + 3);
+    assert_eq!(approve::approve(bob, applied, None).await.unwrap(), "bob");
+
+    env.cleanup().await;
+    logins.drop().await;
+}

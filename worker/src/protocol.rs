@@ -403,6 +403,9 @@ async fn under_lease(
         Ok((Claim::Failed, _)) => Ok(Outcome::Skipped(format!(
             "batch {batch_no} failed earlier; `backfill retry {run_id}` brings it back"
         ))),
+        Ok((Claim::Fenced, _)) => Ok(Outcome::Skipped(format!(
+            "batch {batch_no} was fenced by the rollback of run {run_id}; it never applies"
+        ))),
         Ok((Claim::BoundsMismatch { lo, hi }, _)) => Ok(Outcome::Poison(format!(
             "bounds [{}, {}) are not the ledger's [{lo}, {hi}) for batch {batch_no}: a forged or corrupted message",
             bounds.0, bounds.1

@@ -14,6 +14,12 @@
 //! - staging-swap and parallel-version after cutover: swap the old table back;
 //!   before cutover: drop the table the run built (the target was never touched).
 //!
+//! Fences first: before restoring anything, the run moves to `rolling_back`
+//! (a running run stops) and every batch not applied is fenced in the ledger,
+//! waiting for a batch that is committing at that moment, so no batch in
+//! flight can commit after rollback has read what to restore (a late one is
+//! refused like a stale worker, and logged `stale_commit_refused`).
+//!
 //! Refused, naming the runs, when a later run has changed the same target, unless
 //! `--force`. Logged, and resumable: a rollback cut short continues from the
 //! batches not yet restored.
@@ -33,6 +39,9 @@ use uuid::Uuid;
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct RollbackReport {
+    /// Batches not applied when rollback began, fenced so they never apply
+    /// (in flight, queued or pending; a running run stops).
+    pub batches_fenced: Vec<u32>,
     pub batches_restored: usize,
     pub rows_deleted: u64,
     pub rows_restored: u64,
@@ -49,6 +58,13 @@ impl RollbackReport {
     pub fn render(&self) -> String {
         use std::fmt::Write as _;
         let mut s = String::new();
+        if !self.batches_fenced.is_empty() {
+            let _ = writeln!(
+                s,
+                "stopped the run and fenced {} batch(es) not applied: none of them will ever commit",
+                self.batches_fenced.len()
+            );
+        }
         if self.swapped_back {
             let _ = writeln!(s, "swapped the previous table back in");
         } else {
@@ -129,18 +145,10 @@ pub async fn rollback(
         lock_timeout,
     } = options;
     let run = runs::load(pool, run_id).await?;
-    match run.state {
-        RunState::Running => {
-            return Err(CliError::BadInput(format!(
-                "run {run_id} is still running; stop it first (its coordinator, or `backfill cancel`), then roll back"
-            )));
-        }
-        RunState::RolledBack => {
-            return Err(CliError::BadInput(format!(
-                "run {run_id} is already rolled back"
-            )));
-        }
-        _ => {}
+    if run.state == RunState::RolledBack {
+        return Err(CliError::BadInput(format!(
+            "run {run_id} is already rolled back"
+        )));
     }
     let later = runs::later_runs_on_target(pool, run_id).await?;
     if !later.is_empty() {
@@ -165,10 +173,12 @@ pub async fn rollback(
         )
         .await?;
     }
-    let from = run.state;
-    if from != RunState::RollingBack {
-        runs::transition(pool, run_id, &[from], RunState::RollingBack, actor, None).await?;
-    }
+    // Stop and fence first: from here no batch of the run commits.
+    let Some(fenced) = runs::begin_rollback(pool, run_id, actor, lock_timeout).await? else {
+        return Err(CliError::BadInput(format!(
+            "run {run_id} is already rolled back"
+        )));
+    };
     notify::emit(pool, run_id, Happened::Rollback(Step::Started)).await;
     let restored = async {
         let mut report = if writes_live_target(&run.brief) {
@@ -178,6 +188,7 @@ pub async fn rollback(
         };
         report.refreshed_materialized_views =
             swap::refresh_materialized_views(pool, &run.brief.scope.target).await?;
+        report.batches_fenced = fenced;
         Ok::<_, CliError>(report)
     };
     let report = match restored.await {

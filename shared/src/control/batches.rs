@@ -1,9 +1,11 @@
 //! Batches: the ledger of a run. Every state change of a batch goes through here.
 //!
 //! States: `pending` → `queued` (published) → `running` (claimed by a worker) →
-//! `applied`, or `failed` (with its error). A claim bumps the fencing token; the
+//! `applied`, or `failed` (with its error); `rolled_back` once rollback restored
+//! it or fenced it before it applied. A claim bumps the fencing token; the
 //! apply transaction locks the row and commits only if its token is still the
-//! latest, so a worker that lost its lease (paused, partitioned) cannot commit.
+//! latest, so a worker that lost its lease (paused, partitioned) cannot commit,
+//! and neither can one whose batch a rollback fenced ([`fence_unfinished`]).
 
 use super::Result;
 use crate::checks::BatchChecks;
@@ -24,7 +26,8 @@ pub enum BatchState {
     Applied,
     /// Failed for good (or too often); `backfill retry` puts it back to pending.
     Failed,
-    /// Its before-images were restored by `backfill rollback`.
+    /// Its before-images were restored by `backfill rollback`, or rollback
+    /// fenced it before it applied (it never will).
     RolledBack,
 }
 
@@ -68,6 +71,8 @@ pub enum Claim {
     Failed,
     /// The message's bounds are not the ledger's: a forged or corrupted message.
     BoundsMismatch { lo: String, hi: String },
+    /// The run's rollback fenced it: it never applies.
+    Fenced,
     /// The run has no such batch.
     Unknown,
 }
@@ -112,6 +117,7 @@ pub async fn claim(
             Claim::BoundsMismatch { lo, hi }
         }
         Some((state, ..)) if state == "applied" => Claim::AlreadyApplied,
+        Some((state, ..)) if state == "rolled_back" => Claim::Fenced,
         Some(_) => Claim::Failed,
     })
 }
@@ -194,7 +200,7 @@ pub async fn record_failure(
     sqlx::query(
         "UPDATE backfill.batches
             SET last_error = $3, state = CASE WHEN $4 THEN 'failed' ELSE state END
-          WHERE run_id = $1 AND batch_no = $2 AND state <> 'applied'",
+          WHERE run_id = $1 AND batch_no = $2 AND state NOT IN ('applied', 'rolled_back')",
     )
     .bind(run_id)
     .bind(i64::from(batch_no))
@@ -472,6 +478,32 @@ pub async fn retry_failed(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<u6
     .await?;
     tx.commit().await?;
     Ok(n)
+}
+
+/// Inside the transaction that starts a rollback: every batch not applied
+/// (pending, queued, running, failed) is fenced — its token bumped and its
+/// state `rolled_back` — so no worker can claim it or commit it any more.
+/// Updating a ledger row waits for a worker that holds it (one committing its
+/// batch under [`mark_applied_if_current`]), so once this commits every
+/// batch is either applied, with its before-images, or can never be. Returns
+/// the batches fenced.
+pub async fn fence_unfinished(conn: &mut PgConnection, run_id: Uuid) -> Result<Vec<u32>> {
+    let nos: Vec<i32> = sqlx::query_scalar(
+        "UPDATE backfill.batches
+            SET state = 'rolled_back', fence = fence + 1,
+                last_error = 'fenced by the run''s rollback before it applied'
+          WHERE run_id = $1 AND state IN ('pending', 'queued', 'running', 'failed')
+          RETURNING batch_no",
+    )
+    .bind(run_id)
+    .fetch_all(conn)
+    .await?;
+    let mut nos: Vec<u32> = nos
+        .into_iter()
+        .filter_map(|n| u32::try_from(n).ok())
+        .collect();
+    nos.sort_unstable();
+    Ok(nos)
 }
 
 /// Inside a rollback's transaction: the batch's rows are restored.

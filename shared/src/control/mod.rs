@@ -36,6 +36,9 @@ pub enum ControlError {
     },
     #[error("no run {0}; `backfill status` lists none by that id — check the id")]
     UnknownRun(uuid::Uuid),
+    /// A lock not granted in time; nothing changed, and trying again is safe.
+    #[error("{0}")]
+    Busy(String),
     #[error("the control plane holds data this build cannot read: {0}")]
     Corrupt(String),
     #[error("could not create or upgrade the control-plane schema `backfill`: {0}")]

@@ -247,17 +247,12 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
         copy.send(chunk.as_bytes()).await?;
     }
     copy.finish().await?;
-    // Their total (updates keep it by trigger; see migration 0014).
-    sqlx::query(
-        "INSERT INTO backfill.batch_totals
-                (run_id, state, shard, batches, rows_source, rows_inserted, rows_updated,
-                 rows_deleted, rows_written, timed, duration_ms, duration_ms_squared)
-         VALUES ($1, 'pending', pg_backend_pid(), $2, 0, 0, 0, 0, 0, 0, 0, 0)",
-    )
-    .bind(run_id)
-    .bind(i64::try_from(new.batches.len()).unwrap_or(i64::MAX))
-    .execute(&mut *tx)
-    .await?;
+    // Their total, from the run's batch count (updates keep it by trigger;
+    // see migrations 0014 and 0015).
+    sqlx::query("SELECT backfill.batch_totals_start($1)")
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
     super::log::append(
         &mut *tx,
         run_id,
@@ -411,6 +406,81 @@ pub async fn transition(
         serde_json::json!({ "reason": reason }),
     )
     .await
+}
+
+/// Starts (or resumes) a rollback: moves the run to `rolling_back` from any
+/// state but `rolled_back` (a run still `running` stops: its coordinator and
+/// workers see the state) and fences every batch not applied
+/// ([`super::batches::fence_unfinished`]), in one transaction that waits at
+/// most `lock_timeout` for a batch committing at that moment. After it
+/// commits, no batch transaction of the run can commit any more, so the
+/// applied batches are all rollback has to restore. Logged as
+/// `run_rolling_back` with the batches fenced. `false` if the run is already
+/// rolled back (or gone).
+pub async fn begin_rollback(
+    pool: &PgPool,
+    run_id: Uuid,
+    actor: &str,
+    lock_timeout: std::time::Duration,
+) -> Result<Option<Vec<u32>>> {
+    let mut tx = pool.begin().await?;
+    let timeout_ms = lock_timeout.as_millis().max(1);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL lock_timeout = {timeout_ms}"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    let from: Option<String> = sqlx::query_scalar(
+        "SELECT state FROM backfill.runs WHERE run_id = $1 AND state <> 'rolled_back' FOR UPDATE",
+    )
+    .bind(run_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(|e| busy(e, run_id, lock_timeout))?;
+    let Some(from) = from else {
+        return Ok(None);
+    };
+    if from != RunState::RollingBack.as_str() {
+        sqlx::query(
+            "UPDATE backfill.runs SET state = 'rolling_back', updated_at = now() WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let fenced = super::batches::fence_unfinished(&mut tx, run_id)
+        .await
+        .map_err(|e| match e {
+            ControlError::Sql(e) => busy(e, run_id, lock_timeout),
+            other => other,
+        })?;
+    if from != RunState::RollingBack.as_str() || !fenced.is_empty() {
+        super::log::append(
+            &mut *tx,
+            run_id,
+            actor,
+            "run_rolling_back",
+            None,
+            serde_json::json!({ "from": from, "batches_fenced": fenced }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Some(fenced))
+}
+
+/// A lock not granted within the timeout: a batch (or another command) holds
+/// the run's rows right now.
+fn busy(e: sqlx::Error, run_id: Uuid, lock_timeout: std::time::Duration) -> ControlError {
+    match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
+            ControlError::Busy(format!(
+                "a batch of run {run_id} (or another command on it) held its ledger rows for more than {} s while rollback tried to fence them; nothing was changed, run the rollback again",
+                lock_timeout.as_secs_f64()
+            ))
+        }
+        _ => ControlError::Sql(e),
+    }
 }
 
 /// Runs `update` (of one run) and, when it changed the run, logs `event`
