@@ -128,6 +128,7 @@ async fn scratch_batch(
             rows: rows_unmatched,
             at_lower_bound,
             range_rows,
+            source_at_lower_bound: None,
         },
     ))
 }

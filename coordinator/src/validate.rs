@@ -374,6 +374,13 @@ pub fn summed_unmatched(applied: &[batches::Applied]) -> Unmatched {
             rows: sum.rows + b.checks.unmatched.rows,
             at_lower_bound: sum.at_lower_bound + b.checks.unmatched.at_lower_bound,
             range_rows: sum.range_rows + b.checks.unmatched.range_rows,
+            source_at_lower_bound: match (
+                sum.source_at_lower_bound,
+                b.checks.unmatched.source_at_lower_bound,
+            ) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            },
         })
 }
 

@@ -88,6 +88,10 @@ pub struct Unmatched {
     pub at_lower_bound: i64,
     /// Target rows the range held before the write.
     pub range_rows: i64,
+    /// The source's rows at the batch's lower bound, counted only when every
+    /// unmatched row sits there (`None`: not counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_at_lower_bound: Option<i64>,
 }
 
 impl Unmatched {
@@ -120,13 +124,28 @@ impl Unmatched {
         self.rows > 0 && self.at_lower_bound == self.rows
     }
 
+    /// Whether the source skips the lower bound: every unmatched row sits
+    /// there, and the source yields no row there at all. That is a source
+    /// written with `> $1`, whatever the share of rows it loses.
+    #[must_use]
+    pub fn skips_lower_bound(&self) -> bool {
+        self.all_at_lower_bound() && self.source_at_lower_bound == Some(0)
+    }
+
     /// The hint when the rows sit at the lower bound, if they do.
     #[must_use]
     pub fn lower_bound_hint(&self) -> Option<&'static str> {
-        self.all_at_lower_bound().then_some(
-            "all of them sit at the batch's lower bound: the source yields nothing at the \
-             lower bound of each batch — does it use `>= $1`?",
-        )
+        if self.skips_lower_bound() {
+            Some(
+                "all of them sit at the batch's lower bound, where the source yields no row: \
+                 does it use `> $1` instead of `>= $1`?",
+            )
+        } else {
+            self.all_at_lower_bound().then_some(
+                "all of them sit at the batch's lower bound: the source yields nothing at the \
+                 lower bound of each batch — does it use `>= $1`?",
+            )
+        }
     }
 
     /// One sentence on these rows, for a breach, `validate` and the report.
@@ -323,8 +342,21 @@ pub fn evaluate(
         );
     }
     let limit = brief.validation.max_unmatched_pct;
-    if checks.unmatched.rows > 0 && checks.unmatched.pct() > limit && !checks.empty_source_accepted
-    {
+    let share_breached = checks.unmatched.rows > 0
+        && checks.unmatched.pct() > limit
+        && !checks.empty_source_accepted;
+    if !share_breached && checks.unmatched.skips_lower_bound() && !checks.empty_source {
+        // Under the share, but the shape of a `> $1`: every batch would lose
+        // its first rows, a little each time.
+        breach(
+            "unmatched_at_lower_bound".into(),
+            format!(
+                "batch {batch_no}: {} (under max_unmatched_pct = {limit}, but the source skips the lower bound); fix the source, or if the brief means it, resume with --accept",
+                checks.unmatched.describe(brief)
+            ),
+        );
+    }
+    if share_breached {
         let purged = if checks.empty_source {
             "; the source yields nothing for this range although the target holds rows there — \
              history purged from the source? If the run should remove them, list the range in scope.accept_empty_source"
@@ -428,6 +460,7 @@ retain_days = 1
                 rows: 7,
                 at_lower_bound: 7,
                 range_rows: 210,
+                source_at_lower_bound: None,
             },
             ..BatchChecks::default()
         };
@@ -459,6 +492,49 @@ retain_days = 1
     }
 
     #[test]
+    fn a_source_that_skips_the_lower_bound_halts_under_the_share() {
+        let skipping = Unmatched {
+            rows: 1,
+            at_lower_bound: 1,
+            range_rows: 12_000,
+            source_at_lower_bound: Some(0),
+        };
+        let checks = BatchChecks {
+            unmatched: skipping,
+            ..BatchChecks::default()
+        };
+        let breaches = evaluate(&brief(), 3, &checks, 0, &[]);
+        assert_eq!(breaches.len(), 1, "{breaches:?}");
+        assert_eq!(breaches[0].limit, "unmatched_at_lower_bound");
+        assert!(
+            breaches[0].message.contains("`>= $1`"),
+            "{}",
+            breaches[0].message
+        );
+        // The source yields rows there: a real loss under the share passes.
+        for source_at_lower_bound in [Some(4), None] {
+            let checks = BatchChecks {
+                unmatched: Unmatched {
+                    source_at_lower_bound,
+                    ..skipping
+                },
+                ..BatchChecks::default()
+            };
+            assert!(evaluate(&brief(), 3, &checks, 0, &[]).is_empty());
+        }
+        assert!(
+            evaluate(
+                &brief(),
+                3,
+                &checks,
+                0,
+                &["unmatched_at_lower_bound".into()]
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
     fn accepted_limits_are_skipped() {
         let checks = BatchChecks {
             metrics: vec![group(100.0, 0.0)],
@@ -474,6 +550,7 @@ retain_days = 1
                 rows,
                 at_lower_bound: 0,
                 range_rows,
+                source_at_lower_bound: None,
             },
             ..BatchChecks::default()
         };

@@ -167,6 +167,7 @@ pub(super) async fn write(
         rows: unmatched,
         at_lower_bound,
         range_rows: replaced,
+        source_at_lower_bound: None,
     };
     checks.empty_source = inserted == 0 && replaced > 0;
     checks.empty_source_accepted =

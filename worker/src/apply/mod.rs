@@ -91,14 +91,40 @@ pub async fn prepare(
         && let Some(partition) = exchange::partition_for(&mut tx, x, work).await?
     {
         check_drift(&mut tx, plan).await?;
-        let (rows, checks) = exchange::write(&mut tx, plan, x, &partition, work).await?;
+        let (rows, mut checks) = exchange::write(&mut tx, plan, x, &partition, work).await?;
+        count_at_lower_bound(&mut tx, plan, work, &mut checks).await?;
         return commit_figures(tx, work, rows, checks, worker).await;
     }
-    let (rows, checks) = match plan.merge.get(plan.scope.rule_for(work.lo)) {
+    let (rows, mut checks) = match plan.merge.get(plan.scope.rule_for(work.lo)) {
         Some(step) => merge(&mut tx, pool, plan, step, work).await?,
         None => through_working_set(&mut tx, plan, work).await?,
     };
+    count_at_lower_bound(&mut tx, plan, work, &mut checks).await?;
     commit_figures(tx, work, rows, checks, worker).await
+}
+
+/// When every unmatched row of the batch sits at its lower bound, counts the
+/// source's rows there: none at all is a source written with `> $1`, which
+/// the guard halts at whatever share (`Unmatched::skips_lower_bound`).
+async fn count_at_lower_bound(
+    tx: &mut sqlx::PgConnection,
+    plan: &WritePlan,
+    work: BatchWork,
+    checks: &mut BatchChecks,
+) -> Result<()> {
+    if !checks.unmatched.all_at_lower_bound() || checks.empty_source {
+        return Ok(());
+    }
+    let n: i64 = sqlx::query_scalar(AssertSqlSafe(
+        plan.count_at_lower_bound[plan.scope.rule_for(work.lo)].as_str(),
+    ))
+    .bind(work.lo)
+    .bind(work.hi)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| BatchError::from_sql("counting the source's rows at the lower bound", e))?;
+    checks.unmatched.source_at_lower_bound = Some(n);
+    Ok(())
 }
 
 /// What the source's rows say, as the first columns of a batch's first
@@ -495,6 +521,7 @@ fn take_counts(
                 rows: count(0)?,
                 at_lower_bound: count(1)?,
                 range_rows: count(2)?,
+                source_at_lower_bound: None,
             };
         }
     }

@@ -81,6 +81,10 @@ pub struct WritePlan {
     /// Per rule: the keys the source yields more than once in `[$1, $2)`,
     /// counted (run only once a batch has found repeats, to name them).
     pub(super) count_duplicates: Vec<String>,
+    /// Per rule: the source's rows at the batch's lower bound `$1`, counted
+    /// (run only when every unmatched row of a batch sits there, to tell a
+    /// source written with `> $1`).
+    pub(super) count_at_lower_bound: Vec<String>,
     pub(super) range_rows: RangeRows,
     pub(super) steps: Vec<Step>,
     /// Per metric: its groups on the live target's range (what readers saw
@@ -648,6 +652,11 @@ impl WritePlan {
                                                 GROUP BY {key_group} HAVING count(*) > 1) d"
                     )
                 })
+                .collect(),
+            count_at_lower_bound: scope
+                .rules()
+                .into_iter()
+                .map(|source| format!("SELECT count(*) FROM ({source}\n) AS s WHERE s.{by} = $1"))
                 .collect(),
             scope: scope.clone(),
             merge,
