@@ -201,8 +201,11 @@ pub async fn sampled_batches(
 }
 
 /// The source run again on a batch whose first run is in `bf_sample`: the rows
-/// either run yielded and the other did not (compared as text, so every type
-/// compares), with one of each as an example.
+/// either run yielded and the other did not, with one of each as an example.
+/// The second run goes into a table of the same columns as the first
+/// (`bf_sample_again`), so both are typed like the target — a `0` into
+/// `numeric(18,2)` is `0.00` both times — and then compare as text, so every
+/// type compares and only real differences count.
 async fn rerun(
     tx: &mut sqlx::PgConnection,
     brief: &Brief,
@@ -211,18 +214,29 @@ async fn rerun(
 ) -> sqlx::Result<Rerun> {
     let written = brief.scope.written_columns();
     let all = column_list(&written, None);
+    sqlx::raw_sql(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS bf_sample_again (LIKE bf_sample) ON COMMIT DROP;
+         TRUNCATE bf_sample_again",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO bf_sample_again ({all}) SELECT {all} FROM ({source}\n) AS s",
+        source = brief.scope.source_for(lo)
+    )))
+    .bind(lo)
+    .bind(hi)
+    .execute(&mut *tx)
+    .await?;
     let (differing, first, second): (i64, Option<String>, Option<String>) =
         sqlx::query_as(AssertSqlSafe(format!(
-            "WITH again AS MATERIALIZED (SELECT ROW({all})::text AS r FROM ({source}\n) AS s),
+            "WITH again AS MATERIALIZED (SELECT ROW({all})::text AS r FROM bf_sample_again),
                   first AS MATERIALIZED (SELECT ROW({all})::text AS r FROM bf_sample),
                   only_first AS (SELECT r FROM first EXCEPT ALL SELECT r FROM again),
                   only_again AS (SELECT r FROM again EXCEPT ALL SELECT r FROM first)
              SELECT (SELECT count(*) FROM only_first) + (SELECT count(*) FROM only_again),
-                    (SELECT min(r) FROM only_first), (SELECT min(r) FROM only_again)",
-            source = brief.scope.source_for(lo)
+                    (SELECT min(r) FROM only_first), (SELECT min(r) FROM only_again)"
         )))
-        .bind(lo)
-        .bind(hi)
         .fetch_one(&mut *tx)
         .await?;
     Ok(Rerun {

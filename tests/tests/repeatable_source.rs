@@ -102,3 +102,50 @@ async fn a_source_whose_rows_change_between_two_runs_is_refused_with_the_batch()
     assert_eq!(planned.repeatable.differing_rows, 0);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deterministic_source_repeats_itself_in_the_targets_types() {
+    let env = TestEnv::new(0.01).await;
+    env.build_ship_revenue().await;
+    sqlx::raw_sql(
+        "ALTER TABLE tpch.ship_revenue ADD COLUMN first_at timestamptz, ADD COLUMN ratio numeric",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    // Each of these reads differently as text before and after the target's
+    // types: 0 and 0.00 (numeric(18,2)), a timestamp and a timestamptz, a
+    // float and a numeric.
+    let text = ship_revenue::brief("merge", "delete", "")
+        .replace(
+            "columns = [\"revenue\", \"lines\"]",
+            "columns = [\"revenue\", \"lines\", \"first_at\", \"ratio\"]",
+        )
+        .replace(
+            "sum(l_extendedprice * (1 - l_discount))::numeric(18,2) AS revenue,
+       count(*)::integer AS lines",
+            "0 AS revenue,
+       count(*)::integer AS lines,
+       min(l_shipdate)::timestamp AS first_at,
+       1e-5::float8 AS ratio",
+        );
+    assert!(text.contains("1e-5::float8"), "{text}");
+    let brief = Brief::parse(&text).unwrap();
+    let (planned, ..) = plan::plan(&env.pool, &brief).await.unwrap();
+    assert!(planned.repeatable.sampled_batches > 1);
+    assert_eq!(planned.repeatable.differing_rows, 0, "{}", planned.render());
+
+    // random() still differs between the runs in the same types (planned
+    // only because volatile_ok accepts it; refused without, by the preflight).
+    let random = text.replace("1e-5::float8 AS ratio", "random() AS ratio");
+    let refused = env.plan_refused(&random).await;
+    assert!(refused.contains("random()"), "{refused}");
+    let brief = Brief::parse(&accepting(&random)).unwrap();
+    let (planned, ..) = plan::plan(&env.pool, &brief).await.unwrap();
+    assert!(
+        planned.repeatable.differing_rows > 0,
+        "{}",
+        planned.render()
+    );
+    env.cleanup().await;
+}
