@@ -166,7 +166,7 @@ pub async fn check(pool: &PgPool, brief: &Brief) -> Result<Preflight> {
         .execute(pool)
         .await;
         match checked {
-            Ok(_) => {}
+            Ok(_) => check_where(pool, brief, filter, &mut problems).await?,
             Err(sqlx::Error::Database(e)) => problems.push(problem(
                 "scope.where",
                 format!(
@@ -416,6 +416,60 @@ async fn check_rule(
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A `scope.where` that PostgreSQL accepts: refused when it calls a
+/// volatile or clock-reading function (a retried batch would own other rows;
+/// unless `scope.volatile_ok` says why), or when it matches no row of the
+/// target in the scope (a typo in a value: the run would own nothing).
+async fn check_where(
+    pool: &PgPool,
+    brief: &Brief,
+    filter: &str,
+    problems: &mut Vec<Problem>,
+) -> Result<()> {
+    let scope = &brief.scope;
+    let target = scope.target.quoted();
+    if scope.volatile_ok.is_none() {
+        let plan: Option<serde_json::Value> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "EXPLAIN (VERBOSE, FORMAT JSON) SELECT 1 FROM {target} t WHERE ({filter}\n)"
+        )))
+        .fetch_optional(pool)
+        .await?;
+        if let Some(plan) = plan {
+            let calls = unrepeatable_calls(pool, &plan).await?;
+            if !calls.is_empty() {
+                problems.push(problem(
+                    "scope.where",
+                    format!(
+                        "calls {}, whose result differs from one run to the next, so a retried batch would own other rows; \
+                         use a condition on the data, or, if that is the intent, say why in scope.volatile_ok = \"...\"",
+                        calls.join(", ")
+                    ),
+                ));
+                return Ok(());
+            }
+        }
+    }
+    let batch_by = &scope.batch_by;
+    let matches: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT EXISTS (SELECT 1 FROM {target} t WHERE {})",
+        scope.owned_range("t")
+    )))
+    .bind(batch_by.start)
+    .bind(batch_by.end)
+    .fetch_one(pool)
+    .await?;
+    if !matches {
+        problems.push(problem(
+            "scope.where",
+            format!(
+                "matches no row of {} in the scope [{}, {}) of {}: the run would own nothing there. Check the predicate's values (a typo matches nothing)",
+                scope.target, batch_by.start, batch_by.end, batch_by.column
+            ),
+        ));
     }
     Ok(())
 }

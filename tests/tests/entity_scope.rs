@@ -105,3 +105,46 @@ async fn rows_outside_the_predicate_are_refused() {
     assert!(err.to_string().contains("scope.where"), "{err}");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_predicate_that_escapes_matches_nothing_or_changes_is_refused() {
+    let env = TestEnv::new(0.01).await;
+    env.build_ship_revenue().await;
+    let brief = |filter: &str| {
+        ship_revenue::owning(
+            &ship_revenue::brief("merge", "delete", &format!(" AND {filter}")),
+            filter,
+        )
+    };
+    // An escape from the `AND (...)` it is spliced into is refused by the lint.
+    for escape in [
+        "false) OR (l_shipmode >= ''",
+        "l_shipmode = 'AIR' -- the rest",
+        "l_shipmode = 'AIR'); DELETE FROM tpch.ship_revenue; SELECT (1",
+    ] {
+        let text = ship_revenue::owning(&ship_revenue::brief("merge", "delete", ""), escape);
+        let err = Brief::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("scope.where"), "{escape}: {err}");
+    }
+    // A predicate matching no row in the scope, and one that calls random().
+    let refused = env.plan_refused(&brief("l_shipmode = 'AIRR'")).await;
+    assert!(
+        refused.contains("scope.where") && refused.contains("matches no row"),
+        "{refused}"
+    );
+    let volatile = ship_revenue::owning(
+        &ship_revenue::brief("merge", "delete", &format!(" AND {AIR}")),
+        "(l_shipmode = 'AIR' OR random() < 0)",
+    );
+    let refused = env.plan_refused(&volatile).await;
+    assert!(
+        refused.contains("scope.where: calls random()") && !refused.contains("scope.source"),
+        "{refused}"
+    );
+    // One matching predicate plans.
+    plan::plan(&env.pool, &Brief::parse(&brief(AIR)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(env.ship_revenue_changes("true").await, 0);
+    env.cleanup().await;
+}

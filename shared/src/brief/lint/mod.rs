@@ -740,6 +740,7 @@ fn read_rollback(r: &mut Reader<'_>) -> Option<Rollback> {
     })
 }
 
+mod predicate;
 mod scope;
 #[cfg(test)]
 mod tests;

@@ -67,11 +67,14 @@ pub(super) fn read_scope(r: &mut Reader<'_>) -> Option<Scope> {
         "where",
         "a predicate on target columns, e.g. \"l_shipmode = 'AIR'\"",
     ) {
-        Ok(Some(w)) if w.contains(';') => {
-            r.problem("where", "must be one predicate, without ';'");
-            None
-        }
-        Ok(w) => Some(w),
+        Ok(Some(w)) => match super::predicate::one_predicate(&w) {
+            Ok(()) => Some(Some(w)),
+            Err(why) => {
+                r.problem("where", why);
+                None
+            }
+        },
+        Ok(None) => Some(None),
         Err(()) => None,
     };
     let volatile_ok = r
