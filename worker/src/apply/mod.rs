@@ -9,7 +9,9 @@
 //!    the rows to delete and holds the range for the metrics before);
 //!    measure the grain on it: repeated or NULL keys, rows outside the batch
 //!    range (or not matching `scope.where`, when given); measure the metrics
-//!    before; upsert only the new and changed rows (`IS DISTINCT FROM`), saving
+//!    before; write only the new and changed rows (`IS DISTINCT FROM`), each
+//!    only as the version read (an update or removal conditional on its
+//!    `xmin`, an insert that yields to a key inserted meanwhile), saving
 //!    the before-images of the rows replaced with a hash of what was written;
 //!    delete (and count) the rows of the range the source no longer yields
 //!    (`on_missing = "delete"`), or count them (`"keep"`); count NULLs among
@@ -174,7 +176,7 @@ async fn merge(
 ) -> Result<(RowCounts, BatchChecks)> {
     let row = match bind(step, work)?.fetch_one(&mut *tx).await {
         Ok(row) => row,
-        Err(e) => return Err(merge_failure(pool, plan, work, e).await),
+        Err(e) => return Err(merge_failure(pool, plan, e).await),
     };
     let (source, grain, range_has_rows) = source_figures(&row, step.what)?;
     let mut rows = RowCounts {
@@ -237,33 +239,20 @@ fn groups_at(row: &sqlx::postgres::PgRow, at: usize, what: &'static str) -> Resu
         .collect())
 }
 
-/// A failed merge statement, named as well as it can be: a key the source
-/// yields twice (the upsert meets its own row), a table changed under the
-/// run (a statement the catalog refused, when the drift guard, asked on
-/// another connection, finds a change), or the statement's own error — a lost
-/// connection is only that, and is retried.
-async fn merge_failure(
-    pool: &PgPool,
-    plan: &WritePlan,
-    work: BatchWork,
-    e: sqlx::Error,
-) -> BatchError {
-    let code = match &e {
-        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
-        _ => None,
-    };
-    let second_touch = code.as_deref() == Some("21000") && e.to_string().contains("a second time");
+/// A failed merge statement, named as well as it can be: a table changed
+/// under the run (a statement the catalog refused, when the drift guard,
+/// asked on another connection, finds a change), or the statement's own
+/// error — a lost connection is only that, and is retried. (A key the source
+/// yields twice fails no statement: the grain counts it after.)
+async fn merge_failure(pool: &PgPool, plan: &WritePlan, e: sqlx::Error) -> BatchError {
     // Class 42: a column, table or type the statement names is not as it was.
-    let catalog = code.as_deref().is_some_and(|c| c.starts_with("42"));
-    if (second_touch || catalog)
+    let catalog = matches!(&e, sqlx::Error::Database(db)
+        if db.code().is_some_and(|c| c.starts_with("42")));
+    if catalog
         && let Ok(mut conn) = pool.acquire().await
+        && let Err(drift @ BatchError::Permanent(_)) = check_drift(&mut conn, plan).await
     {
-        if second_touch {
-            return duplicate_grain(&mut conn, plan, work).await;
-        }
-        if let Err(drift @ BatchError::Permanent(_)) = check_drift(&mut conn, plan).await {
-            return drift;
-        }
+        return drift;
     }
     BatchError::from_sql("the brief's source or the batch's write failed", e)
 }

@@ -1,6 +1,6 @@
 //! The statements of one run, built once from its brief and strategy: merge's
 //! one statement per batch (the source read once beside the rows it replaces,
-//! the grain measured on it, only new and changed rows upserted, the removal,
+//! the grain measured on it, only new and changed rows written as the versions read, the removal,
 //! before-images, NULLs among the rows written and orphans among the new or
 //! changed references, the metrics before and, when it joins the whole range,
 //! after), partition-overwrite's working set
@@ -63,7 +63,8 @@ pub(super) struct Step {
 pub struct WritePlan {
     /// merge (and the tables staging-swap and parallel-version build): per
     /// rule, the batch's one statement. It reads the source once, beside the
-    /// rows it replaces, upserts the new and changed rows, removes or counts
+    /// rows it replaces, writes the new and changed rows (each only as the
+    /// version it read: `bf_xmin`), removes or counts
     /// the rows the source no longer yields, saves before-images, and returns
     /// one row: the grain as the working set's fill does, then what
     /// [`Counts::Written`] and the removal's [`Counts`] say, then per metric
@@ -329,30 +330,12 @@ impl WritePlan {
                 });
             }
             Strategy::Merge | Strategy::StagingSwap | Strategy::ParallelVersion => {
-                let excluded = scope
-                    .columns
-                    .iter()
-                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
-                    .collect::<Vec<_>>()
-                    .join(", ");
                 let changed = |new: &str, old: &str| {
                     format!(
                         "ROW({}) IS DISTINCT FROM ROW({})",
                         column_list(&scope.columns, Some(new)),
                         column_list(&scope.columns, Some(old))
                     )
-                };
-                // One upsert. On a plain table `xmax = 0` tells the inserted
-                // rows from the updated ones. A partitioned table returns no
-                // system columns; there a key the statement's snapshot does
-                // not hold (it does not see its own writes) was inserted.
-                let inserted = if partitioned {
-                    format!(
-                        "NOT EXISTS (SELECT 1 FROM {target} o WHERE {})",
-                        key_join(&scope.key, "o", "t")
-                    )
-                } else {
-                    "t.xmax = 0".to_owned()
                 };
                 // In `j`, the source's columns are `bf_n_<i>`, in the order of
                 // `written`, beside the columns of the row each replaces.
@@ -413,27 +396,57 @@ impl WritePlan {
                     } else {
                         ""
                     },
-                    old_columns = if whole_range { ", o.*" } else { old_row },
+                    old_columns = if whole_range {
+                        ", o.*".to_owned()
+                    } else {
+                        format!("{old_row}, o.xmin AS bf_xmin")
+                    },
                     join = if whole_range {
-                        format!("FULL JOIN (SELECT t.*{old_row} FROM {target} t WHERE {in_range}) o")
+                        format!(
+                            "FULL JOIN (SELECT t.*, t.xmin AS bf_xmin{old_row} FROM {target} t WHERE {in_range}) o"
+                        )
                     } else {
                         format!("LEFT JOIN {target} o")
                     },
                     changed = changed("s", "o"),
                     old_match = key_join(&scope.key, "o", "s"),
                 );
-                // Only new and changed rows reach the upsert: a row the source
-                // reproduces as it is costs no lock and no write.
+                // Only new and changed rows are written: a row the source
+                // reproduces as it is costs no lock and no write. A row is
+                // written only as the version the statement read (`bf_xmin`,
+                // its snapshot's): one that a concurrent transaction changed
+                // or deleted since is left as that transaction left it, and a
+                // key it inserted meanwhile stays its — the end state is that
+                // of the batch first, then the other writer. An update at READ
+                // COMMITTED re-checks its condition on the newest version of
+                // the row, whose `xmin` differs.
+                let set = scope
+                    .columns
+                    .iter()
+                    .map(|c| format!("{} = j.{}", quote_ident(c), n(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 let upsert = format!(
-                    "up AS (INSERT INTO {target} AS t ({all}) SELECT {new} FROM j WHERE bf_write AND {valid}
-                             ON CONFLICT ({key_group}) DO UPDATE SET {excluded} WHERE {changed_excluded}{owned}
-                             RETURNING t AS bf_row, ({inserted}) AS bf_new, {returned_key})",
+                    "bf_upd AS (UPDATE {target} AS t SET {set} FROM j
+                                 WHERE j.bf_write AND j.bf_xmin IS NOT NULL AND {valid} AND {same_key}
+                                   AND t.xmin = j.bf_xmin{owned}
+                                 RETURNING t AS bf_row, false AS bf_new, {returned_key}),
+                     bf_ins AS (INSERT INTO {target} AS t ({all}) SELECT {new} FROM j
+                                 WHERE j.bf_write AND j.bf_xmin IS NULL AND {valid}
+                                 ON CONFLICT ({key_group}) DO NOTHING
+                                 RETURNING t AS bf_row, true AS bf_new, {returned_key}),
+                     up AS (SELECT * FROM bf_upd UNION ALL SELECT * FROM bf_ins)",
                     new = n_list(&written),
-                    changed_excluded = changed("t", "EXCLUDED"),
+                    same_key = scope
+                        .key
+                        .iter()
+                        .map(|k| format!("t.{} = j.{}", quote_ident(k), n(k)))
+                        .collect::<Vec<_>>()
+                        .join(" AND "),
                     returned_key = column_list(&scope.key, Some("t")),
                     // A key the source yields whose row the backfill does not own
-                    // stays as it is. Here both `t` and EXCLUDED are in scope, so
-                    // the unqualified predicate reads `t` through a subquery.
+                    // stays as it is; the predicate reads `t` through a subquery,
+                    // since `j` holds columns of the same names.
                     owned = scope.filter.as_deref().map_or_else(String::new, |w| {
                         format!(" AND EXISTS (SELECT 1 FROM (SELECT t.*) bf_owned WHERE ({w}))")
                     })
@@ -462,7 +475,7 @@ impl WritePlan {
                             ",\n{}",
                             if whole_range {
                                 delete_rows(&format!(
-                                    "USING j WHERE j.bf_src IS NULL AND {}",
+                                    "USING j WHERE j.bf_src IS NULL AND {} AND t.xmin = j.bf_xmin",
                                     key_join(&scope.key, "t", "j")
                                 ))
                             } else {
@@ -539,7 +552,8 @@ impl WritePlan {
                             ",
                              bf_after AS (SELECT {from_up} FROM up
                                           UNION ALL
-                                          SELECT {from_j} FROM j WHERE j.{first_key} IS NOT NULL AND NOT j.bf_write{kept})",
+                                          SELECT {from_j} FROM j WHERE j.{first_key} IS NOT NULL{kept}
+                                             AND NOT EXISTS (SELECT 1 FROM up WHERE {written_match}))",
                             from_up = columns("(up.bf_row)"),
                             from_j = columns("j"),
                         ),
