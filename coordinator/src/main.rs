@@ -211,6 +211,10 @@ enum Command {
         /// Longest wait for the target's lock during the swap, in milliseconds.
         #[arg(long, default_value_t = 5000)]
         lock_timeout_ms: u64,
+        /// Keep the live rows inside the scope that were written to the target
+        /// during the build (a swap refuses them otherwise), saying why.
+        #[arg(long, value_name = "WHY")]
+        accept_live_changes: Option<String>,
     },
     /// Put the target back exactly as it was before the run.
     Rollback {
@@ -746,14 +750,23 @@ async fn command_with(
         Command::Cutover {
             run,
             lock_timeout_ms,
+            accept_live_changes,
         } => {
             let pool = control_plane(config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
-            let report = lifecycle::cutover::cutover(
+            if let Some(why) = &accept_live_changes
+                && why.trim().is_empty()
+            {
+                return Err(CliError::BadInput(
+                    "--accept-live-changes needs the reason the live rows are kept".into(),
+                ));
+            }
+            let report = lifecycle::cutover::cutover_with(
                 &pool,
                 run,
                 &operator(),
                 Duration::from_millis(lock_timeout_ms),
+                accept_live_changes.as_deref(),
             )
             .await?;
             out.result(&report, || report.render())

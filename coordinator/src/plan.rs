@@ -17,6 +17,9 @@ pub struct Plan {
     pub name: String,
     pub target: String,
     pub strategy: String,
+    /// What the run does with the writes others make to the target while it
+    /// runs (the strategies that build beside it capture them with triggers).
+    pub live_writes: &'static str,
     pub on_missing: String,
     pub snapshot: bool,
     pub batch_by: String,
@@ -449,6 +452,17 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         name: brief.meta.name.clone(),
         target: brief.scope.target.to_string(),
         strategy: brief.write.strategy.to_string(),
+        live_writes: match brief.write.strategy {
+            Strategy::StagingSwap | Strategy::ParallelVersion => {
+                "captured by triggers on the target while the run lasts (until cutover, then on the table swapped in until rollback or cleanup), carried into the table swapped in at cutover; a write inside the scope stops cutover unless accepted"
+            }
+            Strategy::Merge => {
+                "each batch writes a row only as the version it read: a write made meanwhile stands"
+            }
+            Strategy::PartitionOverwrite => {
+                "a write inside a batch's range while the batch runs is overwritten; elsewhere it stands"
+            }
+        },
         on_missing: brief.write.on_missing.to_string(),
         snapshot: brief.write.snapshot,
         batch_by: brief.scope.batch_by.column.clone(),
@@ -613,6 +627,7 @@ impl Plan {
                 "OFF: no rollback"
             }
         );
+        let _ = writeln!(s, "  beside:   {}", self.live_writes);
         let _ = writeln!(
             s,
             "  batches:  {} by {}, at most {} in flight",

@@ -6,6 +6,7 @@
 
 use super::rollback::drop_table;
 use crate::{CliError, Result};
+use backfill_shared::control::capture::Capture;
 use backfill_shared::control::runs::{self, RunState};
 use backfill_shared::control::{batches, log};
 use backfill_shared::sql::TableName;
@@ -65,6 +66,15 @@ pub async fn cleanup(pool: &PgPool, run_id: Uuid, actor: &str, now: bool) -> Res
             dropped.push(table.to_string());
         }
     }
+    // The capture of a swap's writes (during the build, or since cutover
+    // for a rollback to carry back) ends with the rollback copies.
+    let capture = Capture::of(run_id);
+    let mut conn = pool.acquire().await?;
+    if capture.exists(&mut conn).await? {
+        capture.remove(&mut conn).await?;
+        dropped.push(capture.changes.to_string());
+    }
+    drop(conn);
     log::append(
         pool,
         run_id,

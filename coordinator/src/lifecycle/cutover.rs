@@ -15,6 +15,7 @@ use super::{old_table, swap, writes_live_target};
 use crate::notify::{self, Happened, Step};
 use crate::{CliError, Result};
 use backfill_shared::brief::Refresh;
+use backfill_shared::control::capture::{Capture, Carried, Pass};
 use backfill_shared::control::runs::{self, Run, RunState};
 use backfill_shared::control::validations;
 use backfill_shared::control::{log, maintenance};
@@ -27,6 +28,9 @@ use uuid::Uuid;
 #[derive(Debug, Default, serde::Serialize)]
 pub struct CutoverReport {
     pub swapped: Option<swap::Swapped>,
+    /// Keys the live table wrote during the build, carried into the table
+    /// swapped in.
+    pub live_writes_carried: u64,
     pub old_table: Option<String>,
     pub refresh_statements: usize,
     pub refreshed_materialized_views: Vec<String>,
@@ -42,7 +46,8 @@ impl CutoverReport {
             (Some(swapped), old) => {
                 let _ = writeln!(
                     s,
-                    "swapped the built table in{}",
+                    "swapped the built table in, carrying {} row(s) the live table wrote during the build{}",
+                    self.live_writes_carried,
                     old.as_deref().map_or_else(String::new, |o| format!(
                         "; the previous table is kept as {o}"
                     ))
@@ -81,6 +86,18 @@ pub async fn cutover(
     run_id: Uuid,
     actor: &str,
     lock_timeout: Duration,
+) -> Result<CutoverReport> {
+    cutover_with(pool, run_id, actor, lock_timeout, None).await
+}
+
+/// [`cutover`], taking the live value of rows inside the scope written to the
+/// live table during the build when `accept_live_changes` says why.
+pub async fn cutover_with(
+    pool: &PgPool,
+    run_id: Uuid,
+    actor: &str,
+    lock_timeout: Duration,
+    accept_live_changes: Option<&str>,
 ) -> Result<CutoverReport> {
     let run = runs::load(pool, run_id).await?;
     match run.state {
@@ -157,16 +174,46 @@ pub async fn cutover(
         })?;
         let old = old_table(brief, run_id);
         let old_name = old.to_string();
+        let capture = Capture::of(run_id);
+        // Catch up outside the lock with what the pipeline wrote during the
+        // build, so the swap's locked window carries only the last writes.
+        let caught_up = carry_live_writes(pool, &run, &capture, &side, Pass::OutsideOnly).await;
+        let caught_up = match caught_up {
+            Ok(carried) => carried,
+            Err(e) => return Err(fail("carrying the live table's writes", &e).await),
+        };
+        let carried = std::sync::Mutex::new(Carried::default());
         let swapped = swap::swap(
             pool,
             target,
             &side,
             &old,
             lock_timeout,
-            async |conn| unchanged_since_validation(conn, &run, &validated, &side).await,
-            async |conn| {
-                runs::set_old_table(&mut *conn, run_id, Some(&old_name)).await?;
-                Ok(())
+            swap::Hooks {
+                verify: async |conn: &mut sqlx::PgConnection| {
+                    unchanged_since_validation(conn, &run, &validated, &side).await
+                },
+                carry: async |conn: &mut sqlx::PgConnection| {
+                    let pass = Pass::All {
+                        in_scope_accepted: accept_live_changes.is_some(),
+                    };
+                    let last = carry_in(conn, &run, &capture, &side, pass).await?;
+                    if let Ok(mut carried) = carried.lock() {
+                        *carried = last;
+                    }
+                    Ok(())
+                },
+                record: async |conn: &mut sqlx::PgConnection| {
+                    runs::set_old_table(&mut *conn, run_id, Some(&old_name)).await?;
+                    // The retired table takes the triggers with it; they go,
+                    // and the exposed table's writes are captured from now on,
+                    // for a rollback to carry back.
+                    if capture.exists(&mut *conn).await? {
+                        capture.remove(&mut *conn).await?;
+                        capture.install(&mut *conn, brief, target).await?;
+                    }
+                    Ok(())
+                },
             },
         )
         .await;
@@ -175,11 +222,18 @@ pub async fn cutover(
             Err(e @ CliError::Halted(_)) => return Err(refused(e).await),
             Err(e) => return Err(fail("swap", &e).await),
         };
+        let carried = carried.into_inner().unwrap_or_default();
         step(
             "swap",
-            serde_json::json!({ "new": side.to_string(), "old": old_name, "moved": &swapped }),
+            serde_json::json!({
+                "new": side.to_string(), "old": old_name, "moved": &swapped,
+                "live_writes_carried": caught_up.keys + carried.keys,
+                "live_writes_in_scope": carried.conflicting,
+                "accepted_live_changes": accept_live_changes,
+            }),
         )
         .await?;
+        report.live_writes_carried = caught_up.keys + carried.keys;
         report.swapped = Some(swapped);
         report.old_table = Some(old.to_string());
     }
@@ -309,6 +363,57 @@ async fn run_command(run: &[String], dir: Option<&str>) -> Result<Ran> {
         exit: out.status.code(),
         tail,
     })
+}
+
+/// One pass of carrying the live table's captured writes into the built
+/// table, in a transaction of its own.
+async fn carry_live_writes(
+    pool: &PgPool,
+    run: &Run,
+    capture: &Capture,
+    built: &TableName,
+    pass: Pass,
+) -> Result<Carried> {
+    let mut tx = pool.begin().await?;
+    let carried = carry_in(&mut tx, run, capture, built, pass).await?;
+    tx.commit().await?;
+    Ok(carried)
+}
+
+/// Carries the captured writes of the live target into `built` on `conn`;
+/// refuses (exit 1), naming the keys, when rows inside the scope were written
+/// and not accepted. A run recorded before captures existed carries nothing.
+async fn carry_in(
+    conn: &mut sqlx::PgConnection,
+    run: &Run,
+    capture: &Capture,
+    built: &TableName,
+    pass: Pass,
+) -> Result<Carried> {
+    if !capture.exists(&mut *conn).await? {
+        return Ok(Carried::default());
+    }
+    let scope = &run.brief.scope;
+    let carried = capture
+        .carry(&mut *conn, scope, &scope.target, built, pass)
+        .await?;
+    if carried.conflicts.is_empty() {
+        return Ok(carried);
+    }
+    let run_id = run.run_id;
+    Err(CliError::Halted(format!(
+        "cutover of run {run_id} refused: {} row(s) inside the scope were written to the live {} during the build, after the run began; \
+         the built table has the backfill's rows for them instead. Keys: {}{}. Nothing was exposed. \
+         Check them: roll back and run again to recompute them from the source, or `backfill cutover {run_id} --accept-live-changes \"why\"` to keep the live rows",
+        carried.conflicting,
+        scope.target,
+        carried.conflicts.join(", "),
+        if carried.conflicting > i64::try_from(carried.conflicts.len()).unwrap_or(i64::MAX) {
+            ", …"
+        } else {
+            ""
+        }
+    )))
 }
 
 /// The fingerprint of the validation the reviewer approved.

@@ -49,7 +49,7 @@ pub fn old_table(brief: &Brief, run_id: Uuid) -> TableName {
 /// The first eight hex digits of a run id, for object names.
 #[must_use]
 pub fn short(run_id: Uuid) -> String {
-    run_id.simple().to_string()[..8].to_owned()
+    backfill_shared::control::short(run_id)
 }
 
 /// Catalog name checks: PostgreSQL truncates longer identifiers silently.

@@ -29,6 +29,7 @@ use crate::notify::{self, Happened, Step};
 use crate::{CliError, Result};
 use backfill_shared::checks::Exchanged;
 use backfill_shared::control::batches::BatchState;
+use backfill_shared::control::capture::{Capture, Carried, Pass};
 use backfill_shared::control::runs::{self, Run, RunState};
 use backfill_shared::control::{IMAGE_AFTER_HASH, batches, log, maintenance};
 use backfill_shared::partitions;
@@ -48,6 +49,9 @@ pub struct RollbackReport {
     /// Rows changed since the run that `--overwrite-newer` restored anyway.
     pub newer_rows_overwritten: usize,
     pub swapped_back: bool,
+    /// Keys written to the exposed table since cutover, carried back into the
+    /// table swapped back.
+    pub live_writes_carried: u64,
     pub dropped: Option<String>,
     pub refreshed_materialized_views: Vec<String>,
 }
@@ -66,7 +70,19 @@ impl RollbackReport {
             );
         }
         if self.swapped_back {
-            let _ = writeln!(s, "swapped the previous table back in");
+            let _ = writeln!(
+                s,
+                "swapped the previous table back in, carrying {} row(s) written since cutover{}",
+                self.live_writes_carried,
+                if self.newer_rows_overwritten > 0 {
+                    format!(
+                        "; {} row(s) inside the scope written since overwritten (--overwrite-newer)",
+                        self.newer_rows_overwritten
+                    )
+                } else {
+                    String::new()
+                }
+            );
         } else {
             let _ = writeln!(
                 s,
@@ -184,7 +200,7 @@ pub async fn rollback(
         let mut report = if writes_live_target(&run.brief) {
             restore_before_images(pool, &run, actor, overwrite_newer, lock_timeout).await?
         } else {
-            restore_side_table(pool, &run, lock_timeout).await?
+            restore_side_table(pool, &run, lock_timeout, overwrite_newer).await?
         };
         report.refreshed_materialized_views =
             swap::refresh_materialized_views(pool, &run.brief.scope.target).await?;
@@ -592,10 +608,48 @@ fn conflict_message(run: &Run, conflicts: &[Conflict]) -> String {
     text
 }
 
+/// Carries the writes made to the exposed table since cutover into `old`,
+/// which goes back in its place; refuses (exit 1), naming them, when rows
+/// inside the scope were written since, unless `overwrite_newer`.
+async fn carry_back(
+    conn: &mut sqlx::PgConnection,
+    run: &Run,
+    capture: &Capture,
+    old: &TableName,
+    overwrite_newer: bool,
+) -> Result<Carried> {
+    if !capture.exists(&mut *conn).await? {
+        return Ok(Carried::default());
+    }
+    let scope = &run.brief.scope;
+    let pass = if overwrite_newer {
+        Pass::OutsideOnly
+    } else {
+        Pass::All {
+            in_scope_accepted: false,
+        }
+    };
+    let carried = capture
+        .carry(&mut *conn, scope, &scope.target, old, pass)
+        .await?;
+    if carried.conflicts.is_empty() {
+        return Ok(carried);
+    }
+    Err(CliError::Halted(format!(
+        "{} row(s) inside the scope were written to {} since cutover: rolling back would put the rows from before the run over them. \
+         Keys: {}. Nothing was swapped back. Check them, then `backfill rollback {} --overwrite-newer` swaps back anyway (rows outside the scope written since are carried back either way)",
+        carried.conflicting,
+        scope.target,
+        carried.conflicts.join(", "),
+        run.run_id
+    )))
+}
+
 async fn restore_side_table(
     pool: &PgPool,
     run: &Run,
     lock_timeout: Duration,
+    overwrite_newer: bool,
 ) -> Result<RollbackReport> {
     let run_id = run.run_id;
     let target = &run.brief.scope.target;
@@ -612,25 +666,50 @@ async fn restore_side_table(
         // Cut over: the old table goes back in place; the new one back under its own name.
         (Some(old), Some(side)) => {
             let old = parse(old)?;
+            let capture = Capture::of(run_id);
+            let carried = std::sync::Mutex::new(Carried::default());
             swap::swap(
                 pool,
                 target,
                 &old,
                 &side,
                 lock_timeout,
-                async |_| Ok(()),
-                async |conn| {
-                    runs::set_old_table(&mut *conn, run_id, None).await?;
-                    Ok(())
+                swap::Hooks {
+                    verify: async |_: &mut sqlx::PgConnection| Ok(()),
+                    // What was written to the exposed table since cutover goes
+                    // back with the old table, so dropping the built table
+                    // drops no write nobody rolled back.
+                    carry: async |conn: &mut sqlx::PgConnection| {
+                        let last = carry_back(conn, run, &capture, &old, overwrite_newer).await?;
+                        if let Ok(mut carried) = carried.lock() {
+                            *carried = last;
+                        }
+                        Ok(())
+                    },
+                    record: async |conn: &mut sqlx::PgConnection| {
+                        runs::set_old_table(&mut *conn, run_id, None).await?;
+                        capture.remove(&mut *conn).await?;
+                        Ok(())
+                    },
                 },
             )
             .await?;
+            let carried = carried.into_inner().unwrap_or_default();
+            report.live_writes_carried = carried.keys;
+            report.newer_rows_overwritten = if overwrite_newer {
+                usize::try_from(carried.conflicting).unwrap_or(0)
+            } else {
+                0
+            };
             report.swapped_back = true;
             drop_table(pool, &side).await?;
             report.dropped = Some(side.to_string());
         }
-        // Not cut over: the target was never touched; the built table goes.
+        // Not cut over: the target was never touched; the built table and
+        // the capture of the target's writes go.
         (None, Some(side)) => {
+            let mut conn = pool.acquire().await?;
+            Capture::of(run_id).remove(&mut conn).await?;
             drop_table(pool, &side).await?;
             report.dropped = Some(side.to_string());
         }

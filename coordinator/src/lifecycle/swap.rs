@@ -44,20 +44,44 @@ async fn exec(conn: &mut PgConnection, sql: String, step: &str) -> Result<()> {
     Ok(())
 }
 
+/// What a swap runs inside its transaction, besides the swap.
+pub struct Hooks<V, C, R> {
+    /// First, once `replacement` is locked against writers (readers of the
+    /// target are not held up yet): an error swaps nothing.
+    pub verify: V,
+    /// Once the target too is locked against everyone (so nobody writes it
+    /// any more), before the swap: the last writes carried over.
+    pub carry: C,
+    /// After the swap: noting it in the control plane.
+    pub record: R,
+}
+
+impl<V, C, R> std::fmt::Debug for Hooks<V, C, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks").finish_non_exhaustive()
+    }
+}
+
 /// Puts `replacement` in `target`'s place and renames the current target to
-/// `retire_as`. `verify` runs first, inside the transaction, once `replacement`
-/// is locked against writers (readers of the target are not held up yet): an
-/// error from it swaps nothing. `record` runs inside the same transaction after
-/// the swap (to note it in the control plane).
-pub async fn swap(
+/// `retire_as`, running `hooks` in the same transaction.
+pub async fn swap<V, C, R>(
     pool: &PgPool,
     target: &TableName,
     replacement: &TableName,
     retire_as: &TableName,
     lock_timeout: Duration,
-    verify: impl AsyncFnOnce(&mut PgConnection) -> Result<()>,
-    record: impl AsyncFnOnce(&mut PgConnection) -> Result<()>,
-) -> Result<Swapped> {
+    hooks: Hooks<V, C, R>,
+) -> Result<Swapped>
+where
+    V: AsyncFnOnce(&mut PgConnection) -> Result<()>,
+    C: AsyncFnOnce(&mut PgConnection) -> Result<()>,
+    R: AsyncFnOnce(&mut PgConnection) -> Result<()>,
+{
+    let Hooks {
+        verify,
+        carry,
+        record,
+    } = hooks;
     let mut tx = pool.begin().await?;
     let conn: &mut PgConnection = &mut tx;
     exec(
@@ -112,6 +136,7 @@ pub async fn swap(
              Was {target} altered (a partition or index added) during the run? Roll back this run and run it again"
         )));
     }
+    carry(&mut *conn).await?;
 
     let oid: sqlx::postgres::types::Oid = sqlx::query_scalar("SELECT $1::regclass::oid")
         .bind(target.quoted())

@@ -6,6 +6,7 @@
 
 pub mod announcements;
 pub mod batches;
+pub mod capture;
 pub mod drift;
 pub mod log;
 pub mod maintenance;
@@ -17,6 +18,12 @@ pub mod validations;
 use sqlx::PgPool;
 
 pub const SCHEMA: &str = "backfill";
+
+/// The first eight hex digits of a run id, for the names of its objects.
+#[must_use]
+pub fn short(run_id: uuid::Uuid) -> String {
+    run_id.simple().to_string()[..8].to_owned()
+}
 
 /// The last column of a run's before-image table (`backfill.image_<run>`,
 /// `bf_batch_no`, `bf_op`, then the target's columns): for an updated row

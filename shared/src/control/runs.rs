@@ -222,7 +222,7 @@ pub async fn create(pool: &PgPool, new: &NewRun<'_>) -> Result<Uuid> {
         new.side_table.map(Setup::SideTable),
     ];
     for step in setup.into_iter().flatten() {
-        step.build(&mut tx, brief).await?;
+        step.build(&mut tx, brief, run_id).await?;
     }
     if let Some(marker) = &new.marker {
         super::maintenance::mark(&mut tx, marker).await?;

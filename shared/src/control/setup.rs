@@ -17,6 +17,7 @@ pub enum Setup<'a> {
     /// A table like the target (columns, constraints, indexes, and its
     /// partitioning with each partition's bound, indexes and constraints)
     /// holding the target's rows outside the scope; batches fill in the scope.
+    /// The target's writes from then on are captured (`capture.rs`).
     SideTable(&'a TableName),
 }
 
@@ -25,6 +26,7 @@ impl Setup<'_> {
         self,
         tx: &mut Transaction<'_, Postgres>,
         brief: &Brief,
+        run_id: uuid::Uuid,
     ) -> Result<()> {
         let target = brief.scope.target.quoted();
         match self {
@@ -47,6 +49,11 @@ impl Setup<'_> {
                     .as_deref()
                     .map_or_else(String::new, |w| format!(" OR ({w}) IS NOT TRUE"));
                 crate::partitions::create_like(&mut *tx, &brief.scope.target, side).await?;
+                // Writes to the target from here on are captured, to be
+                // carried into the side table at cutover (`capture.rs`).
+                super::capture::Capture::of(run_id)
+                    .install(&mut *tx, brief, &brief.scope.target)
+                    .await?;
                 let side = side.quoted();
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO {side} SELECT * FROM {target}
