@@ -261,6 +261,14 @@ enum Command {
         /// Ask for a login to read too, not only to act.
         #[arg(long)]
         require_login: bool,
+        /// Session cookies without `Secure`: only for a console on plain HTTP
+        /// (loopback, or a proxy on the same host that ends TLS).
+        #[arg(long)]
+        insecure_cookies: bool,
+        /// Serve /metrics without a login even with --require-login (a
+        /// scraper without credentials).
+        #[arg(long)]
+        public_metrics: bool,
     },
     /// Print a shell completion script, e.g. `backfill completions bash > ~/.local/share/bash-completion/completions/backfill`.
     Completions { shell: clap_complete::Shell },
@@ -570,6 +578,8 @@ async fn command_with(
             addr,
             auth_header,
             require_login,
+            insecure_cookies,
+            public_metrics,
         } => {
             use backfill_coordinator::console::{self, Auth};
             let header = auth_header
@@ -588,6 +598,9 @@ async fn command_with(
                 header,
                 tokens,
                 require_login,
+                insecure_cookies,
+                public_metrics,
+                ..Auth::default()
             };
             if auth.require_login && !auth.is_set() {
                 return Err(CliError::BadInput(

@@ -609,6 +609,19 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
+    let (status, _, body) = http_with_headers(addr, method, path, headers, body).await;
+    (status, body)
+}
+
+/// The same, with the response's headers too (one `name: value` a line, names
+/// in lower case).
+pub async fn http_with_headers(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     use std::fmt::Write as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -633,11 +646,14 @@ pub async fn http(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let head = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| format!("{}: {}\n", n.trim().to_ascii_lowercase(), v.trim()))
+        .collect();
+    (status, head, body.to_owned())
 }
 
 /// How many pixels of a PNG screenshot are within a small distance of `rgb`.

@@ -183,10 +183,17 @@ async fn the_console_shows_a_run_as_the_ledger_has_it_and_its_brief_as_text() {
     assert!(page.contains("&lt;script&gt;alert('reason')&lt;/script&gt; &amp; refunds"));
     assert!(page.contains("-- &lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert_eq!(
-        page.matches("<script>").count(),
+        page.matches("<script").count(),
         1,
         "only the page's own refresh"
     );
+    assert!(
+        page.contains("<script src=\"/static/live.js\"></script>"),
+        "{page}"
+    );
+    let (status, script) = http_get(&addr, "/static/live.js").await;
+    assert_eq!(status, 200);
+    assert!(script.contains("getElementById('live')"), "{script}");
     assert_inert(&page, "the run page");
     // The way back: the run's before-image table, kept for retain_days.
     let images: String =
@@ -284,10 +291,12 @@ async fn a_large_runs_grid_shares_cells() {
 async fn backfill_serve_listens_where_it_says_and_warns_when_exposed() {
     use tokio::io::{AsyncBufReadExt as _, BufReader};
     let env = TestEnv::new(0.01).await;
+    // Reading open on an address other machines reach is warned of, with
+    // tokens too (they guard only the actions) unless --require-login.
     for (addr, tokens, warns) in [
         ("127.0.0.1:0", "", false),
         ("0.0.0.0:0", "", true),
-        ("0.0.0.0:0", TOKENS, false),
+        ("0.0.0.0:0", TOKENS, true),
     ] {
         let mut child = tokio::process::Command::new(backfill_tests::bin("backfill"))
             .args(["serve", "--addr", addr])
@@ -619,13 +628,82 @@ async fn logging_in_with_a_token_and_requiring_a_login() {
     let (status, page) =
         backfill_tests::http(&addr, "POST", "/login", &[], "token=not-a-token-0123456789").await;
     assert_eq!(status, 403, "{page}");
-    let (status, _) =
-        backfill_tests::http(&addr, "POST", "/login", &[], "token=carol-token-0123456789").await;
+    // The login page opens a session: the cookie holds a random id, never
+    // the token, and says HttpOnly, SameSite=Strict, Secure and when it ends.
+    let (status, head, _) = backfill_tests::http_with_headers(
+        &addr,
+        "POST",
+        "/login",
+        &[],
+        "token=carol-token-0123456789",
+    )
+    .await;
     assert_eq!(status, 303);
-    let cookie = "backfill_console_token=carol-token-0123456789";
-    let (status, page) = backfill_tests::http(&addr, "GET", "/", &[("Cookie", cookie)], "").await;
+    let set = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie set: {head}"));
+    assert!(!set.contains("carol-token"), "{set}");
+    for part in ["HttpOnly", "SameSite=Strict", "Secure", "Max-Age=43200"] {
+        assert!(set.contains(part), "{part} not in {set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_owned();
+    assert_eq!(
+        cookie.len(),
+        "backfill_console_session=".len() + 64,
+        "{cookie}"
+    );
+    let (status, page) = backfill_tests::http(&addr, "GET", "/", &[("Cookie", &cookie)], "").await;
     assert_eq!(status, 200);
     assert!(page.contains("signed in as carol"), "{page}");
+    let old_style = "backfill_console_session=carol-token-0123456789";
+    assert_eq!(
+        backfill_tests::http(&addr, "GET", "/", &[("Cookie", old_style)], "")
+            .await
+            .0,
+        303,
+        "a token in the cookie logs nobody in"
+    );
+    // Every response carries the policy headers.
+    let (_, head, _) =
+        backfill_tests::http_with_headers(&addr, "GET", "/", &[("Cookie", &cookie)], "").await;
+    for header in [
+        "content-security-policy: default-src 'self'",
+        "x-frame-options: DENY",
+        "x-content-type-options: nosniff",
+        "referrer-policy: same-origin",
+    ] {
+        assert!(head.contains(header), "{header} not in:\n{head}");
+    }
+    // /metrics is behind the login too; the bearer scheme in any case.
+    assert_eq!(http_get(&addr, "/metrics").await.0, 401);
+    let lower = bearer("bob").replace("Bearer", "bearer");
+    let (status, metrics) =
+        backfill_tests::http(&addr, "GET", "/metrics", &[("Authorization", &lower)], "").await;
+    assert_eq!(status, 200, "{metrics}");
+    // Logging out ends the session: its cookie logs nobody in any more.
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF token on the page"))
+        .to_owned();
+    let (status, _) = backfill_tests::http(
+        &addr,
+        "POST",
+        "/logout",
+        &[("Cookie", &cookie)],
+        &format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert_eq!(
+        backfill_tests::http(&addr, "GET", "/", &[("Cookie", &cookie)], "")
+            .await
+            .0,
+        303,
+        "the session outlived its logout"
+    );
     let (status, _) = backfill_tests::http(
         &addr,
         "GET",

@@ -155,6 +155,18 @@ fn the_kubernetes_manifests_fit_the_worker() {
         kind(&console, "Service")["spec"]["selector"]["app.kubernetes.io/name"],
         deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
     );
+    // Only the proxy reaches it: it believes the header from anyone who does.
+    let policy = kind(&console, "NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+    );
+    let from = policy["spec"]["ingress"].as_vec().unwrap();
+    assert_eq!(from.len(), 1, "{from:?}");
+    assert_eq!(
+        from[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),
+        Some("backfill-console-proxy")
+    );
 
     let kustomization = documents("deploy/k8s/kustomization.yaml");
     for resource in kustomization[0]["resources"].as_vec().unwrap() {
@@ -240,6 +252,16 @@ fn the_dashboard_queries_metrics_the_binaries_export() {
         Some("backfill")
     );
     assert_eq!(services["console"]["command"][0].as_str(), Some("serve"));
+    // Reading needs a login; Prometheus scrapes without one.
+    let command: Vec<&str> = services["console"]["command"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    for flag in ["--require-login", "--public-metrics"] {
+        assert!(command.contains(&flag), "{flag}: {command:?}");
+    }
     let prometheus = documents("deploy/prometheus.yml");
     let jobs: Vec<&str> = prometheus[0]["scrape_configs"]
         .as_vec()

@@ -1,16 +1,26 @@
 //! Who is at the console. Identity comes from a header an authenticating proxy
 //! sets (`--auth-header`, trusted only when given), or from personal tokens
 //! (`BACKFILL_CONSOLE_TOKENS`, `name:token` pairs) sent as `Authorization:
-//! Bearer` or kept in a cookie by the login page; tokens are compared in
-//! constant time. Every action is a POST carrying a CSRF token bound to the
-//! login (an HMAC under a key drawn when the console starts).
+//! Bearer` (the scheme in any case), or exchanged by the login page for a
+//! session: a random id the server chose, kept in an `HttpOnly`,
+//! `SameSite=Strict` (and, unless `--insecure-cookies`, `Secure`) cookie,
+//! expiring after [`SESSION_TTL`] and forgotten at logout — the cookie never
+//! holds the token. Tokens are compared in constant time. Every action is a
+//! POST carrying a CSRF token bound to the login (an HMAC under a key drawn
+//! when the console starts).
 
 use axum::http::{HeaderMap, HeaderName, header};
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// The cookie the login page sets.
-pub(super) const COOKIE: &str = "backfill_console_token";
+/// The cookie that carries a session's id.
+pub(super) const COOKIE: &str = "backfill_console_session";
+
+/// How long a session lasts after logging in.
+pub(super) const SESSION_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 
 /// How the console learns who is there.
 #[derive(Debug, Clone, Default)]
@@ -21,6 +31,63 @@ pub struct Auth {
     pub tokens: Vec<(String, String)>,
     /// Whether reading needs a login too (otherwise only actions do).
     pub require_login: bool,
+    /// Session cookies without `Secure`, for a console on plain HTTP
+    /// (loopback, or behind a proxy that ends TLS on the same host).
+    pub insecure_cookies: bool,
+    /// `/metrics` open to anyone even with `require_login` (a scraper
+    /// without credentials).
+    pub public_metrics: bool,
+    /// The sessions the login page opened (start with none: `Default`).
+    pub sessions: Sessions,
+}
+
+/// Open sessions: the SHA-256 of each id, with its login and expiry. Kept in
+/// the console's process: a restart logs everyone out, and with several
+/// replicas a session holds on the one that opened it.
+#[derive(Clone, Default)]
+pub struct Sessions(Arc<Mutex<HashMap<[u8; 32], Session>>>);
+
+/// One open session: its login, and when it ends.
+type Session = (String, Instant);
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    fn key(id: &str) -> [u8; 32] {
+        Sha256::digest(id.as_bytes()).into()
+    }
+
+    /// Opens a session for `login`: its id, 256 random bits as hex.
+    pub(super) fn open(&self, login: &str) -> String {
+        let id: String = (0..2)
+            .flat_map(|_| *uuid::Uuid::new_v4().as_bytes())
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Ok(mut open) = self.0.lock() {
+            let now = Instant::now();
+            open.retain(|_, (_, expires)| *expires > now);
+            open.insert(Self::key(&id), (login.to_owned(), now + SESSION_TTL));
+        }
+        id
+    }
+
+    /// The login of an open, unexpired session.
+    fn login(&self, id: &str) -> Option<String> {
+        let open = self.0.lock().ok()?;
+        let (login, expires) = open.get(&Self::key(id))?;
+        (*expires > Instant::now()).then(|| login.clone())
+    }
+
+    /// Forgets a session: its cookie logs nobody in any more.
+    pub(super) fn close(&self, id: &str) {
+        if let Ok(mut open) = self.0.lock() {
+            open.remove(&Self::key(id));
+        }
+    }
 }
 
 impl Auth {
@@ -75,14 +142,26 @@ impl Auth {
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let cookie = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='));
-        self.token_login(bearer.or(cookie)?.trim())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        if let Some(token) = bearer {
+            return self.token_login(token);
+        }
+        self.sessions.login(session_id(headers)?)
+    }
+
+    /// The `Set-Cookie` value that holds session `id`.
+    pub(super) fn session_cookie(&self, id: &str) -> String {
+        format!(
+            "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+            SESSION_TTL.as_secs(),
+            if self.insecure_cookies {
+                ""
+            } else {
+                "; Secure"
+            }
+        )
     }
 
     /// The login whose token `given` is, comparing every token in constant time.
@@ -101,6 +180,17 @@ impl Auth {
         }
         found
     }
+}
+
+/// The session id a request's cookie carries.
+pub(super) fn session_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .map(str::trim)
 }
 
 /// CSRF tokens: an HMAC of the login under a key of this console process.
@@ -191,15 +281,31 @@ mod tests {
             "Bearer 0123456789abcdef1".parse().unwrap(),
         );
         assert_eq!(auth.login(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            "bearer 0123456789abcdef0".parse().unwrap(),
+        );
+        assert_eq!(auth.login(&h).as_deref(), Some("alice"), "any case");
+        // A cookie holds a session, never a token; logging out ends it.
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
             format!("x=1; {COOKIE}=0123456789abcdef0").parse().unwrap(),
         );
+        assert_eq!(auth.login(&h), None, "a token in the cookie logs nobody in");
+        let id = auth.sessions.open("alice");
+        assert_eq!(id.len(), 64);
+        h.insert(
+            header::COOKIE,
+            format!("x=1; {COOKIE}={id}").parse().unwrap(),
+        );
         assert_eq!(auth.login(&h).as_deref(), Some("alice"));
+        assert!(auth.session_cookie(&id).ends_with("; Secure"));
         // A proxy's header is trusted only when configured, and then alone.
         h.insert("x-forwarded-user", "bob".parse().unwrap());
         assert_eq!(auth.login(&h).as_deref(), Some("alice"));
+        auth.sessions.close(&id);
+        assert_eq!(auth.login(&h), None);
         let proxied = Auth {
             header: Some(HeaderName::from_static("x-forwarded-user")),
             ..auth

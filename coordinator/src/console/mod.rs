@@ -42,8 +42,8 @@ mod auth;
 mod pages;
 
 use actions::Action;
-pub use auth::Auth;
 use auth::Csrf;
+pub use auth::{Auth, Sessions};
 
 /// Most cells a run's batch grid shows; more batches share a cell.
 pub const GRID_CELLS: u32 = 2_000;
@@ -91,13 +91,69 @@ pub fn router(pool: PgPool, config: Config, auth: Auth) -> Router {
         .route("/api/runs/{run}", get(api_run))
         .route("/api/maintenance", get(api_maintenance))
         .route_layer(middleware::from_fn_with_state(app.clone(), gate));
+    let auth = Arc::clone(&app.auth);
     Router::new()
         .merge(guarded)
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
+        .route("/static/live.js", get(live_script))
         .with_state(app)
         .merge(backfill_shared::metrics::router(Arc::new(registry), ready))
         .fallback(|| async { Failure::not_found("no such page: the runs are at /".into()) })
+        .layer(middleware::from_fn(move |request, next| {
+            secured(Arc::clone(&auth), request, next)
+        }))
+}
+
+/// What every response carries: a Content-Security-Policy that lets pages
+/// load scripts, images and everything else only from the console itself
+/// (inline style attributes aside: the grid's colours and bars), and no
+/// framing, sniffing or cross-origin referrer. With `--require-login`,
+/// `/metrics` too needs a login, unless `--public-metrics`.
+async fn secured(
+    auth: Arc<Auth>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let closed_metrics = request.uri().path() == "/metrics"
+        && auth.require_login
+        && !auth.public_metrics
+        && auth.login(request.headers()).is_none();
+    let mut response = if closed_metrics {
+        Failure {
+            status: StatusCode::UNAUTHORIZED,
+            message: "log in first: send Authorization: Bearer TOKEN, or start the console with --public-metrics for a scraper without one".into(),
+        }
+        .json()
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+    ] {
+        headers.insert(name, axum::http::HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// The script that keeps a running run's page current, served from the
+/// console itself so the Content-Security-Policy allows no inline script.
+async fn live_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        pages::LIVE_SCRIPT,
+    )
+        .into_response()
 }
 
 /// Binds `addr` and serves the console until the process ends; returns the
@@ -116,15 +172,24 @@ pub async fn serve(
 }
 
 /// What `backfill serve` warns of before it serves on `addr`, if anything: an
-/// address other machines reach, with no way to log in.
+/// address other machines reach where reading needs no login.
 #[must_use]
 pub fn exposure_warning(addr: SocketAddr, auth: &Auth) -> Option<String> {
-    (!addr.ip().is_loopback() && !auth.is_set()).then(|| {
+    if addr.ip().is_loopback() || auth.require_login {
+        return None;
+    }
+    Some(if auth.is_set() {
+        format!(
+            "the console on {addr} is reachable from other machines and anyone who reaches it can read \
+             every run's brief and ledger without logging in (a login is needed only to act); \
+             add --require-login"
+        )
+    } else {
         format!(
             "the console on {addr} is reachable from other machines with no way to log in: anyone \
              who reaches it can read every run's brief and ledger, and nobody can act; set \
-             --auth-header behind an authenticating proxy, or BACKFILL_CONSOLE_TOKENS \
-             (and --require-login to ask for a login to read too)"
+             --auth-header behind an authenticating proxy, or BACKFILL_CONSOLE_TOKENS, \
+             and --require-login to ask for a login to read too"
         )
     })
 }
@@ -542,14 +607,10 @@ struct LoginForm {
 
 async fn login(State(app): State<App>, Form(form): Form<LoginForm>) -> Response {
     match app.auth.token_login(form.token.trim()) {
-        Some(_) => (
+        Some(login) => (
             [(
                 header::SET_COOKIE,
-                format!(
-                    "{}={}; Path=/; HttpOnly; SameSite=Strict",
-                    auth::COOKIE,
-                    form.token.trim()
-                ),
+                app.auth.session_cookie(&app.auth.sessions.open(&login)),
             )],
             Redirect::to("/"),
         )
@@ -569,8 +630,8 @@ async fn login(State(app): State<App>, Form(form): Form<LoginForm>) -> Response 
     }
 }
 
-/// Clears the login cookie; the form carries the login's CSRF token, so no
-/// other site can log a person out.
+/// Ends the session and clears its cookie; the form carries the login's CSRF
+/// token, so no other site can log a person out.
 async fn logout(
     State(app): State<App>,
     headers: HeaderMap,
@@ -581,6 +642,9 @@ async fn logout(
     {
         return Failure::forbidden("the form's CSRF token is not this login's".into())
             .into_response();
+    }
+    if let Some(id) = auth::session_id(&headers) {
+        app.auth.sessions.close(id);
     }
     (
         [(
@@ -663,5 +727,31 @@ async fn act(
             message,
         }),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_open_beyond_loopback_is_warned_of() {
+        let tokens = Auth {
+            tokens: Auth::parse_tokens("alice:0123456789abcdef0").unwrap(),
+            ..Auth::default()
+        };
+        let (open, local): (SocketAddr, SocketAddr) = (
+            "0.0.0.0:8080".parse().unwrap(),
+            "127.0.0.1:8080".parse().unwrap(),
+        );
+        let warned = |addr, auth: &Auth| exposure_warning(addr, auth).unwrap_or_default();
+        assert!(warned(open, &Auth::default()).contains("no way to log in"));
+        assert!(warned(open, &tokens).contains("--require-login"));
+        let closed = Auth {
+            require_login: true,
+            ..tokens.clone()
+        };
+        assert_eq!(exposure_warning(open, &closed), None);
+        assert_eq!(exposure_warning(local, &tokens), None);
     }
 }

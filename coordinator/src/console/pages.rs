@@ -33,7 +33,7 @@ form.filter{display:flex;gap:.6rem;align-items:end;flex-wrap:wrap}form.filter la
 
 /// Re-fetches the live part of a run's page every few seconds while the run can
 /// still change; the page works without it.
-const LIVE_SCRIPT: &str = "(function(){var el=document.getElementById('live');if(!el)return;\
+pub(super) const LIVE_SCRIPT: &str = "(function(){var el=document.getElementById('live');if(!el)return;\
 setInterval(function(){fetch(location.pathname.replace(/\\/$/,'')+'/live',{cache:'no-store'})\
 .then(function(r){return r.ok?r.text():null}).then(function(t){if(t!==null)el.innerHTML=t})\
 .catch(function(){})},3000)})();";
@@ -259,7 +259,7 @@ pub(super) fn run(viewer: &Viewer, view: &RunView) -> Markup {
                      td { @if !e.detail.is_null() { code { (e.detail.to_string()) } } } }
             } }
         }
-        @if changing { script { (PreEscaped(LIVE_SCRIPT)) } }
+        @if changing { script src="/static/live.js" {} }
     };
     layout(&brief.meta.name, Some(viewer), &body)
 }
