@@ -125,6 +125,33 @@ async fn every_strategy_on_a_partitioned_target_is_exact_and_keeps_the_partition
             let text = ship_revenue::brief(strategy, "delete", "")
                 .replace("step = \"1 month\"", "step = \"1 year\"");
             let (run_id, ..) = env.record_run(&text).await;
+            // The pipeline writes outside the scope (a spare partition, or the
+            // default one) while a swap builds, and after its cutover.
+            let swaps = strategy == "staging-swap" || strategy == "parallel-version";
+            let outside = |day: &'static str| {
+                let pool = env.pool.clone();
+                async move {
+                    sqlx::query("INSERT INTO tpch.ship_revenue VALUES ($1::date, 'AIR', 1.00, 1)")
+                        .bind(day)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+            };
+            let live_rows = || {
+                let pool = env.pool.clone();
+                async move {
+                    sqlx::query_scalar::<_, String>(
+                        "SELECT l_shipdate::text FROM tpch.ship_revenue WHERE l_shipdate >= '1999-01-01' ORDER BY 1",
+                    )
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap()
+                }
+            };
+            if swaps {
+                outside("2000-01-01").await;
+            }
             let finish = env.run_to_end(run_id, 2).await;
             assert_eq!(finish, Finish::Applied, "{what}");
             assert!(
@@ -159,10 +186,14 @@ async fn every_strategy_on_a_partitioned_target_is_exact_and_keeps_the_partition
             })
             .await;
             assert_eq!(
-                env.ship_revenue_wrong("true").await,
+                env.ship_revenue_wrong("l_shipdate < '1999-01-01'").await,
                 0,
                 "{what}: differs from the recomputation"
             );
+            if swaps {
+                assert_eq!(live_rows().await, ["2000-01-01"], "{what}: a live write dropped");
+                outside("2000-01-02").await;
+            }
             assert_eq!(
                 env.ship_revenue_structure().await,
                 built,
@@ -182,10 +213,17 @@ async fn every_strategy_on_a_partitioned_target_is_exact_and_keeps_the_partition
                 roll_back.await;
             }
             assert_eq!(
-                env.ship_revenue_changes("true").await,
+                env.ship_revenue_changes("l_shipdate < '1999-01-01'").await,
                 0,
                 "{what}: rollback is not exact"
             );
+            if swaps {
+                assert_eq!(
+                    live_rows().await,
+                    ["2000-01-01", "2000-01-02"],
+                    "{what}: rollback dropped a write made since cutover"
+                );
+            }
             assert_eq!(
                 env.ship_revenue_structure().await,
                 built,
