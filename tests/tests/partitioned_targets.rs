@@ -191,7 +191,11 @@ async fn every_strategy_on_a_partitioned_target_is_exact_and_keeps_the_partition
                 "{what}: differs from the recomputation"
             );
             if swaps {
-                assert_eq!(live_rows().await, ["2000-01-01"], "{what}: a live write dropped");
+                assert_eq!(
+                    live_rows().await,
+                    ["2000-01-01"],
+                    "{what}: a live write dropped"
+                );
                 outside("2000-01-02").await;
             }
             assert_eq!(

@@ -149,6 +149,20 @@ async fn rollback_spares_rows_written_since_the_run() {
             env.logged(run_id, "rollback_overwrote_newer").await >= 1,
             "{strategy}"
         );
+        // The run log, append-only, keeps the conflicts' keys, never their
+        // values (an erasure could not remove them from it).
+        let (entries, with_values): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE jsonb_path_exists(detail, '$.conflicts[*].now')
+                                                  OR jsonb_path_exists(detail, '$.conflicts[*].before'))
+               FROM backfill.run_log
+              WHERE run_id = $1 AND event IN ('rollback_conflicts', 'rollback_overwrote_newer')",
+        )
+        .bind(run_id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        assert!(entries >= 2, "{strategy}: {entries}");
+        assert_eq!(with_values, 0, "{strategy}: row values in the run log");
         env.cleanup().await;
     }
 }

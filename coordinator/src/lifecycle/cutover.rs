@@ -382,7 +382,7 @@ async fn carry_live_writes(
 
 /// Carries the captured writes of the live target into `built` on `conn`;
 /// refuses (exit 1), naming the keys, when rows inside the scope were written
-/// and not accepted. A run recorded before captures existed carries nothing.
+/// and not accepted.
 async fn carry_in(
     conn: &mut sqlx::PgConnection,
     run: &Run,
@@ -390,9 +390,6 @@ async fn carry_in(
     built: &TableName,
     pass: Pass,
 ) -> Result<Carried> {
-    if !capture.exists(&mut *conn).await? {
-        return Ok(Carried::default());
-    }
     let scope = &run.brief.scope;
     let carried = capture
         .carry(&mut *conn, scope, &scope.target, built, pass)

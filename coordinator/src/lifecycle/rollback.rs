@@ -69,35 +69,25 @@ impl RollbackReport {
                 self.batches_fenced.len()
             );
         }
+        let overwritten = if self.newer_rows_overwritten > 0 {
+            format!(
+                "; {} row(s) written since the run overwritten (--overwrite-newer)",
+                self.newer_rows_overwritten
+            )
+        } else {
+            String::new()
+        };
         if self.swapped_back {
             let _ = writeln!(
                 s,
-                "swapped the previous table back in, carrying {} row(s) written since cutover{}",
+                "swapped the previous table back in, carrying {} row(s) written since cutover{overwritten}",
                 self.live_writes_carried,
-                if self.newer_rows_overwritten > 0 {
-                    format!(
-                        "; {} row(s) inside the scope written since overwritten (--overwrite-newer)",
-                        self.newer_rows_overwritten
-                    )
-                } else {
-                    String::new()
-                }
             );
         } else {
             let _ = writeln!(
                 s,
-                "restored {} batch(es): {} row(s) put back, {} row(s) the run added deleted{}",
-                self.batches_restored,
-                self.rows_restored,
-                self.rows_deleted,
-                if self.newer_rows_overwritten > 0 {
-                    format!(
-                        "; {} row(s) written since the run overwritten (--overwrite-newer)",
-                        self.newer_rows_overwritten
-                    )
-                } else {
-                    String::new()
-                }
+                "restored {} batch(es): {} row(s) put back, {} row(s) the run added deleted{overwritten}",
+                self.batches_restored, self.rows_restored, self.rows_deleted,
             );
         }
         if let Some(dropped) = &self.dropped {
@@ -148,6 +138,17 @@ impl Default for RollbackOptions {
 
 /// Conflicts listed in an error and in the run log, at most.
 const CONFLICTS_SHOWN: usize = 20;
+
+/// Conflicts as the run log keeps them: batch and key, never the rows' values.
+/// The run log is append-only, so a value written there (personal data a
+/// privacy erasure must remove) could never be deleted; the values are shown
+/// in the command's output only.
+fn keys_only(conflicts: &[Conflict]) -> Vec<serde_json::Value> {
+    conflicts
+        .iter()
+        .map(|c| serde_json::json!({ "batch_no": c.batch_no, "key": c.key }))
+        .collect()
+}
 
 pub async fn rollback(
     pool: &PgPool,
@@ -322,7 +323,7 @@ async fn restore_before_images(
                 u32::try_from(batch).ok(),
                 serde_json::json!({
                     "rows": found.len(),
-                    "conflicts": &found[..found.len().min(CONFLICTS_SHOWN)],
+                    "conflicts": keys_only(&found[..found.len().min(CONFLICTS_SHOWN)]),
                 }),
             )
             .await?;
@@ -436,7 +437,7 @@ async fn exchange_back(
                 "rollback_conflicts"
             },
             u32::try_from(batch).ok(),
-            serde_json::json!({ "rows": 1, "conflicts": [conflict] }),
+            serde_json::json!({ "rows": 1, "conflicts": keys_only(std::slice::from_ref(conflict)) }),
         )
         .await?;
         if !overwrite_newer {
@@ -618,9 +619,6 @@ async fn carry_back(
     old: &TableName,
     overwrite_newer: bool,
 ) -> Result<Carried> {
-    if !capture.exists(&mut *conn).await? {
-        return Ok(Carried::default());
-    }
     let scope = &run.brief.scope;
     let pass = if overwrite_newer {
         Pass::OutsideOnly

@@ -136,6 +136,7 @@ impl Capture {
     /// returned. With `outside_only`, only keys outside the scope are carried
     /// (the catch-up pass before the swap's lock, which must not change what
     /// validation fingerprinted), and conflicts are left for the last pass.
+    /// Without a change table (a run recorded before captures), nothing.
     pub async fn carry(
         &self,
         conn: &mut PgConnection,
@@ -144,6 +145,10 @@ impl Capture {
         built: &TableName,
         pass: Pass,
     ) -> Result<Carried> {
+        // A run recorded before captures existed carries nothing.
+        if !self.exists(&mut *conn).await? {
+            return Ok(Carried::default());
+        }
         let changes = self.changes.quoted();
         let keys = column_list(&scope.key, None);
         let (live_q, built_q) = (live.quoted(), built.quoted());
