@@ -228,6 +228,16 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         lock_timeout_ms: u64,
     },
+    /// Remove erased rows from what a run keeps for rollback (its before-images, the
+    /// table a swap retired, partitions exchanged out): the keys given, or the brief's
+    /// rollback.erased.
+    Forget {
+        run: String,
+        /// A key to forget (a composite key as its row literal, e.g. "(1992-01-02,AIR)");
+        /// repeat it. Without it, the keys the brief's rollback.erased yields.
+        #[arg(long = "key", value_name = "KEY")]
+        keys: Vec<String>,
+    },
     /// Drop a finished run's before-images and old copies once retain_days has passed.
     Cleanup {
         run: String,
@@ -804,6 +814,12 @@ async fn command_with(
             )
             .await?;
             out.result(&report, || report.render())
+        }
+        Command::Forget { run, keys } => {
+            let pool = control_plane(config, 2).await?;
+            let run = list::resolve(&pool, &run).await?;
+            let forgotten = lifecycle::forget::forget(&pool, run, &operator(), &keys).await?;
+            out.result(&forgotten, || forgotten.render())
         }
         Command::Cleanup { run, now } => {
             let pool = control_plane(config, 2).await?;

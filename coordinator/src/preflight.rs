@@ -155,6 +155,26 @@ pub async fn check(pool: &PgPool, brief: &Brief) -> Result<Preflight> {
             ));
         }
     }
+    if let Some(erased) = &brief.rollback.erased {
+        let checked = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM ({erased}\n) e LIMIT 0",
+            column_list(&scope.key, Some("e"))
+        )))
+        .execute(pool)
+        .await;
+        match checked {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) => problems.push(problem(
+                "rollback.erased",
+                format!(
+                    "must be a query that yields the key ({}) of the rows that must never come back: {}",
+                    scope.key.join(", "),
+                    e.message()
+                ),
+            )),
+            Err(e) => return Err(e.into()),
+        }
+    }
     if let Some(filter) = &scope.filter {
         // It is evaluated on the target and on the source's rows, so it may
         // use only the columns both have.

@@ -10,6 +10,7 @@ pub mod cleanup;
 pub mod cutover;
 pub mod done;
 pub mod fingerprint;
+pub mod forget;
 pub mod rollback;
 pub mod swap;
 

@@ -27,6 +27,7 @@
 use super::{swap, writes_live_target};
 use crate::notify::{self, Happened, Step};
 use crate::{CliError, Result};
+use backfill_shared::brief::Brief;
 use backfill_shared::checks::Exchanged;
 use backfill_shared::control::batches::BatchState;
 use backfill_shared::control::capture::{Capture, Carried, Pass};
@@ -52,6 +53,8 @@ pub struct RollbackReport {
     /// Keys written to the exposed table since cutover, carried back into the
     /// table swapped back.
     pub live_writes_carried: u64,
+    /// Rows `rollback.erased` names that rollback did not put back.
+    pub erased_not_restored: u64,
     pub dropped: Option<String>,
     pub refreshed_materialized_views: Vec<String>,
 }
@@ -88,6 +91,13 @@ impl RollbackReport {
                 s,
                 "restored {} batch(es): {} row(s) put back, {} row(s) the run added deleted{overwritten}",
                 self.batches_restored, self.rows_restored, self.rows_deleted,
+            );
+        }
+        if self.erased_not_restored > 0 {
+            let _ = writeln!(
+                s,
+                "kept {} erased row(s) from coming back (rollback.erased)",
+                self.erased_not_restored
             );
         }
         if let Some(dropped) = &self.dropped {
@@ -333,11 +343,21 @@ async fn restore_before_images(
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        let erased = match &statements.erased_kept {
+            Some(count) => {
+                sqlx::query_scalar::<_, i64>(AssertSqlSafe(count.as_str()))
+                    .bind(batch)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+            None => 0,
+        };
         let restored = sqlx::query(AssertSqlSafe(statements.insert.as_str()))
             .bind(batch)
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        report.erased_not_restored += u64::try_from(erased).unwrap_or(0);
         if !spared {
             batches::mark_rolled_back(&mut tx, run_id, batch).await?;
             report.batches_restored += 1;
@@ -349,7 +369,7 @@ async fn restore_before_images(
             actor,
             "batch_rolled_back",
             u32::try_from(batch).ok(),
-            serde_json::json!({ "deleted": deleted, "restored": restored, "conflicts_spared": if spared { found.len() } else { 0 } }),
+            serde_json::json!({ "deleted": deleted, "restored": restored, "conflicts_spared": if spared { found.len() } else { 0 }, "erased_not_restored": erased }),
         )
         .await?;
         tx.commit().await?;
@@ -461,6 +481,8 @@ async fn exchange_back(
         ))
     })?;
     let mut tx = pool.begin().await?;
+    // An erased row the kept partition still holds does not come back with it.
+    let erased = erased_out_of(&mut tx, &run.brief, &kept).await?;
     sqlx::raw_sql(AssertSqlSafe(format!(
         "SET LOCAL lock_timeout = '{timeout}ms';
          ALTER TABLE {target} DETACH PARTITION {partition};
@@ -489,7 +511,7 @@ async fn exchange_back(
         actor,
         "batch_rolled_back",
         u32::try_from(batch).ok(),
-        serde_json::json!({ "exchanged_back": exchange.partition, "restored_from": kept.to_string(), "overwrote_newer": changed }),
+        serde_json::json!({ "exchanged_back": exchange.partition, "restored_from": kept.to_string(), "overwrote_newer": changed, "erased_not_restored": erased }),
     )
     .await?;
     tx.commit().await?;
@@ -505,8 +527,11 @@ struct Statements {
     conflicts: String,
     /// Deletes the row of every key of the batch but the spared ones.
     delete: String,
-    /// Puts back the rows the batch updated or deleted but the spared ones.
+    /// Puts back the rows the batch updated or deleted but the spared ones
+    /// and the erased ones (`rollback.erased`).
     insert: String,
+    /// Counts the batch's rows that `rollback.erased` keeps from coming back.
+    erased_kept: Option<String>,
 }
 
 impl Statements {
@@ -573,11 +598,33 @@ impl Statements {
             ),
             insert: format!(
                 "INSERT INTO {target} ({cols}) OVERRIDING SYSTEM VALUE
-                 SELECT {cols} FROM {img} i WHERE i.bf_batch_no = $1 AND i.bf_op IN ('U', 'D') AND {spare}",
+                 SELECT {cols} FROM {img} i WHERE i.bf_batch_no = $1 AND i.bf_op IN ('U', 'D') AND {spare}{erased}",
                 spare = not_spared("i"),
+                erased = not_erased(&run.brief, "i"),
             ),
+            erased_kept: run.brief.rollback.erased.as_ref().map(|_| {
+                format!(
+                    "SELECT count(*) FROM {img} i WHERE i.bf_batch_no = $1 AND i.bf_op IN ('U', 'D') AND NOT ({})",
+                    not_erased(&run.brief, "i").trim_start_matches(" AND ")
+                )
+            }),
         }
     }
+}
+
+/// ` AND NOT EXISTS (…)`: the row `alias` is not one `rollback.erased` names
+/// (nothing without it). Rollback never puts such a row back.
+pub(crate) fn not_erased(brief: &Brief, alias: &str) -> String {
+    brief
+        .rollback
+        .erased
+        .as_deref()
+        .map_or_else(String::new, |q| {
+            format!(
+                " AND NOT EXISTS (SELECT 1 FROM ({q}\n) bf_erased WHERE {})",
+                key_join(&brief.scope.key, "bf_erased", alias)
+            )
+        })
 }
 
 /// The error of a rollback that spared rows written since the run.
@@ -607,6 +654,28 @@ fn conflict_message(run: &Run, conflicts: &[Conflict]) -> String {
         ));
     }
     text
+}
+
+/// Deletes from `table` (a table rollback is about to put back: the old
+/// table of a swap, a kept partition) the rows `rollback.erased` names.
+/// Returns how many.
+pub(crate) async fn erased_out_of(
+    conn: &mut sqlx::PgConnection,
+    brief: &Brief,
+    table: &TableName,
+) -> Result<u64> {
+    if brief.rollback.erased.is_none() {
+        return Ok(0);
+    }
+    let condition = not_erased(brief, "t");
+    let condition = condition.trim_start_matches(" AND NOT ");
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {} t WHERE {condition}",
+        table.quoted()
+    )))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
 }
 
 /// Carries the writes made to the exposed table since cutover into `old`,
@@ -678,6 +747,7 @@ async fn restore_side_table(
                     // back with the old table, so dropping the built table
                     // drops no write nobody rolled back.
                     carry: async |conn: &mut sqlx::PgConnection| {
+                        erased_out_of(conn, &run.brief, &old).await?;
                         let last = carry_back(conn, run, &capture, &old, overwrite_newer).await?;
                         if let Ok(mut carried) = carried.lock() {
                             *carried = last;

@@ -526,6 +526,11 @@ pub struct Rollback {
     /// snapshot, a rebuild from raw data), stated by the brief and logged.
     #[serde(default)]
     pub without_images: Option<String>,
+    /// A query for the keys (the target's key columns, by name) of rows that
+    /// must never come back — a privacy erasure: rollback never restores
+    /// them, and `backfill forget` removes them from what the run keeps.
+    #[serde(default)]
+    pub erased: Option<String>,
 }
 
 /// A brief that passed the lint. Built only by [`Brief::parse`].

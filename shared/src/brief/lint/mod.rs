@@ -733,10 +733,22 @@ fn read_rollback(r: &mut Reader<'_>) -> Option<Rollback> {
             "the way back without before-images, e.g. \"nightly snapshot s3://... restores it\"",
         )
         .ok();
+    let erased = match r.opt_text(
+        "erased",
+        "a query for the keys that must never come back, e.g. \"SELECT o_orderkey FROM privacy.erasures\"",
+    ) {
+        Ok(Some(q)) if q.trim_end().trim_end_matches(';').contains(';') => {
+            r.problem("erased", "must be one query, without ';' inside");
+            None
+        }
+        Ok(q) => Some(q.map(|q| q.trim_end().trim_end_matches(';').to_owned())),
+        Err(()) => None,
+    };
     Some(Rollback {
         plan: plan?,
         retain_days: retain_days?,
         without_images: without_images?,
+        erased: erased?,
     })
 }
 

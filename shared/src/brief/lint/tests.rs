@@ -170,6 +170,19 @@ fn a_live_write_of_history_that_matters_keeps_a_way_back() {
         fields(&stated.replace("snapshot = false", "snapshot = true")),
         ["rollback.without_images"]
     );
+    // The keys that must never come back: one query (a trailing ';' is dropped).
+    let erased = GOOD.replace(
+        "plan = \"restore before-images\"",
+        "plan = \"restore before-images\"\nerased = \"SELECT id FROM privacy.erasures;\"",
+    );
+    assert_eq!(
+        Brief::parse(&erased).unwrap().rollback.erased.as_deref(),
+        Some("SELECT id FROM privacy.erasures")
+    );
+    assert_eq!(
+        fields(&erased.replace("erasures;", "erasures; DELETE FROM t")),
+        ["rollback.erased"]
+    );
 }
 
 #[test]
