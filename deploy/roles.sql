@@ -53,7 +53,9 @@ GRANT USAGE ON SCHEMA backfill TO backfill_viewer;
 GRANT SELECT ON ALL TABLES IN SCHEMA backfill TO backfill_viewer;
 
 -- Operators record and steer runs; their runs' before-image tables are created
--- in schema backfill.
+-- in schema backfill, and granted by the run to backfill_worker (to write) and
+-- backfill_viewer (to read), as the tables staging-swap builds beside a target
+-- are. tests/tests/least_privilege.rs runs a run's whole life with these roles.
 GRANT CREATE ON SCHEMA backfill TO backfill_operator;
 GRANT INSERT, UPDATE ON backfill.runs, backfill.batches TO backfill_operator;
 GRANT INSERT, UPDATE, DELETE ON backfill.maintenance TO backfill_operator;

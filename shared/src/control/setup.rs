@@ -68,6 +68,25 @@ impl Setup<'_> {
                     .await?;
             }
         }
+        // Workers write the table, everyone who reads the control plane reads
+        // it (deploy/roles.sql; a site without those roles grants as it does).
+        let (table, writes) = match self {
+            Self::BeforeImages(image) => (image, "INSERT"),
+            Self::SideTable(side) => (side, "INSERT, UPDATE, DELETE"),
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DO $bf$ BEGIN
+                 IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'backfill_worker') THEN
+                     GRANT SELECT, {writes} ON {table} TO backfill_worker;
+                 END IF;
+                 IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'backfill_viewer') THEN
+                     GRANT SELECT ON {table} TO backfill_viewer;
+                 END IF;
+             END $bf$",
+            table = table.quoted()
+        )))
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 }
