@@ -212,9 +212,19 @@ async fn merge(
     )?;
     settle_range_rows(plan, &rows, &mut checks);
     let measured = plan.metrics_after.len();
+    // The metrics after, as the statement measured them, hold only when it
+    // wrote every row it meant to (its last column counts those a concurrent
+    // writer took first).
+    let after_in_merge = plan.after_in_merge && {
+        use sqlx::Row as _;
+        let skipped: i64 = row
+            .try_get(metrics + 4 * measured)
+            .map_err(|e| BatchError::from_sql(step.what, e))?;
+        skipped == 0
+    };
     for (i, (metric, query)) in plan.metrics_after.iter().enumerate() {
         let before = groups_at(&row, metrics + 2 * i, step.what)?;
-        let after = if plan.after_in_merge {
+        let after = if after_in_merge {
             groups_at(&row, metrics + 2 * (measured + i), step.what)?
         } else {
             metric_groups(tx, query, work).await?

@@ -552,12 +552,18 @@ impl WritePlan {
                             ",
                              bf_after AS (SELECT {from_up} FROM up
                                           UNION ALL
-                                          SELECT {from_j} FROM j WHERE j.{first_key} IS NOT NULL{kept}
-                                             AND NOT EXISTS (SELECT 1 FROM up WHERE {written_match}))",
+                                          SELECT {from_j} FROM j WHERE j.{first_key} IS NOT NULL AND NOT j.bf_write{kept})",
                             from_up = columns("(up.bf_row)"),
                             from_j = columns("j"),
                         ),
-                        after,
+                        // Rows the upsert meant to write and did not: a
+                        // concurrent writer changed or removed them since the
+                        // statement's snapshot, so `bf_after` does not hold
+                        // them as they are; the worker then measures the
+                        // range again (the last column).
+                        format!(
+                            "{after}, (SELECT (SELECT count(*) FROM j WHERE j.bf_write AND {valid}) - (SELECT count(*) FROM up)) bf_skipped"
+                        ),
                     )
                 } else {
                     (String::new(), String::new())
