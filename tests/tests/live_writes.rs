@@ -251,3 +251,53 @@ async fn a_live_write_inside_the_scope_is_refused_unless_accepted() {
     assert_eq!(now, 777, "the accepted live value was not kept");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_built_table_changed_outside_the_scope_is_not_swapped_in() {
+    let env = TestEnv::new(0.01).await;
+    let (run_id, ..) = env.record_run(&swap_brief(&env).await).await;
+    assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
+    validate::validate(&env.pool, run_id).await.unwrap();
+    approve::approve(&env.pool, run_id, Some("bob"))
+        .await
+        .unwrap();
+    // After approval, someone zeroes and deletes rows of the built table
+    // outside the scope, which validation never looked at.
+    let side: String = sqlx::query_scalar("SELECT side_table FROM backfill.runs WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let zeroed = exec(
+        &env,
+        &format!("UPDATE {side} SET net_revenue = 0 WHERE o_orderkey BETWEEN 40000 AND 40100"),
+    )
+    .await;
+    let deleted = exec(
+        &env,
+        &format!("DELETE FROM {side} WHERE o_orderkey BETWEEN 50000 AND 50100"),
+    )
+    .await;
+    assert!(zeroed > 0 && deleted > 0);
+    exec(
+        &env,
+        "CREATE TABLE tpch.live_before AS SELECT * FROM tpch.order_revenue",
+    )
+    .await;
+    let err = cutover::cutover(&env.pool, run_id, "alice", LOCK)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 1, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("{} row(s)", zeroed * 2 + deleted))
+            && message.contains("outside the scope"),
+        "{message}"
+    );
+    assert_eq!(
+        differ(&env, "tpch.order_revenue", "tpch.live_before", "true").await,
+        0,
+        "a refused cutover changed the live table"
+    );
+    env.cleanup().await;
+}

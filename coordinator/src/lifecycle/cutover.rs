@@ -175,6 +175,27 @@ pub async fn cutover_with(
         let old = old_table(brief, run_id);
         let old_name = old.to_string();
         let capture = Capture::of(run_id);
+        // Outside the scope the built table is the live table's copy plus
+        // the writes captured since: anything else changed it (the run
+        // writes only the scope), and would be exposed unvalidated.
+        let mut conn = pool.acquire().await?;
+        let damaged = capture
+            .differs_outside(&mut conn, &brief.scope, target, &side)
+            .await;
+        drop(conn);
+        match damaged {
+            Ok((0, _)) => {}
+            Ok((n, keys)) => {
+                return Err(refused(CliError::Halted(format!(
+                    "cutover of run {run_id} refused: outside the scope, {n} row(s) of {side} differ from {target} \
+                     (keys: {}), though the run writes only the scope and the live table's writes are carried at cutover. \
+                     Nothing was exposed. Find out what wrote to {side}; roll back and run again",
+                    keys.join(", ")
+                )))
+                .await);
+            }
+            Err(e) => return Err(fail("comparing the rows outside the scope", &e.into()).await),
+        }
         // Catch up outside the lock with what the pipeline wrote during the
         // build, so the swap's locked window carries only the last writes.
         let caught_up = carry_live_writes(pool, &run, &capture, &side, Pass::OutsideOnly).await;

@@ -213,6 +213,50 @@ impl Capture {
     }
 }
 
+impl Capture {
+    /// Rows outside the scope in which `built` differs from `live`, leaving
+    /// out the keys written since the run began (the carry brings those
+    /// over): a built table changed outside the scope by anyone but the run
+    /// (which writes only the scope). How many, and up to
+    /// [`CONFLICTS_SHOWN`] keys as row literals. Nothing without a change
+    /// table.
+    pub async fn differs_outside(
+        &self,
+        conn: &mut PgConnection,
+        scope: &Scope,
+        live: &TableName,
+        built: &TableName,
+    ) -> Result<(i64, Vec<String>)> {
+        if !self.exists(&mut *conn).await? {
+            return Ok((0, Vec::new()));
+        }
+        let keys = column_list(&scope.key, None);
+        let outside = |alias: &str| {
+            format!(
+                "NOT coalesce(({}), false) AND NOT EXISTS (SELECT 1 FROM {} c WHERE {})",
+                scope.owned_range(alias),
+                self.changes.quoted(),
+                key_join(&scope.key, "c", alias)
+            )
+        };
+        let (live_q, built_q) = (live.quoted(), built.quoted());
+        let (n, shown): (i64, Vec<String>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH l AS (SELECT * FROM {live_q} l WHERE {l_out}),
+                  b AS (SELECT * FROM {built_q} b WHERE {b_out}),
+                  d AS ((SELECT * FROM l EXCEPT ALL SELECT * FROM b)
+                        UNION ALL (SELECT * FROM b EXCEPT ALL SELECT * FROM l))
+             SELECT count(*), coalesce((array_agg(DISTINCT ROW({keys})::text))[1:{CONFLICTS_SHOWN}], '{{}}') FROM d",
+            l_out = outside("l"),
+            b_out = outside("b"),
+        )))
+        .bind(scope.batch_by.start)
+        .bind(scope.batch_by.end)
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok((n, shown))
+    }
+}
+
 /// Which captured changes a pass carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
