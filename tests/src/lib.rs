@@ -322,6 +322,18 @@ impl TestEnv {
         .expect("compare with the pre-run copy")
     }
 
+    /// Rows in which `a` and `b` (tables, or parenthesised queries with an
+    /// alias) differ, `EXCEPT ALL` both ways, among the rows `filter` picks.
+    pub async fn differing_rows(&self, a: &str, b: &str, filter: &str) -> i64 {
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT (SELECT count(*) FROM (SELECT * FROM {a} WHERE {filter} EXCEPT ALL SELECT * FROM {b} WHERE {filter}) x)
+                  + (SELECT count(*) FROM (SELECT * FROM {b} WHERE {filter} EXCEPT ALL SELECT * FROM {a} WHERE {filter}) y)"
+        )))
+        .fetch_one(&self.pool)
+        .await
+        .expect("compare two tables")
+    }
+
     /// The end state every run must reach: the target equals an independent
     /// recomputation and the run log shows each batch applied exactly once.
     pub async fn assert_exactly_applied(&self, run_id: Uuid) {

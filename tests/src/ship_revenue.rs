@@ -52,15 +52,8 @@ impl TestEnv {
     /// Rows in which `tpch.ship_revenue` and its pre-run copy differ
     /// (`EXCEPT ALL` both ways), among the rows `filter` selects.
     pub async fn ship_revenue_changes(&self, filter: &str) -> i64 {
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT (SELECT count(*) FROM (SELECT * FROM tpch.ship_revenue WHERE {filter}
-                                           EXCEPT ALL SELECT * FROM tpch.ship_revenue_pre WHERE {filter}) a)
-                  + (SELECT count(*) FROM (SELECT * FROM tpch.ship_revenue_pre WHERE {filter}
-                                           EXCEPT ALL SELECT * FROM tpch.ship_revenue WHERE {filter}) b)"
-        )))
-        .fetch_one(&self.pool)
-        .await
-        .expect("compare tpch.ship_revenue with its copy")
+        self.differing_rows("tpch.ship_revenue", "tpch.ship_revenue_pre", filter)
+            .await
     }
 }
 

@@ -42,24 +42,23 @@ async fn swap_brief(env: &TestEnv) -> String {
     )
 }
 
+/// A swap run of [`swap_brief`], applied, validated and approved.
+async fn approved_swap(env: &TestEnv) -> uuid::Uuid {
+    let (run_id, ..) = env.record_run(&swap_brief(env).await).await;
+    assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
+    validate::validate(&env.pool, run_id).await.unwrap();
+    approve::approve(&env.pool, run_id, Some("bob"))
+        .await
+        .unwrap();
+    run_id
+}
+
 async fn exec(env: &TestEnv, sql: &str) -> u64 {
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .execute(&env.pool)
         .await
         .unwrap()
         .rows_affected()
-}
-
-/// Rows in which `a` and `b` differ (`EXCEPT ALL` both ways), among the rows
-/// `filter` picks.
-async fn differ(env: &TestEnv, a: &str, b: &str, filter: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT (SELECT count(*) FROM (SELECT * FROM {a} WHERE {filter} EXCEPT ALL SELECT * FROM {b} WHERE {filter}) x)
-              + (SELECT count(*) FROM (SELECT * FROM {b} WHERE {filter} EXCEPT ALL SELECT * FROM {a} WHERE {filter}) y)"
-    )))
-    .fetch_one(&env.pool)
-    .await
-    .unwrap()
 }
 
 /// The pipeline outside the scope, until `stop`: updates, inserts and deletes.
@@ -116,7 +115,8 @@ async fn a_swap_carries_the_live_tables_writes_both_ways() {
     assert!(report.live_writes_carried >= rounds, "{report:?}");
     let out = format!("o_orderkey >= {END}");
     assert_eq!(
-        differ(&env, "tpch.order_revenue", "tpch.live_out", &out).await,
+        env.differing_rows("tpch.order_revenue", "tpch.live_out", &out)
+            .await,
         0,
         "a write to the live table during the build is not in the table swapped in"
     );
@@ -127,13 +127,8 @@ async fn a_swap_carries_the_live_tables_writes_both_ways() {
                  count(*)::integer AS line_count
             FROM tpch.orders o JOIN tpch.lineitem l ON l.l_orderkey = o.o_orderkey GROUP BY 1, 2, 3) f";
     assert_eq!(
-        differ(
-            &env,
-            "tpch.order_revenue",
-            fixed,
-            &format!("o_orderkey < {END}")
-        )
-        .await,
+        env.differing_rows("tpch.order_revenue", fixed, &format!("o_orderkey < {END}"))
+            .await,
         0
     );
 
@@ -178,12 +173,12 @@ async fn a_swap_carries_the_live_tables_writes_both_ways() {
         "{report:?}"
     );
     assert_eq!(
-        differ(&env, "tpch.order_revenue", "tpch.live_out_2", &out).await,
+        env.differing_rows("tpch.order_revenue", "tpch.live_out_2", &out)
+            .await,
         0
     );
     assert_eq!(
-        differ(
-            &env,
+        env.differing_rows(
             "tpch.order_revenue",
             "tpch.pre_run",
             &format!("o_orderkey < {END}")
@@ -205,12 +200,7 @@ async fn a_swap_carries_the_live_tables_writes_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_live_write_inside_the_scope_is_refused_unless_accepted() {
     let env = TestEnv::new(0.01).await;
-    let (run_id, ..) = env.record_run(&swap_brief(&env).await).await;
-    assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
-    validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.pool, run_id, Some("bob"))
-        .await
-        .unwrap();
+    let run_id = approved_swap(&env).await;
     // After its batch ran, the pipeline rewrites an order inside the scope.
     assert_eq!(
         exec(
@@ -255,12 +245,7 @@ async fn a_live_write_inside_the_scope_is_refused_unless_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_built_table_changed_outside_the_scope_is_not_swapped_in() {
     let env = TestEnv::new(0.01).await;
-    let (run_id, ..) = env.record_run(&swap_brief(&env).await).await;
-    assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
-    validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.pool, run_id, Some("bob"))
-        .await
-        .unwrap();
+    let run_id = approved_swap(&env).await;
     // After approval, someone zeroes and deletes rows of the built table
     // outside the scope, which validation never looked at.
     let side: String = sqlx::query_scalar("SELECT side_table FROM backfill.runs WHERE run_id = $1")
@@ -295,7 +280,8 @@ async fn a_built_table_changed_outside_the_scope_is_not_swapped_in() {
         "{message}"
     );
     assert_eq!(
-        differ(&env, "tpch.order_revenue", "tpch.live_before", "true").await,
+        env.differing_rows("tpch.order_revenue", "tpch.live_before", "true")
+            .await,
         0,
         "a refused cutover changed the live table"
     );

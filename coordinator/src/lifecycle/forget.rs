@@ -8,7 +8,7 @@
 use crate::{CliError, Result};
 use backfill_shared::control::runs::{self, Run};
 use backfill_shared::control::{batches, log};
-use backfill_shared::sql::{TableName, column_list, key_join};
+use backfill_shared::sql::{TableName, column_list};
 use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
@@ -51,15 +51,11 @@ pub async fn forget(
             };
             return Ok(format!("{text} = ANY($1)"));
         }
-        let Some(query) = run.brief.rollback.erased.as_deref() else {
-            return Err(CliError::BadInput(format!(
+        super::rollback::erased(&run.brief, alias).ok_or_else(|| {
+            CliError::BadInput(format!(
                 "name the rows to forget: --key KEY (repeat it), or give the brief rollback.erased; run {run_id}'s brief has none"
-            )));
-        };
-        Ok(format!(
-            "EXISTS (SELECT 1 FROM ({query}\n) bf_erased WHERE {})",
-            key_join(key, "bf_erased", alias)
-        ))
+            ))
+        })
     };
     let condition = which("t")?;
     let mut forgotten = Forgotten::default();

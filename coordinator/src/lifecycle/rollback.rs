@@ -598,33 +598,30 @@ impl Statements {
             ),
             insert: format!(
                 "INSERT INTO {target} ({cols}) OVERRIDING SYSTEM VALUE
-                 SELECT {cols} FROM {img} i WHERE i.bf_batch_no = $1 AND i.bf_op IN ('U', 'D') AND {spare}{erased}",
+                 SELECT {cols} FROM {img} i WHERE i.bf_batch_no = $1 AND i.bf_op IN ('U', 'D') AND {spare}{not_erased}",
                 spare = not_spared("i"),
-                erased = not_erased(&run.brief, "i"),
+                not_erased = erased(&run.brief, "i")
+                    .map_or_else(String::new, |e| format!(" AND NOT {e}")),
             ),
-            erased_kept: run.brief.rollback.erased.as_ref().map(|_| {
+            erased_kept: erased(&run.brief, "i").map(|e| {
                 format!(
-                    "SELECT count(*) FROM {img} i WHERE i.bf_batch_no = $1 AND i.bf_op IN ('U', 'D') AND NOT ({})",
-                    not_erased(&run.brief, "i").trim_start_matches(" AND ")
+                    "SELECT count(*) FROM {img} i WHERE i.bf_batch_no = $1 AND i.bf_op IN ('U', 'D') AND {e}"
                 )
             }),
         }
     }
 }
 
-/// ` AND NOT EXISTS (…)`: the row `alias` is not one `rollback.erased` names
-/// (nothing without it). Rollback never puts such a row back.
-pub(crate) fn not_erased(brief: &Brief, alias: &str) -> String {
-    brief
-        .rollback
-        .erased
-        .as_deref()
-        .map_or_else(String::new, |q| {
-            format!(
-                " AND NOT EXISTS (SELECT 1 FROM ({q}\n) bf_erased WHERE {})",
-                key_join(&brief.scope.key, "bf_erased", alias)
-            )
-        })
+/// `EXISTS (…)`: the row `alias` (with the target's key columns) is one the
+/// brief's `rollback.erased` names; `None` without it. Rollback never puts
+/// such a row back, and `forget` deletes it from what the run keeps.
+pub(crate) fn erased(brief: &Brief, alias: &str) -> Option<String> {
+    brief.rollback.erased.as_deref().map(|q| {
+        format!(
+            "EXISTS (SELECT 1 FROM ({q}\n) bf_erased WHERE {})",
+            key_join(&brief.scope.key, "bf_erased", alias)
+        )
+    })
 }
 
 /// The error of a rollback that spared rows written since the run.
@@ -664,11 +661,9 @@ pub(crate) async fn erased_out_of(
     brief: &Brief,
     table: &TableName,
 ) -> Result<u64> {
-    if brief.rollback.erased.is_none() {
+    let Some(condition) = erased(brief, "t") else {
         return Ok(0);
-    }
-    let condition = not_erased(brief, "t");
-    let condition = condition.trim_start_matches(" AND NOT ");
+    };
     Ok(sqlx::query(AssertSqlSafe(format!(
         "DELETE FROM {} t WHERE {condition}",
         table.quoted()

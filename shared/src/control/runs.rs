@@ -415,7 +415,7 @@ pub async fn transition(
 /// most `lock_timeout` for a batch committing at that moment. After it
 /// commits, no batch transaction of the run can commit any more, so the
 /// applied batches are all rollback has to restore. Logged as
-/// `run_rolling_back` with the batches fenced. `false` if the run is already
+/// `run_rolling_back` with the batches fenced. `None` if the run is already
 /// rolled back (or gone).
 pub async fn begin_rollback(
     pool: &PgPool,
