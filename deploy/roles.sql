@@ -16,10 +16,13 @@
 --   CREATE ROLE bob   LOGIN PASSWORD '...' IN ROLE backfill_reviewer;
 --   backfill people add alice --role alice --email alice@example.com
 --   backfill people add bob   --role bob   --email bob@example.com
--- Who approves is the database login: the database refuses an approval, or an
--- accepted failed check, from any session but the reviewer's role, and never
--- from the owner's (migration 0008); every run-log entry records the session
--- user, whatever the insert says. The rules are definer functions with their
+-- Who runs and who approves are database logins: a run is recorded only by
+-- the session of the role its brief's owner maps to (migration 0016); the
+-- database refuses an approval, a promotion or an accepted failed check from
+-- any session but the reviewer's role, and never from the owner's or the one
+-- that recorded the run (migration 0008); an approval counts only a validation
+-- the reviewer's own session recorded; every run-log entry records the session
+-- user, whatever the insert says. A worker never rewrites an applied batch. The rules are definer functions with their
 -- search path pinned, a run is inserted only in its first state, its brief,
 -- owner and reviewer never change, and its state moves only along its life
 -- (migration 0015): no grant below lets a login step around them in SQL. The
@@ -49,14 +52,19 @@ BEGIN
 END
 $$;
 
-GRANT USAGE ON SCHEMA backfill TO backfill_viewer;
+GRANT USAGE ON SCHEMA backfill, backfill_data TO backfill_viewer;
 GRANT SELECT ON ALL TABLES IN SCHEMA backfill TO backfill_viewer;
 
--- Operators record and steer runs; their runs' before-image tables are created
--- in schema backfill, and granted by the run to backfill_worker (to write) and
--- backfill_viewer (to read), as the tables staging-swap builds beside a target
--- are. tests/tests/least_privilege.rs runs a run's whole life with these roles.
-GRANT CREATE ON SCHEMA backfill TO backfill_operator;
+-- Nobody but the owner of schema backfill creates anything in it: a view or
+-- function created there could stand in for what the rules read.
+REVOKE CREATE ON SCHEMA backfill FROM PUBLIC, backfill_operator;
+
+-- Operators record and steer runs; their runs' before-images and a swap's
+-- change tables are created in schema backfill_data, and granted by the run to
+-- backfill_worker (to write) and backfill_viewer (to read), as the tables
+-- staging-swap builds beside a target are. tests/tests/least_privilege.rs
+-- runs a run's whole life with these roles.
+GRANT CREATE ON SCHEMA backfill_data TO backfill_operator;
 GRANT INSERT, UPDATE ON backfill.runs, backfill.batches TO backfill_operator;
 GRANT INSERT, UPDATE, DELETE ON backfill.maintenance TO backfill_operator;
 GRANT INSERT ON backfill.run_log, backfill.validations, backfill.validation_runs TO backfill_operator;

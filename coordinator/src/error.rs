@@ -62,9 +62,9 @@ impl CliError {
 impl From<ControlError> for CliError {
     fn from(e: ControlError) -> Self {
         match e {
-            ControlError::ActiveRun { .. } | ControlError::UnknownRun(_) => {
-                Self::BadInput(e.to_string())
-            }
+            ControlError::ActiveRun { .. }
+            | ControlError::UnknownRun(_)
+            | ControlError::Refused(_) => Self::BadInput(e.to_string()),
             ControlError::Sql(e) => e.into(),
             ControlError::Busy(why) => Self::Unavailable(why),
             other => Self::Internal(other.to_string()),

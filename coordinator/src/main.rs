@@ -483,7 +483,7 @@ async fn command_with(
                 .close(200, "probe".into())
                 .await
                 .ok();
-            let run_id = run::create(&pool, &text, &brief, &batches, &operator()).await?;
+            let run_id = run::create(&pool, &text, &brief, &batches).await?;
             let (event, detail) = match (&announced, unannounced.as_deref()) {
                 (Some(a), _) => (
                     "announced",

@@ -41,6 +41,17 @@ pub struct Check {
 const EXPECTED_ROWS_TOLERANCE: f64 = 0.10;
 
 pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
+    let (_, checks) = validate_recorded(pool, run_id).await?;
+    let passed = checks.iter().all(|c| c.passed);
+    crate::notify::emit(pool, run_id, crate::notify::Happened::Validated { passed }).await;
+    Ok(checks)
+}
+
+/// Validates the run as this session and records it, telling nobody (an
+/// approval's own validation is part of the approval): the validation's id
+/// (recorded by this session's role, which an approval requires: migration
+/// 0016) and its checks.
+pub async fn validate_recorded(pool: &PgPool, run_id: Uuid) -> Result<(i64, Vec<Check>)> {
     let run = runs::load(pool, run_id).await?;
     let brief = &run.brief;
     let table = exposed_table(&run);
@@ -165,17 +176,16 @@ pub async fn validate(pool: &PgPool, run_id: Uuid) -> Result<Vec<Check>> {
             detail: &c.detail,
         })
         .collect();
-    validations::record(
+    let me = backfill_shared::control::people::whoami(pool).await?;
+    let id = validations::record(
         pool,
         run_id,
-        &crate::operator(),
+        me.name(),
         &results,
         &serde_json::to_value(&fingerprint).unwrap_or_default(),
     )
     .await?;
-    let passed = checks.iter().all(|c| c.passed);
-    crate::notify::emit(pool, run_id, crate::notify::Happened::Validated { passed }).await;
-    Ok(checks)
+    Ok((id, checks))
 }
 
 /// `backfill validate RUN --accept CHECK --reason TEXT`: the reviewer (this

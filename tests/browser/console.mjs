@@ -4,7 +4,8 @@
 // now under way.
 // Usage: node console.mjs BASE_URL RUN_ID OUT_DIR
 // Prints one JSON object: the applied cells at first and at last, whether the
-// page was ever reloaded, and the screenshots' paths.
+// page was ever reloaded, and what the browser refused under the console's
+// Content-Security-Policy (nothing, when every style and script is its own).
 import { chromium } from "playwright-core";
 
 const [base, run, out] = process.argv.slice(2);
@@ -14,6 +15,10 @@ const browser = await chromium.launch({
 });
 try {
   const page = await browser.newPage({ viewport: { width: 1200, height: 1000 } });
+  const refused = [];
+  page.on("console", (m) => {
+    if (m.text().includes("Content Security Policy")) refused.push(m.text());
+  });
   await page.goto(`${base}/runs/${run}`);
   const applied = () => page.locator(".grid i.applied").count();
   const first = await applied();
@@ -30,7 +35,7 @@ try {
   await page.screenshot({ path: `${out}/run-after.png`, fullPage: true });
   await page.goto(`${base}/`);
   await page.screenshot({ path: `${out}/runs.png`, fullPage: true });
-  console.log(JSON.stringify({ first, last, sameDocument }));
+  console.log(JSON.stringify({ first, last, sameDocument, refused }));
 } finally {
   await browser.close();
 }

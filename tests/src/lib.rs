@@ -38,11 +38,19 @@ async fn read_to_end(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> String 
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// The database role the briefs' reviewer (bob) is, in a test's world: not a
+/// login; the test's own (superuser) session acts for it, as the console does
+/// for the person logged in (migration 0013).
+pub const REVIEWER_ROLE: &str = "bf_test_reviewer";
+
 /// One test's world: its database, namespace and config.
 #[derive(Debug)]
 pub struct TestEnv {
     pub config: Config,
+    /// The session of the briefs' owner (alice), who runs them.
     pub pool: PgPool,
+    /// Connections acting for the briefs' reviewer (bob).
+    pub reviewer: PgPool,
     pub database: String,
     admin: PgPool,
 }
@@ -69,21 +77,26 @@ impl TestEnv {
             .await
             .expect("connect to the test database");
         control::migrate(&pool).await.expect("migrate");
-        // The briefs' reviewer is this session's role; their owner is nobody's.
+        // The briefs' owner is this session's role; their reviewer is acted for.
         let role: String = sqlx::query_scalar("SELECT session_user::text")
             .fetch_one(&pool)
             .await
             .expect("session user");
-        control::people::put(
-            &pool,
-            &control::people::Person {
-                name: "bob".into(),
-                role,
-                email: None,
-            },
-        )
-        .await
-        .expect("map the reviewer");
+        for (name, role) in [("alice", role.as_str()), ("bob", REVIEWER_ROLE)] {
+            control::people::put(
+                &pool,
+                &control::people::Person {
+                    name: name.into(),
+                    role: role.into(),
+                    email: None,
+                },
+            )
+            .await
+            .expect("map the owner and the reviewer");
+        }
+        let reviewer = control::people::acting_for(&pool, REVIEWER_ROLE)
+            .await
+            .expect("the tests' login acts for the reviewer");
         backfill_coordinator::tpch::load(&pool, SCHEMA, scale)
             .await
             .expect("load TPC-H");
@@ -93,6 +106,7 @@ impl TestEnv {
         Self {
             config,
             pool,
+            reviewer,
             database,
             admin,
         }
@@ -139,7 +153,7 @@ impl TestEnv {
     pub async fn record_run(&self, text: &str) -> (Uuid, Brief, Vec<BatchRange>) {
         let brief = Brief::parse(text).expect("test brief lints");
         let plan = brief.scope.batch_by.plan().expect("test brief plans");
-        let run_id = run::create(&self.pool, text, &brief, &plan, "test")
+        let run_id = run::create(&self.pool, text, &brief, &plan)
             .await
             .expect("record run");
         (run_id, brief, plan)
@@ -228,6 +242,12 @@ impl TestEnv {
     /// code, stdout and stderr.
     pub async fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
         self.cli_with(args, &[]).await
+    }
+
+    /// The same, as the briefs' reviewer (bob).
+    pub async fn cli_as_reviewer(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let acting = format!("-c backfill.acting_role={REVIEWER_ROLE}");
+        self.cli_with(args, &[("PGOPTIONS", acting.as_str())]).await
     }
 
     /// The same, with `vars` set too.
@@ -386,6 +406,7 @@ impl TestEnv {
             }
             let _ = conn.close(200, "cleanup".into()).await;
         }
+        self.reviewer.close().await;
         self.pool.close().await;
         let _ = sqlx::query(AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -412,6 +433,15 @@ impl TestEnv {
             .execute(&self.pool)
             .await
             .expect("deploy/roles.sql applies");
+        // As a site grants: everyone reads what the sources read (a reviewer
+        // validates before approving).
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "GRANT USAGE ON SCHEMA {SCHEMA} TO backfill_viewer;
+             GRANT SELECT ON ALL TABLES IN SCHEMA {SCHEMA} TO backfill_viewer;"
+        )))
+        .execute(&self.pool)
+        .await
+        .expect("grant reading the warehouse");
         let prefix = format!("bf_{}", &self.database["bf_test_".len()..]);
         let mut pools = Vec::new();
         for (who, group, mapped) in people {
@@ -609,6 +639,16 @@ fn replace_database(url: &str, database: &str) -> String {
 /// body, read to the end of a closed connection.
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     http(addr, "GET", path, &[], "").await
+}
+
+/// The CSRF token of the forms on a console page.
+#[must_use]
+pub fn form_csrf(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    page[at..at + page[at..].find('"').unwrap()].to_owned()
 }
 
 /// A request to the HTTP endpoint at `addr` with `headers` and a form `body`

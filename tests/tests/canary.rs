@@ -82,13 +82,14 @@ fn in_batches(brief: &Brief, batch_nos: &[u32]) -> String {
 async fn a_canary_waits_for_the_reviewer_and_the_run_then_ends_exact() {
     let env = TestEnv::new(0.01).await;
     break_ship_revenue(&env).await;
+    let (run_id, brief, plan) = env.record_run(&canary_brief("{ batches = 3 }", None)).await;
+    // The people get logins of their own once the run is recorded.
     let logins = env
         .logins(&[
             ("alice", "backfill_operator", true),
             ("bob", "backfill_reviewer", true),
         ])
         .await;
-    let (run_id, brief, plan) = env.record_run(&canary_brief("{ batches = 3 }", None)).await;
     // 84 monthly batches: the middle batch of each third of the scope.
     let picked = runs::load(&env.pool, run_id).await.unwrap().canary_batches;
     assert_eq!(picked, vec![14, 42, 70], "{} batches", plan.len());
@@ -230,7 +231,7 @@ async fn canary_auto_promotes_itself_unless_the_canary_breached_a_limit() {
     let drive = env.drive_in_background(run_id);
     until_state(&env, run_id, RunState::Canary).await;
     assert_eq!(applied(&env, run_id).await, run.canary_batches);
-    canary::promote(&env.pool, run_id, None).await.unwrap();
+    canary::promote(&env.reviewer, run_id, None).await.unwrap();
     // The rest breach the same limit, already accepted.
     assert_eq!(finish_within(drive, 120).await, Finish::Applied);
     workers.stop().await;

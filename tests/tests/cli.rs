@@ -333,7 +333,7 @@ async fn people_map_names_to_database_roles() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        format!("bob (database role {role})")
+        format!("alice (database role {role})")
     );
     // A role that does not exist, or is someone else already, is refused.
     let out = backfill(
@@ -345,7 +345,7 @@ async fn people_map_names_to_database_roles() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no database role"));
     let out = backfill(&env, &["people", "add", "carol", "--role", &role]).await;
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is already bob"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is already alice"));
     let out = backfill(
         &env,
         &[

@@ -75,6 +75,11 @@ async fn the_console_shows_a_run_as_the_ledger_has_it_and_its_brief_as_text() {
         "-- </script><script>alert(1)</script>\nSELECT",
         1,
     );
+    // The owner's name is hostile too, and this login is that person.
+    sqlx::query("UPDATE backfill.people SET name = '<i>alice</i>' WHERE name = 'alice'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
     let (run_id, brief, _) = env.record_run(&text).await;
     let workers = env.workers(2).await;
     assert_eq!(
@@ -341,15 +346,6 @@ fn bearer(who: &str) -> String {
     format!("Bearer {token}")
 }
 
-/// The CSRF token of the forms on a page.
-fn csrf(page: &str) -> String {
-    let at = page
-        .find("name=\"csrf\" value=\"")
-        .expect("a form with a CSRF token")
-        + 19;
-    page[at..at + page[at..].find('"').unwrap()].to_owned()
-}
-
 struct Console<'a> {
     addr: String,
     env: &'a TestEnv,
@@ -369,7 +365,7 @@ impl Console<'_> {
         )
         .await;
         assert_eq!(status, 200);
-        csrf(&page)
+        backfill_tests::form_csrf(&page)
     }
 
     /// `POST`s the action as `who` (no login when `None`) with `csrf`.
@@ -429,22 +425,23 @@ impl Console<'_> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn actions_are_taken_for_the_people_allowed_them_and_refused_for_others() {
     let env = TestEnv::new(0.01).await;
-    for who in ["alice", "carol"] {
-        backfill_shared::control::people::put(
-            &env.pool,
-            &backfill_shared::control::people::Person {
-                name: who.into(),
-                role: format!("{who}_role"),
-                email: None,
-            },
-        )
-        .await
-        .unwrap();
-    }
-    let bob_role: String = sqlx::query_scalar("SELECT session_user::text")
+    // alice (the owner) is the test's login, bob its reviewer's role; carol is
+    // neither.
+    backfill_shared::control::people::put(
+        &env.pool,
+        &backfill_shared::control::people::Person {
+            name: "carol".into(),
+            role: "carol_role".into(),
+            email: None,
+        },
+    )
+    .await
+    .unwrap();
+    let alice_role: String = sqlx::query_scalar("SELECT session_user::text")
         .fetch_one(&env.pool)
         .await
         .unwrap();
+    let bob_role = backfill_tests::REVIEWER_ROLE.to_owned();
     let wrong_before = env.differences().await;
     let (run_id, ..) = env.record_run(&env.brief(6, 2).await).await;
     let auth = console::Auth {
@@ -599,7 +596,7 @@ async fn actions_are_taken_for_the_people_allowed_them_and_refused_for_others() 
     assert_eq!(c.state().await, "cancelled");
     assert_eq!(
         c.logged("run_cancelled").await,
-        [("alice".into(), "alice_role".into())]
+        [("alice".into(), alice_role)]
     );
     env.cleanup().await;
 }

@@ -1,7 +1,8 @@
 //! The console in a real browser: Debian's Chromium, driven headless by
 //! `playwright-core` (tests/browser/console.mjs), renders the runs page and a live
-//! run's page; the batch grid shows applied and pending cells in their colours,
-//! and the page follows the run without a reload.
+//! run's page; the batch grid shows applied and pending cells in their colours
+//! (from the console's own style sheet: the Content-Security-Policy refuses
+//! nothing on the pages), and the page follows the run without a reload.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -47,6 +48,11 @@ async fn chromium_shows_the_batch_grid_and_the_page_follows_the_run() {
     );
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(seen["sameDocument"], true, "the page reloaded: {seen}");
+    assert_eq!(
+        seen["refused"],
+        serde_json::json!([]),
+        "the Content-Security-Policy refused part of a page: {seen}"
+    );
     assert!(
         seen["last"].as_u64() > seen["first"].as_u64(),
         "the grid did not follow the run: {seen}"

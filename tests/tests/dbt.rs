@@ -245,7 +245,7 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
     // Cutover: dbt without its database fails, and stops cutover there with
     // what dbt said; with it, cutover goes on and the model is rebuilt.
     validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.pool, run_id, None).await.unwrap();
+    approve::approve(&env.reviewer, run_id, None).await.unwrap();
     let (code, _, stderr) = env.cli(&["cutover", &run_id.to_string()]).await;
     assert_ne!(code, Some(0), "{stderr}");
     assert!(

@@ -71,7 +71,7 @@ async fn a_run_is_done_only_when_every_item_is_recorded() {
     );
     assert!(verdict.render().contains("84 of 84 batches applied"));
 
-    approve::approve(&env.pool, run_id, None).await.unwrap();
+    approve::approve(&env.reviewer, run_id, None).await.unwrap();
     cutover::cutover(&env.pool, run_id, "alice", Duration::from_secs(5))
         .await
         .unwrap();

@@ -45,7 +45,7 @@ async fn an_entity_scoped_run_rewrites_only_its_rows() {
             backfill_coordinator::validate::validate(&env.pool, run_id)
                 .await
                 .unwrap();
-            backfill_coordinator::lifecycle::approve::approve(&env.pool, run_id, Some("bob"))
+            backfill_coordinator::lifecycle::approve::approve(&env.reviewer, run_id, Some("bob"))
                 .await
                 .unwrap();
             backfill_coordinator::lifecycle::cutover::cutover(

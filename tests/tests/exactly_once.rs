@@ -161,9 +161,7 @@ async fn worker_stats_count_applied_batches() {
     let stats = worker.stats();
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(worker.run(stop.clone()));
-    let run_id = run::create(&env.pool, &text, &brief, &plan, "test")
-        .await
-        .unwrap();
+    let run_id = run::create(&env.pool, &text, &brief, &plan).await.unwrap();
     let finish = env.drive_in_background(run_id).await.unwrap().unwrap();
     stop.cancel();
     task.await.unwrap().unwrap();

@@ -47,7 +47,7 @@ async fn approved_swap(env: &TestEnv) -> uuid::Uuid {
     let (run_id, ..) = env.record_run(&swap_brief(env).await).await;
     assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
     validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.pool, run_id, Some("bob"))
+    approve::approve(&env.reviewer, run_id, Some("bob"))
         .await
         .unwrap();
     run_id
@@ -95,7 +95,7 @@ async fn a_swap_carries_the_live_tables_writes_both_ways() {
     let writer = tokio::spawn(pipeline(env.pool.clone(), Arc::clone(&stop)));
     assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
     validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.pool, run_id, Some("bob"))
+    approve::approve(&env.reviewer, run_id, Some("bob"))
         .await
         .unwrap();
     stop.store(true, Ordering::Relaxed);

@@ -71,9 +71,7 @@ async fn merge_backfill_matches_independent_recomputation() {
         .await
         .unwrap();
     let started = Instant::now();
-    let run_id = run::create(pool, &text, &brief, &batches, "test")
-        .await
-        .unwrap();
+    let run_id = run::create(pool, &text, &brief, &batches).await.unwrap();
     let finish = env.drive_in_background(run_id).await.unwrap().unwrap();
     let elapsed = started.elapsed();
     workers.stop().await;

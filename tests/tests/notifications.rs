@@ -86,7 +86,7 @@ async fn every_step_of_a_runs_life_reaches_openlineage_and_the_webhooks() {
     let run_id = env.record_ship_revenue_fix().await;
     assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
     validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.pool, run_id, None).await.unwrap();
+    approve::approve(&env.reviewer, run_id, None).await.unwrap();
     cutover::cutover(&env.pool, run_id, "alice", Duration::from_secs(5))
         .await
         .unwrap();

@@ -38,7 +38,9 @@ async fn list_shows_every_state_with_what_holds_it_and_ids_resolve_by_prefix() {
     let cut_over = env.record_ship_revenue_fix().await;
     assert_eq!(env.run_to_end(cut_over, 2).await, Finish::Applied);
     validate::validate(&env.pool, cut_over).await.unwrap();
-    approve::approve(&env.pool, cut_over, None).await.unwrap();
+    approve::approve(&env.reviewer, cut_over, None)
+        .await
+        .unwrap();
     cutover::cutover(&env.pool, cut_over, "alice", Duration::from_secs(5))
         .await
         .unwrap();
@@ -332,7 +334,9 @@ async fn every_command_prints_for_a_person_and_one_json_object_with_json() {
         object(&ok(env.cli(&json).await));
         text(&ok(env.cli(&args).await));
     }
-    let approved = object(&ok(env.cli(&["approve", &a_id, "--json"]).await));
+    let approved = object(&ok(env
+        .cli_as_reviewer(&["approve", &a_id, "--json"])
+        .await));
     assert_eq!(approved["approved_by"], "bob");
     let cut = object(&ok(env.cli(&["cutover", &a_id, "--json"]).await));
     assert!(cut.get("refreshed_materialized_views").is_some(), "{cut}");
@@ -350,8 +354,10 @@ async fn every_command_prints_for_a_person_and_one_json_object_with_json() {
     let b_id = stdout.lines().next().unwrap().to_owned();
     Uuid::parse_str(&b_id).expect("the run id is the first line");
     ok(env.cli(&["validate", &b_id]).await);
+    let stdout = ok(env.cli_as_reviewer(&["approve", &b_id]).await);
+    text(&stdout);
+    assert!(!stdout.contains('{'), "approve: {stdout}");
     for args in [
-        vec!["approve", &b_id],
         vec!["cutover", &b_id],
         vec!["rollback", &b_id],
         vec!["cleanup", &b_id, "--now"],
@@ -396,7 +402,7 @@ async fn every_command_prints_for_a_person_and_one_json_object_with_json() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let promoted = object(&ok(env
-        .cli(&["promote", &g_id.to_string(), "--json"])
+        .cli_as_reviewer(&["promote", &g_id.to_string(), "--json"])
         .await));
     assert_eq!(
         (

@@ -176,7 +176,7 @@ async fn every_strategy_on_a_partitioned_target_is_exact_and_keeps_the_partition
             }
 
             validate::validate(&env.pool, run_id).await.unwrap();
-            approve::approve(&env.pool, run_id, Some("bob"))
+            approve::approve(&env.reviewer, run_id, Some("bob"))
                 .await
                 .unwrap();
             read_through(&env, &format!("{what}: cutover"), async {
@@ -248,7 +248,7 @@ async fn a_swap_refuses_a_table_built_unlike_the_target() {
     let (run_id, ..) = env.record_run(&text).await;
     assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
     validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.pool, run_id, Some("bob"))
+    approve::approve(&env.reviewer, run_id, Some("bob"))
         .await
         .unwrap();
     // The target gains an index after the staging table was built: swapping
@@ -369,7 +369,7 @@ async fn partition_overwrite_exchanges_a_partition_that_is_one_batch() {
     assert_eq!(applied.checks.unmatched.range_rows, kept_rows);
 
     validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.pool, run_id, Some("bob"))
+    approve::approve(&env.reviewer, run_id, Some("bob"))
         .await
         .unwrap();
     cutover::cutover(&env.pool, run_id, "alice", LOCK)

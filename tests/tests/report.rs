@@ -35,7 +35,7 @@ async fn the_report_matches_the_tables_and_renders_with_its_chart() {
     );
     workers.stop().await;
     validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.pool, run_id, Some("bob"))
+    approve::approve(&env.reviewer, run_id, Some("bob"))
         .await
         .unwrap();
     cutover::cutover(&env.pool, run_id, "alice", Duration::from_secs(5))

@@ -232,14 +232,21 @@ async fn forgeries_in_sql_are_refused_and_change_nothing() {
         "{err}"
     );
 
-    // A view shadowing pg_roles and a search path that finds it first, to
-    // pass as a superuser naming the reviewer: the rules read pg_catalog.
+    // A view shadowing pg_roles, to pass as a superuser naming the reviewer:
+    // nobody but the schema's owner creates anything in schema backfill.
+    let err = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE VIEW backfill.pg_roles AS SELECT '{}'::name AS rolname, true AS rolsuper",
+        login("alice")
+    )))
+    .execute(alice)
+    .await
+    .unwrap_err();
+    assert!(denied(&err), "{err}");
+    // A search path that finds schema backfill first, and the reviewer named
+    // as the person acted for: the rules read pg_catalog and the session.
     let mut conn = alice.acquire().await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE VIEW backfill.pg_roles AS SELECT '{}'::name AS rolname, true AS rolsuper;
-         SET search_path = backfill, pg_catalog;
-         SET backfill.acting_role = '{}';",
-        login("alice"),
+        "SET search_path = backfill, pg_catalog; SET backfill.acting_role = '{}';",
         login("bob")
     )))
     .execute(&mut *conn)
@@ -257,11 +264,75 @@ async fn forgeries_in_sql_are_refused_and_change_nothing() {
     .execute(&mut *conn)
     .await
     .unwrap();
-    sqlx::raw_sql("DROP VIEW backfill.pg_roles; RESET search_path; RESET backfill.acting_role")
+    sqlx::raw_sql("RESET search_path; RESET backfill.acting_role")
         .execute(&mut *conn)
         .await
         .unwrap();
     drop(conn);
+
+    // A passing validation inserted by the operator is never enough: the
+    // reviewer's approval naming it is refused, whoever the insert names.
+    let forged: i64 = sqlx::query_scalar(
+        "INSERT INTO backfill.validation_runs (run_id, actor, passed, failed, fingerprint, recorded_by)
+         SELECT run_id, 'bob', true, '{}', fingerprint, $2 FROM backfill.validation_runs
+          WHERE run_id = $1 ORDER BY id DESC LIMIT 1 RETURNING id",
+    )
+    .bind(applied)
+    .bind(login("bob"))
+    .fetch_one(alice)
+    .await
+    .unwrap();
+    let err = sqlx::query(
+        "UPDATE backfill.runs SET state = 'approved', approved_by = 'bob', approved_at = now(),
+                approved_validation = $2 WHERE run_id = $1",
+    )
+    .bind(applied)
+    .bind(forged)
+    .execute(bob)
+    .await
+    .unwrap_err();
+    assert!(denied(&err), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("recorded by role {}", login("alice"))),
+        "{err}"
+    );
+
+    // A run whose brief names another owner: refused to its recorder, by the
+    // CLI and by the database, naming both.
+    let carols = ship_revenue::brief("merge", "delete", "")
+        .replace("owner = \"alice\"", "owner = \"carol\"")
+        .replace("reviewer = \"bob\"", "reviewer = \"alice\"");
+    let brief = backfill_shared::brief::Brief::parse(&carols).unwrap();
+    let plan = brief.scope.batch_by.plan().unwrap();
+    let err = backfill_coordinator::run::create(alice, &carols, &brief, &plan)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("names carol as owner, but this session is alice"),
+        "{err}"
+    );
+    let err = sqlx::query(
+        "INSERT INTO backfill.runs SELECT (jsonb_populate_record(NULL::backfill.runs,
+             to_jsonb(r) || jsonb_build_object('run_id', gen_random_uuid(), 'state', 'running',
+                 'target', 'tpch.forged', 'owner', 'carol', 'reviewer', 'alice', 'finished_at', NULL))).*
+           FROM backfill.runs r WHERE run_id = $1",
+    )
+    .bind(applied)
+    .execute(alice)
+    .await
+    .unwrap_err();
+    assert!(denied(&err), "{err}");
+    assert!(err.to_string().contains("names carol as owner"), "{err}");
+
+    // A worker rewrites an applied batch's figures: refused.
+    let err = sqlx::query("UPDATE backfill.batches SET rows_inserted = 0 WHERE run_id = $1")
+        .bind(applied)
+        .execute(walt)
+        .await
+        .unwrap_err();
+    assert!(denied(&err), "{err}");
 
     // A copy of the run, inserted already approved or cut over.
     for state in ["approved", "cut_over", "applied"] {

@@ -30,7 +30,7 @@ async fn run_strategy(env: &TestEnv, strategy: &str) -> Uuid {
 
 async fn approve_and_cut_over(env: &TestEnv, run_id: Uuid) -> cutover::CutoverReport {
     validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.pool, run_id, Some("bob"))
+    approve::approve(&env.reviewer, run_id, Some("bob"))
         .await
         .unwrap();
     cutover::cutover(&env.pool, run_id, "alice", LOCK)
@@ -231,7 +231,7 @@ async fn staging_swap_cuts_over_atomically_with_dependent_views_and_rolls_back()
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.pool, run_id, Some("bob"))
+    approve::approve(&env.reviewer, run_id, Some("bob"))
         .await
         .unwrap();
     let report = cutover::cutover(&env.pool, run_id, "alice", LOCK)
@@ -309,7 +309,7 @@ async fn the_approval_gate() {
     let text = env.brief(4, 2).await;
     let (run_id, ..) = env.record_run(&text).await;
     // Still writing: cannot be approved.
-    let err = approve::approve(&env.pool, run_id, Some("bob"))
+    let err = approve::approve(&env.reviewer, run_id, Some("bob"))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("still running"), "{err}");
@@ -326,7 +326,7 @@ async fn the_approval_gate() {
     assert!(err.to_string().contains("not approved"), "{err}");
     assert_eq!(err.exit_code(), 2);
     // Not validated: cannot be approved.
-    let err = approve::approve(&env.pool, run_id, Some("bob"))
+    let err = approve::approve(&env.reviewer, run_id, Some("bob"))
         .await
         .unwrap_err();
     assert!(
@@ -337,7 +337,7 @@ async fn the_approval_gate() {
     validate::validate(&env.pool, run_id).await.unwrap();
     // A name typed is checked against the login (the owner's own role is
     // refused in roles.rs); a stranger is refused too.
-    let err = approve::approve(&env.pool, run_id, Some("alice"))
+    let err = approve::approve(&env.reviewer, run_id, Some("alice"))
         .await
         .unwrap_err();
     assert!(
@@ -346,11 +346,11 @@ async fn the_approval_gate() {
         "{err}"
     );
     assert!(
-        approve::approve(&env.pool, run_id, Some("mallory"))
+        approve::approve(&env.reviewer, run_id, Some("mallory"))
             .await
             .is_err()
     );
-    approve::approve(&env.pool, run_id, Some("bob"))
+    approve::approve(&env.reviewer, run_id, Some("bob"))
         .await
         .unwrap();
     let run = runs::load(&env.pool, run_id).await.unwrap();

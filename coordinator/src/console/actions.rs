@@ -15,7 +15,6 @@ use backfill_shared::config::Config;
 use backfill_shared::control::people::Person;
 use backfill_shared::control::runs::RunState;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -119,40 +118,6 @@ impl Action {
             _ => None,
         }
     }
-}
-
-/// Connections that act for `role`; refused when the console's own database
-/// role may not act for people.
-pub(super) async fn acting_for(pool: &PgPool, role: &str) -> Result<PgPool, String> {
-    let setting = role.to_owned();
-    let acting = PgPoolOptions::new()
-        .max_connections(2)
-        .after_connect(move |conn, _| {
-            let role = setting.clone();
-            Box::pin(async move {
-                sqlx::query("SELECT set_config('backfill.acting_role', $1, false)")
-                    .bind(role)
-                    .execute(conn)
-                    .await
-                    .map(|_| ())
-            })
-        })
-        .connect_with((*pool.connect_options()).clone())
-        .await
-        .map_err(|e| format!("cannot connect to the warehouse: {e}"))?;
-    let (acting_as, me): (String, String) =
-        sqlx::query_as("SELECT backfill.acting_role()::text, session_user::text")
-            .fetch_one(&acting)
-            .await
-            .map_err(|e| format!("cannot ask the warehouse who acts: {e}"))?;
-    if acting_as != role {
-        acting.close().await;
-        return Err(format!(
-            "the console's database role {me} may not act for people; an administrator grants it: \
-             GRANT backfill_console TO {me} (deploy/roles.sql)"
-        ));
-    }
-    Ok(acting)
 }
 
 /// Takes `action` on the run as `person`, on `acting` (connections that act for

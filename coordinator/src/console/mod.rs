@@ -97,6 +97,7 @@ pub fn router(pool: PgPool, config: Config, auth: Auth) -> Router {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/static/live.js", get(live_script))
+        .route("/static/console.css", get(style_sheet))
         .with_state(app)
         .merge(backfill_shared::metrics::router(Arc::new(registry), ready))
         .fallback(|| async { Failure::not_found("no such page: the runs are at /".into()) })
@@ -106,9 +107,8 @@ pub fn router(pool: PgPool, config: Config, auth: Auth) -> Router {
 }
 
 /// What every response carries: a Content-Security-Policy that lets pages
-/// load scripts, images and everything else only from the console itself
-/// (inline style attributes aside: the grid's colours and bars), and no
-/// framing, sniffing or cross-origin referrer. With `--require-login`,
+/// load scripts, styles, images and everything else only from the console
+/// itself (no inline script or style), and no framing, sniffing or cross-origin referrer. With `--require-login`,
 /// `/metrics` too needs a login, unless `--public-metrics`.
 async fn secured(
     auth: Arc<Auth>,
@@ -132,7 +132,7 @@ async fn secured(
     for (name, value) in [
         (
             header::CONTENT_SECURITY_POLICY,
-            "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
         ),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
@@ -152,6 +152,19 @@ async fn live_script() -> Response {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         pages::LIVE_SCRIPT,
+    )
+        .into_response()
+}
+
+/// The console's style sheet, served from the console itself so the
+/// Content-Security-Policy allows no inline style.
+async fn style_sheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        pages::STYLE_SHEET.as_str(),
     )
         .into_response()
 }
@@ -707,9 +720,9 @@ async fn act(
         return Err(Failure::forbidden(why));
     }
     let reason = Some(form.reason.trim()).filter(|r| !r.is_empty());
-    let acting = actions::acting_for(&app.pool, &person.role)
+    let acting = people::acting_for(&app.pool, &person.role)
         .await
-        .map_err(Failure::forbidden)?;
+        .map_err(|e| Failure::forbidden(e.to_string()))?;
     let taken = actions::take(
         action,
         &acting,

@@ -8,7 +8,36 @@ use axum::http::StatusCode;
 use backfill_shared::control::batches::Cell;
 use backfill_shared::control::maintenance;
 use backfill_shared::control::runs::RunState;
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{DOCTYPE, Markup, html};
+
+/// The console's style sheet, served from `/static/console.css`: the
+/// Content-Security-Policy allows no inline style, so a bar's width and a
+/// cell's fill are classes of [`STEPS`] steps, not style attributes.
+pub(super) static STYLE_SHEET: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use std::fmt::Write as _;
+    let mut sheet = CSS.to_owned();
+    for step in 0..=STEPS {
+        let pct = step * 100 / STEPS;
+        let _ = write!(
+            sheet,
+            ".bar span.w{pct}{{width:{pct}%}}\
+             .grid i.p{pct}{{background:linear-gradient(to top,#1a7f37 {pct}%,#d0d7de {pct}%)}}"
+        );
+    }
+    sheet
+});
+
+/// How many steps a progress bar and a partly applied cell show.
+const STEPS: i64 = 20;
+
+/// `part` of `whole` as a percentage, to the nearest step of [`STEPS`].
+fn stepped(part: i64, whole: i64) -> i64 {
+    if whole <= 0 {
+        return 0;
+    }
+    let step = (part.clamp(0, whole) * STEPS * 2 + whole) / (whole * 2);
+    step * 100 / STEPS
+}
 
 const CSS: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1b1f24}\
 header{background:#24292f;color:#fff;padding:.6rem 1.5rem}header a{color:#fff;text-decoration:none;font-weight:600}\
@@ -22,8 +51,8 @@ th{background:#f6f8fa}.num{text-align:right;font-variant-numeric:tabular-nums}\
 pre{background:#f6f8fa;padding:.6rem;overflow-x:auto;white-space:pre-wrap;word-break:break-word}\
 .kw{color:#cf222e;font-weight:600}.str{color:#0a3069}.cm{color:#6e7781}\
 .grid{display:flex;flex-wrap:wrap;gap:2px;max-width:72rem}.grid i{width:10px;height:10px;display:block;background:#d0d7de}\
-.grid i.applied{background:#1a7f37}.grid i.running{background:#0969da}.grid i.queued{background:#80ccff}\
-.grid i.failed{background:#cf222e}.grid i.rolled_back{background:#8250df}\
+i.applied{background:#1a7f37}i.running{background:#0969da}i.queued{background:#80ccff}\
+i.failed{background:#cf222e}i.rolled_back{background:#8250df}.legend i.pending{background:#d0d7de}\
 .legend i{display:inline-block;width:10px;height:10px;margin:0 .2rem 0 .8rem}.fail{color:#b42318;font-weight:600}\
 dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dt{color:#57606a}dd{margin:0}\
 .who{float:right}.who form{display:inline}.who button{background:none;border:0;color:#fff;text-decoration:underline;cursor:pointer}\
@@ -46,7 +75,7 @@ fn layout(title: &str, viewer: Option<&Viewer>, body: &Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Backfill" }
-                style { (PreEscaped(CSS)) }
+                link rel="stylesheet" href="/static/console.css";
             }
             body {
                 header {
@@ -94,7 +123,7 @@ fn progress(applied: i64, total: i64) -> Markup {
         0.0
     };
     html! {
-        span.bar title=(format!("{pct:.1} %")) { span style=(format!("width:{pct:.1}%")) {} }
+        span.bar title=(format!("{pct:.1} %")) { span class=(format!("w{}", stepped(applied, total))) {} }
         " " (applied) "/" (total)
     }
 }
@@ -357,9 +386,8 @@ pub(super) fn live(s: &Status, grid: &[Cell]) -> Markup {
         h3 { "Batches" }
         p.legend {
             "One cell per " @if per_batch > 1 { (per_batch) " batches" } @else { "batch" } ":"
-            i style="background:#d0d7de" {} "pending" i style="background:#80ccff" {} "queued"
-            i style="background:#0969da" {} "running" i style="background:#1a7f37" {} "applied"
-            i style="background:#cf222e" {} "failed" i style="background:#8250df" {} "rolled back"
+            i.key.pending {} "pending" i.key.queued {} "queued" i.key.running {} "running"
+            i.key.applied {} "applied" i.key.failed {} "failed" i.key.rolled_back {} "rolled back"
         }
         div.grid role="img" aria-label="batches by state" { @for cell in grid { (grid_cell(cell)) } }
         @if !s.failures.is_empty() {
@@ -389,26 +417,22 @@ pub(super) fn live(s: &Status, grid: &[Cell]) -> Markup {
 /// else filled in proportion to its applied batches; its figures on hover.
 fn grid_cell(cell: &Cell) -> Markup {
     let n = cell.batches().max(1);
-    let (class, style) = if cell.failed > 0 {
-        ("failed", None)
+    let class = if cell.failed > 0 {
+        "failed".to_owned()
     } else if cell.running > 0 {
-        ("running", None)
+        "running".to_owned()
     } else if cell.queued > 0 {
-        ("queued", None)
+        "queued".to_owned()
     } else if cell.rolled_back == n {
-        ("rolled_back", None)
+        "rolled_back".to_owned()
     } else if cell.applied == n {
-        ("applied", None)
+        "applied".to_owned()
     } else if cell.applied > 0 {
-        let pct = cell.applied * 100 / n;
-        (
-            "partial",
-            Some(format!(
-                "background:linear-gradient(to top,#1a7f37 {pct}%,#d0d7de {pct}%)"
-            )),
-        )
+        // Neither empty nor full, however it rounds.
+        let pct = stepped(cell.applied, n).clamp(100 / STEPS, 100 - 100 / STEPS);
+        format!("p{pct}")
     } else {
-        ("pending", None)
+        "pending".to_owned()
     };
     let batches = if cell.first == cell.last {
         format!("batch {}", cell.first)
@@ -432,7 +456,7 @@ fn grid_cell(cell: &Cell) -> Markup {
         title.push('\n');
         title.push_str(error);
     }
-    html! { i class=(class) style=[style] title=(title) {} }
+    html! { i class=(class) title=(title) {} }
 }
 
 const KEYWORDS: &[&str] = &[

@@ -163,31 +163,77 @@ retain_days = 14
     ))
 }
 
-/// The demo plays the reviewer from its own session: `reviewer` becomes this
-/// session's database role in `backfill.people`, unless the role is already
-/// someone else.
-async fn play_reviewer(pool: &PgPool, reviewer: &str) -> Result<()> {
+/// The role the demo's reviewer acts as, when nobody is mapped to the reviewer.
+const DEMO_REVIEWER_ROLE: &str = "backfill_demo_reviewer";
+
+/// The demo plays both people a backfill needs from its one login: the owner,
+/// who runs the brief (this session's role, mapped to `owner` in
+/// backfill.people), and the reviewer, on connections that act for the
+/// reviewer's own role (a NOLOGIN role of the demo's, unless someone is mapped
+/// already). Only a superuser's session may act for another role (migration
+/// 0013), so the demo needs one, as a fresh machine's login is. Returns the
+/// reviewer's connections.
+async fn play_people(pool: &PgPool, owner: &str, reviewer: &str) -> Result<PgPool> {
     use backfill_shared::control::people::{self, Person};
     let session = people::whoami(pool).await?;
-    match &session.person {
-        Some(_) if session.is(reviewer) => Ok(()),
-        Some(p) => Err(CliError::BadInput(format!(
-            "the demo approves as {reviewer} from this session, but its database role {} is already {} in backfill.people; run the demo as another role",
-            session.role, p.name
-        ))),
+    let everyone = people::list(pool).await?;
+    let mapped = |name: &str| {
+        everyone
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(name))
+            .map(|p| p.role.clone())
+    };
+    let mut reviewer_role = mapped(reviewer).unwrap_or_else(|| DEMO_REVIEWER_ROLE.to_owned());
+    if reviewer_role == session.role {
+        // Demos before the owner was a login approved from this session: the
+        // reviewer moves to the demo's own role, and the owner takes the login.
+        reviewer_role = DEMO_REVIEWER_ROLE.to_owned();
+    }
+    if reviewer_role == DEMO_REVIEWER_ROLE {
+        sqlx::raw_sql(
+            "DO $$ BEGIN
+                 CREATE ROLE backfill_demo_reviewer NOLOGIN;
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+             END $$",
+        )
+        .execute(pool)
+        .await?;
+        people::put(
+            pool,
+            &Person {
+                name: reviewer.to_owned(),
+                role: reviewer_role.clone(),
+                email: None,
+            },
+        )
+        .await?;
+    }
+    match people::whoami(pool).await?.person {
+        Some(p) if !p.name.eq_ignore_ascii_case(owner) => {
+            return Err(CliError::BadInput(format!(
+                "the demo runs its brief as the owner {owner} from this session, but its database role {} is {} in backfill.people; run the demo as another role",
+                session.role, p.name
+            )));
+        }
+        Some(_) => {}
         None => {
             people::put(
                 pool,
                 &Person {
-                    name: reviewer.to_owned(),
+                    name: owner.to_owned(),
                     role: session.role.clone(),
                     email: None,
                 },
             )
             .await?;
-            Ok(())
         }
     }
+    people::acting_for(pool, &reviewer_role).await.map_err(|e| {
+        CliError::BadInput(format!(
+            "the demo approves as {reviewer} (database role {reviewer_role}) from this login: {e}; \
+             run it as a superuser, or take the steps by hand with two logins (README, Roles)"
+        ))
+    })
 }
 
 /// The demo's brief without before-images: a metric-changing live write must
@@ -342,9 +388,10 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
     let (plan, batches, _) = plan::plan(&pool, &brief).await?;
     say!("{}", plan.render());
 
+    let reviewer = play_people(&pool, &brief.meta.owner, &brief.meta.reviewer).await?;
     let mut workers = WorkerProcesses::start(&worker_program, config, workers)?;
     let t = Instant::now();
-    let run_id = run::create(&pool, &text, &brief, &batches, "demo").await?;
+    let run_id = run::create(&pool, &text, &brief, &batches).await?;
     say!("Run {run_id}");
     let interrupt = CancellationToken::new();
     let options = DriveOptions {
@@ -420,8 +467,8 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
             failed.name, failed.summary
         )));
     }
-    play_reviewer(&pool, &brief.meta.reviewer).await?;
-    crate::lifecycle::approve::approve(&pool, run_id, Some(&brief.meta.reviewer)).await?;
+    crate::lifecycle::approve::approve(&reviewer, run_id, Some(&brief.meta.reviewer)).await?;
+    reviewer.close().await;
     let report = crate::lifecycle::cutover::cutover(
         &pool,
         run_id,

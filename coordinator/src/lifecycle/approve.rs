@@ -1,9 +1,12 @@
 //! `backfill approve RUN [--reviewer NAME]`: only the reviewer the brief names
-//! (never the owner), as the database knows them: the session user must be the
-//! reviewer's role in `backfill.people` (the database enforces it too); only
-//! once every batch is applied, and only when the run's latest
-//! validation passed or each of its failed checks was accepted by someone other
-//! than the owner. The approval names that validation; cutover exposes what it saw.
+//! (never the owner, nor whoever recorded the run), as the database knows them:
+//! the session user must be the reviewer's role in `backfill.people` (the
+//! database enforces it too); only once every batch is applied and the run was
+//! validated. Approving validates the run again in the reviewer's own session
+//! and approves that validation, which must pass or have each failed check
+//! accepted by the reviewer (an acceptance of the same check with the same
+//! figures in an earlier validation holds). The approval names that
+//! validation; cutover exposes what it saw.
 
 use crate::{CliError, Result};
 use backfill_shared::control::batches;
@@ -86,17 +89,35 @@ pub async fn approve(pool: &PgPool, run_id: Uuid, claimed: Option<&str>) -> Resu
             )));
         }
     }
-    let Some(latest) = latest else {
+    if latest.is_none() {
         return Err(CliError::BadInput(format!(
             "run {run_id} has not been validated; run `backfill validate {run_id}`, then approve"
         )));
-    };
+    }
+    // The reviewer approves what their own session measures now: a validation
+    // anyone else recorded is never enough (the database holds the same rule).
+    let (id, _) = crate::validate::validate_recorded(pool, run_id).await?;
+    for (of, held) in validations::acceptances_that_hold(pool, run_id, id).await? {
+        let reason = format!(
+            "{} (accepted on validation {of}: the same figures)",
+            held.reason
+        );
+        let acceptance = validations::Acceptance {
+            actor: session.name().to_owned(),
+            reason,
+            ..held
+        };
+        validations::accept(pool, run_id, id, &acceptance).await?;
+    }
+    let latest = validations::get(pool, id)
+        .await?
+        .ok_or_else(|| CliError::Internal(format!("validation {id} was recorded and is gone")))?;
     let open = open_failures(pool, &latest).await?;
     if !open.is_empty() {
         return Err(CliError::BadInput(format!(
-            "the latest validation of run {run_id} ({}) failed: {}. Fix the cause and run `backfill validate {run_id}` again, \
-             or have someone other than the owner accept each failure: `backfill validate {run_id} --accept \"{}\" --reason \"...\"`",
-            latest.at.format("%Y-%m-%d %H:%M:%S UTC"),
+            "validating run {run_id} again as {} failed: {}. Fix the cause and validate again, \
+             or, as the reviewer, accept each failure: `backfill validate {run_id} --accept \"{}\" --reason \"...\"`, then approve",
+            session.name(),
             open.join(", "),
             open[0]
         )));

@@ -6,10 +6,31 @@ use crate::error::{CliError, Result};
 use crate::lifecycle;
 use backfill_shared::brief::{BatchRange, Brief};
 use backfill_shared::control::runs::{self, NewRun};
-use backfill_shared::control::{drift, maintenance};
+use backfill_shared::control::{drift, maintenance, people};
 use backfill_shared::sql::TableName;
 use sqlx::PgPool;
 use uuid::Uuid;
+
+/// This session, when it is the person the brief names as owner: the owner
+/// runs the brief (the database holds the same rule, migration 0016), and the
+/// run records them as its operator.
+async fn owner_session(pool: &PgPool, brief: &Brief) -> Result<people::Session> {
+    let owner = &brief.meta.owner;
+    let session = people::whoami(pool).await?;
+    match &session.person {
+        None => Err(CliError::BadInput(format!(
+            "this session's database role {role} is nobody in backfill.people, and only the brief's owner ({owner}) runs it; \
+             connect as {owner}'s own role (BACKFILL_DATABASE_URL), or have an administrator map it: `backfill people add {owner} --role {role}`",
+            role = session.role
+        ))),
+        Some(me) if !session.is(owner) => Err(CliError::BadInput(format!(
+            "the brief names {owner} as owner, but this session is {} (database role {}); \
+             {owner} runs it from their own login, or the brief names who does",
+            me.name, session.role
+        ))),
+        Some(_) => Ok(session),
+    }
+}
 
 /// Records a new run (and its before-image table) in one transaction.
 pub async fn create(
@@ -17,13 +38,13 @@ pub async fn create(
     brief_text: &str,
     brief: &Brief,
     batches: &[BatchRange],
-    operator: &str,
 ) -> Result<Uuid> {
+    let operator = owner_session(pool, brief).await?;
     let run_id = Uuid::new_v4();
     let target = &brief.scope.target;
     let live = lifecycle::writes_live_target(brief);
     let image_table = (live && brief.write.snapshot).then(|| TableName {
-        schema: "backfill".into(),
+        schema: backfill_shared::control::DATA_SCHEMA.into(),
         table: format!("image_{}", run_id.simple()),
     });
     let side_table = lifecycle::side_table(brief, run_id);
@@ -83,7 +104,7 @@ pub async fn create(
             run_id,
             brief_text,
             brief,
-            operator,
+            operator: operator.name(),
             batches,
             image_table: image_table.as_ref(),
             side_table: side_table.as_ref(),

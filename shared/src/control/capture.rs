@@ -4,7 +4,7 @@
 //! writes. When the run is recorded, in the transaction that copies the
 //! target's rows outside the scope, statement-level triggers on the target
 //! start recording the key of every row inserted, updated or deleted into the
-//! run's change table (`backfill.bf_changes_<run>`). At cutover the changes
+//! run's change table (`backfill_data.bf_changes_<run>`). At cutover the changes
 //! are carried into the built table: a key outside the scope gets the row the
 //! live table has (or loses it); a key inside the scope is a conflict — the
 //! backfill rewrote it from the source — unless the operator accepts the live
@@ -51,11 +51,11 @@ impl Capture {
         let short = super::short(run_id);
         Self {
             changes: TableName {
-                schema: super::SCHEMA.into(),
+                schema: super::DATA_SCHEMA.into(),
                 table: format!("bf_changes_{short}"),
             },
             function: TableName {
-                schema: super::SCHEMA.into(),
+                schema: super::DATA_SCHEMA.into(),
                 table: format!("bf_capture_{short}"),
             },
         }

@@ -17,7 +17,11 @@ pub mod validations;
 
 use sqlx::PgPool;
 
+/// The control plane: the record of runs and the rules that keep it.
 pub const SCHEMA: &str = "backfill";
+/// A run's own tables: before-images and a swap's change tables. Operators
+/// create them here; only the owner of [`SCHEMA`] creates anything there.
+pub const DATA_SCHEMA: &str = "backfill_data";
 
 /// The first eight hex digits of a run id, for the names of its objects.
 #[must_use]
@@ -25,7 +29,7 @@ pub fn short(run_id: uuid::Uuid) -> String {
     run_id.simple().to_string()[..8].to_owned()
 }
 
-/// The last column of a run's before-image table (`backfill.image_<run>`,
+/// The last column of a run's before-image table (`backfill_data.image_<run>`,
 /// `bf_batch_no`, `bf_op`, then the target's columns): for an updated row
 /// (`bf_op = 'U'`), a 64-bit hash (`hashtextextended`) of the row the update wrote, so rollback can tell
 /// a row changed since the run from one the run left as it was.
@@ -46,6 +50,9 @@ pub enum ControlError {
     /// A lock not granted in time; nothing changed, and trying again is safe.
     #[error("{0}")]
     Busy(String),
+    /// Something this login may not do; the message names who may.
+    #[error("{0}")]
+    Refused(String),
     #[error("the control plane holds data this build cannot read: {0}")]
     Corrupt(String),
     #[error("could not create or upgrade the control-plane schema `backfill`: {0}")]

@@ -3,9 +3,10 @@
 //! user, never a name someone typed; the database itself refuses an approval or
 //! an accepted check from any role but the reviewer's (migration 0008).
 
-use super::Result;
+use super::{ControlError, Result};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Person {
@@ -109,4 +110,37 @@ pub async fn by_login(pool: &PgPool, login: &str) -> Result<Option<Person>> {
     .bind(login)
     .fetch_optional(pool)
     .await?)
+}
+
+/// Connections of `pool`'s login that act for `role` (the console for the
+/// person logged in; the demo for its reviewer); refused when that login may
+/// not act for people (migration 0013).
+pub async fn acting_for(pool: &PgPool, role: &str) -> Result<PgPool> {
+    let setting = role.to_owned();
+    let acting = PgPoolOptions::new()
+        .max_connections(2)
+        .after_connect(move |conn, _| {
+            let role = setting.clone();
+            Box::pin(async move {
+                sqlx::query("SELECT set_config('backfill.acting_role', $1, false)")
+                    .bind(role)
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .connect_with((*pool.connect_options()).clone())
+        .await?;
+    let (acting_as, me): (String, String) =
+        sqlx::query_as("SELECT backfill.acting_role()::text, session_user::text")
+            .fetch_one(&acting)
+            .await?;
+    if acting_as != role {
+        acting.close().await;
+        return Err(ControlError::Refused(format!(
+            "database role {me} may not act for people (only a superuser or a member of backfill_console may); an administrator grants it: \
+             GRANT backfill_console TO {me} (deploy/roles.sql)"
+        )));
+    }
+    Ok(acting)
 }

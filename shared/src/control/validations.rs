@@ -160,6 +160,42 @@ pub async fn accept(
     Ok(inserted)
 }
 
+/// The acceptances of earlier validations of the run that hold for
+/// `validation` too: of a check that failed there with the same summary (the
+/// same figures) as it fails in `validation`. The latest per check.
+pub async fn acceptances_that_hold(
+    pool: &PgPool,
+    run_id: Uuid,
+    validation: i64,
+) -> Result<Vec<(i64, Acceptance)>> {
+    let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (a.check_name) a.validation_run, a.check_name, a.actor, a.reason
+           FROM backfill.check_acceptances a
+           JOIN backfill.validation_runs v ON v.id = a.validation_run AND v.run_id = $1 AND v.id < $2
+           JOIN backfill.validations before ON before.validation_run = v.id AND before.check_name = a.check_name
+           JOIN backfill.validations now ON now.validation_run = $2 AND now.check_name = a.check_name
+          WHERE NOT now.passed AND NOT before.passed AND now.summary = before.summary
+          ORDER BY a.check_name, a.at DESC",
+    )
+    .bind(run_id)
+    .bind(validation)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(of, check_name, actor, reason)| {
+            (
+                of,
+                Acceptance {
+                    check_name,
+                    actor,
+                    reason,
+                },
+            )
+        })
+        .collect())
+}
+
 /// Each check's latest result for a run: name, passed, summary, when.
 pub async fn latest_results(
     pool: &PgPool,
