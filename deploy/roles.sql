@@ -22,7 +22,9 @@
 -- any session but the reviewer's role, and never from the owner's or the one
 -- that recorded the run (migration 0008); an approval counts only a validation
 -- the reviewer's own session recorded; every run-log entry records the session
--- user, whatever the insert says. A worker never rewrites an applied batch. The rules are definer functions with their
+-- user, whatever the insert says. A worker never rewrites an applied batch.
+-- Cutover, rollback, cancel, done and resuming are the run's owner's or
+-- reviewer's (migration 0017); pausing is any operator's. The rules are definer functions with their
 -- search path pinned, a run is inserted only in its first state, its brief,
 -- owner and reviewer never change, and its state moves only along its life
 -- (migration 0015): no grant below lets a login step around them in SQL. The

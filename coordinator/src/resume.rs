@@ -39,6 +39,7 @@ async fn open_breaches(pool: &PgPool, run_id: Uuid) -> Result<Vec<Breach>> {
 /// `accept` says why. A running run is left as it is, for the caller to re-attach.
 pub async fn resume(pool: &PgPool, run_id: Uuid, actor: &str, accept: Option<&str>) -> Result<()> {
     let run = runs::load(pool, run_id).await?;
+    crate::lifecycle::approve::as_owner_or_reviewer(pool, &run, "resume").await?;
     match run.state {
         RunState::Halted => {}
         RunState::Paused => {
@@ -125,6 +126,7 @@ async fn back_to_running(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<()>
 /// moves it back to running. Returns how many batches come back.
 pub async fn retry(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<u64> {
     let run = runs::load(pool, run_id).await?;
+    crate::lifecycle::approve::as_owner_or_reviewer(pool, &run, "retry").await?;
     if !matches!(run.state, RunState::Halted | RunState::Running) {
         return Err(CliError::BadInput(format!(
             "run {run_id} is {}; only a halted or running run retries",
@@ -166,6 +168,8 @@ pub async fn pause(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<()> {
 /// `backfill cancel RUN`: stops the run for good. Applied batches stay applied (and
 /// can be rolled back); the rest never start.
 pub async fn cancel(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<()> {
+    let run = runs::load(pool, run_id).await?;
+    crate::lifecycle::approve::as_owner_or_reviewer(pool, &run, "cancel").await?;
     let from = [
         RunState::Running,
         RunState::Paused,

@@ -1,5 +1,5 @@
 //! `cargo bench -p backfill-tests --bench backfill [-- --scale F --batches N
-//! --workers N --empty-batches N --plan-batches N --repeat N --cases all|main|partitions|diff|console]`: Backfill against hand-written
+//! --workers N --empty-batches N --plan-batches N --repeat N --cases all|main|partitions|diff|console|swap]`: Backfill against hand-written
 //! SQL, printed as a table with ratios (see `backfill_tests::bench`). Build the
 //! binaries first: `cargo build --release --bins`.
 
@@ -45,9 +45,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     "partitions" => Cases::Partitions,
                     "diff" => Cases::Diff,
                     "console" => Cases::Console,
+                    "swap" => Cases::Swap,
                     other => {
                         return Err(format!(
-                            "--cases: {other:?}; use all, main (a to h), partitions (i), diff (j) or console (k)"
+                            "--cases: {other:?}; use all, main (a to h), partitions (i), diff (j), console (k) or swap (l)"
                         ));
                     }
                 };

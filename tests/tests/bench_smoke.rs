@@ -40,6 +40,8 @@ async fn the_benchmark_runs_every_case() {
         "(j) diff of the run",
         "(j) diff of two line-item tables",
         "(k) console: the page of a 20000-batch run",
+        "(l) swap, target locked, no live writes",
+        "(l) swap with ",
     ] {
         let line = report
             .lines

@@ -1,4 +1,5 @@
-//! A merge serialises with the daily pipeline: while slowed batches run, a
+//! A merge, and a partition-overwrite exchanging whole partitions, serialise
+//! with the daily pipeline: while slowed batches run, a
 //! second writer keeps updating orders (their line items and their
 //! `order_revenue` row, computed as the backfill computes it, in one
 //! transaction) and deleting orders (source and target), in batches already
@@ -78,13 +79,18 @@ async fn pipeline(pool: sqlx::PgPool, keys: Vec<i64>, stop: Arc<AtomicBool>, don
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_merge_beside_the_pipeline_ends_in_a_serial_state() {
-    for round in 0..5 {
+/// Runs `rounds` runs of the slowed demo brief, as `prepare` makes it, beside
+/// the pipeline; each must end in the state a serial order gives.
+async fn beside_the_pipeline<F>(rounds: u32, prepare: F)
+where
+    F: AsyncFn(&TestEnv, String) -> String,
+{
+    for round in 0..rounds {
         let env = TestEnv::new(0.01).await;
         // Slowed batches: each statement's snapshot is a second old when it
         // writes, so the pipeline commits inside it.
-        let (run_id, ..) = env.record_run(&env.slow_brief(8, 2, 1.0).await).await;
+        let text = prepare(&env, env.slow_brief(8, 2, 1.0).await).await;
+        let (run_id, ..) = env.record_run(&text).await;
         let keys: Vec<i64> = sqlx::query_scalar("SELECT o_orderkey FROM tpch.order_revenue")
             .fetch_all(&env.pool)
             .await
@@ -115,4 +121,39 @@ async fn a_merge_beside_the_pipeline_ends_in_a_serial_state() {
         );
         env.cleanup().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merge_beside_the_pipeline_ends_in_a_serial_state() {
+    beside_the_pipeline(5, async |_, text| text).await;
+}
+
+/// The target range-partitioned on the batches' bounds, so each batch
+/// exchanges a partition whole: a pipeline write to it during the batch is
+/// found once the partition is detached, and the batch runs again after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_overwrite_beside_the_pipeline_ends_in_a_serial_state() {
+    beside_the_pipeline(3, async |env, text| {
+        let text = text.replace("strategy = \"merge\"", "strategy = \"partition-overwrite\"");
+        let brief = backfill_shared::brief::Brief::parse(&text).unwrap();
+        let mut ddl = "ALTER TABLE tpch.order_revenue RENAME TO order_revenue_plain;
+             CREATE TABLE tpch.order_revenue (LIKE tpch.order_revenue_plain INCLUDING ALL)
+                 PARTITION BY RANGE (o_orderkey);"
+            .to_owned();
+        for (i, range) in brief.scope.batch_by.plan().unwrap().iter().enumerate() {
+            ddl.push_str(&format!(
+                "CREATE TABLE tpch.order_revenue_{i} PARTITION OF tpch.order_revenue
+                     FOR VALUES FROM ({}) TO ({});",
+                range.lo.literal(),
+                range.hi.literal()
+            ));
+        }
+        ddl.push_str("INSERT INTO tpch.order_revenue SELECT * FROM tpch.order_revenue_plain;");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+            .execute(&env.pool)
+            .await
+            .unwrap();
+        text
+    })
+    .await;
 }

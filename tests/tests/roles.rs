@@ -141,7 +141,11 @@ async fn each_role_does_what_it_should_and_nothing_else() {
     let err = cutover::cutover(vera, run_id, "vera", Duration::from_secs(5))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("permission denied"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("only the owner (alice) or the reviewer (bob)"),
+        "{err}"
+    );
     assert_eq!(
         runs::state(&env.pool, run_id).await.unwrap(),
         RunState::Approved
@@ -212,10 +216,11 @@ async fn forgeries_in_sql_are_refused_and_change_nothing() {
             ("alice", "backfill_operator", true),
             ("bob", "backfill_reviewer", true),
             ("walt", "backfill_worker", false),
+            ("carol", "backfill_operator", true),
         ])
         .await;
     let login = |who: &str| logins.role(who);
-    let [alice, bob, walt] = ["alice", "bob", "walt"].map(|w| logins.pool(w));
+    let [alice, bob, walt, carol] = ["alice", "bob", "walt", "carol"].map(|w| logins.pool(w));
     let before = record(&env).await;
 
     // Rename the owner and the reviewer, then approve: refused at the rename.
@@ -325,6 +330,29 @@ async fn forgeries_in_sql_are_refused_and_change_nothing() {
     .unwrap_err();
     assert!(denied(&err), "{err}");
     assert!(err.to_string().contains("names carol as owner"), "{err}");
+
+    // Another operator, neither owner nor reviewer, cancels the run or sets it
+    // going: refused by the CLI and by the database.
+    let err = resume::cancel(carol, applied, "carol").await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("only the owner (alice) or the reviewer (bob)"),
+        "{err}"
+    );
+    for state in ["cancelled", "rolling_back"] {
+        let err = sqlx::query("UPDATE backfill.runs SET state = $2 WHERE run_id = $1")
+            .bind(applied)
+            .bind(state)
+            .execute(carol)
+            .await
+            .unwrap_err();
+        assert!(denied(&err), "{state}: {err}");
+        assert!(
+            err.to_string()
+                .contains("only the owner (alice) or the reviewer (bob)"),
+            "{err}"
+        );
+    }
 
     // A worker rewrites an applied batch's figures: refused.
     let err = sqlx::query("UPDATE backfill.batches SET rows_inserted = 0 WHERE run_id = $1")

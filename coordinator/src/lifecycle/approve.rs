@@ -58,6 +58,25 @@ pub(crate) async fn as_reviewer(
     Ok(session)
 }
 
+/// Checks that this session may `what` the run: its owner or its reviewer
+/// (the database holds the same rule, migration 0017), or a superuser's own
+/// session. Pausing is anyone's and does not ask.
+pub(crate) async fn as_owner_or_reviewer(pool: &PgPool, run: &Run, what: &str) -> Result<()> {
+    let meta = &run.brief.meta;
+    let session = people::whoami(pool).await?;
+    if session.superuser || session.is(&meta.owner) || session.is(&meta.reviewer) {
+        return Ok(());
+    }
+    let me = session.person.as_ref().map_or_else(
+        || format!("database role {}, nobody in backfill.people", session.role),
+        |p| format!("{} (database role {})", p.name, session.role),
+    );
+    Err(CliError::BadInput(format!(
+        "only the owner ({}) or the reviewer ({}) of run {} may {what} it; this session is {me}",
+        meta.owner, meta.reviewer, run.run_id
+    )))
+}
+
 /// Approves the run as this session's person, who must be its reviewer.
 /// Returns the approver's name.
 pub async fn approve(pool: &PgPool, run_id: Uuid, claimed: Option<&str>) -> Result<String> {

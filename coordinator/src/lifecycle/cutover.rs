@@ -52,6 +52,11 @@ impl CutoverReport {
                         "; the previous table is kept as {o}"
                     ))
                 );
+                let _ = writeln!(
+                    s,
+                    "  the target was locked {} ms ({} ms carrying the last live writes)",
+                    swapped.locked_ms, swapped.carried_under_lock_ms
+                );
                 for (what, names) in [
                     ("views", &swapped.views),
                     ("materialized views", &swapped.materialized_views),
@@ -100,6 +105,7 @@ pub async fn cutover_with(
     accept_live_changes: Option<&str>,
 ) -> Result<CutoverReport> {
     let run = runs::load(pool, run_id).await?;
+    super::approve::as_owner_or_reviewer(pool, &run, "cut over").await?;
     match run.state {
         RunState::Approved => {}
         RunState::Applied => {

@@ -99,6 +99,7 @@ pub async fn done(
     let lesson = said("lesson", supplied.lesson)?;
     let told_now = said("told", supplied.told)?;
     let run = runs::load(pool, run_id).await?;
+    super::approve::as_owner_or_reviewer(pool, &run, "declare done").await?;
     if matches!(
         run.state,
         RunState::Cancelled | RunState::RolledBack | RunState::RollingBack

@@ -172,6 +172,7 @@ pub async fn rollback(
         lock_timeout,
     } = options;
     let run = runs::load(pool, run_id).await?;
+    super::approve::as_owner_or_reviewer(pool, &run, "roll back").await?;
     if run.state == RunState::RolledBack {
         return Err(CliError::BadInput(format!(
             "run {run_id} is already rolled back"

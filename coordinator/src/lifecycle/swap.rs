@@ -16,7 +16,12 @@ use crate::{CliError, Result, catalog};
 use backfill_shared::partitions;
 use backfill_shared::sql::{TableName, quote_ident};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Milliseconds since `start`.
+fn millis(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
 
 /// What a swap moved, for the run log.
 #[derive(Debug, Default, serde::Serialize)]
@@ -25,6 +30,11 @@ pub struct Swapped {
     pub materialized_views: Vec<String>,
     pub foreign_keys: Vec<String>,
     pub sequences: Vec<String>,
+    /// How long the target was locked (`ACCESS EXCLUSIVE`): from the lock
+    /// granted to the commit, the live writes carried under it included.
+    pub locked_ms: u64,
+    /// Of that, carrying the writes the catch-up before the lock left.
+    pub carried_under_lock_ms: u64,
 }
 
 struct ViewDef {
@@ -122,6 +132,7 @@ where
         "locking the target and its dependents (another session holds them; try again when it is quieter, or raise --lock-timeout)",
     )
     .await?;
+    let locked = Instant::now();
 
     // A swap exposes the structure it replaces: the same partitioning (key,
     // bounds, per partition), indexes and constraints.
@@ -136,7 +147,9 @@ where
              Was {target} altered (a partition or index added) during the run? Roll back this run and run it again"
         )));
     }
+    let carrying = Instant::now();
     carry(&mut *conn).await?;
+    let carried_under_lock_ms = millis(carrying);
 
     let oid: sqlx::postgres::types::Oid = sqlx::query_scalar("SELECT $1::regclass::oid")
         .bind(target.quoted())
@@ -323,6 +336,8 @@ where
     }
     record(conn).await?;
     tx.commit().await?;
+    swapped.locked_ms = millis(locked);
+    swapped.carried_under_lock_ms = carried_under_lock_ms;
 
     // Checked outside the swap so the lock is short; the rows were checked when the
     // backfill validated its grain.

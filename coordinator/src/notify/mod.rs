@@ -15,6 +15,7 @@
 //! installs none (the tests that drive runs in process) sends nothing.
 
 pub mod lineage;
+pub mod slack;
 pub mod webhook;
 
 use backfill_shared::control::{batches, log, runs};
@@ -40,10 +41,12 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 pub enum SettingsError {
     #[error("{var}={value:?} is not an http:// or https:// URL; fix it or unset it")]
     Url { var: &'static str, value: String },
-    #[error(
-        "BACKFILL_WEBHOOK_FORMAT={0:?} is not a format: use cloudevents (the default) or slack"
-    )]
+    #[error("{0:?} is not a webhook format: use cloudevents (the default) or slack")]
     Format(String),
+    #[error(
+        "BACKFILL_WEBHOOKS entry {0:?} is not format=url (for example slack=https://hooks.slack.com/services/…)"
+    )]
+    Entry(String),
 }
 
 /// Where the events go, read once from the environment.
@@ -51,8 +54,18 @@ pub enum SettingsError {
 pub struct Settings {
     /// The OpenLineage endpoint, unless unset or `OPENLINEAGE_DISABLED`.
     pub lineage: Option<LineageSettings>,
-    /// `BACKFILL_WEBHOOK_URL`, comma-separated.
-    pub webhooks: Vec<String>,
+    /// `BACKFILL_WEBHOOK_URL` (comma-separated, in `BACKFILL_WEBHOOK_FORMAT`),
+    /// then `BACKFILL_WEBHOOKS` (comma-separated `format=url`).
+    pub webhooks: Vec<Webhook>,
+    /// `BACKFILL_CONSOLE_URL`: where `backfill serve` is reached, for links
+    /// to what a Slack message has no room for.
+    pub console: Option<String>,
+}
+
+/// A webhook: where, and in which format.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub url: String,
     pub format: webhook::Format,
 }
 
@@ -68,16 +81,22 @@ pub struct LineageSettings {
 
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let webhooks: Vec<String> = self
-            .webhooks
-            .iter()
-            .map(|w| backfill_shared::config::redact_endpoint(w))
-            .collect();
         f.debug_struct("Settings")
             .field("lineage", &self.lineage)
-            .field("webhooks", &webhooks)
-            .field("format", &self.format)
+            .field("webhooks", &self.webhooks)
+            .field("console", &self.console)
             .finish()
+    }
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}={}",
+            self.format.name(),
+            backfill_shared::config::redact_endpoint(&self.url)
+        )
     }
 }
 
@@ -97,8 +116,9 @@ impl std::fmt::Debug for LineageSettings {
 impl Settings {
     /// Reads the OpenLineage clients' variables (`OPENLINEAGE_URL`,
     /// `OPENLINEAGE_ENDPOINT`, `OPENLINEAGE_API_KEY`, `OPENLINEAGE_NAMESPACE`,
-    /// `OPENLINEAGE_DISABLED`) and `BACKFILL_WEBHOOK_URL`,
-    /// `BACKFILL_WEBHOOK_FORMAT` from a map of variables.
+    /// `OPENLINEAGE_DISABLED`), `BACKFILL_WEBHOOK_URL`,
+    /// `BACKFILL_WEBHOOK_FORMAT`, `BACKFILL_WEBHOOKS` and
+    /// `BACKFILL_CONSOLE_URL` from a map of variables.
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, SettingsError> {
         let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
         let http = |var: &'static str, value: &str| {
@@ -131,25 +151,45 @@ impl Settings {
             }
             _ => None,
         };
-        let webhooks = get("BACKFILL_WEBHOOK_URL")
-            .map(|list| {
-                list.split(',')
-                    .map(str::trim)
-                    .filter(|w| !w.is_empty())
-                    .map(|w| http("BACKFILL_WEBHOOK_URL", w))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?
-            .unwrap_or_default();
         let format = match get("BACKFILL_WEBHOOK_FORMAT") {
             None => webhook::Format::CloudEvents,
             Some(name) => webhook::Format::from_name(&name.to_ascii_lowercase())
                 .ok_or_else(|| SettingsError::Format(name.to_owned()))?,
         };
+        let list = |var: &'static str| {
+            get(var)
+                .into_iter()
+                .flat_map(|list| list.split(','))
+                .map(str::trim)
+                .filter(|w| !w.is_empty())
+        };
+        let mut webhooks = Vec::new();
+        for url in list("BACKFILL_WEBHOOK_URL") {
+            webhooks.push(Webhook {
+                url: http("BACKFILL_WEBHOOK_URL", url)?,
+                format,
+            });
+        }
+        for entry in list("BACKFILL_WEBHOOKS") {
+            let Some((name, url)) = entry.split_once('=') else {
+                return Err(SettingsError::Entry(
+                    backfill_shared::config::redact_endpoint(entry),
+                ));
+            };
+            let format = webhook::Format::from_name(&name.trim().to_ascii_lowercase())
+                .ok_or_else(|| SettingsError::Format(name.trim().to_owned()))?;
+            webhooks.push(Webhook {
+                url: http("BACKFILL_WEBHOOKS", url.trim())?,
+                format,
+            });
+        }
+        let console = get("BACKFILL_CONSOLE_URL")
+            .map(|url| http("BACKFILL_CONSOLE_URL", url))
+            .transpose()?;
         Ok(Self {
             lineage,
             webhooks,
-            format,
+            console,
         })
     }
 
@@ -312,7 +352,7 @@ pub fn install(settings: Settings, database_url: &str) -> Option<Notifier> {
         .lineage
         .iter()
         .map(|l| l.endpoint.clone())
-        .chain(settings.webhooks.iter().cloned());
+        .chain(settings.webhooks.iter().map(|w| w.url.clone()));
     let endpoints = urls
         .map(|url| {
             let (queue, received) = mpsc::channel(QUEUE);
@@ -417,21 +457,19 @@ pub async fn emit(pool: &PgPool, run_id: Uuid, happened: Happened) {
             pool: pool.clone(),
         });
     }
-    if !settings.webhooks.is_empty() {
-        let (content_type, body) = webhook::payload(&facts, settings.format);
-        let body = body.to_string().into_bytes();
-        for url in &settings.webhooks {
-            out.push(Delivery {
-                run_id,
-                sink: "webhook",
-                what: happened.name(),
-                url: url.clone(),
-                bearer: None,
-                content_type,
-                body: body.clone(),
-                pool: pool.clone(),
-            });
-        }
+    for hook in &settings.webhooks {
+        let (content_type, body) =
+            webhook::payload(&facts, hook.format, settings.console.as_deref());
+        out.push(Delivery {
+            run_id,
+            sink: "webhook",
+            what: happened.name(),
+            url: hook.url.clone(),
+            bearer: None,
+            content_type,
+            body: body.to_string().into_bytes(),
+            pool: pool.clone(),
+        });
     }
     for delivery in out {
         let Some(endpoint) = installed.endpoints.iter().find(|e| e.url == delivery.url) else {
@@ -504,26 +542,25 @@ async fn post_to_webhooks(
     pool: &PgPool,
     run_id: Option<Uuid>,
     what: &'static str,
-    payload: impl Fn(webhook::Format) -> (&'static str, serde_json::Value),
+    payload: impl Fn(webhook::Format, Option<&str>) -> (&'static str, serde_json::Value),
 ) -> Option<(Vec<String>, Vec<String>)> {
     let installed = INSTALLED
         .get()
         .filter(|i| !i.settings.webhooks.is_empty())?;
-    let (content_type, body) = payload(installed.settings.format);
-    let body = body.to_string().into_bytes();
     let (mut delivered, mut failed) = (Vec::new(), Vec::new());
-    for url in &installed.settings.webhooks {
+    for hook in &installed.settings.webhooks {
+        let (content_type, body) = payload(hook.format, installed.settings.console.as_deref());
         let delivery = Delivery {
             run_id: run_id.unwrap_or_default(),
             sink: "webhook",
             what,
-            url: url.clone(),
+            url: hook.url.clone(),
             bearer: None,
             content_type,
-            body: body.clone(),
+            body: body.to_string().into_bytes(),
             pool: pool.clone(),
         };
-        let shown = backfill_shared::config::redact_endpoint(url);
+        let shown = backfill_shared::config::redact_endpoint(&hook.url);
         match post_with_retries(&installed.client, &delivery).await {
             Ok(()) => delivered.push(shown),
             Err(why) => {
@@ -555,8 +592,8 @@ pub async fn send_change_note(
         happened: &happened,
         time: chrono::Utc::now(),
     };
-    let sent = post_to_webhooks(pool, Some(run_id), happened.name(), |format| {
-        webhook::payload(&facts, format)
+    let sent = post_to_webhooks(pool, Some(run_id), happened.name(), |format, console| {
+        webhook::payload(&facts, format, console)
     })
     .await;
     let Some((delivered, failed)) = sent else {
@@ -589,7 +626,7 @@ pub async fn send_announcement(
     announcement: &backfill_shared::control::announcements::Announcement,
     brief: &backfill_shared::brief::Brief,
 ) -> (Vec<String>, Vec<String>) {
-    post_to_webhooks(pool, None, "announced", |format| {
+    post_to_webhooks(pool, None, "announced", |format, _| {
         webhook::announcement(announcement, brief, format)
     })
     .await
@@ -695,6 +732,35 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(two.webhooks.len(), 2);
-        assert_eq!(two.format, webhook::Format::Slack);
+        assert!(
+            two.webhooks
+                .iter()
+                .all(|w| w.format == webhook::Format::Slack)
+        );
+        // Each endpoint in its own format, beside the single-URL variables.
+        let mixed = Settings::from_vars(&vars(&[
+            ("BACKFILL_WEBHOOK_URL", "http://a.example/hook"),
+            (
+                "BACKFILL_WEBHOOKS",
+                "slack=https://hooks.slack.com/services/T0/B0/SeCrEtXyZ1234, CloudEvents=http://bus.example/e",
+            ),
+        ]))
+        .unwrap();
+        let formats: Vec<_> = mixed.webhooks.iter().map(|w| w.format).collect();
+        assert_eq!(
+            formats,
+            [
+                webhook::Format::CloudEvents,
+                webhook::Format::Slack,
+                webhook::Format::CloudEvents
+            ]
+        );
+        assert!(!format!("{mixed:?}").contains("SeCrEt"), "{mixed:?}");
+        let e = Settings::from_vars(&vars(&[("BACKFILL_WEBHOOKS", "https://x.example/h")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("format=url"), "{e}");
+        let e = Settings::from_vars(&vars(&[("BACKFILL_WEBHOOKS", "teams=https://x.example/h")]))
+            .unwrap_err();
+        assert_eq!(e, SettingsError::Format("teams".into()));
     }
 }

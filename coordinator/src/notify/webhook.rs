@@ -1,10 +1,11 @@
 //! Webhook payloads: a CloudEvents 1.0 JSON event (`type`
 //! `dev.backfill.run.<what>`, `subject` the run id, `data` the facts), or with
-//! `BACKFILL_WEBHOOK_FORMAT=slack` a Slack incoming-webhook message (a line of
-//! text, and blocks with what, why, period, target, owner, the figures and the
-//! command to see more).
+//! `BACKFILL_WEBHOOK_FORMAT=slack` a Slack incoming-webhook message in Block
+//! Kit ([`slack`]): a header saying what happened, why, the facts as fields
+//! (target, period, owner, reviewer, risk, the figures, what stopped it), the
+//! change note as mrkdwn, and the command to see more.
 
-use super::{Facts, Happened};
+use super::{Facts, Happened, slack};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -17,6 +18,14 @@ pub enum Format {
 }
 
 impl Format {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CloudEvents => "cloudevents",
+            Self::Slack => "slack",
+        }
+    }
+
     #[must_use]
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
@@ -97,9 +106,11 @@ fn cloud_event(
     )
 }
 
-/// The content type and body of the payload for `facts` in `format`.
+/// The content type and body of the payload for `facts` in `format`;
+/// `console` is the console's address, where a Slack message points for what
+/// did not fit.
 #[must_use]
-pub fn payload(facts: &Facts<'_>, format: Format) -> (&'static str, Value) {
+pub fn payload(facts: &Facts<'_>, format: Format, console: Option<&str>) -> (&'static str, Value) {
     match format {
         Format::CloudEvents => cloud_event(
             facts.happened.name(),
@@ -108,7 +119,7 @@ pub fn payload(facts: &Facts<'_>, format: Format) -> (&'static str, Value) {
             facts.time,
             &data(facts),
         ),
-        Format::Slack => ("application/json", slack(facts)),
+        Format::Slack => ("application/json", slack(facts, console)),
     }
 }
 
@@ -140,48 +151,61 @@ fn headline(facts: &Facts<'_>) -> String {
     format!("Backfill {name} of {target} {what}")
 }
 
-fn slack(facts: &Facts<'_>) -> Value {
+/// Where a Slack reader finds what did not fit: the change note in the
+/// console (`BACKFILL_CONSOLE_URL`), else the command that prints it.
+fn rest_of(run_id: Uuid, console: Option<&str>) -> String {
+    console.map_or_else(
+        || format!("`backfill report {run_id}`"),
+        |url| {
+            format!(
+                "<{}/runs/{run_id}/note|the change note>",
+                slack::escape(url.trim_end_matches('/'))
+            )
+        },
+    )
+}
+
+fn slack(facts: &Facts<'_>, console: Option<&str>) -> Value {
     let run = facts.run;
     let brief = &run.brief;
     let by = &brief.scope.batch_by;
     let rows = &facts.counts.rows;
-    let text = headline(facts);
-    let mut lines = vec![
-        format!("*Why:* {}", brief.meta.reason),
-        format!(
-            "*Period:* {} from {} to {} · *Target:* `{}` ({})",
-            by.column,
-            by.start,
-            by.end,
-            brief.scope.target,
-            brief.write.strategy.as_str()
+    let mut fields = vec![
+        (
+            "Target",
+            format!("{} ({})", brief.scope.target, brief.write.strategy.as_str()),
         ),
-        format!(
-            "*Owner:* {} · *Reviewer:* {} · *Risk:* {}",
-            brief.meta.owner,
-            brief.meta.reviewer,
-            brief.meta.risk.as_str()
+        (
+            "Period",
+            format!("{} from {} to {}", by.column, by.start, by.end),
         ),
-        format!(
-            "*Batches:* {} of {} applied · *Rows:* {} inserted, {} updated, {} deleted",
-            facts.counts.applied, run.batch_count, rows.inserted, rows.updated, rows.deleted
+        ("Owner", brief.meta.owner.clone()),
+        ("Reviewer", brief.meta.reviewer.clone()),
+        ("Risk", brief.meta.risk.as_str().to_owned()),
+        (
+            "Batches",
+            format!("{} of {} applied", facts.counts.applied, run.batch_count),
+        ),
+        (
+            "Rows",
+            format!(
+                "{} inserted, {} updated, {} deleted",
+                rows.inserted, rows.updated, rows.deleted
+            ),
         ),
     ];
     if let Some(error) = facts.happened.error() {
-        lines.push(format!("*What stopped it:* {error}"));
+        fields.push(("What stopped it", error.to_owned()));
     }
+    let mut message = slack::Message::new(&headline(facts))
+        .text(&format!("*Why:* {}", slack::escape(&brief.meta.reason)))
+        .fields(&fields);
     if let Happened::ChangeNote(markdown) = facts.happened {
-        lines.push(markdown.clone());
+        message = message.text(&slack::mrkdwn(markdown));
     }
-    json!({
-        "text": text,
-        "blocks": [
-            { "type": "section", "text": { "type": "mrkdwn", "text": format!("*{text}*") } },
-            { "type": "section", "text": { "type": "mrkdwn", "text": lines.join("\n") } },
-            { "type": "context", "elements": [
-                { "type": "mrkdwn", "text": format!("`backfill status {}`", run.run_id) } ] },
-        ],
-    })
+    message
+        .context(&format!("`backfill status {}`", run.run_id))
+        .finish(&rest_of(run.run_id, console))
 }
 
 /// The payload of an announcement (`backfill announce`): no run exists yet,
@@ -219,14 +243,15 @@ pub fn announcement(
         ),
         Format::Slack => (
             "application/json",
-            json!({
-                "text": format!("Backfill {} of {} is announced for {window}", a.name, a.target),
-                "blocks": [
-                    { "type": "section", "text": { "type": "mrkdwn",
-                        "text": format!("*Backfill {} of {} is announced for {window}*", a.name, a.target) } },
-                    { "type": "section", "text": { "type": "mrkdwn", "text": a.note } },
-                ],
-            }),
+            slack::Message::new(&format!(
+                "Backfill {} of {} is announced for {window}",
+                a.name, a.target
+            ))
+            .text(&slack::mrkdwn(&a.note))
+            .finish(&format!(
+                "`backfill announce` printed all of it (brief {})",
+                a.brief_hash
+            )),
         ),
     }
 }

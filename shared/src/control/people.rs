@@ -20,6 +20,9 @@ pub struct Person {
 pub struct Session {
     pub role: String,
     pub person: Option<Person>,
+    /// A superuser's own session, acting for nobody: the database's rules
+    /// of who may move a run do not bind it (it could drop them anyway).
+    pub superuser: bool,
 }
 
 impl Session {
@@ -41,17 +44,20 @@ impl Session {
 /// The role a connection of `pool` acts as (its session user, or the person a
 /// console acts for: `backfill.acting_role()`, migration 0013), and who that is.
 pub async fn whoami(pool: &PgPool) -> Result<Session> {
-    let (role, person): (String, Option<sqlx::types::Json<Person>>) = sqlx::query_as(
-        "SELECT a::text,
-                (SELECT to_jsonb(p) FROM (SELECT name, role::text AS role, email FROM backfill.people
-                                           WHERE role = a) p)
-           FROM backfill.acting_role() a",
-    )
-    .fetch_one(pool)
-    .await?;
+    let (role, person, superuser): (String, Option<sqlx::types::Json<Person>>, bool) =
+        sqlx::query_as(
+            "SELECT a::text,
+                    (SELECT to_jsonb(p) FROM (SELECT name, role::text AS role, email FROM backfill.people
+                                               WHERE role = a) p),
+                    a = session_user AND (SELECT rolsuper FROM pg_roles WHERE rolname = session_user)
+               FROM backfill.acting_role() a",
+        )
+        .fetch_one(pool)
+        .await?;
     Ok(Session {
         role,
         person: person.map(|p| p.0),
+        superuser,
     })
 }
 

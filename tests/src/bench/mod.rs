@@ -19,9 +19,11 @@
 //!   (`partitions.rs`);
 //! - (j) `backfill diff` of a run and of two tables, against one `count(*)`
 //!   over the same table (`diff.rs`);
-//! - (k) the console's page of a 100,000-batch run (`console.rs`).
+//! - (k) the console's page of a 100,000-batch run (`console.rs`);
+//! - (l) how long a staging-swap's cutover locks the target with 10,000 live
+//!   writes to carry, against the same swap with none (`swap.rs`).
 //!
-//! (a) to (d), and (i), run `repeat` times, interleaved, and each figure is the
+//! (a) to (d), (i) and (l) run `repeat` times, interleaved, and each figure is the
 //! median. Each Backfill figure is printed with its ratio to its baseline ((a),
 //! or (i)'s hand-written exchange) and its target.
 
@@ -37,6 +39,7 @@ mod console;
 mod cpu;
 mod diff;
 mod partitions;
+mod swap;
 
 use cases::{
     backfill, baseline, empty_brief, exec, large_run, machine, median, peak_rss_mb, reset, stop,
@@ -76,6 +79,8 @@ pub enum Cases {
     Diff,
     /// (k).
     Console,
+    /// (l).
+    Swap,
 }
 
 impl Default for Options {
@@ -185,6 +190,12 @@ pub async fn run(options: &Options) -> Report {
     }
     if matches!(options.cases, Cases::All | Cases::Console) {
         lines.extend(console::measure(&env, options.plan_batches, options.repeat.max(1)).await);
+    }
+    if matches!(options.cases, Cases::All | Cases::Swap) {
+        let text = env
+            .brief(options.batches, u32::from(options.workers) * 2)
+            .await;
+        lines.extend(swap::measure(&env, &text, options.workers, options.repeat.max(1)).await);
     }
     let report = Report {
         options: options.clone(),

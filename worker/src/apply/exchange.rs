@@ -20,9 +20,15 @@
 //!    table its name, attach it with the same bound, drop the `CHECK`.
 //!
 //! Until step 5 the batch reads the partition and never the target itself: two
-//! batches exchanging two partitions never wait on each other's reads. The
-//! fence is checked after the exchange, in the same transaction: a stale
-//! worker's exchange rolls back with it.
+//! batches exchanging two partitions never wait on each other's reads. Once
+//! detached, the old partition is checked for writes others committed since
+//! the batch began (a row version its first snapshot did not see, a row gone):
+//! any, and the batch rolls back and runs again after them, so the pipeline's
+//! writes are neither dropped with the old partition nor overwritten by a
+//! source read before them. A batch run again (after such a race, or any
+//! failure) first locks the target against writers (`SHARE ROW EXCLUSIVE`,
+//! readers go on): they wait for it, so a busy pipeline cannot starve it. The fence is checked after the exchange, in the
+//! same transaction: a stale worker's exchange rolls back with it.
 
 use super::statements::{ExchangePlan, WritePlan};
 use super::{compare_metrics, metric_groups};
@@ -103,6 +109,35 @@ pub(super) async fn write(
     let (by, in_range) = (&plan.by, &plan.in_range);
     let mut checks = BatchChecks::default();
 
+    // Run again after others wrote meanwhile (below): this time writers of
+    // the target wait for the batch, so it cannot lose to them twice.
+    let again: bool = sqlx::query_scalar(
+        "SELECT attempts > 1 FROM backfill.batches WHERE run_id = $1 AND batch_no = $2",
+    )
+    .bind(work.run_id)
+    .bind(i64::from(work.batch_no))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(sql("reading the batch's attempts"))?;
+    if again {
+        exec(
+            tx,
+            format!(
+                "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+                plan.target.quoted()
+            ),
+            "holding the target's writers for a batch run again",
+        )
+        .await?;
+    }
+    // What the batch reads is the partition as of now: writes others commit
+    // from here on are found when the partition is detached (below).
+    let (snapshot, rows_then): (String, i64) = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT pg_current_snapshot()::text, count(*) FROM {old}"
+    )))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(sql("reading the partition's snapshot"))?;
     let mut before = Vec::new();
     for metric in &plan.metrics {
         before.push(metric_groups(tx, &metric.query(&old, in_range), work).await?);
@@ -186,6 +221,7 @@ pub(super) async fn write(
 
     take_over_access(tx, &partition.name, &new_table).await?;
     detach(tx, &plan.target, &old).await?;
+    written_meanwhile(tx, &old, &snapshot, rows_then).await?;
     let kept_as = if plan.keep_replaced {
         exec(
             tx,
@@ -301,6 +337,46 @@ async fn take_over_access(tx: &mut PgConnection, old: &TableName, new: &TableNam
         "copying the partition's owner and grants",
     )
     .await
+}
+
+/// Refuses the exchange when others wrote to the partition since the batch
+/// took `snapshot` (when it held `rows_then` rows): a row whose inserting
+/// transaction the snapshot did not see was written meanwhile, and rows then
+/// missing that were not written again were deleted or updated. Detached, the
+/// partition takes no more writes, so the count is final. The batch is rolled
+/// back and runs again on what they wrote, after them: the end state is a
+/// serial one, and no write lands in the partition the exchange drops.
+async fn written_meanwhile(
+    tx: &mut PgConnection,
+    old: &str,
+    snapshot: &str,
+    rows_then: i64,
+) -> Result<()> {
+    // A row's xmin is 32 bits; it is recent (the partition is live), so the
+    // current epoch, or the one before, makes it the full id a snapshot knows.
+    let (fresh, rows_now): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+        "WITH now AS (SELECT pg_current_xact_id()::text::bigint AS cur),
+              x AS (SELECT r.xmin::text::bigint AS x32, (now.cur >> 32) << 32 AS epoch, now.cur
+                      FROM {old} r, now)
+         SELECT count(*) FILTER (
+                    WHERE x32 >= 3 AND NOT pg_visible_in_snapshot(
+                        (CASE WHEN epoch + x32 > cur THEN epoch - 4294967296 + x32 ELSE epoch + x32 END)::text::xid8,
+                        $1::pg_snapshot)),
+                count(*)
+           FROM x"
+    )))
+    .bind(snapshot)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| BatchError::from_sql("finding writes to the partition during the batch", e))?;
+    let gone = rows_then - (rows_now - fresh);
+    if fresh > 0 || gone > 0 {
+        return Err(BatchError::NotYet(format!(
+            "others wrote to partition {old} while the batch built its replacement \
+             ({fresh} row version(s) written, {gone} gone); the batch runs again after them"
+        )));
+    }
+    Ok(())
 }
 
 /// Detaches `partition` from `target` under a short lock timeout, waiting and
