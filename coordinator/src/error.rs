@@ -48,6 +48,21 @@ impl CliError {
 }
 
 impl CliError {
+    /// What kind of failure, for a script: `bad_input`, `service`, `call`,
+    /// `unavailable`, `halted`, `internal` or `interrupted`.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::BadInput(_) => "bad_input",
+            Self::Service(_) => "service",
+            Self::Call(_) => "call",
+            Self::Unavailable(_) => "unavailable",
+            Self::Halted(_) => "halted",
+            Self::Internal(_) => "internal",
+            Self::Interrupted { .. } => "interrupted",
+        }
+    }
+
     /// A failure the caller may retry once the service is back.
     #[must_use]
     pub fn is_transient(&self) -> bool {

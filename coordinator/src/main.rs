@@ -322,19 +322,51 @@ enum PeopleAction {
     Whoami,
 }
 
+/// Whether this process printed its JSON result on stdout already.
+static PRINTED_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// With `--json`, a failure too is one JSON object on stdout (when nothing
+/// else was printed there): `{"error": {"kind", "message", "exit"}}`.
+fn print_error_json(kind: &str, message: &str, exit: u8) {
+    if !PRINTED_JSON.load(std::sync::atomic::Ordering::Acquire) {
+        println!(
+            "{}",
+            serde_json::json!({ "error": { "kind": kind, "message": message, "exit": exit } })
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let usage = !matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayVersion
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            );
+            if usage && std::env::args().any(|a| a == "--json") {
+                print_error_json("usage", e.to_string().trim(), 2);
+            }
+            e.exit();
+        }
+    };
     let telemetry = telemetry::init(
         cli.log_format,
         &telemetry::quiet_default("warn,backfill_coordinator=info"),
         "backfill",
     );
     let out = Out { json: cli.json };
+    let cli_json = cli.json;
     let code = match execute(cli.command, cli.metrics_addr, out).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
+            if cli_json {
+                print_error_json(e.kind(), &e.to_string(), e.exit_code());
+            }
             ExitCode::from(e.exit_code())
         }
     };
@@ -1084,6 +1116,7 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let text =
         serde_json::to_string_pretty(value).map_err(|e| CliError::Internal(e.to_string()))?;
     println!("{text}");
+    PRINTED_JSON.store(true, std::sync::atomic::Ordering::Release);
     Ok(())
 }
 
@@ -1105,7 +1138,14 @@ async fn finish(pool: &sqlx::PgPool, run_id: Uuid, finish: Finish, out: Out) -> 
         Finish::Halted(reason) => Err(CliError::Halted(format!(
             "run {run_id} halted: {reason}\n`backfill status {run_id}` shows the ledger; fix the cause, then retry"
         ))),
-        Finish::Stopped(state) => Err(CliError::Halted(format!("run {run_id} is {state}"))),
+        // Someone else moved it on (cancelled, approved, cut over, rolled
+        // back): nothing failed and nothing is left to drive.
+        Finish::Stopped(state) => {
+            if !out.json {
+                eprintln!("run {run_id} is {state}: nothing left to drive");
+            }
+            Ok(())
+        }
         Finish::Interrupted => Err(CliError::Halted(format!(
             "driving run {run_id} was interrupted; `backfill follow {run_id}` drives it on"
         ))),

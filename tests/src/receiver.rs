@@ -26,22 +26,55 @@ pub struct Received {
 #[derive(Debug)]
 pub struct Receiver {
     pub url: String,
-    taken: Arc<Mutex<Vec<Received>>>,
+    taken: Taken,
     server: tokio::task::JoinHandle<()>,
+}
+
+/// What the receiver took so far.
+type Taken = Arc<Mutex<Vec<Received>>>;
+
+/// A scripted answer: the status, and a `Retry-After` in seconds.
+pub type Answer = (u16, Option<u64>);
+
+/// How a receiver answers.
+#[derive(Debug, Clone, Default)]
+struct Answers {
+    /// Judge bodies as Slack does.
+    slack: bool,
+    /// Per path, the status (and `Retry-After`) of its first requests, in
+    /// order; then 200.
+    scripted: Vec<(String, Vec<Answer>)>,
 }
 
 impl Receiver {
     /// Listens on a free loopback port, answering 200 to every POST.
     pub async fn start() -> Self {
-        Self::listen(false).await
+        Self::listen(Answers::default()).await
     }
 
     /// The same, judging every body as a Slack incoming webhook would.
     pub async fn slack() -> Self {
-        Self::listen(true).await
+        Self::listen(Answers {
+            slack: true,
+            ..Answers::default()
+        })
+        .await
     }
 
-    async fn listen(slack: bool) -> Self {
+    /// The same, answering the first requests to each path as `scripted`
+    /// says (a status, and a `Retry-After` in seconds), then 200.
+    pub async fn answering(scripted: &[(&str, &[Answer])]) -> Self {
+        Self::listen(Answers {
+            slack: false,
+            scripted: scripted
+                .iter()
+                .map(|(path, answers)| ((*path).to_owned(), answers.to_vec()))
+                .collect(),
+        })
+        .await
+    }
+
+    async fn listen(answers: Answers) -> Self {
         let taken = Arc::new(Mutex::new(Vec::new()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -49,7 +82,7 @@ impl Receiver {
         let url = format!("http://{}", listener.local_addr().expect("local address"));
         let app = axum::Router::new()
             .fallback(axum::routing::post(take))
-            .with_state((Arc::clone(&taken), slack));
+            .with_state((Arc::clone(&taken), Arc::new(answers)));
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -87,11 +120,12 @@ impl Drop for Receiver {
 }
 
 async fn take(
-    State((taken, slack)): State<(Arc<Mutex<Vec<Received>>>, bool)>,
+    State((taken, answers)): State<(Taken, Arc<Answers>)>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, &'static str) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
     let header = |name: &str| {
         headers
             .get(name)
@@ -100,27 +134,47 @@ async fn take(
     };
     let body = serde_json::from_slice(&body)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
-    let problems = if slack {
+    let problems = if answers.slack {
         slack_problems(&body)
     } else {
         Vec::new()
     };
-    let answer = if problems.is_empty() {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::BAD_REQUEST, "invalid_blocks")
-    };
+    let path = uri.path().to_owned();
     let received = Received {
-        path: uri.path().to_owned(),
+        path: path.clone(),
         content_type: header("content-type").unwrap_or_default(),
         authorization: header("authorization"),
         body,
         problems,
     };
-    if let Ok(mut taken) = taken.lock() {
-        taken.push(received);
+    let (before, refused) = match taken.lock() {
+        Ok(mut taken) => {
+            let before = taken.iter().filter(|r| r.path == path).count();
+            let refused = !received.problems.is_empty();
+            taken.push(received);
+            (before, refused)
+        }
+        Err(_) => (0, false),
+    };
+    if refused {
+        return (StatusCode::BAD_REQUEST, "invalid_blocks").into_response();
     }
-    answer
+    let scripted = answers.scripted.iter().find(|(p, _)| *p == path);
+    match scripted.and_then(|(_, script)| script.get(before)) {
+        Some((status, retry_after)) => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            let mut response = (status, "scripted answer").into_response();
+            if let Some(secs) = retry_after
+                && let Ok(value) = secs.to_string().parse()
+            {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, value);
+            }
+            response
+        }
+        None => (StatusCode::OK, "ok").into_response(),
+    }
 }
 
 /// What Slack would refuse in a message (its documented Block Kit limits:

@@ -592,3 +592,52 @@ async fn completions_and_man_pages_come_from_the_clis_definitions() {
     assert!(new.contains(".TH") && new.contains("batch\\-by"), "{new}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Every refusal with `--json` is one JSON object on stdout too, naming the
+/// kind, the message and the exit code the shell sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_refusal_with_json_is_one_json_object() {
+    let env = TestEnv::new(0.01).await;
+    let applied = env.record_ship_revenue_fix().await;
+    assert_eq!(env.run_to_end(applied, 2).await, Finish::Applied);
+    let applied = applied.to_string();
+    let dir = std::env::temp_dir().join(format!("bf-refusals-{}", env.config.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[brief]\nname = \"x\"\n").unwrap();
+    let bad = bad.to_str().unwrap();
+    let missing = dir.join("missing.toml");
+    let missing = missing.to_str().unwrap();
+    for (args, exit, kind) in [
+        (vec!["pause", applied.as_str()], 2, "bad_input"),
+        (vec!["plan", missing], 2, "bad_input"),
+        (vec!["run", bad], 2, "bad_input"),
+        (vec!["status", "ffffffff"], 2, "bad_input"),
+        (vec!["approve", applied.as_str()], 2, "bad_input"),
+        (vec!["cutover", applied.as_str()], 2, "bad_input"),
+        (
+            vec!["people", "add", "carol", "--role", "no_such_role_x"],
+            2,
+            "bad_input",
+        ),
+        (vec!["rollback", "not-a-run"], 2, "bad_input"),
+        (vec!["status", "--no-such-flag"], 2, "usage"),
+    ] {
+        let mut json = args.clone();
+        json.push("--json");
+        let (code, stdout, stderr) = env.cli(&json).await;
+        assert_eq!(code, Some(exit), "{args:?}: {stdout}\n{stderr}");
+        let error = &object(&stdout)["error"];
+        assert_eq!(
+            (error["kind"].as_str(), error["exit"].as_i64()),
+            (Some(kind), Some(i64::from(exit))),
+            "{args:?}: {stdout}"
+        );
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{args:?}: {stdout}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}

@@ -34,6 +34,8 @@ use uuid::Uuid;
 const QUEUE: usize = 1024;
 /// How long one delivery try may take.
 const TRY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest `Retry-After` a delivery waits for before its next try.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(30);
 /// How long a process about to exit waits for what is still queued.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
@@ -517,22 +519,75 @@ async fn post_with_retries(client: &reqwest::Client, delivery: &Delivery) -> Res
         if let Some(token) = &delivery.bearer {
             request = request.bearer_auth(token);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
+        let response = request.send().await.map_err(|e| {
+            let why = if e.is_timeout() {
+                format!("no answer within {} s (timed out)", TRY_TIMEOUT.as_secs())
+            } else if e.is_connect() {
+                format!("could not connect: {}", e.without_url())
+            } else {
+                e.without_url().to_string()
+            };
+            Refusal::again(why)
+        })?;
         let status = response.status();
         if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("the endpoint answered {status}"))
+            return Ok(());
         }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|secs| Duration::from_secs(secs.min(RETRY_AFTER_MAX.as_secs())));
+        // What the endpoint said, briefly (Slack answers `invalid_blocks`).
+        let said: String = response
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect();
+        let said = said.trim();
+        let why = if said.is_empty() {
+            format!("the endpoint answered {status}")
+        } else {
+            format!("the endpoint answered {status}: {said}")
+        };
+        // A request the endpoint refuses as it is will be refused again.
+        let again = status.is_server_error() || matches!(status.as_u16(), 408 | 429);
+        Err(Refusal {
+            why,
+            again,
+            retry_after,
+        })
     };
     let tries = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(2))
         .with_max_times(3);
-    post.retry(tries).await
+    post.retry(tries)
+        .when(|r: &Refusal| r.again)
+        .adjust(|r: &Refusal, backoff| backoff.map(|b| r.retry_after.unwrap_or(b)))
+        .await
+        .map_err(|r| r.why)
+}
+
+/// Why a delivery try failed, and whether trying again may help.
+struct Refusal {
+    why: String,
+    again: bool,
+    /// What a 429 or 503 asked to wait (`Retry-After` in seconds).
+    retry_after: Option<Duration>,
+}
+
+impl Refusal {
+    fn again(why: String) -> Self {
+        Self {
+            why,
+            again: true,
+            retry_after: None,
+        }
+    }
 }
 
 /// Posts one payload to every webhook now, waiting for each (the commands
@@ -603,7 +658,7 @@ pub async fn send_change_note(
     };
     if delivered.is_empty() {
         return Err(crate::CliError::Halted(format!(
-            "the change note reached no webhook ({}); nothing was recorded",
+            "the change note reached no webhook ({}); each failure is in the run log (notification_dropped), and the note is not recorded as delivered",
             failed.join("; ")
         )));
     }
