@@ -208,7 +208,7 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
     );
 
     // The report of the run says the same, from the manifest as it is now.
-    // The run's OpenLineage events carry it in their `backfill` facet.
+    // The run's OpenLineage events carry it in their `backfill_run` facet.
     let lineage = Receiver::start().await;
     let mut worker = env.spawn_worker(&[]);
     let (code, stdout, stderr) = env
@@ -221,7 +221,7 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
             t.iter().any(|e| e.body["eventType"] == "COMPLETE")
         })
         .await;
-    let facet = &events[0].body["run"]["facets"]["backfill"];
+    let facet = &events[0].body["run"]["facets"]["backfill_run"];
     assert_eq!(
         facet["dbtSelector"], "source:tpch.order_revenue+",
         "{facet}"

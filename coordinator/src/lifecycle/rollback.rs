@@ -89,8 +89,9 @@ impl RollbackReport {
         } else {
             let _ = writeln!(
                 s,
-                "restored {} batch(es): {} row(s) put back, {} row(s) the run added deleted{overwritten}",
-                self.batches_restored, self.rows_restored, self.rows_deleted,
+                "restored {} batch(es): took out the {} row version(s) the run wrote (updated or inserted), \
+                 then put back the {} row(s) as they were before it{overwritten}",
+                self.batches_restored, self.rows_deleted, self.rows_restored,
             );
         }
         if self.erased_not_restored > 0 {

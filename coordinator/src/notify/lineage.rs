@@ -1,11 +1,16 @@
 //! OpenLineage run events (spec 2-0-2) for a run's life: the backfill run
-//! itself (`START`, `RUNNING` when taken up again, `COMPLETE`, `FAIL` with the
-//! `errorMessage` facet, `ABORT`), and its cutover and rollback as runs of
-//! their own whose `parent` facet points at the backfill run.
+//! itself (`START`; `RUNNING` when it halts, its coordinator is lost or it is
+//! taken up again, none of which ends it; then one of `COMPLETE` or `ABORT`),
+//! and its cutover and rollback as runs of their own whose `parent` facet
+//! points at the backfill run (`START`, then `COMPLETE` or `FAIL`): one
+//! terminal event per `runId`.
 //!
-//! The backfill run's `runId` is the Backfill run id. Datasets are named as
-//! OpenLineage names PostgreSQL tables: namespace `postgres://host:port`, name
-//! `database.schema.table`.
+//! Each `runId` is a UUIDv7, as the spec recommends: the run's creation time
+//! and bits derived from the Backfill run id and the step, so every process
+//! names a run alike. The Backfill run id is in the `backfill_run` facet.
+//! Datasets are named as OpenLineage names PostgreSQL tables: namespace
+//! `postgres://host:port` (`localhost` for a Unix socket), name
+//! `database.schema.table`, all as the connection has them.
 
 use super::{Facts, Happened, Step};
 use serde_json::{Value, json};
@@ -15,9 +20,14 @@ use uuid::Uuid;
 const SCHEMA: &str = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent";
 const PRODUCER: &str = "https://github.com/backfill-dev/backfill";
 const FACET: &str = "https://openlineage.io/spec/facets";
-/// The custom run facet: what a lineage user filters backfills on.
-const BACKFILL_FACET: &str =
-    "https://github.com/backfill-dev/backfill/blob/main/docs/openlineage-facet.json";
+/// The custom run facet, named with the producer's prefix.
+const BACKFILL_FACET_NAME: &str = "backfill_run";
+/// Its schema, at this version's tag: immutable once released.
+const BACKFILL_FACET: &str = concat!(
+    "https://github.com/backfill-dev/backfill/blob/v",
+    env!("CARGO_PKG_VERSION"),
+    "/docs/openlineage/BackfillRunFacet.json"
+);
 
 /// Where the warehouse is, as OpenLineage names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,29 +38,27 @@ pub struct Warehouse {
 }
 
 impl Warehouse {
-    /// From a `postgres://user:password@host:port/database?…` URL (no
-    /// password kept); `None` for a URL without a host.
+    /// From a `postgres://user:password@host:port/database?…` URL, read as
+    /// the connection reads it (`?host=`, `?port=`, `?dbname=` included; no
+    /// password kept): a Unix socket's directory is `localhost`, a missing
+    /// database the user's name, as PostgreSQL takes it. `None` for a URL
+    /// that is none.
     #[must_use]
     pub fn from_url(url: &str) -> Option<Self> {
-        let rest = url.split_once("://")?.1;
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        if host_port.is_empty() {
-            return None;
-        }
-        let host_port = if host_port.contains(':') {
-            host_port.to_owned()
+        use std::str::FromStr as _;
+        let options = sqlx::postgres::PgConnectOptions::from_str(url).ok()?;
+        let host = options.get_host();
+        let host = if host.starts_with('/') || host.is_empty() {
+            "localhost"
         } else {
-            format!("{host_port}:5432")
+            host
         };
-        let database = path.split('?').next().unwrap_or_default();
+        let database = options
+            .get_database()
+            .unwrap_or_else(|| options.get_username());
         Some(Self {
-            namespace: format!("postgres://{host_port}"),
-            database: if database.is_empty() {
-                "postgres".to_owned()
-            } else {
-                database.to_owned()
-            },
+            namespace: format!("postgres://{host}:{}", options.get_port()),
+            database: database.to_owned(),
         })
     }
 
@@ -59,13 +67,16 @@ impl Warehouse {
     }
 }
 
-/// A run id of its own for the run's cutover or rollback, the same in every
-/// process (so a `START` and its `COMPLETE` match).
-fn child_run_id(run_id: Uuid, what: &str) -> Uuid {
+/// The OpenLineage `runId` of the run (`what` = `run`) or of its cutover or
+/// rollback: a UUIDv7 of the run's creation time and bits derived from its
+/// id and `what`, the same in every process (so a `START` and its
+/// `COMPLETE` match).
+fn lineage_run_id(run_id: Uuid, created: chrono::DateTime<chrono::Utc>, what: &str) -> Uuid {
     let digest = sha2::Sha256::digest(format!("{run_id}/{what}").as_bytes());
-    let mut bytes = [0_u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_random_bytes(bytes).into_uuid()
+    let mut random = [0_u8; 10];
+    random.copy_from_slice(&digest[..10]);
+    let millis = u64::try_from(created.timestamp_millis()).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }
 
 fn facet(name: &str, version: &str, body: Value) -> Value {
@@ -87,8 +98,9 @@ pub fn event(facts: &Facts<'_>, namespace: &str, warehouse: &Warehouse) -> Optio
     let run = facts.run;
     let (kind, event_type) = match facts.happened {
         Happened::Started => (None, "START"),
-        Happened::Resumed => (None, "RUNNING"),
-        Happened::Halted(_) | Happened::Failed(_) => (None, "FAIL"),
+        // A halted run, or one whose coordinator is gone, goes on when
+        // resumed or driven again: not an end.
+        Happened::Resumed | Happened::Halted(_) | Happened::Failed(_) => (None, "RUNNING"),
         Happened::Applied => (None, "COMPLETE"),
         Happened::Cancelled => (None, "ABORT"),
         Happened::Cutover(step) => (Some("cutover"), step_type(step)),
@@ -106,7 +118,7 @@ pub fn event(facts: &Facts<'_>, namespace: &str, warehouse: &Warehouse) -> Optio
         None => brief.meta.name.clone(),
         Some(kind) => format!("{}.{kind}", brief.meta.name),
     };
-    let run_id = kind.map_or(run.run_id, |kind| child_run_id(run.run_id, kind));
+    let run_id = lineage_run_id(run.run_id, run.created_at, kind.unwrap_or("run"));
 
     let mut run_facets = serde_json::Map::new();
     if let Some((start, end)) = super::nominal_time(run) {
@@ -119,13 +131,23 @@ pub fn event(facts: &Facts<'_>, namespace: &str, warehouse: &Warehouse) -> Optio
             ),
         );
     }
-    if let Some(message) = facts.happened.error() {
+    // An error of the code, not a halt (a breached limit or a failed batch
+    // the run holds on, in `haltReason`): the coordinator's, or a cutover's
+    // or rollback's statements'.
+    let failure = match facts.happened {
+        Happened::Failed(message) => Some((message, "Rust")),
+        Happened::Cutover(Step::Failed(message)) | Happened::Rollback(Step::Failed(message)) => {
+            Some((message, "SQL"))
+        }
+        _ => None,
+    };
+    if let Some((message, language)) = failure {
         run_facets.insert(
             "errorMessage".into(),
             facet(
                 "ErrorMessageRunFacet",
                 "1-0-1",
-                json!({ "message": message, "programmingLanguage": "SQL" }),
+                json!({ "message": message, "programmingLanguage": language }),
             ),
         );
     }
@@ -136,7 +158,7 @@ pub fn event(facts: &Facts<'_>, namespace: &str, warehouse: &Warehouse) -> Optio
                 "ParentRunFacet",
                 "1-0-1",
                 json!({
-                    "run": { "runId": run.run_id },
+                    "run": { "runId": lineage_run_id(run.run_id, run.created_at, "run") },
                     "job": { "namespace": namespace, "name": brief.meta.name },
                 }),
             ),
@@ -146,6 +168,7 @@ pub fn event(facts: &Facts<'_>, namespace: &str, warehouse: &Warehouse) -> Optio
     let mut backfill = json!({
         "_producer": PRODUCER,
         "_schemaURL": BACKFILL_FACET,
+        "runId": run.run_id,
         "strategy": brief.write.strategy.as_str(),
         "risk": brief.meta.risk.as_str(),
         "briefHash": run.brief_hash,
@@ -158,8 +181,16 @@ pub fn event(facts: &Facts<'_>, namespace: &str, warehouse: &Warehouse) -> Optio
                    "start": brief.scope.batch_by.start.to_string(),
                    "end": brief.scope.batch_by.end.to_string() },
     });
-    if let (Some(map), Some(why)) = (backfill.as_object_mut(), &run.halt_reason) {
-        map.insert("haltReason".into(), why.clone().into());
+    // Why it holds, while it does: a breach accepted and resumed holds no more.
+    let holding = match facts.happened {
+        Happened::Halted(why) => Some(why.clone()),
+        _ if run.state == backfill_shared::control::runs::RunState::Halted => {
+            run.halt_reason.clone()
+        }
+        _ => None,
+    };
+    if let (Some(map), Some(why)) = (backfill.as_object_mut(), holding) {
+        map.insert("haltReason".into(), why.into());
     }
     // What the brief's dbt manifest has downstream, as it reads now (an
     // unreadable manifest leaves it out: an event never fails on it).
@@ -177,7 +208,7 @@ pub fn event(facts: &Facts<'_>, namespace: &str, warehouse: &Warehouse) -> Optio
         map.insert("dbtTests".into(), json!(dbt.tests));
         map.insert("dbtSelector".into(), json!(dbt.selector));
     }
-    run_facets.insert("backfill".into(), backfill);
+    run_facets.insert(BACKFILL_FACET_NAME.into(), backfill);
 
     let mut owners = vec![json!({ "name": brief.meta.owner, "type": "owner" })];
     if !brief.meta.reviewer.is_empty() {
@@ -236,14 +267,43 @@ mod tests {
         assert_eq!(w.database, "analytics");
         let w = Warehouse::from_url("postgresql://127.0.0.1/postgres").unwrap();
         assert_eq!(w.namespace, "postgres://127.0.0.1:5432");
-        assert!(Warehouse::from_url("postgres:///x").is_none());
+        // A Unix socket, the database in the path or as dbname, or the user's.
+        let w =
+            Warehouse::from_url("postgres:///analytics?host=/var/run/postgresql&user=etl").unwrap();
+        assert_eq!(
+            (w.namespace.as_str(), w.database.as_str()),
+            ("postgres://localhost:5432", "analytics")
+        );
+        let w = Warehouse::from_url("postgres://etl@db.internal/?dbname=sales&port=6543").unwrap();
+        assert_eq!(
+            (w.namespace.as_str(), w.database.as_str()),
+            ("postgres://db.internal:6543", "sales")
+        );
+        let w = Warehouse::from_url("postgres://etl@db.internal").unwrap();
+        assert_eq!(w.database, "etl");
+        assert!(!format!("{w:?}").contains("sekrit"));
     }
 
     #[test]
-    fn a_cutover_has_a_run_id_of_its_own_in_every_process() {
+    fn each_step_has_a_v7_run_id_of_its_own_in_every_process() {
         let run = Uuid::new_v4();
-        assert_eq!(child_run_id(run, "cutover"), child_run_id(run, "cutover"));
-        assert_ne!(child_run_id(run, "cutover"), child_run_id(run, "rollback"));
-        assert_ne!(child_run_id(run, "cutover"), run);
+        let at = chrono::Utc::now();
+        let id = |what| lineage_run_id(run, at, what);
+        assert_eq!(id("cutover"), id("cutover"));
+        assert_ne!(id("cutover"), id("rollback"));
+        assert_ne!(id("run"), id("cutover"));
+        assert_eq!(id("run").get_version_num(), 7);
+        let (secs, _) = id("run").get_timestamp().unwrap().to_unix();
+        assert_eq!(i64::try_from(secs).unwrap(), at.timestamp());
+    }
+
+    #[test]
+    fn the_facets_schema_is_where_its_url_says() {
+        let schema: Value = serde_json::from_str(include_str!(
+            "../../../docs/openlineage/BackfillRunFacet.json"
+        ))
+        .unwrap();
+        assert_eq!(schema["$id"], BACKFILL_FACET);
+        assert!(schema["properties"]["runId"].is_object());
     }
 }
