@@ -18,6 +18,7 @@
 //! - [`checks`]: per-batch figures and the limits they are held against.
 //! - [`sql`]: quoting of identifiers from the brief; [`partitions`]: partitioned
 //!   tables (their partitions, a table built alike, names handed over on a swap).
+//! - [`text`]: text from elsewhere made plain (no terminal escapes).
 
 pub mod brief;
 pub mod checks;
@@ -33,4 +34,5 @@ pub mod services;
 pub mod signing;
 pub mod sql;
 pub mod telemetry;
+pub mod text;
 pub mod topology;

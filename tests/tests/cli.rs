@@ -420,6 +420,24 @@ async fn the_readmes_demo_example_runs() {
     assert_eq!(summary["differences_remaining"], 0, "{summary}");
     assert_eq!(summary["state"], "cut_over", "{summary}");
     assert!(stderr.contains("Approved by bob; cut over"), "{stderr}");
+    // A view someone made on the demo's table: the demo names it and drops
+    // nothing it did not create.
+    sqlx::query("CREATE VIEW demo.analyst_view AS SELECT o_orderkey FROM demo.order_revenue")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let out = backfill(&env, &["demo", "--scale", "0.01", "--batches", "10"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("demo.analyst_view") && stderr.contains("drops nothing it did not create"),
+        "{stderr}"
+    );
+    let kept: bool = sqlx::query_scalar("SELECT to_regclass('demo.analyst_view') IS NOT NULL")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(kept);
     env.cleanup().await;
 }
 

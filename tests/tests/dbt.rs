@@ -211,17 +211,45 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
     // The run's OpenLineage events carry it in their `backfill_run` facet.
     let lineage = Receiver::start().await;
     let mut worker = env.spawn_worker(&[]);
+    let hook = format!("{}/hook", lineage.url);
     let (code, stdout, stderr) = env
-        .cli_with(&["run", path], &[("OPENLINEAGE_URL", &lineage.url)])
+        .cli_with(
+            &["run", path],
+            &[
+                ("OPENLINEAGE_URL", &lineage.url),
+                ("BACKFILL_WEBHOOK_URL", &hook),
+            ],
+        )
         .await;
     assert_eq!(code, Some(0), "{stderr}");
     let run_id: Uuid = stdout.lines().next().unwrap().parse().unwrap();
-    let events = lineage
-        .until("the run's COMPLETE event", |t| {
+    let taken = lineage
+        .until("the run's COMPLETE event and its webhook", |t| {
             t.iter().any(|e| e.body["eventType"] == "COMPLETE")
+                && t.iter()
+                    .any(|e| e.body["type"] == "dev.backfill.run.applied")
         })
         .await;
+    let events: Vec<_> = taken
+        .iter()
+        .filter(|e| e.path == "/api/v1/lineage")
+        .collect();
     let facet = &events[0].body["run"]["facets"]["backfill_run"];
+    // The webhook's stakeholders are the brief's and the exposures' owners.
+    let applied = taken
+        .iter()
+        .find(|e| e.body["type"] == "dev.backfill.run.applied")
+        .unwrap();
+    assert_eq!(
+        applied.body["data"]["stakeholders"],
+        serde_json::json!([
+            "finance",
+            "growth",
+            "Fiona Finance <fiona@example.com> (exposure finance_board)"
+        ]),
+        "{}",
+        applied.body
+    );
     assert_eq!(
         facet["dbtSelector"], "source:tpch.order_revenue+",
         "{facet}"
@@ -281,6 +309,8 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
             .contains("Completed successfully"),
         "{logged}"
     );
+    // Plain text: no colour codes in the log, whatever dbt printed.
+    assert!(!logged.to_string().contains("\\u001b"), "{logged}");
 
     let (code, report, stderr) = env.cli(&["report", &run_id.to_string()]).await;
     assert_eq!(code, Some(0), "{stderr}");

@@ -163,6 +163,41 @@ retain_days = 14
     ))
 }
 
+/// Refuses, naming them, when views the demo did not create read the tables
+/// it rebuilds (a dbt project's models on `demo.order_revenue`, say): the
+/// demo drops nothing it did not create.
+async fn readers_of_its_own(pool: &PgPool) -> Result<()> {
+    let mut foreign = Vec::new();
+    for table in ["order_revenue", "lineitem", "orders", "customer"] {
+        let table = backfill_shared::sql::TableName {
+            schema: SCHEMA.into(),
+            table: table.into(),
+        };
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(table.quoted())
+            .fetch_one(pool)
+            .await?;
+        if !exists {
+            continue;
+        }
+        for reader in crate::catalog::readers(pool, &table).await? {
+            let name = reader.name.to_string();
+            if name != format!("{SCHEMA}.monthly_revenue") && !foreign.contains(&name) {
+                foreign.push(name);
+            }
+        }
+    }
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::BadInput(format!(
+        "the demo rebuilds the tables of schema {SCHEMA}, and views it did not create read them: {}. \
+         It drops nothing it did not create: drop those views or point them elsewhere (a dbt project: \
+         its sources' schema), or run the demo on another database (BACKFILL_DATABASE_URL)",
+        foreign.join(", ")
+    )))
+}
+
 /// The role the demo's reviewer acts as, when nobody is mapped to the reviewer.
 const DEMO_REVIEWER_ROLE: &str = "backfill_demo_reviewer";
 
@@ -358,6 +393,7 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
         crate::lifecycle::cleanup::cleanup(&pool, run_id, "demo", true).await?;
     }
 
+    readers_of_its_own(&pool).await?;
     eprintln!("Generating TPC-H at scale {scale} into schema {SCHEMA}...");
     let t = Instant::now();
     let counts = tpch::load(&pool, SCHEMA, scale)

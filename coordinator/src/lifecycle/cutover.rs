@@ -369,8 +369,11 @@ async fn run_command(run: &[String], dir: Option<&str>) -> Result<Ran> {
         ));
     };
     let mut command = tokio::process::Command::new(program);
+    // Plain output, for the run log and the terminal: tools that colour
+    // (dbt) are asked not to, and what escapes remain is removed below.
     command
         .args(args)
+        .env("NO_COLOR", "1")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     if let Some(dir) = dir {
@@ -382,8 +385,10 @@ async fn run_command(run: &[String], dir: Option<&str>) -> Result<Ran> {
             dir.map(|d| format!(" in {d}")).unwrap_or_default()
         ))
     })?;
-    let printed =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let printed = backfill_shared::text::plain(
+        &(String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr)),
+    );
     let lines: Vec<&str> = printed.lines().collect();
     let tail = lines[lines.len().saturating_sub(OUTPUT_TAIL_LINES)..].join("\n");
     Ok(Ran {

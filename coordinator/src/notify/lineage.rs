@@ -192,18 +192,7 @@ pub fn event(facts: &Facts<'_>, namespace: &str, warehouse: &Warehouse) -> Optio
     if let (Some(map), Some(why)) = (backfill.as_object_mut(), holding) {
         map.insert("haltReason".into(), why.into());
     }
-    // What the brief's dbt manifest has downstream, as it reads now (an
-    // unreadable manifest leaves it out: an event never fails on it).
-    let dbt = brief.dependencies.dbt_manifest.as_deref().and_then(|path| {
-        crate::dbt::radius(
-            path,
-            &warehouse.database,
-            &brief.scope.target,
-            &brief.dependencies.downstream,
-        )
-        .ok()
-    });
-    if let (Some(map), Some(dbt)) = (backfill.as_object_mut(), dbt) {
+    if let (Some(map), Some(dbt)) = (backfill.as_object_mut(), &facts.dbt) {
         map.insert("dbtDownstream".into(), json!(dbt.dependents));
         map.insert("dbtTests".into(), json!(dbt.tests));
         map.insert("dbtSelector".into(), json!(dbt.selector));

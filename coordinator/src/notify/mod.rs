@@ -283,6 +283,34 @@ pub struct Facts<'a> {
     pub counts: &'a batches::Counts,
     pub happened: &'a Happened,
     pub time: chrono::DateTime<chrono::Utc>,
+    /// What the brief's dbt manifest has downstream, as it reads now (an
+    /// unreadable manifest leaves it out: a notification never fails on it).
+    pub dbt: Option<crate::dbt::Radius>,
+}
+
+impl Facts<'_> {
+    /// The brief's stakeholders, then the owners of the dbt exposures downstream.
+    #[must_use]
+    pub fn stakeholders(&self) -> Vec<String> {
+        crate::dbt::stakeholders(&self.run.brief.dependencies.stakeholders, self.dbt.as_ref())
+    }
+}
+
+/// What the run's dbt manifest has downstream, for its notifications.
+fn dbt_radius(run: &runs::Run) -> Option<crate::dbt::Radius> {
+    let brief = &run.brief;
+    let database = INSTALLED
+        .get()
+        .map_or("postgres", |i| i.warehouse.database.as_str());
+    brief.dependencies.dbt_manifest.as_deref().and_then(|path| {
+        crate::dbt::radius(
+            path,
+            database,
+            &brief.scope.target,
+            &brief.dependencies.downstream,
+        )
+        .ok()
+    })
 }
 
 /// One payload on its way to one endpoint.
@@ -442,6 +470,7 @@ pub async fn emit(pool: &PgPool, run_id: Uuid, happened: Happened) {
         counts: &counts,
         happened: &happened,
         time: chrono::Utc::now(),
+        dbt: dbt_radius(&run),
     };
     let settings = &installed.settings;
     let mut out = Vec::new();
@@ -646,6 +675,7 @@ pub async fn send_change_note(
         counts: &counts,
         happened: &happened,
         time: chrono::Utc::now(),
+        dbt: dbt_radius(&run),
     };
     let sent = post_to_webhooks(pool, Some(run_id), happened.name(), |format, console| {
         webhook::payload(&facts, format, console)

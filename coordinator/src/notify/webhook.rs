@@ -59,7 +59,7 @@ pub fn data(facts: &Facts<'_>) -> Value {
         "batches": { "total": run.batch_count, "applied": facts.counts.applied,
                      "failed": facts.counts.failed },
         "rows": { "inserted": rows.inserted, "updated": rows.updated, "deleted": rows.deleted },
-        "stakeholders": brief.dependencies.stakeholders,
+        "stakeholders": facts.stakeholders(),
         "see": format!("backfill status {}", run.run_id),
     });
     let map = data.as_object_mut();
@@ -194,6 +194,10 @@ fn slack(facts: &Facts<'_>, console: Option<&str>) -> Value {
             ),
         ),
     ];
+    let stakeholders = facts.stakeholders();
+    if !stakeholders.is_empty() {
+        fields.push(("Stakeholders", stakeholders.join(", ")));
+    }
     if let Some(error) = facts.happened.error() {
         fields.push(("What stopped it", error.to_owned()));
     }
