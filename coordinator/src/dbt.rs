@@ -113,6 +113,9 @@ struct Manifest {
     semantic_models: HashMap<String, Named>,
     #[serde(default)]
     saved_queries: HashMap<String, Named>,
+    /// dbt 1.8's unit tests, each on the model it names.
+    #[serde(default)]
+    unit_tests: HashMap<String, Named>,
     /// Each node's direct dependents; rebuilt from `depends_on` when absent.
     #[serde(default)]
     child_map: Option<HashMap<String, Vec<String>>>,
@@ -330,6 +333,18 @@ impl Manifest {
                     declared: named(kind, &node.name),
                     owner: None,
                 });
+            }
+        }
+        // Unit tests of the models downstream (dbt keeps them apart from the
+        // nodes, and its child map may leave them out).
+        for test in self.unit_tests.values() {
+            if test
+                .depends_on
+                .nodes
+                .iter()
+                .any(|parent| depth.get(parent.as_str()).is_some_and(|d| *d > 0))
+            {
+                tests.insert(test.name.clone());
             }
         }
         radius

@@ -168,7 +168,7 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
     );
     assert!(
         plan.contains(&format!(
-            "dbt ({}): tpch.order_revenue is source.shop.tpch.order_revenue; after cutover run its 4 test(s) downstream: `dbt test --select source:tpch.order_revenue+`",
+            "dbt ({}): tpch.order_revenue is source.shop.tpch.order_revenue; after cutover run its 5 test(s) downstream: `dbt test --select source:tpch.order_revenue+`",
             manifest.display()
         )),
         "{plan}"
@@ -185,7 +185,16 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
     let (code, json, stderr) = env.cli(&["plan", path, "--json"]).await;
     assert_eq!(code, Some(0), "{stderr}");
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(json["dbt"]["tests"].as_array().unwrap().len(), 4, "{json}");
+    // The data tests on the source and the table model, and the unit test.
+    assert_eq!(json["dbt"]["tests"].as_array().unwrap().len(), 5, "{json}");
+    assert!(
+        json["dbt"]["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "sums_a_month"),
+        "{json}"
+    );
     assert_eq!(json["dbt"]["selector"], "source:tpch.order_revenue+");
     let exposure = json["dependents"]
         .as_array()
@@ -254,7 +263,7 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
         facet["dbtSelector"], "source:tpch.order_revenue+",
         "{facet}"
     );
-    assert_eq!(facet["dbtTests"].as_array().unwrap().len(), 4, "{facet}");
+    assert_eq!(facet["dbtTests"].as_array().unwrap().len(), 5, "{facet}");
     assert!(
         facet["dbtDownstream"]
             .as_array()
