@@ -95,8 +95,11 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
     assert!(manifest.exists(), "dbt parse wrote no manifest");
     // The models as they stand before the backfill: built from the buggy table.
     dbt(&env, &work, &["run"]).await;
-    let (model, target) = sums(&env).await;
-    assert!((model - target).abs() < 0.01, "{model} vs {target}");
+    let (model_before, target) = sums(&env).await;
+    assert!(
+        (model_before - target).abs() < 0.01,
+        "{model_before} vs {target}"
+    );
 
     // Cutover builds everything downstream of the target, and tests it.
     let mut build = vec![
@@ -356,7 +359,28 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
     worker.start_kill().unwrap();
     let _ = worker.wait().await;
 
-    // A plan with a manifest that cannot be read stops, naming it and the fix.
+    // Rollback runs the refresh steps again: the dbt model follows the target
+    // back to what it was before the run.
+    let (code, stdout, stderr) = env
+        .cli_with(
+            &["rollback", &run_id.to_string()],
+            &[("DBT_DBNAME", &env.database)],
+        )
+        .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("ran the brief's 1 refresh step(s) again"),
+        "{stdout}"
+    );
+    let (model, target) = sums(&env).await;
+    assert!(
+        (model - model_before).abs() < 0.01 && (model - target).abs() < 0.01,
+        "after rollback the model holds {model}, the target {target}, before the run {model_before}"
+    );
+
+    // A plan with a manifest that cannot be read stops, naming it and the fix
+    // (the rollback's dbt build wrote it again).
+    let _ = std::fs::remove_file(&manifest);
     let (code, _, stderr) = env.cli(&["plan", path]).await;
     assert_eq!(code, Some(2), "{stderr}");
     assert!(

@@ -272,52 +272,16 @@ pub async fn cutover_with(
         }
     }
 
-    let done = log::refreshes_done(pool, run_id).await?;
+    let done = log::refreshes_done(pool, run_id, "cutover_step").await?;
     for (index, refresh) in brief.dependencies.refresh.iter().enumerate() {
         let index = i64::try_from(index).unwrap_or(i64::MAX);
         if done.contains(&index) {
             continue;
         }
         let at = format!("refresh step {} ({refresh})", index + 1);
-        let detail = match refresh {
-            Refresh::Sql(statement) => {
-                if let Err(e) = sqlx::raw_sql(AssertSqlSafe(statement.as_str()))
-                    .execute(pool)
-                    .await
-                {
-                    return Err(fail(&at, &CliError::from(e)).await);
-                }
-                serde_json::json!({ "index": index, "statement": statement })
-            }
-            Refresh::Command { run, dir } => {
-                let ran = match run_command(run, dir.as_deref()).await {
-                    Ok(ran) => ran,
-                    Err(e) => return Err(fail(&at, &e).await),
-                };
-                let detail = serde_json::json!({
-                    "index": index,
-                    "statement": refresh.to_string(),
-                    "command": run,
-                    "dir": dir,
-                    "exit": ran.exit,
-                    "output": ran.tail,
-                });
-                if ran.exit != Some(0) {
-                    let _ =
-                        log::append(pool, run_id, actor, "refresh_command_failed", None, detail)
-                            .await;
-                    let error = CliError::BadInput(format!(
-                        "`{refresh}` {}; the last lines it printed:\n{}\nFix it, then `backfill cutover {run_id}` runs it again and goes on",
-                        ran.exit.map_or_else(
-                            || "was killed by a signal".to_owned(),
-                            |code| format!("exited with {code}")
-                        ),
-                        ran.tail
-                    ));
-                    return Err(fail(&at, &error).await);
-                }
-                detail
-            }
+        let detail = match refresh_step(pool, run_id, actor, refresh, index, "cutover").await {
+            Ok(detail) => detail,
+            Err(e) => return Err(fail(&at, &e).await),
         };
         step("refresh", detail).await?;
         report.refresh_statements += 1;
@@ -359,6 +323,51 @@ struct Ran {
 
 /// How many of its last lines a refresh command's output keeps in the log.
 const OUTPUT_TAIL_LINES: usize = 20;
+
+/// Runs one of the brief's refresh steps (step `index`): a statement, or a
+/// command whose failure is logged (`refresh_command_failed`) with what it
+/// printed; `verb` (`cutover`, `rollback`) is the command that runs it again.
+/// What to log of it when it succeeds.
+pub(crate) async fn refresh_step(
+    pool: &PgPool,
+    run_id: Uuid,
+    actor: &str,
+    refresh: &Refresh,
+    index: i64,
+    verb: &str,
+) -> Result<serde_json::Value> {
+    match refresh {
+        Refresh::Sql(statement) => {
+            sqlx::raw_sql(AssertSqlSafe(statement.as_str()))
+                .execute(pool)
+                .await?;
+            Ok(serde_json::json!({ "index": index, "statement": statement }))
+        }
+        Refresh::Command { run, dir } => {
+            let ran = run_command(run, dir.as_deref()).await?;
+            let detail = serde_json::json!({
+                "index": index,
+                "statement": refresh.to_string(),
+                "command": run,
+                "dir": dir,
+                "exit": ran.exit,
+                "output": ran.tail,
+            });
+            if ran.exit == Some(0) {
+                return Ok(detail);
+            }
+            let _ = log::append(pool, run_id, actor, "refresh_command_failed", None, detail).await;
+            Err(CliError::BadInput(format!(
+                "`{refresh}` {}; the last lines it printed:\n{}\nFix it, then `backfill {verb} {run_id}` runs it again and goes on",
+                ran.exit.map_or_else(
+                    || "was killed by a signal".to_owned(),
+                    |code| format!("exited with {code}")
+                ),
+                ran.tail
+            )))
+        }
+    }
+}
 
 /// Runs `run` (a program and its arguments, no shell) in `dir`, its output
 /// captured; an error only when it cannot be started.

@@ -179,7 +179,9 @@ pub async fn done(
     });
     let cut_over = matches!(run.state, RunState::CutOver | RunState::Done);
     let refreshes = run.brief.dependencies.refresh.len();
-    let refreshed = log::refreshes_done(pool, run_id).await?.len();
+    let refreshed = log::refreshes_done(pool, run_id, "cutover_step")
+        .await?
+        .len();
     items.push(Item {
         name: "cut over, refreshed",
         ok: cut_over && refreshed >= refreshes,

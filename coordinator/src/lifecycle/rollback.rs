@@ -56,6 +56,8 @@ pub struct RollbackReport {
     /// Rows `rollback.erased` names that rollback did not put back.
     pub erased_not_restored: u64,
     pub dropped: Option<String>,
+    /// The brief's refresh steps run again after a cut-over run was restored.
+    pub refresh_statements: usize,
     pub refreshed_materialized_views: Vec<String>,
 }
 
@@ -104,6 +106,13 @@ impl RollbackReport {
         if let Some(dropped) = &self.dropped {
             let _ = writeln!(s, "dropped {dropped}");
         }
+        if self.refresh_statements > 0 {
+            let _ = writeln!(
+                s,
+                "ran the brief's {} refresh step(s) again, so what reads the target follows it back",
+                self.refresh_statements
+            );
+        }
         if !self.refreshed_materialized_views.is_empty() {
             let _ = writeln!(
                 s,
@@ -113,6 +122,33 @@ impl RollbackReport {
         }
         s
     }
+}
+
+/// Runs the brief's refresh steps again, each once (a rollback run again
+/// after a failed step goes on from it); how many ran.
+async fn refresh_again(pool: &PgPool, run: &Run, actor: &str) -> Result<usize> {
+    let run_id = run.run_id;
+    let done = log::refreshes_done(pool, run_id, "rollback_step").await?;
+    let mut ran = 0;
+    for (index, refresh) in run.brief.dependencies.refresh.iter().enumerate() {
+        let index = i64::try_from(index).unwrap_or(i64::MAX);
+        if done.contains(&index) {
+            continue;
+        }
+        let detail =
+            super::cutover::refresh_step(pool, run_id, actor, refresh, index, "rollback").await?;
+        log::append(
+            pool,
+            run_id,
+            actor,
+            "rollback_step",
+            None,
+            serde_json::json!({ "step": "refresh", "detail": detail }),
+        )
+        .await?;
+        ran += 1;
+    }
+    Ok(ran)
 }
 
 /// A row written since the run: neither as the run left it nor as it was before.
@@ -217,6 +253,11 @@ pub async fn rollback(
         };
         report.refreshed_materialized_views =
             swap::refresh_materialized_views(pool, &run.brief.scope.target).await?;
+        // What cutover refreshed from the new data is refreshed again from the
+        // old (dbt models, summary tables), so downstream follows the rollback.
+        if run.cut_over_at.is_some() {
+            report.refresh_statements = refresh_again(pool, &run, actor).await?;
+        }
         report.batches_fenced = fenced;
         Ok::<_, CliError>(report)
     };

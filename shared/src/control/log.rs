@@ -124,13 +124,15 @@ pub async fn acceptances(
     .await?)
 }
 
-/// The refresh statements (by index) a cutover of the run has done.
-pub async fn refreshes_done(pool: &sqlx::PgPool, run_id: Uuid) -> Result<Vec<i64>> {
+/// The refresh steps (by index) the run's cutover (`cutover_step`), or its
+/// rollback (`rollback_step`), has done.
+pub async fn refreshes_done(pool: &sqlx::PgPool, run_id: Uuid, event: &str) -> Result<Vec<i64>> {
     Ok(sqlx::query_scalar(
         "SELECT (detail->'detail'->>'index')::bigint FROM backfill.run_log
-          WHERE run_id = $1 AND event = 'cutover_step' AND detail->>'step' = 'refresh'",
+          WHERE run_id = $1 AND event = $2 AND detail->>'step' = 'refresh'",
     )
     .bind(run_id)
+    .bind(event)
     .fetch_all(pool)
     .await?)
 }
