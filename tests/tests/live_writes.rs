@@ -23,10 +23,15 @@ const END: i64 = 30_001;
 
 /// The demo's brief as a slowed staging-swap over the orders below [`END`].
 async fn swap_brief(env: &TestEnv) -> String {
-    let text = env
-        .slow_brief(8, 2, 0.3)
-        .await
-        .replace("strategy = \"merge\"", "strategy = \"staging-swap\"");
+    built_beside(env, "staging-swap").await
+}
+
+/// The same with `strategy` (one that builds a table beside the target).
+async fn built_beside(env: &TestEnv, strategy: &str) -> String {
+    let text = env.slow_brief(8, 2, 0.3).await.replace(
+        "strategy = \"merge\"",
+        &format!("strategy = \"{strategy}\""),
+    );
     // Half the orders: the demo's expected row count does not hold.
     let text: String = text
         .lines()
@@ -88,9 +93,19 @@ async fn pipeline(pool: sqlx::PgPool, stop: Arc<AtomicBool>) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_swap_carries_the_live_tables_writes_both_ways() {
+    carries_both_ways("staging-swap").await;
+}
+
+/// A parallel version that cuts over is a swap too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_parallel_version_cut_over_carries_the_live_tables_writes_both_ways() {
+    carries_both_ways("parallel-version").await;
+}
+
+async fn carries_both_ways(strategy: &str) {
     let env = TestEnv::new(0.01).await;
     env.keep_pre_run_copy().await;
-    let (run_id, ..) = env.record_run(&swap_brief(&env).await).await;
+    let (run_id, ..) = env.record_run(&built_beside(&env, strategy).await).await;
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(pipeline(env.pool.clone(), Arc::clone(&stop)));
     assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
