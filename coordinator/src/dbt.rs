@@ -11,6 +11,7 @@
 //! - the tests on all of these, to run after cutover.
 
 use crate::preflight::Dependent;
+use backfill_shared::brief::Refresh;
 use backfill_shared::sql::TableName;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -33,9 +34,63 @@ pub struct Radius {
     /// The dbt selector of the target and all it feeds
     /// (`source:tpch.order_revenue+`).
     pub selector: Option<String>,
+    /// Incremental models downstream: a plain `dbt build` adds only new rows
+    /// to them and keeps the history the backfill rewrote.
+    pub incremental: Vec<Incremental>,
+}
+
+/// An incremental model downstream, and how it is rebuilt for the past.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Incremental {
+    /// The model's name (how dbt selects it).
+    pub name: String,
+    /// `incremental_strategy = 'microbatch'`: rebuilt for a period with
+    /// `--event-time-start` and `--event-time-end`; otherwise `--full-refresh`.
+    pub microbatch: bool,
+}
+
+impl Incremental {
+    /// The dbt command that rebuilds it for the backfilled `period` (for a
+    /// microbatch model; the others are rebuilt whole).
+    #[must_use]
+    pub fn command(&self, period: Option<(&str, &str)>) -> String {
+        match period {
+            Some((start, end)) if self.microbatch => format!(
+                "dbt build --select {} --event-time-start {start} --event-time-end {end}",
+                self.name
+            ),
+            _ => format!("dbt build --select {} --full-refresh", self.name),
+        }
+    }
+
+    /// Whether one of `refresh`'s dbt commands rebuilds it for the past.
+    fn rebuilt_by(&self, refresh: &[Refresh]) -> bool {
+        refresh.iter().any(|step| match step {
+            Refresh::Command { run, .. } => {
+                let has = |flag: &str| run.iter().any(|a| a == flag);
+                run.iter().any(|a| a == "build" || a == "run")
+                    && (has("--full-refresh")
+                        || (self.microbatch
+                            && has("--event-time-start")
+                            && has("--event-time-end")))
+            }
+            Refresh::Sql(_) => false,
+        })
+    }
 }
 
 impl Radius {
+    /// The incremental models downstream that none of `refresh`'s dbt
+    /// commands rebuilds for the past: after cutover they would keep the old
+    /// history.
+    #[must_use]
+    pub fn left_stale(&self, refresh: &[Refresh]) -> Vec<&Incremental> {
+        self.incremental
+            .iter()
+            .filter(|m| !m.rebuilt_by(refresh))
+            .collect()
+    }
+
     /// One line on what the manifest says about `target`: what it is there,
     /// and the tests to run after cutover.
     #[must_use]
@@ -56,6 +111,24 @@ impl Radius {
                 );
             }
             None => line.push_str("; no dbt test covers it or anything downstream"),
+        }
+        if !self.incremental.is_empty() {
+            let models: Vec<String> = self
+                .incremental
+                .iter()
+                .map(|m| {
+                    if m.microbatch {
+                        format!("{} (microbatch: --event-time-start/--event-time-end over the backfilled period)", m.name)
+                    } else {
+                        format!("{} (--full-refresh)", m.name)
+                    }
+                })
+                .collect();
+            let _ = write!(
+                line,
+                "; incremental models downstream keep the old history unless rebuilt: {}",
+                models.join(", ")
+            );
         }
         line
     }
@@ -148,6 +221,8 @@ struct Node {
 struct NodeConfig {
     #[serde(default)]
     materialized: Option<String>,
+    #[serde(default)]
+    incremental_strategy: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -288,6 +363,15 @@ impl Manifest {
                             Some(m) if node.resource_type == "model" => format!("dbt model, {m}"),
                             _ => format!("dbt {}", node.resource_type),
                         };
+                        if node.resource_type == "model"
+                            && node.config.materialized.as_deref() == Some("incremental")
+                        {
+                            radius.incremental.push(Incremental {
+                                name: node.name.clone(),
+                                microbatch: node.config.incremental_strategy.as_deref()
+                                    == Some("microbatch"),
+                            });
+                        }
                         radius.dependents.push(Dependent {
                             name,
                             kind,
@@ -352,6 +436,7 @@ impl Manifest {
             .sort_by(|a, b| (a.depth, &a.name).cmp(&(b.depth, &b.name)));
         radius.owners.sort();
         radius.owners.dedup();
+        radius.incremental.sort_by(|a, b| a.name.cmp(&b.name));
         radius.tests = tests.into_iter().collect();
         radius
     }
@@ -512,5 +597,89 @@ mod tests {
         let empty = radius(path.to_str().unwrap(), "db", &target, &[]).unwrap_err();
         assert!(empty.contains("holds no nodes"), "{empty}");
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn incremental_models_need_rebuilding_for_the_past() {
+        let text = r#"{
+            "sources": {"source.shop.tpch.order_revenue": {"resource_type": "source", "name": "order_revenue",
+                "source_name": "tpch", "schema": "tpch", "identifier": "order_revenue"}},
+            "nodes": {
+              "model.shop.inc": {"resource_type": "model", "name": "inc", "schema": "analytics",
+                "config": {"materialized": "incremental"},
+                "depends_on": {"nodes": ["source.shop.tpch.order_revenue"]}},
+              "model.shop.batches": {"resource_type": "model", "name": "batches", "schema": "analytics",
+                "config": {"materialized": "incremental", "incremental_strategy": "microbatch"},
+                "depends_on": {"nodes": ["model.shop.inc"]}}
+            }
+        }"#;
+        let radius = radius_of(text);
+        let names: Vec<(&str, bool)> = radius
+            .incremental
+            .iter()
+            .map(|m| (m.name.as_str(), m.microbatch))
+            .collect();
+        assert_eq!(names, [("batches", true), ("inc", false)]);
+        let command = |run: &[&str]| Refresh::Command {
+            run: run.iter().map(|a| (*a).to_owned()).collect(),
+            dir: None,
+        };
+        let stale = |refresh: &[Refresh]| -> Vec<String> {
+            radius
+                .left_stale(refresh)
+                .iter()
+                .map(|m| m.name.clone())
+                .collect()
+        };
+        // A plain build leaves both; a full refresh rebuilds both; a period
+        // rebuilds only the microbatch model; SQL rebuilds no dbt model.
+        assert_eq!(
+            stale(&[command(&[
+                "dbt",
+                "build",
+                "--select",
+                "source:tpch.order_revenue+"
+            ])]),
+            ["batches", "inc"]
+        );
+        assert!(
+            stale(&[command(&[
+                "dbt",
+                "build",
+                "--select",
+                "x+",
+                "--full-refresh"
+            ])])
+            .is_empty()
+        );
+        assert_eq!(
+            stale(&[command(&[
+                "dbt",
+                "run",
+                "--event-time-start",
+                "1992-01-01",
+                "--event-time-end",
+                "1999-01-01"
+            ])]),
+            ["inc"]
+        );
+        assert_eq!(
+            stale(&[Refresh::Sql("REFRESH MATERIALIZED VIEW x".into())]).len(),
+            2
+        );
+        let period = Some(("1992-01-01T00:00:00Z", "1999-01-01T00:00:00Z"));
+        assert_eq!(
+            radius.incremental[0].command(period),
+            "dbt build --select batches --event-time-start 1992-01-01T00:00:00Z --event-time-end 1999-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            radius.incremental[1].command(period),
+            "dbt build --select inc --full-refresh"
+        );
+        assert!(
+            radius
+                .summary("tpch.order_revenue")
+                .contains("inc (--full-refresh)")
+        );
     }
 }

@@ -215,6 +215,10 @@ enum Command {
         /// during the build (a swap refuses them otherwise), saying why.
         #[arg(long, value_name = "WHY")]
         accept_live_changes: Option<String>,
+        /// Cut over although incremental dbt models downstream keep the old
+        /// history (the refresh steps rebuild none for the past), saying why.
+        #[arg(long, value_name = "WHY")]
+        stale_ok: Option<String>,
     },
     /// Put the target back exactly as it was before the run.
     Rollback {
@@ -806,22 +810,29 @@ async fn command_with(
             run,
             lock_timeout_ms,
             accept_live_changes,
+            stale_ok,
         } => {
             let pool = control_plane(config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
-            if let Some(why) = &accept_live_changes
-                && why.trim().is_empty()
-            {
-                return Err(CliError::BadInput(
-                    "--accept-live-changes needs the reason the live rows are kept".into(),
-                ));
+            for (flag, why) in [
+                ("--accept-live-changes", &accept_live_changes),
+                ("--stale-ok", &stale_ok),
+            ] {
+                if why.as_ref().is_some_and(|w| w.trim().is_empty()) {
+                    return Err(CliError::BadInput(format!(
+                        "{flag} needs the reason, in words the run log keeps"
+                    )));
+                }
             }
             let report = lifecycle::cutover::cutover_with(
                 &pool,
                 run,
                 &operator(),
                 Duration::from_millis(lock_timeout_ms),
-                accept_live_changes.as_deref(),
+                lifecycle::cutover::Accepting {
+                    live_changes: accept_live_changes.as_deref(),
+                    stale: stale_ok.as_deref(),
+                },
             )
             .await?;
             out.result(&report, || report.render())

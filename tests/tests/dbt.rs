@@ -74,6 +74,14 @@ fn dbt_paths(work: &Path) -> Vec<String> {
     ]
 }
 
+/// Net revenue summed over the dbt incremental model.
+async fn incremental_sum(env: &TestEnv) -> f64 {
+    sqlx::query_scalar("SELECT sum(net_revenue)::float8 FROM analytics.inc_monthly_revenue")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
 /// Net revenue summed over the dbt table model, and over the target.
 async fn sums(env: &TestEnv) -> (f64, f64) {
     sqlx::query_as(
@@ -102,11 +110,13 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
     );
 
     // Cutover builds everything downstream of the target, and tests it.
+    // With --full-refresh: the incremental model is rebuilt for the past too.
     let mut build = vec![
         dbt_program(),
         "build".into(),
         "--select".into(),
         "source:tpch.order_revenue+".into(),
+        "--full-refresh".into(),
     ];
     build.extend(dbt_paths(&work));
     let refresh = format!(
@@ -131,6 +141,10 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
 
     let (code, plan, stderr) = env.cli(&["plan", path]).await;
     assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        plan.contains("incremental models downstream keep the old history unless rebuilt: inc_monthly_revenue (--full-refresh)"),
+        "{plan}"
+    );
     let line = |name: &str| {
         plan.lines()
             .find(|l| l.trim_start().starts_with(name))
@@ -306,6 +320,12 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
     assert!(stdout.contains("ran 1 refresh step(s)"), "{stdout}");
     let (model, target) = sums(&env).await;
     assert!((model - target).abs() < 0.01, "{model} vs {target}");
+    // The incremental model too, rebuilt for the past (--full-refresh).
+    let incremental = incremental_sum(&env).await;
+    assert!(
+        (incremental - target).abs() < 0.01,
+        "the incremental model holds {incremental}, the target {target}"
+    );
     let logged: serde_json::Value = sqlx::query_scalar(
         "SELECT detail->'detail' FROM backfill.run_log WHERE run_id = $1 AND event = 'cutover_step' AND detail->>'step' = 'refresh'",
     )
@@ -373,9 +393,12 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
         "{stdout}"
     );
     let (model, target) = sums(&env).await;
+    let incremental = incremental_sum(&env).await;
     assert!(
-        (model - model_before).abs() < 0.01 && (model - target).abs() < 0.01,
-        "after rollback the model holds {model}, the target {target}, before the run {model_before}"
+        (model - model_before).abs() < 0.01
+            && (model - target).abs() < 0.01
+            && (incremental - model_before).abs() < 0.01,
+        "after rollback the models hold {model} and {incremental}, the target {target}, before the run {model_before}"
     );
 
     // A plan with a manifest that cannot be read stops, naming it and the fix

@@ -244,7 +244,10 @@ async fn a_live_write_inside_the_scope_is_refused_unless_accepted() {
         run_id,
         "alice",
         LOCK,
-        Some("the pipeline's value is newer"),
+        cutover::Accepting {
+            live_changes: Some("the pipeline's value is newer"),
+            ..cutover::Accepting::default()
+        },
     )
     .await
     .unwrap();

@@ -92,18 +92,29 @@ pub async fn cutover(
     actor: &str,
     lock_timeout: Duration,
 ) -> Result<CutoverReport> {
-    cutover_with(pool, run_id, actor, lock_timeout, None).await
+    cutover_with(pool, run_id, actor, lock_timeout, Accepting::default()).await
 }
 
-/// [`cutover`], taking the live value of rows inside the scope written to the
-/// live table during the build when `accept_live_changes` says why.
+/// What a cutover is told to accept, each with the reason.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Accepting<'a> {
+    /// The live value of rows inside the scope written to the live table
+    /// during the build (a swap refuses them otherwise).
+    pub live_changes: Option<&'a str>,
+    /// Incremental dbt models downstream that the refresh steps leave with
+    /// the old history (cutover refuses them otherwise).
+    pub stale: Option<&'a str>,
+}
+
+/// [`cutover`], accepting what `accepting` says, with its reasons.
 pub async fn cutover_with(
     pool: &PgPool,
     run_id: Uuid,
     actor: &str,
     lock_timeout: Duration,
-    accept_live_changes: Option<&str>,
+    accepting: Accepting<'_>,
 ) -> Result<CutoverReport> {
+    let accept_live_changes = accepting.live_changes;
     let run = runs::load(pool, run_id).await?;
     super::approve::as_owner_or_reviewer(pool, &run, "cut over").await?;
     match run.state {
@@ -127,6 +138,26 @@ pub async fn cutover_with(
     }
     let brief = &run.brief;
     let target = &brief.scope.target;
+    let stale = incremental_left_stale(pool, &run).await?;
+    if !stale.is_empty() {
+        let Some(why) = accepting.stale else {
+            return Err(CliError::BadInput(format!(
+                "cutover of run {run_id} would leave incremental dbt models downstream with the history the run rewrote: {}. \
+                 The brief's refresh rebuilds none of them for the past; add it to its dbt command, \
+                 or cut over saying why they may stay stale: `backfill cutover {run_id} --stale-ok \"why\"`",
+                stale.join("; ")
+            )));
+        };
+        log::append(
+            pool,
+            run_id,
+            actor,
+            "stale_models_accepted",
+            None,
+            serde_json::json!({ "models": &stale, "reason": why }),
+        )
+        .await?;
+    }
     let validated = approved_fingerprint(pool, &run).await?;
     let mut report = CutoverReport::default();
     let step = |name: &str, detail: serde_json::Value| {
@@ -323,6 +354,36 @@ struct Ran {
 
 /// How many of its last lines a refresh command's output keeps in the log.
 const OUTPUT_TAIL_LINES: usize = 20;
+
+/// The incremental dbt models downstream of the run's target that its refresh
+/// steps leave with the old history, each with the command that rebuilds it;
+/// none without a manifest. A manifest that cannot be read is one entry
+/// saying so: what it would say cannot be known.
+async fn incremental_left_stale(pool: &PgPool, run: &Run) -> Result<Vec<String>> {
+    let brief = &run.brief;
+    let Some(path) = brief.dependencies.dbt_manifest.as_deref() else {
+        return Ok(Vec::new());
+    };
+    let database: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(pool)
+        .await?;
+    let radius = match crate::dbt::radius(
+        path,
+        &database,
+        &brief.scope.target,
+        &brief.dependencies.downstream,
+    ) {
+        Ok(radius) => radius,
+        Err(e) => return Ok(vec![format!("whichever the manifest names ({e})")]),
+    };
+    let period = crate::notify::nominal_time(run);
+    let period = period.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
+    Ok(radius
+        .left_stale(&brief.dependencies.refresh)
+        .into_iter()
+        .map(|m| format!("{} (`{}`)", m.name, m.command(period)))
+        .collect())
+}
 
 /// Runs one of the brief's refresh steps (step `index`): a statement, or a
 /// command whose failure is logged (`refresh_command_failed`) with what it

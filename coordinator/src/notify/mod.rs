@@ -741,7 +741,7 @@ async fn dropped(delivery: &Delivery, why: &str) {
 
 /// Where the run's history sits: its first and last bound when `batch_by` is
 /// a date or a timestamp (OpenLineage's `nominalTime`).
-fn nominal_time(run: &runs::Run) -> Option<(String, String)> {
+pub(crate) fn nominal_time(run: &runs::Run) -> Option<(String, String)> {
     use backfill_shared::brief::Bound;
     let at = |b: &Bound| match b {
         Bound::Integer(_) => None,
