@@ -130,7 +130,10 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
         name: run.brief.meta.name.clone(),
         target: run.brief.scope.target.to_string(),
         state: run.state.to_string(),
-        halt_reason: run.halt_reason,
+        // Why it halted, while it is halted: a resumed run holds no more.
+        halt_reason: run
+            .halt_reason
+            .filter(|_| run.state == runs::RunState::Halted),
         throttled_since,
         batches: counts,
         batch_count: run.batch_count,

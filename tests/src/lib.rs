@@ -691,8 +691,10 @@ pub async fn http_with_headers(
     request.push_str(body);
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
+    // Bytes: a compressed body is not text.
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).await.unwrap();
+    let response = String::from_utf8_lossy(&bytes).into_owned();
     let status = response
         .split_whitespace()
         .nth(1)

@@ -712,3 +712,59 @@ async fn logging_in_with_a_token_and_requiring_a_login() {
     assert_eq!(status, 200);
     env.cleanup().await;
 }
+
+/// Every API answer is JSON, errors included, with a 4xx status; a `limit`
+/// outside 1 to 1,000 is refused; pages come gzip-compressed to a browser
+/// that takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_json_and_pages_come_compressed() {
+    let env = TestEnv::new(0.01).await;
+    let (run_id, ..) = env.record_run(&env.brief(6, 2).await).await;
+    let addr = serve(&env, console::Auth::default()).await;
+    for (path, status) in [
+        ("/api/runs?limit=abc", 400),
+        ("/api/runs?limit=0", 400),
+        ("/api/runs?limit=-5", 400),
+        ("/api/runs?limit=1001", 400),
+        ("/api/runs/%ff%fe", 400),
+        ("/api/runs/x/extra", 404),
+        ("/api/nothing", 404),
+        ("/api/runs/ffffffff", 404),
+    ] {
+        let (code, headers, body) =
+            backfill_tests::http_with_headers(&addr, "GET", path, &[], "").await;
+        assert_eq!(code, status, "{path}: {body}");
+        assert!(
+            headers.contains("content-type: application/json"),
+            "{path}: {headers}"
+        );
+        let error: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        assert!(
+            error["error"].as_str().is_some_and(|m| !m.is_empty()),
+            "{path}: {body}"
+        );
+    }
+    let (code, _, body) =
+        backfill_tests::http_with_headers(&addr, "GET", "/api/runs?limit=1", &[], "").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body)
+            .unwrap()
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    // Compressed for a browser that takes gzip; as is for one that does not.
+    let page = format!("/runs/{run_id}");
+    let (code, headers, _) =
+        backfill_tests::http_with_headers(&addr, "GET", &page, &[("Accept-Encoding", "gzip")], "")
+            .await;
+    assert_eq!(code, 200);
+    assert!(headers.contains("content-encoding: gzip"), "{headers}");
+    let (_, headers, body) = backfill_tests::http_with_headers(&addr, "GET", &page, &[], "").await;
+    assert!(!headers.contains("content-encoding"), "{headers}");
+    assert!(body.contains("order-revenue-refunds"));
+    env.cleanup().await;
+}

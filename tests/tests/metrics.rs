@@ -68,7 +68,8 @@ async fn worker_metrics_match_the_ledger() {
     assert_eq!(get(&addr, "/healthz").await.0, 200);
     assert_eq!(get(&addr, "/nothing").await.0, 404);
 
-    let (run_id, _, plan) = env.record_run(&env.brief(6, 2).await).await;
+    let brief_text = env.brief(6, 2).await;
+    let (run_id, _, plan) = env.record_run(&brief_text).await;
     assert_eq!(
         finish_within(env.drive_in_background(run_id), 120).await,
         Finish::Applied
@@ -109,6 +110,31 @@ async fn worker_metrics_match_the_ledger() {
     ] {
         assert_eq!(value(name), 0.0, "{name}");
     }
+
+    // Two batches published again (a coordinator that lost its confirms does
+    // so): counted as skipped, not applied a second time.
+    let skipped = "backfill_worker_batches_skipped_total{reason=\"already_applied\"}";
+    assert_eq!(value(skipped), 0.0);
+    let (_conn, channel, topology) = env.channel().await;
+    for batch in &plan[..2] {
+        backfill_tests::publish_batch(&channel, &topology, run_id, &brief_text, batch).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let samples = loop {
+        let samples = parse(&get(&addr, "/metrics").await.1);
+        if samples.get(skipped).copied() == Some(2.0) {
+            break samples;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the redeliveries were not counted: {samples:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        samples["backfill_worker_batches_applied_total"], applied as f64,
+        "a redelivered batch counted as applied again"
+    );
     worker.start_kill().unwrap();
     let _ = worker.wait().await;
     env.cleanup().await;

@@ -25,6 +25,7 @@ pub use fleet::InProcessWorkers;
 use backfill_shared::lease::Leases;
 use backfill_shared::run_gate::Gates;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use publisher::Publisher;
@@ -35,7 +36,11 @@ use tokio_util::sync::CancellationToken;
 /// serves as Prometheus text ([`Stats::registry`]).
 #[derive(Debug)]
 pub struct Stats {
+    /// Batches this worker applied, each once.
     pub applied: Counter,
+    /// Deliveries not applied, by why (`already_applied`: a redelivery of a
+    /// batch applied before, here or elsewhere).
+    pub skipped: Family<Vec<(String, String)>, Counter>,
     pub failed: Counter,
     pub poison: Counter,
     /// Commits refused because a newer fencing token exists.
@@ -55,6 +60,7 @@ impl Default for Stats {
     fn default() -> Self {
         Self {
             applied: Counter::default(),
+            skipped: Family::default(),
             failed: Counter::default(),
             poison: Counter::default(),
             stale: Counter::default(),
@@ -68,14 +74,29 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// The count of redeliveries of batches applied before.
+    #[must_use]
+    pub fn already_applied(&self) -> Counter {
+        self.skipped
+            .get_or_create(&vec![("reason".to_owned(), "already_applied".to_owned())])
+            .clone()
+    }
+
     /// A registry holding these figures (the same counters, not copies).
     #[must_use]
     pub fn registry(&self) -> Registry {
+        // Shown from the start, at 0.
+        let _ = self.already_applied();
         let mut registry = Registry::with_prefix("backfill_worker");
         registry.register(
             "batches_applied",
             "Batches this worker applied",
             self.applied.clone(),
+        );
+        registry.register(
+            "batches_skipped",
+            "Deliveries this worker did not apply, by reason",
+            self.skipped.clone(),
         );
         registry.register(
             "batches_failed",

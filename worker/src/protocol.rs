@@ -33,8 +33,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 /// What to do with a delivery once it has been handled.
 #[derive(Debug)]
 enum Outcome {
-    /// Applied (now or earlier) and its event published: ack.
-    Done,
+    /// Applied (by this delivery, or earlier: a redelivery) and its event
+    /// published: ack.
+    Done { applied_here: bool },
     /// Nothing to do for this worker (run not running, batch superseded): ack.
     Skipped(String),
     /// Not a message this worker may act on: dead-letter with the reason, then ack.
@@ -73,8 +74,12 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery) {
             span.record("otel.status_description", why.as_str());
         }
         let settled = match &outcome {
-            Outcome::Done => {
-                shared.stats.applied.inc();
+            Outcome::Done { applied_here } => {
+                if *applied_here {
+                    shared.stats.applied.inc();
+                } else {
+                    shared.stats.already_applied().inc();
+                }
                 delivery.ack(BasicAckOptions::default()).await.map(|_| ())
             }
             Outcome::Skipped(why) => {
@@ -250,7 +255,11 @@ async fn acquire(shared: &Shared, run_id: uuid::Uuid, batch_no: u32) -> Result<O
     let mut outage: Option<tokio::time::Instant> = None;
     loop {
         let held = match look(shared, run_id, batch_no).await {
-            Ok(Look::Done) => return Ok(Some(Outcome::Done)),
+            Ok(Look::Done) => {
+                return Ok(Some(Outcome::Done {
+                    applied_here: false,
+                }));
+            }
             Ok(Look::Acquired) => return Ok(None),
             Ok(Look::Stop(state)) => {
                 return Ok(Some(Outcome::Skipped(format!("run {run_id} is {state}"))));
@@ -311,7 +320,7 @@ async fn with_lease(shared: &Shared, run: &RunContext, msg: &BatchMessage) -> Re
     let outcome = under_lease(shared, run, msg, &lost).await;
     drop(heartbeat);
     // The idempotency key once the event is out, and the lease back, together.
-    let done = matches!(outcome, Ok(Outcome::Done));
+    let done = matches!(outcome, Ok(Outcome::Done { .. }));
     if let Err(e) = leases
         .finish(run_id, batch_no, &shared.worker_id, done)
         .await
@@ -394,11 +403,13 @@ async fn under_lease(
         .notify(|e, d| warn!(error = %e, retry_in = ?d, "transient failure; retrying"))
         .await;
     match result {
-        Ok((Claim::Granted { .. } | Claim::AlreadyApplied, applied)) => {
+        Ok((claim @ (Claim::Granted { .. } | Claim::AlreadyApplied), applied)) => {
             publish_applied(shared, run_id, batch_no, applied)
                 .instrument(info_span!("batch.event", run.id = %run_id, batch.no = i64::from(batch_no), otel.kind = "producer"))
                 .await?;
-            Ok(Outcome::Done)
+            Ok(Outcome::Done {
+                applied_here: matches!(claim, Claim::Granted { .. }),
+            })
         }
         Ok((Claim::Failed, _)) => Ok(Outcome::Skipped(format!(
             "batch {batch_no} failed earlier; `backfill retry {run_id}` brings it back"

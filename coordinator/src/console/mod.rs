@@ -19,6 +19,7 @@
 
 use crate::{CliError, Result, list, report, status};
 use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -90,6 +91,15 @@ pub fn router(pool: PgPool, config: Config, auth: Auth) -> Router {
         .route("/api/runs", get(api_runs))
         .route("/api/runs/{run}", get(api_run))
         .route("/api/maintenance", get(api_maintenance))
+        .route(
+            "/api/{*rest}",
+            get(async || {
+                Failure::not_found(
+                    "no such API: /api/runs, /api/runs/RUN and /api/maintenance are".into(),
+                )
+                .json()
+            }),
+        )
         .route_layer(middleware::from_fn_with_state(app.clone(), gate));
     let auth = Arc::clone(&app.auth);
     Router::new()
@@ -104,6 +114,8 @@ pub fn router(pool: PgPool, config: Config, auth: Auth) -> Router {
         .layer(middleware::from_fn(move |request, next| {
             secured(Arc::clone(&auth), request, next)
         }))
+        // Pages and their live parts are text that compresses tenfold.
+        .layer(tower_http::compression::CompressionLayer::new())
 }
 
 /// What every response carries: a Content-Security-Policy that lets pages
@@ -305,6 +317,13 @@ impl Failure {
         }
     }
 
+    fn bad_request(message: String) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message,
+        }
+    }
+
     fn forbidden(message: String) -> Self {
         Self {
             status: StatusCode::FORBIDDEN,
@@ -375,17 +394,24 @@ struct Filter {
 }
 
 impl Filter {
-    /// The filter's fields, blank ones dropped (an empty form field means "any").
+    /// The filter's fields, blank ones dropped (an empty form field means
+    /// "any"); a `limit` outside 1 to 1,000 is refused.
     fn parse(&self) -> Result<runs::ListFilter> {
         fn given(v: &Option<String>) -> Option<&str> {
             v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+        }
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=1_000).contains(&limit) {
+            return Err(CliError::BadInput(format!(
+                "limit={limit}: ask for 1 to 1000 runs"
+            )));
         }
         list::filter(
             given(&self.state),
             given(&self.target),
             given(&self.owner),
             given(&self.since),
-            self.limit.unwrap_or(100).min(1_000),
+            limit,
         )
     }
 }
@@ -405,8 +431,9 @@ async fn runs_page(
 
 async fn api_runs(
     State(app): State<App>,
-    Query(filter): Query<Filter>,
+    filter: Result<Query<Filter>, QueryRejection>,
 ) -> Result<axum::Json<Vec<list::Row>>, Response> {
+    let Query(filter) = filter.map_err(|e| Failure::bad_request(e.body_text()).json())?;
     let parsed = filter.parse().map_err(|e| Failure::from(e).json())?;
     let rows = list::list(&app.pool, &parsed)
         .await
@@ -520,8 +547,9 @@ async fn metric_chart(
 
 async fn api_run(
     State(app): State<App>,
-    Path(run): Path<String>,
+    run: Result<Path<String>, PathRejection>,
 ) -> Result<axum::Json<status::Status>, Response> {
+    let Path(run) = run.map_err(|e| Failure::bad_request(e.body_text()).json())?;
     let run_id = resolve(&app.pool, &run).await.map_err(Failure::json)?;
     let status = status::status(&app.pool, run_id)
         .await
