@@ -34,8 +34,12 @@ pub struct Status {
     /// Seconds until every batch is applied, at the pace so far.
     pub eta_seconds: Option<i64>,
     /// The same as a range: the remaining batches at the mean duration of a
-    /// batch less and plus its spread, at the concurrency so far.
+    /// batch less and plus its spread, at the concurrency so far; it always
+    /// holds `eta_seconds`.
     pub eta_range_seconds: Option<(i64, i64)>,
+    /// Why there is no ETA while the run is not finished: it is not moving
+    /// (halted, paused, at its canary, held by the load guard, no worker).
+    pub eta_withheld: Option<String>,
     pub brief_hash: String,
     pub code_version: String,
     pub operator: String,
@@ -67,6 +71,34 @@ pub fn eta(worked: chrono::Duration, applied: i64, remaining: i64) -> Option<i64
     (applied > 0 && remaining > 0).then(|| worked.num_seconds().max(1) * remaining / applied)
 }
 
+/// The ETA ([`eta`]) and its range: the `remaining` batches at the mean
+/// duration of the `applied` ones (`applied_ms` in all) less and plus
+/// `spread_ms`, at the concurrency so far, widened to hold the ETA itself.
+#[must_use]
+pub fn estimate(
+    worked: chrono::Duration,
+    applied: i64,
+    remaining: i64,
+    applied_ms: i64,
+    spread_ms: i64,
+) -> (Option<i64>, Option<(i64, i64)>) {
+    let Some(eta) = eta(worked, applied, remaining) else {
+        return (None, None);
+    };
+    let elapsed_ms = worked.num_milliseconds().max(1) as f64;
+    // Batches applied side by side, on average, so far.
+    let concurrency = applied_ms as f64 / elapsed_ms;
+    let mean = applied_ms as f64 / applied as f64;
+    let spread = spread_ms as f64;
+    let range = (concurrency > 0.0 && mean > 0.0).then(|| {
+        let at = |per_batch: f64| {
+            (remaining as f64 * per_batch.max(0.0) / concurrency / 1000.0).round() as i64
+        };
+        (at(mean - spread).min(eta), at(mean + spread).max(eta))
+    });
+    (Some(eta), range)
+}
+
 pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
     let run = runs::load(pool, run_id).await?;
     let counts = batches::counts(pool, run_id).await?;
@@ -75,24 +107,6 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
     let throttled_since = run.throttled_since;
     // Time the run worked: a wait at its canary is not its pace.
     let worked = run.working_time(chrono::Utc::now());
-    let eta_seconds = run
-        .finished_at
-        .is_none()
-        .then(|| eta(worked, counts.applied, remaining))
-        .flatten();
-    let eta_range_seconds = eta_seconds.and_then(|_| {
-        let elapsed_ms = worked.num_milliseconds().max(1) as f64;
-        // Batches applied side by side, on average, so far.
-        let concurrency = counts.applied_ms as f64 / elapsed_ms;
-        let mean = counts.applied_ms as f64 / counts.applied as f64;
-        let spread = counts.applied_ms_spread as f64;
-        (concurrency > 0.0 && mean > 0.0).then(|| {
-            let at = |per_batch: f64| {
-                (remaining as f64 * per_batch.max(0.0) / concurrency / 1000.0).round() as i64
-            };
-            (at(mean - spread), at(mean + spread))
-        })
-    });
     // The coordinator's latest word on workers, while the run still needs them.
     let no_workers = if run.state == runs::RunState::Running {
         log::latest_of(pool, run_id, &["no_workers", "workers_back"])
@@ -101,6 +115,34 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
             .and_then(|e| e.detail["advice"].as_str().map(str::to_owned))
     } else {
         None
+    };
+    // No ETA for a run that is not moving: say why instead.
+    let eta_withheld = if run.finished_at.is_some() {
+        None
+    } else {
+        match run.state {
+            runs::RunState::Running if no_workers.is_some() => {
+                Some("no worker is taking its batches".to_owned())
+            }
+            runs::RunState::Running => throttled_since
+                .map(|since| format!("held by pause_when since {}", since.format("%H:%M:%S UTC"))),
+            runs::RunState::Canary => Some(format!(
+                "waiting at its canary for {} to promote it",
+                run.brief.meta.reviewer
+            )),
+            other => Some(format!("{other}")),
+        }
+    };
+    let (eta_seconds, eta_range_seconds) = if run.finished_at.is_none() && eta_withheld.is_none() {
+        estimate(
+            worked,
+            counts.applied,
+            remaining,
+            counts.applied_ms,
+            counts.applied_ms_spread,
+        )
+    } else {
+        (None, None)
     };
     let caps = run.brief.limits.budget;
     let budget = (!caps.is_empty()).then(|| {
@@ -147,6 +189,7 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
         finished_at: run.finished_at,
         eta_seconds,
         eta_range_seconds,
+        eta_withheld,
         brief_hash: run.brief_hash,
         code_version: run.code_version,
         operator: run.operator,
@@ -207,7 +250,11 @@ impl Status {
                 });
                 let _ = writeln!(s, "  eta:      ~{eta} s{range}");
             }
-            (None, None) => {}
+            (None, None) => {
+                if let Some(why) = &self.eta_withheld {
+                    let _ = writeln!(s, "  eta:      none while {why}");
+                }
+            }
         }
         if let Some(b) = &self.budget {
             let mut parts = Vec::new();
@@ -259,6 +306,29 @@ impl Status {
 
 #[cfg(test)]
 mod tests {
+    proptest::proptest! {
+        /// Whatever the ledger's figures, the ETA lies within its range.
+        #[test]
+        fn the_eta_is_always_inside_its_range(
+            worked_ms in 0_i64..10_000_000,
+            applied in 0_i64..100_000,
+            remaining in 0_i64..100_000,
+            applied_ms in 0_i64..1_000_000_000,
+            spread_ms in 0_i64..1_000_000,
+        ) {
+            let worked = chrono::Duration::milliseconds(worked_ms);
+            let (eta, range) = super::estimate(worked, applied, remaining, applied_ms, spread_ms);
+            proptest::prop_assert_eq!(eta.is_some(), applied > 0 && remaining > 0);
+            if let (Some(eta), Some((lo, hi))) = (eta, range) {
+                proptest::prop_assert!(lo <= eta && eta <= hi, "{} not in {}..{}", eta, lo, hi);
+                proptest::prop_assert!(lo >= 0);
+            }
+            if eta.is_none() {
+                proptest::prop_assert!(range.is_none());
+            }
+        }
+    }
+
     #[test]
     fn the_eta_is_the_remaining_batches_at_the_pace_so_far() {
         let worked = chrono::Duration::seconds(60);

@@ -1,7 +1,7 @@
 //! `limits.budget`: `plan` and `run` refuse an estimate past the budget unless
 //! `--over-budget "why"` (logged); a run that passes its cap of rows or of
 //! warehouse seconds halts at it, naming it, and an accepted override lets it
-//! go on to the end; `status` shows the budget used and the ETA as a range.
+//! go on to the end; `status` shows the budget used, and no ETA while held.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -51,11 +51,15 @@ async fn a_run_halts_at_each_cap_of_its_budget_and_goes_on_when_accepted() {
         "{}",
         status.render()
     );
-    // The ETA comes as a range from the spread of the batches' durations.
-    let (low, high) = status.eta_range_seconds.expect("an ETA range");
-    assert!(low <= high, "{low}..{high}");
+    // A held run has no ETA: it is not moving, and status says so.
+    assert_eq!(
+        (status.eta_seconds, status.eta_range_seconds),
+        (None, None),
+        "{status:?}"
+    );
+    assert_eq!(status.eta_withheld.as_deref(), Some("halted"));
     assert!(
-        status.render().contains("batch durations vary"),
+        status.render().contains("eta:      none while halted"),
         "{}",
         status.render()
     );
@@ -73,6 +77,17 @@ async fn a_run_halts_at_each_cap_of_its_budget_and_goes_on_when_accepted() {
     )
     .await
     .unwrap();
+    // Resumed, it no longer says why it halted.
+    let resumed = backfill_coordinator::status::status(&env.pool, run_id)
+        .await
+        .unwrap();
+    assert_eq!(resumed.state, "running");
+    assert_eq!(resumed.halt_reason, None, "{resumed:?}");
+    assert!(
+        !resumed.render().contains("halted:"),
+        "{}",
+        resumed.render()
+    );
     assert_eq!(env.run_to_end(run_id, 1).await, Finish::Applied);
     assert_eq!(env.ship_revenue_wrong("true").await, 0);
     env.cleanup().await;

@@ -380,7 +380,7 @@ pub(super) fn live(s: &Status, grid: &[Cell]) -> Markup {
             dt { "ETA" } dd { @match (s.eta_seconds, s.eta_range_seconds) {
                 (Some(eta), Some((lo, hi))) => { (duration(eta)) " (" (duration(lo)) " to " (duration(hi)) ")" }
                 (Some(eta), None) => { (duration(eta)) }
-                _ => { "—" }
+                _ => { @if let Some(why) = &s.eta_withheld { "none while " (why) } @else { "—" } }
             } }
         }
         h3 { "Batches" }
