@@ -10,6 +10,7 @@ use backfill_shared::config::Config;
 use backfill_shared::control;
 use backfill_shared::services;
 use backfill_shared::telemetry::{self, LogFormat};
+use backfill_shared::text::shown;
 use clap::{Parser, Subcommand};
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -333,10 +334,9 @@ static PRINTED_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 /// else was printed there): `{"error": {"kind", "message", "exit"}}`.
 fn print_error_json(kind: &str, message: &str, exit: u8) {
     if !PRINTED_JSON.load(std::sync::atomic::Ordering::Acquire) {
-        println!(
-            "{}",
-            serde_json::json!({ "error": { "kind": kind, "message": message, "exit": exit } })
-        );
+        let error =
+            serde_json::json!({ "error": { "kind": kind, "message": message, "exit": exit } });
+        println!("{}", backfill_shared::text::json_shown(&error.to_string()));
     }
 }
 
@@ -367,7 +367,7 @@ async fn main() -> ExitCode {
     let code = match execute(cli.command, cli.metrics_addr, out).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", shown(&e.to_string()));
             if cli_json {
                 print_error_json(e.kind(), &e.to_string(), e.exit_code());
             }
@@ -1107,7 +1107,7 @@ impl Out {
         if self.json {
             print_json(value)
         } else {
-            print!("{}", text());
+            print!("{}", shown(&text()));
             Ok(())
         }
     }
@@ -1117,7 +1117,7 @@ impl Out {
         if self.json {
             print_json(value)
         } else {
-            eprintln!("{text}");
+            eprintln!("{}", shown(text));
             Ok(())
         }
     }
@@ -1126,7 +1126,7 @@ impl Out {
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let text =
         serde_json::to_string_pretty(value).map_err(|e| CliError::Internal(e.to_string()))?;
-    println!("{text}");
+    println!("{}", backfill_shared::text::json_shown(&text));
     PRINTED_JSON.store(true, std::sync::atomic::Ordering::Release);
     Ok(())
 }
@@ -1142,7 +1142,7 @@ async fn finish(pool: &sqlx::PgPool, run_id: Uuid, finish: Finish, out: Out) -> 
         };
         print_json(&serde_json::json!({ "run_id": run_id, "finish": ended, "status": status }))?;
     } else {
-        eprint!("{}", status.render());
+        eprint!("{}", shown(&status.render()));
     }
     match finish {
         Finish::Applied => Ok(()),

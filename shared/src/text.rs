@@ -52,9 +52,77 @@ pub fn plain(text: &str) -> String {
     out
 }
 
+/// Whether `c` would act on a terminal or reorder what is shown rather than
+/// show itself: a control character (but newline and tab), or a bidirectional
+/// override, embedding or isolate.
+fn acts(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+}
+
+/// Free text as it may be shown (a terminal, Markdown, HTML, Slack): every
+/// character that would act rather than show itself written as its escape
+/// (`\u{1b}`), the rest as given. Text is stored as given; this is for
+/// showing it.
+#[must_use]
+pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(acts) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if acts(c) {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// JSON text with every bidirectional override, embedding or isolate written
+/// as its JSON escape (`\u202e`): the same JSON, shown safely (JSON already
+/// escapes control characters).
+#[must_use]
+pub fn json_shown(json: &str) -> std::borrow::Cow<'_, str> {
+    if !json.chars().any(acts) {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if acts(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::plain;
+    use super::{json_shown, plain, shown};
+
+    #[test]
+    fn json_stays_json_and_shows_no_override() {
+        let text = serde_json::to_string(&serde_json::json!({ "r": "a\u{202e}b\u{1b}c" })).unwrap();
+        let safe = json_shown(&text);
+        assert!(!safe.contains('\u{202e}'));
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back["r"], "a\u{202e}b\u{1b}c");
+    }
+
+    #[test]
+    fn what_would_act_is_shown_escaped_and_lines_stay() {
+        assert_eq!(
+            shown("ok\u{1b}[2Jwiped\u{7}\r\0\u{202e}txet\nnext\tcol"),
+            "ok\\u{1b}[2Jwiped\\u{7}\\u{d}\\u{0}\\u{202e}txet\nnext\tcol"
+        );
+        assert!(matches!(
+            shown("plain — ünï"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn colours_moves_titles_and_controls_go_and_text_stays() {

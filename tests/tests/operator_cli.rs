@@ -641,3 +641,45 @@ async fn every_refusal_with_json_is_one_json_object() {
     let _ = std::fs::remove_dir_all(&dir);
     env.cleanup().await;
 }
+
+/// Free text with terminal control sequences and a bidi override is stored as
+/// given and shown escaped: nothing a brief says can rewrite an operator's
+/// screen or reorder what it shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn text_that_would_act_on_a_terminal_is_shown_escaped() {
+    let env = TestEnv::new(0.01).await;
+    let text = env.brief(6, 2).await.replace(
+        "reason = \"Refunds (l_returnflag = 'R') were never subtracted from net revenue.\"",
+        "reason = \"Refunds\\u001b[2J\\u001b]0;pwned\\u0007 wiped\\r over \\u202Eesrever end\"",
+    );
+    assert!(text.contains("\\u001b"), "the demo brief's reason moved");
+    let (run_id, ..) = env.record_run(&text).await;
+    assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
+    let stored: String = sqlx::query_scalar("SELECT brief FROM backfill.runs WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(stored.contains("\\u001b"), "stored as given");
+    let id = run_id.to_string();
+    for args in [
+        vec!["status", id.as_str()],
+        vec!["list"],
+        vec!["report", id.as_str()],
+        vec!["report", id.as_str(), "--format", "html"],
+        vec!["report", id.as_str(), "--json"],
+    ] {
+        let (code, stdout, stderr) = env.cli(&args).await;
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        for (what, printed) in [("stdout", &stdout), ("stderr", &stderr)] {
+            assert!(
+                !printed.contains(['\u{1b}', '\u{7}', '\r', '\u{202e}', '\0']),
+                "{args:?} printed a character that acts on {what}: {printed:?}"
+            );
+        }
+        if args[0] == "report" && args.len() == 2 {
+            assert!(stdout.contains("Refunds\\u{1b}[2J"), "{stdout}");
+        }
+    }
+    env.cleanup().await;
+}

@@ -24,10 +24,12 @@ pub const FIELD_MAX: usize = 2000;
 const FALLBACK_MAX: usize = 3000;
 
 /// `text` escaped as Slack asks of text that is not markup: `&`, `<` and `>`
-/// as entities, so `<!channel>`, `<@U123>` and `<https://…|…>` stay text.
+/// as entities, so `<!channel>`, `<@U123>` and `<https://…|…>` stay text;
+/// control characters and bidi overrides written as escapes.
 #[must_use]
 pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
+    backfill_shared::text::shown(text)
+        .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }

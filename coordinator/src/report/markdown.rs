@@ -320,7 +320,8 @@ impl Report {
                 self.run_id
             );
         }
-        s
+        // Free text as given, shown safely: nothing in it acts on a terminal.
+        backfill_shared::text::shown(&s).into_owned()
     }
 
     pub(super) fn metric_names(&self) -> Vec<String> {
