@@ -72,8 +72,9 @@ enum Command {
     /// rows, metrics per group, the records that change most, edge cases, runtime.
     Sample {
         brief: PathBuf,
-        /// START..END in the type of batch_by (END exclusive).
-        #[arg(long)]
+        /// START..END in the type of batch_by (END exclusive); a negative
+        /// START is taken as written (`--slice -100..0`).
+        #[arg(long, allow_hyphen_values = true)]
         slice: String,
     },
     /// Record a run and apply it; prints the run id first.

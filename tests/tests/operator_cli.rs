@@ -608,6 +608,20 @@ async fn every_refusal_with_json_is_one_json_object() {
     let bad = bad.to_str().unwrap();
     let missing = dir.join("missing.toml");
     let missing = missing.to_str().unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(&good, env.brief(6, 2).await).unwrap();
+    let good = good.to_str().unwrap();
+    // A negative bound is the slice's, not an option.
+    let (code, stdout, stderr) = env
+        .cli(&["sample", good, "--slice", "-100..0", "--json"])
+        .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let sampled = object(&stdout);
+    assert_eq!(
+        sampled["slice"],
+        serde_json::json!(["-100", "0"]),
+        "{sampled}"
+    );
     for (args, exit, kind) in [
         (vec!["pause", applied.as_str()], 2, "bad_input"),
         (vec!["plan", missing], 2, "bad_input"),
