@@ -654,7 +654,7 @@ pub async fn blast_radius(
 
 /// What the brief's dbt manifest has downstream of the target, or why it
 /// cannot be read; `None` when the brief names no manifest.
-async fn dbt_radius(
+pub(crate) async fn dbt_radius(
     pool: &PgPool,
     brief: &Brief,
 ) -> Result<Option<std::result::Result<crate::dbt::Radius, String>>> {

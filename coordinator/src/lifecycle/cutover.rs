@@ -360,26 +360,15 @@ const OUTPUT_TAIL_LINES: usize = 20;
 /// none without a manifest. A manifest that cannot be read is one entry
 /// saying so: what it would say cannot be known.
 async fn incremental_left_stale(pool: &PgPool, run: &Run) -> Result<Vec<String>> {
-    let brief = &run.brief;
-    let Some(path) = brief.dependencies.dbt_manifest.as_deref() else {
-        return Ok(Vec::new());
-    };
-    let database: String = sqlx::query_scalar("SELECT current_database()::text")
-        .fetch_one(pool)
-        .await?;
-    let radius = match crate::dbt::radius(
-        path,
-        &database,
-        &brief.scope.target,
-        &brief.dependencies.downstream,
-    ) {
-        Ok(radius) => radius,
-        Err(e) => return Ok(vec![format!("whichever the manifest names ({e})")]),
+    let radius = match crate::preflight::dbt_radius(pool, &run.brief).await? {
+        None => return Ok(Vec::new()),
+        Some(Ok(radius)) => radius,
+        Some(Err(e)) => return Ok(vec![format!("whichever the manifest names ({e})")]),
     };
     let period = crate::notify::nominal_time(run);
     let period = period.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
     Ok(radius
-        .left_stale(&brief.dependencies.refresh)
+        .left_stale(&run.brief.dependencies.refresh)
         .into_iter()
         .map(|m| format!("{} (`{}`)", m.name, m.command(period)))
         .collect())

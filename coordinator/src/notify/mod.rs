@@ -296,21 +296,14 @@ impl Facts<'_> {
     }
 }
 
-/// What the run's dbt manifest has downstream, for its notifications.
-fn dbt_radius(run: &runs::Run) -> Option<crate::dbt::Radius> {
-    let brief = &run.brief;
-    let database = INSTALLED
-        .get()
-        .map_or("postgres", |i| i.warehouse.database.as_str());
-    brief.dependencies.dbt_manifest.as_deref().and_then(|path| {
-        crate::dbt::radius(
-            path,
-            database,
-            &brief.scope.target,
-            &brief.dependencies.downstream,
-        )
+/// What the run's dbt manifest has downstream, for its notifications: as
+/// `plan` and cutover read it; left out when it cannot be read.
+async fn dbt_radius(pool: &PgPool, run: &runs::Run) -> Option<crate::dbt::Radius> {
+    crate::preflight::dbt_radius(pool, &run.brief)
+        .await
         .ok()
-    })
+        .flatten()
+        .and_then(Result::ok)
 }
 
 /// One payload on its way to one endpoint.
@@ -470,7 +463,7 @@ pub async fn emit(pool: &PgPool, run_id: Uuid, happened: Happened) {
         counts: &counts,
         happened: &happened,
         time: chrono::Utc::now(),
-        dbt: dbt_radius(&run),
+        dbt: dbt_radius(pool, &run).await,
     };
     let settings = &installed.settings;
     let mut out = Vec::new();
@@ -675,7 +668,7 @@ pub async fn send_change_note(
         counts: &counts,
         happened: &happened,
         time: chrono::Utc::now(),
-        dbt: dbt_radius(&run),
+        dbt: dbt_radius(pool, &run).await,
     };
     let sent = post_to_webhooks(pool, Some(run_id), happened.name(), |format, console| {
         webhook::payload(&facts, format, console)
