@@ -66,18 +66,7 @@ fn acts(c: char) -> bool {
 /// showing it.
 #[must_use]
 pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(acts) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if acts(c) {
-            out.push_str(&c.escape_unicode().to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
+    escaping(text, |c| c.escape_unicode().to_string())
 }
 
 /// JSON text with every bidirectional override, embedding or isolate written
@@ -85,13 +74,18 @@ pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
 /// escapes control characters).
 #[must_use]
 pub fn json_shown(json: &str) -> std::borrow::Cow<'_, str> {
-    if !json.chars().any(acts) {
-        return std::borrow::Cow::Borrowed(json);
+    escaping(json, |c| format!("\\u{:04x}", u32::from(c)))
+}
+
+/// `text` with each character that [`acts`] written as `escape` writes it.
+fn escaping(text: &str, escape: impl Fn(char) -> String) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(acts) {
+        return std::borrow::Cow::Borrowed(text);
     }
-    let mut out = String::with_capacity(json.len() + 16);
-    for c in json.chars() {
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
         if acts(c) {
-            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            out.push_str(&escape(c));
         } else {
             out.push(c);
         }
