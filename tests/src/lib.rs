@@ -149,6 +149,28 @@ impl TestEnv {
         )
     }
 
+    /// Rolls the run back as its owner with `--overwrite-newer`: what the
+    /// tests do once a refusal was seen.
+    pub async fn rollback_overwriting(
+        &self,
+        run_id: Uuid,
+    ) -> backfill_coordinator::lifecycle::rollback::RollbackReport {
+        use backfill_coordinator::lifecycle::rollback::{self, RollbackOptions};
+        let report = rollback::rollback(
+            &self.pool,
+            run_id,
+            "alice",
+            RollbackOptions {
+                overwrite_newer: true,
+                ..RollbackOptions::default()
+            },
+        )
+        .await
+        .expect("rollback --overwrite-newer");
+        println!("{}", report.render());
+        report
+    }
+
     /// Records a run of `text` (all batches pending) without driving it.
     pub async fn record_run(&self, text: &str) -> (Uuid, Brief, Vec<BatchRange>) {
         let brief = Brief::parse(text).expect("test brief lints");

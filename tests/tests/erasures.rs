@@ -92,18 +92,7 @@ async fn erased_rows_never_come_back() {
         "rollback restored an erased order"
     );
     // Even forced, it does not restore them.
-    let report = rollback::rollback(
-        &env.pool,
-        run_id,
-        "alice",
-        RollbackOptions {
-            overwrite_newer: true,
-            ..RollbackOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    println!("{}", report.render());
+    let report = env.rollback_overwriting(run_id).await;
     assert!(report.erased_not_restored > 0, "{report:?}");
     assert_eq!(
         count(&env, erased_in_target).await,

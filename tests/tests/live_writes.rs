@@ -171,18 +171,7 @@ async fn carries_both_ways(strategy: &str) {
         &format!("CREATE TABLE tpch.live_out_2 AS SELECT * FROM tpch.order_revenue WHERE o_orderkey >= {END}"),
     )
     .await;
-    let report = rollback::rollback(
-        &env.pool,
-        run_id,
-        "alice",
-        RollbackOptions {
-            overwrite_newer: true,
-            ..RollbackOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    println!("{}", report.render());
+    let report = env.rollback_overwriting(run_id).await;
     assert!(
         report.swapped_back && report.live_writes_carried >= 2,
         "{report:?}"

@@ -423,17 +423,7 @@ async fn a_mis_scoped_exchange_halts_and_exchanges_back() {
         refused.contains("partition tpch.ship_revenue_1995_98"),
         "{refused}"
     );
-    rollback::rollback(
-        &env.pool,
-        run_id,
-        "alice",
-        RollbackOptions {
-            overwrite_newer: true,
-            ..RollbackOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    env.rollback_overwriting(run_id).await;
     assert_eq!(env.ship_revenue_changes("true").await, 0);
     env.cleanup().await;
 }

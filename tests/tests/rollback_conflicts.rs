@@ -132,17 +132,7 @@ async fn rollback_spares_rows_written_since_the_run() {
             RunState::RollingBack
         );
 
-        let report = rollback::rollback(
-            &env.pool,
-            run_id,
-            "alice",
-            RollbackOptions {
-                overwrite_newer: true,
-                ..RollbackOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+        let report = env.rollback_overwriting(run_id).await;
         assert_eq!(report.newer_rows_overwritten, 3, "{strategy}");
         assert_eq!(env.ship_revenue_changes("true").await, 0, "{strategy}");
         assert!(
