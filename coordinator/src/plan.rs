@@ -459,8 +459,11 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
             Strategy::Merge => {
                 "each batch writes a row only as the version it read: a write made meanwhile stands"
             }
+            Strategy::PartitionOverwrite if partitions.is_some() => {
+                "each batch locks the partitions its range meets (the table, when workers are granted only the table) while it runs: writes there wait for it, and one made before stands (a partition exchanged whole is built again after a write found in it)"
+            }
             Strategy::PartitionOverwrite => {
-                "a write inside a batch's range while the batch runs is overwritten; elsewhere it stands"
+                "the table is not partitioned, so each batch locks it while it runs: batches take it one at a time, writes to it wait for each, and one made before stands"
             }
         },
         on_missing: brief.write.on_missing.to_string(),

@@ -446,6 +446,8 @@ impl TestEnv {
 pub struct Logins {
     prefix: String,
     pools: Vec<(String, PgPool)>,
+    /// The test's database URL, as the administrator.
+    url: String,
 }
 
 impl TestEnv {
@@ -496,7 +498,11 @@ impl TestEnv {
                 .unwrap_or_else(|e| panic!("connect as {role}: {e}"));
             pools.push(((*who).to_owned(), pool));
         }
-        Logins { prefix, pools }
+        Logins {
+            prefix,
+            pools,
+            url: self.config.database_url.clone(),
+        }
     }
 }
 
@@ -505,6 +511,14 @@ impl Logins {
     #[must_use]
     pub fn role(&self, who: &str) -> String {
         format!("{}_{who}", self.prefix)
+    }
+
+    /// The test's database URL with `who`'s role as its user.
+    #[must_use]
+    pub fn url(&self, who: &str) -> String {
+        let (scheme, rest) = self.url.split_once("://").expect("a database URL");
+        let rest = rest.split_once('@').map_or(rest, |(_, r)| r);
+        format!("{scheme}://{}@{rest}", self.role(who))
     }
 
     /// A pool connected as `who`.

@@ -13,13 +13,6 @@
 
 use backfill_tests::TestEnv;
 
-/// `url` with `role` as its user.
-fn as_login(url: &str, role: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let rest = rest.split_once('@').map_or(rest, |(_, r)| r);
-    format!("{scheme}://{role}@{rest}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_lives_its_whole_life_under_the_documented_roles() {
     let env = TestEnv::new(0.01).await;
@@ -48,15 +41,14 @@ async fn a_run_lives_its_whole_life_under_the_documented_roles() {
     std::fs::write(&path, env.brief(6, 2).await).unwrap();
     let path = path.to_str().unwrap();
 
-    let url = |role: &str| as_login(&env.config.database_url, role);
     let workers = backfill_worker::InProcessWorkers::start(
-        &env.config.clone().with_database_url(&url(&walt)),
+        &env.config.clone().with_database_url(&logins.url("walt")),
         2,
         &backfill_worker::WorkerOptions::default(),
     )
     .await
     .expect("workers log in as walt");
-    let as_who = |role: &str| vec![("BACKFILL_DATABASE_URL", url(role))];
+    let as_who = |who: &str| vec![("BACKFILL_DATABASE_URL", logins.url(who))];
     let step = async |who: &str, args: &[&str]| {
         let vars = as_who(who);
         let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -69,13 +61,13 @@ async fn a_run_lives_its_whole_life_under_the_documented_roles() {
         );
         stdout
     };
-    let out = step(&alice, &["run", path, "--unannounced", "the roles test"]).await;
+    let out = step("alice", &["run", path, "--unannounced", "the roles test"]).await;
     let run_id = out.lines().next().unwrap().trim().to_owned();
-    step(&alice, &["validate", &run_id]).await;
-    step(&bob, &["approve", &run_id]).await;
-    step(&alice, &["cutover", &run_id]).await;
-    step(&alice, &["rollback", &run_id]).await;
-    step(&alice, &["cleanup", &run_id, "--now"]).await;
+    step("alice", &["validate", &run_id]).await;
+    step("bob", &["approve", &run_id]).await;
+    step("alice", &["cutover", &run_id]).await;
+    step("alice", &["rollback", &run_id]).await;
+    step("alice", &["cleanup", &run_id, "--now"]).await;
     assert!(
         env.differences().await > 0,
         "rollback did not restore the table"
@@ -91,7 +83,7 @@ async fn a_run_lives_its_whole_life_under_the_documented_roles() {
     )
     .unwrap();
     let out = step(
-        &alice,
+        "alice",
         &[
             "run",
             canary_path.to_str().unwrap(),
@@ -103,10 +95,10 @@ async fn a_run_lives_its_whole_life_under_the_documented_roles() {
     .await;
     let canary: uuid::Uuid = out.lines().next().unwrap().trim().parse().unwrap();
     until_state(&env, canary, "canary").await;
-    step(&bob, &["promote", &canary.to_string()]).await;
+    step("bob", &["promote", &canary.to_string()]).await;
     until_state(&env, canary, "applied").await;
     workers.stop().await;
-    step(&alice, &["validate", &canary.to_string()]).await;
+    step("alice", &["validate", &canary.to_string()]).await;
 
     // The console, logged in to the warehouse as cora, acts for each person.
     let tokens = "alice:alice-token-0123456789,bob:bob-token-0123456789abc";
@@ -114,7 +106,7 @@ async fn a_run_lives_its_whole_life_under_the_documented_roles() {
         tokens: backfill_coordinator::console::Auth::parse_tokens(tokens).unwrap(),
         ..Default::default()
     };
-    let console_login = env.config.clone().with_database_url(&url(&cora));
+    let console_login = env.config.clone().with_database_url(&logins.url("cora"));
     let addr = backfill_coordinator::console::serve(
         logins.pool("cora").clone(),
         console_login,

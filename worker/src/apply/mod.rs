@@ -24,7 +24,9 @@
 //! 4. lock the batch's ledger row and check the fencing token (a stale worker
 //!    rolls back), mark the batch applied with its figures, append to the run log.
 //!
-//! `partition-overwrite` runs the source into the run's working set (a
+//! `partition-overwrite` locks what it rewrites against concurrent writers
+//! (the partitions its range meets: `lock_rewritten`), runs the source into
+//! the run's working set (a
 //! temporary table per connection, emptied at commit) measuring the grain,
 //! checks drift and grain, measures the metrics before, deletes the range
 //! (counting the rows the source does not yield again) and inserts the source
@@ -267,14 +269,15 @@ async fn merge_failure(pool: &PgPool, plan: &WritePlan, e: sqlx::Error) -> Batch
     BatchError::from_sql("the brief's source or the batch's write failed", e)
 }
 
-/// partition-overwrite row by row: the source into the run's working set,
-/// then the strategy's statements.
+/// partition-overwrite row by row: what it rewrites locked, the source into
+/// the run's working set, then the strategy's statements.
 async fn through_working_set(
     tx: &mut sqlx::PgConnection,
     plan: &WritePlan,
     work: BatchWork,
 ) -> Result<(RowCounts, BatchChecks)> {
     let sql = |context: &'static str| move |e: sqlx::Error| BatchError::from_sql(context, e);
+    lock_rewritten(tx, plan, work).await?;
     sqlx::raw_sql(AssertSqlSafe(plan.create_working_set.as_str()))
         .execute(&mut *tx)
         .await
@@ -300,6 +303,77 @@ async fn through_working_set(
         write(tx, plan, work, &mut rows, &mut checks).await?;
     }
     Ok((rows, checks))
+}
+
+/// Deleting a range's rows and inserting them again ends the update chain a
+/// concurrent writer's `UPDATE` or `DELETE` follows: at READ COMMITTED it
+/// would find its row gone and write nothing, and a batch that read the
+/// source before the writer committed would put back a row the writer
+/// deleted. So before it reads anything, the batch locks what it rewrites in
+/// `SHARE ROW EXCLUSIVE` mode: writers to it wait for the batch's commit, and
+/// each of the batch's statements, its snapshot taken after the lock, sees
+/// every write committed before. On a partitioned table that is only the
+/// partitions the batch's range meets (the default one when no other holds
+/// it; all of them when the table is not partitioned by `batch_by`), so the
+/// pipeline's writes elsewhere go on — when the worker may lock them: a
+/// partition's privileges are its own, and a worker granted only the table
+/// locks the whole table. One statement, in name order, so batches never wait
+/// for each other in a cycle; a deadlock with another writer is retried.
+async fn lock_rewritten(
+    tx: &mut sqlx::PgConnection,
+    plan: &WritePlan,
+    work: BatchWork,
+) -> Result<()> {
+    use backfill_shared::brief::BatchRange;
+    use backfill_shared::partitions::{self, Layout};
+    let sql = |e| BatchError::from_sql("locking the range the batch rewrites", e);
+    let mut locked = vec![plan.written.quoted()];
+    if let Some(key) = partitions::partition_key(&mut *tx, &plan.written)
+        .await
+        .map_err(sql)?
+    {
+        let children = partitions::children(&mut *tx, &plan.written)
+            .await
+            .map_err(sql)?;
+        let range = BatchRange {
+            no: work.batch_no,
+            lo: work.lo,
+            hi: work.hi,
+        };
+        let layout = Layout::of(
+            &key,
+            &plan.scope.batch_by.column,
+            &children,
+            &[range],
+            work.lo.kind(),
+        );
+        let mut meeting: Vec<String> = children
+            .iter()
+            .zip(&layout.partitions)
+            .filter(|(_, meets)| meets.batches > 0)
+            .map(|(child, _)| child.name.quoted())
+            .collect();
+        meeting.sort();
+        let may: bool = sqlx::query_scalar(
+            "SELECT coalesce(bool_and(has_table_privilege(t::regclass, 'UPDATE, DELETE, TRUNCATE')), false)
+               FROM unnest($1::text[]) t",
+        )
+        .bind(&meeting)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(sql)?;
+        if may {
+            locked = meeting;
+        }
+    }
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+        locked.join(", ")
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(sql)?;
+    Ok(())
 }
 
 /// The batch's last statement: its figures recorded and the batch marked

@@ -72,6 +72,8 @@ pub struct WritePlan {
     /// [`WritePlan::after_in_merge`], the same after it.
     /// Empty for partition-overwrite, which fills a working set.
     pub(super) merge: Vec<Step>,
+    /// The table batches write to.
+    pub(super) written: TableName,
     pub(super) create_working_set: String,
     /// Per rule (each period's source, then `scope.source`): fills the
     /// working set and, over the rows it inserts, returns (rows,
@@ -635,6 +637,7 @@ impl WritePlan {
         });
         Self {
             exchange,
+            written: write_to.clone(),
             metrics_before,
             metrics_after: metric_sql(&target),
             after_in_merge,
