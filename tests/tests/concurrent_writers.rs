@@ -40,13 +40,15 @@ const DELETE: [&str; 3] = [
 ];
 
 /// What the pipeline did in a round.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Written {
     /// Transactions committed.
     writes: u64,
     /// Of those, the ones that waited for a batch (half a second or more: a
     /// slowed batch holds what it locks for a second).
     waited: u64,
+    /// The orders it updated or deleted.
+    keys: Vec<i64>,
 }
 
 /// Writes to random orders until `stop`, as the daily pipeline would.
@@ -87,6 +89,7 @@ async fn pipeline(pool: sqlx::PgPool, keys: Vec<i64>, stop: Arc<AtomicBool>) -> 
         }
         tx.commit().await.unwrap();
         written.writes += 1;
+        written.keys.push(key);
         if started.elapsed() >= std::time::Duration::from_millis(500) {
             written.waited += 1;
         }
@@ -122,17 +125,50 @@ enum Meeting {
     Waits,
 }
 
-/// Runs `rounds` runs of the slowed demo brief, as `prepare` makes it, beside
-/// the pipeline; each must end in the state a serial order gives.
-async fn beside_the_pipeline<F>(rounds: u32, workers: Workers, meeting: Meeting, prepare: F)
+/// How a test runs beside the pipeline.
+#[derive(Debug, Clone, Copy)]
+struct Beside {
+    rounds: u32,
+    workers: Workers,
+    meeting: Meeting,
+    /// The run builds beside the target: once it has, it is validated,
+    /// approved and cut over, taking the live value of the rows the pipeline
+    /// wrote during the build (`--accept-live-changes`).
+    cut_over: bool,
+}
+
+impl Beside {
+    /// `rounds` rounds by the administrator's workers, meeting the pipeline
+    /// as `meeting` says, writing the target itself.
+    fn new(rounds: u32, meeting: Meeting) -> Self {
+        Self {
+            rounds,
+            workers: Workers::Administrator,
+            meeting,
+            cut_over: false,
+        }
+    }
+}
+
+/// Runs rounds of the slowed demo brief, as `prepare` makes it, beside the
+/// pipeline; each must end in the state a serial order gives.
+async fn beside_the_pipeline<F>(beside: Beside, prepare: F)
 where
     F: AsyncFn(&TestEnv, String) -> String,
 {
+    let Beside {
+        rounds,
+        workers,
+        meeting,
+        cut_over,
+    } = beside;
     for round in 0..rounds {
         let env = TestEnv::new(0.01).await;
         // Slowed batches: each statement's snapshot is a second old when it
         // writes, so the pipeline commits inside it.
         let text = prepare(&env, env.slow_brief(8, 2, 1.0).await).await;
+        env.keep_pre_run_copy().await;
+        place_rows(&env).await;
         let logins = match workers {
             Workers::Administrator => None,
             Workers::Role => {
@@ -169,7 +205,11 @@ where
             }
         };
         stop.store(true, Ordering::Relaxed);
-        let Written { writes, waited } = writer.await.unwrap();
+        let Written {
+            writes,
+            waited,
+            keys,
+        } = writer.await.unwrap();
         assert_eq!(finish, Finish::Applied, "round {round}");
         // The pipeline wrote while batches ran: often, or waiting for them.
         match meeting {
@@ -182,11 +222,44 @@ where
                 "round {round}: the pipeline wrote {writes} times and waited for a batch {waited} times"
             ),
         }
+        if cut_over {
+            use backfill_coordinator::lifecycle::{approve, cutover};
+            backfill_coordinator::validate::validate(&env.pool, run_id)
+                .await
+                .unwrap();
+            approve::approve(&env.reviewer, run_id, Some("bob"))
+                .await
+                .unwrap();
+            let lock = std::time::Duration::from_secs(5);
+            // The pipeline wrote inside the scope during the build.
+            let refused = cutover::cutover(&env.pool, run_id, "alice", lock)
+                .await
+                .unwrap_err();
+            assert!(
+                refused.to_string().contains("--accept-live-changes"),
+                "round {round}: {refused}"
+            );
+            cutover::cutover_with(
+                &env.pool,
+                run_id,
+                "alice",
+                lock,
+                cutover::Accepting {
+                    live_changes: Some("the pipeline's writes are newer"),
+                    ..cutover::Accepting::default()
+                },
+            )
+            .await
+            .unwrap();
+        }
         assert_eq!(
             env.differences().await,
             0,
             "round {round}: after {writes} pipeline writes the target is no serial order's end state"
         );
+        if !cut_over {
+            rolled_back_around(&env, run_id, &keys, round).await;
+        }
         env.cleanup().await;
         if let Some(logins) = logins {
             logins.drop().await;
@@ -196,13 +269,102 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_merge_beside_the_pipeline_ends_in_a_serial_state() {
-    beside_the_pipeline(
-        rounds(5),
-        Workers::Administrator,
-        Meeting::Aside,
-        async |_, text| text,
+    beside_the_pipeline(Beside::new(rounds(5), Meeting::Aside), async |_, text| text).await;
+}
+
+/// Records which table (partition) holds each order now, in
+/// `tpch.placed` (once before the run, once after).
+async fn place_rows(env: &TestEnv) {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS tpch.placed (o_orderkey bigint, part text);
+         INSERT INTO tpch.placed SELECT o_orderkey, tableoid::regclass::text FROM tpch.order_revenue",
     )
-    .await;
+    .execute(&env.pool)
+    .await
+    .unwrap();
+}
+
+/// Rolls the run back (not overwriting newer rows): rollback spares the rows
+/// the pipeline wrote after their batch — or, where a batch exchanged a
+/// partition whole, that partition — and names them, keys only, in its
+/// refusal and the run log. Every row it does not spare is as before the
+/// run, and every row the pipeline wrote is as the pipeline left it.
+async fn rolled_back_around(env: &TestEnv, run_id: uuid::Uuid, keys: &[i64], round: u32) {
+    use backfill_coordinator::lifecycle::rollback::{self, RollbackOptions};
+    place_rows(env).await;
+    sqlx::query("CREATE TABLE tpch.at_end AS SELECT * FROM tpch.order_revenue")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TABLE tpch.pipeline_keys AS SELECT DISTINCT unnest($1::bigint[]) AS o_orderkey",
+    )
+    .bind(keys)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let refused = rollback::rollback(&env.pool, run_id, "alice", RollbackOptions::default())
+        .await
+        .expect_err("the pipeline wrote rows after their batches: rollback spares and names them");
+    let message = refused.to_string();
+    assert!(
+        message.contains("--overwrite-newer"),
+        "round {round}: {message}"
+    );
+    // What rollback named: keys, or partitions exchanged whole.
+    let named = "SELECT c ->> 'key' AS key FROM backfill.run_log l, jsonb_array_elements(l.detail -> 'conflicts') c
+                  WHERE l.run_id = $1 AND l.event = 'rollback_conflicts'";
+    let (restored_wrong, undone, unknown): (i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH named AS ({named}),
+              spared_key AS (SELECT DISTINCT o_orderkey FROM tpch.placed
+                              WHERE 'partition ' || part IN (SELECT key FROM named)),
+              allowed AS (SELECT format('(%s)', o_orderkey) AS key FROM tpch.pipeline_keys
+                          UNION SELECT 'partition ' || part FROM tpch.placed JOIN tpch.pipeline_keys USING (o_orderkey)),
+              row_of AS (SELECT n AS now, b AS before, e AS at_end,
+                                p.o_orderkey IS NOT NULL AS piped, s.o_orderkey IS NOT NULL AS in_spared_part
+                           FROM (SELECT DISTINCT o_orderkey FROM tpch.placed) k
+                           LEFT JOIN tpch.order_revenue n USING (o_orderkey)
+                           LEFT JOIN tpch.pre_run b USING (o_orderkey)
+                           LEFT JOIN tpch.at_end e USING (o_orderkey)
+                           LEFT JOIN tpch.pipeline_keys p USING (o_orderkey)
+                           LEFT JOIN spared_key s USING (o_orderkey))
+         SELECT count(*) FILTER (WHERE NOT piped AND NOT in_spared_part AND now IS DISTINCT FROM before),
+                count(*) FILTER (WHERE piped AND now IS DISTINCT FROM at_end),
+                (SELECT count(*) FROM named WHERE key NOT IN (SELECT key FROM allowed))
+           FROM row_of"
+    )))
+    .bind(run_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        restored_wrong, 0,
+        "round {round}: rows neither the pipeline wrote nor rollback spared are not as before the run"
+    );
+    assert_eq!(
+        undone, 0,
+        "round {round}: pipeline writes undone by rollback"
+    );
+    assert_eq!(
+        unknown, 0,
+        "round {round}: rollback named keys or partitions the pipeline never wrote"
+    );
+    let (spared, with_values): (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum((detail ->> 'rows')::bigint), 0)::bigint,
+                count(*) FILTER (WHERE jsonb_path_exists(detail, '$.conflicts[*].now')
+                                    OR jsonb_path_exists(detail, '$.conflicts[*].before'))
+           FROM backfill.run_log WHERE run_id = $1 AND event = 'rollback_conflicts'",
+    )
+    .bind(run_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(spared > 0, "round {round}: nothing spared");
+    assert_eq!(with_values, 0, "round {round}: row values in the run log");
+    assert!(
+        message.contains(&format!("{spared} row(s)")),
+        "round {round}: {spared} spared, but: {message}"
+    );
 }
 
 /// The brief as partition-overwrite, its target range-partitioned on
@@ -241,12 +403,9 @@ fn overwriting(text: &str) -> String {
 /// found once the partition is detached, and the batch runs again after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partition_overwrite_exchanging_partitions_beside_the_pipeline_ends_in_a_serial_state() {
-    beside_the_pipeline(
-        rounds(3),
-        Workers::Administrator,
-        Meeting::Aside,
-        async |env, text| partitioned(env, &text, 1).await,
-    )
+    beside_the_pipeline(Beside::new(rounds(3), Meeting::Aside), async |env, text| {
+        partitioned(env, &text, 1).await
+    })
     .await;
 }
 
@@ -254,12 +413,9 @@ async fn a_partition_overwrite_exchanging_partitions_beside_the_pipeline_ends_in
 /// source's, the table locked against the pipeline's writes meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partition_overwrite_of_a_plain_table_beside_the_pipeline_ends_in_a_serial_state() {
-    beside_the_pipeline(
-        rounds(3),
-        Workers::Administrator,
-        Meeting::Waits,
-        async |_, text| overwriting(&text),
-    )
+    beside_the_pipeline(Beside::new(rounds(3), Meeting::Waits), async |_, text| {
+        overwriting(&text)
+    })
     .await;
 }
 
@@ -268,20 +424,45 @@ async fn a_partition_overwrite_of_a_plain_table_beside_the_pipeline_ends_in_a_se
 /// worker granted only the table, the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partition_overwrite_sharing_partitions_beside_the_pipeline_ends_in_a_serial_state() {
+    beside_the_pipeline(Beside::new(rounds(2), Meeting::Waits), async |env, text| {
+        partitioned(env, &text, 2).await
+    })
+    .await;
     beside_the_pipeline(
-        rounds(2),
-        Workers::Administrator,
-        Meeting::Waits,
+        Beside {
+            workers: Workers::Role,
+            ..Beside::new(rounds(2), Meeting::Waits)
+        },
         async |env, text| partitioned(env, &text, 2).await,
     )
     .await;
-    beside_the_pipeline(
-        rounds(2),
-        Workers::Role,
-        Meeting::Waits,
-        async |env, text| partitioned(env, &text, 2).await,
-    )
-    .await;
+}
+
+/// Staging-swap and parallel-version build beside the target while the
+/// pipeline writes to it, batches applied and not: cutover carries the
+/// pipeline's writes into the table it swaps in, its deletions included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_build_beside_the_pipeline_cuts_over_to_a_serial_state() {
+    for strategy in ["staging-swap", "parallel-version"] {
+        beside_the_pipeline(
+            Beside {
+                cut_over: true,
+                ..Beside::new(rounds(2), Meeting::Aside)
+            },
+            async |_, text| {
+                // The pipeline deletes orders: the demo's row count no longer holds.
+                text.replace(
+                    "strategy = \"merge\"",
+                    &format!("strategy = \"{strategy}\""),
+                )
+                .lines()
+                .filter(|l| !l.starts_with("expected_rows"))
+                .map(|l| format!("{l}\n"))
+                .collect()
+            },
+        )
+        .await;
+    }
 }
 
 /// The tables batch `no` of the run holds in `SHARE ROW EXCLUSIVE` mode once
