@@ -56,21 +56,20 @@ pub struct TableName {
 }
 
 impl TableName {
-    /// Parses `schema.table` or `table`. Quoted parts are not supported: names with
-    /// dots are rejected rather than guessed at.
+    /// Parses `schema.table` or `table` (meaning `public.table`), each part
+    /// as written or in double quotes as PostgreSQL reads them (`"odd name"`,
+    /// `sales."Mixed Case"`, `""` for a quote inside): a part that holds a dot,
+    /// a quote, a space or a `;` must be quoted. `None` for anything else, for
+    /// an empty part or a NUL, and for a part past PostgreSQL's 63 bytes
+    /// (which it would cut short).
     pub fn parse(text: &str) -> Option<Self> {
-        let text = text.trim();
-        let mut parts = text.split('.');
-        let (schema, table) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(t), None, None) => ("public", t),
-            (Some(s), Some(t), None) => (s, t),
+        let parts = identifiers(text.trim())?;
+        let (schema, table) = match parts.as_slice() {
+            [t] => ("public".to_owned(), t.clone()),
+            [s, t] => (s.clone(), t.clone()),
             _ => return None,
         };
-        let ok = |s: &str| !s.is_empty() && !s.contains(['"', ' ', ';', '\0']);
-        (ok(schema) && ok(table)).then(|| Self {
-            schema: schema.to_owned(),
-            table: table.to_owned(),
-        })
+        Some(Self { schema, table })
     }
 
     /// `"schema"."table"`, safe to splice into a statement.
@@ -89,9 +88,62 @@ impl TableName {
     }
 }
 
+/// The most bytes PostgreSQL keeps of an identifier (`NAMEDATALEN - 1`).
+pub const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// The dot-separated identifiers of `text`, each bare or in double quotes.
+fn identifiers(text: &str) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next()? {
+                    '"' if chars.next_if_eq(&'"').is_some() => part.push('"'),
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != '.') {
+                if c == '"' || c == ';' || c.is_whitespace() {
+                    return None;
+                }
+                part.push(c);
+            }
+        }
+        if part.is_empty() || part.contains('\0') || part.len() > MAX_IDENTIFIER_BYTES {
+            return None;
+        }
+        parts.push(part);
+        match chars.next() {
+            None => return Some(parts),
+            Some('.') => {}
+            Some(_) => return None,
+        }
+    }
+}
+
+/// An identifier as a brief writes it: bare, or quoted when [`TableName::parse`]
+/// needs the quotes to read it back.
+fn written(ident: &str) -> std::borrow::Cow<'_, str> {
+    if ident.is_empty()
+        || ident
+            .chars()
+            .any(|c| matches!(c, '.' | '"' | ';') || c.is_whitespace() || c.is_control())
+    {
+        quote_ident(ident).into()
+    } else {
+        ident.into()
+    }
+}
+
+/// `schema.table` as a brief writes it, parts quoted where they must be
+/// (`sales."Mixed Case"`): [`TableName::parse`] reads it back.
 impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.table)
+        write!(f, "{}.{}", written(&self.schema), written(&self.table))
     }
 }
 
@@ -121,5 +173,32 @@ mod tests {
         assert!(TableName::parse("a.b.c").is_none());
         assert!(TableName::parse("a;drop").is_none());
         assert!(TableName::parse("").is_none());
+        // Quoted parts, as PostgreSQL reads them.
+        let odd = TableName::parse(r#"sales."Mixed Case; ""x"".y""#).unwrap();
+        assert_eq!(odd.schema, "sales");
+        assert_eq!(odd.table, r#"Mixed Case; "x".y"#);
+        assert_eq!(odd.quoted(), r#""sales"."Mixed Case; ""x"".y""#);
+        assert_eq!(odd.to_string(), r#"sales."Mixed Case; ""x"".y""#);
+        assert_eq!(TableName::parse(&odd.to_string()), Some(odd));
+        assert_eq!(
+            TableName::parse(r#""odd name""#).unwrap().to_string(),
+            r#"public."odd name""#
+        );
+        assert_eq!(TableName::parse("o'rÜ").unwrap().to_string(), "public.o'rÜ");
+        for bad in [
+            r#""unclosed"#,
+            r#""a"b"#,
+            r#""""#,
+            "a.",
+            ".a",
+            "odd name",
+            r#"a"b"#,
+            "\"a\0\"",
+        ] {
+            assert!(TableName::parse(bad).is_none(), "{bad}");
+        }
+        // PostgreSQL keeps 63 bytes of a name; a longer one would be cut short.
+        assert!(TableName::parse(&"é".repeat(31)).is_some());
+        assert!(TableName::parse(&"é".repeat(32)).is_none());
     }
 }

@@ -11,7 +11,7 @@ mod lint;
 mod reader;
 
 pub use bounds::{BatchBy, BatchRange, Bound, BoundKind, Interval, MAX_BATCHES, Step};
-pub use lint::Problem;
+pub use lint::{Problem, limits};
 
 use crate::sql::TableName;
 use serde::{Deserialize, Serialize};

@@ -24,6 +24,9 @@ impl fmt::Display for Problem {
     }
 }
 
+/// How a brief writes a table's name, for the lint's refusals.
+pub(super) const TABLE_NAME: &str = "write \"schema.table\", each part at most 63 bytes, in double quotes if it holds a dot, a quote, a space or a ; (in TOML, 'sales.\"Mixed Case\"')";
+
 pub(super) const SECTIONS: &[(&str, &str)] = &[
     ("brief", "name, reason, owner, reviewer and risk"),
     ("scope", "target, key, columns, batch_by and source"),
@@ -37,7 +40,75 @@ pub(super) const SECTIONS: &[(&str, &str)] = &[
     ("rollback", "plan and retain_days"),
 ];
 
+/// The most a brief may hold (README, *Limits of a brief*): its size, the
+/// items of each list, the characters of each text. Each lies well below
+/// where PostgreSQL or a worker would fail (a statement's 1,664 result
+/// columns, an index's 32 columns), and keeps the run's row, every worker's
+/// copy of it and every message quoting it small.
+pub mod limits {
+    /// Bytes of the brief's text.
+    pub const BRIEF_BYTES: usize = 1024 * 1024;
+    /// Items of a list, by field.
+    pub const ITEMS: &[(&str, usize)] = &[
+        ("scope.key", 32),
+        ("scope.columns", 200),
+        ("scope.periods", 100),
+        ("scope.accept_empty_source", 1000),
+        ("dependencies.downstream", 200),
+        ("dependencies.refresh", 100),
+        ("dependencies.stakeholders", 100),
+        ("validation.metrics", 50),
+        ("validation.references", 50),
+        ("validation.edge_cases", 1000),
+    ];
+    /// Characters of a text, by field (`[]`: every item of a list).
+    pub const CHARS: &[(&str, usize)] = &[
+        ("brief.owner", 200),
+        ("brief.reviewer", 200),
+        ("brief.reason", 4000),
+        ("scope.periods[].reason", 4000),
+        ("scope.volatile_ok", 4000),
+        ("validation.metrics[].name", 200),
+        ("rollback.plan", 4000),
+        ("rollback.without_images", 4000),
+    ];
+    /// Characters of any other text (SQL, above all).
+    pub const TEXT_CHARS: usize = 256 * 1024;
+
+    /// The most characters the text at `path` (`scope.periods[2].reason`) may hold.
+    #[must_use]
+    pub fn chars(path: &str) -> usize {
+        let mut field = String::with_capacity(path.len());
+        let mut in_index = false;
+        for c in path.chars() {
+            match c {
+                '[' => {
+                    in_index = true;
+                    field.push_str("[]");
+                }
+                ']' => in_index = false,
+                _ if in_index => {}
+                _ => field.push(c),
+            }
+        }
+        CHARS
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map_or(TEXT_CHARS, |(_, n)| *n)
+    }
+}
+
 pub(super) fn lint(text: &str) -> Result<Brief, Vec<Problem>> {
+    if text.len() > limits::BRIEF_BYTES {
+        return Err(vec![Problem {
+            field: "brief".into(),
+            message: format!(
+                "is {} bytes; a brief is at most {} bytes (1 MiB). Put long SQL in a view the source selects from, and long lists in a table it joins",
+                text.len(),
+                limits::BRIEF_BYTES
+            ),
+        }]);
+    }
     let doc: Table = match toml::from_str(text) {
         Ok(doc) => doc,
         Err(e) => {
@@ -48,9 +119,8 @@ pub(super) fn lint(text: &str) -> Result<Brief, Vec<Problem>> {
         }
     };
     let mut problems = Vec::new();
-    // PostgreSQL text cannot hold NUL: refuse it here, not as a failed run.
     for (key, value) in &doc {
-        nul_characters(value, key, &mut problems);
+        beyond_limits(value, key, &mut problems);
     }
     for key in doc.keys() {
         if !SECTIONS.iter().any(|(s, _)| s == key) {
@@ -171,21 +241,45 @@ fn section<T>(
 }
 
 /// Every string of the document holding a NUL character, by field.
-fn nul_characters(value: &Value, path: &str, problems: &mut Vec<Problem>) {
+/// Texts PostgreSQL cannot store (a NUL) and texts and lists past
+/// [`limits`], each named by its field: refused here, not as a failed run.
+fn beyond_limits(value: &Value, path: &str, problems: &mut Vec<Problem>) {
+    let refused = |message: String| Problem {
+        field: path.to_owned(),
+        message,
+    };
     match value {
-        Value::String(s) if s.contains('\0') => problems.push(Problem {
-            field: path.to_owned(),
-            message: "holds a NUL character (\\u0000), which PostgreSQL cannot store; remove it"
-                .into(),
-        }),
+        Value::String(s) => {
+            if s.contains('\0') {
+                problems.push(refused(
+                    "holds a NUL character (\\u0000), which PostgreSQL cannot store; remove it"
+                        .into(),
+                ));
+            }
+            let most = limits::chars(path);
+            let chars = s.chars().count();
+            if chars > most {
+                problems.push(refused(format!(
+                    "is {chars} characters; at most {most} fit here — shorten it"
+                )));
+            }
+        }
         Value::Table(t) => {
             for (k, v) in t {
-                nul_characters(v, &format!("{path}.{k}"), problems);
+                beyond_limits(v, &format!("{path}.{k}"), problems);
             }
         }
         Value::Array(items) => {
+            if let Some((_, most)) = limits::ITEMS.iter().find(|(f, _)| *f == path)
+                && items.len() > *most
+            {
+                problems.push(refused(format!(
+                    "has {} items; a brief lists at most {most} here — split the backfill, or keep the rest outside the brief",
+                    items.len()
+                )));
+            }
             for (i, v) in items.iter().enumerate() {
-                nul_characters(v, &format!("{path}[{i}]"), problems);
+                beyond_limits(v, &format!("{path}[{i}]"), problems);
             }
         }
         _ => {}
@@ -274,15 +368,16 @@ fn read_write(r: &mut Reader<'_>) -> Option<Write> {
     let on_missing = r.choice("on_missing", OnMissing::NAMES, OnMissing::from_name);
     let snapshot = r.boolean("snapshot", "true to keep before-images for rollback");
     let new_table = match r.opt_text("new_table", "\"schema.table\" for the parallel version") {
-        Ok(Some(t)) => {
-            match TableName::parse(&t) {
-                Some(name) if name.table.len() <= 63 => Some(Some(name)),
-                _ => {
-                    r.problem("new_table", format!("{t:?} is not a table name of at most 63 characters; write \"schema.table\""));
-                    None
-                }
+        Ok(Some(t)) => match TableName::parse(&t) {
+            Some(name) => Some(Some(name)),
+            None => {
+                r.problem(
+                    "new_table",
+                    format!("{t:?} is not a table name; {TABLE_NAME}"),
+                );
+                None
             }
-        }
+        },
         Ok(None) => Some(None),
         Err(()) => None,
     };

@@ -5,6 +5,7 @@
 use super::super::reader::read_tables;
 use super::super::reader::{Reader, is_column_name};
 use super::super::{BatchBy, Bound, BoundKind, Interval, Period, Scope, Step};
+use super::TABLE_NAME;
 use crate::sql::TableName;
 use toml::Value;
 
@@ -12,10 +13,7 @@ pub(super) fn read_scope(r: &mut Reader<'_>) -> Option<Scope> {
     let target = r.text("target", "\"schema.table\"").and_then(|t| {
         let parsed = TableName::parse(&t);
         if parsed.is_none() {
-            r.problem(
-                "target",
-                format!("{t:?} is not a table name; write \"schema.table\""),
-            );
+            r.problem("target", format!("{t:?} is not a table name; {TABLE_NAME}"));
         }
         parsed
     });

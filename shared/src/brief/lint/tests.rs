@@ -431,3 +431,183 @@ dbt_manifest = "analytics/target/manifest.json""#,
         assert!(got.contains(expected), "{deps}: {expected:?} not in {got}");
     }
 }
+
+/// [`GOOD`] with `field`'s list holding `n` items.
+fn with_items(field: &str, n: usize) -> String {
+    let list = |item: &dyn Fn(usize) -> String| (0..n).map(item).collect::<Vec<_>>().join(", ");
+    let add = |before: &str, line: String| GOOD.replacen(before, &format!("{line}\n{before}"), 1);
+    match field {
+        "scope.key" => GOOD.replacen(
+            "key = [\"id\"]",
+            &format!("key = [{}]", list(&|i| format!("\"k{i}\""))),
+            1,
+        ),
+        "scope.columns" => GOOD.replacen(
+            "columns = [\"day\"]",
+            &format!("columns = [{}]", list(&|i| format!("\"c{i}\""))),
+            1,
+        ),
+        "scope.periods" => add(
+            "\n[write]",
+            format!(
+                "periods = [{}]",
+                list(&|i| format!(
+                    "{{ until = \"2025-01-01 {:02}:{:02}:00\", reason = \"r\", source = \"SELECT 1\" }}",
+                    i / 60,
+                    i % 60
+                ))
+            ),
+        ),
+        "scope.accept_empty_source" => add(
+            "\n[write]",
+            format!(
+                "accept_empty_source = [{}]",
+                list(&|_| "\"2025-01-01..2025-01-02\"".into())
+            ),
+        ),
+        "dependencies.downstream" => GOOD.replacen(
+            "downstream = []",
+            &format!("downstream = [{}]", list(&|i| format!("\"public.v{i}\""))),
+            1,
+        ),
+        "dependencies.refresh" => add(
+            "stakeholders = ",
+            format!("refresh = [{}]", list(&|_| "\"SELECT 1\"".into())),
+        ),
+        "dependencies.stakeholders" => GOOD.replacen(
+            "stakeholders = [\"ops\"]",
+            &format!("stakeholders = [{}]", list(&|i| format!("\"t{i}\""))),
+            1,
+        ),
+        "validation.metrics" => add(
+            "\n[limits]",
+            format!(
+                "metrics = [{}]",
+                list(&|i| format!("{{ name = \"m{i}\", expr = \"count(*)\" }}"))
+            ),
+        ),
+        "validation.references" => add(
+            "\n[limits]",
+            format!(
+                "references = [{}]",
+                list(&|_| "{ column = \"day\", references = \"public.days(day)\" }".into())
+            ),
+        ),
+        "validation.edge_cases" => add(
+            "\n[limits]",
+            format!("edge_cases = [{}]", list(&|i| i.to_string())),
+        ),
+        _ => panic!("no test builds a brief with {n} items of {field}: add one"),
+    }
+}
+
+/// [`GOOD`] with `text` as the value of `field`.
+fn with_text(field: &str, text: &str) -> String {
+    let value = toml::Value::String(text.to_owned()).to_string();
+    let set = |old: &str| GOOD.replacen(old, &value, 1);
+    let add = |before: &str, line: String| GOOD.replacen(before, &format!("{line}\n{before}"), 1);
+    match field {
+        "brief.owner" => set("\"alice\""),
+        "brief.reviewer" => set("\"bob\""),
+        "brief.reason" => set("\"Late events were dated by arrival.\""),
+        "scope.source" => set(
+            "\"SELECT id, created, created::date AS day FROM raw WHERE created >= $1 AND created < $2\"",
+        ),
+        "scope.periods[].reason" => add(
+            "\n[write]",
+            format!(
+                "periods = [{{ until = \"2025-02-01 00:00:00\", reason = {value}, source = \"SELECT 1\" }}]"
+            ),
+        ),
+        "scope.volatile_ok" => add("\n[write]", format!("volatile_ok = {value}")),
+        "validation.metrics[].name" => add(
+            "\n[limits]",
+            format!("metrics = [{{ name = {value}, expr = \"count(*)\" }}]"),
+        ),
+        "rollback.plan" => set("\"restore before-images\""),
+        "rollback.without_images" => add("retain_days", format!("without_images = {value}")),
+        _ => panic!("no test sets {field}: add one"),
+    }
+}
+
+/// The problems that name `field` and a limit.
+fn over_limit(text: &str, field: &str) -> Vec<String> {
+    Brief::parse(text)
+        .err()
+        .map(|e| e.problems)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| {
+            p.field == field
+                && (p.message.contains("fit here") || p.message.contains("a brief lists at most"))
+        })
+        .map(|p| p.message)
+        .collect()
+}
+
+#[test]
+fn every_limit_holds_at_its_value_and_refuses_one_past() {
+    use super::limits;
+    for (field, most) in limits::ITEMS {
+        assert_eq!(
+            over_limit(&with_items(field, *most), field),
+            Vec::<String>::new(),
+            "{field} at {most}"
+        );
+        let past = over_limit(&with_items(field, most + 1), field);
+        assert_eq!(past.len(), 1, "{field} at {}: {past:?}", most + 1);
+        assert!(past[0].contains(&format!("at most {most}")), "{past:?}");
+    }
+    let texts = limits::CHARS
+        .iter()
+        .copied()
+        .chain([("scope.source", limits::TEXT_CHARS)]);
+    for (field, most) in texts {
+        // Characters, not bytes: an accented letter counts once.
+        let at = "é".repeat(most);
+        let named = field.replace("[]", "[0]");
+        assert_eq!(
+            over_limit(&with_text(field, &at), &named),
+            Vec::<String>::new(),
+            "{field} at {most}"
+        );
+        let past = over_limit(&with_text(field, &format!("{at}x")), &named);
+        assert_eq!(past.len(), 1, "{field} at {}: {past:?}", most + 1);
+    }
+    // The whole brief, in bytes: a comment pads it to the limit, then past it.
+    let padded = |bytes: usize| format!("{GOOD}#{}\n", "x".repeat(bytes - GOOD.len() - 2));
+    let at = padded(limits::BRIEF_BYTES);
+    assert_eq!(at.len(), limits::BRIEF_BYTES);
+    Brief::parse(&at).unwrap();
+    let past = Brief::parse(&padded(limits::BRIEF_BYTES + 1))
+        .unwrap_err()
+        .problems;
+    assert_eq!(past.len(), 1, "{past:?}");
+    assert_eq!(past[0].field, "brief");
+    assert!(
+        past[0].message.contains("at most 1048576 bytes"),
+        "{past:?}"
+    );
+}
+
+/// README states every limit the lint enforces.
+#[test]
+fn readme_states_every_limit() {
+    use super::limits;
+    let readme = include_str!("../../../../README.md");
+    let rows = limits::ITEMS
+        .iter()
+        .map(|(f, n)| format!("| `{f}` | {n} items |"))
+        .chain(
+            limits::CHARS
+                .iter()
+                .map(|(f, n)| format!("| `{f}` | {n} characters |")),
+        )
+        .chain([
+            format!("| any other text | {} characters |", limits::TEXT_CHARS),
+            format!("| the brief | {} bytes |", limits::BRIEF_BYTES),
+        ]);
+    for row in rows {
+        assert!(readme.contains(&row), "README lacks the row {row}");
+    }
+}
