@@ -160,9 +160,13 @@ pub async fn pause(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<()> {
         return Ok(());
     }
     let state = runs::state(pool, run_id).await?;
-    Err(CliError::BadInput(format!(
-        "run {run_id} is {state}; only a running run can be paused"
-    )))
+    Err(CliError::BadInput(if state == RunState::Paused {
+        format!(
+            "run {run_id} is already paused: no batch starts. Nothing was done; `backfill resume {run_id}` starts them again"
+        )
+    } else {
+        format!("run {run_id} is {state}; only a running run can be paused")
+    }))
 }
 
 /// `backfill cancel RUN`: stops the run for good. Applied batches stay applied (and
@@ -183,7 +187,12 @@ pub async fn cancel(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<()> {
         return Ok(());
     }
     let state = runs::state(pool, run_id).await?;
-    Err(CliError::BadInput(format!(
-        "run {run_id} is {state}; it cannot be cancelled"
-    )))
+    Err(CliError::BadInput(if state == RunState::Cancelled {
+        format!(
+            "run {run_id} is already cancelled: no batch starts again, and the ones applied stay applied. \
+             Nothing was done; `backfill rollback {run_id}` undoes them"
+        )
+    } else {
+        format!("run {run_id} is {state}; it cannot be cancelled")
+    }))
 }

@@ -93,6 +93,15 @@ fn escaping(text: &str, escape: impl Fn(char) -> String) -> std::borrow::Cow<'_,
     std::borrow::Cow::Owned(out)
 }
 
+/// ` (2026-12-07 17:10:00 UTC)`: when something happened, to follow what it
+/// says happened; empty when not known.
+#[must_use]
+pub fn when(at: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    at.map_or_else(String::new, |at| {
+        format!(" ({})", at.format("%Y-%m-%d %H:%M:%S UTC"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::{json_shown, plain, shown};

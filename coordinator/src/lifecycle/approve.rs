@@ -98,8 +98,9 @@ pub async fn approve(pool: &PgPool, run_id: Uuid, claimed: Option<&str>) -> Resu
         RunState::Approved if latest.as_ref().map(|v| v.id) != run.approved_validation => {}
         RunState::Approved => {
             return Err(CliError::BadInput(format!(
-                "run {run_id} was already approved by {}",
-                run.approved_by.unwrap_or_default()
+                "run {run_id} was already approved by {}{} and waits for its cutover. Nothing was done; `backfill cutover {run_id}` is next",
+                run.approved_by.unwrap_or_default(),
+                backfill_shared::text::when(run.approved_at)
             )));
         }
         other => {

@@ -32,6 +32,9 @@ pub struct CutoverReport {
     /// swapped in.
     pub live_writes_carried: u64,
     pub old_table: Option<String>,
+    /// An earlier cutover swapped the built table in and stopped before its
+    /// last steps, which this one ran.
+    pub swapped_earlier: bool,
     pub refresh_statements: usize,
     pub refreshed_materialized_views: Vec<String>,
 }
@@ -67,6 +70,12 @@ impl CutoverReport {
                         let _ = writeln!(s, "  moved {what}: {}", names.join(", "));
                     }
                 }
+            }
+            (None, Some(old)) if self.swapped_earlier => {
+                let _ = writeln!(
+                    s,
+                    "an earlier cutover already swapped the built table in (the previous table is kept as {old}) and stopped before its last steps; this one ran them"
+                );
             }
             (None, _) => {
                 let _ = writeln!(s, "the run wrote the target in place: nothing to swap");
@@ -125,9 +134,17 @@ pub async fn cutover_with(
                 run.brief.meta.reviewer
             )));
         }
-        RunState::CutOver => {
+        RunState::CutOver | RunState::Done => {
             return Err(CliError::BadInput(format!(
-                "run {run_id} is already cut over"
+                "run {run_id} is already cut over{} and {}: readers see what it wrote. Nothing was done; \
+                 `backfill rollback {run_id}` undoes it{}",
+                backfill_shared::text::when(run.cut_over_at),
+                run.state,
+                if run.state == RunState::CutOver {
+                    format!(", `backfill done {run_id}` closes it")
+                } else {
+                    String::new()
+                }
             )));
         }
         other => {
@@ -296,6 +313,10 @@ pub async fn cutover_with(
         report.old_table = Some(old.to_string());
     }
 
+    if run.side_table.is_some() && run.old_table.is_some() {
+        report.swapped_earlier = true;
+        report.old_table.clone_from(&run.old_table);
+    }
     if run.side_table.is_none() {
         let mut conn = pool.acquire().await?;
         if let Err(e) = unchanged_since_validation(&mut conn, &run, &validated, target).await {

@@ -183,6 +183,15 @@ impl Default for RollbackOptions {
     }
 }
 
+/// A rollback asked of a run rolled back (at `at`, when known).
+fn already_rolled_back(run_id: Uuid, at: Option<chrono::DateTime<chrono::Utc>>) -> CliError {
+    CliError::BadInput(format!(
+        "run {run_id} is already rolled back{}: the target is as it was before the run. Nothing was done; \
+         `backfill cleanup {run_id}` drops what the run kept",
+        backfill_shared::text::when(at)
+    ))
+}
+
 /// Conflicts listed in an error and in the run log, at most.
 const CONFLICTS_SHOWN: usize = 20;
 
@@ -211,9 +220,7 @@ pub async fn rollback(
     let run = runs::load(pool, run_id).await?;
     super::approve::as_owner_or_reviewer(pool, &run, "roll back").await?;
     if run.state == RunState::RolledBack {
-        return Err(CliError::BadInput(format!(
-            "run {run_id} is already rolled back"
-        )));
+        return Err(already_rolled_back(run_id, run.rolled_back_at));
     }
     let later = runs::later_runs_on_target(pool, run_id).await?;
     if !later.is_empty() {
@@ -240,9 +247,7 @@ pub async fn rollback(
     }
     // Stop and fence first: from here no batch of the run commits.
     let Some(fenced) = runs::begin_rollback(pool, run_id, actor, lock_timeout).await? else {
-        return Err(CliError::BadInput(format!(
-            "run {run_id} is already rolled back"
-        )));
+        return Err(already_rolled_back(run_id, None));
     };
     notify::emit(pool, run_id, Happened::Rollback(Step::Started)).await;
     let restored = async {
