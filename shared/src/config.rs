@@ -27,6 +27,12 @@ pub enum ConfigError {
         "BACKFILL_MESSAGE_KEY is too short: use at least 16 characters (a random secret shared by coordinator and workers)"
     )]
     MessageKey,
+    #[error(
+        "BACKFILL_DATABASE_URL sets the sessions' time zone ({0}), which Backfill would override: its sessions run in UTC, \
+         so a timestamptz bound is one instant whoever plans, applies or reads it. Remove the setting from the URL, and write \
+         timestamptz bounds as UTC times (midnight of 2025-02-01 in New York is \"2025-02-01 05:00:00\")"
+    )]
+    TimeZone(String),
 }
 
 pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
@@ -54,6 +60,49 @@ impl std::fmt::Debug for Config {
             .field("message_key", &self.message_key.as_ref().map(|_| "***"))
             .finish()
     }
+}
+
+/// The `TimeZone` a PostgreSQL URL's query sets (`?options=-c%20TimeZone%3D…`,
+/// or `?timezone=…`), unless it is UTC.
+fn time_zone_set(url: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    let decoded = percent_decoded(query);
+    let lower = decoded.to_ascii_lowercase();
+    let at = lower.find("timezone")?;
+    let value: String = decoded[at + "timezone".len()..]
+        .trim_start_matches([' ', '=', '\''])
+        .chars()
+        .take_while(|c| !matches!(c, ' ' | '&' | '\''))
+        .collect();
+    (!matches!(
+        value.to_ascii_lowercase().as_str(),
+        "utc" | "etc/utc" | "z" | "zulu" | "universal"
+    ))
+    .then(|| format!("TimeZone={value}"))
+}
+
+/// `text` with its `%XX` escapes and `+` decoded (bytes that are not UTF-8 as U+FFFD).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Config {
@@ -104,6 +153,9 @@ impl Config {
             &["redis://", "rediss://", "unix://"],
             "redis://",
         )?;
+        if let Some(zone) = time_zone_set(&self.database_url) {
+            return Err(ConfigError::TimeZone(zone));
+        }
         let ns_ok = (1..=40).contains(&self.namespace.len())
             && self
                 .namespace
@@ -233,6 +285,36 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn a_time_zone_in_the_database_url_is_refused_unless_utc() {
+        let url = |query: &str| {
+            Config::from_vars(&vars(&[(
+                "BACKFILL_DATABASE_URL",
+                &format!("postgres://etl:hunter2@h/analytics?{query}"),
+            )]))
+        };
+        for query in [
+            "options=-c%20TimeZone%3DAmerica%2FNew_York",
+            "sslmode=disable&options=-c+timezone=America/New_York",
+            "options=-c%20TIMEZONE%3D%27Europe%2FParis%27",
+        ] {
+            let text = url(query).unwrap_err().to_string();
+            assert!(
+                text.contains("TimeZone=America/New_York")
+                    || text.contains("TimeZone=Europe/Paris"),
+                "{query}: {text}"
+            );
+            assert!(text.contains("UTC") && !text.contains("hunter2"), "{text}");
+        }
+        for query in [
+            "options=-c%20TimeZone%3DUTC",
+            "sslmode=disable",
+            "application_name=x%",
+        ] {
+            url(query).unwrap();
+        }
     }
 
     #[test]
