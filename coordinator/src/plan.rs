@@ -26,6 +26,10 @@ pub struct Plan {
     pub batches: usize,
     pub first: (String, String),
     pub last: (String, String),
+    /// What the bounds of a time column are: `UTC` (instants of a
+    /// `timestamptz`), `no time zone` (a `timestamp`'s wall-clock values);
+    /// `None` for dates and numbers.
+    pub bounds_zone: Option<&'static str>,
     /// Rows and time, measured on the sampled batches.
     pub estimate: Estimate,
     /// The planner's statistics; `None` for a table never analysed.
@@ -472,6 +476,19 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
         batches: batches.len(),
         first: (first.lo.to_string(), first.hi.to_string()),
         last: (last.lo.to_string(), last.hi.to_string()),
+        bounds_zone: preflight
+            .columns
+            .iter()
+            .find(|(c, _)| *c == brief.scope.batch_by.column)
+            .and_then(|(_, t)| {
+                if !t.starts_with("timestamp") {
+                    None
+                } else if t.ends_with("without time zone") {
+                    Some("no time zone")
+                } else {
+                    Some("UTC")
+                }
+            }),
         estimate,
         target_rows: preflight.target_rows,
         max_in_flight: brief.limits.max_in_flight,
@@ -636,8 +653,11 @@ impl Plan {
             "  batches:  {} by {}, at most {} in flight",
             self.batches, self.batch_by, self.max_in_flight
         );
-        let _ = writeln!(s, "  first:    [{}, {})", self.first.0, self.first.1);
-        let _ = writeln!(s, "  last:     [{}, {})", self.last.0, self.last.1);
+        let zone = self
+            .bounds_zone
+            .map_or_else(String::new, |z| format!(" {z}"));
+        let _ = writeln!(s, "  first:    [{}, {}){zone}", self.first.0, self.first.1);
+        let _ = writeln!(s, "  last:     [{}, {}){zone}", self.last.0, self.last.1);
         let e = &self.estimate;
         let _ = writeln!(
             s,

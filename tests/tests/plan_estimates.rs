@@ -114,3 +114,35 @@ async fn a_large_run_is_recorded_batch_for_batch() {
     }
     env.cleanup().await;
 }
+
+/// Bounds of a time column are shown with what they are: UTC instants of a
+/// `timestamptz`, wall-clock values of a `timestamp`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn time_bounds_are_shown_with_their_zone() {
+    let env = TestEnv::new(0.01).await;
+    env.build_ship_revenue().await;
+    let text = ship_revenue::brief("merge", "delete", "").replace(
+        "start = \"1992-01-01\", end = \"1999-01-01\"",
+        "start = \"1992-01-01 00:00:00\", end = \"1999-01-01 00:00:00\"",
+    );
+    assert!(text.contains("1992-01-01 00:00:00"), "the brief moved");
+    let brief = Brief::parse(&text).unwrap();
+    for (column_type, zone) in [("timestamptz", "UTC"), ("timestamp", "no time zone")] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE tpch.ship_revenue ALTER COLUMN l_shipdate TYPE {column_type}"
+        )))
+        .execute(&env.pool)
+        .await
+        .unwrap();
+        let (planned, ..) = plan::plan(&env.pool, &brief).await.unwrap();
+        assert_eq!(planned.bounds_zone, Some(zone));
+        let shown = planned.render();
+        assert!(
+            shown.contains(&format!(
+                "[1992-01-01 00:00:00, 1992-02-01 00:00:00) {zone}\n"
+            )),
+            "{shown}"
+        );
+    }
+    env.cleanup().await;
+}
