@@ -1,6 +1,7 @@
 //! What the PostgreSQL catalog says reads a table: views and materialized views,
 //! directly or through other views. Used for the blast radius, to lock a swap in
 //! the order readers lock, and to refresh materialized views after a change.
+//! And what a run's bounds are, by the type of its `batch_by` column.
 
 use backfill_shared::sql::TableName;
 
@@ -47,4 +48,24 @@ pub async fn readers<'e, E: sqlx::PgExecutor<'e>>(
             farthest,
         })
         .collect())
+}
+
+/// What the bounds of `column` of `table` are ([`backfill_shared::sql::bounds_zone`]);
+/// `None` also when the column is gone.
+pub async fn bounds_zone<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    table: &TableName,
+    column: &str,
+) -> sqlx::Result<Option<&'static str>> {
+    let column_type: Option<String> = sqlx::query_scalar(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+          WHERE attrelid = to_regclass($1) AND attname = $2 AND NOT attisdropped",
+    )
+    .bind(table.quoted())
+    .bind(column)
+    .fetch_optional(executor)
+    .await?;
+    Ok(column_type
+        .as_deref()
+        .and_then(backfill_shared::sql::bounds_zone))
 }

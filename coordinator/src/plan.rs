@@ -480,15 +480,7 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
             .columns
             .iter()
             .find(|(c, _)| *c == brief.scope.batch_by.column)
-            .and_then(|(_, t)| {
-                if !t.starts_with("timestamp") {
-                    None
-                } else if t.ends_with("without time zone") {
-                    Some("no time zone")
-                } else {
-                    Some("UTC")
-                }
-            }),
+            .and_then(|(_, t)| backfill_shared::sql::bounds_zone(t)),
         estimate,
         target_rows: preflight.target_rows,
         max_in_flight: brief.limits.max_in_flight,

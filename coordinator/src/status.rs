@@ -27,6 +27,8 @@ pub struct Status {
     pub batches: Counts,
     pub batch_count: u32,
     pub failures: Vec<Failure>,
+    /// What the batches' bounds are, for a time column: `UTC`, `no time zone`.
+    pub bounds_zone: Option<&'static str>,
     /// Limits batches broke, with whether an operator accepted each.
     pub breaches: Vec<BreachStatus>,
     pub created_at: chrono::DateTime<chrono::Utc>,
@@ -103,6 +105,12 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
     let run = runs::load(pool, run_id).await?;
     let counts = batches::counts(pool, run_id).await?;
     let failures = batches::failures(pool, run_id).await?;
+    let bounds_zone = crate::catalog::bounds_zone(
+        pool,
+        &run.brief.scope.target,
+        &run.brief.scope.batch_by.column,
+    )
+    .await?;
     let remaining = counts.total() - counts.applied;
     let throttled_since = run.throttled_since;
     // Time the run worked: a wait at its canary is not its pace.
@@ -180,6 +188,7 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
         batches: counts,
         batch_count: run.batch_count,
         failures,
+        bounds_zone,
         breaches: crate::resume::breaches(pool, run_id)
             .await?
             .into_iter()
@@ -292,10 +301,13 @@ impl Status {
         }
         if !self.failures.is_empty() {
             let _ = writeln!(s, "  failures:");
+            let zone = self
+                .bounds_zone
+                .map_or_else(String::new, |z| format!(" {z}"));
             for f in &self.failures {
                 let _ = writeln!(
                     s,
-                    "    batch {} [{}, {}) {} after {} attempt(s): {}",
+                    "    batch {} [{}, {}){zone} {} after {} attempt(s): {}",
                     f.batch_no, f.lo, f.hi, f.state, f.attempts, f.last_error
                 );
             }

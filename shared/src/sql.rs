@@ -88,6 +88,22 @@ impl TableName {
     }
 }
 
+/// What the bounds of a `batch_by` column of `column_type` (as
+/// `format_type` prints it) are, when it holds times: `UTC` for a
+/// `timestamptz` (Backfill's sessions run in UTC, so its bounds are UTC
+/// instants), `no time zone` for a `timestamp`'s wall-clock values; `None`
+/// for dates and numbers.
+#[must_use]
+pub fn bounds_zone(column_type: &str) -> Option<&'static str> {
+    if !column_type.starts_with("timestamp") {
+        None
+    } else if column_type.ends_with("without time zone") {
+        Some("no time zone")
+    } else {
+        Some("UTC")
+    }
+}
+
 /// The most bytes PostgreSQL keeps of an identifier (`NAMEDATALEN - 1`).
 pub const MAX_IDENTIFIER_BYTES: usize = 63;
 

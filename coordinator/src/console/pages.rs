@@ -393,7 +393,7 @@ pub(super) fn live(s: &Status, grid: &[Cell]) -> Markup {
         @if !s.failures.is_empty() {
             h3 { "Failures" }
             table {
-                thead { tr { th.num { "Batch" } th { "Range" } th { "State" } th.num { "Attempts" } th { "Error" } } }
+                thead { tr { th.num { "Batch" } th { "Range" @if let Some(zone) = s.bounds_zone { " (" (zone) ")" } } th { "State" } th.num { "Attempts" } th { "Error" } } }
                 tbody { @for f in &s.failures {
                     tr { td.num { (f.batch_no) } td { code { (f.lo) " .. " (f.hi) } } td { (f.state.as_str()) }
                          td.num { (f.attempts) } td { (f.last_error) } }
