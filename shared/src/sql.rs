@@ -104,6 +104,17 @@ pub fn bounds_zone(column_type: &str) -> Option<&'static str> {
     }
 }
 
+/// One identifier as a brief writes a column: bare (`net_revenue`, taken as
+/// written) or in double quotes as SQL reads it (`"Net Revenue"`); `None` for
+/// anything else (a dot, a `;` or a space outside quotes, a NUL, past 63 bytes).
+#[must_use]
+pub fn parse_identifier(text: &str) -> Option<String> {
+    match identifiers(text.trim())?.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
 /// The most bytes PostgreSQL keeps of an identifier (`NAMEDATALEN - 1`).
 pub const MAX_IDENTIFIER_BYTES: usize = 63;
 

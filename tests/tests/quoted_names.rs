@@ -1,5 +1,6 @@
 //! A whole backfill on a table PostgreSQL names only in double quotes: a
-//! schema with a space, a table with a quote, a `;` and capitals. The CLI
+//! schema with a space, a table with a quote, a `;` and capitals, a column
+//! with a space and capitals. The CLI
 //! plans, runs, validates, approves, reports and rolls it back; the rows it
 //! writes are the recomputation's, and rollback restores them.
 
@@ -16,19 +17,32 @@ async fn a_backfill_runs_on_a_table_whose_name_needs_quotes() {
         r#"CREATE SCHEMA "Odd Schema";
            ALTER TABLE tpch.order_revenue SET SCHEMA "Odd Schema";
            ALTER TABLE "Odd Schema".order_revenue RENAME TO "Order ""Revenue""; v2";
-           CREATE VIEW tpch.order_revenue AS SELECT * FROM "Odd Schema"."Order ""Revenue""; v2";"#,
+           ALTER TABLE "Odd Schema"."Order ""Revenue""; v2" RENAME net_revenue TO "Net Revenue";
+           CREATE VIEW tpch.order_revenue AS
+               SELECT o_orderkey, o_orderdate, o_custkey, gross, "Net Revenue" AS net_revenue, line_count
+                 FROM "Odd Schema"."Order ""Revenue""; v2";"#,
     )
     .execute(&env.pool)
     .await
     .unwrap();
-    let brief = env.brief(4, 2).await.replace(
-        "target = \"tpch.order_revenue\"",
-        r#"target = '"Odd Schema"."Order ""Revenue""; v2"'"#,
-    );
-    assert!(
-        brief.contains("Odd Schema"),
-        "the demo brief's target moved"
-    );
+    let brief = env
+        .brief(4, 2)
+        .await
+        .replace(
+            "target = \"tpch.order_revenue\"",
+            r#"target = '"Odd Schema"."Order ""Revenue""; v2"'"#,
+        )
+        .replace(r#""net_revenue""#, r#"'"Net Revenue"'"#)
+        .replace(" AS net_revenue,", r#" AS "Net Revenue","#)
+        .replace("sum(net_revenue)", r#"sum(\"Net Revenue\")"#);
+    for moved in [
+        "Odd Schema",
+        r#"'"Net Revenue"'"#,
+        r#"AS "Net Revenue""#,
+        r#"sum(\"Net"#,
+    ] {
+        assert!(brief.contains(moved), "the demo brief moved: {moved}");
+    }
     let dir = std::env::temp_dir().join(format!("bf-quoted-{}", env.config.namespace));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("brief.toml");

@@ -162,7 +162,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A list of strings; `ident` also requires each to be a plain column name.
+    /// A list of strings; `ident` reads each as a column's name
+    /// ([`crate::sql::parse_identifier`]).
     pub(super) fn list(
         &mut self,
         key: &'static str,
@@ -184,14 +185,15 @@ impl<'a> Reader<'a> {
         for item in items {
             match item {
                 Value::String(s) if !s.trim().is_empty() => {
-                    let s = s.trim().to_owned();
-                    if ident && !is_column_name(&s) {
-                        self.problem(
-                            key,
-                            format!("{s:?} is not a plain column name (letters, digits, _; not starting with a digit)"),
-                        );
-                        return None;
-                    }
+                    let s = if ident {
+                        let Some(name) = crate::sql::parse_identifier(s) else {
+                            self.problem(key, format!("{s:?} is not a column name; {COLUMN_NAME}"));
+                            return None;
+                        };
+                        name
+                    } else {
+                        s.trim().to_owned()
+                    };
                     if out.contains(&s) {
                         self.problem(key, format!("{s:?} is listed twice"));
                         return None;
@@ -247,14 +249,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub(super) fn is_column_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && s.len() <= 63
-}
+/// How a brief writes a column's name, for the lint's refusals.
+pub(super) const COLUMN_NAME: &str = "write it as it is named (net_revenue), or in double quotes if it holds a dot, a quote, a space or a ; (in TOML, '\"Net Revenue\"'), at most 63 bytes";
 
 /// An optional array of tables (`[[validation.metrics]]`), each read by `item`.
 pub(super) fn read_tables<T>(

@@ -3,7 +3,7 @@
 //! source, `where`, `volatile_ok`, `accept_empty_source` and the periods.
 
 use super::super::reader::read_tables;
-use super::super::reader::{Reader, is_column_name};
+use super::super::reader::{COLUMN_NAME, Reader};
 use super::super::{BatchBy, Bound, BoundKind, Interval, Period, Scope, Step};
 use super::TABLE_NAME;
 use crate::sql::TableName;
@@ -138,11 +138,11 @@ fn read_batch_by(r: &mut Reader<'_>) -> Option<BatchBy> {
         }
     }
     let column = match t.get("column") {
-        Some(Value::String(c)) if is_column_name(c.trim()) => Some(c.trim().to_owned()),
+        Some(Value::String(c)) if let Some(name) = crate::sql::parse_identifier(c) => Some(name),
         Some(_) => {
             r.problem(
                 "batch_by.column",
-                "must be a plain column name of the target",
+                format!("must be the name of a column of the target; {COLUMN_NAME}"),
             );
             None
         }
