@@ -138,8 +138,10 @@ pub async fn promote(pool: &PgPool, run_id: Uuid, claimed: Option<&str>) -> Resu
         }
         _ if run.promoted_at.is_some() => {
             return Err(CliError::BadInput(format!(
-                "run {run_id}'s canary was already promoted by {}",
-                run.promoted_by.unwrap_or_default()
+                "run {run_id}'s canary was already promoted by {}{}; the run is {}. Nothing was done; `backfill status {run_id}` shows where it stands",
+                run.promoted_by.unwrap_or_default(),
+                backfill_shared::text::when(run.promoted_at),
+                run.state
             )));
         }
         other => {

@@ -232,6 +232,17 @@ async fn canary_auto_promotes_itself_unless_the_canary_breached_a_limit() {
     until_state(&env, run_id, RunState::Canary).await;
     assert_eq!(applied(&env, run_id).await, run.canary_batches);
     canary::promote(&env.reviewer, run_id, None).await.unwrap();
+    // Promoted twice: it says so, when, and where the run stands.
+    let again = canary::promote(&env.reviewer, run_id, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        again.contains("already promoted by")
+            && again.contains("UTC")
+            && again.contains("Nothing was done"),
+        "{again}"
+    );
     // The rest breach the same limit, already accepted.
     assert_eq!(finish_within(drive, 120).await, Finish::Applied);
     workers.stop().await;
