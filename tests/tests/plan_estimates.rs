@@ -144,9 +144,14 @@ async fn time_bounds_are_shown_with_their_zone() {
             "{shown}"
         );
     }
-    // status (and the console's run page, which shows it) says the same.
+    // status (and the console's run page, which shows it) and the report say the same.
     let (run_id, ..) = env.record_run(&text).await;
     let now = status::status(&env.pool, run_id).await.unwrap();
     assert_eq!(now.bounds_zone, Some("no time zone"));
+    let note = backfill_coordinator::report::gather(&env.pool, run_id)
+        .await
+        .unwrap()
+        .markdown();
+    assert!(note.contains("(exclusive), no time zone |"), "{note}");
     env.cleanup().await;
 }

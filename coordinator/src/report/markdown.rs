@@ -139,8 +139,13 @@ impl Report {
         let _ = writeln!(s, "| Risk | {} |", self.risk);
         let _ = writeln!(
             s,
-            "| {} | {} from {} to {} (exclusive) |",
-            self.period_label, self.batch_by, self.period.0, self.period.1
+            "| {} | {} from {} to {} (exclusive){} |",
+            self.period_label,
+            self.batch_by,
+            self.period.0,
+            self.period.1,
+            self.bounds_zone
+                .map_or_else(String::new, |z| format!(", {z}"))
         );
         if self.rules.len() > 1 {
             let rules = self

@@ -130,6 +130,8 @@ pub struct Report {
     pub period: (String, String),
     /// "Period" when `batch_by` is a date or a time, else "Keys".
     pub period_label: &'static str,
+    /// What the bounds of a time column are: `UTC`, `no time zone`.
+    pub bounds_zone: Option<&'static str>,
     /// Each metric's `date_trunc` unit, when its groups are truncated times:
     /// groups read as "1992", "1992 Q3", "1992-07", not as timestamps.
     pub group_units: BTreeMap<String, String>,
@@ -263,6 +265,12 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
             brief.scope.batch_by.start.to_string(),
             brief.scope.batch_by.end.to_string(),
         ),
+        bounds_zone: crate::catalog::bounds_zone(
+            pool,
+            &brief.scope.target,
+            &brief.scope.batch_by.column,
+        )
+        .await?,
         period_label: match brief.scope.batch_by.kind() {
             backfill_shared::brief::BoundKind::Integer => "Keys",
             _ => "Period",
