@@ -397,10 +397,22 @@ impl TestEnv {
             .fetch_all(&self.pool)
             .await
             .unwrap_or_default();
-        // Whatever the test did, the totals the ledger keeps equal its rows.
+        // Whatever the test did, the totals the ledger keeps equal its rows:
+        // read in one snapshot, as a coordinator a test left behind may
+        // still move batches.
         for &run_id in &runs {
-            let kept = batches::counts(&self.pool, run_id).await.expect("totals");
-            let counted = batches::recount(&self.pool, run_id).await.expect("recount");
+            let mut snapshot = self.pool.begin().await.expect("begin");
+            sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *snapshot)
+                .await
+                .expect("one snapshot");
+            let kept = batches::counts(&mut *snapshot, run_id)
+                .await
+                .expect("totals");
+            let counted = batches::recount(&mut *snapshot, run_id)
+                .await
+                .expect("recount");
+            drop(snapshot);
             assert!(
                 kept.applied_ms_spread.abs_diff(counted.applied_ms_spread) <= 1
                     && batches::Counts {

@@ -357,7 +357,7 @@ impl Counts {
 /// A run's batches by state, with the rows they wrote and the time they took,
 /// from the totals the ledger keeps as it changes (`backfill.batch_totals`): a
 /// few rows per run, however many batches it has.
-pub async fn counts(pool: &PgPool, run_id: Uuid) -> Result<Counts> {
+pub async fn counts<'e, E: sqlx::PgExecutor<'e>>(executor: E, run_id: Uuid) -> Result<Counts> {
     let rows: Vec<TotalsRow> = sqlx::query_as(
         "SELECT state, sum(batches)::bigint, sum(rows_source)::bigint, sum(rows_inserted)::bigint,
                 sum(rows_updated)::bigint, sum(rows_deleted)::bigint, sum(timed)::bigint,
@@ -365,22 +365,23 @@ pub async fn counts(pool: &PgPool, run_id: Uuid) -> Result<Counts> {
            FROM backfill.batch_totals WHERE run_id = $1 GROUP BY state",
     )
     .bind(run_id)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await?;
     Ok(Counts::from_totals(&rows))
 }
 
 /// The same figures counted from the ledger's rows, one by one
 /// (`backfill.batch_totals_counted`): what the totals must always equal (a
-/// check, slow on a large run).
-pub async fn recount(pool: &PgPool, run_id: Uuid) -> Result<Counts> {
+/// check, slow on a large run). Read in the snapshot of the totals it is
+/// held against (one transaction), so a batch moving meanwhile is no difference.
+pub async fn recount<'e, E: sqlx::PgExecutor<'e>>(executor: E, run_id: Uuid) -> Result<Counts> {
     let rows: Vec<TotalsRow> = sqlx::query_as(
         "SELECT state, batches, rows_source, rows_inserted, rows_updated, rows_deleted, timed,
                 duration_ms, duration_ms_squared
            FROM backfill.batch_totals_counted WHERE run_id = $1",
     )
     .bind(run_id)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await?;
     Ok(Counts::from_totals(&rows))
 }
