@@ -566,6 +566,84 @@ impl Logins {
     }
 }
 
+/// Where a worker's plan of a batch writes its before-images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Images {
+    /// The run's image table, as the run recorded it.
+    Kept,
+    None,
+}
+
+impl TestEnv {
+    /// Validates an applied run and approves it as its reviewer, bob.
+    pub async fn validate_and_approve(&self, run_id: Uuid) {
+        backfill_coordinator::validate::validate(&self.pool, run_id)
+            .await
+            .expect("validate");
+        backfill_coordinator::lifecycle::approve::approve(&self.reviewer, run_id, Some("bob"))
+            .await
+            .expect("bob approves");
+    }
+
+    /// The statements a worker applies `brief`'s batches of the run with,
+    /// writing its target (`partitioned`, when it is).
+    pub async fn write_plan(
+        &self,
+        run_id: Uuid,
+        brief: &Brief,
+        partitioned: bool,
+        images: Images,
+    ) -> backfill_worker::apply::WritePlan {
+        let image = match images {
+            Images::Kept => control::runs::load(&self.pool, run_id)
+                .await
+                .expect("load the run")
+                .image_table
+                .as_deref()
+                .and_then(backfill_shared::sql::TableName::parse),
+            Images::None => None,
+        };
+        let types = backfill_worker::apply::column_types(
+            &mut self.pool.acquire().await.expect("a connection"),
+            &brief.scope.target,
+        )
+        .await
+        .expect("the target's columns");
+        backfill_worker::apply::WritePlan::new(
+            brief,
+            &brief.scope.target,
+            partitioned,
+            &types,
+            image.as_ref(),
+        )
+    }
+
+    /// Claims `batch` of the run on `pool` as worker `w`: the work to apply
+    /// under the fence it was granted.
+    pub async fn claimed(
+        &self,
+        pool: &PgPool,
+        run_id: Uuid,
+        batch: &BatchRange,
+    ) -> backfill_worker::apply::BatchWork {
+        let bounds = (batch.lo.to_string(), batch.hi.to_string());
+        let batches::Claim::Granted { fence } =
+            batches::claim(pool, run_id, batch.no, (&bounds.0, &bounds.1), "w")
+                .await
+                .expect("claim")
+        else {
+            panic!("the claim of batch {} was refused", batch.no)
+        };
+        backfill_worker::apply::BatchWork {
+            run_id,
+            batch_no: batch.no,
+            lo: batch.lo,
+            hi: batch.hi,
+            fence,
+        }
+    }
+}
+
 /// `text` (a brief whose `[write]` follows `[scope]`) with `lines` added at
 /// the end of `[scope]`: a field, or a `[[scope.periods]]` table.
 #[must_use]

@@ -191,10 +191,7 @@ async fn a_failed_validation_blocks_approval_until_another_person_accepts_it() {
     // Validated and approved again, it cuts over: the reviewer's acceptance
     // holds for the same failure with the same figures (the change is not in
     // the metric), and the approval's own validation records it again.
-    validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.reviewer, run_id, Some("bob"))
-        .await
-        .unwrap();
+    env.validate_and_approve(run_id).await;
     assert_eq!(env.logged(run_id, "check_accepted").await, 3);
     // A different failure is not covered: 1996 fails with other figures, and
     // the reviewer must accept those.

@@ -6,9 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use backfill_shared::brief::{Brief, limits};
-use backfill_shared::control::batches::{self, Claim};
-use backfill_tests::TestEnv;
-use backfill_worker::apply::{self, BatchWork, WritePlan};
+use backfill_tests::{Images, TestEnv};
+use backfill_worker::apply;
 
 /// The most items the lint lets `field` list.
 fn most(field: &str) -> usize {
@@ -26,26 +25,8 @@ async fn first_batch(change: impl AsyncFnOnce(&TestEnv, &mut Brief)) -> Result<(
     let env = TestEnv::new(0.01).await;
     let (run_id, mut brief, plan) = env.record_run(&env.brief(2, 1).await).await;
     change(&env, &mut brief).await;
-    let types = apply::column_types(&mut env.pool.acquire().await.unwrap(), &brief.scope.target)
-        .await
-        .unwrap();
-    let write = WritePlan::new(&brief, &brief.scope.target, false, &types, None);
-    let batch = plan[0];
-    let bounds = (batch.lo.to_string(), batch.hi.to_string());
-    let Claim::Granted { fence } =
-        batches::claim(&env.pool, run_id, batch.no, (&bounds.0, &bounds.1), "w")
-            .await
-            .unwrap()
-    else {
-        panic!("claim refused")
-    };
-    let work = BatchWork {
-        run_id,
-        batch_no: batch.no,
-        lo: batch.lo,
-        hi: batch.hi,
-        fence,
-    };
+    let write = env.write_plan(run_id, &brief, false, Images::None).await;
+    let work = env.claimed(&env.pool, run_id, &plan[0]).await;
     let applied = apply::apply(&env.pool, &write, work, "w")
         .await
         .map(|_| ())

@@ -223,13 +223,8 @@ where
             ),
         }
         if cut_over {
-            use backfill_coordinator::lifecycle::{approve, cutover};
-            backfill_coordinator::validate::validate(&env.pool, run_id)
-                .await
-                .unwrap();
-            approve::approve(&env.reviewer, run_id, Some("bob"))
-                .await
-                .unwrap();
+            use backfill_coordinator::lifecycle::cutover;
+            env.validate_and_approve(run_id).await;
             let lock = std::time::Duration::from_secs(5);
             // The pipeline wrote inside the scope during the build.
             let refused = cutover::cutover(&env.pool, run_id, "alice", lock)
@@ -475,35 +470,13 @@ async fn locked_while_prepared(
     brief: &backfill_shared::brief::Brief,
     batch: &backfill_shared::brief::BatchRange,
 ) -> (Vec<String>, Vec<bool>) {
-    use backfill_shared::control::batches::{self, Claim};
-    use backfill_worker::apply::{self, BatchWork, WritePlan};
-    let image = backfill_shared::control::runs::load(&env.pool, run_id)
-        .await
-        .unwrap()
-        .image_table;
-    let image = image
-        .as_deref()
-        .and_then(backfill_shared::sql::TableName::parse);
-    let types = apply::column_types(&mut env.pool.acquire().await.unwrap(), &brief.scope.target)
+    let plan = env
+        .write_plan(run_id, brief, true, backfill_tests::Images::Kept)
+        .await;
+    let work = env.claimed(pool, run_id, batch).await;
+    let (mut tx, _) = backfill_worker::apply::prepare(pool, &plan, work, "w")
         .await
         .unwrap();
-    let plan = WritePlan::new(brief, &brief.scope.target, true, &types, image.as_ref());
-    let bounds = (batch.lo.to_string(), batch.hi.to_string());
-    let Claim::Granted { fence } =
-        batches::claim(pool, run_id, batch.no, (&bounds.0, &bounds.1), "w")
-            .await
-            .unwrap()
-    else {
-        panic!("claim refused")
-    };
-    let work = BatchWork {
-        run_id,
-        batch_no: batch.no,
-        lo: batch.lo,
-        hi: batch.hi,
-        fence,
-    };
-    let (mut tx, _) = apply::prepare(pool, &plan, work, "w").await.unwrap();
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut *tx)
         .await

@@ -10,7 +10,7 @@ use backfill_shared::control::batches::{self, Claim};
 use backfill_tests::{TestEnv, publish_batch};
 use backfill_worker::BatchError;
 use backfill_worker::WorkerOptions;
-use backfill_worker::apply::{self, BatchWork, WritePlan};
+use backfill_worker::apply::{self, BatchWork};
 use lapin::options::QueueDeclareOptions;
 use std::time::Duration;
 
@@ -79,20 +79,9 @@ async fn the_same_message_delivered_twice_is_applied_once() {
 async fn a_superseded_fencing_token_cannot_commit() {
     let env = TestEnv::new(0.01).await;
     let (run_id, brief, plan) = env.record_run(&env.brief(10, 4).await).await;
-    let image = backfill_shared::control::runs::load(&env.pool, run_id)
-        .await
-        .unwrap()
-        .image_table;
-    let image = image
-        .as_deref()
-        .and_then(backfill_shared::sql::TableName::parse);
-    let types = backfill_worker::apply::column_types(
-        &mut env.pool.acquire().await.unwrap(),
-        &brief.scope.target,
-    )
-    .await
-    .unwrap();
-    let merge = WritePlan::new(&brief, &brief.scope.target, false, &types, image.as_ref());
+    let merge = env
+        .write_plan(run_id, &brief, false, backfill_tests::Images::Kept)
+        .await;
     let batch = plan[0];
     let bounds = (batch.lo.to_string(), batch.hi.to_string());
     let claim = |who: &'static str| {

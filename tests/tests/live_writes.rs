@@ -8,10 +8,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use backfill_coordinator::CliError;
+use backfill_coordinator::lifecycle::cutover;
 use backfill_coordinator::lifecycle::rollback::{self, RollbackOptions};
-use backfill_coordinator::lifecycle::{approve, cutover};
 use backfill_coordinator::run::Finish;
-use backfill_coordinator::validate;
 use backfill_tests::TestEnv;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,10 +50,7 @@ async fn built_beside(env: &TestEnv, strategy: &str) -> String {
 async fn approved_swap(env: &TestEnv) -> uuid::Uuid {
     let (run_id, ..) = env.record_run(&swap_brief(env).await).await;
     assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
-    validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.reviewer, run_id, Some("bob"))
-        .await
-        .unwrap();
+    env.validate_and_approve(run_id).await;
     run_id
 }
 
@@ -109,10 +105,7 @@ async fn carries_both_ways(strategy: &str) {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(pipeline(env.pool.clone(), Arc::clone(&stop)));
     assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
-    validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.reviewer, run_id, Some("bob"))
-        .await
-        .unwrap();
+    env.validate_and_approve(run_id).await;
     stop.store(true, Ordering::Relaxed);
     let rounds = writer.await.unwrap();
     assert!(rounds > 10, "the pipeline wrote only {rounds} rounds");

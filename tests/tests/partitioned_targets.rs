@@ -8,9 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use backfill_coordinator::lifecycle::rollback::RollbackOptions;
-use backfill_coordinator::lifecycle::{approve, cutover, rollback};
+use backfill_coordinator::lifecycle::{cutover, rollback};
 use backfill_coordinator::run::Finish;
-use backfill_coordinator::validate;
 use backfill_tests::TestEnv;
 use backfill_tests::ship_revenue::{self, Partitioning};
 use sqlx::PgPool;
@@ -175,10 +174,7 @@ async fn every_strategy_on_a_partitioned_target_is_exact_and_keeps_the_partition
                 assert_eq!((inserted, rewritten), (deleted, updated), "{what}");
             }
 
-            validate::validate(&env.pool, run_id).await.unwrap();
-            approve::approve(&env.reviewer, run_id, Some("bob"))
-                .await
-                .unwrap();
+            env.validate_and_approve(run_id).await;
             read_through(&env, &format!("{what}: cutover"), async {
                 cutover::cutover(&env.pool, run_id, "alice", LOCK)
                     .await
@@ -247,10 +243,7 @@ async fn a_swap_refuses_a_table_built_unlike_the_target() {
         .replace("step = \"1 month\"", "step = \"1 year\"");
     let (run_id, ..) = env.record_run(&text).await;
     assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
-    validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.reviewer, run_id, Some("bob"))
-        .await
-        .unwrap();
+    env.validate_and_approve(run_id).await;
     // The target gains an index after the staging table was built: swapping
     // the staging table in would drop it.
     sqlx::query("CREATE INDEX ship_revenue_lines ON tpch.ship_revenue (lines)")
@@ -368,10 +361,7 @@ async fn partition_overwrite_exchanges_a_partition_that_is_one_batch() {
     );
     assert_eq!(applied.checks.unmatched.range_rows, kept_rows);
 
-    validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.reviewer, run_id, Some("bob"))
-        .await
-        .unwrap();
+    env.validate_and_approve(run_id).await;
     cutover::cutover(&env.pool, run_id, "alice", LOCK)
         .await
         .unwrap();

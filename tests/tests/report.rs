@@ -4,9 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use backfill_coordinator::lifecycle::{approve, cutover};
+use backfill_coordinator::lifecycle::cutover;
 use backfill_coordinator::run::Finish;
-use backfill_coordinator::{report, resume, validate};
+use backfill_coordinator::{report, resume};
 use backfill_tests::TestEnv;
 use std::time::Duration;
 
@@ -34,10 +34,7 @@ async fn the_report_matches_the_tables_and_renders_with_its_chart() {
         Finish::Applied
     );
     workers.stop().await;
-    validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.reviewer, run_id, Some("bob"))
-        .await
-        .unwrap();
+    env.validate_and_approve(run_id).await;
     cutover::cutover(&env.pool, run_id, "alice", Duration::from_secs(5))
         .await
         .unwrap();

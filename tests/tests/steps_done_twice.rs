@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use backfill_coordinator::lifecycle::{approve, cutover, rollback};
+use backfill_coordinator::resume;
 use backfill_coordinator::run::Finish;
-use backfill_coordinator::{resume, validate};
 use backfill_tests::TestEnv;
 use std::time::Duration;
 
@@ -40,10 +40,7 @@ async fn a_step_done_already_says_so_and_what_the_run_is() {
     assert!(text.contains("tpch.flag"), "the demo brief moved");
     let (run_id, ..) = env.record_run(&text).await;
     assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
-    validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.reviewer, run_id, Some("bob"))
-        .await
-        .unwrap();
+    env.validate_and_approve(run_id).await;
     let again = approve::approve(&env.reviewer, run_id, Some("bob"))
         .await
         .unwrap_err();

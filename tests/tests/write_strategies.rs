@@ -29,10 +29,7 @@ async fn run_strategy(env: &TestEnv, strategy: &str) -> Uuid {
 }
 
 async fn approve_and_cut_over(env: &TestEnv, run_id: Uuid) -> cutover::CutoverReport {
-    validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.reviewer, run_id, Some("bob"))
-        .await
-        .unwrap();
+    env.validate_and_approve(run_id).await;
     cutover::cutover(&env.pool, run_id, "alice", LOCK)
         .await
         .unwrap()
@@ -230,10 +227,7 @@ async fn staging_swap_cuts_over_atomically_with_dependent_views_and_rolls_back()
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    validate::validate(&env.pool, run_id).await.unwrap();
-    approve::approve(&env.reviewer, run_id, Some("bob"))
-        .await
-        .unwrap();
+    env.validate_and_approve(run_id).await;
     let report = cutover::cutover(&env.pool, run_id, "alice", LOCK)
         .await
         .unwrap();
