@@ -7,7 +7,7 @@
 use backfill_coordinator::console;
 use backfill_coordinator::run::Finish;
 use backfill_shared::control::maintenance;
-use backfill_tests::{TestEnv, http_get};
+use backfill_tests::{TestEnv, http, http_get, http_with_headers};
 use serde_json::Value;
 
 /// The console on a free port of loopback, with `auth`.
@@ -211,10 +211,32 @@ async fn the_console_shows_a_run_as_the_ledger_has_it_and_its_brief_as_text() {
         page.contains(&format!("<code>{images}</code> — kept 14 days")),
         "{page}"
     );
-    let (status, live) = http_get(&addr, &format!("/runs/{run_id}/live")).await;
+    let live_path = format!("/runs/{run_id}/live");
+    let (status, headers, live) = http_with_headers(&addr, "GET", &live_path, &[], "").await;
     assert_eq!(status, 200);
     assert!(live.contains("<div class=\"grid\""), "{live}");
     assert!(!live.contains("<html"), "the live part is a fragment");
+    // Unchanged since the browser's copy: 304, no body.
+    let tag = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .unwrap_or_else(|| panic!("no ETag: {headers}"))
+        .to_owned();
+    assert!(
+        headers.contains("cache-control: private, no-cache"),
+        "{headers}"
+    );
+    let (status, again) = http(&addr, "GET", &live_path, &[("If-None-Match", &tag)], "").await;
+    assert_eq!((status, again.as_str()), (304, ""));
+    let (status, _) = http(
+        &addr,
+        "GET",
+        &live_path,
+        &[("If-None-Match", "\"stale\"")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
 
     // The metric's chart, an SVG image the run page shows; inert too.
     assert!(

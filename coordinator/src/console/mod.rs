@@ -503,15 +503,34 @@ async fn run_page(
     Ok(Html(pages::run(&viewer, &view).into_string()))
 }
 
-async fn live_part(State(app): State<App>, Path(run): Path<String>) -> Result<Response, Failure> {
+/// A run page's live part, fetched every few seconds: with an `ETag` of its
+/// content, so a part that has not changed since the browser's copy is a
+/// `304 Not Modified` with no body (the browser revalidates: `no-cache`).
+async fn live_part(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(run): Path<String>,
+) -> Result<Response, Failure> {
     let run_id = resolve(&app.pool, &run).await?;
     let status = status::status(&app.pool, run_id).await?;
     let grid = batches::grid(&app.pool, run_id, GRID_CELLS).await?;
-    Ok((
-        [(header::CACHE_CONTROL, "no-store")],
-        Html(pages::live(&status, &grid).into_string()),
-    )
-        .into_response())
+    let part = pages::live(&status, &grid).into_string();
+    // The SHA-256 that names a text (as a brief's), cut to 96 bits.
+    let tag = format!("\"{}\"", &backfill_shared::brief::Brief::hash(&part)[..24]);
+    let cache = [
+        (header::CACHE_CONTROL, "private, no-cache".to_owned()),
+        (header::ETAG, tag.clone()),
+    ];
+    let unchanged = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().trim_start_matches("W/") == tag);
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
+    }
+    Ok((cache, Html(part)).into_response())
 }
 
 async fn change_note(

@@ -63,8 +63,8 @@ form.filter{display:flex;gap:.6rem;align-items:end;flex-wrap:wrap}form.filter la
 /// Re-fetches the live part of a run's page every few seconds while the run can
 /// still change; the page works without it.
 pub(super) const LIVE_SCRIPT: &str = "(function(){var el=document.getElementById('live');if(!el)return;\
-setInterval(function(){fetch(location.pathname.replace(/\\/$/,'')+'/live',{cache:'no-store'})\
-.then(function(r){return r.ok?r.text():null}).then(function(t){if(t!==null)el.innerHTML=t})\
+var last=null;setInterval(function(){fetch(location.pathname.replace(/\\/$/,'')+'/live',{cache:'no-cache'})\
+.then(function(r){return r.ok?r.text():null}).then(function(t){if(t!==null&&t!==last){last=t;el.innerHTML=t}})\
 .catch(function(){})},3000)})();";
 
 fn layout(title: &str, viewer: Option<&Viewer>, body: &Markup) -> Markup {
