@@ -390,7 +390,8 @@ impl Console<'_> {
         backfill_tests::form_csrf(&page)
     }
 
-    /// `POST`s the action as `who` (no login when `None`) with `csrf`.
+    /// `POST`s the action as `who` (no login when `None`) with `csrf`,
+    /// confirmed (a cancel, rollback or cutover asks first otherwise).
     async fn act(
         &self,
         who: Option<&str>,
@@ -398,6 +399,16 @@ impl Console<'_> {
         csrf: &str,
         reason: &str,
     ) -> (u16, String) {
+        self.post(
+            who,
+            action,
+            &format!("csrf={csrf}&reason={reason}&confirm=yes"),
+        )
+        .await
+    }
+
+    /// `POST`s the action as `who` with `body`.
+    async fn post(&self, who: Option<&str>, action: &str, body: &str) -> (u16, String) {
         let auth = who.map(bearer);
         let headers: Vec<(&str, &str)> =
             auth.iter().map(|a| ("Authorization", a.as_str())).collect();
@@ -406,9 +417,26 @@ impl Console<'_> {
             "POST",
             &format!("/runs/{}/actions/{action}", self.run_id),
             &headers,
-            &format!("csrf={csrf}&reason={reason}"),
+            body,
         )
         .await
+    }
+
+    /// The action posted as `who` without confirming: the page that asks,
+    /// saying `says`, and nothing changed.
+    async fn asks_first(&self, who: &str, action: &str, csrf: &str, says: &str) {
+        let state = self.state().await;
+        let (status, page) = self
+            .post(Some(who), action, &format!("csrf={csrf}&reason="))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        assert!(
+            page.contains(&format!("Confirm {action}"))
+                && page.contains(says)
+                && page.contains("name=\"confirm\" value=\"yes\""),
+            "{page}"
+        );
+        assert_eq!(self.state().await, state, "{action} was taken unconfirmed");
     }
 
     async fn state(&self) -> String {
@@ -571,6 +599,13 @@ async fn actions_are_taken_for_the_people_allowed_them_and_refused_for_others() 
     assert!(page.contains("already approved"), "{page}");
 
     // Cutover, by the owner; the run page then offers bob only a rollback.
+    c.asks_first(
+        "alice",
+        "cutover",
+        &alice,
+        "exposes the run to everyone who reads",
+    )
+    .await;
     let (status, page) = c.act(Some("alice"), "cutover", &alice, "").await;
     assert_eq!(status, 303, "{page}");
     assert_eq!(c.state().await, "cut_over");
@@ -594,6 +629,12 @@ async fn actions_are_taken_for_the_people_allowed_them_and_refused_for_others() 
         "only the run's owner (alice) or reviewer (bob)",
     )
     .await;
+    assert!(
+        page.contains("class=\"danger\""),
+        "rollback looks unlike approve: {page}"
+    );
+    c.asks_first("bob", "rollback", &bob, "6 applied batch(es) undone")
+        .await;
     let (status, page) = c.act(Some("bob"), "rollback", &bob, "").await;
     assert_eq!(status, 303, "{page}");
     assert_eq!(c.state().await, "rolled_back");
@@ -613,6 +654,8 @@ async fn actions_are_taken_for_the_people_allowed_them_and_refused_for_others() 
     };
     let (status, page) = c.act(Some("alice"), "retry", &alice, "").await;
     assert_eq!(status, 303, "{page}");
+    c.asks_first("alice", "cancel", &alice, "stops the run for good")
+        .await;
     let (status, page) = c.act(Some("alice"), "cancel", &alice, "").await;
     assert_eq!(status, 303, "{page}");
     assert_eq!(c.state().await, "cancelled");

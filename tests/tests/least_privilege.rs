@@ -131,7 +131,7 @@ async fn a_run_lives_its_whole_life_under_the_documented_roles() {
             "POST",
             &format!("{page}/actions/{action}"),
             &headers,
-            &format!("csrf={csrf}&reason="),
+            &format!("csrf={csrf}&reason=&confirm=yes"),
         )
         .await;
         assert_eq!(status, 303, "{action} as {who} in the console: {body}");

@@ -12,6 +12,7 @@ use crate::run::{self, DriveOptions};
 use crate::{Result, canary, resume};
 use backfill_shared::brief::Brief;
 use backfill_shared::config::Config;
+use backfill_shared::control::batches::Counts;
 use backfill_shared::control::people::Person;
 use backfill_shared::control::runs::RunState;
 use sqlx::PgPool;
@@ -84,6 +85,43 @@ impl Action {
                     | S::Cancelled
                     | S::RollingBack
             ),
+        }
+    }
+
+    /// Whether the action cannot be taken back, so it asks for confirmation
+    /// and looks unlike the others.
+    pub(super) fn is_dangerous(self) -> bool {
+        matches!(self, Self::Cancel | Self::Rollback | Self::Cutover)
+    }
+
+    /// What the action does that cannot be taken back, for the second step
+    /// that confirms it (`None`: it takes effect at once), from the run's
+    /// `batches` and `brief`.
+    pub(super) fn consequence(self, batches: &Counts, brief: &Brief) -> Option<String> {
+        let not_applied = batches.total() - batches.applied;
+        match self {
+            Self::Cancel => Some(format!(
+                "Cancelling stops the run for good: its {not_applied} batch(es) not applied never start. \
+                 Its {} applied batch(es) stay applied; only a rollback undoes them.",
+                batches.applied
+            )),
+            Self::Rollback => Some(format!(
+                "Rolling back stops the run, fences its {not_applied} batch(es) not applied so none ever commits, \
+                 and restores {} as it was before the run: {} applied batch(es) undone. \
+                 Rows written since the run are spared and listed.",
+                brief.scope.target, batches.applied
+            )),
+            Self::Cutover => Some(format!(
+                "Cutting over exposes the run to everyone who reads {}{}, and runs its {} refresh step(s).",
+                brief.scope.target,
+                if brief.write.strategy.writes_live_target() {
+                    ""
+                } else {
+                    ": the built table is swapped in"
+                },
+                brief.dependencies.refresh.len()
+            )),
+            Self::Pause | Self::Resume | Self::Retry | Self::Approve | Self::Promote => None,
         }
     }
 

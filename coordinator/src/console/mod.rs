@@ -725,6 +725,10 @@ struct ActionForm {
     csrf: String,
     #[serde(default)]
     reason: String,
+    /// `yes` once the person has read what a cancel, a rollback or a cutover
+    /// will do.
+    #[serde(default)]
+    confirm: String,
 }
 
 /// `POST /runs/{run}/actions/{action}`: refused with 403 (nothing changed) for
@@ -765,6 +769,18 @@ async fn act(
     let brief = runs::load(&app.pool, run_id).await?.brief;
     if let Some(why) = action.refusal(&person, &brief) {
         return Err(Failure::forbidden(why));
+    }
+    // A cancel, a rollback or a cutover is taken only once confirmed: the
+    // first post shows what it will do, nothing changed.
+    if form.confirm != "yes" {
+        let counts = batches::counts(&app.pool, run_id).await?;
+        if let Some(consequence) = action.consequence(&counts, &brief) {
+            return Ok(Html(
+                pages::confirm(run_id, action, &consequence, &form.csrf, &form.reason)
+                    .into_string(),
+            )
+            .into_response());
+        }
     }
     let reason = Some(form.reason.trim()).filter(|r| !r.is_empty());
     let acting = people::acting_for(&app.pool, &person.role)

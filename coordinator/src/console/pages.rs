@@ -56,7 +56,7 @@ i.failed{background:#cf222e}i.rolled_back{background:#8250df}.legend i.pending{b
 .legend i{display:inline-block;width:10px;height:10px;margin:0 .2rem 0 .8rem}.fail{color:#b42318;font-weight:600}\
 dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dt{color:#57606a}dd{margin:0}\
 .who{float:right}.who form{display:inline}.who button{background:none;border:0;color:#fff;text-decoration:underline;cursor:pointer}\
-form.act{display:inline-block;margin:0 .6rem .6rem 0}form.act input[name=reason]{width:22rem}\
+form.act{display:inline-block;margin:0 .6rem .6rem 0}button.danger{background:#fff;color:#b00020;border:2px solid #b00020;font-weight:bold}form.act input[name=reason]{width:22rem}\
 img.chart{display:block;max-width:100%;margin:.5rem 0}table.log{width:100%}.log td:first-child{white-space:nowrap}.log code{white-space:pre-wrap;word-break:break-all}\
 form.filter{display:flex;gap:.6rem;align-items:end;flex-wrap:wrap}form.filter label{display:flex;flex-direction:column;font-size:.85em}";
 
@@ -86,6 +86,32 @@ fn layout(title: &str, viewer: Option<&Viewer>, body: &Markup) -> Markup {
             }
         }
     }
+}
+
+/// The second step of an action that cannot be taken back: what it will do,
+/// and a form that takes it.
+pub(super) fn confirm(
+    run_id: uuid::Uuid,
+    action: Action,
+    consequence: &str,
+    csrf: &str,
+    reason: &str,
+) -> Markup {
+    layout(
+        &format!("Confirm {}", action.as_str()),
+        None,
+        &html! {
+            h1 { "Confirm " (action.as_str()) " of run " (short(run_id)) }
+            p { (consequence) }
+            form.act method="post" action=(format!("/runs/{run_id}/actions/{}", action.as_str())) {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="reason" value=(reason);
+                input type="hidden" name="confirm" value="yes";
+                button.danger type="submit" { (action.as_str()) " run " (short(run_id)) }
+            }
+            p { a href=(format!("/runs/{run_id}")) { "Back to the run, nothing done" } }
+        },
+    )
 }
 
 pub(super) fn failure(status: StatusCode, message: &str) -> Markup {
@@ -329,7 +355,11 @@ fn actions(viewer: &Viewer, view: &RunView) -> Markup {
                     @if action.wants_reason(state) {
                         input name="reason" required placeholder="why the breach is acceptable (recorded with your name)";
                     }
-                    button type="submit" { (action.as_str()) }
+                    @if action.is_dangerous() {
+                        button.danger type="submit" { (action.as_str()) "…" }
+                    } @else {
+                        button type="submit" { (action.as_str()) }
+                    }
                 }
             }
         } @else if let Some(login) = &viewer.login {
