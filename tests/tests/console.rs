@@ -375,8 +375,8 @@ struct Console<'a> {
 }
 
 impl Console<'_> {
-    /// The CSRF token `who`'s forms on the run's page carry.
-    async fn csrf_of(&self, who: &str) -> String {
+    /// The run's page as `who` sees it.
+    async fn page_of(&self, who: &str) -> String {
         let auth = bearer(who);
         let (status, page) = backfill_tests::http(
             &self.addr,
@@ -387,7 +387,12 @@ impl Console<'_> {
         )
         .await;
         assert_eq!(status, 200);
-        backfill_tests::form_csrf(&page)
+        page
+    }
+
+    /// The CSRF token `who`'s forms on the run's page carry.
+    async fn csrf_of(&self, who: &str) -> String {
+        backfill_tests::form_csrf(&self.page_of(who).await)
     }
 
     /// `POST`s the action as `who` (no login when `None`) with `csrf`,
@@ -561,9 +566,23 @@ async fn actions_are_taken_for_the_people_allowed_them_and_refused_for_others() 
         "the console's drive applies the run: {}",
         c.state().await
     );
-    backfill_coordinator::validate::validate(&env.pool, run_id)
-        .await
-        .unwrap();
+    // Applied, the run awaits its validation: no approve yet; the owner
+    // validates from the console, and then it awaits bob's approval.
+    let page = c.page_of("bob").await;
+    assert!(
+        page.contains("Awaiting validation by alice or bob")
+            && page.contains("/actions/validate")
+            && !page.contains("/actions/approve"),
+        "{page}"
+    );
+    let (status, page) = c.act(Some("alice"), "validate", &alice, "").await;
+    assert_eq!(status, 303, "{page}");
+    let page = c.page_of("bob").await;
+    assert!(
+        page.contains("Awaiting bob&#x27;s approval") || page.contains("Awaiting bob's approval"),
+        "{page}"
+    );
+    assert!(page.contains("/actions/approve"), "{page}");
 
     // Approving is the reviewer's, never the owner's; the database sees bob's role.
     c.refused(

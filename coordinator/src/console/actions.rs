@@ -1,8 +1,8 @@
 //! What a person may do to a run from the console, and doing it through the
 //! same code as the CLI. Stopping is always safe: anyone in `backfill.people`
 //! may pause. Approving and promoting a canary are the brief's reviewer's, never
-//! its owner's. The rest (resume, accept a breach, cancel, retry, cutover,
-//! rollback) are the owner's or the reviewer's. The action runs on connections
+//! its owner's. The rest (resume, accept a breach, cancel, retry, validate,
+//! cutover, rollback) are the owner's or the reviewer's. The action runs on connections
 //! that act for the person's database role (`backfill.acting_role`, migration
 //! 0013), so the database holds an approval to the same rule as the CLI's and
 //! the run log records the person.
@@ -25,6 +25,7 @@ pub(super) enum Action {
     Resume,
     Cancel,
     Retry,
+    Validate,
     Approve,
     Promote,
     Cutover,
@@ -32,11 +33,12 @@ pub(super) enum Action {
 }
 
 impl Action {
-    pub(super) const ALL: [Self; 8] = [
+    pub(super) const ALL: [Self; 9] = [
         Self::Pause,
         Self::Resume,
         Self::Cancel,
         Self::Retry,
+        Self::Validate,
         Self::Approve,
         Self::Promote,
         Self::Cutover,
@@ -49,6 +51,7 @@ impl Action {
             Self::Resume => "resume",
             Self::Cancel => "cancel",
             Self::Retry => "retry",
+            Self::Validate => "validate",
             Self::Approve => "approve",
             Self::Promote => "promote",
             Self::Cutover => "cutover",
@@ -72,6 +75,7 @@ impl Action {
                 S::Running | S::Paused | S::Halted | S::Canary | S::Applied | S::Approved
             ),
             Self::Retry => matches!(state, S::Running | S::Halted),
+            Self::Validate => matches!(state, S::Applied | S::Approved),
             Self::Approve => state == S::Applied,
             Self::Promote => state == S::Canary,
             Self::Cutover => state == S::Approved,
@@ -121,7 +125,12 @@ impl Action {
                 },
                 brief.dependencies.refresh.len()
             )),
-            Self::Pause | Self::Resume | Self::Retry | Self::Approve | Self::Promote => None,
+            Self::Pause
+            | Self::Resume
+            | Self::Retry
+            | Self::Validate
+            | Self::Approve
+            | Self::Promote => None,
         }
     }
 
@@ -188,6 +197,10 @@ pub(super) async fn take(
         Action::Retry => {
             resume::retry(acting, run_id, actor).await?;
             drive_unless_driven(config, pool, run_id).await?;
+        }
+        Action::Validate => {
+            // Failed checks are the checklist's to show, not an error.
+            crate::validate::validate(acting, run_id).await?;
         }
         Action::Approve => {
             approve::approve(acting, run_id, Some(actor)).await?;

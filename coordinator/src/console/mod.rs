@@ -456,6 +456,9 @@ struct RunView {
     told: Vec<String>,
     /// Its rollback copies that still exist.
     copies: Vec<String>,
+    /// Its latest validation, and whether it may be approved on it: every
+    /// check passed or its failures accepted.
+    validated: Option<bool>,
 }
 
 async fn run_view(pool: &PgPool, run_id: Uuid) -> Result<RunView, Failure> {
@@ -479,7 +482,20 @@ async fn run_view(pool: &PgPool, run_id: Uuid) -> Result<RunView, Failure> {
         .filter_map(crate::lifecycle::done::told)
         .collect();
     let copies = report::temporary_objects(pool, &run).await?;
+    let validated = match validations::latest(pool, run_id).await? {
+        None => None,
+        Some(v) if v.passed => Some(true),
+        Some(v) => {
+            let accepted = validations::acceptances(pool, v.id).await?;
+            Some(
+                v.failed
+                    .iter()
+                    .all(|f| accepted.iter().any(|a| &a.check_name == f)),
+            )
+        }
+    };
     Ok(RunView {
+        validated,
         announced,
         told,
         copies,

@@ -340,8 +340,22 @@ fn who(v: &Viewer) -> Markup {
 /// posts with their CSRF token.
 fn actions(viewer: &Viewer, view: &RunView) -> Markup {
     let state = view.run.state;
-    let fitting: Vec<Action> = Action::ALL.into_iter().filter(|a| a.fits(state)).collect();
+    // Approving waits for a validation that passed (or whose failures the
+    // reviewer accepted); until then the run awaits its validation.
+    let fitting: Vec<Action> = Action::ALL
+        .into_iter()
+        .filter(|a| a.fits(state) && (*a != Action::Approve || view.validated == Some(true)))
+        .collect();
+    let reviewer = &view.run.brief.meta.reviewer;
+    let owner = &view.run.brief.meta.owner;
     html! {
+        @if state == RunState::Applied {
+            p.holds { @match view.validated {
+                None => { "Awaiting validation by " (owner) " or " (reviewer) "." }
+                Some(false) => { "The latest validation failed: fix the run, or " (reviewer) " accepts the failed checks (backfill validate --accept)." }
+                Some(true) => { "Awaiting " (reviewer) "'s approval." }
+            } }
+        }
         @if fitting.is_empty() {
             p { "Nothing to do in state " (state.as_str()) "." }
         } @else if let Some(person) = &viewer.person {
