@@ -1,5 +1,6 @@
 //! What Backfill sends to Slack, Slack takes: a brief whose reason holds
-//! `<!channel>`, `&`, a link and 5,000 characters goes through its whole life
+//! `<!channel>`, `&`, a link and as many characters as a brief allows (4,000,
+//! past Slack's 3,000 a section) goes through its whole life
 //! from the CLI (announce, run, validate, approve, cutover, rollback, the
 //! change note) with one endpoint in Slack's format, judged by a receiver
 //! that applies Slack's documented limits and reads mrkdwn as Slack does, and
@@ -19,9 +20,14 @@ async fn every_message_of_a_runs_life_is_one_slack_takes() {
         "slack={}/services/T0/B0/SeCrEt0123,cloudevents={}/events",
         slack.url, bus.url
     );
-    let long = "The refunds were never subtracted. ".repeat(150);
-    let reason =
-        format!("<!channel> finance & growth: see <https://evil.example/wiki|the wiki>. {long}");
+    // As long as a brief's reason may be, past Slack's 3,000 per section.
+    let most = backfill_shared::brief::limits::chars("brief.reason");
+    let reason: String = "<!channel> finance & growth: see <https://evil.example/wiki|the wiki>. "
+        .chars()
+        .chain("The refunds were never subtracted. ".chars().cycle())
+        .take(most)
+        .collect();
+    assert!(most > 3000, "the reason no longer tests Slack's limit");
     let text = env.brief(6, 2).await.replace(
         "reason = \"Refunds (l_returnflag = 'R') were never subtracted from net revenue.\"",
         &format!("reason = {}", toml_string(&reason)),
