@@ -59,11 +59,39 @@ pub fn read_brief(path: &std::path::Path) -> Result<(String, Brief)> {
 }
 
 /// Who is running the coordinator, for the run log: `BACKFILL_OPERATOR`, else the
-/// login name.
+/// login name (`USER`, `LOGNAME`, else the account of the process's user id,
+/// as in a container that sets neither).
 #[must_use]
 pub fn operator() -> String {
-    std::env::var("BACKFILL_OPERATOR")
-        .or_else(|_| std::env::var("USER"))
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    operator_from(|name| std::env::var(name).ok())
+}
+
+/// [`operator`] over any source of variables: the first of them set and not
+/// blank, else the process's account name, else `uid N`.
+fn operator_from(var: impl Fn(&str) -> Option<String>) -> String {
+    ["BACKFILL_OPERATOR", "USER", "LOGNAME"]
+        .into_iter()
+        .find_map(|name| var(name).filter(|v| !v.trim().is_empty()))
+        .unwrap_or_else(|| {
+            let uid = nix::unistd::getuid();
+            nix::unistd::User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map_or_else(|| format!("uid {uid}"), |user| user.name)
+        })
+}
+
+#[cfg(test)]
+mod operator_tests {
+    use super::operator_from;
+
+    #[test]
+    fn the_operator_is_named_even_without_variables() {
+        let set = |name: &str| (name == "USER").then(|| "alice".to_owned());
+        assert_eq!(operator_from(set), "alice");
+        let blank = |name: &str| (name == "BACKFILL_OPERATOR").then(|| " ".to_owned());
+        let account = operator_from(blank);
+        assert!(!account.is_empty() && account != "unknown", "{account}");
+        assert_eq!(operator_from(|_| None), account, "the process's account");
+    }
 }
