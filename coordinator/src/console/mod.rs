@@ -788,7 +788,7 @@ async fn act(
     }
     // A cancel, a rollback or a cutover is taken only once confirmed: the
     // first post shows what it will do, nothing changed.
-    if form.confirm != "yes" {
+    if action.is_dangerous() && form.confirm != "yes" {
         let counts = batches::counts(&app.pool, run_id).await?;
         if let Some(consequence) = action.consequence(&counts, &brief) {
             return Ok(Html(
