@@ -90,8 +90,8 @@ pub fn note(brief: &Brief, plan: &Plan, window: (DateTime<Utc>, DateTime<Utc>)) 
     let _ = writeln!(
         s,
         "**When:** {} to {}.",
-        window.0.format("%Y-%m-%d %H:%M UTC"),
-        window.1.format("%Y-%m-%d %H:%M UTC")
+        backfill_shared::text::minute(window.0),
+        backfill_shared::text::minute(window.1)
     );
     let found: Vec<String> = plan
         .dependents

@@ -107,6 +107,7 @@ pub fn filter(
         owner: owner.map(str::to_owned),
         since: since.map(parse_since).transpose()?,
         limit: limit.max(1),
+        ..ListFilter::default()
     })
 }
 
@@ -132,7 +133,77 @@ pub struct Row {
     pub accepted_breaches: i64,
     /// Seconds until every batch is applied at the pace so far, while it runs.
     pub eta_seconds: Option<i64>,
+    /// The decision the run waits for, and who may take it.
+    pub awaiting: Option<Awaiting>,
+    /// The latest validation's failed checks nobody accepted.
+    pub open_checks: Vec<String>,
 }
+
+/// A decision a run waits for: the step that moves it on and the people (the
+/// brief's owner and reviewer, by name) who may take it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Awaiting {
+    pub step: Step,
+    pub by: Vec<String>,
+}
+
+/// A step a person takes to move a run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Retry,
+    Resume,
+    AcceptBreach,
+    Promote,
+    Validate,
+    AcceptChecks,
+    Approve,
+    Cutover,
+    FinishRollback,
+}
+
+impl Step {
+    /// The step in words, to follow "waiting for bob to".
+    #[must_use]
+    pub fn words(self) -> &'static str {
+        match self {
+            Self::Retry => "retry the failed batches",
+            Self::Resume => "resume it",
+            Self::AcceptBreach => "accept the breach and resume, or roll back",
+            Self::Promote => "promote it",
+            Self::Validate => "validate it",
+            Self::AcceptChecks => "accept the failed checks, or roll back",
+            Self::Approve => "approve it",
+            Self::Cutover => "cut it over",
+            Self::FinishRollback => "finish its rollback",
+        }
+    }
+}
+
+impl Awaiting {
+    /// Whether `name` is among those who may take the step.
+    #[must_use]
+    pub fn is_for(&self, name: &str) -> bool {
+        self.by.iter().any(|b| b.eq_ignore_ascii_case(name))
+    }
+
+    /// "bob", "alice or bob".
+    #[must_use]
+    pub fn who(&self) -> String {
+        self.by.join(" or ")
+    }
+}
+
+/// States in which a run waits for a person, or may come to.
+const UNFINISHED: [RunState; 7] = [
+    RunState::Running,
+    RunState::Paused,
+    RunState::Halted,
+    RunState::Canary,
+    RunState::Applied,
+    RunState::Approved,
+    RunState::RollingBack,
+];
 
 /// The runs `filter` selects, newest first.
 pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Row>> {
@@ -156,6 +227,8 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Row>> {
                 })
                 .flatten();
             Row {
+                awaiting: awaiting(&r),
+                open_checks: r.open_checks.clone(),
                 holds,
                 risk,
                 eta_seconds,
@@ -174,6 +247,59 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Row>> {
             }
         })
         .collect())
+}
+
+/// One run as `list` shows it.
+pub async fn row(pool: &PgPool, run_id: Uuid) -> Result<Row> {
+    let filter = ListFilter {
+        run: Some(run_id),
+        limit: 1,
+        ..ListFilter::default()
+    };
+    list(pool, &filter)
+        .await?
+        .pop()
+        .ok_or_else(|| backfill_shared::control::ControlError::UnknownRun(run_id).into())
+}
+
+/// The runs that wait for `name` to decide, newest first.
+pub async fn awaiting_person(pool: &PgPool, name: &str) -> Result<Vec<Row>> {
+    let filter = ListFilter {
+        states: UNFINISHED.to_vec(),
+        limit: 1_000,
+        ..ListFilter::default()
+    };
+    let mut rows = list(pool, &filter).await?;
+    rows.retain(|r| r.awaiting.as_ref().is_some_and(|a| a.is_for(name)));
+    Ok(rows)
+}
+
+/// The decision a run waits for, if any: a canary's promotion, a halted run's
+/// breach to accept (or a rollback), a validation, an acceptance of its failed
+/// checks, an approval, a cutover; failed batches to retry; a rollback to finish.
+fn awaiting(r: &Listed) -> Option<Awaiting> {
+    let either = || vec![r.owner.clone(), r.reviewer.clone()];
+    let (step, by) = match RunState::parse(&r.state)? {
+        RunState::Running if r.failed > 0 => (Step::Retry, either()),
+        RunState::Paused => (Step::Resume, either()),
+        RunState::Halted => (Step::AcceptBreach, either()),
+        RunState::Canary => (Step::Promote, vec![r.reviewer.clone()]),
+        RunState::Applied => match r.validated {
+            None => (Step::Validate, either()),
+            Some(false) if !r.open_checks.is_empty() => {
+                (Step::AcceptChecks, vec![r.reviewer.clone()])
+            }
+            Some(_) => (Step::Approve, vec![r.reviewer.clone()]),
+        },
+        RunState::Approved => (Step::Cutover, either()),
+        RunState::RollingBack => (Step::FinishRollback, either()),
+        RunState::Running
+        | RunState::CutOver
+        | RunState::RolledBack
+        | RunState::Cancelled
+        | RunState::Done => return None,
+    };
+    Some(Awaiting { step, by })
 }
 
 /// What holds a run, or what is left of it, with the command that moves it on.

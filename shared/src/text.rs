@@ -102,6 +102,12 @@ pub fn when(at: Option<chrono::DateTime<chrono::Utc>>) -> String {
     })
 }
 
+/// `2026-12-07 17:10 UTC`: a time as people read it in messages and pages.
+#[must_use]
+pub fn minute(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::{json_shown, plain, shown};

@@ -217,6 +217,35 @@ async fn canary_auto_promotes_itself_unless_the_canary_breached_a_limit() {
         "{done:?} of canary {:?}",
         run.canary_batches
     );
+    // The console's page leads with the halt, its breach and whose decision
+    // it is.
+    let addr = backfill_coordinator::console::serve(
+        env.pool.clone(),
+        env.config.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        backfill_coordinator::console::Auth::default(),
+    )
+    .await
+    .unwrap();
+    let page = || async {
+        let (status, page) = backfill_tests::http(
+            &addr.to_string(),
+            "GET",
+            &format!("/runs/{run_id}/live"),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        page
+    };
+    let halted = page().await;
+    assert!(
+        halted.contains("Halted: ")
+            && halted.contains("accept the breach and resume, or roll back")
+            && halted.contains("<h2>Breaches</h2>"),
+        "{halted}"
+    );
     // Accepting the breach finishes the canary, which then waits for a person:
     // a canary that breached a limit never promotes itself.
     resume::resume(
@@ -231,6 +260,15 @@ async fn canary_auto_promotes_itself_unless_the_canary_breached_a_limit() {
     let drive = env.drive_in_background(run_id);
     until_state(&env, run_id, RunState::Canary).await;
     assert_eq!(applied(&env, run_id).await, run.canary_batches);
+    // Resumed, the run's words of its halt are gone, in status and the console.
+    let resumed = page().await;
+    assert!(
+        !resumed.contains("Halted")
+            && resumed.contains("Waiting for <strong>bob</strong> to promote it."),
+        "{resumed}"
+    );
+    let shown = status::status(&env.pool, run_id).await.unwrap().render();
+    assert!(!shown.contains("halted"), "{shown}");
     canary::promote(&env.reviewer, run_id, None).await.unwrap();
     // Promoted twice: it says so, when, and where the run stands.
     let again = canary::promote(&env.reviewer, run_id, None)

@@ -377,17 +377,29 @@ struct Console<'a> {
 impl Console<'_> {
     /// The run's page as `who` sees it.
     async fn page_of(&self, who: &str) -> String {
+        self.get_as(who, &format!("/runs/{}", self.run_id)).await
+    }
+
+    async fn get_as(&self, who: &str, path: &str) -> String {
         let auth = bearer(who);
-        let (status, page) = backfill_tests::http(
-            &self.addr,
-            "GET",
-            &format!("/runs/{}", self.run_id),
-            &[("Authorization", &auth)],
-            "",
-        )
-        .await;
+        let (status, page) =
+            backfill_tests::http(&self.addr, "GET", path, &[("Authorization", &auth)], "").await;
         assert_eq!(status, 200);
         page
+    }
+
+    /// What the runs page's "Needs you" says to `who` of this run, if it
+    /// lists it.
+    async fn needs(&self, who: &str) -> Option<String> {
+        let page = self.get_as(who, "/").await;
+        let start = page
+            .find("<section class=\"needs\">")
+            .expect("a Needs you section");
+        let section = &page[start..start + page[start..].find("</section>").unwrap()];
+        section
+            .split("<li>")
+            .find(|item| item.contains(&self.run_id.to_string()))
+            .map(str::to_owned)
     }
 
     /// The CSRF token `who`'s forms on the run's page carry.
@@ -570,16 +582,22 @@ async fn actions_are_taken_for_the_people_allowed_them_and_refused_for_others() 
     // validates from the console, and then it awaits bob's approval.
     let page = c.page_of("bob").await;
     assert!(
-        page.contains("Awaiting validation by alice or bob")
+        page.contains("Waiting for <strong>alice or bob</strong> to validate it.")
             && page.contains("/actions/validate")
             && !page.contains("/actions/approve"),
         "{page}"
     );
+    let needs = c.needs("alice").await.expect("alice is to validate");
+    assert!(needs.contains("validate it"), "{needs}");
+    assert!(c.needs("carol").await.is_none());
     let (status, page) = c.act(Some("alice"), "validate", &alice, "").await;
     assert_eq!(status, 303, "{page}");
+    assert!(c.needs("alice").await.is_none(), "approving is bob's");
+    let needs = c.needs("bob").await.expect("bob is to approve");
+    assert!(needs.contains("approve it"), "{needs}");
     let page = c.page_of("bob").await;
     assert!(
-        page.contains("Awaiting bob&#x27;s approval") || page.contains("Awaiting bob's approval"),
+        page.contains("Waiting for <strong>bob</strong> to approve it. <span class=\"you\">Your decision.</span>"),
         "{page}"
     );
     assert!(page.contains("/actions/approve"), "{page}");

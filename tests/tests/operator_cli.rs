@@ -150,6 +150,35 @@ async fn list_shows_every_state_with_what_holds_it_and_ids_resolve_by_prefix() {
         assert_eq!(got_state, *state);
         assert!(got_hold.starts_with(hold.as_str()), "{state}: {got_hold:?}");
     }
+    // Whose decision each waits for, as the console's "Needs you" lists it.
+    let awaiting = |id: Uuid| {
+        rows.iter()
+            .find(|r| r.run_id == id)
+            .and_then(|r| r.awaiting.clone())
+            .map(|a| (a.step, a.who()))
+    };
+    let either = "alice or bob".to_owned();
+    assert_eq!(awaiting(running), None);
+    assert_eq!(awaiting(paused), Some((list::Step::Resume, either.clone())));
+    assert_eq!(
+        awaiting(halted),
+        Some((list::Step::AcceptBreach, either.clone()))
+    );
+    assert_eq!(awaiting(canary), Some((list::Step::Promote, "bob".into())));
+    assert_eq!(awaiting(applied), Some((list::Step::Validate, either)));
+    for finished in [cancelled, rolled_back, cut_over] {
+        assert_eq!(awaiting(finished), None);
+    }
+    let bobs: Vec<Uuid> = list::awaiting_person(&env.pool, "BOB")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.run_id)
+        .collect();
+    for id in [paused, halted, canary, applied] {
+        assert!(bobs.contains(&id), "{id} waits for bob too: {bobs:?}");
+    }
+    assert!(!bobs.contains(&running) && !bobs.contains(&cut_over));
     let done = rows.iter().find(|r| r.run_id == cut_over).unwrap();
     assert_eq!((done.applied, done.batches), (84, 84));
     assert!(done.rows_written > 0 && done.finished.is_some(), "{done:?}");

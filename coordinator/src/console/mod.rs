@@ -424,8 +424,12 @@ async fn runs_page(
     let viewer = app.viewer(&headers).await?;
     let rows = list::list(&app.pool, &filter.parse()?).await?;
     let under = maintenance::current(&app.pool).await?;
+    let yours = match &viewer.person {
+        Some(person) => Some(list::awaiting_person(&app.pool, &person.name).await?),
+        None => None,
+    };
     Ok(Html(
-        pages::runs(&viewer, &rows, &under, &filter).into_string(),
+        pages::runs(&viewer, &rows, yours.as_deref(), &under, &filter).into_string(),
     ))
 }
 
@@ -441,14 +445,33 @@ async fn api_runs(
     Ok(axum::Json(rows))
 }
 
-/// What a run's page shows.
-struct RunView {
+/// The part of a run's page that changes while it runs: its state and what it
+/// waits for, the actions, progress, the grid.
+struct Live {
     run: runs::Run,
     status: status::Status,
     grid: Vec<batches::Cell>,
+    /// The run as `list` shows it: what holds it and whose decision it waits for.
+    row: list::Row,
+    /// The latest validation's checks: name, passed, summary, when.
+    checks: Vec<(String, bool, String, chrono::DateTime<chrono::Utc>)>,
+}
+
+async fn live_view(pool: &PgPool, run_id: Uuid) -> Result<Live, Failure> {
+    Ok(Live {
+        run: runs::load(pool, run_id).await?,
+        status: status::status(pool, run_id).await?,
+        grid: batches::grid(pool, run_id, GRID_CELLS).await?,
+        row: list::row(pool, run_id).await?,
+        checks: validations::latest_results(pool, run_id).await?,
+    })
+}
+
+/// What a run's page shows.
+struct RunView {
+    live: Live,
     /// The latest notable entries of the run log, and how many are left out.
     log: (Vec<log::Entry>, i64),
-    checks: Vec<(String, bool, String, chrono::DateTime<chrono::Utc>)>,
     under_maintenance: bool,
     /// How the run was announced, or why not (`None`: neither is recorded).
     announced: Option<String>,
@@ -456,17 +479,11 @@ struct RunView {
     told: Vec<String>,
     /// Its rollback copies that still exist.
     copies: Vec<String>,
-    /// Its latest validation, and whether it may be approved on it: every
-    /// check passed or its failures accepted.
-    validated: Option<bool>,
 }
 
 async fn run_view(pool: &PgPool, run_id: Uuid) -> Result<RunView, Failure> {
-    let run = runs::load(pool, run_id).await?;
-    let status = status::status(pool, run_id).await?;
-    let grid = batches::grid(pool, run_id, GRID_CELLS).await?;
+    let live = live_view(pool, run_id).await?;
     let log = log::notable(pool, run_id, LOG_SHOWN).await?;
-    let checks = validations::latest_results(pool, run_id).await?;
     let under_maintenance = maintenance::current(pool)
         .await?
         .iter()
@@ -481,29 +498,13 @@ async fn run_view(pool: &PgPool, run_id: Uuid) -> Result<RunView, Failure> {
         .rev()
         .filter_map(crate::lifecycle::done::told)
         .collect();
-    let copies = report::temporary_objects(pool, &run).await?;
-    let validated = match validations::latest(pool, run_id).await? {
-        None => None,
-        Some(v) if v.passed => Some(true),
-        Some(v) => {
-            let accepted = validations::acceptances(pool, v.id).await?;
-            Some(
-                v.failed
-                    .iter()
-                    .all(|f| accepted.iter().any(|a| &a.check_name == f)),
-            )
-        }
-    };
+    let copies = report::temporary_objects(pool, &live.run).await?;
     Ok(RunView {
-        validated,
+        live,
         announced,
         told,
         copies,
-        run,
-        status,
-        grid,
         log,
-        checks,
         under_maintenance,
     })
 }
@@ -527,10 +528,9 @@ async fn live_part(
     headers: HeaderMap,
     Path(run): Path<String>,
 ) -> Result<Response, Failure> {
+    let viewer = app.viewer(&headers).await?;
     let run_id = resolve(&app.pool, &run).await?;
-    let status = status::status(&app.pool, run_id).await?;
-    let grid = batches::grid(&app.pool, run_id, GRID_CELLS).await?;
-    let part = pages::live(&status, &grid).into_string();
+    let part = pages::live(&viewer, &live_view(&app.pool, run_id).await?).into_string();
     // The SHA-256 that names a text (as a brief's), cut to 96 bits.
     let tag = format!("\"{}\"", &backfill_shared::brief::Brief::hash(&part)[..24]);
     let cache = [

@@ -2,7 +2,8 @@
 //! HTML-escaped, so a brief's text shows as text whatever it holds.
 
 use super::actions::Action;
-use super::{Filter, RunView, Viewer};
+use super::{Filter, Live, RunView, Viewer};
+use crate::list::{Row, Step};
 use crate::status::Status;
 use axum::http::StatusCode;
 use backfill_shared::control::batches::Cell;
@@ -54,18 +55,26 @@ pre{background:#f6f8fa;padding:.6rem;overflow-x:auto;white-space:pre-wrap;word-b
 i.applied{background:#1a7f37}i.running{background:#0969da}i.queued{background:#80ccff}\
 i.failed{background:#cf222e}i.rolled_back{background:#8250df}.legend i.pending{background:#d0d7de}\
 .legend i{display:inline-block;width:10px;height:10px;margin:0 .2rem 0 .8rem}.fail{color:#b42318;font-weight:600}\
-dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dt{color:#57606a}dd{margin:0}\
+dl{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:.2rem 1rem}dt{color:#57606a}dd{margin:0}\
 .who{float:right}.who form{display:inline}.who button{background:none;border:0;color:#fff;text-decoration:underline;cursor:pointer}\
 form.act{display:inline-block;margin:0 .6rem .6rem 0}button.danger{background:#fff;color:#b00020;border:2px solid #b00020;font-weight:bold}form.act input[name=reason]{width:22rem}\
 img.chart{display:block;max-width:100%;margin:.5rem 0}table.log{width:100%}.log td:first-child{white-space:nowrap}.log code{white-space:pre-wrap;word-break:break-all}\
-form.filter{display:flex;gap:.6rem;align-items:end;flex-wrap:wrap}form.filter label{display:flex;flex-direction:column;font-size:.85em}";
+form.filter{display:flex;gap:.6rem;align-items:end;flex-wrap:wrap}form.filter label{display:flex;flex-direction:column;font-size:.85em}\
+.scroll{overflow-x:auto;max-width:100%}.nowrap{white-space:nowrap}h1,dd,.decision{overflow-wrap:anywhere}\
+.decision{font-size:1.1em;padding:.5rem .8rem;border-left:4px solid #0969da;background:#f6f8fa}.you{color:#9a6700;font-weight:600}\
+.needs{border:2px solid #0969da;padding:.2rem 1rem;margin:.5rem 0}.needs li{margin:.3rem 0}.banner ul{margin:.2rem 0}\
+@media (max-width:40rem){main{padding:.6rem}header{padding:.6rem}form.act input[name=reason]{width:100%}}";
 
-/// Re-fetches the live part of a run's page every few seconds while the run can
-/// still change; the page works without it.
-pub(super) const LIVE_SCRIPT: &str = "(function(){var el=document.getElementById('live');if(!el)return;\
-var last=null;setInterval(function(){fetch(location.pathname.replace(/\\/$/,'')+'/live',{cache:'no-cache'})\
-.then(function(r){return r.ok?r.text():null}).then(function(t){if(t!==null&&t!==last){last=t;el.innerHTML=t}})\
-.catch(function(){})},3000)})();";
+/// Shows every time in the reader's own zone and format (the page says UTC
+/// without script), and re-fetches the live part of a run's page every few
+/// seconds while the run can still change — not while a person types in it.
+pub(super) const LIVE_SCRIPT: &str = "(function(){function local(root){root.querySelectorAll('time[datetime]').forEach(function(t){\
+var d=new Date(t.getAttribute('datetime'));if(isNaN(d))return;t.title=t.textContent;\
+t.textContent=d.toLocaleString(undefined,{dateStyle:'medium',timeStyle:'short'})})}local(document);\
+var el=document.getElementById('live');if(!el||!el.dataset.live)return;var last=null;\
+setInterval(function(){var a=document.activeElement;if(a&&a.tagName==='INPUT'&&el.contains(a))return;\
+fetch(el.dataset.live,{cache:'no-cache'}).then(function(r){return r.ok?r.text():null})\
+.then(function(t){if(t!==null&&t!==last){last=t;el.innerHTML=t;local(el)}}).catch(function(){})},3000)})();";
 
 fn layout(title: &str, viewer: Option<&Viewer>, body: &Markup) -> Markup {
     html! {
@@ -83,6 +92,7 @@ fn layout(title: &str, viewer: Option<&Viewer>, body: &Markup) -> Markup {
                     @if let Some(v) = viewer { span.who { (who(v)) } }
                 }
                 main { (body) }
+                script src="/static/live.js" {}
             }
         }
     }
@@ -130,8 +140,23 @@ fn short(id: uuid::Uuid) -> String {
     id.simple().to_string()[..8].to_owned()
 }
 
-fn when(at: chrono::DateTime<chrono::Utc>) -> String {
-    at.format("%Y-%m-%d %H:%M UTC").to_string()
+/// A time, in UTC for a reader without script; the script shows it in the
+/// reader's own zone and format.
+fn when(at: chrono::DateTime<chrono::Utc>) -> Markup {
+    html! {
+        time.nowrap datetime=(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)) {
+            (backfill_shared::text::minute(at))
+        }
+    }
+}
+
+/// Text with `backticked` commands shown as code, not as Markdown source.
+fn code_spans(text: &str) -> Markup {
+    html! {
+        @for (i, piece) in text.split('`').enumerate() {
+            @if i % 2 == 1 { code { (piece) } } @else { (piece) }
+        }
+    }
 }
 
 fn duration(seconds: i64) -> String {
@@ -158,13 +183,31 @@ fn maintenance_banner(under: &[maintenance::Current]) -> Markup {
     html! {
         @if !under.is_empty() {
             div.banner {
-                strong { "Under maintenance: " }
-                @for (i, m) in under.iter().enumerate() {
-                    @if i > 0 { "; " }
-                    code { (m.target) } " by run "
-                    a href=(format!("/runs/{}", m.run_id)) { (m.name) }
-                    " (" (m.owner) ", since " (when(m.since)) "): " (m.reason)
-                }
+                strong { "Under maintenance:" }
+                ul { @for m in under {
+                    li { code { (m.target) } " by run "
+                        a href=(format!("/runs/{}", m.run_id)) { (m.name) }
+                        " (" (m.owner) ", since " (when(m.since)) "): " (m.reason) }
+                } }
+            }
+        }
+    }
+}
+
+/// The runs waiting for the signed-in person's decision.
+fn needs_you(name: &str, yours: &[Row]) -> Markup {
+    html! {
+        section.needs {
+            h2 { "Needs you" }
+            @if yours.is_empty() {
+                p { "No run waits for " (name) "." }
+            } @else {
+                ul { @for r in yours { @if let Some(a) = &r.awaiting {
+                    li { a href=(format!("/runs/{}", r.run_id)) { (r.name) } " on " code { (r.target) }
+                         " (" span class=(format!("badge s-{}", r.state)) { (r.state) } "): "
+                         strong { (a.step.words()) }
+                         @if a.by.len() > 1 { " — " (a.who()) " may" } }
+                } } }
             }
         }
     }
@@ -172,7 +215,8 @@ fn maintenance_banner(under: &[maintenance::Current]) -> Markup {
 
 pub(super) fn runs(
     viewer: &Viewer,
-    rows: &[crate::list::Row],
+    rows: &[Row],
+    yours: Option<&[Row]>,
     under: &[maintenance::Current],
     filter: &Filter,
 ) -> Markup {
@@ -180,6 +224,7 @@ pub(super) fn runs(
     let chosen = filter.state.as_deref().unwrap_or("");
     let body = html! {
         h1 { "Runs" }
+        @if let (Some(yours), Some(person)) = (yours, &viewer.person) { (needs_you(&person.name, yours)) }
         (maintenance_banner(under))
         form.filter method="get" action="/" {
             label { "State"
@@ -195,7 +240,7 @@ pub(super) fn runs(
         @if rows.is_empty() {
             p { "No run matches." }
         } @else {
-            table {
+            div.scroll { table {
                 thead { tr {
                     th { "Run" } th { "Target" } th { "Owner" } th { "Reviewer" } th { "Risk" }
                     th { "State" } th { "Progress" } th.num { "Rows written" } th { "Started" }
@@ -212,28 +257,27 @@ pub(super) fn runs(
                             td { (progress(r.applied, r.batches)) }
                             td.num { (r.rows_written) }
                             td { (when(r.started)) }
-                            td { @if let Some(eta) = r.eta_seconds { (duration(eta)) } }
+                            td.nowrap { @if let Some(eta) = r.eta_seconds { (duration(eta)) } }
                             td.num { (r.accepted_breaches) }
-                            td { (r.holds) }
+                            td { (code_spans(&r.holds)) }
                         }
                     }
                 }
-            }
+            } }
         }
     };
     layout("Runs", Some(viewer), &body)
 }
 
 pub(super) fn run(viewer: &Viewer, view: &RunView) -> Markup {
-    let run = &view.run;
+    let run = &view.live.run;
     let brief = &run.brief;
-    let s = &view.status;
     let changing = !matches!(
         run.state,
         RunState::CutOver | RunState::RolledBack | RunState::Cancelled | RunState::Done
     );
     let body = html! {
-        h1 { (brief.meta.name) " " span class=(format!("badge s-{}", run.state.as_str())) { (run.state.as_str()) } }
+        h1 { (brief.meta.name) }
         @if view.under_maintenance {
             div.banner { strong { "Under maintenance: " } code { (brief.scope.target.to_string()) } " is being rewritten by this run." }
         }
@@ -254,9 +298,7 @@ pub(super) fn run(viewer: &Viewer, view: &RunView) -> Markup {
             dt { "Rollback plan" } dd { (brief.rollback.plan) " (copies kept " (brief.rollback.retain_days) " days)" }
             dt { "Started" } dd { (when(run.created_at)) " by " (run.operator) " (" (run.code_version) ")" }
         }
-        div #live { (live(s, &view.grid)) }
-        h2 { "Actions" }
-        (actions(viewer, view))
+        div #live data-live=[changing.then(|| format!("/runs/{}/live", run.run_id))] { (live(viewer, &view.live)) }
         @if !brief.validation.metrics.is_empty() {
             h2 { "Metrics, before and after" }
             p { "Summed over the applied batches, per group." }
@@ -286,17 +328,7 @@ pub(super) fn run(viewer: &Viewer, view: &RunView) -> Markup {
                 }
             }
         }
-        h2 { "Validation" }
-        @if view.checks.is_empty() {
-            p { "Not validated yet." }
-        } @else {
-            table {
-                thead { tr { th { "Check" } th { "Result" } th { "Summary" } th { "When" } } }
-                tbody { @for (name, passed, summary, at) in &view.checks {
-                    tr { td { (name) } td { @if *passed { "passed" } @else { span.fail { "failed" } } } td { (summary) } td { (when(*at)) } }
-                } }
-            }
-        }
+        @if !deciding_on_validation(run.state) { (checklist(&view.live.checks)) }
         h2 { "Source" }
         pre { code { (highlight(&brief.scope.source)) } }
         details {
@@ -306,15 +338,14 @@ pub(super) fn run(viewer: &Viewer, view: &RunView) -> Markup {
         h2 { "Run log" }
         p { "Newest first; each applied batch's entry is in the grid above."
             @if view.log.1 > 0 { " " (view.log.1) " more entries, applied batches among them, are in " code { "backfill.run_log" } "." } }
-        table.log {
+        div.scroll { table.log {
             thead { tr { th { "When" } th { "Who" } th { "What" } th.num { "Batch" } th { "Detail" } } }
             tbody { @for e in &view.log.0 {
                 tr { td { (when(e.at)) } td { (e.actor) } td { (e.event) }
                      td.num { @if let Some(b) = e.batch_no { (b) } }
                      td { @if !e.detail.is_null() { code { (e.detail.to_string()) } } } }
             } }
-        }
-        @if changing { script src="/static/live.js" {} }
+        } }
     };
     layout(&brief.meta.name, Some(viewer), &body)
 }
@@ -338,33 +369,29 @@ fn who(v: &Viewer) -> Markup {
 
 /// The actions the viewer may take on the run in its state, each a form that
 /// posts with their CSRF token.
-fn actions(viewer: &Viewer, view: &RunView) -> Markup {
-    let state = view.run.state;
+fn actions(viewer: &Viewer, live: &Live) -> Markup {
+    let state = live.run.state;
     // Approving waits for a validation that passed (or whose failures the
-    // reviewer accepted); until then the run awaits its validation.
+    // reviewer accepted): until then the run awaits its validation.
+    let approvable = live
+        .row
+        .awaiting
+        .as_ref()
+        .is_some_and(|a| a.step == Step::Approve);
     let fitting: Vec<Action> = Action::ALL
         .into_iter()
-        .filter(|a| a.fits(state) && (*a != Action::Approve || view.validated == Some(true)))
+        .filter(|a| a.fits(state) && (*a != Action::Approve || approvable))
         .collect();
-    let reviewer = &view.run.brief.meta.reviewer;
-    let owner = &view.run.brief.meta.owner;
     html! {
-        @if state == RunState::Applied {
-            p.holds { @match view.validated {
-                None => { "Awaiting validation by " (owner) " or " (reviewer) "." }
-                Some(false) => { "The latest validation failed: fix the run, or " (reviewer) " accepts the failed checks (backfill validate --accept)." }
-                Some(true) => { "Awaiting " (reviewer) "'s approval." }
-            } }
-        }
         @if fitting.is_empty() {
             p { "Nothing to do in state " (state.as_str()) "." }
         } @else if let Some(person) = &viewer.person {
-            @let allowed: Vec<&Action> = fitting.iter().filter(|a| a.refusal(person, &view.run.brief).is_none()).collect();
+            @let allowed: Vec<&Action> = fitting.iter().filter(|a| a.refusal(person, &live.run.brief).is_none()).collect();
             @if allowed.is_empty() {
                 p { (person.name) " may not act on this run in state " (state.as_str()) "." }
             }
             @for action in allowed {
-                form.act method="post" action=(format!("/runs/{}/actions/{}", view.run.run_id, action.as_str())) {
+                form.act method="post" action=(format!("/runs/{}/actions/{}", live.run.run_id, action.as_str())) {
                     input type="hidden" name="csrf" value=(viewer.csrf);
                     @if action.wants_reason(state) {
                         input name="reason" required placeholder="why the breach is acceptable (recorded with your name)";
@@ -386,6 +413,121 @@ fn actions(viewer: &Viewer, view: &RunView) -> Markup {
     }
 }
 
+/// What the run's state asks, first on its page: the state, the fact behind
+/// it (why it halted, which checks failed), and whose decision it waits for.
+fn decision(viewer: &Viewer, live: &Live) -> Markup {
+    let state = live.run.state;
+    let row = &live.row;
+    let yours = viewer
+        .person
+        .as_ref()
+        .zip(row.awaiting.as_ref())
+        .is_some_and(|(p, a)| a.is_for(&p.name));
+    html! {
+        p.decision {
+            span class=(format!("badge s-{}", state.as_str())) { (state.as_str()) } " "
+            @if let Some(reason) = &live.status.halt_reason { "Halted: " (reason) ". " }
+            @if state == RunState::Applied && !row.open_checks.is_empty() {
+                "The latest validation failed: " (row.open_checks.join(", ")) ". "
+            }
+            @if let Some(a) = &row.awaiting {
+                "Waiting for " strong { (a.who()) } " to " (a.step.words()) "."
+                @if yours { " " span.you { "Your decision." } }
+            } @else {
+                (code_spans(&capitalized(&row.holds))) "."
+            }
+        }
+    }
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
+}
+
+/// Whether the run's decision is taken on its validation, whose checklist
+/// then leads its page.
+fn deciding_on_validation(state: RunState) -> bool {
+    matches!(state, RunState::Applied | RunState::Approved)
+}
+
+/// The latest validation's checks.
+fn checklist(checks: &[(String, bool, String, chrono::DateTime<chrono::Utc>)]) -> Markup {
+    html! {
+        h2 { "Validation" }
+        @if checks.is_empty() {
+            p { "Not validated yet." }
+        } @else {
+            div.scroll { table {
+                thead { tr { th { "Check" } th { "Result" } th { "Summary" } th { "When" } } }
+                tbody { @for (name, passed, summary, at) in checks {
+                    tr { td { (name) } td { @if *passed { "passed" } @else { span.fail { "failed" } } } td { (summary) } td { (when(*at)) } }
+                } }
+            } }
+        }
+    }
+}
+
+/// The canary's figures, for the reviewer who promotes it: its batches, the
+/// pace and the whole run at that pace, the metrics by group, the edge cases.
+fn canary(c: &crate::canary::Figures, zone: Option<&str>) -> Markup {
+    use crate::report::{fmt_num, group_label};
+    let done = c.batches.iter().filter(|b| b.applied).count();
+    html! {
+        h2 { "Canary" }
+        p { (done) " of " (c.batches.len()) " canary batch(es) applied, " (c.rows_written) " rows written"
+            @if let (Some(per), Some(whole)) = (c.seconds_per_batch, c.projected_run_seconds) {
+                "; " (format!("{per:.2}")) " s per batch: the whole run about " (duration(whole.round() as i64)) " at this pace"
+            } "."
+            @if c.auto { " It promotes itself if no limit is breached (canary.auto)." } }
+        div.scroll { table {
+            thead { tr { th.num { "Batch" } th { "Range" @if let Some(zone) = zone { " (" (zone) ")" } } th.num { "Rows written" } th.num { "Seconds" } } }
+            tbody { @for b in &c.batches {
+                tr { td.num { (b.batch_no) } td { code { (b.lo) " .. " (b.hi) } }
+                     @if let Some(secs) = b.seconds { td.num { (b.rows_written) } td.num { (format!("{secs:.2}")) } }
+                     @else { td colspan="2" { "not applied yet" } } }
+            } }
+        } }
+        @if !c.metrics.is_empty() {
+            h3 { "Metrics of the canary batches, by group" }
+            div.scroll { table {
+                thead { tr { th { "Metric" } th { "Group" } th.num { "Before" } th.num { "After" } th.num { "Change" } } }
+                tbody { @for m in &c.metrics {
+                    tr { td { (m.metric) } td { (group_label(&m.group)) } td.num { (fmt_num(m.before)) } td.num { (fmt_num(m.after)) }
+                         td.num { @if let Some(p) = m.delta_pct() { (format!("{p:+.2} %")) } } }
+                } }
+            } }
+        }
+        @if let Some(cases) = c.edge_cases.as_array().filter(|c| !c.is_empty()) {
+            h3 { "Edge cases" }
+            div.scroll { table {
+                thead { tr { th { "Key" } th { "Before the run" } th { "Now" } } }
+                tbody { @for case in cases {
+                    @let text = |v: &serde_json::Value| v.as_str().unwrap_or("(absent)").to_owned();
+                    tr { td { code { (text(&case["key"])) } }
+                         @if case["changed"] == true { td { (text(&case["before"])) } td { (text(&case["now"])) } }
+                         @else { td { "the same" } td { (text(&case["now"])) } } }
+                } }
+            } }
+        }
+    }
+}
+
+fn breaches(s: &Status) -> Markup {
+    html! {
+        h2 { "Breaches" }
+        div.scroll { table {
+            thead { tr { th { "Limit" } th.num { "Batch" } th { "Figures" } th { "Accepted" } } }
+            tbody { @for b in &s.breaches {
+                tr { td { (b.breach.limit) } td.num { (b.breach.batch_no) } td { (b.breach.message) }
+                     td { @if b.accepted { "yes" } @else { span.fail { "no" } } } }
+            } }
+        } }
+    }
+}
+
 pub(super) fn login(viewer: &Viewer, tokens: bool, error: Option<&str>) -> Markup {
     let body = html! {
         h1 { "Log in" }
@@ -404,15 +546,24 @@ pub(super) fn login(viewer: &Viewer, tokens: bool, error: Option<&str>) -> Marku
     layout("Log in", Some(viewer), &body)
 }
 
-/// The part of a run's page that changes while it runs.
-pub(super) fn live(s: &Status, grid: &[Cell]) -> Markup {
+/// The part of a run's page that changes while it runs: the state and the
+/// decision it waits for with its facts (a canary's figures, a halt's
+/// breaches) first, then the actions, the progress and the grid.
+pub(super) fn live(viewer: &Viewer, live: &Live) -> Markup {
+    let s = &live.status;
+    let state = live.run.state;
     let c = &s.batches;
-    let until = s.finished_at.unwrap_or_else(chrono::Utc::now);
-    let minutes = (until - s.created_at).num_seconds().max(1) as f64 / 60.0;
+    let grid = &live.grid;
     let per_batch = grid.first().map_or(1, Cell::batches);
+    let halted = state == RunState::Halted;
     html! {
+        (decision(viewer, live))
+        @if state == RunState::Canary { @if let Some(figures) = &s.canary { (canary(figures, s.bounds_zone)) } }
+        @if halted && !s.breaches.is_empty() { (breaches(s)) }
+        @if deciding_on_validation(state) { (checklist(&live.checks)) }
+        h2 { "Actions" }
+        (actions(viewer, live))
         h2 { "Progress" }
-        @if let Some(reason) = &s.halt_reason { p.fail { "Halted: " (reason) } }
         @if let Some(advice) = &s.no_workers { p.fail { (advice) } }
         @if let Some(since) = s.throttled_since { p { "Throttled by pause_when since " (when(since)) } }
         dl {
@@ -420,7 +571,6 @@ pub(super) fn live(s: &Status, grid: &[Cell]) -> Markup {
                 " — " (c.running) " running, " (c.queued) " queued, " (c.pending) " pending, " (c.failed) " failed" }
             dt { "Rows" } dd { (c.rows.source) " from the source: " (c.rows.inserted) " inserted, "
                 (c.rows.updated) " updated, " (c.rows.deleted) " deleted" }
-            dt { "Throughput" } dd { (format!("{:.1}", c.applied as f64 / minutes)) " batches/min" }
             dt { "ETA" } dd { @match (s.eta_seconds, s.eta_range_seconds) {
                 (Some(eta), Some((lo, hi))) => { (duration(eta)) " (" (duration(lo)) " to " (duration(hi)) ")" }
                 (Some(eta), None) => { (duration(eta)) }
@@ -436,24 +586,15 @@ pub(super) fn live(s: &Status, grid: &[Cell]) -> Markup {
         div.grid role="img" aria-label="batches by state" { @for cell in grid { (grid_cell(cell)) } }
         @if !s.failures.is_empty() {
             h3 { "Failures" }
-            table {
+            div.scroll { table {
                 thead { tr { th.num { "Batch" } th { "Range" @if let Some(zone) = s.bounds_zone { " (" (zone) ")" } } th { "State" } th.num { "Attempts" } th { "Error" } } }
                 tbody { @for f in &s.failures {
                     tr { td.num { (f.batch_no) } td { code { (f.lo) " .. " (f.hi) } } td { (f.state.as_str()) }
                          td.num { (f.attempts) } td { (f.last_error) } }
                 } }
-            }
+            } }
         }
-        @if !s.breaches.is_empty() {
-            h3 { "Breaches" }
-            table {
-                thead { tr { th { "Limit" } th.num { "Batch" } th { "Figures" } th { "Accepted" } } }
-                tbody { @for b in &s.breaches {
-                    tr { td { (b.breach.limit) } td.num { (b.breach.batch_no) } td { (b.breach.message) }
-                         td { @if b.accepted { "yes" } @else { span.fail { "no" } } } }
-                } }
-            }
-        }
+        @if !halted && !s.breaches.is_empty() { (breaches(s)) }
     }
 }
 

@@ -30,7 +30,7 @@ pub async fn cleanup(pool: &PgPool, run_id: Uuid, actor: &str, now: bool) -> Res
     if !now && chrono::Utc::now() < until {
         return Err(CliError::BadInput(format!(
             "run {run_id}'s rollback copies are retained until {} (retain_days = {}); pass --now to drop them earlier",
-            until.format("%Y-%m-%d %H:%M UTC"),
+            backfill_shared::text::minute(until),
             run.brief.rollback.retain_days
         )));
     }

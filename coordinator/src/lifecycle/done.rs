@@ -161,7 +161,7 @@ pub async fn done(
                 detail: if open.is_empty() {
                     format!(
                         "passed on {}{}",
-                        latest.at.format("%Y-%m-%d %H:%M UTC"),
+                        backfill_shared::text::minute(latest.at),
                         if latest.failed.is_empty() {
                             String::new()
                         } else {
@@ -188,7 +188,7 @@ pub async fn done(
         detail: match (cut_over, run.cut_over_at) {
             (true, Some(at)) if refreshed >= refreshes => format!(
                 "cut over {}; {refreshes} refresh step(s) ran",
-                at.format("%Y-%m-%d %H:%M UTC")
+                backfill_shared::text::minute(at)
             ),
             (true, _) => format!(
                 "{refreshed} of {refreshes} refresh steps ran: `backfill cutover {run_id}` runs the rest"

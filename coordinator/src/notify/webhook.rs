@@ -222,8 +222,8 @@ pub fn announcement(
 ) -> (&'static str, Value) {
     let window = format!(
         "{} to {}",
-        a.window_start.format("%Y-%m-%d %H:%M UTC"),
-        a.window_end.format("%Y-%m-%d %H:%M UTC")
+        backfill_shared::text::minute(a.window_start),
+        backfill_shared::text::minute(a.window_end)
     );
     match format {
         Format::CloudEvents => cloud_event(

@@ -66,29 +66,55 @@ fn compact(v: f64) -> String {
     format!("{scaled:.digits$}{suffix}")
 }
 
-/// A grouped bar chart (before, after) of one metric, as inline SVG: a value
-/// axis on the left, each group's change above its bars, its label below.
+/// The font of the charts' text: an SVG shown as an image takes no font from
+/// the page around it.
+const FONT: &str = "system-ui,-apple-system,Segoe UI,Roboto,sans-serif";
+
+/// A grouped bar chart (before, after) of one metric, as inline SVG: its name,
+/// the legend on a line of its own beneath, a value axis on the left, each
+/// group's change above its bars, its label below. With no group yet, a frame
+/// that says so.
 pub(super) fn chart(metric: &str, groups: &[(String, &GroupDelta)]) -> String {
     let max = groups
         .iter()
         .flat_map(|(_, g)| [g.before.abs(), g.after.abs()])
         .fold(0.0_f64, f64::max)
         .max(1e-9);
-    let (bar, gap, height, top, left) = (18.0, 14.0, 220.0, 44.0, 70.0);
+    let (bar, gap, height, top, left) = (18.0, 14.0, 220.0, 60.0, 70.0);
     let width = left + groups.len() as f64 * (2.0 * bar + gap) + 20.0;
-    let width = width.max(260.0);
+    let width = width.max(300.0);
     let base = top + height;
+    // The name, cut to the chart's width (about 8 px a character); whole on hover.
+    let room = ((width - 10.0) / 8.0) as usize;
+    let name: String = if metric.chars().count() > room {
+        metric
+            .chars()
+            .take(room.saturating_sub(1))
+            .chain(['…'])
+            .collect()
+    } else {
+        metric.to_owned()
+    };
+    if groups.is_empty() {
+        return format!(
+            "<svg role=\"img\" aria-label=\"{m}: nothing applied yet\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"70\" viewBox=\"0 0 {width:.0} 70\" font-family=\"{FONT}\">\
+             <title>{m}</title><text x=\"10\" y=\"18\" font-size=\"14\" font-weight=\"bold\">{n}</text>\
+             <text x=\"10\" y=\"46\" font-size=\"12\" fill=\"#57606a\">No batch applied yet: nothing to compare.</text></svg>\n",
+            m = escape(metric),
+            n = escape(&name),
+        );
+    }
     let mut s = format!(
-        "<svg role=\"img\" aria-label=\"{m}: before and after by group\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{h:.0}\" viewBox=\"0 0 {width:.0} {h:.0}\">\
-         <text x=\"{left}\" y=\"18\" font-size=\"14\" font-weight=\"bold\">{m}</text>\
-         <rect x=\"{lx:.0}\" y=\"8\" width=\"10\" height=\"10\" fill=\"#8c959f\"/><text x=\"{lx2:.0}\" y=\"17\" font-size=\"11\">before</text>\
-         <rect x=\"{lx3:.0}\" y=\"8\" width=\"10\" height=\"10\" fill=\"#0969da\"/><text x=\"{lx4:.0}\" y=\"17\" font-size=\"11\">after</text>",
+        "<svg role=\"img\" aria-label=\"{m}: before and after by group\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{h:.0}\" viewBox=\"0 0 {width:.0} {h:.0}\" font-family=\"{FONT}\">\
+         <title>{m}</title><text x=\"10\" y=\"18\" font-size=\"14\" font-weight=\"bold\">{n}</text>\
+         <rect x=\"{left}\" y=\"28\" width=\"10\" height=\"10\" fill=\"#8c959f\"/><text x=\"{lx2:.0}\" y=\"37\" font-size=\"11\">before</text>\
+         <rect x=\"{lx3:.0}\" y=\"28\" width=\"10\" height=\"10\" fill=\"#0969da\"/><text x=\"{lx4:.0}\" y=\"37\" font-size=\"11\">after</text>",
         m = escape(metric),
+        n = escape(&name),
         h = base + 60.0,
-        lx = width - 140.0,
-        lx2 = width - 126.0,
-        lx3 = width - 80.0,
-        lx4 = width - 66.0,
+        lx2 = left + 14.0,
+        lx3 = left + 60.0,
+        lx4 = left + 74.0,
     );
     // The value axis: 0, a quarter, half, three quarters and the largest value.
     for i in 0..=4 {
@@ -196,6 +222,43 @@ mod tests {
         );
         assert_eq!(svg.matches(">-50.0%</text>").count(), 2, "{svg}");
         assert!(svg.contains("m&lt;x&gt;"));
+        assert!(svg.contains(&format!("font-family=\"{FONT}\"")), "{svg}");
+    }
+
+    #[test]
+    fn a_chart_with_nothing_applied_says_so_and_a_long_name_fits() {
+        let empty = chart("revenue", &[]);
+        assert!(empty.contains("No batch applied yet"), "{empty}");
+        assert!(
+            !empty.contains("class=\"tick\""),
+            "no axis of zeros: {empty}"
+        );
+        let g = GroupDelta {
+            metric: "m".into(),
+            group: "1992".into(),
+            before: 1.0,
+            after: 2.0,
+        };
+        let long = "net revenue of every order shipped by air, refunds subtracted, in euros";
+        let svg = chart(long, &[("1992".into(), &g)]);
+        assert!(svg.contains(&format!("<title>{long}</title>")), "{svg}");
+        // The title is cut to the chart's width; the legend sits on a line below it.
+        let width: f64 = svg
+            .split("width=\"")
+            .nth(1)
+            .and_then(|w| w.split('"').next())
+            .and_then(|w| w.parse().ok())
+            .unwrap();
+        let shown = svg
+            .split("font-weight=\"bold\">")
+            .nth(1)
+            .and_then(|t| t.split('<').next())
+            .unwrap();
+        assert!(
+            shown.ends_with('…') && shown.chars().count() as f64 * 8.0 <= width,
+            "{shown} in {width}"
+        );
+        assert!(svg.contains("y=\"37\" font-size=\"11\">before"), "{svg}");
     }
 
     #[test]

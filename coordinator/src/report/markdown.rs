@@ -86,7 +86,7 @@ fn canary_row(c: &crate::canary::Figures, label: impl Fn(&str, &str) -> String) 
         format!("; metrics {}", deltas.join(", "))
     };
     let promoted = match &c.promoted {
-        Some((by, at)) => format!("promoted by {by} at {}", at.format("%Y-%m-%d %H:%M UTC")),
+        Some((by, at)) => format!("promoted by {by} at {}", backfill_shared::text::minute(*at)),
         None if c.waiting_since.is_some() => "waiting for the reviewer to promote".into(),
         None => "not yet applied".into(),
     };
@@ -296,18 +296,16 @@ impl Report {
             s,
             "- Run by {} from {} to {}",
             self.operator,
-            self.started.format("%Y-%m-%d %H:%M UTC"),
-            self.finished.map_or_else(
-                || "(not finished)".into(),
-                |f| f.format("%Y-%m-%d %H:%M UTC").to_string()
-            )
+            backfill_shared::text::minute(self.started),
+            self.finished
+                .map_or_else(|| "(not finished)".into(), backfill_shared::text::minute)
         );
         let _ = writeln!(
             s,
             "- Approved: {}",
             self.approved.as_ref().map_or_else(
                 || "not yet".into(),
-                |(who, at)| format!("by {who} at {}", at.format("%Y-%m-%d %H:%M UTC"))
+                |(who, at)| format!("by {who} at {}", backfill_shared::text::minute(*at))
             )
         );
         let _ = writeln!(s, "\n## Temporary objects\n");

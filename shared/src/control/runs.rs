@@ -790,6 +790,10 @@ pub struct ListFilter {
     pub owner: Option<String>,
     pub since: Option<chrono::DateTime<chrono::Utc>>,
     pub limit: i64,
+    /// One run only.
+    pub run: Option<Uuid>,
+    /// Only runs in one of these states (none: any state).
+    pub states: Vec<RunState>,
 }
 
 /// A run as `backfill list` shows it, with its ledger summed and its latest
@@ -854,6 +858,8 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Listed>> {
             AND ($2::text IS NULL OR r.target = $2)
             AND ($3::text IS NULL OR lower(r.owner) = lower($3))
             AND ($4::timestamptz IS NULL OR r.created_at >= $4)
+            AND ($6::uuid IS NULL OR r.run_id = $6)
+            AND ($7::text[] IS NULL OR r.state = ANY($7))
           ORDER BY r.created_at DESC
           LIMIT $5",
     )
@@ -862,6 +868,11 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Listed>> {
     .bind(filter.owner.as_deref())
     .bind(filter.since)
     .bind(filter.limit)
+    .bind(filter.run)
+    .bind(
+        (!filter.states.is_empty())
+            .then(|| filter.states.iter().map(|s| s.as_str()).collect::<Vec<_>>()),
+    )
     .fetch_all(pool)
     .await?)
 }
