@@ -1,7 +1,7 @@
 // The reviewer's decisions in Debian's Chromium, headless, on a phone-sized
 // screen (390 px): the runs page's "Needs you", the canary page's figures,
 // promoting, the page following the run to its end without a reload (badge
-// and actions), validating, then approving; a cancel asks first.
+// and actions), validating, then approving; a cancel asks first; the change note.
 // Usage: node decide.mjs BASE_URL RUN_ID OUT_DIR TOKEN
 // Prints one JSON object of what each page showed, how wide each page was,
 // whether the page was reloaded while the run finished, and what the browser
@@ -77,6 +77,8 @@ try {
   await post("cancel");
   const cancel = { heading: await page.locator("h1").innerText(), text: await page.locator("main").innerText() };
   await measure("confirm");
+  await page.goto(`${base}/runs/${run}/note`);
+  await measure("note");
 
   console.log(JSON.stringify({ needs, canary, finished, validated, cancel, widths, refused }));
 } finally {

@@ -793,6 +793,31 @@ pub async fn http(
 
 /// The same, with the response's headers too (one `name: value` a line, names
 /// in lower case).
+/// How many bytes the body of a `GET` of `path` takes on the wire (after
+/// any compression and chunking), and the response's status.
+pub async fn wire_size(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, usize) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).await.unwrap();
+    let head_end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(bytes.len(), |p| p + 4);
+    let status = String::from_utf8_lossy(&bytes[..head_end])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, bytes.len() - head_end)
+}
+
 pub async fn http_with_headers(
     addr: &str,
     method: &str,

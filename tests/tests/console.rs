@@ -260,6 +260,19 @@ async fn the_console_shows_a_run_as_the_ledger_has_it_and_its_brief_as_text() {
     assert_eq!(status, 200);
     assert!(note.contains("<svg"), "{note}");
     assert!(!note.contains("<script"), "the note runs no script");
+    // Its style sheet is the console's own: the policy allows no inline style.
+    assert!(
+        note.contains("<link rel=\"stylesheet\" href=\"/static/note.css\">")
+            && !note.contains("<style")
+            && !note.contains(" style="),
+        "{note}"
+    );
+    let (status, sheet) = http_get(&addr, "/static/note.css").await;
+    assert_eq!(status, 200);
+    assert!(
+        sheet.contains("td:first-child{white-space:nowrap}"),
+        "{sheet}"
+    );
     assert_inert(&note, "the change note");
 
     // Unknown runs and pages are 404s that say so; the probes and metrics answer.
@@ -309,6 +322,28 @@ async fn a_large_runs_grid_shares_cells() {
     assert_eq!(page.matches("<i class=\"applied\"").count(), 600);
     assert_eq!(page.matches("<i class=\"pending\"").count(), 1_400);
     assert!(page.contains("One cell per 50 batches"));
+    // On the wire, compressed: the page and its live part each under 60 KB,
+    // and an unchanged live part a 304 with no body (paused, the run has no
+    // ETA that moves with the clock).
+    backfill_coordinator::resume::pause(&env.pool, run_id, "alice")
+        .await
+        .unwrap();
+    let gzip = [("Accept-Encoding", "gzip")];
+    let live = format!("/runs/{run_id}/live");
+    for path in [format!("/runs/{run_id}"), live.clone()] {
+        let (status, bytes) = backfill_tests::wire_size(&addr, &path, &gzip).await;
+        assert_eq!(status, 200);
+        assert!(bytes < 60_000, "{path}: {bytes} bytes on the wire");
+    }
+    let (_, headers, _) = http_with_headers(&addr, "GET", &live, &gzip, "").await;
+    let tag = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .unwrap_or_else(|| panic!("no ETag: {headers}"))
+        .to_owned();
+    let (status, bytes) =
+        backfill_tests::wire_size(&addr, &live, &[("If-None-Match", &tag), gzip[0]]).await;
+    assert_eq!((status, bytes), (304, 0));
     env.cleanup().await;
 }
 

@@ -106,8 +106,18 @@ pub fn router(pool: PgPool, config: Config, auth: Auth) -> Router {
         .merge(guarded)
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
-        .route("/static/live.js", get(live_script))
-        .route("/static/console.css", get(style_sheet))
+        .route(
+            "/static/live.js",
+            get(async || static_file("text/javascript; charset=utf-8", pages::LIVE_SCRIPT)),
+        )
+        .route(
+            "/static/console.css",
+            get(async || static_file(CSS, pages::STYLE_SHEET.as_str())),
+        )
+        .route(
+            "/static/note.css",
+            get(async || static_file(CSS, report::STYLE_SHEET)),
+        )
         .with_state(app)
         .merge(backfill_shared::metrics::router(Arc::new(registry), ready))
         .fallback(|| async { Failure::not_found("no such page: the runs are at /".into()) })
@@ -155,31 +165,20 @@ async fn secured(
     response
 }
 
-/// The script that keeps a running run's page current, served from the
-/// console itself so the Content-Security-Policy allows no inline script.
-async fn live_script() -> Response {
+/// A script or style sheet of the console's own: served from the console so
+/// the Content-Security-Policy allows no inline script or style.
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        pages::LIVE_SCRIPT,
+        body,
     )
         .into_response()
 }
 
-/// The console's style sheet, served from the console itself so the
-/// Content-Security-Policy allows no inline style.
-async fn style_sheet() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        pages::STYLE_SHEET.as_str(),
-    )
-        .into_response()
-}
+const CSS: &str = "text/css; charset=utf-8";
 
 /// Binds `addr` and serves the console until the process ends; returns the
 /// bound address (useful with port 0).
@@ -554,7 +553,10 @@ async fn change_note(
     Path(run): Path<String>,
 ) -> Result<Html<String>, Failure> {
     let run_id = resolve(&app.pool, &run).await?;
-    Ok(Html(report::gather(&app.pool, run_id).await?.html()))
+    let note = report::gather(&app.pool, run_id).await?;
+    Ok(Html(
+        note.html_styled(report::Styles::Linked("/static/note.css")),
+    ))
 }
 
 /// The `n`-th metric's before/after chart, as an SVG image (the run page shows

@@ -8,9 +8,27 @@ use crate::validate::GroupDelta;
 use pulldown_cmark::{Event, Options, Parser};
 use std::fmt::Write as _;
 
+/// Where the page's style sheet is.
+#[derive(Debug, Clone, Copy)]
+pub enum Styles<'a> {
+    /// In the page: a file that reads the same without a server.
+    Inline,
+    /// At a URL: a page served under a Content-Security-Policy that allows no
+    /// inline style (the console's `/static/note.css`).
+    Linked(&'a str),
+}
+
 impl Report {
+    /// The report as a page of its own, its style sheet in it.
     #[must_use]
     pub fn html(&self) -> String {
+        self.html_styled(Styles::Inline)
+    }
+
+    /// The report as a page with its style sheet where `styles` says; no
+    /// element carries a style of its own (table columns align by class).
+    #[must_use]
+    pub fn html_styled(&self, styles: Styles<'_>) -> String {
         let body = markdown_to_html(&self.markdown());
         let charts: String = self
             .metric_names()
@@ -27,17 +45,25 @@ impl Report {
             .collect();
         let marker = "<h2>What changed</h2>";
         let body = body.replacen(marker, &format!("{marker}\n{charts}"), 1);
+        let style = match styles {
+            Styles::Inline => format!("<style>{STYLE_SHEET}</style>"),
+            Styles::Linked(href) => format!("<link rel=\"stylesheet\" href=\"{}\">", escape(href)),
+        };
         format!(
-            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Backfill report: {}</title>\n<style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n",
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <title>Backfill report: {}</title>\n{style}</head>\n<body>\n{body}\n</body></html>\n",
             escape(&self.name)
         )
     }
 }
 
-const CSS: &str = "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1b1f24}\
+/// The report page's style sheet.
+pub const STYLE_SHEET: &str = "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1b1f24}\
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #d0d7de;padding:.3rem .6rem;vertical-align:top}\
 th{background:#f6f8fa}code{background:#f6f8fa;padding:0 .2rem}.fail{color:#b42318;font-weight:bold}\
-td,li,p{overflow-wrap:anywhere}svg{display:block;margin:1rem 0;max-width:100%;height:auto}";
+td,li,p{overflow-wrap:break-word}td:first-child{white-space:nowrap}table{display:block;max-width:100%;overflow-x:auto}\
+svg{display:block;margin:1rem 0;max-width:100%;height:auto}.left{text-align:left}.center{text-align:center}.right{text-align:right}";
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -181,6 +207,13 @@ fn markdown_to_html(md: &str) -> String {
     });
     let mut html = String::new();
     pulldown_cmark::html::push_html(&mut html, events);
+    // A table column's alignment as a class, not a style attribute.
+    for side in ["left", "center", "right"] {
+        html = html.replace(
+            &format!(" style=\"text-align: {side}\">"),
+            &format!(" class=\"{side}\">"),
+        );
+    }
     html.replace("<strong>FAIL</strong>", "<span class=\"fail\">FAIL</span>")
 }
 

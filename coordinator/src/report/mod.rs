@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 mod html;
+pub use html::{STYLE_SHEET, Styles};
 mod markdown;
 
 pub(crate) use markdown::{fmt_num, group_label};
