@@ -215,7 +215,18 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Row>> {
             let risk = Brief::parse(&r.brief)
                 .map(|b| b.meta.risk.as_str().to_owned())
                 .unwrap_or_default();
-            let eta_seconds = (r.state == RunState::Running.as_str())
+            // The ETA `status` gives: none while the run is not moving.
+            let moving = RunState::parse(&r.state).is_some_and(|state| {
+                crate::status::withheld(
+                    state,
+                    r.finished_at.is_some(),
+                    r.no_workers,
+                    r.throttled_since,
+                    &r.reviewer,
+                )
+                .is_none()
+            });
+            let eta_seconds = (moving && r.finished_at.is_none())
                 .then(|| {
                     let worked = runs::working_time(
                         r.created_at,
@@ -310,6 +321,9 @@ fn holds(r: &Listed) -> String {
     match state {
         Some(RunState::Running) if r.failed > 0 => {
             format!("{} batch(es) failed: `backfill status {short}`", r.failed)
+        }
+        Some(RunState::Running) if r.no_workers => {
+            "no worker is taking its batches: start one with `backfill-worker`".into()
         }
         Some(RunState::Running) => r.throttled_since.map_or_else(
             || "applying batches".into(),

@@ -101,6 +101,32 @@ pub fn estimate(
     (Some(eta), range)
 }
 
+/// Why a run that is not finished has no ETA: it is not moving (halted,
+/// paused, at its canary, held by the load guard, no worker taking its
+/// batches); `None` for a run that moves, or is finished. `status`, `list`,
+/// the console and the API all ask this.
+#[must_use]
+pub fn withheld(
+    state: runs::RunState,
+    finished: bool,
+    no_workers: bool,
+    throttled_since: Option<chrono::DateTime<chrono::Utc>>,
+    reviewer: &str,
+) -> Option<String> {
+    if finished {
+        return None;
+    }
+    match state {
+        runs::RunState::Running if no_workers => Some("no worker is taking its batches".to_owned()),
+        runs::RunState::Running => throttled_since
+            .map(|since| format!("held by pause_when since {}", since.format("%H:%M:%S UTC"))),
+        runs::RunState::Canary => Some(format!(
+            "waiting at its canary for {reviewer} to promote it"
+        )),
+        other => Some(format!("{other}")),
+    }
+}
+
 pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
     let run = runs::load(pool, run_id).await?;
     let counts = batches::counts(pool, run_id).await?;
@@ -124,23 +150,13 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
     } else {
         None
     };
-    // No ETA for a run that is not moving: say why instead.
-    let eta_withheld = if run.finished_at.is_some() {
-        None
-    } else {
-        match run.state {
-            runs::RunState::Running if no_workers.is_some() => {
-                Some("no worker is taking its batches".to_owned())
-            }
-            runs::RunState::Running => throttled_since
-                .map(|since| format!("held by pause_when since {}", since.format("%H:%M:%S UTC"))),
-            runs::RunState::Canary => Some(format!(
-                "waiting at its canary for {} to promote it",
-                run.brief.meta.reviewer
-            )),
-            other => Some(format!("{other}")),
-        }
-    };
+    let eta_withheld = withheld(
+        run.state,
+        run.finished_at.is_some(),
+        no_workers.is_some(),
+        throttled_since,
+        &run.brief.meta.reviewer,
+    );
     let (eta_seconds, eta_range_seconds) = if run.finished_at.is_none() && eta_withheld.is_none() {
         estimate(
             worked,
@@ -337,6 +353,27 @@ mod tests {
             }
             if eta.is_none() {
                 proptest::prop_assert!(range.is_none());
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Only a running run that moves has an ETA: any other state, a
+        /// finished run, no worker or the load guard withholds it, saying why.
+        #[test]
+        fn only_a_moving_run_has_an_eta(
+            state in proptest::sample::select(backfill_shared::control::runs::RunState::ALL.to_vec()),
+            finished: bool,
+            no_workers: bool,
+            throttled: bool,
+        ) {
+            use backfill_shared::control::runs::RunState;
+            let since = throttled.then(chrono::Utc::now);
+            let why = super::withheld(state, finished, no_workers, since, "bob");
+            let moving = state == RunState::Running && !no_workers && !throttled;
+            proptest::prop_assert_eq!(why.is_none(), finished || moving, "{:?}", why);
+            if state == RunState::Canary && !finished {
+                proptest::prop_assert!(why.unwrap_or_default().contains("bob"));
             }
         }
     }

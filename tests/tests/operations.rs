@@ -360,7 +360,7 @@ async fn workers_take_the_run_state_from_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_without_workers_says_so_once_and_when_they_come() {
     let env = TestEnv::new(0.01).await;
-    let (run_id, ..) = env.record_run(&env.brief(6, 2).await).await;
+    let (run_id, ..) = env.record_run(&env.slow_brief(8, 1, 0.3).await).await;
     let driver = env.drive_with(
         run_id,
         DriveOptions {
@@ -368,6 +368,20 @@ async fn a_run_without_workers_says_so_once_and_when_they_come() {
             ..quick()
         },
     );
+    // A worker applies a batch, so the run has a pace, and leaves: only the
+    // missing workers then keep it from an ETA.
+    let first = env.workers(1).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while backfill_shared::control::batches::counts(&env.pool, run_id)
+        .await
+        .unwrap()
+        .applied
+        == 0
+    {
+        assert!(Instant::now() < deadline, "no batch was applied");
+        sleep(Duration::from_millis(50)).await;
+    }
+    first.stop().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while env.logged(run_id, "no_workers").await == 0 {
         assert!(
@@ -385,6 +399,21 @@ async fn a_run_without_workers_says_so_once_and_when_they_come() {
         "{warning}"
     );
     assert!(status.render().contains("WARNING:  no backfill-worker"));
+    // No ETA while nothing moves, in status and list alike, and why.
+    assert_eq!(status.eta_seconds, None);
+    assert_eq!(
+        status.eta_withheld.as_deref(),
+        Some("no worker is taking its batches")
+    );
+    let row = backfill_coordinator::list::row(&env.pool, run_id)
+        .await
+        .unwrap();
+    assert!(row.applied > 0, "{row:?}");
+    assert_eq!(row.eta_seconds, None, "{row:?}");
+    assert!(
+        row.holds.starts_with("no worker is taking its batches"),
+        "{row:?}"
+    );
     // Said once, however long it lasts.
     sleep(Duration::from_secs(2)).await;
     assert_eq!(env.logged(run_id, "no_workers").await, 1);

@@ -827,6 +827,8 @@ pub struct Listed {
     pub accepted_breaches: i64,
     pub canary_at: Option<chrono::DateTime<chrono::Utc>>,
     pub promoted_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The driving coordinator's latest word: no worker takes the batches.
+    pub no_workers: bool,
 }
 
 /// Runs newest first, as `filter` narrows them.
@@ -844,7 +846,12 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Listed>> {
                 (SELECT count(DISTINCT l) FROM backfill.run_log g,
                         jsonb_array_elements_text(g.detail->'limits') l
                   WHERE g.run_id = r.run_id AND g.event = 'breach_accepted') AS accepted_breaches,
-                r.canary_at, r.promoted_at
+                r.canary_at, r.promoted_at,
+                CASE WHEN r.state = 'running' THEN
+                     coalesce((SELECT g.event = 'no_workers' FROM backfill.run_log g
+                                WHERE g.run_id = r.run_id AND g.event IN ('no_workers', 'workers_back')
+                                ORDER BY g.id DESC LIMIT 1), false)
+                     ELSE false END AS no_workers
            FROM backfill.runs r
            CROSS JOIN LATERAL (
                 SELECT coalesce(sum(t.batches) FILTER (WHERE t.state = 'applied'), 0)::bigint AS applied,
