@@ -228,12 +228,8 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Row>> {
             });
             let eta_seconds = (moving && r.finished_at.is_none())
                 .then(|| {
-                    let worked = runs::working_time(
-                        r.created_at,
-                        r.canary_at,
-                        r.promoted_at,
-                        chrono::Utc::now(),
-                    );
+                    let worked =
+                        runs::active_time(r.active_ms, r.running_since, chrono::Utc::now());
                     crate::status::eta(worked, r.applied, i64::from(r.batch_count) - r.applied)
                 })
                 .flatten();

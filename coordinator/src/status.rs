@@ -139,8 +139,8 @@ pub async fn status(pool: &PgPool, run_id: Uuid) -> Result<Status> {
     .await?;
     let remaining = counts.total() - counts.applied;
     let throttled_since = run.throttled_since;
-    // Time the run worked: a wait at its canary is not its pace.
-    let worked = run.working_time(chrono::Utc::now());
+    // Time the run ran: standing halted, paused or at its canary is not its pace.
+    let worked = run.active_time(chrono::Utc::now());
     // The coordinator's latest word on workers, while the run still needs them.
     let no_workers = if run.state == runs::RunState::Running {
         log::latest_of(pool, run_id, &["no_workers", "workers_back"])

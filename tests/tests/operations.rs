@@ -428,3 +428,67 @@ async fn a_run_without_workers_says_so_once_and_when_they_come() {
     assert_eq!(status.no_workers, None);
     env.cleanup().await;
 }
+
+/// A run's pace counts the time it ran, not the time it stood paused or
+/// halted: its ETA after a resume is the remaining batches at that pace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_standing_still_is_not_the_runs_pace() {
+    let env = TestEnv::new(0.01).await;
+    let (run_id, ..) = env.record_run(&env.brief(6, 2).await).await;
+    let load = || backfill_shared::control::runs::load(&env.pool, run_id);
+    sqlx::query("UPDATE backfill.batches SET state = 'applied' WHERE run_id = $1 AND batch_no < 2")
+        .bind(run_id)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let later = |hours| chrono::Utc::now() + chrono::Duration::hours(hours);
+    // Paused, then halted: the clock runs on, the run's active time does not.
+    for stop in [RunState::Paused, RunState::Halted] {
+        backfill_shared::control::runs::transition(
+            &env.pool,
+            run_id,
+            &[RunState::Running],
+            stop,
+            "alice",
+            Some("standing still"),
+        )
+        .await
+        .unwrap();
+        let stopped = load().await.unwrap();
+        assert_eq!(stopped.running_since, None);
+        assert_eq!(stopped.active_time(later(1)), stopped.active_time(later(5)));
+        sleep(Duration::from_secs(2)).await;
+        resume::resume(&env.pool, run_id, "alice", Some("on again"))
+            .await
+            .unwrap();
+        let resumed = load().await.unwrap();
+        assert_eq!(resumed.active_ms, stopped.active_ms, "{stop}");
+        assert!(resumed.running_since.is_some());
+    }
+    // Four seconds stood still: the active time is that much less than the
+    // time since the run started, and the ETA is the remaining four batches
+    // at the active pace, in status and list alike.
+    let status = backfill_coordinator::status::status(&env.pool, run_id)
+        .await
+        .unwrap();
+    let listed = backfill_coordinator::list::row(&env.pool, run_id)
+        .await
+        .unwrap();
+    let run = load().await.unwrap();
+    let now = chrono::Utc::now();
+    let active = run.active_time(now);
+    assert!(
+        (now - run.created_at) - active >= chrono::Duration::seconds(4),
+        "active {active} of {}",
+        now - run.created_at
+    );
+    let at_pace = active.num_seconds().max(1) * 4 / 2;
+    for eta in [status.eta_seconds, listed.eta_seconds] {
+        let eta = eta.expect("a running run with a pace has an ETA");
+        assert!(
+            eta <= at_pace,
+            "ETA {eta} s, {at_pace} s at the active pace"
+        );
+    }
+    env.cleanup().await;
+}

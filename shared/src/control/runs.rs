@@ -138,6 +138,11 @@ pub struct Run {
     pub code_version: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Milliseconds the run spent running before its current stretch
+    /// (migration 0018 keeps it).
+    pub active_ms: i64,
+    /// Since when it runs, while it does.
+    pub running_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What `backfill run` records before publishing anything.
@@ -306,12 +311,14 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
         code_version: String,
         created_at: chrono::DateTime<chrono::Utc>,
         finished_at: Option<chrono::DateTime<chrono::Utc>>,
+        active_ms: i64,
+        running_since: Option<chrono::DateTime<chrono::Utc>>,
     }
     let row: Option<Row> = sqlx::query_as(
         "SELECT brief, brief_hash, state, batch_count, bound_kind, image_table, side_table, old_table,
                 halt_reason, approved_by, approved_at, approved_validation, cut_over_at, rolled_back_at, cleaned_at,
                 done_at, fingerprints, params, throttled_since, canary_batches, canary_at, promoted_by, promoted_at,
-                operator, code_version, created_at, finished_at
+                operator, code_version, created_at, finished_at, active_ms, running_since
          FROM backfill.runs WHERE run_id = $1",
     )
     .bind(run_id)
@@ -357,6 +364,8 @@ pub async fn load(pool: &PgPool, run_id: Uuid) -> Result<Run> {
         promoted_at: row.promoted_at,
         operator: row.operator,
         code_version: row.code_version,
+        active_ms: row.active_ms,
+        running_since: row.running_since,
         created_at: row.created_at,
         finished_at: row.finished_at,
     })
@@ -557,6 +566,13 @@ impl Run {
             .map(|at| at + chrono::Duration::days(i64::from(self.brief.rollback.retain_days)))
     }
 
+    /// The time the run spent running, up to `now`: its pace and ETA leave
+    /// out the time it stood halted, paused or at its canary.
+    #[must_use]
+    pub fn active_time(&self, now: chrono::DateTime<chrono::Utc>) -> chrono::Duration {
+        active_time(self.active_ms, self.running_since, now)
+    }
+
     /// The time since the run started that it worked: the canary's wait left out.
     #[must_use]
     pub fn working_time(&self, until: chrono::DateTime<chrono::Utc>) -> chrono::Duration {
@@ -573,9 +589,17 @@ fn canary_wait(canary_at: Option<Time>, promoted_at: Option<Time>, now: Time) ->
     })
 }
 
-/// See [`Run::working_time`]; for a run known by its times only.
+/// See [`Run::active_time`]; for a run known by its figures only.
 #[must_use]
-pub fn working_time(
+pub fn active_time(active_ms: i64, running_since: Option<Time>, now: Time) -> chrono::Duration {
+    chrono::Duration::milliseconds(active_ms)
+        + running_since.map_or_else(chrono::Duration::zero, |since| {
+            (now - since).max(chrono::Duration::zero())
+        })
+}
+
+/// See [`Run::working_time`].
+fn working_time(
     created_at: Time,
     canary_at: Option<Time>,
     promoted_at: Option<Time>,
@@ -829,6 +853,8 @@ pub struct Listed {
     pub promoted_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The driving coordinator's latest word: no worker takes the batches.
     pub no_workers: bool,
+    pub active_ms: i64,
+    pub running_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Runs newest first, as `filter` narrows them.
@@ -851,7 +877,8 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Listed>> {
                      coalesce((SELECT g.event = 'no_workers' FROM backfill.run_log g
                                 WHERE g.run_id = r.run_id AND g.event IN ('no_workers', 'workers_back')
                                 ORDER BY g.id DESC LIMIT 1), false)
-                     ELSE false END AS no_workers
+                     ELSE false END AS no_workers,
+                r.active_ms, r.running_since
            FROM backfill.runs r
            CROSS JOIN LATERAL (
                 SELECT coalesce(sum(t.batches) FILTER (WHERE t.state = 'applied'), 0)::bigint AS applied,
