@@ -216,12 +216,25 @@ async fn every_step_of_a_runs_life_reaches_openlineage_and_the_webhooks() {
         84
     );
     assert!(complete["run"]["facets"].get("errorMessage").is_none());
-    for child in &lineage[2..] {
+    // A merge's cutover moves no data and reads nothing; its rollback reads
+    // the before-images it restores from.
+    let images: String =
+        sqlx::query_scalar("SELECT image_table FROM backfill.runs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    for (i, child) in lineage[2..].iter().enumerate() {
         let parent = &child["run"]["facets"]["parent"];
         assert_eq!(parent["run"]["runId"], start["run"]["runId"]);
         assert_eq!(parent["job"]["name"], "ship-revenue");
         assert_ne!(child["run"]["runId"], start["run"]["runId"]);
-        assert_eq!(child["inputs"], serde_json::json!([]));
+        let read = if i < 2 {
+            vec![]
+        } else {
+            vec![format!("{db}.{images}")]
+        };
+        assert_eq!(names(child, "inputs"), read, "{child}");
     }
     assert_eq!(lineage[2]["run"]["runId"], lineage[3]["run"]["runId"]);
     assert_ne!(lineage[2]["run"]["runId"], lineage[4]["run"]["runId"]);
@@ -288,8 +301,144 @@ async fn every_step_of_a_runs_life_reaches_openlineage_and_the_webhooks() {
     assert_eq!(hooks[1]["data"]["error"], reason.as_str());
     assert_eq!(hooks[2]["data"]["state"], "cancelled");
 
+    // A staging-swap run: its batches write the built table from the
+    // sources; its cutover reads the built table and those sources and
+    // writes the target, so the target shows its sources upstream; its
+    // rollback reads the old table it swaps back.
+    let text = env
+        .brief(6, 2)
+        .await
+        .replace("strategy = \"merge\"", "strategy = \"staging-swap\"");
+    let (swap, ..) = env.record_run(&text).await;
+    assert_eq!(env.run_to_end(swap, 2).await, Finish::Applied);
+    env.validate_and_approve(swap).await;
+    let built = backfill_shared::control::runs::load(&env.pool, swap)
+        .await
+        .unwrap()
+        .side_table
+        .expect("a staging-swap run builds a side table");
+    cutover::cutover(&env.pool, swap, "alice", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let old = backfill_shared::control::runs::load(&env.pool, swap)
+        .await
+        .unwrap()
+        .old_table
+        .expect("a swap keeps the old table");
+    rollback::rollback(
+        &env.pool,
+        swap,
+        "alice",
+        rollback::RollbackOptions::default(),
+    )
+    .await
+    .unwrap();
+    let taken = receiver
+        .until("the swap's life", |t| split(t, swap).0.len() >= 6)
+        .await;
+    let (lineage, _) = split(&taken, swap);
+    let job = |name: &str| {
+        lineage
+            .iter()
+            .find(|e| e["job"]["name"] == name && e["eventType"] == "START")
+            .unwrap_or_else(|| panic!("no START of {name}: {lineage:#?}"))
+    };
+    let sources = [format!("{db}.tpch.lineitem"), format!("{db}.tpch.orders")];
+    let built = format!("{db}.{built}");
+    let target = format!("{db}.tpch.order_revenue");
+    let run = job("order-revenue-refunds");
+    assert_eq!(names(run, "outputs"), std::slice::from_ref(&built));
+    let mut read = names(run, "inputs");
+    read.sort();
+    assert_eq!(read, sources);
+    let cut = job("order-revenue-refunds.cutover");
+    assert_eq!(names(cut, "outputs"), std::slice::from_ref(&target));
+    let mut read = names(cut, "inputs");
+    read.sort();
+    let mut expected = vec![built];
+    expected.extend(sources);
+    expected.sort();
+    assert_eq!(read, expected, "{cut}");
+    let back = job("order-revenue-refunds.rollback");
+    assert_eq!(names(back, "inputs"), [format!("{db}.{old}")], "{back}");
+    assert_eq!(names(back, "outputs"), [target]);
+
+    // Every event of the three lives (a whole one, a halt and a cancel, a
+    // swap's), as OpenLineage's published 2-0-2 schema and its facets'
+    // schemas have them; one START and at most one terminal event per runId.
+    let all: Vec<Value> = receiver
+        .until("the same", |_| true)
+        .await
+        .into_iter()
+        .filter(|r| r.path == "/api/v1/lineage")
+        .map(|r| r.body)
+        .collect();
+    let checked = conforms_to_openlineage(&all).await;
+    assert_eq!(checked["errors"], serde_json::json!([]), "{checked:#}");
+    assert_eq!(checked["events"], all.len());
+    assert!(
+        checked["facets"].as_u64() > Some(5 * all.len() as u64),
+        "{checked}"
+    );
+    let mut by_run: HashMap<String, Vec<String>> = HashMap::new();
+    for e in &all {
+        by_run
+            .entry(e["run"]["runId"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e["eventType"].as_str().unwrap().to_owned());
+    }
+    for (run, kinds) in &by_run {
+        let count = |k: &[&str]| kinds.iter().filter(|t| k.contains(&t.as_str())).count();
+        assert_eq!(count(&["START"]), 1, "{run}: {kinds:?}");
+        assert!(
+            count(&["COMPLETE", "FAIL", "ABORT"]) <= 1,
+            "{run}: {kinds:?}"
+        );
+        assert_eq!(
+            kinds.first().map(String::as_str),
+            Some("START"),
+            "{run}: {kinds:?}"
+        );
+    }
+
     notifier.shutdown().await;
     env.cleanup().await;
+}
+
+/// What tests/openlineage/validate.py says of `events`: checked against
+/// the vendored OpenLineage schemas with `jsonschema` (tests/dbt/.venv).
+async fn conforms_to_openlineage(events: &[Value]) -> Value {
+    use tokio::io::AsyncWriteExt as _;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = tokio::process::Command::new(root.join("dbt/.venv/bin/python"))
+        .arg(root.join("openlineage/validate.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tests/dbt/.venv is needed: bash deploy/install-test-tools.sh");
+    let mut stdin = child.stdin.take().unwrap();
+    for e in events {
+        stdin.write_all(format!("{e}\n").as_bytes()).await.unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The names of an OpenLineage event's `inputs` or `outputs`.
+fn names(event: &Value, side: &str) -> Vec<String> {
+    event[side]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

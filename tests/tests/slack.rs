@@ -16,9 +16,11 @@ async fn every_message_of_a_runs_life_is_one_slack_takes() {
     let env = TestEnv::new(0.01).await;
     let slack = Receiver::slack().await;
     let bus = Receiver::start().await;
+    // A third endpoint takes only the decisions that change what readers see.
+    let decisions = Receiver::start().await;
     let hooks = format!(
-        "slack={}/services/T0/B0/SeCrEt0123,cloudevents={}/events",
-        slack.url, bus.url
+        "slack={}/services/T0/B0/SeCrEt0123,cloudevents={}/events,cloudevents:cut_over+rolled_back={}/decisions",
+        slack.url, bus.url, decisions.url
     );
     // As long as a brief's reason may be, past Slack's 3,000 per section.
     let most = backfill_shared::brief::limits::chars("brief.reason");
@@ -130,6 +132,18 @@ async fn every_message_of_a_runs_life_is_one_slack_takes() {
             .iter()
             .map(|e| &e.content_type)
             .collect::<Vec<_>>()
+    );
+    // The filtered endpoint heard the cutover and the rollback, and nothing
+    // else (each CLI command delivered what it sent before it exited).
+    let heard = decisions.until("the two decisions", |t| t.len() >= 2).await;
+    let types: Vec<String> = heard
+        .iter()
+        .map(|e| e.body["type"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        ["dev.backfill.run.cut_over", "dev.backfill.run.rolled_back"],
+        "{heard:#?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
     env.cleanup().await;

@@ -217,12 +217,34 @@ pub fn event(facts: &Facts<'_>, namespace: &str, warehouse: &Warehouse) -> Optio
         None => run.side_table.clone().unwrap_or_else(|| target.clone()),
         Some(_) => target.clone(),
     };
-    let inputs: Vec<Value> = run
+    let sources = run
         .fingerprints
         .keys()
-        .filter(|t| **t != target && Some(*t) != run.side_table.as_ref())
-        .map(|t| warehouse.dataset(t))
-        .collect();
+        .filter(|t| **t != target && Some(*t) != run.side_table.as_ref());
+    // What each job reads: the batches the sources; a cutover that swaps in
+    // the built table that table and the sources it was built from, so the
+    // target shows its sources upstream; a rollback the copy it restores
+    // from. A cutover of a live target moves no data and reads nothing.
+    let inputs: Vec<Value> = match kind {
+        None => sources.map(|t| warehouse.dataset(t)).collect(),
+        Some("cutover") => run
+            .side_table
+            .iter()
+            .map(|side| warehouse.dataset(side))
+            .chain(
+                sources
+                    .filter(|_| run.side_table.is_some())
+                    .map(|t| warehouse.dataset(t)),
+            )
+            .collect(),
+        Some(_) => run
+            .old_table
+            .as_ref()
+            .or(run.image_table.as_ref())
+            .map(|copy| warehouse.dataset(copy))
+            .into_iter()
+            .collect(),
+    };
     Some(json!({
         "eventType": event_type,
         "eventTime": facts.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -230,7 +252,7 @@ pub fn event(facts: &Facts<'_>, namespace: &str, warehouse: &Warehouse) -> Optio
         "schemaURL": SCHEMA,
         "run": { "runId": run_id, "facets": run_facets },
         "job": { "namespace": namespace, "name": job_name, "facets": job_facets },
-        "inputs": if kind.is_none() { inputs } else { Vec::new() },
+        "inputs": inputs,
         "outputs": [warehouse.dataset(&written)],
     }))
 }

@@ -46,10 +46,35 @@ pub enum SettingsError {
     #[error("{0:?} is not a webhook format: use cloudevents (the default) or slack")]
     Format(String),
     #[error(
-        "BACKFILL_WEBHOOKS entry {0:?} is not format=url (for example slack=https://hooks.slack.com/services/…)"
+        "BACKFILL_WEBHOOKS entry {0:?} is not format=url or format:event+event=url (for example slack:halted+cut_over=https://hooks.slack.com/services/…)"
     )]
     Entry(String),
+    #[error("{var}: {event:?} is not an event; the events are {}", EVENTS.join(", "))]
+    Event { var: &'static str, event: String },
 }
+
+/// Every event a webhook is sent: the names payloads carry and an
+/// endpoint's filter lists.
+pub const EVENTS: [&str; 18] = [
+    "announced",
+    "started",
+    "resumed",
+    "halted",
+    "failed",
+    "applied",
+    "cancelled",
+    "validated",
+    "approved",
+    "cutover.started",
+    "cut_over",
+    "cutover.failed",
+    "rollback.started",
+    "rolled_back",
+    "rollback.failed",
+    "cleaned_up",
+    "done",
+    "change_note",
+];
 
 /// Where the events go, read once from the environment.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -64,11 +89,42 @@ pub struct Settings {
     pub console: Option<String>,
 }
 
-/// A webhook: where, and in which format.
+/// A webhook: where, in which format, and which events (all, unless it
+/// names some).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Webhook {
     pub url: String,
     pub format: webhook::Format,
+    pub events: Option<Vec<&'static str>>,
+}
+
+impl Webhook {
+    /// Whether the endpoint takes events named `what`.
+    #[must_use]
+    pub fn wants(&self, what: &str) -> bool {
+        self.events
+            .as_ref()
+            .is_none_or(|events| events.contains(&what))
+    }
+}
+
+/// The events `list` names (separated by `+`, or by `,` too when `commas`),
+/// each one of [`EVENTS`].
+fn events(var: &'static str, list: &str, commas: bool) -> Result<Vec<&'static str>, SettingsError> {
+    list.split(|c| c == '+' || (commas && c == ','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            EVENTS
+                .iter()
+                .find(|known| known.eq_ignore_ascii_case(e))
+                .copied()
+                .ok_or_else(|| SettingsError::Event {
+                    var,
+                    event: e.to_owned(),
+                })
+        })
+        .collect()
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -165,24 +221,33 @@ impl Settings {
                 .map(str::trim)
                 .filter(|w| !w.is_empty())
         };
+        let only = get("BACKFILL_WEBHOOK_EVENTS")
+            .map(|list| events("BACKFILL_WEBHOOK_EVENTS", list, true))
+            .transpose()?;
         let mut webhooks = Vec::new();
         for url in list("BACKFILL_WEBHOOK_URL") {
             webhooks.push(Webhook {
                 url: http("BACKFILL_WEBHOOK_URL", url)?,
                 format,
+                events: only.clone(),
             });
         }
         for entry in list("BACKFILL_WEBHOOKS") {
-            let Some((name, url)) = entry.split_once('=') else {
+            let Some((head, url)) = entry.split_once('=') else {
                 return Err(SettingsError::Entry(
                     backfill_shared::config::redact_endpoint(entry),
                 ));
+            };
+            let (name, filter) = match head.split_once(':') {
+                Some((name, filter)) => (name, Some(events("BACKFILL_WEBHOOKS", filter, false)?)),
+                None => (head, None),
             };
             let format = webhook::Format::from_name(&name.trim().to_ascii_lowercase())
                 .ok_or_else(|| SettingsError::Format(name.trim().to_owned()))?;
             webhooks.push(Webhook {
                 url: http("BACKFILL_WEBHOOKS", url.trim())?,
                 format,
+                events: filter,
             });
         }
         let console = get("BACKFILL_CONSOLE_URL")
@@ -481,7 +546,11 @@ pub async fn emit(pool: &PgPool, run_id: Uuid, happened: Happened) {
             pool: pool.clone(),
         });
     }
-    for hook in &settings.webhooks {
+    for hook in settings
+        .webhooks
+        .iter()
+        .filter(|h| h.wants(happened.name()))
+    {
         let (content_type, body) =
             webhook::payload(&facts, hook.format, settings.console.as_deref());
         out.push(Delivery {
@@ -614,18 +683,25 @@ impl Refusal {
 
 /// Posts one payload to every webhook now, waiting for each (the commands
 /// that tell people something and must know it arrived). The addresses that
-/// took it, and for the others why not; `None` when no webhook is configured.
+/// took it, and for the others why not; `None` when no webhook takes `what`.
 async fn post_to_webhooks(
     pool: &PgPool,
     run_id: Option<Uuid>,
     what: &'static str,
     payload: impl Fn(webhook::Format, Option<&str>) -> (&'static str, serde_json::Value),
 ) -> Option<(Vec<String>, Vec<String>)> {
-    let installed = INSTALLED
-        .get()
-        .filter(|i| !i.settings.webhooks.is_empty())?;
+    let installed = INSTALLED.get()?;
+    let hooks: Vec<&Webhook> = installed
+        .settings
+        .webhooks
+        .iter()
+        .filter(|h| h.wants(what))
+        .collect();
+    if hooks.is_empty() {
+        return None;
+    }
     let (mut delivered, mut failed) = (Vec::new(), Vec::new());
-    for hook in &installed.settings.webhooks {
+    for hook in hooks {
         let (content_type, body) = payload(hook.format, installed.settings.console.as_deref());
         let delivery = Delivery {
             run_id: run_id.unwrap_or_default(),
@@ -676,7 +752,7 @@ pub async fn send_change_note(
     .await;
     let Some((delivered, failed)) = sent else {
         return Err(crate::CliError::BadInput(
-            "no webhook to send the change note to: set BACKFILL_WEBHOOK_URL, or tell the stakeholders another way and record it with `backfill done RUN --told \"how\"`".into(),
+            "no webhook takes the change note: set BACKFILL_WEBHOOK_URL (or add change_note to an endpoint's events), or tell the stakeholders another way and record it with `backfill done RUN --told \"how\"`".into(),
         ));
     };
     if delivered.is_empty() {
@@ -840,5 +916,70 @@ mod tests {
         let e = Settings::from_vars(&vars(&[("BACKFILL_WEBHOOKS", "teams=https://x.example/h")]))
             .unwrap_err();
         assert_eq!(e, SettingsError::Format("teams".into()));
+    }
+
+    #[test]
+    fn an_endpoint_takes_the_events_it_names() {
+        let s = Settings::from_vars(&vars(&[
+            ("BACKFILL_WEBHOOK_URL", "http://a.example/hook"),
+            ("BACKFILL_WEBHOOK_EVENTS", "Halted, applied+done"),
+            (
+                "BACKFILL_WEBHOOKS",
+                "slack:halted+cut_over=https://hooks.slack.com/services/T0/B0/X, cloudevents=http://bus.example/e",
+            ),
+        ]))
+        .unwrap();
+        let taken = |i: usize| {
+            EVENTS
+                .into_iter()
+                .filter(|e| s.webhooks[i].wants(e))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(taken(0), ["halted", "applied", "done"]);
+        assert_eq!(taken(1), ["halted", "cut_over"]);
+        assert_eq!(taken(2), EVENTS);
+        let e = Settings::from_vars(&vars(&[(
+            "BACKFILL_WEBHOOKS",
+            "slack:halted+cutover=https://x.example/h",
+        )]))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            SettingsError::Event {
+                var: "BACKFILL_WEBHOOKS",
+                event: "cutover".into()
+            }
+        );
+        assert!(e.to_string().contains("cut_over, cutover.failed"), "{e}");
+        let e =
+            Settings::from_vars(&vars(&[("BACKFILL_WEBHOOK_EVENTS", "everything")])).unwrap_err();
+        assert!(e.to_string().starts_with("BACKFILL_WEBHOOK_EVENTS"), "{e}");
+    }
+
+    #[test]
+    fn every_event_sent_is_one_a_filter_can_name() {
+        let failed = || Step::Failed(String::new());
+        let all = [
+            Happened::Started,
+            Happened::Resumed,
+            Happened::Halted(String::new()),
+            Happened::Failed(String::new()),
+            Happened::Applied,
+            Happened::Cancelled,
+            Happened::Validated { passed: true },
+            Happened::Approved { by: String::new() },
+            Happened::Cutover(Step::Started),
+            Happened::Cutover(Step::Done),
+            Happened::Cutover(failed()),
+            Happened::Rollback(Step::Started),
+            Happened::Rollback(Step::Done),
+            Happened::Rollback(failed()),
+            Happened::CleanedUp,
+            Happened::Done,
+            Happened::ChangeNote(String::new()),
+        ];
+        let mut names: Vec<&str> = all.iter().map(Happened::name).collect();
+        names.insert(0, "announced");
+        assert_eq!(names, EVENTS);
     }
 }
