@@ -74,13 +74,20 @@ fn dbt_paths(work: &Path) -> Vec<String> {
     ]
 }
 
-/// Net revenue summed over the dbt incremental model.
-async fn incremental_sum(env: &TestEnv) -> f64 {
-    sqlx::query_scalar("SELECT sum(net_revenue)::float8 FROM analytics.inc_monthly_revenue")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap()
+/// Net revenue summed over a dbt model (`inc_monthly_revenue`, incremental;
+/// `mb_yearly_revenue`, microbatch).
+async fn model_sum(env: &TestEnv, model: &'static str) -> f64 {
+    let sql = match model {
+        "inc_monthly_revenue" => {
+            "SELECT sum(net_revenue)::float8 FROM analytics.inc_monthly_revenue"
+        }
+        "mb_yearly_revenue" => "SELECT sum(net_revenue)::float8 FROM analytics.mb_yearly_revenue",
+        other => panic!("no model {other}"),
+    };
+    sqlx::query_scalar(sql).fetch_one(&env.pool).await.unwrap()
 }
+
+const INCREMENTAL: [&str; 2] = ["inc_monthly_revenue", "mb_yearly_revenue"];
 
 /// Net revenue summed over the dbt table model, and over the target.
 async fn sums(env: &TestEnv) -> (f64, f64) {
@@ -142,7 +149,7 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
     let (code, plan, stderr) = env.cli(&["plan", path]).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
-        plan.contains("incremental models downstream keep the old history unless rebuilt: inc_monthly_revenue (--full-refresh)"),
+        plan.contains("incremental models downstream keep the old history unless rebuilt: inc_monthly_revenue (--full-refresh), mb_yearly_revenue (microbatch: --event-time-start/--event-time-end over the backfilled period)"),
         "{plan}"
     );
     let line = |name: &str| {
@@ -320,12 +327,15 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
     assert!(stdout.contains("ran 1 refresh step(s)"), "{stdout}");
     let (model, target) = sums(&env).await;
     assert!((model - target).abs() < 0.01, "{model} vs {target}");
-    // The incremental model too, rebuilt for the past (--full-refresh).
-    let incremental = incremental_sum(&env).await;
-    assert!(
-        (incremental - target).abs() < 0.01,
-        "the incremental model holds {incremental}, the target {target}"
-    );
+    // The incremental and microbatch models too, rebuilt for the past
+    // (--full-refresh).
+    for model in INCREMENTAL {
+        let sum = model_sum(&env, model).await;
+        assert!(
+            (sum - target).abs() < 0.01,
+            "{model} holds {sum}, the target {target}"
+        );
+    }
     let logged: serde_json::Value = sqlx::query_scalar(
         "SELECT detail->'detail' FROM backfill.run_log WHERE run_id = $1 AND event = 'cutover_step' AND detail->>'step' = 'refresh'",
     )
@@ -393,13 +403,77 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
         "{stdout}"
     );
     let (model, target) = sums(&env).await;
-    let incremental = incremental_sum(&env).await;
     assert!(
-        (model - model_before).abs() < 0.01
-            && (model - target).abs() < 0.01
-            && (incremental - model_before).abs() < 0.01,
-        "after rollback the models hold {model} and {incremental}, the target {target}, before the run {model_before}"
+        (model - model_before).abs() < 0.01 && (model - target).abs() < 0.01,
+        "after rollback the model holds {model}, the target {target}, before the run {model_before}"
     );
+    for model in INCREMENTAL {
+        let sum = model_sum(&env, model).await;
+        assert!(
+            (sum - model_before).abs() < 0.01,
+            "after rollback {model} holds {sum}, before the run {model_before}"
+        );
+    }
+
+    // A brief whose refresh rebuilds no model for the past: cutover refuses,
+    // naming both models and the way on, and changes nothing; told why they
+    // may stay stale it goes on, and they keep the old history as it warned.
+    let lax = brief.replace("\"--full-refresh\",", "");
+    assert_ne!(lax, brief, "the refresh step lost its --full-refresh");
+    let lax_path = work.join("lax.toml");
+    std::fs::write(&lax_path, &lax).unwrap();
+    let mut worker = env.spawn_worker(&[]);
+    let (code, stdout, stderr) = env
+        .cli(&[
+            "run",
+            lax_path.to_str().unwrap(),
+            "--unannounced",
+            "the same change as the run before",
+        ])
+        .await;
+    worker.start_kill().unwrap();
+    let _ = worker.wait().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let lax_run: Uuid = stdout.lines().next().unwrap().parse().unwrap();
+    env.validate_and_approve(lax_run).await;
+    let dbt_db = [("DBT_DBNAME", env.database.as_str())];
+    let id = lax_run.to_string();
+    let (code, _, stderr) = env.cli_with(&["cutover", &id], &dbt_db).await;
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("would leave incremental dbt models downstream")
+            && INCREMENTAL.iter().all(|m| stderr.contains(m))
+            && stderr.contains(&format!("backfill cutover {id} --stale-ok")),
+        "{stderr}"
+    );
+    assert_eq!(
+        backfill_shared::control::runs::state(&env.pool, lax_run)
+            .await
+            .unwrap(),
+        backfill_shared::control::runs::RunState::Approved
+    );
+    let (code, _, stderr) = env
+        .cli_with(
+            &[
+                "cutover",
+                &id,
+                "--stale-ok",
+                "the board reads monthly_net_revenue only",
+            ],
+            &dbt_db,
+        )
+        .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(env.logged(lax_run, "stale_models_accepted").await, 1);
+    let (model, target) = sums(&env).await;
+    assert!((model - target).abs() < 0.01, "{model} vs {target}");
+    let stale = model_sum(&env, "inc_monthly_revenue").await;
+    assert!(
+        (stale - target).abs() > 1.0,
+        "the incremental model was rebuilt after all: {stale} vs {target}"
+    );
+    let (code, _, stderr) = env.cli_with(&["rollback", &id], &dbt_db).await;
+    assert_eq!(code, Some(0), "{stderr}");
 
     // A plan with a manifest that cannot be read stops, naming it and the fix
     // (the rollback's dbt build wrote it again).
