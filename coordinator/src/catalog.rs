@@ -1,7 +1,8 @@
 //! What the PostgreSQL catalog says reads a table: views and materialized views,
 //! directly or through other views. Used for the blast radius, to lock a swap in
 //! the order readers lock, and to refresh materialized views after a change.
-//! And what a run's bounds are, by the type of its `batch_by` column.
+//! And what a run's bounds are, by the type of its `batch_by` column; a
+//! table's health (size, dead rows, statistics, physical order).
 
 use backfill_shared::sql::TableName;
 
@@ -68,4 +69,89 @@ pub async fn bounds_zone<'e, E: sqlx::PgExecutor<'e>>(
     Ok(column_type
         .as_deref()
         .and_then(backfill_shared::sql::bounds_zone))
+}
+
+/// A table's health as PostgreSQL reports it: its size and its indexes'
+/// (summed over the partitions of a partitioned table), live and dead row
+/// versions, when its statistics were last gathered, and how closely the
+/// physical order of one column follows its values.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct Health {
+    pub table_bytes: i64,
+    pub index_bytes: i64,
+    pub live_tuples: i64,
+    pub dead_tuples: i64,
+    /// The oldest of its (partitions') latest `ANALYZE`, by hand or by autovacuum.
+    pub analyzed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `pg_stats.correlation` of the column, -1 to 1; `None` before statistics.
+    pub correlation: Option<f64>,
+}
+
+impl Health {
+    /// Table and indexes together.
+    #[must_use]
+    pub fn bytes(&self) -> i64 {
+        self.table_bytes + self.index_bytes
+    }
+
+    /// Dead row versions as a share (percent) of all.
+    #[must_use]
+    pub fn dead_pct(&self) -> f64 {
+        let all = self.live_tuples + self.dead_tuples;
+        if all == 0 {
+            0.0
+        } else {
+            self.dead_tuples as f64 * 100.0 / all as f64
+        }
+    }
+}
+
+/// The health of `table`, with the physical order of `column`.
+pub async fn health<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    table: &TableName,
+    column: &str,
+) -> sqlx::Result<Health> {
+    sqlx::query_as(
+        "WITH parts AS (SELECT relid FROM pg_partition_tree($1::regclass) WHERE isleaf
+                        UNION SELECT $1::regclass),
+              stats AS (SELECT s.* FROM pg_stat_all_tables s JOIN parts p USING (relid))
+         SELECT (SELECT coalesce(sum(pg_table_size(relid)), 0) FROM parts)::bigint AS table_bytes,
+                (SELECT coalesce(sum(pg_indexes_size(relid)), 0) FROM parts)::bigint AS index_bytes,
+                (SELECT coalesce(sum(n_live_tup), 0) FROM stats)::bigint AS live_tuples,
+                (SELECT coalesce(sum(n_dead_tup), 0) FROM stats)::bigint AS dead_tuples,
+                (SELECT min(greatest(last_analyze, last_autoanalyze)) FROM stats) AS analyzed_at,
+                (SELECT correlation::float8 FROM pg_stats
+                  WHERE schemaname = $2 AND tablename = $3 AND attname = $4
+                  ORDER BY inherited DESC LIMIT 1) AS correlation",
+    )
+    .bind(table.quoted())
+    .bind(&table.schema)
+    .bind(&table.table)
+    .bind(column)
+    .fetch_one(executor)
+    .await
+}
+
+/// Gathers `table`'s statistics (`ANALYZE`) when this session may (its
+/// owner, or a superuser); otherwise says who may.
+pub async fn analyze(pool: &sqlx::PgPool, table: &TableName) -> sqlx::Result<Result<(), String>> {
+    let may: bool = sqlx::query_scalar(
+        "SELECT pg_has_role(current_user, c.relowner, 'USAGE')
+                OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+           FROM pg_class c WHERE c.oid = $1::regclass",
+    )
+    .bind(table.quoted())
+    .fetch_one(pool)
+    .await?;
+    if !may {
+        return Ok(Err(format!(
+            "only {table}'s owner may ANALYZE it; run `ANALYZE {}` as its owner",
+            table.quoted()
+        )));
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {}", table.quoted())))
+        .execute(pool)
+        .await?;
+    Ok(Ok(()))
 }

@@ -194,17 +194,6 @@ impl Awaiting {
     }
 }
 
-/// States in which a run waits for a person, or may come to.
-const UNFINISHED: [RunState; 7] = [
-    RunState::Running,
-    RunState::Paused,
-    RunState::Halted,
-    RunState::Canary,
-    RunState::Applied,
-    RunState::Approved,
-    RunState::RollingBack,
-];
-
 /// The runs `filter` selects, newest first.
 pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Row>> {
     Ok(runs::list(pool, filter)
@@ -271,8 +260,13 @@ pub async fn row(pool: &PgPool, run_id: Uuid) -> Result<Row> {
 
 /// The runs that wait for `name` to decide, newest first.
 pub async fn awaiting_person(pool: &PgPool, name: &str) -> Result<Vec<Row>> {
+    // The states in which a run waits for a person, or may come to: those
+    // that hold the target, and an unfinished rollback.
     let filter = ListFilter {
-        states: UNFINISHED.to_vec(),
+        states: RunState::ACTIVE
+            .into_iter()
+            .chain([RunState::RollingBack])
+            .collect(),
         limit: 1_000,
         ..ListFilter::default()
     };

@@ -221,6 +221,10 @@ enum Command {
         /// history (the refresh steps rebuild none for the past), saying why.
         #[arg(long, value_name = "WHY")]
         stale_ok: Option<String>,
+        /// Leave the exposed table's planner statistics as they are (cutover
+        /// runs ANALYZE on it otherwise).
+        #[arg(long)]
+        no_analyze: bool,
     },
     /// Put the target back exactly as it was before the run.
     Rollback {
@@ -812,6 +816,7 @@ async fn command_with(
             lock_timeout_ms,
             accept_live_changes,
             stale_ok,
+            no_analyze,
         } => {
             let pool = control_plane(config, 2).await?;
             let run = list::resolve(&pool, &run).await?;
@@ -833,6 +838,7 @@ async fn command_with(
                 lifecycle::cutover::Accepting {
                     live_changes: accept_live_changes.as_deref(),
                     stale: stale_ok.as_deref(),
+                    no_analyze,
                 },
             )
             .await?;

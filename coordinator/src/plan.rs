@@ -20,6 +20,8 @@ pub struct Plan {
     /// What the run does with the writes others make to the target while it
     /// runs (the strategies that build beside it capture them with triggers).
     pub live_writes: &'static str,
+    /// What cutover will do after exposing the run.
+    pub cutover: String,
     pub on_missing: String,
     pub snapshot: bool,
     pub batch_by: String,
@@ -470,6 +472,11 @@ pub async fn plan(pool: &PgPool, brief: &Brief) -> Result<(Plan, Vec<BatchRange>
                 "the table is not partitioned, so each batch locks it while it runs: batches take it one at a time, writes to it wait for each, and one made before stands"
             }
         },
+        cutover: format!(
+            "ANALYZE {} (unless --no-analyze), then {} refresh step(s) and the materialized views reading it refreshed",
+            brief.scope.target,
+            brief.dependencies.refresh.len()
+        ),
         on_missing: brief.write.on_missing.to_string(),
         snapshot: brief.write.snapshot,
         batch_by: brief.scope.batch_by.column.clone(),
@@ -640,6 +647,7 @@ impl Plan {
             }
         );
         let _ = writeln!(s, "  beside:   {}", self.live_writes);
+        let _ = writeln!(s, "  cutover:  {}", self.cutover);
         let _ = writeln!(
             s,
             "  batches:  {} by {}, at most {} in flight",

@@ -174,15 +174,16 @@ pub async fn pause(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<()> {
 pub async fn cancel(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<()> {
     let run = runs::load(pool, run_id).await?;
     crate::lifecycle::approve::as_owner_or_reviewer(pool, &run, "cancel").await?;
-    let from = [
-        RunState::Running,
-        RunState::Paused,
-        RunState::Halted,
-        RunState::Canary,
-        RunState::Applied,
-        RunState::Approved,
-    ];
-    if runs::transition(pool, run_id, &from, RunState::Cancelled, actor, None).await? {
+    if runs::transition(
+        pool,
+        run_id,
+        &RunState::ACTIVE,
+        RunState::Cancelled,
+        actor,
+        None,
+    )
+    .await?
+    {
         crate::notify::emit(pool, run_id, crate::notify::Happened::Cancelled).await;
         return Ok(());
     }

@@ -12,7 +12,9 @@
 //!   reproduce (removed or left stale), against `max_unmatched_pct`;
 //! - metric reconciliation: per group, before and after summed over the batches,
 //!   and the after figures checked against the table as it is now;
-//! - size: table and index size before the run and now.
+//! - table health: table and index size before the run and now, dead row
+//!   versions, whether statistics are fresh, the physical order of `batch_by`
+//!   (`max_size_growth_pct`, `min_correlation`).
 
 use crate::lifecycle::fingerprint;
 use crate::report::{fmt_num, group_label};
@@ -165,7 +167,7 @@ pub async fn validate_recorded(pool: &PgPool, run_id: Uuid) -> Result<(i64, Vec<
     checks.push(unmatched(pool, &run, &applied).await?);
     checks.push(reconciliation(pool, &run, &applied, &t, &scope).await?);
     checks.push(edge_cases(pool, &run, &t).await?);
-    checks.push(size(pool, &run, &table).await?);
+    checks.push(health(pool, &run, &table).await?);
 
     let results: Vec<CheckResult<'_>> = checks
         .iter()
@@ -559,14 +561,26 @@ pub(crate) async fn edge_cases(pool: &PgPool, run: &Run, t: &str) -> Result<Chec
     })
 }
 
-async fn size(pool: &PgPool, run: &Run, table: &backfill_shared::sql::TableName) -> Result<Check> {
-    let (table_bytes, index_bytes): (i64, i64) =
-        sqlx::query_as("SELECT pg_table_size($1::regclass), pg_indexes_size($1::regclass)")
-            .bind(table.quoted())
-            .fetch_one(pool)
-            .await
-            .map_err(|e| CliError::Internal(format!("sizing {table}: {e}")))?;
+/// The table's health after the run against before it: size, dead row
+/// versions, statistics, the physical order of `batch_by`. Fails past the
+/// brief's `max_size_growth_pct` or under its `min_correlation`; without a
+/// growth limit, growth past [`SIZE_GROWTH_WARNING_PCT`] is warned of.
+///
+/// [`SIZE_GROWTH_WARNING_PCT`]: backfill_shared::brief::SIZE_GROWTH_WARNING_PCT
+async fn health(
+    pool: &PgPool,
+    run: &Run,
+    table: &backfill_shared::sql::TableName,
+) -> Result<Check> {
+    use backfill_shared::brief::SIZE_GROWTH_WARNING_PCT;
+    let column = &run.brief.scope.batch_by.column;
+    let now = crate::catalog::health(pool, table, column)
+        .await
+        .map_err(|e| CliError::Internal(format!("reading the health of {table}: {e}")))?;
     let params = &run.params;
+    // Runs recorded before health was kept have their sizes only.
+    let before: Option<crate::catalog::Health> =
+        serde_json::from_value(params["target_health"].clone()).ok();
     let before_t = params["target_table_bytes"].as_i64();
     let before_i = params["target_index_bytes"].as_i64();
     let mib = |b: Option<i64>| {
@@ -575,19 +589,75 @@ async fn size(pool: &PgPool, run: &Run, table: &backfill_shared::sql::TableName)
             |b| format!("{:.1} MiB", b as f64 / 1_048_576.0),
         )
     };
-    Ok(Check {
-        name: "size",
-        passed: true,
-        summary: format!(
-            "table {} -> {}, indexes {} -> {}",
+    let growth = before_t
+        .zip(before_i)
+        .map(|(t, i)| t + i)
+        .filter(|b| *b > 0)
+        .map(|b| (now.bytes() - b) as f64 * 100.0 / b as f64);
+    let limits = &run.brief.validation;
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    match (growth, limits.max_size_growth_pct) {
+        (Some(g), Some(max)) if g > max => problems.push(format!(
+            "grew {g:.0} %, past validation.max_size_growth_pct = {max}"
+        )),
+        (Some(g), None) if g > SIZE_GROWTH_WARNING_PCT => notes.push(format!(
+            "WARNING: grew {g:.0} %, past {SIZE_GROWTH_WARNING_PCT} % (VACUUM FULL or a rewrite reclaims it; validation.max_size_growth_pct holds it)"
+        )),
+        _ => {}
+    }
+    let fresh = now.analyzed_at.is_some_and(|at| at >= run.created_at);
+    if !fresh {
+        notes.push("statistics from before the run (cutover runs ANALYZE)".into());
+    }
+    let order = |c: Option<f64>| c.map_or_else(|| "?".into(), |c| format!("{c:.2}"));
+    match (now.correlation, limits.min_correlation) {
+        (Some(c), Some(min)) if c < min => problems.push(format!(
+            "the physical order of {column} is {c:.2}, under validation.min_correlation = {min} (CLUSTER, or a rewrite in {column} order, restores it)"
+        )),
+        (None, Some(min)) => problems.push(format!(
+            "{table} has no statistics on {column} to hold validation.min_correlation = {min}: ANALYZE it"
+        )),
+        _ => {}
+    }
+    // A failure says only what failed, in figures that hold still (an
+    // acceptance holds for a later validation failing with the same words);
+    // a pass gives every figure.
+    let summary = if problems.is_empty() {
+        let mut summary = format!(
+            "table {} -> {}, indexes {} -> {}{}; {} dead row versions ({:.0} %); order of {column} {} -> {}",
             mib(before_t),
-            mib(Some(table_bytes)),
+            mib(Some(now.table_bytes)),
             mib(before_i),
-            mib(Some(index_bytes))
-        ),
+            mib(Some(now.index_bytes)),
+            growth.map_or_else(String::new, |g| format!(" ({g:+.0} %)")),
+            now.dead_tuples,
+            now.dead_pct(),
+            order(before.as_ref().and_then(|b| b.correlation)),
+            order(now.correlation),
+        );
+        for note in &notes {
+            summary.push_str("; ");
+            summary.push_str(note);
+        }
+        summary
+    } else {
+        problems.join("; ")
+    };
+    Ok(Check {
+        name: "table health",
+        passed: problems.is_empty(),
+        summary,
         detail: json!({
-            "table_bytes_before": before_t, "table_bytes": table_bytes,
-            "index_bytes_before": before_i, "index_bytes": index_bytes,
+            "table_bytes_before": before_t, "table_bytes": now.table_bytes,
+            "index_bytes_before": before_i, "index_bytes": now.index_bytes,
+            "growth_pct": growth,
+            "dead_tuples": now.dead_tuples, "live_tuples": now.live_tuples,
+            "analyzed_at": now.analyzed_at, "statistics_fresh": fresh,
+            "correlation_before": before.as_ref().and_then(|b| b.correlation),
+            "correlation": now.correlation,
+            "max_size_growth_pct": limits.max_size_growth_pct,
+            "min_correlation": limits.min_correlation,
         }),
     })
 }

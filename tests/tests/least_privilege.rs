@@ -65,7 +65,9 @@ async fn a_run_lives_its_whole_life_under_the_documented_roles() {
     let run_id = out.lines().next().unwrap().trim().to_owned();
     step("alice", &["validate", &run_id]).await;
     step("bob", &["approve", &run_id]).await;
-    step("alice", &["cutover", &run_id]).await;
+    let cut = step("alice", &["cutover", &run_id]).await;
+    // alice owns the table, so cutover gathers its statistics.
+    assert!(cut.contains("analyzed tpch.order_revenue"), "{cut}");
     step("alice", &["rollback", &run_id]).await;
     step("alice", &["cleanup", &run_id, "--now"]).await;
     assert!(

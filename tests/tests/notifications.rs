@@ -363,9 +363,39 @@ async fn every_step_of_a_runs_life_reaches_openlineage_and_the_webhooks() {
     assert_eq!(names(back, "inputs"), [format!("{db}.{old}")], "{back}");
     assert_eq!(names(back, "outputs"), [target]);
 
-    // Every event of the three lives (a whole one, a halt and a cancel, a
-    // swap's), as OpenLineage's published 2-0-2 schema and its facets'
-    // schemas have them; one START and at most one terminal event per runId.
+    // A run that halts on its limit, is resumed with the breach accepted and
+    // driven to its end: the halt and the taking up again are no ends.
+    let text = backfill_coordinator::demo::with_max_change_pct(&env.brief(6, 1).await, 10);
+    let (resumed, ..) = env.record_run(&text).await;
+    let Finish::Halted(_) = env.run_to_end(resumed, 1).await else {
+        panic!("the run did not halt on its limit");
+    };
+    resume::resume(
+        &env.pool,
+        resumed,
+        "alice",
+        Some("the refunds move revenue"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(env.run_to_end(resumed, 1).await, Finish::Applied);
+    let taken = receiver
+        .until("the resumed run's end", |t| {
+            lineage_steps(&split(t, resumed).0)
+                .iter()
+                .any(|(_, t)| t == "COMPLETE")
+        })
+        .await;
+    let steps: Vec<String> = lineage_steps(&split(&taken, resumed).0)
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(steps, ["START", "RUNNING", "RUNNING", "COMPLETE"]);
+
+    // Every event of the four lives (a whole one, a halt and a cancel, a
+    // swap's, a halt and a resume), as OpenLineage's published 2-0-2 schema
+    // and its facets' schemas have them; one START and at most one terminal
+    // event per runId.
     let all: Vec<Value> = receiver
         .until("the same", |_| true)
         .await

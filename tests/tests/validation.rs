@@ -207,7 +207,7 @@ async fn validate_passes_a_clean_run_and_fails_a_gap_or_a_duplicate() {
             "unmatched rows",
             "metric reconciliation",
             "edge cases",
-            "size"
+            "table health"
         ]
     );
     let stored: i64 =
@@ -327,6 +327,89 @@ async fn sample_writes_nothing_and_its_deltas_equal_direct_sql() {
     assert!(
         s.estimated_rows.unwrap() > rows * 5,
         "extrapolated to the whole scope"
+    );
+    env.cleanup().await;
+}
+
+/// The table's health: a merge that grows the target past the brief's
+/// `max_size_growth_pct` fails validation saying by how much, until the
+/// reviewer accepts it; cutover then gathers fresh statistics (`ANALYZE`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_grown_past_its_limit_fails_and_cutover_analyzes_it() {
+    use backfill_coordinator::lifecycle::{approve, cutover};
+    let env = TestEnv::new(0.01).await;
+    let text = env.brief(6, 2).await.replace(
+        "max_duplicate_keys = 0",
+        "max_duplicate_keys = 0\nmax_size_growth_pct = 1",
+    );
+    assert!(text.contains("max_size_growth_pct"), "the demo brief moved");
+    let (run_id, brief, _) = env.record_run(&text).await;
+    assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
+    let checks = backfill_coordinator::validate::validate(&env.pool, run_id)
+        .await
+        .unwrap();
+    let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "{}",
+        backfill_coordinator::validate::render(&checks)
+    );
+    let health = failed[0];
+    assert_eq!(health.name, "table health");
+    assert!(
+        health.summary.starts_with("grew ")
+            && health
+                .summary
+                .ends_with("%, past validation.max_size_growth_pct = 1"),
+        "{}",
+        health.summary
+    );
+    // The figures behind it: the updated rows' old versions take room.
+    let d = &health.detail;
+    let bytes = |k: &str| d[k].as_i64().unwrap();
+    assert!(bytes("table_bytes") > bytes("table_bytes_before"), "{d}");
+    assert!(d["growth_pct"].as_f64().unwrap() > 1.0, "{d}");
+
+    backfill_coordinator::validate::accept(
+        &env.reviewer,
+        run_id,
+        "table health",
+        "the old row versions are vacuumed tonight",
+    )
+    .await
+    .unwrap();
+    approve::approve(&env.reviewer, run_id, None).await.unwrap();
+    let started = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let report = cutover::cutover(
+        &env.pool,
+        run_id,
+        "alice",
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let target = brief.scope.target.to_string();
+    assert_eq!(report.analyzed.as_deref(), Some(target.as_str()));
+    assert!(report.render().contains(&format!("analyzed {target}")));
+    // PostgreSQL's own record of it.
+    let mut analyzed = None;
+    for _ in 0..100 {
+        analyzed = sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+            "SELECT last_analyze FROM pg_stat_user_tables WHERE relid = $1::regclass",
+        )
+        .bind(&target)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        if analyzed.is_some_and(|at| at >= started) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        analyzed.is_some_and(|at| at >= started),
+        "last ANALYZE {analyzed:?}, cutover at {started}"
     );
     env.cleanup().await;
 }

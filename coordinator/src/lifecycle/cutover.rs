@@ -37,6 +37,10 @@ pub struct CutoverReport {
     pub swapped_earlier: bool,
     pub refresh_statements: usize,
     pub refreshed_materialized_views: Vec<String>,
+    /// The table whose statistics cutover gathered (`ANALYZE`)...
+    pub analyzed: Option<String>,
+    /// ...or why it did not.
+    pub not_analyzed: Option<String>,
 }
 
 impl CutoverReport {
@@ -81,6 +85,12 @@ impl CutoverReport {
                 let _ = writeln!(s, "the run wrote the target in place: nothing to swap");
             }
         }
+        if let Some(table) = &self.analyzed {
+            let _ = writeln!(s, "analyzed {table}: the planner's statistics are fresh");
+        }
+        if let Some(why) = &self.not_analyzed {
+            let _ = writeln!(s, "statistics left as they were: {why}");
+        }
         let _ = writeln!(
             s,
             "ran {} refresh step(s); refreshed materialized views: {}",
@@ -113,6 +123,8 @@ pub struct Accepting<'a> {
     /// Incremental dbt models downstream that the refresh steps leave with
     /// the old history (cutover refuses them otherwise).
     pub stale: Option<&'a str>,
+    /// Leave the exposed table's statistics as they are (`--no-analyze`).
+    pub no_analyze: bool,
 }
 
 /// [`cutover`], accepting what `accepting` says, with its reasons.
@@ -323,6 +335,27 @@ pub async fn cutover_with(
             return Err(refused(e).await);
         }
     }
+
+    // Fresh statistics for what readers now query, before anything
+    // downstream is rebuilt from it.
+    let analyzed = if accepting.no_analyze {
+        Err("--no-analyze".to_owned())
+    } else {
+        match crate::catalog::analyze(pool, target).await {
+            Ok(analyzed) => analyzed,
+            Err(e) => return Err(fail("ANALYZE", &e.into()).await),
+        }
+    };
+    match analyzed {
+        Ok(()) => report.analyzed = Some(target.to_string()),
+        Err(why) => report.not_analyzed = Some(why),
+    }
+    step(
+        "analyze",
+        serde_json::json!({ "table": target.to_string(), "analyzed": report.analyzed.is_some(),
+                            "why_not": report.not_analyzed }),
+    )
+    .await?;
 
     let done = log::refreshes_done(pool, run_id, "cutover_step").await?;
     for (index, refresh) in brief.dependencies.refresh.iter().enumerate() {

@@ -55,15 +55,12 @@ pub async fn create(
         lifecycle::check_name(table)?;
     }
 
-    // The target's size before the run, for `validate` to compare with.
-    let (table_bytes, index_bytes): (i64, i64) =
-        sqlx::query_as("SELECT pg_table_size($1::regclass), pg_indexes_size($1::regclass)")
-            .bind(target.quoted())
-            .fetch_one(pool)
-            .await?;
+    // The target's health before the run, for `validate` to compare with.
+    let health = crate::catalog::health(pool, target, &brief.scope.batch_by.column).await?;
     let params = serde_json::json!({
-        "target_table_bytes": table_bytes,
-        "target_index_bytes": index_bytes,
+        "target_table_bytes": health.table_bytes,
+        "target_index_bytes": health.index_bytes,
+        "target_health": health,
         "strategy": brief.write.strategy,
         "on_missing": brief.write.on_missing,
         "snapshot": brief.write.snapshot,

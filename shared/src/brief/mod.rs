@@ -373,7 +373,20 @@ pub struct Validation {
     /// Records to inspect before and after (known bad ones, boundary cases): each
     /// the key's values as text, in key order.
     pub edge_cases: Vec<Vec<String>>,
+    /// How much (percent) the target's table and indexes may grow over the
+    /// run before validation fails; unset, growth past
+    /// [`SIZE_GROWTH_WARNING_PCT`] is only warned of.
+    #[serde(default)]
+    pub max_size_growth_pct: Option<f64>,
+    /// The least physical order of the `batch_by` column (`pg_stats.correlation`,
+    /// -1 to 1) the target may be left with.
+    #[serde(default)]
+    pub min_correlation: Option<f64>,
 }
+
+/// Growth of the target's size over a run past which `validate` warns, when
+/// the brief sets no `validation.max_size_growth_pct`.
+pub const SIZE_GROWTH_WARNING_PCT: f64 = 25.0;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {

@@ -583,12 +583,45 @@ fn read_validation(r: &mut Reader<'_>) -> Option<Validation> {
         }
     };
     let edge_cases = read_edge_cases(r);
+    let mut number = |key: &'static str, range: std::ops::RangeInclusive<f64>, means: &str| {
+        let value = match r.get(key) {
+            None => return Some(None),
+            Some(Value::Integer(i)) => *i as f64,
+            Some(Value::Float(f)) => *f,
+            Some(_) => f64::NAN,
+        };
+        if range.contains(&value) {
+            Some(Some(value))
+        } else {
+            r.problem(
+                key,
+                format!(
+                    "must be a number from {} to {}: {means}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            None
+        }
+    };
+    let max_size_growth_pct = number(
+        "max_size_growth_pct",
+        0.0..=10_000.0,
+        "the percent the target's table and indexes may grow over the run",
+    );
+    let min_correlation = number(
+        "min_correlation",
+        -1.0..=1.0,
+        "the least physical order of the batch_by column (pg_stats.correlation) the run may leave",
+    );
     max_duplicate_keys?;
     Some(Validation {
         max_unmatched_pct: max_unmatched_pct?,
         metrics: metrics?,
         references: references?,
         edge_cases: edge_cases?,
+        max_size_growth_pct: max_size_growth_pct?,
+        min_correlation: min_correlation?,
     })
 }
 

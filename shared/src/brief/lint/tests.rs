@@ -611,3 +611,36 @@ fn readme_states_every_limit() {
         assert!(readme.contains(&row), "README lacks the row {row}");
     }
 }
+
+#[test]
+fn size_growth_and_correlation_limits_are_numbers_in_range() {
+    let with = |v: &str| {
+        GOOD.replace(
+            "max_duplicate_keys = 0",
+            &format!("max_duplicate_keys = 0\n{v}"),
+        )
+    };
+    let v = Brief::parse(GOOD).unwrap().validation;
+    assert_eq!((v.max_size_growth_pct, v.min_correlation), (None, None));
+    let v = Brief::parse(&with("max_size_growth_pct = 40\nmin_correlation = 0.5"))
+        .unwrap()
+        .validation;
+    assert_eq!(
+        (v.max_size_growth_pct, v.min_correlation),
+        (Some(40.0), Some(0.5))
+    );
+    for bad in ["-1", "\"40%\"", "nan", "20000"] {
+        assert_eq!(
+            fields(&with(&format!("max_size_growth_pct = {bad}"))),
+            ["validation.max_size_growth_pct"],
+            "{bad}"
+        );
+    }
+    for bad in ["1.5", "-2", "\"high\""] {
+        assert_eq!(
+            fields(&with(&format!("min_correlation = {bad}"))),
+            ["validation.min_correlation"],
+            "{bad}"
+        );
+    }
+}
