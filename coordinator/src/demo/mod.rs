@@ -513,8 +513,12 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
     )
     .await?;
     say!(
-        "Approved by {}; cut over: refreshed {}.",
+        "Approved by {}; cut over: {}refreshed {}.",
         brief.meta.reviewer,
+        report
+            .analyzed
+            .as_ref()
+            .map_or_else(String::new, |t| format!("analyzed {t}, ")),
         report.refreshed_materialized_views.join(", ")
     );
     say!("`backfill rollback {run_id}` puts the old figures back.");
