@@ -145,7 +145,7 @@ pub async fn refreshed(pool: &sqlx::PgPool, run_id: Uuid) -> Result<Vec<String>>
                               CASE WHEN jsonb_typeof(detail->'detail'->'views') = 'array'
                                    THEN detail->'detail'->'views' END) v),
                          detail->'detail'->>'views', detail->>'step')
-           FROM backfill.run_log WHERE run_id = $1 AND event = 'cutover_step' AND detail->>'step' <> 'swap' ORDER BY id",
+           FROM backfill.run_log WHERE run_id = $1 AND event = 'cutover_step' AND detail->>'step' NOT IN ('swap', 'analyze') ORDER BY id",
     )
     .bind(run_id)
     .fetch_all(pool)
