@@ -796,16 +796,7 @@ pub async fn http(
 /// How many bytes the body of a `GET` of `path` takes on the wire (after
 /// any compression and chunking), and the response's status.
 pub async fn wire_size(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, usize) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut bytes = Vec::new();
-    stream.read_to_end(&mut bytes).await.unwrap();
+    let bytes = exchange(addr, "GET", path, headers, "").await;
     let head_end = bytes
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -818,13 +809,14 @@ pub async fn wire_size(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16
     (status, bytes.len() - head_end)
 }
 
-pub async fn http_with_headers(
+/// Sends one HTTP/1.1 request and returns every byte of the response.
+async fn exchange(
     addr: &str,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
-) -> (u16, String, String) {
+) -> Vec<u8> {
     use std::fmt::Write as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -842,9 +834,20 @@ pub async fn http_with_headers(
     request.push_str(body);
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
-    // Bytes: a compressed body is not text.
     let mut bytes = Vec::new();
     stream.read_to_end(&mut bytes).await.unwrap();
+    bytes
+}
+
+pub async fn http_with_headers(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    // Bytes: a compressed body is not text.
+    let bytes = exchange(addr, method, path, headers, body).await;
     let response = String::from_utf8_lossy(&bytes).into_owned();
     let status = response
         .split_whitespace()

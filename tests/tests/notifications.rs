@@ -218,12 +218,11 @@ async fn every_step_of_a_runs_life_reaches_openlineage_and_the_webhooks() {
     assert!(complete["run"]["facets"].get("errorMessage").is_none());
     // A merge's cutover moves no data and reads nothing; its rollback reads
     // the before-images it restores from.
-    let images: String =
-        sqlx::query_scalar("SELECT image_table FROM backfill.runs WHERE run_id = $1")
-            .bind(run_id)
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
+    let images = backfill_shared::control::runs::load(&env.pool, run_id)
+        .await
+        .unwrap()
+        .image_table
+        .expect("a merge keeping before-images has an image table");
     for (i, child) in lineage[2..].iter().enumerate() {
         let parent = &child["run"]["facets"]["parent"];
         assert_eq!(parent["run"]["runId"], start["run"]["runId"]);
