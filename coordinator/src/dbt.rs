@@ -37,6 +37,9 @@ pub struct Radius {
     /// Incremental models downstream: a plain `dbt build` adds only new rows
     /// to them and keeps the history the backfill rewrote.
     pub incremental: Vec<Incremental>,
+    /// The models, seeds and snapshots downstream by name, each with the
+    /// relation it is in the warehouse (`analytics.monthly_net_revenue`).
+    pub relations: std::collections::BTreeMap<String, String>,
 }
 
 /// An incremental model downstream, and how it is rebuilt for the past.
@@ -353,10 +356,19 @@ impl Manifest {
                     }
                     "model" | "seed" | "snapshot" => {
                         let (name, is_declared) = match node.relation() {
-                            Some((_, schema, table)) => (
-                                format!("{schema}.{table}"),
-                                declared.iter().any(|t| names(t, schema, table)),
-                            ),
+                            Some((_, schema, table)) => {
+                                let relation = TableName {
+                                    schema: schema.to_owned(),
+                                    table: table.to_owned(),
+                                };
+                                radius
+                                    .relations
+                                    .insert(node.name.clone(), relation.to_string());
+                                (
+                                    format!("{schema}.{table}"),
+                                    declared.iter().any(|t| names(t, schema, table)),
+                                )
+                            }
                             None => (node.name.clone(), false),
                         };
                         let kind = match node.config.materialized.as_deref() {

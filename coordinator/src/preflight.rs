@@ -200,7 +200,10 @@ pub async fn check(pool: &PgPool, brief: &Brief) -> Result<Preflight> {
     }
     check_validation(pool, brief, &mut problems).await?;
     check_source(pool, brief, &mut problems).await?;
-    let dbt = match dbt_radius(pool, brief).await? {
+    let dbt_read = dbt_radius(pool, brief).await?;
+    crate::downstream::preflight(pool, brief, dbt_read.as_ref(), &mut problems).await?;
+    crate::latency::preflight(pool, brief, &mut problems).await?;
+    let dbt = match dbt_read {
         Some(Err(why)) => {
             problems.push(problem("dependencies.dbt_manifest", why));
             None

@@ -12,9 +12,14 @@
 //!   reproduce (removed or left stale), against `max_unmatched_pct`;
 //! - metric reconciliation: per group, before and after summed over the batches,
 //!   and the after figures checked against the table as it is now;
+//! - downstream metrics: each `[[validation.downstream]]` metric's change
+//!   since before the run against what the brief expects (after cutover, or
+//!   before it for views over a target written in place);
 //! - table health: table and index size before the run and now, dead row
 //!   versions, whether statistics are fresh, the physical order of `batch_by`
-//!   (`max_size_growth_pct`, `min_correlation`).
+//!   (`max_size_growth_pct`, `min_correlation`);
+//! - query latency: each `[[validation.queries]]` query timed on the table
+//!   the run will expose against its time before the run.
 
 use crate::lifecycle::fingerprint;
 use crate::report::{fmt_num, group_label};
@@ -166,8 +171,10 @@ pub async fn validate_recorded(pool: &PgPool, run_id: Uuid) -> Result<(i64, Vec<
     let applied = applied_batches(pool, &run).await?;
     checks.push(unmatched(pool, &run, &applied).await?);
     checks.push(reconciliation(pool, &run, &applied, &t, &scope).await?);
+    checks.push(downstream(pool, &run).await?);
     checks.push(edge_cases(pool, &run, &t).await?);
     checks.push(health(pool, &run, &table).await?);
+    checks.push(latency(pool, &run, &table).await?);
 
     let results: Vec<CheckResult<'_>> = checks
         .iter()
@@ -504,6 +511,26 @@ async fn reconciliation(
     })
 }
 
+/// The metrics stakeholders quote, where they read them: the expected change
+/// and the measured one side by side.
+async fn downstream(pool: &PgPool, run: &Run) -> Result<Check> {
+    let judged = crate::downstream::judge_run(pool, run, crate::downstream::Moment::Now).await?;
+    Ok(Check {
+        name: "downstream metrics",
+        passed: judged.iter().all(crate::downstream::Judged::passed),
+        summary: if judged.is_empty() {
+            "none declared ([[validation.downstream]])".into()
+        } else {
+            judged
+                .iter()
+                .map(crate::downstream::Judged::line)
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+        detail: json!(judged),
+    })
+}
+
 /// The table the run's rows are in now: the one it builds (staging-swap,
 /// parallel-version, before cutover), else the target.
 pub(crate) fn exposed_table(run: &Run) -> backfill_shared::sql::TableName {
@@ -659,6 +686,45 @@ async fn health(
             "max_size_growth_pct": limits.max_size_growth_pct,
             "min_correlation": limits.min_correlation,
         }),
+    })
+}
+
+/// The dashboards' queries timed on what the run will expose against their
+/// times before it.
+async fn latency(
+    pool: &PgPool,
+    run: &Run,
+    table: &backfill_shared::sql::TableName,
+) -> Result<Check> {
+    let queries = &run.brief.validation.queries;
+    let before = crate::latency::recorded(&run.params);
+    let now = crate::latency::time_all(pool, &run.brief, table).await?;
+    let judged: Vec<(bool, String)> = queries
+        .iter()
+        .zip(&now)
+        .map(|(q, now)| crate::latency::judge(q, before.iter().find(|b| b.name == q.name), now))
+        .collect();
+    let failed: Vec<&str> = judged
+        .iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, said)| said.as_str())
+        .collect();
+    Ok(Check {
+        name: "query latency",
+        passed: failed.is_empty(),
+        summary: if queries.is_empty() {
+            "none declared ([[validation.queries]])".into()
+        } else if failed.is_empty() {
+            judged
+                .iter()
+                .map(|(_, said)| said.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        } else {
+            failed.join("; ")
+        },
+        detail: json!({ "table": table.to_string(), "before": before, "now": now,
+                        "runs": crate::latency::RUNS, "noise_ms": crate::latency::NOISE_MS }),
     })
 }
 

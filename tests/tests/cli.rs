@@ -42,6 +42,14 @@ async fn malformed_briefs_are_refused_with_the_field_and_exit_2() {
     let good = env.brief(10, 4).await;
     let source_start = good.find("source = \"\"\"").unwrap();
     let source_end = good[source_start + 12..].find("\"\"\"").unwrap() + source_start + 15;
+    let with_downstream = |relation: &str, expr: &str| {
+        let entry = format!(
+            "[[validation.downstream]]\nname = \"board\"\nrelation = \"{relation}\"\nexpr = \"{expr}\"\nunchanged = true\n\n[limits]"
+        );
+        let text = good.replacen("\n[limits]", &format!("\n{entry}"), 1);
+        assert_ne!(text, good, "the demo brief has no [limits]");
+        text
+    };
     let with_source = |s: &str| {
         format!(
             "{}source = \"\"\"\n{s}\n\"\"\"{}",
@@ -76,6 +84,9 @@ async fn malformed_briefs_are_refused_with_the_field_and_exit_2() {
         ("source with one parameter", with_source("SELECT o_orderkey, o_orderdate, 1.0 AS gross, 1.0 AS net_revenue, 1 AS line_count FROM tpch.orders WHERE o_orderkey >= $1 AND $2::bigint > 0 AND o_orderkey < $3"), "exactly two"),
         ("source without a column", with_source("SELECT o_orderkey, o_orderdate, 1.0 AS gross, 1 AS line_count FROM tpch.orders WHERE o_orderkey >= $1 AND o_orderkey < $2"), "net_revenue"),
         ("batch_by type differs from the column", good.replace("column = \"o_orderkey\", start = 1,", "column = \"o_orderdate\", start = 1,"), "scope.batch_by"),
+        ("a downstream metric on a relation that does not read the target", with_downstream("tpch.customer", "count(*)"), "validation.downstream[1].relation: tpch.customer is not downstream of tpch.order_revenue"),
+        ("a downstream metric that does not evaluate", with_downstream("tpch.monthly_revenue", "sum(nope)"), "validation.downstream[1]: \"board\" does not evaluate on tpch.monthly_revenue"),
+        ("a dbt model's name without a manifest", with_downstream("monthly_model", "count(*)"), "validation.downstream[1].relation: \"monthly_model\" names no schema"),
     ];
     let dir = std::env::temp_dir().join(format!("bf-briefs-{}", env.config.namespace));
     std::fs::create_dir_all(&dir).unwrap();

@@ -142,6 +142,18 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
         brief.contains("dbt_manifest"),
         "the demo brief changed:\n{brief}"
     );
+    // Where the board reads revenue: the incremental model, by its dbt name,
+    // beside the demo's own metric on the materialized view.
+    let brief = brief.replacen(
+        "\n[limits]",
+        "\n[[validation.downstream]]\nname = \"board revenue\"\nrelation = \"inc_monthly_revenue\"\n\
+         expr = \"sum(net_revenue)\"\nby = \"month\"\nexpect_change_pct = [-70, 0]\n\n[limits]",
+        1,
+    );
+    assert!(
+        brief.contains("relation = \"tpch.monthly_revenue\"") && brief.contains("board revenue"),
+        "the demo brief changed:\n{brief}"
+    );
     let path = work.join("brief.toml");
     std::fs::write(&path, &brief).unwrap();
     let path = path.to_str().unwrap();
@@ -325,6 +337,27 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
         .await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("ran 1 refresh step(s)"), "{stdout}");
+    // Measured where they are read, once refreshed: both moved as expected.
+    for line in [
+        "ok   monthly net revenue (tpch.monthly_revenue): expected -70 % to 0 %, measured -",
+        "ok   board revenue (analytics.inc_monthly_revenue): expected -70 % to 0 %, measured -",
+    ] {
+        assert!(stdout.contains(line), "{line:?} not in:\n{stdout}");
+    }
+    let checks = validate::validate(&env.pool, run_id).await.unwrap();
+    let downstream = checks
+        .iter()
+        .find(|c| c.name == "downstream metrics")
+        .unwrap();
+    assert!(downstream.passed, "{downstream:?}");
+    for judged in downstream.detail.as_array().unwrap() {
+        assert!(
+            judged["groups"].as_array().unwrap().len() > 12
+                && judged["problems"].as_array().unwrap().is_empty()
+                && judged["awaiting_cutover"] == false,
+            "{judged}"
+        );
+    }
     let (model, target) = sums(&env).await;
     assert!((model - target).abs() < 0.01, "{model} vs {target}");
     // The incremental and microbatch models too, rebuilt for the past
@@ -356,6 +389,14 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
 
     let (code, report, stderr) = env.cli(&["report", &run_id.to_string()]).await;
     assert_eq!(code, Some(0), "{stderr}");
+    let first = report.find("## ").unwrap();
+    assert!(
+        report[first..].starts_with("## What stakeholders see")
+            && report
+                .contains("| board revenue | analytics.inc_monthly_revenue | -70 % to 0 % | -")
+            && report.contains("the 24 most changed of"),
+        "{report}"
+    );
     assert!(
         report.contains("in the catalog and the dbt manifest:")
             && report.contains("analytics.best_months (dbt model, view)")
@@ -402,6 +443,14 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
         stdout.contains("ran the brief's 1 refresh step(s) again"),
         "{stdout}"
     );
+    // Measured again: back at their figures before the run.
+    for line in [
+        "ok   monthly net revenue (tpch.monthly_revenue): expected unchanged, measured +0.0 %",
+        "ok   board revenue (analytics.inc_monthly_revenue): expected unchanged, measured +0.0 %",
+    ] {
+        assert!(stdout.contains(line), "{line:?} not in:\n{stdout}");
+    }
+    assert_eq!(env.logged(run_id, "downstream_measured").await, 2);
     let (model, target) = sums(&env).await;
     assert!(
         (model - model_before).abs() < 0.01 && (model - target).abs() < 0.01,
@@ -452,7 +501,7 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
             .unwrap(),
         backfill_shared::control::runs::RunState::Approved
     );
-    let (code, _, stderr) = env
+    let (code, stdout, stderr) = env
         .cli_with(
             &[
                 "cutover",
@@ -465,6 +514,59 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
         .await;
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(env.logged(lax_run, "stale_models_accepted").await, 1);
+    assert!(
+        stdout.contains("ok   monthly net revenue (tpch.monthly_revenue)")
+            && stdout.contains("FAIL board revenue (analytics.inc_monthly_revenue): expected -70 % to 0 %, measured +0.0 %")
+            && stdout.contains("did not move though the run changed the target: stale"),
+        "{stdout}"
+    );
+    // The stale model fails validation and keeps the run from being done,
+    // named; the materialized view, refreshed, passes.
+    let checks = validate::validate(&env.pool, lax_run).await.unwrap();
+    let downstream = checks
+        .iter()
+        .find(|c| c.name == "downstream metrics")
+        .unwrap();
+    assert!(
+        !downstream.passed
+            && downstream
+                .summary
+                .contains("board revenue (analytics.inc_monthly_revenue)")
+            && downstream.summary.contains("stale"),
+        "{downstream:?}"
+    );
+    let (code, done, stderr) = env
+        .cli(&[
+            "done",
+            &id,
+            "--told",
+            "in the channel",
+            "--lesson",
+            "rebuild the past",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    let done: serde_json::Value = serde_json::from_str(&done).unwrap();
+    let item = done["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "downstream metrics")
+        .unwrap();
+    assert!(
+        item["ok"] == false
+            && item["detail"]
+                .as_str()
+                .unwrap()
+                .contains("analytics.inc_monthly_revenue")
+            && !item["detail"]
+                .as_str()
+                .unwrap()
+                .contains("tpch.monthly_revenue"),
+        "{done}"
+    );
+    assert_eq!(done["done"], false, "{done}");
     let (model, target) = sums(&env).await;
     assert!((model - target).abs() < 0.01, "{model} vs {target}");
     let stale = model_sum(&env, "inc_monthly_revenue").await;

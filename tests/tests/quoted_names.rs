@@ -34,12 +34,15 @@ async fn a_backfill_runs_on_a_table_whose_name_needs_quotes() {
         )
         .replace(r#""net_revenue""#, r#"'"Net Revenue"'"#)
         .replace(" AS net_revenue,", r#" AS "Net Revenue","#)
-        .replace("sum(net_revenue)", r#"sum(\"Net Revenue\")"#);
+        // The metric on the target; the one downstream reads the
+        // materialized view's own column.
+        .replacen("sum(net_revenue)", r#"sum(\"Net Revenue\")"#, 1);
     for moved in [
         "Odd Schema",
         r#"'"Net Revenue"'"#,
         r#"AS "Net Revenue""#,
         r#"sum(\"Net"#,
+        "relation = \"tpch.monthly_revenue\"\nexpr = \"sum(net_revenue)\"",
     ] {
         assert!(brief.contains(moved), "the demo brief moved: {moved}");
     }

@@ -206,8 +206,10 @@ async fn validate_passes_a_clean_run_and_fails_a_gap_or_a_duplicate() {
             "referential integrity",
             "unmatched rows",
             "metric reconciliation",
+            "downstream metrics",
             "edge cases",
-            "table health"
+            "table health",
+            "query latency"
         ]
     );
     let stored: i64 =
@@ -216,7 +218,7 @@ async fn validate_passes_a_clean_run_and_fails_a_gap_or_a_duplicate() {
             .fetch_one(&env.pool)
             .await
             .unwrap();
-    assert_eq!(stored, 8);
+    assert_eq!(stored, 10);
 
     // A batch removed from the ledger by hand is a gap.
     sqlx::query("DELETE FROM backfill.batches WHERE run_id = $1 AND batch_no = 3")
@@ -410,6 +412,78 @@ async fn a_target_grown_past_its_limit_fails_and_cutover_analyzes_it() {
     assert!(
         analyzed.is_some_and(|at| at >= started),
         "last ANALYZE {analyzed:?}, cutover at {started}"
+    );
+    env.cleanup().await;
+}
+
+/// A dashboard's query, declared with its slowdown limit, is timed before the
+/// run and by `validate` on what the run exposes: a correct run passes; the
+/// same query after its index was dropped fails, saying only that it is
+/// slower than its limit, with the timings in the detail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_query_slowed_by_a_dropped_index_fails_its_latency_check() {
+    let env = TestEnv::new(0.01).await;
+    sqlx::raw_sql("CREATE INDEX order_revenue_by_customer ON tpch.order_revenue (o_custkey)")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    // One lookup per customer: an index scan each with the index, a scan of
+    // the whole table each without it.
+    let text = env.brief(6, 2).await.replacen(
+        "\n[limits]",
+        "\n[[validation.queries]]\nname = \"orders by customer\"\n\
+         sql = \"SELECT (SELECT sum(net_revenue) FROM {target} t WHERE t.o_custkey = g) FROM generate_series(1, 300) g\"\n\
+         max_slowdown_pct = 300\n\n[limits]",
+        1,
+    );
+    assert!(text.contains("orders by customer"), "the demo brief moved");
+    let (run_id, _, _) = env.record_run(&text).await;
+    let params: serde_json::Value =
+        sqlx::query_scalar("SELECT params FROM backfill.runs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    let before = &params["queries_before"][0];
+    assert_eq!(before["name"], "orders by customer", "{params}");
+    assert_eq!(before["runs_ms"].as_array().unwrap().len(), 5, "{before}");
+    assert_eq!(env.run_to_end(run_id, 2).await, Finish::Applied);
+
+    let latency = |checks: Vec<backfill_coordinator::validate::Check>| {
+        checks
+            .into_iter()
+            .find(|c| c.name == "query latency")
+            .unwrap()
+    };
+    let check = latency(
+        backfill_coordinator::validate::validate(&env.pool, run_id)
+            .await
+            .unwrap(),
+    );
+    assert!(
+        check.passed && check.summary.starts_with("orders by customer: "),
+        "{check:?}"
+    );
+
+    sqlx::raw_sql("DROP INDEX tpch.order_revenue_by_customer")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let check = latency(
+        backfill_coordinator::validate::validate(&env.pool, run_id)
+            .await
+            .unwrap(),
+    );
+    assert!(!check.passed, "{check:?}");
+    assert_eq!(
+        check.summary,
+        "orders by customer: slower than max_slowdown_pct = 300"
+    );
+    let median = |at: &serde_json::Value| at[0]["median_ms"].as_f64().unwrap();
+    assert!(
+        median(&check.detail["now"]) > 4.0 * median(&check.detail["before"]),
+        "{}",
+        check.detail
     );
     env.cleanup().await;
 }

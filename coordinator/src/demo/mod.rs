@@ -152,6 +152,12 @@ max_change_pct = {limit}
 [[validation.references]]
 column = "o_custkey"
 references = "{schema}.customer(c_custkey)"
+[[validation.downstream]]
+name = "monthly net revenue"
+relation = "{schema}.monthly_revenue"
+expr = "sum(net_revenue)"
+by = "month"
+expect_change_pct = [-70, 0]
 
 [limits]
 max_in_flight = {max_in_flight}
@@ -521,12 +527,18 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
             .map_or_else(String::new, |t| format!("analyzed {t}, ")),
         report.refreshed_materialized_views.join(", ")
     );
+    say!("{}", report.downstream.render("cutover").trim_end());
     say!("`backfill rollback {run_id}` puts the old figures back.");
     say!("Demo finished in {:.1} s.", started.elapsed().as_secs_f64());
     if remaining != 0 {
         return Err(CliError::Halted(format!(
             "{remaining} rows differ from the recomputation"
         )));
+    }
+    if !report.downstream.passed() {
+        return Err(CliError::Halted(
+            "the downstream metric is not as the brief expects (above)".into(),
+        ));
     }
     if json {
         let summary = serde_json::json!({
@@ -538,6 +550,7 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
             "run_seconds": run_secs,
             "differences_remaining": remaining,
             "refreshed": report.refreshed_materialized_views,
+            "downstream": report.downstream.judged,
         });
         println!(
             "{}",

@@ -41,6 +41,8 @@ pub struct CutoverReport {
     pub analyzed: Option<String>,
     /// ...or why it did not.
     pub not_analyzed: Option<String>,
+    /// The downstream metrics measured after the refresh steps.
+    pub downstream: crate::downstream::After,
 }
 
 impl CutoverReport {
@@ -101,6 +103,7 @@ impl CutoverReport {
                 self.refreshed_materialized_views.join(", ")
             }
         );
+        s.push_str(&self.downstream.render("cutover"));
         s
     }
 }
@@ -395,6 +398,9 @@ pub async fn cutover_with(
         None,
     )
     .await?;
+    report.downstream =
+        crate::downstream::After::measure(pool, &run, actor, crate::downstream::Moment::Cutover)
+            .await;
     notify::emit(pool, run_id, Happened::Cutover(Step::Done)).await;
     Ok(report)
 }

@@ -12,7 +12,7 @@
 
 use super::approve::open_failures;
 use crate::{CliError, Result};
-use backfill_shared::control::runs::{self, RunState};
+use backfill_shared::control::runs::{self, Run, RunState};
 use backfill_shared::control::{batches, log, validations};
 use sqlx::PgPool;
 use std::fmt::Write as _;
@@ -199,6 +199,9 @@ pub async fn done(
             ),
         },
     });
+    if !run.brief.validation.downstream.is_empty() {
+        items.push(downstream_item(pool, &run).await?);
+    }
     let told_how = log::latest_of(pool, run_id, &TOLD)
         .await?
         .as_ref()
@@ -268,6 +271,34 @@ pub async fn done(
         run_id,
         done,
         items,
+    })
+}
+
+/// The metrics stakeholders quote, measured again now: done only when each
+/// moved as the brief expects, naming each that did not or was not measured.
+async fn downstream_item(pool: &PgPool, run: &Run) -> Result<Item> {
+    let judged = crate::downstream::judge_run(pool, run, crate::downstream::Moment::Now).await?;
+    let off: Vec<String> = judged
+        .iter()
+        .filter(|j| !j.passed() || j.awaiting_cutover)
+        .map(crate::downstream::Judged::line)
+        .collect();
+    Ok(Item {
+        name: "downstream metrics",
+        ok: off.is_empty(),
+        detail: if off.is_empty() {
+            judged
+                .iter()
+                .map(crate::downstream::Judged::line)
+                .collect::<Vec<_>>()
+                .join("; ")
+        } else {
+            format!(
+                "not as expected: {}; rebuild what is stale (its refresh) and run `backfill done {}` again, or roll back",
+                off.join("; "),
+                run.run_id
+            )
+        },
     })
 }
 

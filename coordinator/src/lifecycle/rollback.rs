@@ -59,6 +59,9 @@ pub struct RollbackReport {
     /// The brief's refresh steps run again after a cut-over run was restored.
     pub refresh_statements: usize,
     pub refreshed_materialized_views: Vec<String>,
+    /// The downstream metrics measured after, each held to its figure before
+    /// the run.
+    pub downstream: crate::downstream::After,
 }
 
 impl RollbackReport {
@@ -120,6 +123,7 @@ impl RollbackReport {
                 self.refreshed_materialized_views.join(", ")
             );
         }
+        s.push_str(&self.downstream.render("rollback"));
         s
     }
 }
@@ -287,6 +291,10 @@ pub async fn rollback(
         None,
     )
     .await?;
+    let mut report = report;
+    report.downstream =
+        crate::downstream::After::measure(pool, &run, actor, crate::downstream::Moment::Rollback)
+            .await;
     log::append(
         pool,
         run_id,

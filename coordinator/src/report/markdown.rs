@@ -4,6 +4,9 @@ use super::Report;
 use crate::validate::GroupDelta;
 use std::fmt::Write as _;
 
+/// How many groups of a downstream metric the report lists.
+const SHOWN_GROUPS: usize = 24;
+
 /// A group as people read it: a midnight timestamp (`date_trunc` of a date)
 /// is shown as its date.
 pub(crate) fn group_label(group: &str) -> &str {
@@ -128,6 +131,7 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(s, "# Backfill report: {} on {}\n", self.name, self.target);
         let _ = writeln!(s, "**Why:** {}\n", self.reason);
+        self.downstream_section(&mut s);
         let _ = writeln!(s, "| Item | Detail |\n| --- | --- |");
         let _ = writeln!(s, "| Run | `{}` ({}) |", self.run_id, self.state);
         let _ = writeln!(
@@ -325,6 +329,89 @@ impl Report {
         }
         // Free text as given, shown safely: nothing in it acts on a terminal.
         backfill_shared::text::shown(&s).into_owned()
+    }
+
+    /// The numbers people quote, first: each downstream metric's expected
+    /// and measured change, then its groups (the most changed, when many).
+    fn downstream_section(&self, s: &mut String) {
+        if self.downstream.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "## What stakeholders see\n");
+        let _ = writeln!(
+            s,
+            "| metric | where | expected | measured | result |\n| --- | --- | --- | --- | --- |"
+        );
+        for j in &self.downstream {
+            let (measured, result) = if j.awaiting_cutover {
+                ("after cutover".to_owned(), "awaiting cutover".to_owned())
+            } else {
+                (
+                    j.measured().map_or_else(
+                        || "nothing".to_owned(),
+                        |(lo, hi)| {
+                            if (lo - hi).abs() < 0.05 {
+                                format!("{lo:+.1} %")
+                            } else {
+                                format!("{lo:+.1} % to {hi:+.1} %")
+                            }
+                        },
+                    ),
+                    if j.passed() {
+                        "as expected".to_owned()
+                    } else {
+                        format!("**NOT AS EXPECTED**: {}", j.problems.join("; "))
+                    },
+                )
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {measured} | {} |",
+                cell(&j.name),
+                cell(&j.relation),
+                crate::downstream::expected(j.expect),
+                cell(&result)
+            );
+        }
+        let _ = writeln!(s);
+        for j in self.downstream.iter().filter(|j| !j.groups.is_empty()) {
+            let mut shown: Vec<&crate::downstream::Change> = j.groups.iter().collect();
+            let all = shown.len();
+            if all > SHOWN_GROUPS {
+                shown.sort_by(|a, b| {
+                    let size =
+                        |c: &crate::downstream::Change| c.pct.map_or(f64::INFINITY, f64::abs);
+                    size(b).total_cmp(&size(a))
+                });
+                shown.truncate(SHOWN_GROUPS);
+                shown.sort_by(|a, b| a.group.cmp(&b.group));
+            }
+            let _ = writeln!(
+                s,
+                "{} ({}){}:\n\n| group | before | after | change |\n| --- | ---: | ---: | ---: |",
+                cell(&j.name),
+                cell(&j.relation),
+                if all > shown.len() {
+                    format!(", the {} most changed of {all} groups", shown.len())
+                } else {
+                    String::new()
+                }
+            );
+            for c in shown {
+                let figure = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), fmt_num);
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {}{} |",
+                    cell(group_label(&c.group)),
+                    figure(c.before),
+                    figure(c.after),
+                    c.pct
+                        .map_or_else(|| "—".to_owned(), |p| format!("{p:+.2} %")),
+                    if c.ok { "" } else { " **!**" }
+                );
+            }
+            let _ = writeln!(s);
+        }
     }
 
     pub(super) fn metric_names(&self) -> Vec<String> {

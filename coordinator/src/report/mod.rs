@@ -151,6 +151,9 @@ pub struct Report {
     /// Why the brief's dbt manifest could not be read now.
     pub dbt_error: Option<String>,
     pub validation: Vec<ValidationRow>,
+    /// The metrics stakeholders quote (`[[validation.downstream]]`), measured
+    /// now against their figures before the run.
+    pub downstream: Vec<crate::downstream::Judged>,
     pub metrics: Vec<GroupDelta>,
     pub refreshed: Vec<String>,
     pub code_version: String,
@@ -285,6 +288,8 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
         dbt,
         dbt_error,
         validation,
+        downstream: crate::downstream::judge_run(pool, &run, crate::downstream::Moment::Now)
+            .await?,
         metrics: validate::summed_metrics(&run, &applied),
         refreshed,
         code_version: run.code_version.clone(),

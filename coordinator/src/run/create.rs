@@ -57,10 +57,16 @@ pub async fn create(
 
     // The target's health before the run, for `validate` to compare with.
     let health = crate::catalog::health(pool, target, &brief.scope.batch_by.column).await?;
+    // And the metrics stakeholders quote, where they read them.
+    let downstream = crate::downstream::before_run(pool, brief).await?;
+    // And the dashboards' queries on it.
+    let queries = crate::latency::before_run(pool, brief).await?;
     let params = serde_json::json!({
         "target_table_bytes": health.table_bytes,
         "target_index_bytes": health.index_bytes,
         "target_health": health,
+        "downstream_before": downstream,
+        "queries_before": queries,
         "strategy": brief.write.strategy,
         "on_missing": brief.write.on_missing,
         "snapshot": brief.write.snapshot,

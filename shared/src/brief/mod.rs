@@ -382,6 +382,84 @@ pub struct Validation {
     /// -1 to 1) the target may be left with.
     #[serde(default)]
     pub min_correlation: Option<f64>,
+    /// `[[validation.downstream]]`: metrics where stakeholders read them.
+    #[serde(default)]
+    pub downstream: Vec<Downstream>,
+    /// `[[validation.queries]]`: queries the dashboards run, timed before
+    /// the run and on what it will expose.
+    #[serde(default)]
+    pub queries: Vec<Query>,
+}
+
+/// `[[validation.queries]]`: a query a dashboard runs on the target, and how
+/// much slower the run may leave it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Query {
+    pub name: String,
+    /// The query as the dashboard runs it; [`Query::TARGET`] where it reads
+    /// the target, so it can be timed on a table a swap builds beside it.
+    pub sql: String,
+    pub max_slowdown_pct: f64,
+}
+
+impl Query {
+    /// Where a query reads the target, in its `sql`.
+    pub const TARGET: &'static str = "{target}";
+
+    /// The query reading `table` (quoted) where it names [`Query::TARGET`].
+    #[must_use]
+    pub fn on(&self, table: &str) -> String {
+        self.sql.replace(Self::TARGET, table)
+    }
+}
+
+/// `[[validation.downstream]]`: a metric of a relation downstream of the
+/// target (a view, a materialized view, a table built from it, a dbt model
+/// by name), measured before the run, after cutover and after rollback, and
+/// what the brief expects of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Downstream {
+    pub name: String,
+    /// `schema.relation`, or a dbt model's name (found in the manifest).
+    pub relation: String,
+    pub expr: String,
+    pub by: Option<String>,
+    /// `where`: the relation's rows measured (read as `t`), e.g. the periods
+    /// outside the scope.
+    #[serde(rename = "where")]
+    pub filter: Option<String>,
+    pub expect: Expect,
+}
+
+/// What a downstream metric should do over the run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    /// `expect_change_pct = [lo, hi]`: every group changes by lo to hi percent.
+    ChangePct { lo: f64, hi: f64 },
+    /// `unchanged = true`: every group keeps its figure.
+    Unchanged,
+}
+
+impl Downstream {
+    /// The one statement that measures it per group, over `from` (the
+    /// relation, quoted).
+    #[must_use]
+    pub fn query(&self, from: &str) -> String {
+        Metric {
+            name: self.name.clone(),
+            expr: self.expr.clone(),
+            by: self.by.clone(),
+            max_change_pct: None,
+        }
+        .query(
+            from,
+            &self
+                .filter
+                .as_deref()
+                .map_or_else(|| "true".to_owned(), |f| format!("({f})")),
+        )
+    }
 }
 
 /// Growth of the target's size over a run past which `validate` warns, when

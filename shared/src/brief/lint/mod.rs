@@ -1,15 +1,16 @@
 //! The static lint of a brief: everything that can be checked from the text alone.
 //! It never stops at the first problem; an operator fixes a brief in one pass.
 
-use super::reader::{Reader, open_section, read_tables};
+use super::reader::{Reader, open_section};
 use super::{
-    BatchBy, Brief, Budget, Canary, CanaryPick, Dependencies, Limits, Meta, Metric, OnMissing,
-    Reference, Refresh, Risk, Rollback, Strategy, Validation, Window, Write,
+    BatchBy, Brief, Budget, Canary, CanaryPick, Dependencies, Limits, Meta, OnMissing, Refresh,
+    Risk, Rollback, Strategy, Window, Write,
 };
 use crate::sql::TableName;
 use scope::read_scope;
 use std::fmt;
 use toml::{Table, Value};
+use validation::read_validation;
 
 /// One thing wrong with a brief: the field (`scope.batch_by.step`) and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -59,6 +60,8 @@ pub mod limits {
         ("dependencies.stakeholders", 100),
         ("validation.metrics", 50),
         ("validation.references", 50),
+        ("validation.downstream", 50),
+        ("validation.queries", 20),
         ("validation.edge_cases", 1000),
     ];
     /// Characters of a text, by field (`[]`: every item of a list).
@@ -69,6 +72,8 @@ pub mod limits {
         ("scope.periods[].reason", 4000),
         ("scope.volatile_ok", 4000),
         ("validation.metrics[].name", 200),
+        ("validation.downstream[].name", 200),
+        ("validation.queries[].name", 200),
         ("rollback.plan", 4000),
         ("rollback.without_images", 4000),
     ];
@@ -484,185 +489,6 @@ fn read_refresh(r: &mut Reader<'_>) -> Option<Vec<Refresh>> {
     ok.then_some(steps)
 }
 
-fn read_validation(r: &mut Reader<'_>) -> Option<Validation> {
-    // The key is unique in the target: a batch whose source yields a key twice
-    // fails as a duplicate grain, so no other figure could mean anything.
-    let max_duplicate_keys = match r.get("max_duplicate_keys") {
-        None => {
-            r.missing("max_duplicate_keys", "0");
-            None
-        }
-        Some(Value::Integer(0)) => Some(()),
-        Some(_) => {
-            r.problem(
-                "max_duplicate_keys",
-                "must be 0: the target's key is unique, so a batch whose source yields a key twice fails as a duplicate grain, whatever this says; write max_duplicate_keys = 0",
-            );
-            None
-        }
-    };
-    let metrics = read_tables(r, "metrics", |r, t, i| {
-        let field = |k: &str| format!("metrics[{i}].{k}");
-        let text = |r: &mut Reader<'_>, k: &str, required: bool| match t.get(k) {
-            Some(Value::String(s)) if !s.trim().is_empty() => Some(Some(s.trim().to_owned())),
-            None if !required => Some(None),
-            _ => {
-                r.problem(&field(k), "must be a non-blank string");
-                None
-            }
-        };
-        let name = text(r, "name", true);
-        let expr = text(r, "expr", true);
-        let by = text(r, "by", false);
-        let max_change_pct = match t.get("max_change_pct") {
-            None => Some(None),
-            Some(Value::Integer(i)) if *i >= 0 => Some(Some(*i as f64)),
-            Some(Value::Float(f)) if *f >= 0.0 && f.is_finite() => Some(Some(*f)),
-            Some(_) => {
-                r.problem(
-                    &field("max_change_pct"),
-                    "must be a non-negative number (percent)",
-                );
-                None
-            }
-        };
-        for k in t.keys() {
-            if !["name", "expr", "by", "max_change_pct"].contains(&k.as_str()) {
-                r.problem(
-                    &field(k),
-                    "unknown field; the fields are name, expr, by, max_change_pct",
-                );
-            }
-        }
-        Some(Metric {
-            name: name??,
-            expr: expr??,
-            by: by?,
-            max_change_pct: max_change_pct?,
-        })
-    });
-    let references = read_tables(r, "references", |r, t, i| {
-        let mut text = |k: &str| match t.get(k) {
-            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-            _ => {
-                r.problem(
-                    &format!("references[{i}].{k}"),
-                    "must be a non-blank string",
-                );
-                None
-            }
-        };
-        let column = text("column");
-        let references = text("references");
-        let reference = Reference {
-            column: column?,
-            references: references?,
-        };
-        if reference.parent().is_none() {
-            r.problem(
-                &format!("references[{i}].references"),
-                format!(
-                    "{:?} is not a parent; write \"schema.table(column)\"",
-                    reference.references
-                ),
-            );
-            return None;
-        }
-        Some(reference)
-    });
-    let max_unmatched_pct = match r.get("max_unmatched_pct") {
-        None => Some(super::DEFAULT_MAX_UNMATCHED_PCT),
-        Some(Value::Integer(i)) if (0..=100).contains(i) => Some(*i as f64),
-        Some(Value::Float(f)) if (0.0..=100.0).contains(f) => Some(*f),
-        Some(_) => {
-            r.problem(
-                "max_unmatched_pct",
-                "must be a number from 0 to 100: the percent of a batch range's rows the source may leave without a counterpart (0 forbids any)",
-            );
-            None
-        }
-    };
-    let edge_cases = read_edge_cases(r);
-    let mut number = |key: &'static str, range: std::ops::RangeInclusive<f64>, means: &str| {
-        let value = match r.get(key) {
-            None => return Some(None),
-            Some(Value::Integer(i)) => *i as f64,
-            Some(Value::Float(f)) => *f,
-            Some(_) => f64::NAN,
-        };
-        if range.contains(&value) {
-            Some(Some(value))
-        } else {
-            r.problem(
-                key,
-                format!(
-                    "must be a number from {} to {}: {means}",
-                    range.start(),
-                    range.end()
-                ),
-            );
-            None
-        }
-    };
-    let max_size_growth_pct = number(
-        "max_size_growth_pct",
-        0.0..=10_000.0,
-        "the percent the target's table and indexes may grow over the run",
-    );
-    let min_correlation = number(
-        "min_correlation",
-        -1.0..=1.0,
-        "the least physical order of the batch_by column (pg_stats.correlation) the run may leave",
-    );
-    max_duplicate_keys?;
-    Some(Validation {
-        max_unmatched_pct: max_unmatched_pct?,
-        metrics: metrics?,
-        references: references?,
-        edge_cases: edge_cases?,
-        max_size_growth_pct: max_size_growth_pct?,
-        min_correlation: min_correlation?,
-    })
-}
-
-/// `edge_cases = [1, 32]` for a one-column key, `[[1, "a"], ...]` for a composite one.
-fn read_edge_cases(r: &mut Reader<'_>) -> Option<Vec<Vec<String>>> {
-    let Some(v) = r.get("edge_cases") else {
-        return Some(Vec::new());
-    };
-    let Value::Array(items) = v else {
-        r.problem(
-            "edge_cases",
-            "must be a list of keys, e.g. [1, 32] or [[1, \"a\"]]",
-        );
-        return None;
-    };
-    let scalar = |v: &Value| match v {
-        Value::Integer(i) => Some(i.to_string()),
-        Value::String(s) => Some(s.clone()),
-        Value::Datetime(d) => Some(d.to_string()),
-        _ => None,
-    };
-    let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let key = match item {
-            Value::Array(parts) => parts.iter().map(scalar).collect::<Option<Vec<_>>>(),
-            other => scalar(other).map(|s| vec![s]),
-        };
-        match key {
-            Some(k) => out.push(k),
-            None => {
-                r.problem(
-                    &format!("edge_cases[{i}]"),
-                    "must be a key value (integer, string, date) or a list of them",
-                );
-                return None;
-            }
-        }
-    }
-    Some(out)
-}
-
 fn read_limits(r: &mut Reader<'_>, by: Option<&BatchBy>) -> Option<Limits> {
     let max_in_flight = r
         .integer(
@@ -884,3 +710,4 @@ mod predicate;
 mod scope;
 #[cfg(test)]
 mod tests;
+mod validation;

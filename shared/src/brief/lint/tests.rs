@@ -2,7 +2,7 @@
 
 use super::super::{Bound, Brief, OnMissing, Strategy};
 
-const GOOD: &str = r#"
+pub(super) const GOOD: &str = r#"
 [brief]
 name = "fix-dates"
 reason = "Late events were dated by arrival."
@@ -37,7 +37,7 @@ plan = "restore before-images"
 retain_days = 7
 "#;
 
-fn fields(text: &str) -> Vec<String> {
+pub(super) fn fields(text: &str) -> Vec<String> {
     Brief::parse(text)
         .unwrap_err()
         .problems
@@ -493,6 +493,24 @@ fn with_items(field: &str, n: usize) -> String {
                 list(&|_| "{ column = \"day\", references = \"public.days(day)\" }".into())
             ),
         ),
+        "validation.downstream" => add(
+            "\n[limits]",
+            format!(
+                "downstream = [{}]",
+                list(&|i| format!(
+                    "{{ name = \"d{i}\", relation = \"public.v\", expr = \"count(*)\", unchanged = true }}"
+                ))
+            ),
+        ),
+        "validation.queries" => add(
+            "\n[limits]",
+            format!(
+                "queries = [{}]",
+                list(&|i| format!(
+                    "{{ name = \"q{i}\", sql = \"SELECT 1\", max_slowdown_pct = 50 }}"
+                ))
+            ),
+        ),
         "validation.edge_cases" => add(
             "\n[limits]",
             format!("edge_cases = [{}]", list(&|i| i.to_string())),
@@ -523,6 +541,16 @@ fn with_text(field: &str, text: &str) -> String {
         "validation.metrics[].name" => add(
             "\n[limits]",
             format!("metrics = [{{ name = {value}, expr = \"count(*)\" }}]"),
+        ),
+        "validation.downstream[].name" => add(
+            "\n[limits]",
+            format!(
+                "downstream = [{{ name = {value}, relation = \"public.v\", expr = \"count(*)\", unchanged = true }}]"
+            ),
+        ),
+        "validation.queries[].name" => add(
+            "\n[limits]",
+            format!("queries = [{{ name = {value}, sql = \"SELECT 1\", max_slowdown_pct = 50 }}]"),
         ),
         "rollback.plan" => set("\"restore before-images\""),
         "rollback.without_images" => add("retain_days", format!("without_images = {value}")),
