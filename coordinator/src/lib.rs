@@ -38,6 +38,7 @@ pub mod notify;
 pub mod people;
 pub mod plan;
 pub mod preflight;
+pub mod reached;
 pub mod report;
 pub mod resume;
 pub mod run;

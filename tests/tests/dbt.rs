@@ -337,6 +337,21 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
         .await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("ran 1 refresh step(s)"), "{stdout}");
+    // Everything downstream that stores data was rebuilt: the materialized
+    // view refreshed, each dbt model named by dbt's run_results.json.
+    let reached = stdout
+        .lines()
+        .find(|l| l.starts_with("the refresh reached: "))
+        .unwrap_or_else(|| panic!("no 'the refresh reached' line in:\n{stdout}"));
+    for relation in [
+        "tpch.monthly_revenue",
+        "analytics.monthly_net_revenue",
+        "analytics.inc_monthly_revenue",
+        "analytics.mb_yearly_revenue",
+    ] {
+        assert!(reached.contains(relation), "{relation} not in {reached}");
+    }
+    assert!(!stdout.contains("not confirmed rebuilt"), "{stdout}");
     // Measured where they are read, once refreshed: both moved as expected.
     for line in [
         "ok   monthly net revenue (tpch.monthly_revenue): expected -70 % to 0 %, measured -",
@@ -395,6 +410,13 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
             && report
                 .contains("| board revenue | analytics.inc_monthly_revenue | -70 % to 0 % | -")
             && report.contains("the 24 most changed of"),
+        "{report}"
+    );
+    // The refresh's dbt job, node by node, beside the run before it.
+    assert!(
+        report.contains("- Rebuilt: analytics.inc_monthly_revenue (dbt model, incremental): dbt built inc_monthly_revenue (")
+            && report.contains("| dbt node | the run before | this refresh |")
+            && report.contains("| model.shop.monthly_net_revenue | "),
         "{report}"
     );
     assert!(
@@ -517,7 +539,8 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
     assert!(
         stdout.contains("ok   monthly net revenue (tpch.monthly_revenue)")
             && stdout.contains("FAIL board revenue (analytics.inc_monthly_revenue): expected -70 % to 0 %, measured +0.0 %")
-            && stdout.contains("did not move though the run changed the target: stale"),
+            && stdout.contains("did not move though the run changed the target: stale")
+            && stdout.contains("WARNING: not confirmed rebuilt: analytics.inc_monthly_revenue (dbt model, incremental): dbt ran inc_monthly_revenue incrementally: it kept the history the run rewrote"),
         "{stdout}"
     );
     // The stale model fails validation and keeps the run from being done,
@@ -564,6 +587,23 @@ async fn plan_announce_and_report_name_what_dbt_has_downstream() {
                 .as_str()
                 .unwrap()
                 .contains("tpch.monthly_revenue"),
+        "{done}"
+    );
+    let item = done["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "refresh reached downstream")
+        .unwrap();
+    let detail = item["detail"].as_str().unwrap();
+    assert!(
+        item["ok"] == false
+            && detail.contains(
+                "analytics.inc_monthly_revenue (dbt ran inc_monthly_revenue incrementally"
+            )
+            && detail
+                .contains("analytics.mb_yearly_revenue (dbt ran mb_yearly_revenue incrementally")
+            && !detail.contains("monthly_net_revenue"),
         "{done}"
     );
     assert_eq!(done["done"], false, "{done}");

@@ -43,6 +43,7 @@ async fn a_run_is_done_only_when_every_item_is_recorded() {
             "scope processed",
             "validation",
             "cut over, refreshed",
+            "refresh reached downstream",
             "stakeholders told",
             "lesson captured"
         ]
@@ -65,6 +66,7 @@ async fn a_run_is_done_only_when_every_item_is_recorded() {
         missing(&verdict),
         [
             "cut over, refreshed",
+            "refresh reached downstream",
             "stakeholders told",
             "lesson captured"
         ]
@@ -120,7 +122,7 @@ async fn a_run_is_done_only_when_every_item_is_recorded() {
     assert_eq!(code, Some(1));
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["done"], false);
-    assert_eq!(json["items"].as_array().unwrap().len(), 6);
+    assert_eq!(json["items"].as_array().unwrap().len(), 7);
     let lesson = "Announce a week ahead: finance had a board deck on the old numbers.";
     let (code, stdout, stderr) = env
         .cli_with(

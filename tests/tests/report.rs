@@ -122,7 +122,7 @@ async fn the_report_matches_the_tables_and_renders_with_its_chart() {
         ])
         .arg(format!("--user-data-dir={}", dir.join("profile").display()))
         .arg(format!("--screenshot={}", png.display()))
-        .arg("--window-size=1000,1400")
+        .arg("--window-size=1000,3200")
         .arg(format!("file://{}", html.display()))
         .output()
         .expect("chromium is needed for this test: bash deploy/install-test-tools.sh");

@@ -43,6 +43,10 @@ pub struct CutoverReport {
     pub not_analyzed: Option<String>,
     /// The downstream metrics measured after the refresh steps.
     pub downstream: crate::downstream::After,
+    /// What downstream stores data, each confirmed rebuilt or not...
+    pub reached: Vec<crate::reached::Reached>,
+    /// ...or why that could not be told.
+    pub reached_error: Option<String>,
 }
 
 impl CutoverReport {
@@ -103,6 +107,10 @@ impl CutoverReport {
                 self.refreshed_materialized_views.join(", ")
             }
         );
+        s.push_str(&crate::reached::render(
+            &self.reached,
+            self.reached_error.as_deref(),
+        ));
         s.push_str(&self.downstream.render("cutover"));
         s
     }
@@ -367,10 +375,12 @@ pub async fn cutover_with(
             continue;
         }
         let at = format!("refresh step {} ({refresh})", index + 1);
-        let detail = match refresh_step(pool, run_id, actor, refresh, index, "cutover").await {
-            Ok(detail) => detail,
-            Err(e) => return Err(fail(&at, &e).await),
-        };
+        let manifest = brief.dependencies.dbt_manifest.as_deref();
+        let detail =
+            match refresh_step(pool, run_id, actor, refresh, manifest, index, "cutover").await {
+                Ok(detail) => detail,
+                Err(e) => return Err(fail(&at, &e).await),
+            };
         step("refresh", detail).await?;
         report.refresh_statements += 1;
     }
@@ -401,6 +411,27 @@ pub async fn cutover_with(
     report.downstream =
         crate::downstream::After::measure(pool, &run, actor, crate::downstream::Moment::Cutover)
             .await;
+    let reached = async {
+        let dbt: Vec<_> = crate::reached::dbt_runs(pool, run_id, "cutover_step")
+            .await?
+            .into_iter()
+            .map(|(_, now)| now)
+            .collect();
+        let reached = crate::reached::confirm(
+            pool,
+            &run,
+            &report.refreshed_materialized_views,
+            &dbt,
+            &report.downstream.judged,
+        )
+        .await?;
+        crate::reached::record(pool, run_id, actor, &reached).await?;
+        Ok::<_, CliError>(reached)
+    };
+    match reached.await {
+        Ok(reached) => report.reached = reached,
+        Err(e) => report.reached_error = Some(e.to_string()),
+    }
     notify::emit(pool, run_id, Happened::Cutover(Step::Done)).await;
     Ok(report)
 }
@@ -443,6 +474,7 @@ pub(crate) async fn refresh_step(
     run_id: Uuid,
     actor: &str,
     refresh: &Refresh,
+    manifest: Option<&str>,
     index: i64,
     verb: &str,
 ) -> Result<serde_json::Value> {
@@ -454,7 +486,16 @@ pub(crate) async fn refresh_step(
             Ok(serde_json::json!({ "index": index, "statement": statement }))
         }
         Refresh::Command { run, dir } => {
+            // What dbt says it did, and what it said the time before.
+            let results = crate::reached::is_dbt(run)
+                .then(|| crate::reached::results_path(run, dir.as_deref(), manifest));
+            let previous = results.as_deref().and_then(crate::reached::read);
+            let started = chrono::Utc::now();
             let ran = run_command(run, dir.as_deref()).await?;
+            let now = results
+                .as_deref()
+                .and_then(crate::reached::read)
+                .filter(|r| r.generated_at.is_some_and(|at| at >= started));
             let detail = serde_json::json!({
                 "index": index,
                 "statement": refresh.to_string(),
@@ -462,6 +503,9 @@ pub(crate) async fn refresh_step(
                 "dir": dir,
                 "exit": ran.exit,
                 "output": ran.tail,
+                "dbt": results.map(|path| serde_json::json!({
+                    "path": path, "previous": previous, "now": now,
+                })),
             });
             if ran.exit == Some(0) {
                 return Ok(detail);

@@ -199,6 +199,7 @@ pub async fn done(
             ),
         },
     });
+    items.push(reached_item(pool, &run).await?);
     if !run.brief.validation.downstream.is_empty() {
         items.push(downstream_item(pool, &run).await?);
     }
@@ -271,6 +272,48 @@ pub async fn done(
         run_id,
         done,
         items,
+    })
+}
+
+/// What downstream stores data, as cutover confirmed it rebuilt: done only
+/// when each was, naming each that was not.
+async fn reached_item(pool: &PgPool, run: &Run) -> Result<Item> {
+    let run_id = run.run_id;
+    let recorded = crate::reached::recorded(pool, run_id).await?;
+    let Some(reached) = recorded.filter(|_| run.cut_over_at.is_some()) else {
+        return Ok(Item {
+            name: "refresh reached downstream",
+            ok: false,
+            detail: format!(
+                "checked by cutover, once its refresh steps ran: `backfill cutover {run_id}`"
+            ),
+        });
+    };
+    let missed: Vec<String> = reached
+        .iter()
+        .filter(|r| !r.confirmed)
+        .map(|r| format!("{} ({})", r.relation, r.how))
+        .collect();
+    Ok(Item {
+        name: "refresh reached downstream",
+        ok: missed.is_empty(),
+        detail: if reached.is_empty() {
+            "nothing downstream stores data".to_owned()
+        } else if missed.is_empty() {
+            format!(
+                "rebuilt: {}",
+                reached
+                    .iter()
+                    .map(|r| r.relation.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            format!(
+                "not confirmed rebuilt: {}; rebuild each and check, or roll back",
+                missed.join("; ")
+            )
+        },
     })
 }
 

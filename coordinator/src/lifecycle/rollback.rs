@@ -139,8 +139,10 @@ async fn refresh_again(pool: &PgPool, run: &Run, actor: &str) -> Result<usize> {
         if done.contains(&index) {
             continue;
         }
+        let manifest = run.brief.dependencies.dbt_manifest.as_deref();
         let detail =
-            super::cutover::refresh_step(pool, run_id, actor, refresh, index, "rollback").await?;
+            super::cutover::refresh_step(pool, run_id, actor, refresh, manifest, index, "rollback")
+                .await?;
         log::append(
             pool,
             run_id,

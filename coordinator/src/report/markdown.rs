@@ -292,6 +292,43 @@ impl Report {
         for r in &self.refreshed {
             let _ = writeln!(s, "- {r}");
         }
+        if let Some(reached) = &self.reached {
+            let _ = writeln!(s);
+            for r in reached {
+                let _ = writeln!(
+                    s,
+                    "- {} {} ({}): {}",
+                    if r.confirmed {
+                        "Rebuilt:"
+                    } else {
+                        "**Not confirmed rebuilt:**"
+                    },
+                    cell(&r.relation),
+                    r.kind,
+                    cell(&r.how)
+                );
+            }
+        }
+        if !self.dbt_durations.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n| dbt node | the run before | this refresh |\n| --- | ---: | ---: |"
+            );
+            for (node, before, now) in &self.dbt_durations {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {now:.2} s{} |",
+                    cell(node),
+                    before.map_or_else(|| "—".to_owned(), |b| format!("{b:.2} s")),
+                    before
+                        .filter(|b| *b > 0.0)
+                        .map_or_else(String::new, |b| format!(
+                            " ({:+.0} %)",
+                            (now - b) / b * 100.0
+                        ))
+                );
+            }
+        }
         let _ = writeln!(s, "\n## Run log\n");
         let _ = writeln!(s, "- Code version: {}", self.code_version);
         let _ = writeln!(s, "- Brief hash: `{}`", self.brief_hash);

@@ -156,6 +156,11 @@ pub struct Report {
     pub downstream: Vec<crate::downstream::Judged>,
     pub metrics: Vec<GroupDelta>,
     pub refreshed: Vec<String>,
+    /// What downstream stores data, as cutover confirmed it rebuilt.
+    pub reached: Option<Vec<crate::reached::Reached>>,
+    /// Each dbt node the cutover's refresh ran: its seconds in the run
+    /// before (where that run had it) and in this one.
+    pub dbt_durations: Vec<(String, Option<f64>, f64)>,
     pub code_version: String,
     pub brief_hash: String,
     pub params: serde_json::Value,
@@ -292,6 +297,10 @@ pub async fn gather(pool: &PgPool, run_id: Uuid) -> Result<Report> {
             .await?,
         metrics: validate::summed_metrics(&run, &applied),
         refreshed,
+        reached: crate::reached::recorded(pool, run_id).await?,
+        dbt_durations: crate::reached::durations(
+            &crate::reached::dbt_runs(pool, run_id, "cutover_step").await?,
+        ),
         code_version: run.code_version.clone(),
         brief_hash: run.brief_hash.clone(),
         params,
