@@ -133,6 +133,39 @@ pub async fn health<'e, E: sqlx::PgExecutor<'e>>(
     .await
 }
 
+/// The bytes of `table` (summed over its partitions) that dead row versions
+/// and free space take, as `pgstattuple_approx` measures them: `None` where
+/// the extension is not installed or this session may not run it (a
+/// superuser, or a member of `pg_stat_scan_tables`, may).
+pub async fn reclaimable(pool: &sqlx::PgPool, table: &TableName) -> sqlx::Result<Option<i64>> {
+    let installed: Option<String> = sqlx::query_scalar(
+        "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+          WHERE e.extname = 'pgstattuple'",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let Some(schema) = installed else {
+        return Ok(None);
+    };
+    let measured = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "WITH parts AS (SELECT relid FROM pg_partition_tree($1::regclass) WHERE isleaf
+                        UNION SELECT $1::regclass)
+         SELECT sum(s.dead_tuple_len + s.approx_free_space)::bigint
+           FROM parts p JOIN pg_class c ON c.oid = p.relid AND c.relkind IN ('r', 'm'),
+                LATERAL {}.pgstattuple_approx(p.relid) s",
+        backfill_shared::sql::quote_ident(&schema)
+    )))
+    .bind(table.quoted())
+    .fetch_one(pool)
+    .await;
+    match measured {
+        Ok(bytes) => Ok(bytes),
+        // Not this session's to run: the figure is left out, not the check.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Gathers `table`'s statistics (`ANALYZE`) when this session may (its
 /// owner, or a superuser); otherwise says who may.
 pub async fn analyze(pool: &sqlx::PgPool, table: &TableName) -> sqlx::Result<Result<(), String>> {

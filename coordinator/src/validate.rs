@@ -600,10 +600,14 @@ async fn health(
     table: &backfill_shared::sql::TableName,
 ) -> Result<Check> {
     use backfill_shared::brief::SIZE_GROWTH_WARNING_PCT;
+    use std::fmt::Write as _;
     let column = &run.brief.scope.batch_by.column;
     let now = crate::catalog::health(pool, table, column)
         .await
         .map_err(|e| CliError::Internal(format!("reading the health of {table}: {e}")))?;
+    let reclaimable = crate::catalog::reclaimable(pool, table)
+        .await
+        .map_err(|e| CliError::Internal(format!("measuring the bloat of {table}: {e}")))?;
     let params = &run.params;
     // Runs recorded before health was kept have their sizes only.
     let before: Option<crate::catalog::Health> =
@@ -663,6 +667,13 @@ async fn health(
             order(before.as_ref().and_then(|b| b.correlation)),
             order(now.correlation),
         );
+        if let Some(bytes) = reclaimable {
+            let _ = write!(
+                summary,
+                "; {} in dead rows and free space (pgstattuple)",
+                mib(Some(bytes))
+            );
+        }
         for note in &notes {
             summary.push_str("; ");
             summary.push_str(note);
@@ -680,6 +691,7 @@ async fn health(
             "index_bytes_before": before_i, "index_bytes": now.index_bytes,
             "growth_pct": growth,
             "dead_tuples": now.dead_tuples, "live_tuples": now.live_tuples,
+            "reclaimable_bytes": reclaimable,
             "analyzed_at": now.analyzed_at, "statistics_fresh": fresh,
             "correlation_before": before.as_ref().and_then(|b| b.correlation),
             "correlation": now.correlation,

@@ -388,6 +388,28 @@ async fn forgeries_in_sql_are_refused_and_change_nothing() {
         assert!(denied(&err), "{err}");
     }
 
+    // The figures measured before the run, rewritten so the change looks
+    // expected: refused. The time it ran, rewritten so its pace looks
+    // better: kept as the database counts it.
+    let err = sqlx::query(
+        "UPDATE backfill.runs SET params = jsonb_set(params, '{target_table_bytes}', '1')
+          WHERE run_id = $1",
+    )
+    .bind(applied)
+    .execute(alice)
+    .await
+    .unwrap_err();
+    assert!(denied(&err), "{err}");
+    assert!(
+        err.to_string().contains("is fixed when it is recorded"),
+        "{err}"
+    );
+    sqlx::query("UPDATE backfill.runs SET active_ms = 1, running_since = now() WHERE run_id = $1")
+        .bind(applied)
+        .execute(alice)
+        .await
+        .unwrap();
+
     // Run-log rows name their session, whatever the insert says.
     for (pool, who) in [(alice, "alice"), (walt, "walt")] {
         sqlx::query(

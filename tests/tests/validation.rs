@@ -340,6 +340,11 @@ async fn sample_writes_nothing_and_its_deltas_equal_direct_sql() {
 async fn a_target_grown_past_its_limit_fails_and_cutover_analyzes_it() {
     use backfill_coordinator::lifecycle::{approve, cutover};
     let env = TestEnv::new(0.01).await;
+    // Where pgstattuple is installed, its measure of the bloat too.
+    sqlx::raw_sql("CREATE EXTENSION pgstattuple")
+        .execute(&env.pool)
+        .await
+        .unwrap();
     let text = env.brief(6, 2).await.replace(
         "max_duplicate_keys = 0",
         "max_duplicate_keys = 0\nmax_size_growth_pct = 1",
@@ -372,6 +377,8 @@ async fn a_target_grown_past_its_limit_fails_and_cutover_analyzes_it() {
     let bytes = |k: &str| d[k].as_i64().unwrap();
     assert!(bytes("table_bytes") > bytes("table_bytes_before"), "{d}");
     assert!(d["growth_pct"].as_f64().unwrap() > 1.0, "{d}");
+    // The old row versions are what pgstattuple finds reclaimable.
+    assert!(bytes("reclaimable_bytes") > 0, "{d}");
 
     backfill_coordinator::validate::accept(
         &env.reviewer,
