@@ -121,7 +121,7 @@ async fn edge_case_position(pool: &PgPool, brief: &Brief, case: &[String]) -> Re
 pub async fn promote(pool: &PgPool, run_id: Uuid, claimed: Option<&str>) -> Result<String> {
     let run = runs::load(pool, run_id).await?;
     if run.canary_batches.is_empty() {
-        return Err(CliError::BadInput(format!(
+        return Err(CliError::WrongState(format!(
             "run {run_id} has no canary (limits.canary): there is nothing to promote"
         )));
     }
@@ -130,14 +130,14 @@ pub async fn promote(pool: &PgPool, run_id: Uuid, claimed: Option<&str>) -> Resu
         RunState::Canary => {}
         RunState::Running | RunState::Paused if run.in_canary() => {
             let c = batches::counts(pool, run_id).await?;
-            return Err(CliError::BadInput(format!(
+            return Err(CliError::WrongState(format!(
                 "run {run_id} is still applying its canary ({} of {} batches applied in all); promote once it waits in state canary",
                 c.applied,
                 run.canary_batches.len()
             )));
         }
         _ if run.promoted_at.is_some() => {
-            return Err(CliError::BadInput(format!(
+            return Err(CliError::WrongState(format!(
                 "run {run_id}'s canary was already promoted by {}{}; the run is {}. Nothing was done; `backfill status {run_id}` shows where it stands",
                 run.promoted_by.unwrap_or_default(),
                 backfill_shared::text::when(run.promoted_at),
@@ -145,7 +145,7 @@ pub async fn promote(pool: &PgPool, run_id: Uuid, claimed: Option<&str>) -> Resu
             )));
         }
         other => {
-            return Err(CliError::BadInput(format!(
+            return Err(CliError::WrongState(format!(
                 "run {run_id} is {other}; only a run waiting at its canary can be promoted{}",
                 if other == RunState::Halted {
                     format!(" (the canary halted it: `backfill status {run_id}` says why)")
@@ -156,7 +156,7 @@ pub async fn promote(pool: &PgPool, run_id: Uuid, claimed: Option<&str>) -> Resu
         }
     }
     if !runs::promote(pool, run_id, session.name(), false).await? {
-        return Err(CliError::BadInput(format!(
+        return Err(CliError::WrongState(format!(
             "run {run_id} changed state while promoting; check `backfill status {run_id}`"
         )));
     }

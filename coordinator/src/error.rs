@@ -11,6 +11,18 @@ pub enum CliError {
     /// The brief or the arguments are wrong; nothing was changed.
     #[error("{0}")]
     BadInput(String),
+    /// No such run (or other thing a command names); nothing was changed.
+    #[error("{0}")]
+    NotFound(String),
+    /// Not this person's to do (not the run's owner or reviewer, a role
+    /// mapped to nobody, a privilege the warehouse refused); nothing was
+    /// changed.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// Not in the run's state (approving a run still running, cutting over
+    /// one not approved); nothing was changed.
+    #[error("{0}")]
+    WrongState(String),
     #[error(transparent)]
     Service(#[from] ServiceError),
     /// A call to the warehouse, the broker or Redis failed. Transient failures (a
@@ -40,7 +52,7 @@ impl CliError {
         match self {
             Self::Halted(_) | Self::Internal(_) => 1,
             Self::Call(failure) if !failure.is_transient() => 1,
-            Self::BadInput(_) => 2,
+            Self::BadInput(_) | Self::NotFound(_) | Self::NotAllowed(_) | Self::WrongState(_) => 2,
             Self::Service(_) | Self::Unavailable(_) | Self::Call(_) => 3,
             Self::Interrupted { code, .. } => *code,
         }
@@ -48,12 +60,16 @@ impl CliError {
 }
 
 impl CliError {
-    /// What kind of failure, for a script: `bad_input`, `service`, `call`,
-    /// `unavailable`, `halted`, `internal` or `interrupted`.
+    /// What kind of failure, for a script: `bad_input`, `not_found`,
+    /// `not_allowed`, `wrong_state`, `service`, `call`, `unavailable`,
+    /// `halted`, `internal` or `interrupted`.
     #[must_use]
     pub fn kind(&self) -> &'static str {
         match self {
             Self::BadInput(_) => "bad_input",
+            Self::NotFound(_) => "not_found",
+            Self::NotAllowed(_) => "not_allowed",
+            Self::WrongState(_) => "wrong_state",
             Self::Service(_) => "service",
             Self::Call(_) => "call",
             Self::Unavailable(_) => "unavailable",
@@ -77,9 +93,9 @@ impl CliError {
 impl From<ControlError> for CliError {
     fn from(e: ControlError) -> Self {
         match e {
-            ControlError::ActiveRun { .. }
-            | ControlError::UnknownRun(_)
-            | ControlError::Refused(_) => Self::BadInput(e.to_string()),
+            ControlError::UnknownRun(_) => Self::NotFound(e.to_string()),
+            ControlError::ActiveRun { .. } => Self::WrongState(e.to_string()),
+            ControlError::Refused(_) => Self::BadInput(e.to_string()),
             ControlError::Sql(e) => e.into(),
             ControlError::Busy(why) => Self::Unavailable(why),
             other => Self::Internal(other.to_string()),
@@ -103,7 +119,7 @@ impl From<sqlx::Error> for CliError {
         match &e {
             // Not this role's to do (a privilege, or the two-person rule).
             sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
-                Self::BadInput(format!(
+                Self::NotAllowed(format!(
                     "refused by the warehouse: {} (the roles and what each may do: deploy/roles.sql)",
                     db.message()
                 ))

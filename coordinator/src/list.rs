@@ -28,7 +28,7 @@ pub async fn resolve(pool: &PgPool, text: &str) -> Result<Uuid> {
     let found = runs::with_prefix(pool, &prefix, 6).await?;
     match found.as_slice() {
         [(id, ..)] => Ok(*id),
-        [] => Err(CliError::BadInput(format!(
+        [] => Err(CliError::NotFound(format!(
             "no run's id starts with {text}; `backfill list` shows the runs"
         ))),
         many => Err(CliError::BadInput(format!(
@@ -48,7 +48,7 @@ pub async fn resolve_or_latest(pool: &PgPool, text: Option<&str>) -> Result<Uuid
     match text {
         Some(text) => resolve(pool, text).await,
         None => runs::latest(pool).await?.ok_or_else(|| {
-            CliError::BadInput("no run is recorded yet: `backfill run BRIEF` starts one".into())
+            CliError::NotFound("no run is recorded yet: `backfill run BRIEF` starts one".into())
         }),
     }
 }

@@ -58,12 +58,12 @@ pub async fn resume(pool: &PgPool, run_id: Uuid, actor: &str, accept: Option<&st
         // the driver lock, and the caller is told so).
         RunState::Running => return Ok(()),
         RunState::Canary => {
-            return Err(CliError::BadInput(format!(
+            return Err(CliError::WrongState(format!(
                 "run {run_id} waits at its canary; the reviewer lets it go on: `backfill promote {run_id}`"
             )));
         }
         other => {
-            return Err(CliError::BadInput(format!(
+            return Err(CliError::WrongState(format!(
                 "run {run_id} is {other}; only a halted run resumes"
             )));
         }
@@ -128,7 +128,7 @@ pub async fn retry(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<u64> {
     let run = runs::load(pool, run_id).await?;
     crate::lifecycle::approve::as_owner_or_reviewer(pool, &run, "retry").await?;
     if !matches!(run.state, RunState::Halted | RunState::Running) {
-        return Err(CliError::BadInput(format!(
+        return Err(CliError::WrongState(format!(
             "run {run_id} is {}; only a halted or running run retries",
             run.state
         )));
@@ -160,7 +160,7 @@ pub async fn pause(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<()> {
         return Ok(());
     }
     let state = runs::state(pool, run_id).await?;
-    Err(CliError::BadInput(if state == RunState::Paused {
+    Err(CliError::WrongState(if state == RunState::Paused {
         format!(
             "run {run_id} is already paused: no batch starts. Nothing was done; `backfill resume {run_id}` starts them again"
         )
@@ -188,7 +188,7 @@ pub async fn cancel(pool: &PgPool, run_id: Uuid, actor: &str) -> Result<()> {
         return Ok(());
     }
     let state = runs::state(pool, run_id).await?;
-    Err(CliError::BadInput(if state == RunState::Cancelled {
+    Err(CliError::WrongState(if state == RunState::Cancelled {
         format!(
             "run {run_id} is already cancelled: no batch starts again, and the ones applied stay applied. \
              Nothing was done; `backfill rollback {run_id}` undoes them"

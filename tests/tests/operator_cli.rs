@@ -652,12 +652,12 @@ async fn every_refusal_with_json_is_one_json_object() {
         "{sampled}"
     );
     for (args, exit, kind) in [
-        (vec!["pause", applied.as_str()], 2, "bad_input"),
+        (vec!["pause", applied.as_str()], 2, "wrong_state"),
         (vec!["plan", missing], 2, "bad_input"),
         (vec!["run", bad], 2, "bad_input"),
-        (vec!["status", "ffffffff"], 2, "bad_input"),
-        (vec!["approve", applied.as_str()], 2, "bad_input"),
-        (vec!["cutover", applied.as_str()], 2, "bad_input"),
+        (vec!["status", "ffffffff"], 2, "not_found"),
+        (vec!["approve", applied.as_str()], 2, "not_allowed"),
+        (vec!["cutover", applied.as_str()], 2, "wrong_state"),
         (
             vec!["people", "add", "carol", "--role", "no_such_role_x"],
             2,

@@ -344,6 +344,10 @@ impl From<CliError> for Failure {
     fn from(e: CliError) -> Self {
         let status = match &e {
             CliError::BadInput(_) => StatusCode::BAD_REQUEST,
+            CliError::NotFound(_) => StatusCode::NOT_FOUND,
+            CliError::NotAllowed(_) => StatusCode::FORBIDDEN,
+            // Not now: the run's state (or a halt on what it found) refuses it.
+            CliError::WrongState(_) | CliError::Halted(_) => StatusCode::CONFLICT,
             CliError::Service(_) | CliError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -816,10 +820,6 @@ async fn act(
     acting.close().await;
     match taken {
         Ok(()) => Ok(Redirect::to(&format!("/runs/{run_id}")).into_response()),
-        Err(CliError::BadInput(message)) => Err(Failure {
-            status: StatusCode::CONFLICT,
-            message,
-        }),
         Err(e) => Err(e.into()),
     }
 }
@@ -827,6 +827,21 @@ async fn act(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_kind_of_refusal_has_its_status() {
+        let status = |e: CliError| Failure::from(e).status;
+        let said = || "why".to_owned();
+        assert_eq!(status(CliError::BadInput(said())), StatusCode::BAD_REQUEST);
+        assert_eq!(status(CliError::NotFound(said())), StatusCode::NOT_FOUND);
+        assert_eq!(status(CliError::NotAllowed(said())), StatusCode::FORBIDDEN);
+        assert_eq!(status(CliError::WrongState(said())), StatusCode::CONFLICT);
+        assert_eq!(status(CliError::Halted(said())), StatusCode::CONFLICT);
+        assert_eq!(
+            status(CliError::Unavailable(said())),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 
     #[test]
     fn reading_open_beyond_loopback_is_warned_of() {

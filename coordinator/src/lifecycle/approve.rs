@@ -28,7 +28,7 @@ pub(crate) async fn as_reviewer(
     let run_id = run.run_id;
     let session = people::whoami(pool).await?;
     let Some(person) = &session.person else {
-        return Err(CliError::BadInput(format!(
+        return Err(CliError::NotAllowed(format!(
             "this session's database role {} is nobody in backfill.people, so it cannot {what} run {run_id}; \
              connect as your own role (BACKFILL_DATABASE_URL), or have an administrator map it: \
              `backfill people add NAME --role {}`",
@@ -39,18 +39,18 @@ pub(crate) async fn as_reviewer(
     if let Some(claimed) = claimed
         && !session.is(claimed)
     {
-        return Err(CliError::BadInput(format!(
+        return Err(CliError::NotAllowed(format!(
             "--reviewer {claimed}, but this session is {me}: identity comes from the database login, not from a name typed"
         )));
     }
     if session.is(&meta.owner) {
-        return Err(CliError::BadInput(format!(
+        return Err(CliError::NotAllowed(format!(
             "{me} owns run {run_id} and cannot {what} it; the brief names {} as reviewer",
             meta.reviewer
         )));
     }
     if !session.is(&meta.reviewer) {
-        return Err(CliError::BadInput(format!(
+        return Err(CliError::NotAllowed(format!(
             "only the reviewer named in the brief ({}) can {what} run {run_id}; this session is {me}",
             meta.reviewer
         )));
@@ -71,7 +71,7 @@ pub(crate) async fn as_owner_or_reviewer(pool: &PgPool, run: &Run, what: &str) -
         || format!("database role {}, nobody in backfill.people", session.role),
         |p| format!("{} (database role {})", p.name, session.role),
     );
-    Err(CliError::BadInput(format!(
+    Err(CliError::NotAllowed(format!(
         "only the owner ({}) or the reviewer ({}) of run {} may {what} it; this session is {me}",
         meta.owner, meta.reviewer, run.run_id
     )))
@@ -87,7 +87,7 @@ pub async fn approve(pool: &PgPool, run_id: Uuid, claimed: Option<&str>) -> Resu
         RunState::Applied => {}
         RunState::Running | RunState::Halted => {
             let c = batches::counts(pool, run_id).await?;
-            return Err(CliError::BadInput(format!(
+            return Err(CliError::WrongState(format!(
                 "run {run_id} is still {}: {} of {} batches applied; approve once every batch is applied",
                 run.state,
                 c.applied,
@@ -97,14 +97,14 @@ pub async fn approve(pool: &PgPool, run_id: Uuid, claimed: Option<&str>) -> Resu
         // Validated again since the approval: the reviewer approves the new one.
         RunState::Approved if latest.as_ref().map(|v| v.id) != run.approved_validation => {}
         RunState::Approved => {
-            return Err(CliError::BadInput(format!(
+            return Err(CliError::WrongState(format!(
                 "run {run_id} was already approved by {}{} and waits for its cutover. Nothing was done; `backfill cutover {run_id}` is next",
                 run.approved_by.unwrap_or_default(),
                 backfill_shared::text::when(run.approved_at)
             )));
         }
         other => {
-            return Err(CliError::BadInput(format!(
+            return Err(CliError::WrongState(format!(
                 "run {run_id} is {other}; only an applied run can be approved"
             )));
         }

@@ -20,7 +20,7 @@ pub async fn cleanup(pool: &PgPool, run_id: Uuid, actor: &str, now: bool) -> Res
         RunState::RolledBack => run.rolled_back_at,
         RunState::Cancelled => run.finished_at,
         other => {
-            return Err(CliError::BadInput(format!(
+            return Err(CliError::WrongState(format!(
                 "run {run_id} is {other}; its objects are kept until it is cut over, rolled back or cancelled"
             )));
         }
@@ -28,7 +28,7 @@ pub async fn cleanup(pool: &PgPool, run_id: Uuid, actor: &str, now: bool) -> Res
     .unwrap_or(run.created_at);
     let until = finished + chrono::Duration::days(i64::from(run.brief.rollback.retain_days));
     if !now && chrono::Utc::now() < until {
-        return Err(CliError::BadInput(format!(
+        return Err(CliError::WrongState(format!(
             "run {run_id}'s rollback copies are retained until {} (retain_days = {}); pass --now to drop them earlier",
             backfill_shared::text::minute(until),
             run.brief.rollback.retain_days

@@ -152,13 +152,13 @@ pub async fn cutover_with(
     match run.state {
         RunState::Approved => {}
         RunState::Applied => {
-            return Err(CliError::BadInput(format!(
+            return Err(CliError::WrongState(format!(
                 "run {run_id} is not approved; the reviewer approves first: `backfill approve {run_id} --reviewer {}`",
                 run.brief.meta.reviewer
             )));
         }
         RunState::CutOver | RunState::Done => {
-            return Err(CliError::BadInput(format!(
+            return Err(CliError::WrongState(format!(
                 "run {run_id} is already cut over{} and {}: readers see what it wrote. Nothing was done; \
                  `backfill rollback {run_id}` undoes it{}",
                 backfill_shared::text::when(run.cut_over_at),
@@ -171,7 +171,7 @@ pub async fn cutover_with(
             )));
         }
         other => {
-            return Err(CliError::BadInput(format!(
+            return Err(CliError::WrongState(format!(
                 "run {run_id} is {other}; only an approved run can be cut over"
             )));
         }

@@ -104,7 +104,7 @@ pub async fn done(
         run.state,
         RunState::Cancelled | RunState::RolledBack | RunState::RollingBack
     ) {
-        return Err(CliError::BadInput(format!(
+        return Err(CliError::WrongState(format!(
             "run {run_id} is {}: it never reached its readers, so it cannot be done; a new run does the backfill",
             run.state
         )));

@@ -191,7 +191,7 @@ impl Default for RollbackOptions {
 
 /// A rollback asked of a run rolled back (at `at`, when known).
 fn already_rolled_back(run_id: Uuid, at: Option<chrono::DateTime<chrono::Utc>>) -> CliError {
-    CliError::BadInput(format!(
+    CliError::WrongState(format!(
         "run {run_id} is already rolled back{}: the target is as it was before the run. Nothing was done; \
          `backfill cleanup {run_id}` drops what the run kept",
         backfill_shared::text::when(at)

@@ -18,12 +18,12 @@ async fn owner_session(pool: &PgPool, brief: &Brief) -> Result<people::Session> 
     let owner = &brief.meta.owner;
     let session = people::whoami(pool).await?;
     match &session.person {
-        None => Err(CliError::BadInput(format!(
+        None => Err(CliError::NotAllowed(format!(
             "this session's database role {role} is nobody in backfill.people, and only the brief's owner ({owner}) runs it; \
              connect as {owner}'s own role (BACKFILL_DATABASE_URL), or have an administrator map it: `backfill people add {owner} --role {role}`",
             role = session.role
         ))),
-        Some(me) if !session.is(owner) => Err(CliError::BadInput(format!(
+        Some(me) if !session.is(owner) => Err(CliError::NotAllowed(format!(
             "the brief names {owner} as owner, but this session is {} (database role {}); \
              {owner} runs it from their own login, or the brief names who does",
             me.name, session.role
