@@ -527,7 +527,11 @@ pub async fn demo(config: &Config, options: DemoOptions) -> Result<()> {
             .map_or_else(String::new, |t| format!("analyzed {t}, ")),
         report.refreshed_materialized_views.join(", ")
     );
-    say!("{}", report.downstream.render("cutover").trim_end());
+    say!(
+        "{}{}",
+        crate::reached::render(&report.reached, report.reached_error.as_deref()),
+        report.downstream.render("cutover").trim_end()
+    );
     say!("`backfill rollback {run_id}` puts the old figures back.");
     say!("Demo finished in {:.1} s.", started.elapsed().as_secs_f64());
     if remaining != 0 {

@@ -272,7 +272,7 @@ pub async fn rollback(
         report.batches_fenced = fenced;
         Ok::<_, CliError>(report)
     };
-    let report = match restored.await {
+    let mut report = match restored.await {
         Ok(report) => report,
         Err(e) => {
             notify::emit(
@@ -293,7 +293,6 @@ pub async fn rollback(
         None,
     )
     .await?;
-    let mut report = report;
     report.downstream =
         crate::downstream::After::measure(pool, &run, actor, crate::downstream::Moment::Rollback)
             .await;
