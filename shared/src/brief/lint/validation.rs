@@ -24,14 +24,8 @@ pub(super) fn read_validation(r: &mut Reader<'_>) -> Option<Validation> {
     };
     let metrics = read_tables(r, "metrics", |r, t, i| {
         let field = |k: &str| format!("metrics[{i}].{k}");
-        let text = |r: &mut Reader<'_>, k: &str, required: bool| match t.get(k) {
-            Some(Value::String(s)) if !s.trim().is_empty() => Some(Some(s.trim().to_owned())),
-            None if !required => Some(None),
-            _ => {
-                r.problem(&field(k), "must be a non-blank string");
-                None
-            }
-        };
+        let text =
+            |r: &mut Reader<'_>, k: &str, required: bool| entry_text(r, &field(""), t, k, required);
         let name = text(r, "name", true);
         let expr = text(r, "expr", true);
         let by = text(r, "by", false);
@@ -201,14 +195,8 @@ fn read_downstream(r: &mut Reader<'_>, t: &Table, i: usize) -> Option<Downstream
         "unchanged",
     ];
     let field = |k: &str| format!("downstream[{i}].{k}");
-    let text = |r: &mut Reader<'_>, k: &str, required: bool| match t.get(k) {
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(Some(s.trim().to_owned())),
-        None if !required => Some(None),
-        _ => {
-            r.problem(&field(k), "must be a non-blank string");
-            None
-        }
-    };
+    let text =
+        |r: &mut Reader<'_>, k: &str, required: bool| entry_text(r, &field(""), t, k, required);
     let name = text(r, "name", true);
     let relation = text(r, "relation", true);
     let expr = text(r, "expr", true);
@@ -276,6 +264,26 @@ fn read_downstream(r: &mut Reader<'_>, t: &Table, i: usize) -> Option<Downstream
     })
 }
 
+/// The text at `k` of the entry `t` (at `at`, ending in a dot), trimmed;
+/// `Some(None)` when it is absent and not `required`, and a problem (`None`)
+/// when it is blank or not a string.
+fn entry_text(
+    r: &mut Reader<'_>,
+    at: &str,
+    t: &Table,
+    k: &str,
+    required: bool,
+) -> Option<Option<String>> {
+    match t.get(k) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(Some(s.trim().to_owned())),
+        None if !required => Some(None),
+        _ => {
+            r.problem(&format!("{at}{k}"), "must be a non-blank string");
+            None
+        }
+    }
+}
+
 /// Refuses every field of the entry `t` (at `at`, ending in a dot) that is
 /// not one of `fields`, naming them.
 fn only_fields(r: &mut Reader<'_>, at: &str, t: &Table, fields: &[&str]) {
@@ -313,15 +321,8 @@ fn unique_names<'a>(r: &mut Reader<'_>, key: &str, names: impl Iterator<Item = &
 fn read_query(r: &mut Reader<'_>, t: &Table, i: usize) -> Option<Query> {
     const FIELDS: [&str; 3] = ["name", "sql", "max_slowdown_pct"];
     let field = |k: &str| format!("queries[{i}].{k}");
-    let mut text = |k: &str| match t.get(k) {
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-        _ => {
-            r.problem(&field(k), "must be a non-blank string");
-            None
-        }
-    };
-    let name = text("name");
-    let sql = text("sql");
+    let name = entry_text(r, &field(""), t, "name", true).flatten();
+    let sql = entry_text(r, &field(""), t, "sql", true).flatten();
     let max_slowdown_pct = match t.get("max_slowdown_pct").and_then(non_negative) {
         Some(pct) => Some(pct),
         None => {
